@@ -1,0 +1,32 @@
+//! # Spate engine
+//!
+//! Spate is an event streaming platform that speaks the Apache Kafka wire protocol. This crate
+//! holds its engine: today the durable partition log ([`storage`]) and the glommio runtime
+//! helpers ([`runtime`]); the broker, replication, consumer groups and the client build on it.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use spate_engine::storage::backend::SimulatedStorage;
+//! use spate_engine::storage::batch::build::{batch, NewRecord};
+//! use spate_engine::storage::{LogConfig, PartitionLog};
+//!
+//! futures_lite::future::block_on(async {
+//!     let storage = SimulatedStorage::new();
+//!     let (mut log, _report) =
+//!         PartitionLog::open(storage, "/data/orders-0", LogConfig::default(), 0).await?;
+//!     let info = log.append(batch(&[NewRecord::value("hello", 1_000)]), 0, 1_000).await?;
+//!     assert_eq!(info.base_offset, 0);
+//!     log.flush(1_000).await?;
+//!     let fetched = log.read(0, 1 << 20, None).await?;
+//!     assert!(!fetched.is_empty());
+//!     Ok::<_, spate_engine::storage::StorageError>(())
+//! })
+//! .unwrap();
+//! ```
+
+pub mod error;
+pub mod limits;
+pub mod runtime;
+pub mod storage;
+
+pub use error::{Error, Result};

@@ -1,0 +1,31 @@
+//! Every bound and default in one place, each with the reason for its value.
+
+/// Kafka's `segment.bytes` default: 1 GiB. Large segments mean few files and few rolls.
+pub const SEGMENT_BYTES_DEFAULT: u32 = 1 << 30;
+/// Smallest segment accepted; tests use small segments to exercise rolling.
+pub const SEGMENT_BYTES_MIN: u32 = 512;
+/// Index entries store positions as u32, and Kafka caps `segment.bytes` at `i32::MAX`.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+/// Kafka's `segment.ms` default: 7 days.
+pub const SEGMENT_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `segment.index.bytes` default: 10 MiB of offset index per segment.
+pub const SEGMENT_INDEX_BYTES_DEFAULT: u32 = 10 << 20;
+/// Kafka's `index.interval.bytes` default: one index entry per 4 KiB of log.
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+/// Kafka's `retention.ms` default: 7 days.
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `max.message.bytes` default (1 MiB plus the batch overhead Kafka allows).
+pub const MAX_MESSAGE_BYTES_DEFAULT: u32 = 1_048_588;
+/// Newest bytes per partition kept in memory for tailing consumers. Bounded so that memory does
+/// not grow with the data stored; 1 MiB covers a consumer a few batches behind.
+pub const TAIL_CACHE_BYTES_DEFAULT: usize = 1 << 20;
+/// Closed segments kept open (file handle and offset index) per partition: enough for a few
+/// consumers reading history, few enough that file handles and index memory stay bounded.
+pub const CLOSED_SEGMENT_HANDLES_DEFAULT: usize = 8;
+/// Read window used when scanning for a batch: one index interval plus this, so that one read
+/// usually covers the scan and the batches returned.
+pub const READ_WINDOW_EXTRA_BYTES: usize = 64 << 10;
+
+const _: () = assert!(SEGMENT_BYTES_MIN as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!((MAX_MESSAGE_BYTES_DEFAULT as u64) < SEGMENT_BYTES_DEFAULT as u64);

@@ -1,0 +1,103 @@
+//! The glommio driver: executors, resource limits, the clock.
+//!
+//! This is the only layer that starts threads, reads the clock and raises process limits. The
+//! storage layer takes `now_ms` as an argument and reaches files only through
+//! [`crate::storage::backend::Storage`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Locked memory glommio needs per executor (its io_uring rings and registered buffers).
+pub const MEMLOCK_BYTES_PER_EXECUTOR: u64 = 512 * 1024;
+/// I/O memory given to each executor: small, so that the locked-memory limit is easy to meet;
+/// larger DMA buffers come from the ordinary allocator.
+pub const IO_MEMORY_BYTES: usize = 256 * 1024;
+
+/// Errors starting the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The locked-memory limit is too low for glommio and could not be raised.
+    #[error(
+        "the locked-memory limit (RLIMIT_MEMLOCK) is {current_bytes} bytes but Spate needs \
+         {needed_bytes} bytes ({per_executor} per core) and could not raise it: raise it with \
+         `ulimit -l {needed_kib}` in the shell, `LimitMEMLOCK={needed_bytes}` in a systemd unit, \
+         or `--ulimit memlock={needed_bytes}` for a container"
+    )]
+    MemlockTooLow {
+        /// The soft limit in force.
+        current_bytes: u64,
+        /// What is needed.
+        needed_bytes: u64,
+        /// Needed, in KiB, for `ulimit -l`.
+        needed_kib: u64,
+        /// Needed per executor.
+        per_executor: u64,
+    },
+    /// glommio could not start an executor.
+    #[error("could not start a glommio executor: {0}")]
+    Executor(String),
+}
+
+/// Makes sure the locked-memory limit allows `executors` glommio executors, raising the soft
+/// limit up to the hard limit (or beyond, when privileged) if needed.
+///
+/// # Errors
+/// [`RuntimeError::MemlockTooLow`] with instructions when the limit cannot be raised.
+pub fn ensure_memlock_limit(executors: usize) -> Result<(), RuntimeError> {
+    let needed_bytes = MEMLOCK_BYTES_PER_EXECUTOR * executors.max(1) as u64 + (1 << 20);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(()); // Cannot tell; let glommio report what it finds.
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed_bytes {
+        return Ok(());
+    }
+    let raised_max = if limit.rlim_max == libc::RLIM_INFINITY || limit.rlim_max >= needed_bytes {
+        limit.rlim_max
+    } else {
+        needed_bytes
+    };
+    let raised = libc::rlimit {
+        rlim_cur: needed_bytes,
+        rlim_max: raised_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported through the return value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+        return Ok(());
+    }
+    Err(RuntimeError::MemlockTooLow {
+        current_bytes: limit.rlim_cur,
+        needed_bytes,
+        needed_kib: needed_bytes.div_ceil(1024),
+        per_executor: MEMLOCK_BYTES_PER_EXECUTOR,
+    })
+}
+
+/// Runs `future` to completion on a new single glommio executor on this thread's core set.
+///
+/// # Errors
+/// [`RuntimeError`] when the locked-memory limit is too low or glommio cannot start.
+pub fn run_local<T, F>(future: F) -> Result<T, RuntimeError>
+where
+    F: std::future::Future<Output = T> + 'static,
+    T: 'static,
+{
+    ensure_memlock_limit(1)?;
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(IO_MEMORY_BYTES)
+        .make()
+        .map_err(|error| RuntimeError::Executor(error.to_string()))?;
+    Ok(executor.run(future))
+}
+
+/// Milliseconds since the Unix epoch, from the system clock. Only drivers call this; the state
+/// machines take time as an argument.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

@@ -1,0 +1,329 @@
+//! [`SimulatedStorage`]: files in memory with written and durable bytes kept apart.
+//!
+//! Every file holds the bytes written so far and the bytes that were durable at its last sync.
+//! [`SimulatedStorage::crash`] replaces each file by its durable bytes, optionally followed by a
+//! torn prefix of what was written after the last sync, as a power loss would. Creations,
+//! renames and removals are durable at once (a journaling file system with synced directories).
+//! Faults can be injected: flipped bytes (which the CRC must catch) and failing syncs (which must
+//! poison the log). Randomness comes only from the seed given to [`CrashMode::TornTail`].
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::{OpenMode, Storage, StorageFile};
+
+#[derive(Debug, Default)]
+struct FileData {
+    written: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: BTreeMap<PathBuf, Rc<RefCell<FileData>>>,
+    dirs: BTreeSet<PathBuf>,
+    fail_syncs: bool,
+    syncs: u64,
+}
+
+/// What a simulated crash keeps of the bytes written after the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Nothing: every file is cut back to its durable bytes.
+    DropUnsynced,
+    /// A prefix of random length (from `seed`) of each file's unsynced appended bytes survives,
+    /// as when the disk had written some blocks but not all.
+    TornTail {
+        /// Seed of the deterministic choice of prefix lengths.
+        seed: u64,
+    },
+}
+
+/// An in-memory [`Storage`] for tests and simulation. Clones share the same files.
+#[derive(Debug, Clone, Default)]
+pub struct SimulatedStorage {
+    state: Rc<RefCell<State>>,
+}
+
+impl SimulatedStorage {
+    /// Empty storage.
+    pub fn new() -> SimulatedStorage {
+        SimulatedStorage::default()
+    }
+
+    /// Simulates a power loss. Open handles must not be used afterwards; reopen the log.
+    pub fn crash(&self, mode: CrashMode) {
+        let state = self.state.borrow();
+        let mut rng = match mode {
+            CrashMode::DropUnsynced => None,
+            CrashMode::TornTail { seed } => Some(SplitMix64(seed)),
+        };
+        for data in state.files.values() {
+            let mut data = data.borrow_mut();
+            let mut survivor = data.durable.clone();
+            if let Some(rng) = rng.as_mut() {
+                let extends_durable = data.written.len() > data.durable.len()
+                    && data.written[..data.durable.len()] == data.durable[..];
+                if extends_durable {
+                    let unsynced = &data.written[data.durable.len()..];
+                    let keep = (rng.next() % (unsynced.len() as u64 + 1)) as usize;
+                    survivor.extend_from_slice(&unsynced[..keep]);
+                }
+            }
+            data.written = survivor.clone();
+            data.durable = survivor;
+        }
+    }
+
+    /// Flips the bits of `mask` in the byte at `position` of `path`, written and durable alike:
+    /// a media error that only a checksum can catch.
+    ///
+    /// # Panics
+    /// If the file does not exist or `position` is past its end.
+    pub fn corrupt_byte(&self, path: &Path, position: usize, mask: u8) {
+        let state = self.state.borrow();
+        let mut data = state.files.get(path).expect("file exists").borrow_mut();
+        data.written[position] ^= mask;
+        if position < data.durable.len() {
+            data.durable[position] ^= mask;
+        }
+    }
+
+    /// Cuts a file to `len` bytes, written and durable alike.
+    ///
+    /// # Panics
+    /// If the file does not exist.
+    pub fn cut(&self, path: &Path, len: usize) {
+        let state = self.state.borrow();
+        let mut data = state.files.get(path).expect("file exists").borrow_mut();
+        data.written.truncate(len);
+        data.durable.truncate(len);
+    }
+
+    /// Makes every later sync fail with an I/O error (or succeed again).
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.state.borrow_mut().fail_syncs = fail;
+    }
+
+    /// Number of successful file syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.state.borrow().syncs
+    }
+
+    /// Durable length of a file, if it exists.
+    pub fn durable_len(&self, path: &Path) -> Option<usize> {
+        let state = self.state.borrow();
+        state
+            .files
+            .get(path)
+            .map(|data| data.borrow().durable.len())
+    }
+
+    /// Every file path, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.state.borrow().files.keys().cloned().collect()
+    }
+}
+
+/// An open [`SimulatedStorage`] file.
+#[derive(Debug, Clone)]
+pub struct SimulatedFile {
+    data: Rc<RefCell<FileData>>,
+    state: Rc<RefCell<State>>,
+}
+
+impl StorageFile for SimulatedFile {
+    type Buf = Bytes;
+
+    async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let data = self.data.borrow();
+        let start = (position as usize).min(data.written.len());
+        let end = start.saturating_add(len).min(data.written.len());
+        Ok(Bytes::copy_from_slice(&data.written[start..end]))
+    }
+
+    async fn write_at(&self, position: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut data = self.data.borrow_mut();
+        let start = position as usize;
+        if data.written.len() < start + bytes.len() {
+            data.written.resize(start + bytes.len(), 0);
+        }
+        data.written[start..start + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        if state.fail_syncs {
+            return Err(io::Error::other("simulated fsync failure"));
+        }
+        state.syncs += 1;
+        let mut data = self.data.borrow_mut();
+        data.durable = data.written.clone();
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.data.borrow().written.len() as u64
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.data.borrow_mut().written.truncate(len as usize);
+        Ok(())
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Storage for SimulatedStorage {
+    type File = SimulatedFile;
+
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<SimulatedFile> {
+        let mut state = self.state.borrow_mut();
+        let parent = path.parent().unwrap_or_else(|| Path::new(""));
+        if !parent.as_os_str().is_empty() && !state.dirs.contains(parent) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        let data = match mode {
+            OpenMode::CreateNew => {
+                let data = Rc::new(RefCell::new(FileData::default()));
+                state.files.insert(path.to_path_buf(), data.clone());
+                data
+            }
+            OpenMode::Existing => state
+                .files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?,
+        };
+        Ok(SimulatedFile {
+            data,
+            state: self.state.clone(),
+        })
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        state
+            .files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        let data = state
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        state.files.insert(to.to_path_buf(), data);
+        Ok(())
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state.borrow();
+        if !state.dirs.contains(dir) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+        }
+        Ok(state
+            .files
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        for ancestor in dir.ancestors() {
+            if !ancestor.as_os_str().is_empty() {
+                state.dirs.insert(ancestor.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn exists(&self, path: &Path) -> bool {
+        let state = self.state.borrow();
+        state.files.contains_key(path) || state.dirs.contains(path)
+    }
+}
+
+/// A tiny deterministic generator (SplitMix64), so a crash is reproducible from its seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn crash_keeps_only_synced_bytes() {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            storage.create_dir_all(Path::new("/d")).await.unwrap();
+            let path = Path::new("/d/f");
+            let file = storage.open(path, OpenMode::CreateNew).await.unwrap();
+            file.write_at(0, b"durable").await.unwrap();
+            file.sync().await.unwrap();
+            file.write_at(7, b" and lost").await.unwrap();
+            storage.crash(CrashMode::DropUnsynced);
+            let file = storage.open(path, OpenMode::Existing).await.unwrap();
+            assert_eq!(&file.read_at(0, 100).await.unwrap()[..], b"durable");
+        });
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_of_unsynced_bytes() {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            storage.create_dir_all(Path::new("/d")).await.unwrap();
+            let path = Path::new("/d/f");
+            let file = storage.open(path, OpenMode::CreateNew).await.unwrap();
+            file.write_at(0, b"abc").await.unwrap();
+            file.sync().await.unwrap();
+            file.write_at(3, b"defghijklmnop").await.unwrap();
+            storage.crash(CrashMode::TornTail { seed: 7 });
+            let file = storage.open(path, OpenMode::Existing).await.unwrap();
+            let survived = file.read_at(0, 100).await.unwrap();
+            assert!(survived.starts_with(b"abc"));
+            assert!(b"abcdefghijklmnop".starts_with(&survived));
+        });
+    }
+
+    #[test]
+    fn failing_sync_reports_an_error() {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            storage.create_dir_all(Path::new("/d")).await.unwrap();
+            let file = storage
+                .open(Path::new("/d/f"), OpenMode::CreateNew)
+                .await
+                .unwrap();
+            storage.set_fail_syncs(true);
+            assert!(file.sync().await.is_err());
+        });
+    }
+}

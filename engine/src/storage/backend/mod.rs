@@ -1,0 +1,147 @@
+//! The small storage interface the log reaches the disk through.
+//!
+//! A [`Storage`] is a directory tree of files; a [`StorageFile`] is one open file with
+//! positional reads and writes, `sync`, a length and `truncate`. Three implementations:
+//!
+//! - [`DmaStorage`]: production. glommio DMA files (O_DIRECT, io_uring), aligned buffers; must
+//!   run inside a glommio executor.
+//! - [`StdStorage`]: blocking `std::fs`, for offline tools (`spate log dump`) that should not
+//!   need io_uring or locked memory.
+//! - [`SimulatedStorage`]: memory only, keeping written and durable bytes apart; a simulated
+//!   crash loses what was not synced (optionally keeping a torn prefix). Tests and the
+//!   simulation use it.
+//!
+//! The futures are deliberately not `Send`: Spate is thread-per-core and a partition's files are
+//! only ever touched from the core that owns it.
+
+mod dma;
+mod memory;
+mod std_fs;
+
+pub use dma::{DmaFile, DmaStorage};
+pub use memory::{CrashMode, SimulatedFile, SimulatedStorage};
+pub use std_fs::{StdFile, StdStorage};
+
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+/// Bytes read from a file: shared, cheap to clone and to slice, never copied again on the way to
+/// a consumer.
+pub trait ReadBuf: Deref<Target = [u8]> + Clone + 'static {
+    /// The sub-range `start..start + len` without copying.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    fn slice(&self, start: usize, len: usize) -> Self;
+}
+
+impl ReadBuf for bytes::Bytes {
+    fn slice(&self, start: usize, len: usize) -> Self {
+        bytes::Bytes::slice(self, start..start + len)
+    }
+}
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file, truncating an existing one.
+    CreateNew,
+    /// Open an existing file for reads and writes.
+    Existing,
+}
+
+/// One open file. Handles are cheap clones of one shared file, so a sync can run while the log
+/// keeps appending through another clone.
+#[allow(async_fn_in_trait)] // thread-per-core: these futures never leave their core.
+pub trait StorageFile: Clone + std::fmt::Debug {
+    /// What reads return.
+    type Buf: ReadBuf;
+
+    /// Reads up to `len` bytes at `position`; fewer only at the end of the file.
+    async fn read_at(&self, position: u64, len: usize) -> io::Result<Self::Buf>;
+
+    /// Writes `data` at `position`. Writes are positional; the log only ever writes at the end.
+    async fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Makes every completed write durable (`fdatasync`).
+    async fn sync(&self) -> io::Result<()>;
+
+    /// Logical length in bytes: the end of the last completed write.
+    fn len(&self) -> u64;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cuts the file to `len` bytes. Durable after the next [`StorageFile::sync`].
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+
+    /// Releases this handle. Other clones stay usable.
+    async fn close(self) -> io::Result<()>;
+}
+
+/// A directory tree of files.
+#[allow(async_fn_in_trait)] // thread-per-core: these futures never leave their core.
+pub trait Storage: Clone + std::fmt::Debug {
+    /// Its open files.
+    type File: StorageFile;
+
+    /// Opens or creates a file.
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
+
+    /// Removes a file.
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+
+    /// Renames a file atomically, replacing `to`.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// File names (not paths) in `dir`, sorted.
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+
+    /// Creates `dir` and its parents.
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+
+    /// Makes creations, renames and removals in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Whether `path` exists.
+    async fn exists(&self, path: &Path) -> bool;
+}
+
+/// Writes `data` to `path` atomically: a temporary file, synced, renamed over `path`, and the
+/// directory synced. A crash leaves either the old or the new content, never a mix.
+///
+/// # Errors
+/// Any I/O error of the steps.
+pub async fn write_file_atomically<S: Storage>(
+    storage: &S,
+    path: &Path,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut temporary = PathBuf::from(path);
+    temporary.as_mut_os_string().push(".tmp");
+    let file = storage.open(&temporary, OpenMode::CreateNew).await?;
+    file.write_at(0, data).await?;
+    file.sync().await?;
+    file.close().await?;
+    storage.rename(&temporary, path).await?;
+    let parent = path.parent().unwrap_or_else(|| Path::new("."));
+    storage.sync_dir(parent).await
+}
+
+/// Reads a whole file.
+///
+/// # Errors
+/// Any I/O error; `NotFound` when the file is missing.
+pub async fn read_whole_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> io::Result<<S::File as StorageFile>::Buf> {
+    let file = storage.open(path, OpenMode::Existing).await?;
+    let len = usize::try_from(file.len()).map_err(|_| io::Error::other("file too large"))?;
+    let bytes = file.read_at(0, len).await;
+    file.close().await?;
+    bytes
+}

@@ -1,0 +1,110 @@
+//! Per-partition log settings, with Kafka's names and defaults.
+
+use super::batch::TimestampType;
+use crate::limits;
+
+/// Settings of one partition log. Field names follow Kafka's topic configs with units last;
+/// defaults are Kafka's unless noted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll the active segment before it would exceed this many bytes (`segment.bytes`).
+    pub segment_bytes: u32,
+    /// Roll the active segment once its first batch is this old (`segment.ms`).
+    pub segment_ms: i64,
+    /// Roll the active segment when its offset index would exceed this many bytes
+    /// (`segment.index.bytes`).
+    pub segment_index_bytes: u32,
+    /// Bytes of log between two offset index entries (`index.interval.bytes`).
+    pub index_interval_bytes: u32,
+    /// Sync after this many records appended since the last sync (`flush.messages`);
+    /// `u64::MAX` never, 1 on every append.
+    pub flush_messages: u64,
+    /// Sync when the last sync is this old (`flush.ms`); `i64::MAX` never.
+    pub flush_ms: i64,
+    /// Delete closed segments whose newest record is older than this (`retention.ms`); -1 keeps
+    /// them forever.
+    pub retention_ms: i64,
+    /// Delete the oldest closed segments while the partition is larger than this
+    /// (`retention.bytes`); -1 for no limit.
+    pub retention_bytes: i64,
+    /// Largest batch accepted (`max.message.bytes`).
+    pub max_message_bytes: u32,
+    /// Whose clock timestamps come from (`message.timestamp.type`).
+    pub message_timestamp_type: TimestampType,
+    /// Bytes of the newest batches kept in memory for tailing consumers (Spate only).
+    pub tail_cache_bytes: usize,
+    /// Closed segments kept open with their offset index loaded (Spate only).
+    pub closed_segment_handles_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            segment_ms: limits::SEGMENT_MS_DEFAULT,
+            segment_index_bytes: limits::SEGMENT_INDEX_BYTES_DEFAULT,
+            index_interval_bytes: limits::INDEX_INTERVAL_BYTES_DEFAULT,
+            flush_messages: u64::MAX,
+            flush_ms: i64::MAX,
+            retention_ms: limits::RETENTION_MS_DEFAULT,
+            retention_bytes: -1,
+            max_message_bytes: limits::MAX_MESSAGE_BYTES_DEFAULT,
+            message_timestamp_type: TimestampType::CreateTime,
+            tail_cache_bytes: limits::TAIL_CACHE_BYTES_DEFAULT,
+            closed_segment_handles_max: limits::CLOSED_SEGMENT_HANDLES_DEFAULT,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings against each other and against the format's limits.
+    ///
+    /// # Errors
+    /// A sentence naming the first bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < limits::SEGMENT_BYTES_MIN {
+            return Err(format!(
+                "segment_bytes {} is below the minimum {}",
+                self.segment_bytes,
+                limits::SEGMENT_BYTES_MIN
+            ));
+        }
+        if u64::from(self.segment_bytes) > limits::SEGMENT_BYTES_MAX {
+            return Err(format!(
+                "segment_bytes {} is above the maximum {}",
+                self.segment_bytes,
+                limits::SEGMENT_BYTES_MAX
+            ));
+        }
+        if self.segment_ms <= 0 {
+            return Err("segment_ms must be positive".into());
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be positive".into());
+        }
+        if (self.segment_index_bytes as usize) < 2 * super::index::OFFSET_ENTRY_BYTES {
+            return Err("segment_index_bytes must hold at least two entries".into());
+        }
+        if self.flush_messages == 0 {
+            return Err("flush_messages must be at least 1".into());
+        }
+        if self.flush_ms < 0 {
+            return Err("flush_ms must not be negative".into());
+        }
+        if self.retention_ms < -1 || self.retention_bytes < -1 {
+            return Err("retention_ms and retention_bytes take -1 (forever) or a size".into());
+        }
+        if self.max_message_bytes as usize <= super::batch::BATCH_HEADER_BYTES {
+            return Err("max_message_bytes must exceed a batch header".into());
+        }
+        if self.closed_segment_handles_max == 0 {
+            return Err("closed_segment_handles_max must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Most entries the offset index of one segment may hold.
+    pub fn index_entries_max(&self) -> usize {
+        self.segment_index_bytes as usize / super::index::OFFSET_ENTRY_BYTES
+    }
+}

@@ -1,0 +1,30 @@
+//! The durable partition log: segment files of Kafka v2 record batches, sparse indexes,
+//! recovery, retention and group commit.
+//!
+//! - [`batch`]: the record batch header, validation and in-place patching.
+//! - [`backend`]: the storage trait and its glommio DMA, `std::fs` and simulated implementations.
+//! - [`PartitionLog`]: one partition's segments; append, read, sync, roll, retention.
+//! - [`SharedLog`]: the same, shared by many tasks of a core, with group commit.
+//! - [`dump`]: what `spate log dump` prints.
+//!
+//! The on-disk format is drawn byte by byte in `docs/FORMAT.md`.
+
+pub mod backend;
+pub mod batch;
+mod checkpoint;
+mod config;
+pub mod dump;
+mod error;
+pub mod index;
+mod log;
+mod recovery;
+pub mod segment;
+mod shared;
+mod tail_cache;
+
+pub use checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
+pub use config::LogConfig;
+pub use error::{StorageError, StorageResult};
+pub use log::{AppendInfo, Chunk, Fetched, OpenReport, PartitionLog, SyncTicket, Truncation};
+pub use shared::{Durability, SharedLog};
+pub use tail_cache::TailCache;

@@ -1,0 +1,115 @@
+//! [`SharedLog`]: a partition log used by many tasks of one core at once, with group commit.
+//!
+//! Appends take the log for the time of their write only. A caller that needs durability then
+//! waits in [`SharedLog::wait_durable`]: one waiter at a time runs the fsync, without holding
+//! the log, while others keep appending; when it completes, every waiter whose records it
+//! covered returns without an fsync of its own. Sixteen concurrent appenders thus share a
+//! handful of fsyncs instead of paying sixteen.
+
+use async_lock::Mutex;
+use bytes::BytesMut;
+
+use super::backend::{Storage, StorageFile};
+use super::error::StorageResult;
+use super::log::{AppendInfo, Fetched, PartitionLog};
+
+/// Whether an append returns before or after its records are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Return once written; the flush policy decides when to sync.
+    Written,
+    /// Return once synced (group commit).
+    Synced,
+}
+
+/// A [`PartitionLog`] shared by the tasks of one core. See the module docs.
+#[derive(Debug)]
+pub struct SharedLog<S: Storage> {
+    log: Mutex<PartitionLog<S>>,
+    sync_turn: Mutex<()>,
+}
+
+impl<S: Storage> SharedLog<S> {
+    /// Wraps an open log.
+    pub fn new(log: PartitionLog<S>) -> SharedLog<S> {
+        SharedLog {
+            log: Mutex::new(log),
+            sync_turn: Mutex::new(()),
+        }
+    }
+
+    /// Appends, then waits for durability if asked or if the flush policy calls for a sync.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::append`] and [`PartitionLog::complete_sync`].
+    pub async fn append(
+        &self,
+        records: BytesMut,
+        partition_leader_epoch: i32,
+        now_ms: i64,
+        durability: Durability,
+    ) -> StorageResult<AppendInfo> {
+        let info = self
+            .log
+            .lock()
+            .await
+            .append(records, partition_leader_epoch, now_ms)
+            .await?;
+        if durability == Durability::Synced || info.sync_due {
+            self.wait_durable(info.last_offset + 1, now_ms).await?;
+        }
+        Ok(info)
+    }
+
+    /// Returns once every offset below `offset` is durable, running an fsync if no other
+    /// waiter's fsync covers it.
+    ///
+    /// # Errors
+    /// The fsync's error; the log is poisoned from then on.
+    pub async fn wait_durable(&self, offset: i64, now_ms: i64) -> StorageResult<()> {
+        loop {
+            if self.log.lock().await.durable_offset() >= offset {
+                return Ok(());
+            }
+            let _turn = self.sync_turn.lock().await;
+            // The previous holder's fsync may have covered this offset.
+            if self.log.lock().await.durable_offset() >= offset {
+                return Ok(());
+            }
+            let ticket = self.log.lock().await.begin_sync()?;
+            let result = ticket.run().await;
+            self.log
+                .lock()
+                .await
+                .complete_sync(ticket, result, now_ms)?;
+        }
+    }
+
+    /// Reads, as [`PartitionLog::read`].
+    ///
+    /// # Errors
+    /// As [`PartitionLog::read`].
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        limit_offset: Option<i64>,
+    ) -> StorageResult<Fetched<<S::File as StorageFile>::Buf>> {
+        self.log
+            .lock()
+            .await
+            .read(offset, max_bytes, limit_offset)
+            .await
+    }
+
+    /// Runs `f` with exclusive access to the log, for everything else.
+    pub async fn with_log<T>(&self, f: impl AsyncFnOnce(&mut PartitionLog<S>) -> T) -> T {
+        let mut log = self.log.lock().await;
+        f(&mut log).await
+    }
+
+    /// Unwraps the log, for closing it.
+    pub fn into_inner(self) -> PartitionLog<S> {
+        self.log.into_inner()
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the engine, one binary with a module per concern.
+
+mod storage;
