@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     }
 }
 
-type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+type CliResult = Result<ExitCode, Box<dyn std::error::Error + Send + Sync>>;
 
 fn dump(dir: PathBuf) -> CliResult {
     if !dir.is_dir() {
@@ -125,7 +125,7 @@ fn append(args: AppendArgs) -> CliResult {
         ..LogConfig::default()
     };
     let batch_records = args.batch_records.max(1);
-    runtime::run_local(async move {
+    runtime::run_local(move || async move {
         let (mut log, report) =
             PartitionLog::open(DmaStorage, &args.dir, config, runtime::now_ms()).await?;
         if !report.truncations.is_empty() {

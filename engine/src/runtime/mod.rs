@@ -77,21 +77,27 @@ pub fn ensure_memlock_limit(executors: usize) -> Result<(), RuntimeError> {
     })
 }
 
-/// Runs `future` to completion on a new single glommio executor on this thread's core set.
+/// Runs the future made by `make_future` to completion on a new glommio executor on a new
+/// thread, and returns its output. Each executor gets its own thread: glommio keeps per-thread
+/// reactor state, and a second executor on a thread that already ran one fails its I/O.
 ///
 /// # Errors
 /// [`RuntimeError`] when the locked-memory limit is too low or glommio cannot start.
-pub fn run_local<T, F>(future: F) -> Result<T, RuntimeError>
+pub fn run_local<T, F, Fut>(make_future: F) -> Result<T, RuntimeError>
 where
-    F: std::future::Future<Output = T> + 'static,
-    T: 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
 {
     ensure_memlock_limit(1)?;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(IO_MEMORY_BYTES)
-        .make()
+        .name("spate")
+        .spawn(make_future)
         .map_err(|error| RuntimeError::Executor(error.to_string()))?;
-    Ok(executor.run(future))
+    handle
+        .join()
+        .map_err(|error| RuntimeError::Executor(error.to_string()))
 }
 
 /// Milliseconds since the Unix epoch, from the system clock. Only drivers call this; the state

@@ -1,1 +1,269 @@
+//! Damaged files: recovery truncates what may be truncated, rebuilds what may be rebuilt, and
+//! reports the rest, every time.
 
+use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
+use spate_engine::storage::{LogConfig, PartitionLog, StorageError, CHECKPOINT_FILE_NAME};
+
+use super::util::{
+    block_on, numbered_batch, open, partition_dir, read_all, segment_log_path, small_config,
+};
+
+/// Appends `batches` batches of 3 records; returns the byte position where each batch starts
+/// in the active segment (valid while no roll happened).
+async fn fill(log: &mut PartitionLog<SimulatedStorage>, batches: u64) {
+    for n in 0..batches {
+        log.append(numbered_batch(n * 3, 3, 1_000 + n as i64), 0, 5_000)
+            .await
+            .unwrap();
+    }
+}
+
+fn big_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1 << 20,
+        ..small_config()
+    }
+}
+
+#[test]
+fn flipped_byte_in_the_unsynced_tail_is_cut_and_reported() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = big_segments();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 10).await;
+        log.checkpoint(5_000).await.unwrap(); // recovery point 30
+        fill(&mut log, 5).await;
+        log.flush(5_000).await.unwrap(); // durable, but after the recovery point
+        let size = log.size_bytes() as usize;
+        drop(log); // a crash that lost nothing
+        let path = segment_log_path(&partition_dir(), 0);
+        storage.corrupt_byte(&path, size - 10, 0x01);
+
+        let (mut log, report) =
+            PartitionLog::open(storage.clone(), partition_dir(), config.clone(), 0)
+                .await
+                .unwrap();
+        assert_eq!(report.truncations.len(), 1, "{report:?}");
+        let truncation = &report.truncations[0];
+        assert_eq!(truncation.segment, path);
+        assert!(truncation.reason.contains("CRC"), "{}", truncation.reason);
+        assert_eq!(
+            log.log_end_offset(),
+            42,
+            "the last batch (42..45) is cut, the rest stays"
+        );
+        assert_eq!(read_all(&mut log, 0, 1 << 20).await.len(), 42);
+    });
+}
+
+#[test]
+fn file_cut_mid_batch_is_truncated_to_the_last_whole_batch() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = big_segments();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 4).await;
+        log.checkpoint(5_000).await.unwrap();
+        fill(&mut log, 4).await;
+        log.flush(5_000).await.unwrap();
+        let size = log.size_bytes() as usize;
+        drop(log);
+        storage.cut(&segment_log_path(&partition_dir(), 0), size - 7);
+        let (mut log, report) = PartitionLog::open(storage.clone(), partition_dir(), config, 0)
+            .await
+            .unwrap();
+        assert_eq!(report.truncations.len(), 1);
+        assert_eq!(log.log_end_offset(), 21);
+        assert_eq!(read_all(&mut log, 0, 100).await.len(), 21);
+        // The cut is durable: a second open finds nothing to repair.
+        log.close(0).await.unwrap();
+        let (_, report) = PartitionLog::open(storage, partition_dir(), big_segments(), 0)
+            .await
+            .unwrap();
+        assert!(report.truncations.is_empty());
+    });
+}
+
+#[test]
+fn flipped_byte_below_the_recovery_point_is_reported_on_read_never_served() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 40).await; // several segments
+        log.close(0).await.unwrap();
+        let first = segment_log_path(&partition_dir(), 0);
+        storage.corrupt_byte(&first, 200, 0x80); // inside the records of a batch
+
+        let (mut log, report) = PartitionLog::open(storage.clone(), partition_dir(), config, 0)
+            .await
+            .unwrap();
+        assert!(
+            report.truncations.is_empty(),
+            "trusted data is never truncated"
+        );
+        let error = log.read(0, 1 << 20, None).await.unwrap_err();
+        match error {
+            StorageError::Corrupt {
+                segment,
+                position,
+                reason,
+            } => {
+                assert_eq!(segment, first);
+                assert!(position <= 200);
+                assert!(reason.contains("CRC"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn damaged_header_below_the_recovery_point_refuses_to_open() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = big_segments();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 10).await;
+        let second_batch = {
+            let fetched = log.read(3, 1, None).await.unwrap();
+            assert_eq!(fetched.chunks.len(), 1);
+            fetched.size_bytes()
+        };
+        log.close(0).await.unwrap();
+        // Garble the batch length of the second batch, and remove the indexes so that recovery
+        // must walk over it.
+        let path = segment_log_path(&partition_dir(), 0);
+        storage.corrupt_byte(&path, second_batch + 8, 0x7f);
+        {
+            use spate_engine::storage::backend::Storage;
+            storage
+                .remove(&partition_dir().join("00000000000000000000.index"))
+                .await
+                .unwrap();
+        }
+        let result = PartitionLog::open(storage.clone(), partition_dir(), config, 0).await;
+        let Err(error) = result else {
+            panic!("a damaged batch below the recovery point must not open");
+        };
+        match error {
+            StorageError::Corrupt {
+                segment, position, ..
+            } => {
+                assert_eq!(segment, path);
+                assert_eq!(position as usize, second_batch);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn deleted_or_garbled_indexes_are_rebuilt() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 150).await;
+        let expected = read_all(&mut log, 0, 500).await;
+        let segments = log.segment_base_offsets();
+        assert!(segments.len() >= 3);
+        log.close(0).await.unwrap();
+        let dir = partition_dir();
+        let index = |base: i64, suffix: &str| dir.join(format!("{base:020}{suffix}"));
+        {
+            use spate_engine::storage::backend::Storage;
+            storage.remove(&index(segments[0], ".index")).await.unwrap();
+            storage
+                .remove(&index(segments[1], ".timeindex"))
+                .await
+                .unwrap();
+        }
+        storage.corrupt_byte(&index(segments[2], ".index"), 20, 0xff);
+
+        let (mut log, report) = PartitionLog::open(storage.clone(), dir.clone(), config.clone(), 0)
+            .await
+            .unwrap();
+        assert!(report.indexes_rebuilt >= 3, "{report:?}");
+        assert!(report.truncations.is_empty());
+        assert_eq!(read_all(&mut log, 0, 500).await, expected);
+        for n in [0, 50, 100, 179] {
+            let got = read_all(&mut log, n, 300).await;
+            assert_eq!(got, expected[n as usize..]);
+        }
+        log.close(0).await.unwrap();
+        let dump = block_on(spate_engine::storage::dump::dump_partition(&storage, &dir)).unwrap();
+        assert!(dump.is_healthy(), "{dump}");
+    });
+}
+
+#[test]
+fn damaged_checkpoint_falls_back_to_full_recovery() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 30).await;
+        log.close(0).await.unwrap();
+        storage.corrupt_byte(&partition_dir().join(CHECKPOINT_FILE_NAME), 9, 0x10);
+        let (mut log, report) = PartitionLog::open(storage.clone(), partition_dir(), config, 0)
+            .await
+            .unwrap();
+        assert_eq!(report.recovery_point, 0);
+        assert_eq!(log.log_end_offset(), 90);
+        assert_eq!(read_all(&mut log, 0, 1000).await.len(), 90);
+    });
+}
+
+#[test]
+fn torn_tail_after_crash_keeps_every_synced_batch() {
+    for seed in 0..50 {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            let config = big_segments();
+            let mut log = open(&storage, &config).await;
+            fill(&mut log, 5).await;
+            log.flush(0).await.unwrap();
+            fill(&mut log, 5).await;
+            drop(log);
+            storage.crash(CrashMode::TornTail { seed });
+            let (mut log, _) = PartitionLog::open(storage.clone(), partition_dir(), config, 0)
+                .await
+                .unwrap();
+            let end = log.log_end_offset();
+            assert!((15..=30).contains(&end), "seed {seed}: end {end}");
+            assert_eq!(end % 3, 0, "whole batches only");
+            assert_eq!(read_all(&mut log, 0, 1000).await.len() as i64, end);
+        });
+    }
+}
+
+#[test]
+fn failed_fsync_poisons_the_log_until_reopened() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 2).await;
+        storage.set_fail_syncs(true);
+        let error = log.flush(0).await.unwrap_err();
+        assert!(matches!(error, StorageError::Io { .. }), "{error:?}");
+        assert!(log.is_poisoned());
+        storage.set_fail_syncs(false);
+        let error = log.append(numbered_batch(6, 1, 0), 0, 0).await.unwrap_err();
+        assert!(matches!(error, StorageError::Poisoned { .. }), "{error:?}");
+        assert!(matches!(
+            log.flush(0).await,
+            Err(StorageError::Poisoned { .. })
+        ));
+        drop(log);
+        let (log, _) = PartitionLog::open(storage, partition_dir(), config, 0)
+            .await
+            .unwrap();
+        assert!(!log.is_poisoned());
+    });
+}

@@ -164,17 +164,18 @@ impl Harness {
                         "over max_bytes only for a single first batch"
                     );
                 }
-                let mut expected_offset = records.first().map_or(offset, |record| record.0);
+                let first_offset = records.first().map_or(offset, |record| record.0);
                 assert!(
-                    expected_offset <= offset,
+                    first_offset <= offset,
                     "the first batch holds the offset asked for"
                 );
-                for (record_offset, timestamp, value) in records {
+                for (expected_offset, (record_offset, timestamp, value)) in
+                    (first_offset..).zip(records)
+                {
                     assert_eq!(record_offset, expected_offset, "dense offsets");
                     let model = &self.records[record_offset as usize];
                     assert_eq!(timestamp, model.timestamp);
                     assert_eq!(value.as_ref(), Some(&model.value));
-                    expected_offset += 1;
                 }
             }
             Op::LookupTimestamp { timestamp } => {

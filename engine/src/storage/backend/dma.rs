@@ -11,7 +11,9 @@
 //! Reads return glommio's reference-counted [`ReadResult`] buffers; slicing them never copies.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -218,10 +220,40 @@ impl StorageFile for DmaFile {
     }
 }
 
+thread_local! {
+    /// Devices whose io_uring polling support this thread's executor has probed correctly.
+    static PROBED_DEVICES: RefCell<BTreeSet<u64>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// glommio decides, once per device and thread, whether reads go to its polled ring by reading
+/// the first block of the first file it opens there. On an empty file that read succeeds on
+/// any device, so every later read is sent to a polled ring the device may not support, and
+/// fails with `EOPNOTSUPP` (virtio disks, for one). Opening a non-empty file first makes the
+/// probe read real data and decide right.
+async fn probe_device_once(dir: &Path) -> io::Result<()> {
+    let device = std::fs::metadata(dir)?.dev();
+    if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let probe_path = dir.join(format!(".spate-dma-probe-{}", std::process::id()));
+    std::fs::write(&probe_path, [0u8; 4096])?;
+    let probed = OpenOptions::new().read(true).dma_open(&probe_path).await;
+    let _ = std::fs::remove_file(&probe_path);
+    let file = probed.map_err(io::Error::from)?;
+    file.close().await.map_err(io::Error::from)?;
+    PROBED_DEVICES.with(|probed| probed.borrow_mut().insert(device));
+    Ok(())
+}
+
 impl Storage for DmaStorage {
     type File = DmaFile;
 
     async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<DmaFile> {
+        let dir = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        probe_device_once(dir).await?;
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         if mode == OpenMode::CreateNew {

@@ -158,6 +158,9 @@ impl StorageFile for SimulatedFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        // A sync takes time on a real disk; yielding lets other tasks run meanwhile, as they
+        // would, so that group commit can be observed.
+        futures_lite::future::yield_now().await;
         let mut state = self.state.borrow_mut();
         if state.fail_syncs {
             return Err(io::Error::other("simulated fsync failure"));
