@@ -931,18 +931,14 @@ impl<S: Storage> PartitionLog<S> {
             fetched.chunks = batches.into_iter().map(Chunk::Memory).collect();
             return Ok(fetched);
         }
-        let (file, path, start_position, segment_end) = if offset >= self.active.meta.base_offset {
-            let start = self
-                .active
-                .index
-                .offset_index
-                .floor(relative(&self.active.meta, offset))
-                .map_or(0, |entry| u64::from(entry.position));
+        let (file, path, start, segment_end) = if offset >= self.active.meta.base_offset {
+            let meta = &self.active.meta;
+            let entry = self.active.index.offset_index.floor(relative(meta, offset));
             (
                 self.active.file.clone(),
                 self.active.paths.log.clone(),
-                start,
-                self.active.meta.size_bytes,
+                ScanStart::from_entry(meta.base_offset, entry),
+                meta.size_bytes,
             )
         } else {
             let meta = *self
@@ -952,21 +948,18 @@ impl<S: Storage> PartitionLog<S> {
                 .map(|(_, meta)| meta)
                 .expect("offsets at or after the log start lie in a segment");
             let handle = self.closed_handle(meta.base_offset).await?;
-            let start = handle
-                .index
-                .floor(relative(&meta, offset))
-                .map_or(0, |entry| u64::from(entry.position));
+            let entry = handle.index.floor(relative(&meta, offset));
             (
                 handle.file.clone(),
                 SegmentPaths::new(&self.dir, meta.base_offset).log,
-                start,
+                ScanStart::from_entry(meta.base_offset, entry),
                 meta.size_bytes,
             )
         };
         if let Some(buffer) = scan_for_read(
             &file,
             &path,
-            start_position,
+            start,
             segment_end,
             offset,
             limit_offset,
@@ -1433,13 +1426,35 @@ async fn first_batch_timestamp<F: StorageFile>(
     Ok(BatchHeader::parse(&bytes).map_or(-1, |header| header.max_timestamp))
 }
 
+/// Where a scan starts: a batch start position and the offset that batch must have.
+#[derive(Debug, Clone, Copy)]
+struct ScanStart {
+    position: u64,
+    offset: i64,
+}
+
+impl ScanStart {
+    fn from_entry(base_offset: i64, entry: Option<super::index::OffsetEntry>) -> ScanStart {
+        match entry {
+            Some(entry) => ScanStart {
+                position: u64::from(entry.position),
+                offset: base_offset + i64::from(entry.relative_offset),
+            },
+            None => ScanStart {
+                position: 0,
+                offset: base_offset,
+            },
+        }
+    }
+}
+
 /// Finds the batch holding `offset` at or after `start_position` and returns the whole batches
 /// from there, as one zero-copy buffer. See [`PartitionLog::read`] for the limits.
 #[allow(clippy::too_many_arguments)]
 async fn scan_for_read<F: StorageFile>(
     file: &F,
     path: &Path,
-    start_position: u64,
+    start: ScanStart,
     segment_end: u64,
     offset: i64,
     limit_offset: i64,
@@ -1460,9 +1475,36 @@ async fn scan_for_read<F: StorageFile>(
         position,
         reason,
     };
-    let mut window_start = start_position;
+    let mut window_start = start.position;
     let mut window = read(window_start, window_bytes).await?;
-    let mut position = start_position;
+    let mut position = start.position;
+    let mut expected_offset = start.offset;
+    // The CRC does not cover the base offset and length, so check them against the offsets the
+    // index and the walk expect: a damaged header is reported, never skipped silently.
+    let check_header = |header: &BatchHeader, position: u64, expected_offset: i64| {
+        if header.base_offset != expected_offset {
+            return Err(corrupt(
+                position,
+                format!(
+                    "base offset {} where {expected_offset} was expected",
+                    header.base_offset
+                ),
+            ));
+        }
+        if header.size_bytes() < BATCH_HEADER_BYTES || header.last_offset_delta < 0 {
+            return Err(corrupt(
+                position,
+                "invalid batch length or offset delta".into(),
+            ));
+        }
+        if position + header.size_bytes() as u64 > segment_end {
+            return Err(corrupt(
+                position,
+                "batch runs past the end of the segment".into(),
+            ));
+        }
+        Ok(())
+    };
     // Skip batches that end before `offset`.
     loop {
         if position >= segment_end {
@@ -1476,16 +1518,12 @@ async fn scan_for_read<F: StorageFile>(
         }
         let header = BatchHeader::parse(&window[cursor..])
             .map_err(|error| corrupt(position, error.to_string()))?;
-        if header.size_bytes() < BATCH_HEADER_BYTES {
-            return Err(corrupt(
-                position,
-                "batch length smaller than a header".into(),
-            ));
-        }
+        check_header(&header, position, expected_offset)?;
         if header.last_offset() >= offset {
             break;
         }
         position += header.size_bytes() as u64;
+        expected_offset = header.next_offset();
     }
     // Take whole batches from here.
     let first_position = position;
@@ -1505,10 +1543,8 @@ async fn scan_for_read<F: StorageFile>(
         }
         let header = BatchHeader::parse(&window[cursor..])
             .map_err(|error| corrupt(position, error.to_string()))?;
+        check_header(&header, position, expected_offset)?;
         let size = header.size_bytes();
-        if header.next_offset() > limit_offset {
-            break;
-        }
         if total > 0 && total + size > max_bytes {
             break;
         }
@@ -1527,11 +1563,15 @@ async fn scan_for_read<F: StorageFile>(
             continue;
         }
         // Batches were validated on append, but the disk may have damaged them since: a batch
-        // whose CRC fails is reported, never served.
+        // whose CRC fails is reported, never served (nor trusted for its offsets).
         batch::validate_stored(&window[cursor..cursor + size])
             .map_err(|error| corrupt(position, error.to_string()))?;
+        if header.next_offset() > limit_offset {
+            break;
+        }
         total += size;
         position += size as u64;
+        expected_offset = header.next_offset();
     }
     if total == 0 {
         return Ok(None);

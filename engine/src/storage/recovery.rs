@@ -189,6 +189,12 @@ pub(super) async fn walk_segment<F: StorageFile>(
             ))
         } else if header.last_offset_delta < 0 {
             Some("negative last offset delta".to_string())
+        } else if trusted && header.next_offset() > recovery_point {
+            // The recovery point always falls between batches.
+            Some(format!(
+                "batch ends at offset {}, across the recovery point {recovery_point}",
+                header.next_offset()
+            ))
         } else if header.next_offset() - meta.base_offset > i64::from(u32::MAX) {
             Some("offset too far from the segment base".to_string())
         } else {

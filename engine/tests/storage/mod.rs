@@ -5,4 +5,5 @@ mod dma;
 mod dump;
 mod group_commit;
 mod model;
+mod regressions;
 mod util;
