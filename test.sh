@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs Spate's whole test suite: formatting and lint gates, every Rust test (unit, integration,
+# property, doc, criterion benches once in test mode), the seeded storage simulation, the C
+# example and the Python package. Installs what the tests need when it is missing (apt and pip
+# packages), so that on a fresh machine this command alone passes.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing_apt=()
+command -v cc >/dev/null 2>&1 || missing_apt+=(gcc libc6-dev)
+command -v python3 >/dev/null 2>&1 || missing_apt+=(python3 python3-pip python3-venv)
+if [ ${#missing_apt[@]} -gt 0 ]; then
+    echo "== installing apt packages: ${missing_apt[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}"
+fi
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+    echo "== installing pytest"
+    python3 -m pip install --quiet --disable-pip-version-check pytest
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test (unit, integration, property; benches once in test mode)"
+cargo test --workspace --all-targets
+echo "== cargo test --doc"
+cargo test --workspace --doc
+
+echo "== storage simulation: 300 seeds"
+cargo build --quiet -p spate-sim
+./target/debug/spate-sim --seeds 300 --steps 2000 | tail -n 1
+
+echo "== Python package: pip install ./bindings-python, then pytest"
+python3 -m pip install --quiet --disable-pip-version-check ./bindings-python
+SPATE_BIN="$PWD/target/debug/spate" python3 -m pytest -q bindings-python/tests
