@@ -34,7 +34,9 @@ pub async fn append_throughput(
         tail_cache_bytes: 1 << 20,
         ..LogConfig::default()
     };
-    let (mut log, _) = PartitionLog::open(DmaStorage, dir, config, 0).await.expect("open");
+    let (mut log, _) = PartitionLog::open(DmaStorage, dir, config, 0)
+        .await
+        .expect("open");
     let started = Instant::now();
     for _ in 0..batches {
         log.append(template.clone(), 0, 0).await.expect("append");
@@ -98,7 +100,9 @@ pub async fn group_commit_rate(
     }
     let elapsed = started.elapsed();
     assert_eq!(done.get(), writers * appends_each);
-    let log = Rc::try_unwrap(log).map_err(|_| "tasks done").expect("sole owner");
+    let log = Rc::try_unwrap(log)
+        .map_err(|_| "tasks done")
+        .expect("sole owner");
     log.into_inner().close(0).await.expect("close");
     elapsed
 }
@@ -110,7 +114,9 @@ pub async fn sequential_read(dir: &std::path::Path, max_bytes: usize) -> (Durati
         tail_cache_bytes: 0,
         ..LogConfig::default()
     };
-    let (mut log, _) = PartitionLog::open(DmaStorage, dir, config, 0).await.expect("open");
+    let (mut log, _) = PartitionLog::open(DmaStorage, dir, config, 0)
+        .await
+        .expect("open");
     let end = log.log_end_offset();
     let started = Instant::now();
     let mut offset = 0;
@@ -118,7 +124,10 @@ pub async fn sequential_read(dir: &std::path::Path, max_bytes: usize) -> (Durati
     while offset < end {
         let fetched = log.read(offset, max_bytes, None).await.expect("read");
         bytes += fetched.size_bytes() as u64;
-        let last_chunk = fetched.chunks.last().expect("a read below the end returns data");
+        let last_chunk = fetched
+            .chunks
+            .last()
+            .expect("a read below the end returns data");
         offset = last_offset_in(last_chunk) + 1;
     }
     let elapsed = started.elapsed();
@@ -149,7 +158,9 @@ pub async fn log_with_segments(segments: usize) -> PartitionLog<SimulatedStorage
         tail_cache_bytes: 0,
         ..LogConfig::default()
     };
-    let (mut log, _) = PartitionLog::open(storage, "/bench/p", config, 0).await.expect("open");
+    let (mut log, _) = PartitionLog::open(storage, "/bench/p", config, 0)
+        .await
+        .expect("open");
     let template = record_batch(4, 16);
     while log.segment_count() < segments {
         log.append(template.clone(), 0, 0).await.expect("append");
@@ -157,18 +168,31 @@ pub async fn log_with_segments(segments: usize) -> PartitionLog<SimulatedStorage
     log
 }
 
-/// Average time of one random-offset lookup (a read of one batch) over `lookups` lookups.
-pub async fn lookup_time<S: Storage>(log: &mut PartitionLog<S>, lookups: u64) -> Duration {
-    let end = log.log_end_offset() as u64;
+/// Average time of one lookup (a read of one batch) of a random offset in
+/// `[first_offset, log end)`, over `lookups` lookups.
+pub async fn lookup_time<S: Storage>(
+    log: &mut PartitionLog<S>,
+    first_offset: i64,
+    lookups: u64,
+) -> Duration {
+    let end = log.log_end_offset();
+    let span = (end - first_offset).max(1) as u64;
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let started = Instant::now();
     for _ in 0..lookups {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let offset = (state % end) as i64;
+        let offset = first_offset + (state % span) as i64;
         let fetched = log.read(offset, 1, None).await.expect("read");
         assert!(!fetched.is_empty());
     }
     started.elapsed() / lookups.max(1) as u32
+}
+
+/// Base offset of the `count`-th newest segment: lookups from there stay within the segments
+/// kept open, as a consumer near the tail does.
+pub fn newest_segments_start<S: Storage>(log: &PartitionLog<S>, count: usize) -> i64 {
+    let bases = log.segment_base_offsets();
+    bases[bases.len().saturating_sub(count)]
 }

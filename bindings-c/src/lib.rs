@@ -109,7 +109,11 @@ pub extern "C" fn spate_version() -> *const c_char {
 /// is owned by Spate and valid until the next failing call on the same thread.
 #[no_mangle]
 pub extern "C" fn spate_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ref().map_or(ptr::null(), |message| message.as_ptr()))
+    LAST_ERROR.with(|last| {
+        last.borrow()
+            .as_ref()
+            .map_or(ptr::null(), |message| message.as_ptr())
+    })
 }
 
 /// Frees a string that Spate returned. NULL is accepted and ignored.
@@ -153,8 +157,14 @@ pub unsafe extern "C" fn spate_log_inspect(
             Err(status) => return status,
         };
         let batches = dump.segments.iter().flat_map(|segment| &segment.batches);
-        let first_offset = batches.clone().next().map_or(-1, |batch| batch.header.base_offset);
-        let next_offset = batches.clone().last().map_or(-1, |batch| batch.header.next_offset());
+        let first_offset = batches
+            .clone()
+            .next()
+            .map_or(-1, |batch| batch.header.base_offset);
+        let next_offset = batches
+            .clone()
+            .last()
+            .map_or(-1, |batch| batch.header.next_offset());
         let result = spate_log_summary {
             segments: dump.segments.len() as u64,
             batches: batches.count() as u64,
@@ -175,7 +185,10 @@ pub unsafe extern "C" fn spate_log_inspect(
 /// # Safety
 /// `dir` is a NUL-terminated string; `report` points to writable memory for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn spate_log_dump(dir: *const c_char, report: *mut *mut c_char) -> spate_status {
+pub unsafe extern "C" fn spate_log_dump(
+    dir: *const c_char,
+    report: *mut *mut c_char,
+) -> spate_status {
     guard(|| {
         // SAFETY: forwarded from the caller's contract.
         let dir = match unsafe { path_argument(dir, "dir") } {

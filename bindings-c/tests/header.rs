@@ -44,7 +44,11 @@ fn static_library() -> PathBuf {
 #[test]
 fn c_example_compiles_warning_free_and_inspects_a_log() {
     let library = static_library();
-    assert!(library.exists(), "{} missing: cargo builds it with the tests", library.display());
+    assert!(
+        library.exists(),
+        "{} missing: cargo builds it with the tests",
+        library.display()
+    );
     let work = tempfile::tempdir().expect("tempdir");
     let binary = work.path().join("inspect");
     let status = Command::new("cc")
@@ -57,7 +61,10 @@ fn c_example_compiles_warning_free_and_inspects_a_log() {
         .args(["-lpthread", "-ldl", "-lm"])
         .status()
         .expect("cc runs");
-    assert!(status.success(), "the C example must compile with -Wall -Werror");
+    assert!(
+        status.success(),
+        "the C example must compile with -Wall -Werror"
+    );
 
     // A partition with two batches, written through the engine.
     let partition = work.path().join("topic-0");
@@ -68,15 +75,30 @@ fn c_example_compiles_warning_free_and_inspects_a_log() {
             .await
             .expect("open");
         for n in 0..2 {
-            log.append(batch(&[NewRecord::value(format!("v{n}"), 5)]), 0, 5).await.expect("append");
+            log.append(batch(&[NewRecord::value(format!("v{n}"), 5)]), 0, 5)
+                .await
+                .expect("append");
         }
         log.close(5).await.expect("close");
     });
-    let output = Command::new(&binary).arg(&partition).output().expect("run example");
+    let output = Command::new(&binary)
+        .arg(&partition)
+        .output()
+        .expect("run example");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("segments=1 batches=2 offsets=[0,2) healthy=1"), "{stdout}");
-    let missing = Command::new(&binary).arg(work.path().join("nope")).output().expect("run");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("segments=1 batches=2 offsets=[0,2) healthy=1"),
+        "{stdout}"
+    );
+    let missing = Command::new(&binary)
+        .arg(work.path().join("nope"))
+        .output()
+        .expect("run");
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("is not a directory"));
 }

@@ -13,11 +13,19 @@ use pyo3::types::PyDict;
 use spate_engine::storage::backend::StdStorage;
 use spate_engine::storage::dump::{dump_partition, PartitionDump};
 
-create_exception!(_native, SpateError, PyException, "Base class of every Spate error.");
+create_exception!(
+    _native,
+    SpateError,
+    PyException,
+    "Base class of every Spate error."
+);
 
 fn load(py: Python<'_>, dir: PathBuf) -> PyResult<PartitionDump> {
     if !dir.is_dir() {
-        return Err(SpateError::new_err(format!("{} is not a directory", dir.display())));
+        return Err(SpateError::new_err(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     py.detach(|| futures_lite::future::block_on(dump_partition(&StdStorage, &dir)))
         .map_err(|error| SpateError::new_err(error.to_string()))
@@ -44,7 +52,9 @@ fn inspect_partition<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<Bound<'py, 
             item.set_item("size_bytes", header.size_bytes())?;
             item.set_item(
                 "codec",
-                header.codec().map_or_else(|_| "unknown".to_string(), |codec| codec.to_string()),
+                header
+                    .codec()
+                    .map_or_else(|_| "unknown".to_string(), |codec| codec.to_string()),
             )?;
             item.set_item("max_timestamp_ms", header.max_timestamp)?;
             item.set_item("crc_ok", batch.problem.is_none())?;

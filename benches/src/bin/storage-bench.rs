@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Parser;
 use spate_benches::workloads::{
     append_fsync_rate, append_throughput, batch_64k_of_1k_records, group_commit_rate,
-    log_with_segments, lookup_time, sequential_read,
+    log_with_segments, lookup_time, newest_segments_start, record_batch, sequential_read,
 };
 use spate_engine::runtime::run_local;
 use spate_engine::storage::backend::DmaStorage;
@@ -40,24 +40,31 @@ fn main() {
     run_local(move || async move {
         let log_dir = dir.join("append");
         let (elapsed, bytes) = append_throughput(&log_dir, &t, batches).await;
-        println!("append_mib_per_s {:.1} MiB/s", bytes as f64 / elapsed.as_secs_f64() / 1048576.0);
+        println!(
+            "append_mib_per_s {:.1} MiB/s",
+            bytes as f64 / elapsed.as_secs_f64() / 1048576.0
+        );
         let (elapsed, bytes) = sequential_read(&log_dir, 1 << 20).await;
-        println!("cold_read_mib_per_s {:.1} MiB/s", bytes as f64 / elapsed.as_secs_f64() / 1048576.0);
+        println!(
+            "cold_read_mib_per_s {:.1} MiB/s",
+            bytes as f64 / elapsed.as_secs_f64() / 1048576.0
+        );
         std::fs::remove_dir_all(&log_dir).expect("cleanup");
 
-        let fsync_dir = dir.join("fsync");
-        let elapsed = append_fsync_rate(&fsync_dir, &t, args.fsync_appends).await;
-        let single = args.fsync_appends as f64 / elapsed.as_secs_f64();
-        println!("append_fsync_per_s {single:.1} appends/s");
-        std::fs::remove_dir_all(&fsync_dir).expect("cleanup");
-
-        let group_dir = dir.join("group");
-        let each = args.fsync_appends / 16;
-        let elapsed = group_commit_rate(&group_dir, &t, 16, each.max(1)).await;
-        let grouped = (16 * each) as f64 / elapsed.as_secs_f64();
-        println!("group_commit_16_per_s {grouped:.1} appends/s");
-        println!("group_commit_speedup {:.2} x", grouped / single);
-        std::fs::remove_dir_all(&group_dir).expect("cleanup");
+        for (label, template) in [("", t.clone()), ("_1k", record_batch(1, 1024))] {
+            let fsync_dir = dir.join("fsync");
+            let elapsed = append_fsync_rate(&fsync_dir, &template, args.fsync_appends).await;
+            let single = args.fsync_appends as f64 / elapsed.as_secs_f64();
+            println!("append_fsync{label}_per_s {single:.1} appends/s");
+            std::fs::remove_dir_all(&fsync_dir).expect("cleanup");
+            let group_dir = dir.join("group");
+            let each = (args.fsync_appends / 16).max(1);
+            let elapsed = group_commit_rate(&group_dir, &template, 16, each).await;
+            let grouped = (16 * each) as f64 / elapsed.as_secs_f64();
+            println!("group_commit{label}_16_per_s {grouped:.1} appends/s");
+            println!("group_commit{label}_speedup {:.2} x", grouped / single);
+            std::fs::remove_dir_all(&group_dir).expect("cleanup");
+        }
 
         let reopen_dir = dir.join("reopen");
         let reopen_batches = args.reopen_gib * (1 << 30) / batch_bytes;
@@ -100,7 +107,16 @@ fn main() {
 
     for segments in [10usize, 10_000] {
         let mut log = futures_lite::future::block_on(log_with_segments(segments));
-        let per_lookup = futures_lite::future::block_on(lookup_time(&mut log, 20_000));
-        println!("lookup_{segments}_segments_us {:.2} us", per_lookup.as_secs_f64() * 1e6);
+        let first = newest_segments_start(&log, 4);
+        let warm = futures_lite::future::block_on(lookup_time(&mut log, first, 20_000));
+        println!(
+            "lookup_{segments}_segments_us {:.2} us",
+            warm.as_secs_f64() * 1e6
+        );
+        if segments == 10_000 {
+            let start = log.log_start_offset();
+            let cold = futures_lite::future::block_on(lookup_time(&mut log, start, 5_000));
+            println!("lookup_cold_us {:.2} us", cold.as_secs_f64() * 1e6);
+        }
     }
 }

@@ -116,6 +116,10 @@ pub async fn dump_partition<S: Storage>(storage: &S, dir: &Path) -> StorageResul
                 .read_at(position, BATCH_HEADER_BYTES)
                 .await
                 .map_err(io(format!("reading {}", paths.log.display())))?;
+            if header_bytes.iter().all(|&byte| byte == 0) {
+                // Direct-I/O padding left by a crash: recovery cuts it.
+                break;
+            }
             let header = match BatchHeader::parse(&header_bytes) {
                 Ok(header) if header.batch_length >= (BATCH_HEADER_BYTES - 12) as i32 => header,
                 Ok(header) => {

@@ -135,3 +135,81 @@ fn dma_log_cuts_a_corrupt_tail_written_by_someone_else() {
     .unwrap();
     assert_eq!(std::fs::metadata(&log_path).unwrap().len() as usize, good);
 }
+
+#[test]
+fn dma_write_buffer_handles_big_batches_interleaved_reads_and_group_commit() {
+    use std::rc::Rc;
+
+    use spate_engine::storage::batch::build::{batch, NewRecord};
+    use spate_engine::storage::{Durability, SharedLog};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed-0");
+    let path_for_run = path.clone();
+    run_local(move || async move {
+        let config = LogConfig {
+            segment_bytes: 4 << 20,
+            tail_cache_bytes: 0, // every read goes through the file and its write buffer
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(DmaStorage, &path_for_run, config.clone(), 0)
+            .await
+            .unwrap();
+        let log = Rc::new(SharedLog::new(log));
+        // Eight writers: small batches, and batches larger than the write buffer.
+        let tasks: Vec<_> = (0..8u64)
+            .map(|writer| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for round in 0..20u64 {
+                        let value_bytes = if (writer + round) % 7 == 0 {
+                            300 << 10
+                        } else {
+                            100
+                        };
+                        let records: Vec<NewRecord> = (0..3)
+                            .map(|i| {
+                                let mut value = format!("w{writer}-r{round}-{i}-").into_bytes();
+                                value.resize(value_bytes, b'x');
+                                NewRecord::value(value, 0)
+                            })
+                            .collect();
+                        let durability = if round % 2 == 0 {
+                            Durability::Synced
+                        } else {
+                            Durability::Written
+                        };
+                        let info = log.append(batch(&records), 0, 0, durability).await.unwrap();
+                        // Read back what was just appended, through the write buffer.
+                        let fetched = log.read(info.base_offset, 1, None).await.unwrap();
+                        let got = super::util::decode(&fetched);
+                        assert_eq!(got[0].0, info.base_offset);
+                        assert!(got[0]
+                            .2
+                            .as_ref()
+                            .unwrap()
+                            .starts_with(format!("w{writer}-r{round}-0-").as_bytes()));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let Ok(log) = Rc::try_unwrap(log) else {
+            panic!("every task is done");
+        };
+        let mut log = log.into_inner();
+        assert_eq!(log.log_end_offset(), 8 * 20 * 3);
+        let before = read_all(&mut log, 0, 1 << 20).await;
+        log.close(0).await.unwrap();
+        let (mut log, report) = PartitionLog::open(DmaStorage, &path_for_run, config, 0)
+            .await
+            .unwrap();
+        assert!(report.truncations.is_empty());
+        assert_eq!(read_all(&mut log, 0, 1 << 20).await, before);
+        log.close(0).await.unwrap();
+    })
+    .unwrap();
+    assert_sizes_exact(&path);
+}

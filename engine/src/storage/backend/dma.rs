@@ -1,12 +1,21 @@
 //! [`DmaStorage`]: glommio DMA files, the production backend.
 //!
 //! Files are opened with O_DIRECT and driven through io_uring by the glommio executor of the
-//! core that owns them. Direct I/O needs positions and lengths aligned to the device block
-//! (usually 512 bytes or 4 KiB), while the log appends batches of any size, so each file keeps
-//! its last partial block in memory: an append copies that block's prefix and the new bytes into
-//! one aligned DMA buffer (the single copy on the write path) and rewrites the block. Bytes after
-//! the logical end on disk are zero padding; recovery treats a zero tail as padding and cuts it,
-//! and `close` truncates the file to its logical length.
+//! core that owns them. Direct I/O needs positions and lengths aligned to the file-system block
+//! (4 KiB), while the log appends batches of any size. Each file therefore keeps a **write
+//! buffer**: an aligned DMA buffer that starts at the block holding the end of the last write
+//! and collects appends. Appending copies the bytes into it (the single copy on the write path);
+//! the buffer is written out in one I/O when it holds [`WRITE_OUT_BYTES`], before every sync,
+//! before a read of bytes still in it, and on close. So an fsync per append costs one write and
+//! one fdatasync, and concurrent appenders that share an fsync (group commit) also share the
+//! write. Writes out are serialised: each rewrites the partial block the previous one ended in.
+//!
+//! Bytes after the logical end on disk are zero padding; recovery treats a zero tail as padding
+//! and cuts it, and `close` truncates the file to its logical length.
+//!
+//! Durability is claimed only after `sync`. Unsynced appends still in the write buffer (at most
+//! [`WRITE_OUT_BYTES`] per file) are lost if the process dies, as unsynced appends in the
+//! device's cache are lost if the power fails.
 //!
 //! Reads return glommio's reference-counted [`ReadResult`] buffers; slicing them never copies.
 
@@ -17,9 +26,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::rc::Rc;
 
-use glommio::io::{Directory, OpenOptions, ReadResult};
+use async_lock::Mutex;
+use glommio::io::{Directory, DmaBuffer, OpenOptions, ReadResult};
 
 use super::{OpenMode, ReadBuf, Storage, StorageFile};
+
+/// Alignment of direct I/O: the usual file-system block. ext4 serialises and zeroes around
+/// direct writes that cover part of a block, even when they honour the device's sector size.
+const FILE_SYSTEM_BLOCK_BYTES: u64 = 4096;
+
+/// Appended bytes that trigger a write out without waiting for a sync: large enough that
+/// sequential appends go to the device in big writes, small enough to bound what a process
+/// crash can lose of unsynced data.
+pub const WRITE_OUT_BYTES: usize = 256 << 10;
 
 /// glommio DMA storage. Must be used inside a glommio executor.
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,17 +65,44 @@ impl ReadBuf for DmaBuf {
     }
 }
 
-#[derive(Debug)]
+/// Appended bytes not yet written, in an aligned buffer that starts at a block boundary.
+struct WriteBuffer {
+    /// The buffer; its first `filled` bytes are file bytes from `start` on.
+    buffer: DmaBuffer,
+    /// File position of `buffer[0]`, a multiple of the alignment.
+    start: u64,
+    filled: usize,
+    /// Whether bytes were appended since the last write out (the partial block alone, already
+    /// on disk, needs no write).
+    dirty: bool,
+}
+
 struct Inner {
     file: glommio::io::DmaFile,
     alignment: u64,
-    /// Logical length: the end of the last completed write.
+    /// Logical length: every byte appended, written out or not.
     len: Cell<u64>,
-    /// Bytes from `align_down(len)` to `len`: the partial last block, as on disk.
-    tail: RefCell<Vec<u8>>,
+    /// End of the bytes written out.
+    written_end: Cell<u64>,
+    pending: RefCell<WriteBuffer>,
+    /// Held while a write out is in flight: the next one rewrites the block this one ends in.
+    write_turn: Mutex<()>,
+    /// The first failed write, reported by every later call: after it the file's state on disk
+    /// is unknown, and only recovery can tell.
+    failure: RefCell<Option<(io::ErrorKind, String)>>,
 }
 
-/// An open [`DmaStorage`] file. Clones share the file.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaFile")
+            .field("len", &self.len.get())
+            .field("written_end", &self.written_end.get())
+            .field("alignment", &self.alignment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open [`DmaStorage`] file. Clones share the file and its write buffer.
 #[derive(Debug, Clone)]
 pub struct DmaFile {
     inner: Rc<Inner>,
@@ -71,12 +117,45 @@ impl DmaFile {
         value.div_ceil(self.inner.alignment) * self.inner.alignment
     }
 
-    async fn load_tail(&self) -> io::Result<()> {
+    fn check_failure(&self) -> io::Result<()> {
+        match &*self.inner.failure.borrow() {
+            Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, error: io::Error) -> io::Error {
+        self.inner
+            .failure
+            .borrow_mut()
+            .get_or_insert((error.kind(), error.to_string()));
+        error
+    }
+
+    /// A write buffer for a file whose logical length is `len`, holding the partial last block
+    /// (`tail`, the bytes from `align_down(len)` to `len`), able to take `extra` more bytes.
+    fn new_write_buffer(&self, len: u64, tail: &[u8], extra: usize) -> WriteBuffer {
+        let start = self.align_down(len);
+        debug_assert_eq!(tail.len() as u64, len - start);
+        let capacity =
+            self.align_up((WRITE_OUT_BYTES.max(tail.len() + extra)) as u64 + self.inner.alignment);
+        let mut buffer = self.inner.file.alloc_dma_buffer(capacity as usize);
+        buffer.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
+        WriteBuffer {
+            buffer,
+            start,
+            filled: tail.len(),
+            dirty: false,
+        }
+    }
+
+    /// Reads the partial last block from disk into a fresh write buffer (after open or
+    /// truncate).
+    async fn reload_tail(&self) -> io::Result<()> {
         let len = self.inner.len.get();
         let block_start = self.align_down(len);
         let wanted = (len - block_start) as usize;
-        let mut tail = Vec::with_capacity(self.inner.alignment as usize);
-        if wanted > 0 {
+        let block = if wanted > 0 {
             let block = self
                 .inner
                 .file
@@ -89,15 +168,49 @@ impl DmaFile {
                     "short read of the last block",
                 ));
             }
-            tail.extend_from_slice(&block[..wanted]);
-        }
-        *self.inner.tail.borrow_mut() = tail;
+            block[..wanted].to_vec()
+        } else {
+            Vec::new()
+        };
+        *self.inner.pending.borrow_mut() = self.new_write_buffer(len, &block, 0);
+        self.inner.written_end.set(len);
         Ok(())
     }
 
-    /// Writes `data` at `position` by read-modify-write of the aligned blocks around it; the
+    /// Writes the write buffer out, keeping its partial last block for the next appends.
+    async fn write_out(&self) -> io::Result<()> {
+        let _turn = self.inner.write_turn.lock().await;
+        self.check_failure()?;
+        let (buffer, start, filled) = {
+            let mut pending = self.inner.pending.borrow_mut();
+            if !pending.dirty {
+                return Ok(());
+            }
+            let end = pending.start + pending.filled as u64;
+            let tail_start = (self.align_down(end) - pending.start) as usize;
+            let tail = pending.buffer.as_bytes()[tail_start..pending.filled].to_vec();
+            let next = self.new_write_buffer(end, &tail, 0);
+            let taken = std::mem::replace(&mut *pending, next);
+            (taken.buffer, taken.start, taken.filled)
+        };
+        let mut buffer = buffer;
+        let aligned = self.align_up(filled as u64) as usize;
+        buffer.as_bytes_mut()[filled..aligned].fill(0);
+        buffer.trim_to_size(aligned);
+        match write_fully(&self.inner.file, buffer, start).await {
+            Ok(()) => {
+                self.inner.written_end.set(start + filled as u64);
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Writes `data` at `position` by read-modify-write of the aligned blocks around it: the
     /// general path, for writes that are not appends.
     async fn write_anywhere(&self, position: u64, data: &[u8]) -> io::Result<()> {
+        self.write_out().await?;
+        let _turn = self.inner.write_turn.lock().await;
         let start = self.align_down(position);
         let end = self.align_up(position + data.len() as u64);
         let mut buffer = self.inner.file.alloc_dma_buffer((end - start) as usize);
@@ -115,28 +228,33 @@ impl DmaFile {
         bytes[..logical_existing].copy_from_slice(&existing[..logical_existing]);
         let offset_in_buffer = (position - start) as usize;
         bytes[offset_in_buffer..offset_in_buffer + data.len()].copy_from_slice(data);
-        self.write_buffer(buffer, start).await?;
+        write_fully(&self.inner.file, buffer, start)
+            .await
+            .map_err(|error| self.fail(error))?;
         let new_len = self.inner.len.get().max(position + data.len() as u64);
         self.inner.len.set(new_len);
-        self.load_tail().await
+        drop(_turn);
+        self.reload_tail().await
     }
+}
 
-    async fn write_buffer(&self, buffer: glommio::io::DmaBuffer, position: u64) -> io::Result<()> {
-        let expected = buffer.len();
-        let written = self
-            .inner
-            .file
-            .write_at(buffer, position)
-            .await
-            .map_err(io::Error::from)?;
-        if written != expected {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short direct write: {written} of {expected} bytes"),
-            ));
-        }
-        Ok(())
+async fn write_fully(
+    file: &glommio::io::DmaFile,
+    buffer: DmaBuffer,
+    position: u64,
+) -> io::Result<()> {
+    let expected = buffer.len();
+    let written = file
+        .write_at(buffer, position)
+        .await
+        .map_err(io::Error::from)?;
+    if written != expected {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short direct write: {written} of {expected} bytes"),
+        ));
     }
+    Ok(())
 }
 
 impl StorageFile for DmaFile {
@@ -148,6 +266,9 @@ impl StorageFile for DmaFile {
         if len == 0 {
             return Ok(DmaBuf::default());
         }
+        if position + len as u64 > self.inner.written_end.get() {
+            self.write_out().await?;
+        }
         let result = self
             .inner
             .file
@@ -158,38 +279,47 @@ impl StorageFile for DmaFile {
     }
 
     async fn write_at(&self, position: u64, data: &[u8]) -> io::Result<()> {
+        self.check_failure()?;
         if data.is_empty() {
             return Ok(());
         }
-        let len = self.inner.len.get();
-        if position != len {
+        if position != self.inner.len.get() {
             return self.write_anywhere(position, data).await;
         }
-        // Append: the partial last block, then the new bytes, in one aligned buffer.
-        let block_start = self.align_down(len);
-        let end = position + data.len() as u64;
-        let mut buffer = self
-            .inner
-            .file
-            .alloc_dma_buffer((self.align_up(end) - block_start) as usize);
-        let new_tail = {
-            let tail = self.inner.tail.borrow();
-            debug_assert_eq!(tail.len() as u64, len - block_start);
-            let bytes = buffer.as_bytes_mut();
-            bytes[..tail.len()].copy_from_slice(&tail);
-            bytes[tail.len()..tail.len() + data.len()].copy_from_slice(data);
-            bytes[tail.len() + data.len()..].fill(0);
-            let new_block_start = (self.align_down(end) - block_start) as usize;
-            bytes[new_block_start..tail.len() + data.len()].to_vec()
+        let full = {
+            let mut pending = self.inner.pending.borrow_mut();
+            if pending.filled + data.len() > pending.buffer.len() {
+                // Too big for the buffer: move the buffered bytes to a buffer that fits all.
+                let end = pending.start + pending.filled as u64;
+                let kept = pending.buffer.as_bytes()[..pending.filled].to_vec();
+                let mut bigger = self.new_write_buffer(pending.start, &[], kept.len() + data.len());
+                debug_assert_eq!(bigger.start, pending.start);
+                bigger.buffer.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
+                bigger.filled = kept.len();
+                bigger.dirty = pending.dirty;
+                *pending = bigger;
+                debug_assert_eq!(pending.start + pending.filled as u64, end);
+            }
+            let filled = pending.filled;
+            pending.buffer.as_bytes_mut()[filled..filled + data.len()].copy_from_slice(data);
+            pending.filled += data.len();
+            pending.dirty = true;
+            pending.filled >= WRITE_OUT_BYTES
         };
-        self.write_buffer(buffer, block_start).await?;
-        self.inner.len.set(end);
-        *self.inner.tail.borrow_mut() = new_tail;
+        self.inner.len.set(position + data.len() as u64);
+        if full {
+            self.write_out().await?;
+        }
         Ok(())
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.inner.file.fdatasync().await.map_err(io::Error::from)
+        self.write_out().await?;
+        self.inner
+            .file
+            .fdatasync()
+            .await
+            .map_err(|error| self.fail(io::Error::from(error)))
     }
 
     fn len(&self) -> u64 {
@@ -197,16 +327,20 @@ impl StorageFile for DmaFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.write_out().await?;
+        let _turn = self.inner.write_turn.lock().await;
         self.inner
             .file
             .truncate(len)
             .await
             .map_err(io::Error::from)?;
         self.inner.len.set(len);
-        self.load_tail().await
+        drop(_turn);
+        self.reload_tail().await
     }
 
     async fn close(self) -> io::Result<()> {
+        self.write_out().await?;
         // Drop the zero padding of the last block, so the file is exactly its logical length.
         let size = self.inner.file.file_size().await.map_err(io::Error::from)?;
         if size != self.inner.len.get() {
@@ -261,16 +395,25 @@ impl Storage for DmaStorage {
         }
         let file = options.dma_open(path).await.map_err(io::Error::from)?;
         let len = file.file_size().await.map_err(io::Error::from)?;
-        let alignment = file.alignment().max(512);
+        let alignment = file.alignment().max(FILE_SYSTEM_BLOCK_BYTES);
+        let placeholder = file.alloc_dma_buffer(alignment as usize);
         let handle = DmaFile {
             inner: Rc::new(Inner {
                 file,
                 alignment,
                 len: Cell::new(len),
-                tail: RefCell::new(Vec::new()),
+                written_end: Cell::new(len),
+                pending: RefCell::new(WriteBuffer {
+                    buffer: placeholder,
+                    start: 0,
+                    filled: 0,
+                    dirty: false,
+                }),
+                write_turn: Mutex::new(()),
+                failure: RefCell::new(None),
             }),
         };
-        handle.load_tail().await?;
+        handle.reload_tail().await?;
         Ok(handle)
     }
 
