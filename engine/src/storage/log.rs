@@ -362,6 +362,7 @@ impl<S: Storage> PartitionLog<S> {
                 }
                 meta.first_batch_timestamp =
                     first_batch_timestamp(&file, &paths.log, &meta).await?;
+                file.expect_appends();
                 active = Some(ActiveSegment {
                     meta,
                     paths,
@@ -400,6 +401,7 @@ impl<S: Storage> PartitionLog<S> {
                     .open(&paths.log, OpenMode::CreateNew)
                     .await
                     .map_err(io_error(|| format!("creating {}", paths.log.display())))?;
+                file.expect_appends();
                 storage
                     .sync_dir(&dir)
                     .await
@@ -759,6 +761,19 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     async fn roll_inner(&mut self, now_ms: i64) -> StorageResult<()> {
+        // Cut the space the backend reserved ahead of appends; the flush makes the cut durable
+        // with the data, so closed segments end exactly at their last batch.
+        let active_path = self.active.paths.log.clone();
+        self.active
+            .file
+            .truncate(self.active.meta.size_bytes)
+            .await
+            .map_err(io_error(|| format!("truncating {}", active_path.display())))?;
+        self.active
+            .file
+            .sync()
+            .await
+            .map_err(io_error(|| format!("syncing {}", active_path.display())))?;
         self.flush(now_ms).await?;
         write_index_files(
             &self.storage,
@@ -774,6 +789,7 @@ impl<S: Storage> PartitionLog<S> {
             .open(&paths.log, OpenMode::CreateNew)
             .await
             .map_err(io_error(|| format!("creating {}", paths.log.display())))?;
+        file.expect_appends();
         self.storage
             .sync_dir(&self.dir)
             .await

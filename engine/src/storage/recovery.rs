@@ -16,6 +16,9 @@ use super::error::{StorageError, StorageResult};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::segment::SegmentMeta;
 
+/// Zero bytes after the last batch that make a tail padding rather than a torn write.
+const ZERO_TAIL_PROBE_BYTES: u64 = 64 << 10;
+
 /// Bytes read at a time while walking a segment.
 const WALK_WINDOW_BYTES: usize = 1 << 20;
 
@@ -255,12 +258,12 @@ async fn stop_or_corrupt<F: StorageFile>(
             reason: format!("{reason} (below the recovery point)"),
         });
     }
-    let remaining = file.len() - position;
-    if remaining <= WALK_WINDOW_BYTES as u64 {
-        let rest = read(file, path, position, remaining as usize).await?;
-        if rest.iter().all(|&byte| byte == 0) {
-            return Ok(WalkStop::ZeroPadding { position });
-        }
+    // Space reserved ahead of appends, and direct-I/O padding, read as zeros: a zero run where
+    // the next batch would start is the end of the data, not damage.
+    let probe_len = (file.len() - position).min(ZERO_TAIL_PROBE_BYTES);
+    let probe = read(file, path, position, probe_len as usize).await?;
+    if probe.iter().all(|&byte| byte == 0) {
+        return Ok(WalkStop::ZeroPadding { position });
     }
     Ok(WalkStop::Torn { position, reason })
 }

@@ -349,3 +349,59 @@ fn tail_reads_come_from_memory() {
         ));
     });
 }
+
+#[test]
+fn flush_policy_asks_for_syncs_by_count_and_by_age() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let by_count = LogConfig {
+            flush_messages: 5,
+            ..small_config()
+        };
+        let mut log = open(&storage, &by_count).await;
+        assert!(
+            !log.append(numbered_batch(0, 2, 0), 0, 0)
+                .await
+                .unwrap()
+                .sync_due
+        );
+        assert!(
+            !log.append(numbered_batch(2, 2, 0), 0, 0)
+                .await
+                .unwrap()
+                .sync_due
+        );
+        assert!(
+            log.append(numbered_batch(4, 2, 0), 0, 0)
+                .await
+                .unwrap()
+                .sync_due
+        );
+        log.flush(0).await.unwrap();
+        assert_eq!(log.durable_offset(), 6);
+        assert!(!log.sync_due(0), "nothing unsynced after a flush");
+
+        let by_age = LogConfig {
+            flush_ms: 100,
+            ..small_config()
+        };
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &by_age).await; // opened at time 0
+        assert!(
+            !log.append(numbered_batch(0, 1, 0), 0, 50)
+                .await
+                .unwrap()
+                .sync_due
+        );
+        assert!(!log.sync_due(99));
+        assert!(log.sync_due(100), "the last sync is 100 ms old");
+        assert!(
+            log.append(numbered_batch(1, 1, 0), 0, 150)
+                .await
+                .unwrap()
+                .sync_due
+        );
+        log.flush(150).await.unwrap();
+        assert!(!log.sync_due(249));
+    });
+}

@@ -80,6 +80,10 @@ pub trait StorageFile: Clone + std::fmt::Debug {
 
     /// Releases this handle. Other clones stay usable.
     async fn close(self) -> io::Result<()>;
+
+    /// Says that this file will grow by appends (a segment), so that the backend may reserve
+    /// space ahead of them. The default does nothing.
+    fn expect_appends(&self) {}
 }
 
 /// A directory tree of files.
