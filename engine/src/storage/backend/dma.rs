@@ -47,6 +47,10 @@ const FILE_SYSTEM_BLOCK_BYTES: u64 = 4096;
 /// crash can lose of unsynced data.
 pub const WRITE_OUT_BYTES: usize = 256 << 10;
 
+/// Capacity of a write buffer: a write out's worth plus a block, so that appends up to the
+/// threshold never reallocate.
+const WRITE_BUFFER_BYTES: usize = WRITE_OUT_BYTES + FILE_SYSTEM_BLOCK_BYTES as usize;
+
 /// Space reserved ahead of appends to segment files. Redpanda's `segment_fallocation_step`
 /// defaults to the same 32 MiB.
 pub const PREALLOCATE_STEP_BYTES: u64 = 32 << 20;
@@ -149,12 +153,12 @@ impl DmaFile {
     }
 
     /// A write buffer for a file whose logical length is `len`, holding the partial last block
-    /// (`tail`, the bytes from `align_down(len)` to `len`), able to take `extra` more bytes.
-    fn new_write_buffer(&self, len: u64, tail: &[u8], extra: usize) -> WriteBuffer {
+    /// (`tail`, the bytes from `align_down(len)` to `len`), with room for `capacity` bytes in all
+    /// (rounded up to whole blocks).
+    fn new_write_buffer(&self, len: u64, tail: &[u8], capacity: usize) -> WriteBuffer {
         let start = self.align_down(len);
         debug_assert_eq!(tail.len() as u64, len - start);
-        let capacity =
-            self.align_up((WRITE_OUT_BYTES.max(tail.len() + extra)) as u64 + self.inner.alignment);
+        let capacity = self.align_up(capacity.max(tail.len() + 1) as u64);
         let mut buffer = self.inner.file.alloc_dma_buffer(capacity as usize);
         buffer.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
         WriteBuffer {
@@ -188,6 +192,7 @@ impl DmaFile {
         } else {
             Vec::new()
         };
+        // One block: files opened for reading never need more; the first append grows it.
         *self.inner.pending.borrow_mut() = self.new_write_buffer(len, &block, 0);
         self.inner.written_end.set(len);
         Ok(())
@@ -205,7 +210,7 @@ impl DmaFile {
             let end = pending.start + pending.filled as u64;
             let tail_start = (self.align_down(end) - pending.start) as usize;
             let tail = pending.buffer.as_bytes()[tail_start..pending.filled].to_vec();
-            let next = self.new_write_buffer(end, &tail, 0);
+            let next = self.new_write_buffer(end, &tail, WRITE_BUFFER_BYTES);
             let taken = std::mem::replace(&mut *pending, next);
             (taken.buffer, taken.start, taken.filled)
         };
@@ -316,7 +321,9 @@ impl StorageFile for DmaFile {
                 // Too big for the buffer: move the buffered bytes to a buffer that fits all.
                 let end = pending.start + pending.filled as u64;
                 let kept = pending.buffer.as_bytes()[..pending.filled].to_vec();
-                let mut bigger = self.new_write_buffer(pending.start, &[], kept.len() + data.len());
+                let needed = kept.len() + data.len();
+                let mut bigger =
+                    self.new_write_buffer(pending.start, &[], needed.max(WRITE_BUFFER_BYTES));
                 debug_assert_eq!(bigger.start, pending.start);
                 bigger.buffer.as_bytes_mut()[..kept.len()].copy_from_slice(&kept);
                 bigger.filled = kept.len();
