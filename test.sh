@@ -5,6 +5,10 @@
 # packages), so that on a fresh machine this command alone passes.
 set -euo pipefail
 cd "$(dirname "$0")"
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+# A Debian system Python refuses pip installs outside a venv (PEP 668); the tests install into
+# whichever python3 runs them.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
@@ -38,8 +42,8 @@ cargo test --workspace --doc
 
 echo "== storage simulation: 300 seeds"
 cargo build --quiet -p spate-sim
-./target/debug/spate-sim --seeds 300 --steps 2000 | tail -n 1
+"$target_dir/debug/spate-sim" --seeds 300 --steps 2000 | tail -n 1
 
 echo "== Python package: pip install ./bindings-python, then pytest"
-python3 -m pip install --quiet --disable-pip-version-check ./bindings-python
-SPATE_BIN="$PWD/target/debug/spate" python3 -m pytest -q bindings-python/tests
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings-python
+SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q bindings-python/tests
