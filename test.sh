@@ -45,5 +45,6 @@ cargo build --quiet -p spate-sim
 "$target_dir/debug/spate-sim" --seeds 300 --steps 2000 | tail -n 1
 
 echo "== Python package: pip install ./bindings-python, then pytest"
+cargo build --quiet -p spate-engine --bin spate
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings-python
 SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q bindings-python/tests

@@ -1,3 +1,4 @@
 //! Integration tests of the engine, one binary with a module per concern.
 
+mod cli;
 mod storage;

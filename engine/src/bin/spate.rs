@@ -42,7 +42,8 @@ enum LogCommand {
     /// Append records to a partition directory through the glommio DMA backend: one record per
     /// line of standard input, or generated ones with --generate.
     Append(AppendArgs),
-    /// Print records of a partition directory, one value per line.
+    /// Print records of a partition directory, one value per line. Like append, it recovers
+    /// the directory first (cutting a torn tail), as the broker will.
     Read {
         /// The partition directory.
         dir: PathBuf,

@@ -472,7 +472,9 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let directory = Directory::open(dir).await.map_err(io::Error::from)?;
+        // glommio opens directories relative to nothing: "./data" fails with EBADF.
+        let dir = std::path::absolute(dir)?;
+        let directory = Directory::open(&dir).await.map_err(io::Error::from)?;
         directory.sync().await.map_err(io::Error::from)?;
         directory.close().await.map_err(io::Error::from)
     }

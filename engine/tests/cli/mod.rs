@@ -1,0 +1,77 @@
+//! The `spate` command line, run as a user would: relative paths, a fresh directory, the
+//! README's commands.
+
+use std::path::Path;
+use std::process::Command;
+
+fn spate(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spate runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn append_read_and_dump_a_relative_partition_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = spate(
+        work.path(),
+        &[
+            "log",
+            "append",
+            "./spate-data/demo-0",
+            "--generate",
+            "1000",
+            "--record-bytes",
+            "100",
+        ],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("appended 1000 records"), "{stdout}");
+
+    let (ok, stdout, stderr) = spate(
+        work.path(),
+        &["log", "read", "./spate-data/demo-0", "--from-offset", "998"],
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("998\t"));
+
+    let (ok, stdout, stderr) = spate(work.path(), &["log", "dump", "./spate-data/demo-0"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.trim_end().ends_with("healthy"), "{stdout}");
+}
+
+#[test]
+fn dump_reports_damage_with_exit_code_2() {
+    let work = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = spate(work.path(), &["log", "append", "p-0", "--generate", "100"]);
+    assert!(ok, "{stderr}");
+    let segment = work.path().join("p-0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[2000] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["log", "dump", "p-0"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("BAD (CRC mismatch"));
+}
+
+#[test]
+fn missing_directory_is_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = spate(work.path(), &["log", "dump", "nope"]);
+    assert!(!ok);
+    assert!(stderr.contains("nope is not a directory"), "{stderr}");
+}
