@@ -36,17 +36,14 @@ use tracing::{debug, info, warn};
 use super::backend::{
     read_whole_file, write_file_atomically, OpenMode, ReadBuf, Storage, StorageFile,
 };
-use super::batch::{self, BatchHeader, Codec, TimestampType, BATCH_HEADER_BYTES};
+use super::batch::{self, Codec, TimestampType, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use super::config::LogConfig;
 use super::error::{StorageError, StorageResult};
-use super::index::{OffsetIndex, TimeIndex};
-use super::recovery::{relative, walk_segment, IndexBuilder, WalkStop};
-use super::segment::{
-    parse_file_name, SegmentMeta, SegmentPaths, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
-};
+use super::index::OffsetIndex;
+use super::recovery::{relative, walk_segment, IndexBuilder};
+use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
-use crate::limits::READ_WINDOW_EXTRA_BYTES;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,293 +174,48 @@ impl<F: StorageFile> SyncTicket<F> {
 }
 
 #[derive(Debug)]
-struct ActiveSegment<F> {
-    meta: SegmentMeta,
-    paths: SegmentPaths,
-    file: F,
-    index: IndexBuilder,
+pub(super) struct ActiveSegment<F> {
+    pub(super) meta: SegmentMeta,
+    pub(super) paths: SegmentPaths,
+    pub(super) file: F,
+    pub(super) index: IndexBuilder,
     /// When the segment was created or opened; `segment_ms` falls back to it when batches carry
     /// no timestamps.
-    created_ms: i64,
+    pub(super) created_ms: i64,
 }
 
 #[derive(Debug)]
-struct ClosedHandle<F> {
-    base_offset: i64,
-    file: F,
-    index: OffsetIndex,
-    last_used: u64,
+pub(super) struct ClosedHandle<F> {
+    pub(super) base_offset: i64,
+    pub(super) file: F,
+    pub(super) index: OffsetIndex,
+    pub(super) last_used: u64,
 }
 
 /// One partition's log. See the module docs for the calling protocol.
 #[derive(Debug)]
 pub struct PartitionLog<S: Storage> {
-    storage: S,
-    dir: PathBuf,
-    config: LogConfig,
-    closed: BTreeMap<i64, SegmentMeta>,
-    active: ActiveSegment<S::File>,
-    closed_handles: Vec<ClosedHandle<S::File>>,
-    use_counter: u64,
-    tail_cache: TailCache,
-    log_start_offset: i64,
-    recovery_point: i64,
-    durable_offset: i64,
-    unsynced_records: u64,
-    last_sync_ms: i64,
-    poisoned: Option<String>,
+    pub(super) storage: S,
+    pub(super) dir: PathBuf,
+    pub(super) config: LogConfig,
+    pub(super) closed: BTreeMap<i64, SegmentMeta>,
+    pub(super) active: ActiveSegment<S::File>,
+    pub(super) closed_handles: Vec<ClosedHandle<S::File>>,
+    pub(super) use_counter: u64,
+    pub(super) tail_cache: TailCache,
+    pub(super) log_start_offset: i64,
+    pub(super) recovery_point: i64,
+    pub(super) durable_offset: i64,
+    pub(super) unsynced_records: u64,
+    pub(super) last_sync_ms: i64,
+    pub(super) poisoned: Option<String>,
 }
 
-fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
+pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
     move |source| StorageError::io(context(), source)
 }
 
 impl<S: Storage> PartitionLog<S> {
-    /// Opens the partition in `dir`, creating it if needed, and recovers it: segments below the
-    /// recovery point are trusted and their indexes loaded; from the recovery point on every
-    /// batch is CRC-checked and a torn or corrupt tail is cut. Ends with a checkpoint, so the
-    /// next open has nothing to recover.
-    ///
-    /// # Errors
-    /// [`StorageError::Corrupt`] when data below the recovery point is damaged,
-    /// [`StorageError::InvalidConfig`], or an I/O error.
-    pub async fn open(
-        storage: S,
-        dir: impl Into<PathBuf>,
-        config: LogConfig,
-        now_ms: i64,
-    ) -> StorageResult<(PartitionLog<S>, OpenReport)> {
-        config.validate().map_err(StorageError::InvalidConfig)?;
-        let dir = dir.into();
-        storage
-            .create_dir_all(&dir)
-            .await
-            .map_err(io_error(|| format!("creating {}", dir.display())))?;
-        let names = storage
-            .list(&dir)
-            .await
-            .map_err(io_error(|| format!("listing {}", dir.display())))?;
-        for name in names.iter().filter(|name| name.ends_with(".tmp")) {
-            let path = dir.join(name);
-            storage
-                .remove(&path)
-                .await
-                .map_err(io_error(|| format!("removing {}", path.display())))?;
-        }
-        let checkpoint = read_checkpoint(&storage, &dir).await?;
-        let recovery_point = checkpoint.recovery_point;
-        let bases: Vec<i64> = names
-            .iter()
-            .filter_map(|name| parse_file_name(name, LOG_SUFFIX))
-            .collect();
-        for name in &names {
-            let base = parse_file_name(name, INDEX_SUFFIX)
-                .or_else(|| parse_file_name(name, TIME_INDEX_SUFFIX));
-            if let Some(base) = base {
-                if bases.binary_search(&base).is_err() {
-                    let path = dir.join(name);
-                    info!(path = %path.display(), "removing index without a segment");
-                    storage
-                        .remove(&path)
-                        .await
-                        .map_err(io_error(|| format!("removing {}", path.display())))?;
-                }
-            }
-        }
-
-        let mut report = OpenReport {
-            recovery_point,
-            ..OpenReport::default()
-        };
-        let mut closed = BTreeMap::new();
-        let mut active = None;
-        let mut index = 0;
-        while index < bases.len() {
-            let base = bases[index];
-            let next_base = bases.get(index + 1).copied();
-            let paths = SegmentPaths::new(&dir, base);
-            let file = storage
-                .open(&paths.log, OpenMode::Existing)
-                .await
-                .map_err(io_error(|| format!("opening {}", paths.log.display())))?;
-            if let Some(next_base) = next_base.filter(|&next_base| next_base <= recovery_point) {
-                let meta = open_trusted_segment(
-                    &storage,
-                    &config,
-                    &paths,
-                    &file,
-                    next_base,
-                    recovery_point,
-                    &mut report,
-                )
-                .await?;
-                file.close()
-                    .await
-                    .map_err(io_error(|| format!("closing {}", paths.log.display())))?;
-                closed.insert(base, meta);
-                report.segments_trusted += 1;
-                index += 1;
-                continue;
-            }
-            let (mut builder, mut meta) =
-                resume_point(&storage, &config, &paths, &file, base, recovery_point).await;
-            let start_position = meta.size_bytes;
-            if start_position == 0 {
-                meta = SegmentMeta::empty(base);
-            }
-            let stop = walk_segment(
-                &file,
-                &paths.log,
-                start_position,
-                recovery_point,
-                &mut builder,
-                &mut meta,
-            )
-            .await?;
-            report.bytes_scanned += meta.size_bytes - start_position;
-            let mut truncated = false;
-            match stop {
-                WalkStop::CleanEnd => {}
-                WalkStop::ZeroPadding { position } => {
-                    debug!(segment = %paths.log.display(), position, "cutting zero padding");
-                    truncate_file(&file, &paths.log, position).await?;
-                }
-                WalkStop::Torn { position, reason } => {
-                    let bytes_removed = file.len() - position;
-                    warn!(
-                        segment = %paths.log.display(),
-                        position,
-                        bytes_removed,
-                        reason = %reason,
-                        "truncating torn or corrupt log tail"
-                    );
-                    truncate_file(&file, &paths.log, position).await?;
-                    report.truncations.push(Truncation {
-                        segment: paths.log.clone(),
-                        position,
-                        bytes_removed,
-                        reason,
-                    });
-                    truncated = true;
-                }
-            }
-            let is_last = next_base.is_none() || truncated;
-            if is_last {
-                if let Some(next_base) = next_base {
-                    // Segments after a cut tail would leave a gap in the offsets: remove them.
-                    for &later in &bases[index + 1..] {
-                        remove_segment_files(&storage, &SegmentPaths::new(&dir, later)).await?;
-                        report.segments_removed += 1;
-                    }
-                    warn!(
-                        from_base_offset = next_base,
-                        "removed segments after a truncated tail"
-                    );
-                }
-                meta.first_batch_timestamp =
-                    first_batch_timestamp(&file, &paths.log, &meta).await?;
-                file.expect_appends();
-                active = Some(ActiveSegment {
-                    meta,
-                    paths,
-                    file,
-                    index: builder,
-                    created_ms: now_ms,
-                });
-                break;
-            }
-            let next_base = next_base.expect("not the last segment");
-            if meta.next_offset != next_base {
-                return Err(StorageError::Corrupt {
-                    segment: paths.log.clone(),
-                    position: meta.size_bytes,
-                    reason: format!(
-                        "segment ends at offset {} but the next segment starts at {next_base}",
-                        meta.next_offset
-                    ),
-                });
-            }
-            write_index_files(&storage, &paths, &builder, &meta).await?;
-            report.indexes_rebuilt += 1;
-            file.close()
-                .await
-                .map_err(io_error(|| format!("closing {}", paths.log.display())))?;
-            closed.insert(base, meta);
-            index += 1;
-        }
-
-        let active = match active {
-            Some(active) => active,
-            None => {
-                let base = checkpoint.log_start_offset;
-                let paths = SegmentPaths::new(&dir, base);
-                let file = storage
-                    .open(&paths.log, OpenMode::CreateNew)
-                    .await
-                    .map_err(io_error(|| format!("creating {}", paths.log.display())))?;
-                file.expect_appends();
-                storage
-                    .sync_dir(&dir)
-                    .await
-                    .map_err(io_error(|| format!("syncing {}", dir.display())))?;
-                ActiveSegment {
-                    meta: SegmentMeta::empty(base),
-                    paths,
-                    file,
-                    index: IndexBuilder::new(config.index_interval_bytes),
-                    created_ms: now_ms,
-                }
-            }
-        };
-        let log_end_offset = active.meta.next_offset;
-        if recovery_point > log_end_offset {
-            return Err(StorageError::Corrupt {
-                segment: active.paths.log.clone(),
-                position: active.meta.size_bytes,
-                reason: format!(
-                    "the log ends at offset {log_end_offset} but offsets up to {recovery_point} \
-                     were checkpointed as durable"
-                ),
-            });
-        }
-        let first_base = closed
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(active.meta.base_offset);
-        let log_start_offset = checkpoint
-            .log_start_offset
-            .max(first_base)
-            .min(log_end_offset);
-        report.segments = closed.len() + 1;
-        let mut log = PartitionLog {
-            tail_cache: TailCache::new(config.tail_cache_bytes),
-            storage,
-            dir,
-            config,
-            closed,
-            active,
-            closed_handles: Vec::new(),
-            use_counter: 0,
-            log_start_offset,
-            recovery_point,
-            durable_offset: recovery_point,
-            unsynced_records: 0,
-            last_sync_ms: now_ms,
-            poisoned: None,
-        };
-        log.checkpoint(now_ms).await?;
-        info!(
-            dir = %log.dir.display(),
-            log_start_offset = log.log_start_offset,
-            log_end_offset = log.log_end_offset(),
-            segments = report.segments,
-            truncations = report.truncations.len(),
-            "partition log opened"
-        );
-        Ok((log, report))
-    }
-
     /// The partition directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -522,7 +274,7 @@ impl<S: Storage> PartitionLog<S> {
         self.poisoned.is_some()
     }
 
-    fn check_poison(&self) -> StorageResult<()> {
+    pub(super) fn check_poison(&self) -> StorageResult<()> {
         match &self.poisoned {
             Some(cause) => Err(StorageError::Poisoned {
                 dir: self.dir.clone(),
@@ -895,7 +647,7 @@ impl<S: Storage> PartitionLog<S> {
         result.map_err(|error| self.poison(error))
     }
 
-    async fn write_checkpoint(&mut self, recovery_point: i64) -> StorageResult<()> {
+    pub(super) async fn write_checkpoint(&mut self, recovery_point: i64) -> StorageResult<()> {
         assert!(
             recovery_point <= self.durable_offset,
             "checkpoint only durable data"
@@ -910,165 +662,6 @@ impl<S: Storage> PartitionLog<S> {
             .map_err(io_error(|| format!("writing {}", path.display())))?;
         self.recovery_point = recovery_point;
         Ok(())
-    }
-
-    /// Reads whole batches starting with the one that holds `offset`: at most `max_bytes`, but
-    /// always at least one whole batch (as Kafka's fetch does), never a batch that ends at or
-    /// after `limit_offset` (the high watermark; `None` for the log end), and only from one
-    /// segment. Recent batches come from memory; older ones are read from disk without copying.
-    ///
-    /// # Errors
-    /// [`StorageError::OffsetOutOfRange`] outside `[log_start_offset, log_end_offset]`, or an
-    /// I/O error.
-    pub async fn read(
-        &mut self,
-        offset: i64,
-        max_bytes: usize,
-        limit_offset: Option<i64>,
-    ) -> StorageResult<Fetched<<S::File as StorageFile>::Buf>> {
-        let log_end_offset = self.log_end_offset();
-        if offset < self.log_start_offset || offset > log_end_offset {
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start_offset: self.log_start_offset,
-                log_end_offset,
-            });
-        }
-        let limit_offset = limit_offset.unwrap_or(log_end_offset).min(log_end_offset);
-        let mut fetched = Fetched {
-            chunks: Vec::new(),
-            log_start_offset: self.log_start_offset,
-            log_end_offset,
-        };
-        if offset >= limit_offset {
-            return Ok(fetched);
-        }
-        if let Some(batches) = self.tail_cache.read(offset, limit_offset, max_bytes) {
-            fetched.chunks = batches.into_iter().map(Chunk::Memory).collect();
-            return Ok(fetched);
-        }
-        let (file, path, start, segment_end) = if offset >= self.active.meta.base_offset {
-            let meta = &self.active.meta;
-            let entry = self.active.index.offset_index.floor(relative(meta, offset));
-            (
-                self.active.file.clone(),
-                self.active.paths.log.clone(),
-                ScanStart::from_entry(meta.base_offset, entry),
-                meta.size_bytes,
-            )
-        } else {
-            let meta = *self
-                .closed
-                .range(..=offset)
-                .next_back()
-                .map(|(_, meta)| meta)
-                .expect("offsets at or after the log start lie in a segment");
-            let handle = self.closed_handle(meta.base_offset).await?;
-            let entry = handle.index.floor(relative(&meta, offset));
-            (
-                handle.file.clone(),
-                SegmentPaths::new(&self.dir, meta.base_offset).log,
-                ScanStart::from_entry(meta.base_offset, entry),
-                meta.size_bytes,
-            )
-        };
-        if let Some(buffer) = scan_for_read(
-            &file,
-            &path,
-            start,
-            segment_end,
-            offset,
-            limit_offset,
-            max_bytes,
-            self.config.index_interval_bytes as usize,
-        )
-        .await?
-        {
-            fetched.chunks.push(Chunk::Disk(buffer));
-        }
-        Ok(fetched)
-    }
-
-    /// The first offset whose record timestamp is at or after `timestamp_ms`, with that
-    /// timestamp (Kafka's ListOffsets by time). For compressed batches, the batch's base offset
-    /// and max timestamp. `None` when no record is that new.
-    ///
-    /// # Errors
-    /// An I/O error.
-    pub async fn offset_for_timestamp(
-        &mut self,
-        timestamp_ms: i64,
-    ) -> StorageResult<Option<(i64, i64)>> {
-        let candidates: Vec<SegmentMeta> = self
-            .closed
-            .values()
-            .chain(std::iter::once(&self.active.meta))
-            .filter(|meta| {
-                meta.max_timestamp >= timestamp_ms && meta.next_offset > self.log_start_offset
-            })
-            .copied()
-            .collect();
-        for meta in candidates {
-            if let Some(found) = self.offset_for_timestamp_in(meta, timestamp_ms).await? {
-                return Ok(Some(found));
-            }
-        }
-        Ok(None)
-    }
-
-    async fn offset_for_timestamp_in(
-        &mut self,
-        meta: SegmentMeta,
-        timestamp_ms: i64,
-    ) -> StorageResult<Option<(i64, i64)>> {
-        let paths = SegmentPaths::new(&self.dir, meta.base_offset);
-        let (file, offset_index, time_index) = if meta.base_offset == self.active.meta.base_offset {
-            (
-                self.active.file.clone(),
-                self.active.index.offset_index.clone(),
-                self.active.index.time_index.clone(),
-            )
-        } else {
-            let time_index = match read_whole_file(&self.storage, &paths.time_index).await {
-                Ok(bytes) => TimeIndex::decode(&bytes).unwrap_or_default(),
-                Err(_) => TimeIndex::new(),
-            };
-            let handle = self.closed_handle(meta.base_offset).await?;
-            (handle.file.clone(), handle.index.clone(), time_index)
-        };
-        let start_relative = time_index
-            .last_below(timestamp_ms)
-            .map_or(0, |entry| entry.relative_offset);
-        let mut position = offset_index
-            .floor(start_relative)
-            .map_or(0, |entry| u64::from(entry.position));
-        while position < meta.size_bytes {
-            let header_bytes = file
-                .read_at(position, BATCH_HEADER_BYTES)
-                .await
-                .map_err(io_error(|| format!("reading {}", paths.log.display())))?;
-            let header =
-                BatchHeader::parse(&header_bytes).map_err(|error| StorageError::Corrupt {
-                    segment: paths.log.clone(),
-                    position,
-                    reason: error.to_string(),
-                })?;
-            let size = header.size_bytes();
-            if header.max_timestamp >= timestamp_ms && header.last_offset() >= self.log_start_offset
-            {
-                let bytes = file
-                    .read_at(position, size)
-                    .await
-                    .map_err(io_error(|| format!("reading {}", paths.log.display())))?;
-                let found =
-                    batch::first_offset_at_or_after(&bytes, timestamp_ms, self.log_start_offset);
-                if found.is_some() {
-                    return Ok(found);
-                }
-            }
-            position += size as u64;
-        }
-        Ok(None)
     }
 
     /// Deletes closed segments that retention no longer keeps: those whose newest record is
@@ -1163,7 +756,10 @@ impl<S: Storage> PartitionLog<S> {
             .map_err(io_error(|| format!("closing {}", path.display())))
     }
 
-    async fn closed_handle(&mut self, base_offset: i64) -> StorageResult<&ClosedHandle<S::File>> {
+    pub(super) async fn closed_handle(
+        &mut self,
+        base_offset: i64,
+    ) -> StorageResult<&ClosedHandle<S::File>> {
         self.use_counter += 1;
         let use_counter = self.use_counter;
         if let Some(found) = self
@@ -1245,144 +841,7 @@ struct IncomingBatch {
     validated: batch::ValidatedBatch,
 }
 
-async fn read_checkpoint<S: Storage>(storage: &S, dir: &Path) -> StorageResult<Checkpoint> {
-    let path = dir.join(CHECKPOINT_FILE_NAME);
-    let empty = Checkpoint {
-        recovery_point: 0,
-        log_start_offset: 0,
-    };
-    if !storage.exists(&path).await {
-        return Ok(empty);
-    }
-    let bytes = read_whole_file(storage, &path)
-        .await
-        .map_err(io_error(|| format!("reading {}", path.display())))?;
-    match Checkpoint::decode(&bytes) {
-        Some(checkpoint) => Ok(checkpoint),
-        None => {
-            warn!(path = %path.display(), "checkpoint damaged; recovering the whole log");
-            Ok(empty)
-        }
-    }
-}
-
-/// Loads a segment wholly below the recovery point: its indexes are trusted, or rebuilt when
-/// missing or damaged.
-async fn open_trusted_segment<S: Storage>(
-    storage: &S,
-    config: &LogConfig,
-    paths: &SegmentPaths,
-    file: &S::File,
-    next_base: i64,
-    recovery_point: i64,
-    report: &mut OpenReport,
-) -> StorageResult<SegmentMeta> {
-    let base = parse_base(paths);
-    let loaded = load_indexes(storage, paths).await;
-    if let Some((offset_index, time_index)) = loaded {
-        let fits = offset_index
-            .last()
-            .is_none_or(|entry| u64::from(entry.position) < file.len());
-        if fits {
-            let (max_timestamp, offset_of_max_timestamp) =
-                time_index.last().map_or((-1, base), |entry| {
-                    (entry.timestamp, base + i64::from(entry.relative_offset))
-                });
-            return Ok(SegmentMeta {
-                base_offset: base,
-                next_offset: next_base,
-                size_bytes: file.len(),
-                max_timestamp,
-                offset_of_max_timestamp,
-                first_batch_timestamp: -1,
-            });
-        }
-    }
-    warn!(segment = %paths.log.display(), "index missing or damaged; rebuilding it from the log");
-    let mut builder = IndexBuilder::new(config.index_interval_bytes);
-    let mut meta = SegmentMeta::empty(base);
-    let stop = walk_segment(file, &paths.log, 0, recovery_point, &mut builder, &mut meta).await?;
-    if stop != WalkStop::CleanEnd || meta.next_offset != next_base {
-        return Err(StorageError::Corrupt {
-            segment: paths.log.clone(),
-            position: meta.size_bytes,
-            reason: format!(
-                "segment below the recovery point ends at offset {} ({stop:?}), the next segment \
-                 starts at {next_base}",
-                meta.next_offset
-            ),
-        });
-    }
-    write_index_files(storage, paths, &builder, &meta).await?;
-    report.indexes_rebuilt += 1;
-    Ok(meta)
-}
-
-/// Where the walk of a segment at or after the recovery point starts: at the offset index entry
-/// at or before the recovery point when the index files check out, else at the beginning.
-async fn resume_point<S: Storage>(
-    storage: &S,
-    config: &LogConfig,
-    paths: &SegmentPaths,
-    file: &S::File,
-    base: i64,
-    recovery_point: i64,
-) -> (IndexBuilder, SegmentMeta) {
-    let fresh = (
-        IndexBuilder::new(config.index_interval_bytes),
-        SegmentMeta::empty(base),
-    );
-    if recovery_point <= base {
-        return fresh;
-    }
-    let Some((mut offset_index, time_index)) = load_indexes(storage, paths).await else {
-        return fresh;
-    };
-    offset_index.truncate_to_position(file.len());
-    let target = u32::try_from(recovery_point - base).unwrap_or(u32::MAX);
-    let (builder, position, start_relative) = IndexBuilder::resume(
-        config.index_interval_bytes,
-        offset_index,
-        time_index,
-        target,
-    );
-    let max_timestamp = builder.max_timestamp_so_far();
-    let offset_of_max_timestamp = builder
-        .time_index
-        .last()
-        .map_or(base, |entry| base + i64::from(entry.relative_offset));
-    let meta = SegmentMeta {
-        base_offset: base,
-        next_offset: base + i64::from(start_relative),
-        size_bytes: position,
-        max_timestamp,
-        offset_of_max_timestamp,
-        first_batch_timestamp: -1,
-    };
-    (builder, meta)
-}
-
-fn parse_base(paths: &SegmentPaths) -> i64 {
-    paths
-        .log
-        .file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| parse_file_name(name, LOG_SUFFIX))
-        .expect("segment paths are built from base offsets")
-}
-
-async fn load_indexes<S: Storage>(
-    storage: &S,
-    paths: &SegmentPaths,
-) -> Option<(OffsetIndex, TimeIndex)> {
-    let offset_bytes = read_whole_file(storage, &paths.index).await.ok()?;
-    let time_bytes = read_whole_file(storage, &paths.time_index).await.ok()?;
-    let offset_index = OffsetIndex::decode(&offset_bytes).ok()?;
-    let time_index = TimeIndex::decode(&time_bytes).ok()?;
-    Some((offset_index, time_index))
-}
-
-async fn write_index_files<S: Storage>(
+pub(super) async fn write_index_files<S: Storage>(
     storage: &S,
     paths: &SegmentPaths,
     builder: &IndexBuilder,
@@ -1402,7 +861,10 @@ async fn write_index_files<S: Storage>(
     }))
 }
 
-async fn remove_segment_files<S: Storage>(storage: &S, paths: &SegmentPaths) -> StorageResult<()> {
+pub(super) async fn remove_segment_files<S: Storage>(
+    storage: &S,
+    paths: &SegmentPaths,
+) -> StorageResult<()> {
     for path in [&paths.log, &paths.index, &paths.time_index] {
         match storage.remove(path).await {
             Ok(()) => {}
@@ -1416,182 +878,4 @@ async fn remove_segment_files<S: Storage>(storage: &S, paths: &SegmentPaths) -> 
         }
     }
     Ok(())
-}
-
-async fn truncate_file<F: StorageFile>(file: &F, path: &Path, position: u64) -> StorageResult<()> {
-    file.truncate(position)
-        .await
-        .map_err(io_error(|| format!("truncating {}", path.display())))?;
-    file.sync()
-        .await
-        .map_err(io_error(|| format!("syncing {}", path.display())))
-}
-
-async fn first_batch_timestamp<F: StorageFile>(
-    file: &F,
-    path: &Path,
-    meta: &SegmentMeta,
-) -> StorageResult<i64> {
-    if meta.is_empty() {
-        return Ok(-1);
-    }
-    let bytes = file
-        .read_at(0, BATCH_HEADER_BYTES)
-        .await
-        .map_err(io_error(|| format!("reading {}", path.display())))?;
-    Ok(BatchHeader::parse(&bytes).map_or(-1, |header| header.max_timestamp))
-}
-
-/// Where a scan starts: a batch start position and the offset that batch must have.
-#[derive(Debug, Clone, Copy)]
-struct ScanStart {
-    position: u64,
-    offset: i64,
-}
-
-impl ScanStart {
-    fn from_entry(base_offset: i64, entry: Option<super::index::OffsetEntry>) -> ScanStart {
-        match entry {
-            Some(entry) => ScanStart {
-                position: u64::from(entry.position),
-                offset: base_offset + i64::from(entry.relative_offset),
-            },
-            None => ScanStart {
-                position: 0,
-                offset: base_offset,
-            },
-        }
-    }
-}
-
-/// Finds the batch holding `offset` at or after `start_position` and returns the whole batches
-/// from there, as one zero-copy buffer. See [`PartitionLog::read`] for the limits.
-#[allow(clippy::too_many_arguments)]
-async fn scan_for_read<F: StorageFile>(
-    file: &F,
-    path: &Path,
-    start: ScanStart,
-    segment_end: u64,
-    offset: i64,
-    limit_offset: i64,
-    max_bytes: usize,
-    index_interval_bytes: usize,
-) -> StorageResult<Option<F::Buf>> {
-    let window_bytes = index_interval_bytes + max_bytes.max(READ_WINDOW_EXTRA_BYTES);
-    let read = |position: u64, len: usize| {
-        let len = len.min((segment_end - position) as usize);
-        async move {
-            file.read_at(position, len)
-                .await
-                .map_err(io_error(|| format!("reading {}", path.display())))
-        }
-    };
-    let corrupt = |position: u64, reason: String| StorageError::Corrupt {
-        segment: path.to_path_buf(),
-        position,
-        reason,
-    };
-    let mut window_start = start.position;
-    let mut window = read(window_start, window_bytes).await?;
-    let mut position = start.position;
-    let mut expected_offset = start.offset;
-    // The CRC does not cover the base offset and length, so check them against the offsets the
-    // index and the walk expect: a damaged header is reported, never skipped silently.
-    let check_header = |header: &BatchHeader, position: u64, expected_offset: i64| {
-        if header.base_offset != expected_offset {
-            return Err(corrupt(
-                position,
-                format!(
-                    "base offset {} where {expected_offset} was expected",
-                    header.base_offset
-                ),
-            ));
-        }
-        if header.size_bytes() < BATCH_HEADER_BYTES || header.last_offset_delta < 0 {
-            return Err(corrupt(
-                position,
-                "invalid batch length or offset delta".into(),
-            ));
-        }
-        if position + header.size_bytes() as u64 > segment_end {
-            return Err(corrupt(
-                position,
-                "batch runs past the end of the segment".into(),
-            ));
-        }
-        Ok(())
-    };
-    // Skip batches that end before `offset`.
-    loop {
-        if position >= segment_end {
-            return Ok(None);
-        }
-        let cursor = (position - window_start) as usize;
-        if window.len() < cursor + BATCH_HEADER_BYTES {
-            window_start = position;
-            window = read(position, window_bytes).await?;
-            continue;
-        }
-        let header = BatchHeader::parse(&window[cursor..])
-            .map_err(|error| corrupt(position, error.to_string()))?;
-        check_header(&header, position, expected_offset)?;
-        if header.last_offset() >= offset {
-            break;
-        }
-        position += header.size_bytes() as u64;
-        expected_offset = header.next_offset();
-    }
-    // Take whole batches from here.
-    let first_position = position;
-    let mut total = 0usize;
-    loop {
-        if position >= segment_end {
-            break;
-        }
-        let cursor = (position - window_start) as usize;
-        if window.len() < cursor + BATCH_HEADER_BYTES {
-            if total > 0 {
-                break;
-            }
-            window_start = position;
-            window = read(position, window_bytes).await?;
-            continue;
-        }
-        let header = BatchHeader::parse(&window[cursor..])
-            .map_err(|error| corrupt(position, error.to_string()))?;
-        check_header(&header, position, expected_offset)?;
-        let size = header.size_bytes();
-        if total > 0 && total + size > max_bytes {
-            break;
-        }
-        if window.len() < cursor + size {
-            if total > 0 {
-                break;
-            }
-            window_start = position;
-            window = read(position, size.max(window_bytes)).await?;
-            if window.len() < size {
-                return Err(corrupt(
-                    position,
-                    "batch runs past the end of the segment".into(),
-                ));
-            }
-            continue;
-        }
-        // Batches were validated on append, but the disk may have damaged them since: a batch
-        // whose CRC fails is reported, never served (nor trusted for its offsets).
-        batch::validate_stored(&window[cursor..cursor + size])
-            .map_err(|error| corrupt(position, error.to_string()))?;
-        if header.next_offset() > limit_offset {
-            break;
-        }
-        total += size;
-        position += size as u64;
-        expected_offset = header.next_offset();
-    }
-    if total == 0 {
-        return Ok(None);
-    }
-    let cursor = (first_position - window_start) as usize;
-    Ok(Some(window.slice(cursor, total)))
 }

@@ -17,6 +17,8 @@ pub mod dump;
 mod error;
 pub mod index;
 mod log;
+mod open;
+mod read;
 mod recovery;
 pub mod segment;
 mod shared;
