@@ -405,3 +405,32 @@ fn flush_policy_asks_for_syncs_by_count_and_by_age() {
         assert!(!log.sync_due(249));
     });
 }
+
+#[test]
+fn segments_roll_when_the_offset_index_is_full() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 64,
+            segment_index_bytes: 3 * 8, // three offset index entries per segment
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        for n in 0..40 {
+            log.append(numbered_batch(n, 1, 0), 0, 0).await.unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(segments >= 5, "{segments} segments");
+        assert!(
+            log.size_bytes() < 40 * 200,
+            "rolled for the index, not for size"
+        );
+        log.close(0).await.unwrap();
+        let (mut log, report) = PartitionLog::open(storage, partition_dir(), config, 0)
+            .await
+            .unwrap();
+        assert_eq!(report.segments, segments);
+        assert_eq!(read_all(&mut log, 0, 100).await.len(), 40);
+    });
+}
