@@ -24,8 +24,10 @@
 //! .unwrap();
 //! ```
 
+pub mod broker;
 pub mod error;
 pub mod limits;
+pub mod protocol;
 pub mod runtime;
 pub mod storage;
 

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use spate_engine::broker::config::ServeSettings;
 use spate_engine::runtime;
+use spate_engine::runtime::alloc::LazyLargeAllocations;
 use spate_engine::storage::backend::{DmaStorage, StdStorage};
 use spate_engine::storage::batch::build::{batch, NewRecord};
 use spate_engine::storage::dump::dump_partition;
@@ -26,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a broker. With no arguments: a single-node broker on 127.0.0.1:9092 with its data in
+    /// ./spate-data, one executor per core. Stop it with Ctrl-C or SIGTERM: it finishes the
+    /// requests in flight, syncs every partition and exits 0.
+    Serve(Box<ServeArgs>),
     /// Work with a partition directory directly (no broker).
     #[command(subcommand)]
     Log(LogCommand),
@@ -57,6 +63,16 @@ enum LogCommand {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below (same names, with underscores; topic
+    /// defaults in a [topic_defaults] table). Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ServeSettings,
+}
+
+#[derive(Args)]
 struct AppendArgs {
     /// The partition directory (created if missing).
     dir: PathBuf,
@@ -77,6 +93,10 @@ struct AppendArgs {
     sync_every_append: bool,
 }
 
+/// Keeps a hostile length prefix in a request from aborting the broker; see the module docs.
+#[global_allocator]
+static ALLOCATOR: LazyLargeAllocations = LazyLargeAllocations;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,6 +107,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(*args),
         Command::Log(LogCommand::Dump { dir }) => dump(dir),
         Command::Log(LogCommand::Append(args)) => append(args),
         Command::Log(LogCommand::Read {
@@ -105,6 +126,16 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error + Send + Sync>>;
+
+fn serve(args: ServeArgs) -> CliResult {
+    let file = match &args.config {
+        Some(path) => ServeSettings::from_file(path)?,
+        None => ServeSettings::default(),
+    };
+    let config = args.settings.over(file).resolve()?;
+    runtime::serve(config)?;
+    Ok(ExitCode::SUCCESS)
+}
 
 fn dump(dir: PathBuf) -> CliResult {
     if !dir.is_dir() {

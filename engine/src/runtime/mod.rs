@@ -4,7 +4,15 @@
 //! storage layer takes `now_ms` as an argument and reaches files only through
 //! [`crate::storage::backend::Storage`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod alloc;
+mod connection;
+pub mod server;
+pub mod shard;
+
+pub use server::{serve, ServeError};
 
 /// Locked memory glommio needs per executor (its io_uring rings and registered buffers).
 pub const MEMLOCK_BYTES_PER_EXECUTOR: u64 = 512 * 1024;
@@ -106,4 +114,20 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// A random number for ids (topic ids, the cluster id): the standard library's per-process
+/// random hash keys, mixed with a counter and the clock. Only drivers call this; the state
+/// machines take randomness as an argument.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish()
 }

@@ -226,6 +226,33 @@ impl<S: Storage> PartitionLog<S> {
         &self.config
     }
 
+    /// Replaces the settings (a topic config change). Segment sizes and index intervals apply
+    /// from the next roll; flush and retention settings at once.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidConfig`]; the old settings stay.
+    pub fn set_config(&mut self, config: LogConfig) -> StorageResult<()> {
+        config.validate().map_err(StorageError::InvalidConfig)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The largest batch max timestamp in the log and the base offset of its batch (Kafka's
+    /// ListOffsets with MAX_TIMESTAMP), or `None` when the log holds no record.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.closed
+            .values()
+            .chain(std::iter::once(&self.active.meta))
+            .filter(|meta| meta.next_offset > self.log_start_offset && meta.max_timestamp >= 0)
+            .map(|meta| {
+                (
+                    meta.max_timestamp,
+                    meta.offset_of_max_timestamp.max(self.log_start_offset),
+                )
+            })
+            .max_by_key(|&(timestamp, offset)| (timestamp, std::cmp::Reverse(offset)))
+    }
+
     /// First readable offset.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset

@@ -1,0 +1,318 @@
+//! The broker's settings: a flag for each (`spate serve --help`), the same keys in a TOML file
+//! (`--config spate.toml`), and a documented default. Flags win over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::topic_config::{broker_key, check_value};
+
+/// Settings as given on the command line or in the config file; unset ones take defaults.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Address given to clients in metadata [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_listen: Option<String>,
+    /// Directory for the logs and the catalog [default: ./spate-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Executors (one thread per core), each owning a share of the partitions [default: the
+    /// number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// This broker's id (Kafka's node.id) [default: 1].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<i32>,
+    /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Create a topic when a client asks for metadata of or produces to a missing one
+    /// (auto.create.topics.enable) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of automatically created topics and of CreateTopics without a count
+    /// (num.partitions) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub num_partitions: Option<i32>,
+    /// Largest request frame accepted, refused before it is read (socket.request.max.bytes)
+    /// [default: 104857600].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_request_max_bytes: Option<usize>,
+    /// Most client connections open at once (max.connections) [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most client connections from one IP address (max.connections.per.ip) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Requests read ahead and queued per connection before the broker stops reading from it
+    /// [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_inflight_requests_per_connection: Option<usize>,
+    /// How often retention deletes old segments (log.retention.check.interval.ms)
+    /// [default: 300000].
+    #[arg(long, value_name = "MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    /// A default for every topic, with Kafka's broker-level name, repeatable:
+    /// `--topic-default log.retention.ms=3600000`. In the file: a `[topic_defaults]` table.
+    /// Names: log.cleanup.policy, log.flush.interval.messages, log.flush.interval.ms,
+    /// log.index.interval.bytes, message.max.bytes, log.message.timestamp.type,
+    /// min.insync.replicas, log.retention.bytes, log.retention.ms, log.segment.bytes,
+    /// log.index.size.max.bytes, log.roll.ms.
+    #[arg(long = "topic-default", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    #[serde(skip)]
+    pub topic_default: Vec<(String, String)>,
+    /// Topic defaults from the config file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub topic_defaults: BTreeMap<String, String>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
+/// The broker's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// See [`ServeSettings::listen`].
+    pub listen: SocketAddr,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    /// Port clients are told to connect to.
+    pub advertised_port: i32,
+    /// See [`ServeSettings::data_dir`].
+    pub data_dir: PathBuf,
+    /// See [`ServeSettings::cores`].
+    pub cores: usize,
+    /// See [`ServeSettings::node_id`].
+    pub node_id: i32,
+    /// See [`ServeSettings::metrics_listen`].
+    pub metrics_listen: Option<SocketAddr>,
+    /// See [`ServeSettings::auto_create_topics`].
+    pub auto_create_topics: bool,
+    /// See [`ServeSettings::num_partitions`].
+    pub num_partitions: i32,
+    /// See [`ServeSettings::socket_request_max_bytes`].
+    pub socket_request_max_bytes: usize,
+    /// See [`ServeSettings::max_connections`].
+    pub max_connections: usize,
+    /// See [`ServeSettings::max_connections_per_ip`].
+    pub max_connections_per_ip: usize,
+    /// See [`ServeSettings::max_inflight_requests_per_connection`].
+    pub max_inflight_requests_per_connection: usize,
+    /// See [`ServeSettings::log_retention_check_interval_ms`].
+    pub log_retention_check_interval_ms: u64,
+    /// Static topic defaults by broker-level name.
+    pub topic_defaults: BTreeMap<String, String>,
+}
+
+/// Settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("config file {}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ServeSettings {
+    /// Reads settings from a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigFileError`] when it cannot be read or parsed.
+    pub fn from_file(path: &Path) -> Result<ServeSettings, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigFileError::Parse {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// These settings where set, `base` where not.
+    pub fn over(self, base: ServeSettings) -> ServeSettings {
+        let mut topic_defaults = base.topic_defaults;
+        topic_defaults.extend(base.topic_default);
+        topic_defaults.extend(self.topic_defaults);
+        topic_defaults.extend(self.topic_default);
+        ServeSettings {
+            listen: self.listen.or(base.listen),
+            advertised_listen: self.advertised_listen.or(base.advertised_listen),
+            data_dir: self.data_dir.or(base.data_dir),
+            cores: self.cores.or(base.cores),
+            node_id: self.node_id.or(base.node_id),
+            metrics_listen: self.metrics_listen.or(base.metrics_listen),
+            auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
+            num_partitions: self.num_partitions.or(base.num_partitions),
+            socket_request_max_bytes: self
+                .socket_request_max_bytes
+                .or(base.socket_request_max_bytes),
+            max_connections: self.max_connections.or(base.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(base.max_connections_per_ip),
+            max_inflight_requests_per_connection: self
+                .max_inflight_requests_per_connection
+                .or(base.max_inflight_requests_per_connection),
+            log_retention_check_interval_ms: self
+                .log_retention_check_interval_ms
+                .or(base.log_retention_check_interval_ms),
+            topic_default: Vec::new(),
+            topic_defaults,
+        }
+    }
+
+    /// Resolves defaults and checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Invalid`] naming the bad setting.
+    pub fn resolve(self) -> Result<BrokerConfig, ConfigFileError> {
+        let invalid = |name: &str, reason: String| ConfigFileError::Invalid {
+            name: name.to_owned(),
+            reason,
+        };
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
+        let (advertised_host, advertised_port) = match &self.advertised_listen {
+            Some(text) => {
+                let (host, port) = text.rsplit_once(':').ok_or_else(|| {
+                    invalid("advertised_listen", format!("{text:?} is not HOST:PORT"))
+                })?;
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| invalid("advertised_listen", format!("bad port in {text:?}")))?;
+                (host.trim_matches(['[', ']']).to_owned(), i32::from(port))
+            }
+            None if listen.ip().is_unspecified() => {
+                ("127.0.0.1".to_owned(), i32::from(listen.port()))
+            }
+            None => (listen.ip().to_string(), i32::from(listen.port())),
+        };
+        let cores = self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if cores == 0 || cores > 1024 {
+            return Err(invalid(
+                "cores",
+                format!("{cores} is not between 1 and 1024"),
+            ));
+        }
+        let num_partitions = self.num_partitions.unwrap_or(1);
+        if num_partitions < 1 {
+            return Err(invalid("num_partitions", "must be at least 1".into()));
+        }
+        let socket_request_max_bytes = self.socket_request_max_bytes.unwrap_or(100 << 20);
+        if socket_request_max_bytes < 1024 || socket_request_max_bytes > i32::MAX as usize {
+            return Err(invalid(
+                "socket_request_max_bytes",
+                "must be between 1024 and 2147483647".into(),
+            ));
+        }
+        let max_inflight = self.max_inflight_requests_per_connection.unwrap_or(32);
+        if max_inflight == 0 {
+            return Err(invalid(
+                "max_inflight_requests_per_connection",
+                "must be at least 1".into(),
+            ));
+        }
+        let mut topic_defaults = self.topic_defaults;
+        topic_defaults.extend(self.topic_default);
+        for (name, value) in &topic_defaults {
+            let key = broker_key(name).ok_or_else(|| {
+                invalid(
+                    &format!("topic default {name}"),
+                    "not a broker-level topic config name (see spate serve --help)".into(),
+                )
+            })?;
+            check_value(key, name, value)
+                .map_err(|error| invalid(&format!("topic default {name}"), error.to_string()))?;
+        }
+        Ok(BrokerConfig {
+            listen,
+            advertised_host,
+            advertised_port,
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("spate-data")),
+            cores,
+            node_id: self.node_id.unwrap_or(1),
+            metrics_listen: self.metrics_listen,
+            auto_create_topics: self.auto_create_topics.unwrap_or(true),
+            num_partitions,
+            socket_request_max_bytes,
+            max_connections: self.max_connections.unwrap_or(10_000).max(1),
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(1_000).max(1),
+            max_inflight_requests_per_connection: max_inflight,
+            log_retention_check_interval_ms: self
+                .log_retention_check_interval_ms
+                .unwrap_or(300_000)
+                .max(100),
+            topic_defaults,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_flags() {
+        let config = ServeSettings::default().resolve().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.data_dir, PathBuf::from("spate-data"));
+        assert_eq!(
+            (config.advertised_host.as_str(), config.advertised_port),
+            ("127.0.0.1", 9092)
+        );
+        let file: ServeSettings = toml::from_str(
+            "listen = \"0.0.0.0:9093\"\ncores = 2\n[topic_defaults]\n\"log.retention.ms\" = \"1000\"\n",
+        )
+        .unwrap();
+        let flags = ServeSettings {
+            cores: Some(1),
+            topic_default: vec![("log.segment.bytes".into(), "4096".into())],
+            ..ServeSettings::default()
+        };
+        let config = flags.over(file).resolve().unwrap();
+        assert_eq!(config.cores, 1);
+        assert_eq!(config.listen.port(), 9093);
+        assert_eq!(config.advertised_host, "127.0.0.1");
+        assert_eq!(config.topic_defaults.len(), 2);
+        assert!(toml::from_str::<ServeSettings>("listn = \"x\"").is_err());
+        let bad = ServeSettings {
+            topic_default: vec![("retention.ms".into(), "1".into())],
+            ..ServeSettings::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! ApiVersions, Metadata and DescribeCluster.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiVersionsResponse, BrokerId, DescribeClusterRequest, DescribeClusterResponse,
+    MetadataRequest, MetadataResponse, TopicName,
+};
+use uuid::Uuid;
+
+use super::{count_error, str_bytes};
+use crate::broker::catalog::{NewTopic, Topic};
+use crate::broker::names::{is_internal, validate_topic_name};
+use crate::protocol::versions;
+use crate::runtime::shard::{AdminOp, Shard, LEADER_EPOCH};
+
+/// The ApiVersions response: every implemented API with its versions.
+pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.error_code = error_code;
+    response.api_keys = versions::all()
+        .map(|(key, range)| {
+            ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(range.min)
+                .with_max_version(range.max)
+        })
+        .collect();
+    response
+}
+
+pub(super) async fn metadata(
+    shard: &Rc<Shard>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let mut catalog = shard.catalog();
+    // Which topics: `None` for all (v0 sends an empty list for all).
+    let wanted: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .map(|topic| (topic.name.map(|name| name.0.to_string()), topic.topic_id))
+                .collect(),
+        ),
+    };
+    let auto_create =
+        shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    if let (Some(wanted), true) = (&wanted, auto_create) {
+        let missing: BTreeSet<&String> = wanted
+            .iter()
+            .filter_map(|(name, _)| name.as_ref())
+            .filter(|name| catalog.topic(name).is_none() && validate_topic_name(name).is_ok())
+            .collect();
+        if !missing.is_empty() {
+            let topics = missing
+                .into_iter()
+                .map(|name| NewTopic {
+                    name: name.clone(),
+                    partitions: -1,
+                    replication_factor: -1,
+                    assignments: Vec::new(),
+                    configs: Default::default(),
+                })
+                .collect();
+            let _ = shard
+                .admin(AdminOp::CreateTopics {
+                    topics,
+                    validate_only: false,
+                })
+                .await;
+            catalog = shard.catalog();
+        }
+    }
+    let mut response = MetadataResponse::default();
+    response.brokers = vec![MetadataResponseBroker::default()
+        .with_node_id(BrokerId(shard.config.node_id))
+        .with_host(str_bytes(shard.config.advertised_host.clone()))
+        .with_port(shard.config.advertised_port)];
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(catalog.cluster_id()));
+    }
+    if version >= 1 {
+        response.controller_id = BrokerId(shard.config.node_id);
+    }
+    let describe = |topic: &Topic| {
+        let partitions = (0..topic.partitions)
+            .map(|index| {
+                let node = BrokerId(shard.config.node_id);
+                let mut partition = MetadataResponsePartition::default()
+                    .with_partition_index(index)
+                    .with_leader_id(node)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node]);
+                if version >= 7 {
+                    partition.leader_epoch = LEADER_EPOCH;
+                }
+                partition
+            })
+            .collect();
+        let mut result = MetadataResponseTopic::default()
+            .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
+            .with_partitions(partitions);
+        if version >= 1 {
+            result.is_internal = is_internal(&topic.name);
+        }
+        if version >= 10 {
+            result.topic_id = topic.id;
+        }
+        result
+    };
+    response.topics = match wanted {
+        None => catalog.topics().map(|topic| describe(topic)).collect(),
+        Some(wanted) => wanted
+            .into_iter()
+            .map(|(name, id)| {
+                let found = match &name {
+                    Some(name) => catalog.topic(name),
+                    None => catalog.topic_by_id(id),
+                };
+                if let Some(topic) = found {
+                    return describe(topic);
+                }
+                let code = match &name {
+                    Some(name) if validate_topic_name(name).is_err() => {
+                        ResponseError::InvalidTopicException
+                    }
+                    Some(_) => ResponseError::UnknownTopicOrPartition,
+                    None => ResponseError::UnknownTopicId,
+                };
+                count_error(shard, code.code());
+                let mut result = MetadataResponseTopic::default()
+                    .with_error_code(code.code())
+                    .with_name(name.map(|name| TopicName(str_bytes(name))));
+                if version >= 10 {
+                    result.topic_id = id;
+                }
+                result
+            })
+            .collect(),
+    };
+    response
+}
+
+pub(super) fn describe_cluster(
+    shard: &Rc<Shard>,
+    _request: DescribeClusterRequest,
+    _version: i16,
+) -> DescribeClusterResponse {
+    let catalog = shard.catalog();
+    let mut response = DescribeClusterResponse::default();
+    response.cluster_id = str_bytes(catalog.cluster_id());
+    response.controller_id = BrokerId(shard.config.node_id);
+    response.brokers = vec![DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(shard.config.node_id))
+        .with_host(str_bytes(shard.config.advertised_host.clone()))
+        .with_port(shard.config.advertised_port)];
+    response
+}

@@ -1,0 +1,81 @@
+//! Request handling, one module per group of APIs. Each handler takes the decoded request and
+//! the shard it arrived on and returns the response body; partitions are reached through
+//! [`Shard::start_partition_call`], catalog changes through [`Shard::admin`].
+
+mod cluster;
+mod configs;
+mod fetch;
+mod offsets;
+mod produce;
+mod topics;
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::protocol::Request;
+use crate::runtime::shard::Shard;
+
+pub use cluster::api_versions_response;
+
+/// Handles one request. `Ok(None)` means the request gets no response (Produce with acks=0).
+///
+/// # Errors
+/// A sentence when the request is of an API the dispatcher does not know, which the decoder
+/// should have refused; the connection is then closed.
+pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<ResponseKind>, String> {
+    let version = request.version;
+    let response = match request.body {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
+        RequestKind::Metadata(body) => {
+            ResponseKind::Metadata(cluster::metadata(shard, body, version).await)
+        }
+        RequestKind::DescribeCluster(body) => {
+            ResponseKind::DescribeCluster(cluster::describe_cluster(shard, body, version))
+        }
+        RequestKind::Produce(body) => match produce::produce(shard, body, version).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(body) => ResponseKind::Fetch(fetch::fetch(shard, body, version).await),
+        RequestKind::ListOffsets(body) => {
+            ResponseKind::ListOffsets(offsets::list_offsets(shard, body, version).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(body) => {
+            ResponseKind::OffsetForLeaderEpoch(offsets::offset_for_leader_epoch(shard, body).await)
+        }
+        RequestKind::DeleteRecords(body) => {
+            ResponseKind::DeleteRecords(offsets::delete_records(shard, body).await)
+        }
+        RequestKind::CreateTopics(body) => {
+            ResponseKind::CreateTopics(topics::create_topics(shard, body, version).await)
+        }
+        RequestKind::DeleteTopics(body) => {
+            ResponseKind::DeleteTopics(topics::delete_topics(shard, body, version).await)
+        }
+        RequestKind::CreatePartitions(body) => {
+            ResponseKind::CreatePartitions(topics::create_partitions(shard, body).await)
+        }
+        RequestKind::DescribeConfigs(body) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(shard, body, version))
+        }
+        RequestKind::AlterConfigs(body) => {
+            ResponseKind::AlterConfigs(configs::alter_configs(shard, body).await)
+        }
+        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(shard, body).await,
+        ),
+        other => return Err(format!("no handler for {other:?}")),
+    };
+    Ok(Some(response))
+}
+
+fn str_bytes(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+/// Counts an error code in the shard's metrics.
+fn count_error(shard: &Shard, code: i16) {
+    shard.metrics.borrow_mut().observe_error(code);
+}

@@ -1,0 +1,133 @@
+//! Produce.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{count_error, str_bytes};
+use crate::broker::errors::KafkaError;
+use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard};
+use crate::storage::batch::BatchHeader;
+
+/// A partition's append, started, with the bytes and records it carries.
+struct PendingPartition {
+    topic_index: usize,
+    index: i32,
+    traffic: (u64, u64),
+    call: Result<PendingCall, KafkaError>,
+}
+
+/// Appends each partition's batches on the shard that owns it, all partitions at once, and
+/// answers when every append is done. `None` for acks=0, which gets no response.
+pub(super) async fn produce(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let catalog = shard.catalog();
+    let mut pending: Vec<PendingPartition> = Vec::new();
+    let mut responses = Vec::new();
+    for (topic_index, topic_data) in request.topic_data.into_iter().enumerate() {
+        let name = topic_data.name.0.to_string();
+        let topic = catalog.topic(&name);
+        for partition_data in topic_data.partition_data {
+            let index = partition_data.index;
+            let mut traffic = (0, 0);
+            let call = if !matches!(acks, -1..=1) {
+                Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
+            } else if request.transactional_id.is_some() {
+                Err(KafkaError::with_message(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported yet",
+                ))
+            } else {
+                match (topic, partition_data.records) {
+                    (Some(topic), Some(records)) if index >= 0 && index < topic.partitions => {
+                        traffic = (records.len() as u64, count_records(&records));
+                        Ok(shard.start_partition_call(
+                            topic.id,
+                            index,
+                            PartitionOp::Produce { records },
+                        ))
+                    }
+                    (Some(_), None) => Err(KafkaError::with_message(
+                        ResponseError::CorruptMessage,
+                        "no records",
+                    )),
+                    _ => Err(KafkaError::new(ResponseError::UnknownTopicOrPartition)),
+                }
+            };
+            pending.push(PendingPartition {
+                topic_index,
+                index,
+                traffic,
+                call,
+            });
+        }
+        responses.push(TopicProduceResponse::default().with_name(topic_data.name));
+    }
+    for PendingPartition {
+        topic_index,
+        index,
+        traffic: (bytes_in, records_in),
+        call,
+    } in pending
+    {
+        let result = match call {
+            Ok(call) => call.result().await,
+            Err(error) => Err(error),
+        };
+        let mut partition = PartitionProduceResponse::default().with_index(index);
+        match result {
+            Ok(PartitionOutcome::Produced {
+                base_offset,
+                log_append_time_ms,
+                log_start_offset,
+            }) => {
+                let topic = responses[topic_index].name.0.to_string();
+                let mut metrics = shard.metrics.borrow_mut();
+                let stats = metrics.topic(&topic);
+                stats.bytes_in += bytes_in;
+                stats.records_in += records_in;
+                partition.base_offset = base_offset;
+                partition.log_append_time_ms = log_append_time_ms;
+                if version >= 5 {
+                    partition.log_start_offset = log_start_offset;
+                }
+            }
+            Ok(other) => unreachable!("produce gave {other:?}"),
+            Err(error) => {
+                count_error(shard, error.code());
+                partition.error_code = error.code();
+                partition.base_offset = -1;
+                partition.log_append_time_ms = -1;
+                partition.log_start_offset = -1;
+                if version >= 8 {
+                    partition.error_message = error.message.map(str_bytes);
+                }
+            }
+        }
+        responses[topic_index].partition_responses.push(partition);
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Records in whole batches, from their headers; stops at the first unreadable header.
+pub(super) fn count_records(mut records: &[u8]) -> u64 {
+    let mut count = 0;
+    while let Ok(header) = BatchHeader::parse(records) {
+        count += u64::try_from(header.records_count).unwrap_or(0);
+        let size = header.size_bytes();
+        if size > records.len() {
+            break;
+        }
+        records = &records[size..];
+    }
+    count
+}

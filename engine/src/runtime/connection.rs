@@ -1,0 +1,214 @@
+//! One client connection: a reader task that takes frames off the socket and decodes them
+//! (reading ahead up to `max_inflight_requests_per_connection` requests), and a processor that
+//! handles them one at a time, in order, and writes each response, as Kafka does, so that a
+//! client's pipelined requests to one partition are appended in the order sent.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use tracing::{debug, warn};
+
+use super::shard::Shard;
+use crate::broker::handlers;
+use crate::protocol::{decode_request, encode_response, take_frame, DecodeError, Request};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// The socket, shared by the reader and the processor; borrowed only inside a poll, never
+/// across an await.
+#[derive(Clone)]
+struct SocketHalf(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for SocketHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SocketHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// What the reader hands the processor.
+enum Incoming {
+    /// A request, with when its frame was complete.
+    Request(Box<Request>, Instant),
+    /// ApiVersions at a version Spate does not know: answered at v0 with UNSUPPORTED_VERSION and
+    /// the versions Spate does know, as Kafka does, so the client can retry at one of them.
+    UnsupportedApiVersions { correlation_id: i32 },
+}
+
+/// Serves one connection until the client closes it, it sends something that cannot be
+/// decoded, or the broker shuts down (after finishing the requests already read).
+pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let socket = SocketHalf(Rc::new(RefCell::new(stream)));
+    let (sender, receiver) =
+        local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
+    let reader = glommio::spawn_local(read_requests(
+        Rc::clone(&shard),
+        socket.clone(),
+        sender,
+        peer,
+    ));
+    let mut writer = socket.clone();
+    let mut out = BytesMut::new();
+    while let Some(incoming) = receiver.recv().await {
+        out.clear();
+        let (api_key, started) = match incoming {
+            Incoming::UnsupportedApiVersions { correlation_id } => {
+                let body = ResponseKind::ApiVersions(handlers::api_versions_response(
+                    ResponseError::UnsupportedVersion.code(),
+                ));
+                encode_response(correlation_id, ApiKey::ApiVersions, 0, &body, &mut out)
+                    .expect("ApiVersions v0 encodes");
+                (ApiKey::ApiVersions, Instant::now())
+            }
+            Incoming::Request(request, started) => {
+                let (api_key, version, correlation_id) = (
+                    request.api_key,
+                    request.version,
+                    request.header.correlation_id,
+                );
+                match handlers::handle(&shard, *request).await {
+                    Ok(Some(body)) => {
+                        if let Err(error) =
+                            encode_response(correlation_id, api_key, version, &body, &mut out)
+                        {
+                            warn!(%peer, %error, "closing connection: response does not encode");
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        warn!(%peer, %reason, "closing connection");
+                        break;
+                    }
+                }
+                (api_key, started)
+            }
+        };
+        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            break;
+        }
+        shard
+            .metrics
+            .borrow_mut()
+            .observe_request(api_name(api_key), started.elapsed().as_secs_f64());
+    }
+    drop(receiver);
+    reader.cancel().await;
+    let _ = writer.close().await;
+    debug!(%peer, "connection closed");
+}
+
+async fn read_requests(
+    shard: Rc<Shard>,
+    mut socket: SocketHalf,
+    sender: LocalSender<Incoming>,
+    peer: SocketAddr,
+) {
+    let max_bytes = shard.config.socket_request_max_bytes;
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        match take_frame(&mut buffer, max_bytes) {
+            Err(error) => {
+                warn!(%peer, %error, "closing connection: bad frame");
+                shard.metrics.borrow_mut().connections_closed_bad_input += 1;
+                return;
+            }
+            Ok(Some(frame)) => {
+                let incoming = match decode_request(frame) {
+                    Ok(request) => Incoming::Request(Box::new(request), Instant::now()),
+                    Err(DecodeError::UnsupportedVersion {
+                        api_key: ApiKey::ApiVersions,
+                        correlation_id,
+                        ..
+                    }) => Incoming::UnsupportedApiVersions { correlation_id },
+                    Err(error) => {
+                        warn!(%peer, %error, "closing connection: request cannot be handled");
+                        shard.metrics.borrow_mut().connections_closed_bad_input += 1;
+                        return;
+                    }
+                };
+                if sender.send(incoming).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                if shard.shutting_down.get() {
+                    return;
+                }
+                let filled = buffer.len();
+                buffer.resize(filled + READ_CHUNK_BYTES.max(buffer.capacity() - filled), 0);
+                let shutdown = shard.shutdown_event.listen();
+                let read = futures_lite::future::or(
+                    async { Some(socket.read(&mut buffer[filled..]).await) },
+                    async {
+                        if !shard.shutting_down.get() {
+                            shutdown.await;
+                        }
+                        None
+                    },
+                )
+                .await;
+                match read {
+                    Some(Ok(read_bytes)) if read_bytes > 0 => buffer.truncate(filled + read_bytes),
+                    Some(Ok(_)) | None => return,
+                    Some(Err(error)) => {
+                        debug!(%peer, %error, "read failed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The API's name, for metrics labels.
+pub fn api_name(api_key: ApiKey) -> &'static str {
+    match api_key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        _ => "Other",
+    }
+}

@@ -1,0 +1,467 @@
+//! `spate serve`: the broker process. One glommio executor per shard, a channel mesh between
+//! them, a listener on every shard (SO_REUSEPORT spreads connections), signals, the data
+//! directory lock and the metrics endpoint.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use super::connection::serve_connection;
+use super::shard::{ProcessShared, Shard, ShardMessage};
+use super::{ensure_memlock_limit, random_u64, RuntimeError, IO_MEMORY_BYTES};
+use crate::broker::catalog::{Catalog, CATALOG_FILE_NAME};
+use crate::broker::config::BrokerConfig;
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE_NAME: &str = ".lock";
+/// Messages queued between two shards before senders wait.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How long shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often each shard checks the flush policy of its partitions.
+const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The runtime could not start (locked memory, io_uring).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Another broker holds the data directory.
+    #[error(
+        "another Spate broker is using the data directory {} (its lock file {} is held); \
+         stop it or choose another --data-dir",
+        dir.display(), lock.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The listen address is taken or cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory or catalog could not be read or written.
+    #[error("data directory {}: {reason}", dir.display())]
+    DataDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Holds the data directory's lock until dropped.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Creates the data directory if needed and takes its lock (`flock`, released by the kernel
+/// when the process exits, however it exits).
+///
+/// # Errors
+/// [`ServeError::DataDirLocked`] when another process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, ServeError> {
+    let data_dir_error = |reason: String| ServeError::DataDir {
+        dir: dir.to_owned(),
+        reason,
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|error| data_dir_error(format!("cannot create it: {error}")))?;
+    let lock = dir.join(LOCK_FILE_NAME);
+    let file = File::create(&lock)
+        .map_err(|error| data_dir_error(format!("cannot create {LOCK_FILE_NAME}: {error}")))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(ServeError::DataDirLocked {
+            dir: dir.to_owned(),
+            lock,
+        });
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+/// Reads the catalog, or makes a new one (with a new cluster id) for a new data directory.
+///
+/// # Errors
+/// [`ServeError::DataDir`] when the file cannot be read, parsed or written.
+pub fn load_catalog(config: &BrokerConfig) -> Result<Catalog, ServeError> {
+    let dir = &config.data_dir;
+    let path = dir.join(CATALOG_FILE_NAME);
+    let _ = std::fs::remove_file(dir.join(format!("{CATALOG_FILE_NAME}.tmp")));
+    let data_dir_error = |reason: String| ServeError::DataDir {
+        dir: dir.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Catalog::from_toml(&text, config.topic_defaults.clone())
+            .map_err(|reason| data_dir_error(format!("{CATALOG_FILE_NAME} is damaged: {reason}"))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let cluster_id = format!("{:016x}{:016x}", random_u64(), random_u64());
+            let catalog = Catalog::new(cluster_id, config.topic_defaults.clone());
+            super::shard::persist_catalog(dir, &catalog).map_err(|error| {
+                data_dir_error(format!("cannot write {CATALOG_FILE_NAME}: {error}"))
+            })?;
+            Ok(catalog)
+        }
+        Err(error) => Err(data_dir_error(format!(
+            "cannot read {CATALOG_FILE_NAME}: {error}"
+        ))),
+    }
+}
+
+/// Removes partition directories left behind by a topic deletion that a crash interrupted.
+fn remove_deleted_partitions(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with("-delete") {
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                warn!(path = %entry.path().display(), %error, "could not remove a deleted partition");
+            }
+        }
+    }
+}
+
+/// Checks that nothing else listens on the address (glommio binds with SO_REUSEPORT, which
+/// would silently share the port with another broker) and resolves port 0 to a free port.
+fn claim_listen_address(address: SocketAddr) -> Result<SocketAddr, ServeError> {
+    let probe = std::net::TcpListener::bind(address)
+        .map_err(|source| ServeError::Listen { address, source })?;
+    let resolved = probe
+        .local_addr()
+        .map_err(|source| ServeError::Listen { address, source })?;
+    drop(probe);
+    Ok(resolved)
+}
+
+/// Runs the broker until SIGINT or SIGTERM, then stops accepting, finishes in-flight
+/// requests, syncs and checkpoints every partition and returns.
+///
+/// # Errors
+/// [`ServeError`] when it cannot start.
+pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
+    ensure_memlock_limit(config.cores)?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    config.data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(|error| ServeError::DataDir {
+            dir: config.data_dir.clone(),
+            reason: error.to_string(),
+        })?;
+    remove_deleted_partitions(&config.data_dir);
+    let catalog = Arc::new(load_catalog(&config)?);
+    config.listen = claim_listen_address(config.listen)?;
+    if config.advertised_port == 0 {
+        config.advertised_port = i32::from(config.listen.port());
+    }
+    if let Some(metrics) = config.metrics_listen {
+        config.metrics_listen = Some(claim_listen_address(metrics)?);
+    }
+    let config = Arc::new(config);
+    let process = Arc::new(ProcessShared::default());
+    install_signal_handlers(Arc::clone(&process));
+
+    let mesh = MeshBuilder::<ShardMessage, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut handles = Vec::new();
+    for index in 0..config.cores {
+        let placement = if config.cores <= cpus {
+            glommio::Placement::Fixed(index)
+        } else {
+            glommio::Placement::Unbound
+        };
+        let (mesh, config, process, catalog) = (
+            mesh.clone(),
+            Arc::clone(&config),
+            Arc::clone(&process),
+            Arc::clone(&catalog),
+        );
+        let handle = glommio::LocalExecutorBuilder::new(placement)
+            .io_memory(IO_MEMORY_BYTES)
+            .name(&format!("spate-shard-{index}"))
+            .spawn(move || run_shard(mesh, config, process, catalog))
+            .map_err(|error| RuntimeError::Executor(error.to_string()))?;
+        handles.push(handle);
+    }
+    info!(
+        listen = %config.listen, data_dir = %config.data_dir.display(), cores = config.cores,
+        "Spate broker starting"
+    );
+    let mut failed = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failed = Some(error),
+            Err(error) => {
+                failed = Some(ServeError::Runtime(RuntimeError::Executor(
+                    error.to_string(),
+                )))
+            }
+        }
+    }
+    drop(lock);
+    match failed {
+        Some(error) => Err(error),
+        None => {
+            info!("Spate broker stopped");
+            Ok(())
+        }
+    }
+}
+
+fn install_signal_handlers(process: Arc<ProcessShared>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            error!(%error, "cannot install signal handlers; stop the broker with SIGKILL");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("spate-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if process.shutdown_requested.swap(true, Ordering::SeqCst) {
+                    warn!(signal, "already shutting down");
+                } else {
+                    info!(signal, "shutting down: finishing in-flight requests");
+                }
+            }
+        })
+        .expect("the signal thread starts");
+}
+
+async fn run_shard(
+    mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
+    config: Arc<BrokerConfig>,
+    process: Arc<ProcessShared>,
+    catalog: Arc<Catalog>,
+) -> Result<(), ServeError> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| {
+        ServeError::Runtime(RuntimeError::Executor("cannot join the shard mesh".into()))
+    })?;
+    let shard = Rc::new(Shard::new(
+        Arc::clone(&config),
+        Arc::clone(&process),
+        senders,
+    ));
+    for (_, receiver) in receivers.streams() {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move { shard.handle_message(message).await }).detach();
+            }
+        })
+        .detach();
+    }
+    shard.apply_catalog(catalog).await;
+    let listener = TcpListener::bind(config.listen).map_err(|error| ServeError::Listen {
+        address: config.listen,
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    if shard.is_controller() {
+        if let Some(address) = config.metrics_listen {
+            let metrics_listener =
+                TcpListener::bind(address).map_err(|error| ServeError::Listen {
+                    address,
+                    source: std::io::Error::other(error.to_string()),
+                })?;
+            glommio::spawn_local(serve_metrics(Rc::clone(&shard), metrics_listener)).detach();
+        }
+        info!(listen = %config.listen, "Spate broker ready");
+    }
+    spawn_background_work(&shard);
+
+    let open_connections = Rc::new(Cell::new(0_usize));
+    let shutdown = shard.shutdown_event.listen();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if shard.shutting_down.get() {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            (&mut shutdown).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Err(error)) => {
+                warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Some(Ok(stream)) => stream,
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let Some(slot) = ConnectionSlot::take(&shard, peer.ip()) else {
+            shard.metrics.borrow_mut().connections_refused += 1;
+            warn!(%peer, "connection refused: connection limit reached");
+            continue;
+        };
+        {
+            let mut metrics = shard.metrics.borrow_mut();
+            metrics.connections_accepted += 1;
+            metrics.connections_open += 1;
+        }
+        open_connections.set(open_connections.get() + 1);
+        let (shard, open_connections) = (Rc::clone(&shard), Rc::clone(&open_connections));
+        glommio::spawn_local(async move {
+            serve_connection(Rc::clone(&shard), stream, peer).await;
+            drop(slot);
+            shard.metrics.borrow_mut().connections_open -= 1;
+            open_connections.set(open_connections.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+
+    let grace_end = Instant::now() + SHUTDOWN_GRACE;
+    while open_connections.get() > 0 && Instant::now() < grace_end {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if open_connections.get() > 0 {
+        warn!(
+            open = open_connections.get(),
+            "connections still open after the grace period"
+        );
+    }
+    // Other shards may still route in-flight requests here: keep serving them until every
+    // shard has drained its connections, then close the logs.
+    process.shards_drained.fetch_add(1, Ordering::SeqCst);
+    while process.shards_drained.load(Ordering::SeqCst) < shard.shards {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shard.close_partitions().await;
+    Ok(())
+}
+
+fn spawn_background_work(shard: &Rc<Shard>) {
+    let watcher = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        while !watcher.process.shutdown_requested.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        watcher.begin_shutdown();
+    })
+    .detach();
+    let flusher = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        while flusher.sleep_unless_shutdown(FLUSH_CHECK_INTERVAL).await {
+            flusher.flush_due().await;
+        }
+    })
+    .detach();
+    let retention = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        let interval = Duration::from_millis(retention.config.log_retention_check_interval_ms);
+        while retention.sleep_unless_shutdown(interval).await {
+            retention.apply_retention().await;
+        }
+    })
+    .detach();
+}
+
+/// A connection counted against the limits, released on drop.
+struct ConnectionSlot {
+    process: Arc<ProcessShared>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnectionSlot {
+    fn take(shard: &Shard, ip: std::net::IpAddr) -> Option<ConnectionSlot> {
+        let process = &shard.process;
+        let mut per_ip = process.connections_per_ip.lock().expect("not poisoned");
+        let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= shard.config.max_connections_per_ip
+            || process.connections_open.load(Ordering::SeqCst) >= shard.config.max_connections
+        {
+            return None;
+        }
+        per_ip.insert(ip, from_ip + 1);
+        process.connections_open.fetch_add(1, Ordering::SeqCst);
+        Some(ConnectionSlot {
+            process: Arc::clone(process),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.process.connections_open.fetch_sub(1, Ordering::SeqCst);
+        let mut per_ip = self
+            .process
+            .connections_per_ip
+            .lock()
+            .expect("not poisoned");
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The Prometheus endpoint: `GET /metrics` answers every shard's counters, merged.
+async fn serve_metrics(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        if shard.shutting_down.get() {
+            return;
+        }
+        let Ok(mut stream) = listener.accept().await else {
+            continue;
+        };
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            let mut request = Vec::new();
+            let mut chunk = [0_u8; 1024];
+            while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => request.extend_from_slice(&chunk[..read]),
+                }
+            }
+            let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ");
+            let (status, body) = if wanted {
+                ("200 OK", shard.collect_metrics().await.render_prometheus())
+            } else {
+                ("404 Not Found", "try GET /metrics\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}

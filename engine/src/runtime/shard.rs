@@ -1,0 +1,1016 @@
+//! A shard: one glommio executor on one core, the partitions it owns, and its view of the
+//! catalog.
+//!
+//! Each partition belongs to exactly one shard ([`shard_of`]); only that shard touches its log.
+//! A request that needs a partition of another shard sends a [`ShardMessage`] over the glommio
+//! channel mesh and awaits the reply: no locks, no shared mutable state on the data path. The
+//! catalog is an immutable snapshot each shard holds; shard 0 is the controller, which alone
+//! changes it (one admin operation at a time), persists it and hands the new snapshot to every
+//! shard before answering.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use event_listener::Event;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use glommio::{GlommioError, ResourceType, Task};
+use kafka_protocol::error::ResponseError;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::broker::catalog::{shard_of, Catalog, CatalogError, CreateContext, NewTopic};
+use crate::broker::config::BrokerConfig;
+use crate::broker::errors::KafkaError;
+use crate::broker::metrics::ShardMetrics;
+use crate::storage::backend::DmaStorage;
+use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
+
+use super::now_ms;
+
+/// The leader epoch of every partition until replication lands: one broker, one epoch.
+pub const LEADER_EPOCH: i32 = 0;
+
+/// An operation on one partition, run by the shard that owns it.
+#[derive(Debug)]
+pub enum PartitionOp {
+    /// Append record batches.
+    Produce {
+        /// The batches as the producer sent them.
+        records: Bytes,
+    },
+    /// Read whole batches from `offset`.
+    Fetch {
+        /// First offset wanted.
+        offset: i64,
+        /// Most bytes (at least one whole batch is returned anyway).
+        max_bytes: usize,
+        /// The client's idea of the leader epoch, or -1.
+        current_leader_epoch: i32,
+    },
+    /// Wait until the log end passes `offset`, or `timeout_ms` passes.
+    WaitForData {
+        /// The offset the consumer waits beyond.
+        offset: i64,
+        /// Longest wait.
+        timeout_ms: u64,
+    },
+    /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
+    ListOffset {
+        /// The timestamp or special value.
+        timestamp: i64,
+        /// The client's idea of the leader epoch, or -1.
+        current_leader_epoch: i32,
+    },
+    /// DeleteRecords: move the log start up to `before_offset` (-1: the high watermark).
+    DeleteRecords {
+        /// New log start offset.
+        before_offset: i64,
+    },
+    /// OffsetForLeaderEpoch.
+    EndOffsetForEpoch {
+        /// Epoch asked about.
+        leader_epoch: i32,
+        /// The client's idea of the leader epoch, or -1.
+        current_leader_epoch: i32,
+    },
+}
+
+/// What a [`PartitionOp`] gives back.
+#[derive(Debug)]
+pub enum PartitionOutcome {
+    /// Appended.
+    Produced {
+        /// Offset of the first record.
+        base_offset: i64,
+        /// The broker's timestamp for LogAppendTime topics, else -1.
+        log_append_time_ms: i64,
+        /// Log start offset after the append.
+        log_start_offset: i64,
+    },
+    /// Read.
+    Fetched {
+        /// Whole batches.
+        records: Bytes,
+        /// High watermark.
+        high_watermark: i64,
+        /// Log start offset.
+        log_start_offset: i64,
+    },
+    /// Whether data arrived before the timeout.
+    Waited(bool),
+    /// An offset, with its timestamp (-1 when none).
+    Offset {
+        /// The offset, -1 when none matches.
+        offset: i64,
+        /// Its timestamp, or -1.
+        timestamp: i64,
+    },
+    /// The log start offset after DeleteRecords.
+    LowWatermark(i64),
+    /// The end offset of a leader epoch.
+    EpochEnd {
+        /// Epoch, or -1 when unknown.
+        leader_epoch: i32,
+        /// End offset, or -1.
+        end_offset: i64,
+    },
+}
+
+/// Result of a [`PartitionOp`].
+pub type PartitionResult = Result<PartitionOutcome, KafkaError>;
+
+/// A catalog change, run by the controller shard.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    /// CreateTopics.
+    CreateTopics {
+        /// The topics.
+        topics: Vec<NewTopic>,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// DeleteTopics.
+    DeleteTopics {
+        /// Names.
+        names: Vec<String>,
+    },
+    /// CreatePartitions.
+    CreatePartitions {
+        /// Topic and new count.
+        topics: Vec<(String, i32)>,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// AlterConfigs / IncrementalAlterConfigs on a topic.
+    AlterTopicConfigs {
+        /// Topic.
+        topic: String,
+        /// Name and value; `None` deletes the override.
+        changes: Vec<(String, Option<String>)>,
+        /// Replace all overrides (AlterConfigs) instead of changing the named ones.
+        replace_all: bool,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic topic defaults).
+    AlterBrokerConfigs {
+        /// Broker-level name and value; `None` deletes the override.
+        changes: Vec<(String, Option<String>)>,
+        /// Replace all overrides.
+        replace_all: bool,
+        /// Check only.
+        validate_only: bool,
+    },
+}
+
+/// A message between shards.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// Run a partition operation on its owner.
+    Partition {
+        /// Topic.
+        topic_id: Uuid,
+        /// Partition index.
+        partition: i32,
+        /// The operation.
+        op: PartitionOp,
+        /// Where the result goes.
+        reply: oneshot::Sender<PartitionResult>,
+    },
+    /// Take a new catalog: open, close and reconfigure partitions to match.
+    ApplyCatalog {
+        /// The snapshot.
+        catalog: Arc<Catalog>,
+        /// Acknowledged once applied.
+        reply: oneshot::Sender<()>,
+    },
+    /// Run an admin operation (sent to the controller shard).
+    Admin {
+        /// The operation.
+        op: AdminOp,
+        /// One result per item of the operation.
+        reply: oneshot::Sender<Vec<Result<(), KafkaError>>>,
+    },
+    /// Send a copy of the shard's metrics.
+    Metrics {
+        /// Where the copy goes.
+        reply: oneshot::Sender<ShardMetrics>,
+    },
+}
+
+/// State shared by all shards of the process: only counters and flags touched when
+/// connections open and close and at shutdown, never on the data path.
+#[derive(Debug, Default)]
+pub struct ProcessShared {
+    /// Set by SIGINT or SIGTERM.
+    pub shutdown_requested: AtomicBool,
+    /// Shards whose connections have all closed.
+    pub shards_drained: AtomicUsize,
+    /// Client connections open.
+    pub connections_open: AtomicUsize,
+    /// Client connections open per IP.
+    pub connections_per_ip: Mutex<BTreeMap<std::net::IpAddr, usize>>,
+}
+
+/// A partition owned by this shard.
+#[derive(Debug)]
+pub struct Partition {
+    /// Topic name.
+    pub topic: String,
+    /// Index.
+    pub index: i32,
+    /// The log.
+    pub log: SharedLog<DmaStorage>,
+    /// Notified after every append, for long-polling fetches.
+    pub data_arrived: Event,
+}
+
+/// A partition call started on this or another shard.
+pub enum PendingCall {
+    /// Running on this shard.
+    Local(Task<PartitionResult>),
+    /// Sent to another shard.
+    Remote(oneshot::Receiver<PartitionResult>),
+    /// Failed before it started.
+    Failed(KafkaError),
+}
+
+impl PendingCall {
+    /// Waits for the result.
+    pub async fn result(self) -> PartitionResult {
+        match self {
+            PendingCall::Local(task) => task.await,
+            PendingCall::Remote(receiver) => receiver.await.unwrap_or_else(|_| {
+                Err(KafkaError::with_message(
+                    ResponseError::NotLeaderOrFollower,
+                    "the shard owning the partition stopped",
+                ))
+            }),
+            PendingCall::Failed(error) => Err(error),
+        }
+    }
+}
+
+/// One shard. See the module docs.
+pub struct Shard {
+    /// This shard's index (its peer id in the channel mesh).
+    pub id: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// Broker settings.
+    pub config: Arc<BrokerConfig>,
+    /// Process-wide flags and counters.
+    pub process: Arc<ProcessShared>,
+    /// This shard's counters.
+    pub metrics: RefCell<ShardMetrics>,
+    /// Set once this shard starts shutting down; `shutdown_event` wakes waiters.
+    pub shutting_down: Cell<bool>,
+    /// Notified when shutdown starts.
+    pub shutdown_event: Event,
+    catalog: RefCell<Arc<Catalog>>,
+    partitions: RefCell<BTreeMap<(Uuid, i32), Rc<Partition>>>,
+    failed_partitions: RefCell<BTreeMap<(Uuid, i32), String>>,
+    peers: Senders<ShardMessage>,
+    admin_turn: async_lock::Mutex<()>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory of a partition.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+impl Shard {
+    /// A shard with no partitions yet; [`Shard::apply_catalog`] opens them.
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        process: Arc<ProcessShared>,
+        peers: Senders<ShardMessage>,
+    ) -> Shard {
+        Shard {
+            id: peers.peer_id(),
+            shards: peers.nr_consumers(),
+            config,
+            process,
+            metrics: RefCell::new(ShardMetrics::default()),
+            shutting_down: Cell::new(false),
+            shutdown_event: Event::new(),
+            catalog: RefCell::new(Arc::new(Catalog::default())),
+            partitions: RefCell::new(BTreeMap::new()),
+            failed_partitions: RefCell::new(BTreeMap::new()),
+            peers,
+            admin_turn: async_lock::Mutex::new(()),
+        }
+    }
+
+    /// This shard's catalog snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.borrow())
+    }
+
+    /// Whether this shard is the controller.
+    pub fn is_controller(&self) -> bool {
+        self.id == 0
+    }
+
+    /// The shard owning a partition.
+    pub fn owner_of(&self, topic_id: Uuid, partition: i32) -> usize {
+        shard_of(topic_id, partition, self.shards)
+    }
+
+    /// Starts a partition operation on the owning shard.
+    pub fn start_partition_call(
+        self: &Rc<Self>,
+        topic_id: Uuid,
+        partition: i32,
+        op: PartitionOp,
+    ) -> PendingCall {
+        let owner = self.owner_of(topic_id, partition);
+        if owner == self.id {
+            let shard = Rc::clone(self);
+            return PendingCall::Local(glommio::spawn_local(async move {
+                shard.execute(topic_id, partition, op).await
+            }));
+        }
+        let (reply, receiver) = oneshot::channel();
+        let message = ShardMessage::Partition {
+            topic_id,
+            partition,
+            op,
+            reply,
+        };
+        match self.peers.try_send_to(owner, message) {
+            Ok(()) => PendingCall::Remote(receiver),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(message))) => {
+                // The channel is full: wait for room in a task, so the caller still gets a
+                // call it can await.
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    if shard.peers.send_to(owner, message).await.is_err() {
+                        warn!(owner, "could not reach a shard");
+                    }
+                })
+                .detach();
+                PendingCall::Remote(receiver)
+            }
+            Err(error) => PendingCall::Failed(KafkaError::with_message(
+                ResponseError::NotLeaderOrFollower,
+                format!("cannot reach shard {owner}: {error}"),
+            )),
+        }
+    }
+
+    /// Runs an operation on a partition this shard owns.
+    pub async fn execute(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        op: PartitionOp,
+    ) -> PartitionResult {
+        let found = self
+            .partitions
+            .borrow()
+            .get(&(topic_id, partition))
+            .cloned();
+        let Some(partition_state) = found else {
+            if let Some(reason) = self.failed_partitions.borrow().get(&(topic_id, partition)) {
+                return Err(KafkaError::with_message(
+                    ResponseError::KafkaStorageError,
+                    reason.clone(),
+                ));
+            }
+            return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+        };
+        let result = run_partition_op(&partition_state, op).await;
+        if let Err(error) = &result {
+            if error.code == ResponseError::KafkaStorageError {
+                warn!(topic = %partition_state.topic, partition, error = ?error.message, "storage error");
+            }
+        }
+        result
+    }
+
+    /// Handles a message from another shard.
+    pub async fn handle_message(self: &Rc<Self>, message: ShardMessage) {
+        match message {
+            ShardMessage::Partition {
+                topic_id,
+                partition,
+                op,
+                reply,
+            } => {
+                let result = self.execute(topic_id, partition, op).await;
+                let _ = reply.send(result);
+            }
+            ShardMessage::ApplyCatalog { catalog, reply } => {
+                self.apply_catalog(catalog).await;
+                let _ = reply.send(());
+            }
+            ShardMessage::Admin { op, reply } => {
+                let results = self.run_admin(op).await;
+                let _ = reply.send(results);
+            }
+            ShardMessage::Metrics { reply } => {
+                let _ = reply.send(self.metrics_snapshot());
+            }
+        }
+    }
+
+    /// A copy of this shard's counters, with its gauges filled in.
+    pub fn metrics_snapshot(&self) -> ShardMetrics {
+        let mut metrics = self.metrics.borrow().clone();
+        metrics.partitions = self.partitions.borrow().len() as u64;
+        metrics
+    }
+
+    /// Every shard's counters, merged.
+    pub async fn collect_metrics(self: &Rc<Self>) -> ShardMetrics {
+        let mut merged = self.metrics_snapshot();
+        for peer in (0..self.shards).filter(|peer| *peer != self.id) {
+            let (reply, receiver) = oneshot::channel();
+            if self
+                .peers
+                .send_to(peer, ShardMessage::Metrics { reply })
+                .await
+                .is_ok()
+            {
+                if let Ok(metrics) = receiver.await {
+                    merged.merge(&metrics);
+                }
+            }
+        }
+        merged
+    }
+
+    /// Runs an admin operation on the controller shard, from any shard.
+    pub async fn admin(self: &Rc<Self>, op: AdminOp) -> Vec<Result<(), KafkaError>> {
+        if self.is_controller() {
+            return self.run_admin(op).await;
+        }
+        let (reply, receiver) = oneshot::channel();
+        if self
+            .peers
+            .send_to(0, ShardMessage::Admin { op, reply })
+            .await
+            .is_err()
+        {
+            return vec![Err(KafkaError::new(ResponseError::NotController))];
+        }
+        receiver
+            .await
+            .unwrap_or_else(|_| vec![Err(KafkaError::new(ResponseError::NotController))])
+    }
+
+    /// The facts topic creation is checked against.
+    pub fn create_context(&self) -> CreateContext {
+        CreateContext {
+            live_brokers: vec![self.config.node_id],
+            default_partitions: self.config.num_partitions,
+            default_replication_factor: 1,
+        }
+    }
+
+    async fn run_admin(self: &Rc<Self>, op: AdminOp) -> Vec<Result<(), KafkaError>> {
+        assert!(self.is_controller());
+        let _turn = self.admin_turn.lock().await;
+        let mut catalog = Catalog::clone(&self.catalog());
+        let mut results = Vec::new();
+        let mut validate_only = false;
+        match op {
+            AdminOp::CreateTopics {
+                topics,
+                validate_only: only,
+            } => {
+                validate_only = only;
+                let context = self.create_context();
+                for topic in &topics {
+                    let result = if only {
+                        catalog.check_create(topic, &context).map(|_| ())
+                    } else {
+                        catalog
+                            .with_topic(topic, &context, new_topic_id(&catalog))
+                            .map(|(next, _)| catalog = next)
+                    };
+                    results.push(result.map_err(KafkaError::from));
+                }
+            }
+            AdminOp::DeleteTopics { names } => {
+                for name in &names {
+                    let result = catalog.without_topic(name).map(|(next, _)| catalog = next);
+                    results.push(result.map_err(KafkaError::from));
+                }
+            }
+            AdminOp::CreatePartitions {
+                topics,
+                validate_only: only,
+            } => {
+                validate_only = only;
+                for (name, count) in &topics {
+                    let result = catalog
+                        .with_partitions(name, *count)
+                        .map(|next| catalog = next);
+                    results.push(result.map_err(KafkaError::from));
+                }
+            }
+            AdminOp::AlterTopicConfigs {
+                topic,
+                changes,
+                replace_all,
+                validate_only: only,
+            } => {
+                validate_only = only;
+                let result = match catalog.topic(&topic) {
+                    None => Err(CatalogError::UnknownTopic(topic.clone())),
+                    Some(current) => {
+                        let configs = changed(&current.configs, changes, replace_all);
+                        catalog
+                            .with_topic_configs(&topic, configs)
+                            .map(|next| catalog = next)
+                    }
+                };
+                results.push(result.map_err(KafkaError::from));
+            }
+            AdminOp::AlterBrokerConfigs {
+                changes,
+                replace_all,
+                validate_only: only,
+            } => {
+                validate_only = only;
+                let configs = changed(catalog.dynamic_broker_configs(), changes, replace_all);
+                let result = catalog
+                    .with_broker_configs(configs)
+                    .map(|next| catalog = next);
+                results.push(result.map_err(KafkaError::from));
+            }
+        }
+        if validate_only || catalog == *self.catalog() {
+            return results;
+        }
+        if let Err(error) = persist_catalog(&self.config.data_dir, &catalog) {
+            error!(%error, "could not write the catalog; the change is not applied");
+            let failure = KafkaError::with_message(
+                ResponseError::KafkaStorageError,
+                format!("could not write the catalog: {error}"),
+            );
+            return results
+                .into_iter()
+                .map(|result| result.and(Err(failure.clone())))
+                .collect();
+        }
+        self.broadcast_catalog(Arc::new(catalog)).await;
+        results
+    }
+
+    /// Hands a catalog to every shard, this one included, and waits until all applied it.
+    pub async fn broadcast_catalog(self: &Rc<Self>, catalog: Arc<Catalog>) {
+        let mut acks = Vec::new();
+        for peer in (0..self.shards).filter(|peer| *peer != self.id) {
+            let (reply, receiver) = oneshot::channel();
+            let message = ShardMessage::ApplyCatalog {
+                catalog: Arc::clone(&catalog),
+                reply,
+            };
+            if self.peers.send_to(peer, message).await.is_ok() {
+                acks.push(receiver);
+            }
+        }
+        self.apply_catalog(catalog).await;
+        for ack in acks {
+            let _ = ack.await;
+        }
+    }
+
+    /// Makes this shard's partitions match `catalog`: opens the new ones it owns, closes and
+    /// deletes those whose topic is gone, and passes config changes to the logs.
+    pub async fn apply_catalog(self: &Rc<Self>, catalog: Arc<Catalog>) {
+        let previous = self.catalog.replace(Arc::clone(&catalog));
+        let owned: Vec<(Uuid, i32)> = self.partitions.borrow().keys().copied().collect();
+        for key in owned {
+            let (topic_id, index) = key;
+            match catalog.topic_by_id(topic_id) {
+                None => {
+                    let partition = self.partitions.borrow_mut().remove(&key);
+                    if let Some(partition) = partition {
+                        self.delete_partition(partition).await;
+                    }
+                }
+                Some(topic) => {
+                    let unchanged = previous
+                        .topic_by_id(topic_id)
+                        .is_some_and(|old| old.log_config == topic.log_config);
+                    if !unchanged {
+                        let partition = self.partitions.borrow().get(&key).cloned();
+                        if let Some(partition) = partition {
+                            let config = topic.log_config.clone();
+                            let result = partition
+                                .log
+                                .with_log(async |log| log.set_config(config))
+                                .await;
+                            if let Err(error) = result {
+                                warn!(topic = %topic.name, partition = index, %error, "config not applied");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.failed_partitions
+            .borrow_mut()
+            .retain(|(topic_id, _), _| catalog.topic_by_id(*topic_id).is_some());
+        let topics: Vec<_> = catalog.topics().cloned().collect();
+        for topic in topics {
+            for index in 0..topic.partitions {
+                let key = (topic.id, index);
+                if self.owner_of(topic.id, index) != self.id
+                    || self.partitions.borrow().contains_key(&key)
+                {
+                    continue;
+                }
+                let dir = partition_dir(&self.config.data_dir, &topic.name, index);
+                match PartitionLog::open(
+                    DmaStorage,
+                    dir.clone(),
+                    topic.log_config.clone(),
+                    now_ms(),
+                )
+                .await
+                {
+                    Ok((log, report)) => {
+                        for cut in &report.truncations {
+                            warn!(
+                                topic = %topic.name, partition = index,
+                                segment = %cut.segment.display(), position = cut.position,
+                                bytes_removed = cut.bytes_removed, reason = %cut.reason,
+                                "cut a torn or corrupt log tail"
+                            );
+                        }
+                        self.failed_partitions.borrow_mut().remove(&key);
+                        self.partitions.borrow_mut().insert(
+                            key,
+                            Rc::new(Partition {
+                                topic: topic.name.clone(),
+                                index,
+                                log: SharedLog::new(log),
+                                data_arrived: Event::new(),
+                            }),
+                        );
+                    }
+                    Err(error) => {
+                        error!(dir = %dir.display(), %error, "cannot open partition; it is offline");
+                        self.failed_partitions
+                            .borrow_mut()
+                            .insert(key, error.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn delete_partition(&self, partition: Rc<Partition>) {
+        let dir = partition
+            .log
+            .with_log(async |log| log.dir().to_owned())
+            .await;
+        partition.data_arrived.notify(usize::MAX);
+        match Rc::try_unwrap(partition) {
+            Ok(partition) => {
+                if let Err(error) = partition.log.into_inner().close(now_ms()).await {
+                    warn!(dir = %dir.display(), %error, "closing a deleted partition");
+                }
+            }
+            Err(_) => warn!(dir = %dir.display(), "deleting a partition still in use"),
+        }
+        let mut doomed = dir.clone().into_os_string();
+        doomed.push(format!(
+            ".{}-delete",
+            Uuid::from_u64_pair(super::random_u64(), 0).simple()
+        ));
+        let doomed = PathBuf::from(doomed);
+        let result = std::fs::rename(&dir, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
+        match result {
+            Ok(()) => info!(dir = %dir.display(), "deleted partition"),
+            Err(error) => {
+                warn!(dir = %dir.display(), %error, "could not delete partition directory")
+            }
+        }
+    }
+
+    /// Partitions this shard owns.
+    pub fn owned_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// Syncs the partitions whose flush policy (`flush.messages`, `flush.ms`) asks for it.
+    pub async fn flush_due(&self) {
+        for partition in self.owned_partitions() {
+            let now = now_ms();
+            let due = partition
+                .log
+                .with_log(async |log| log.sync_due(now).then(|| log.log_end_offset()))
+                .await;
+            if let Some(end) = due {
+                if let Err(error) = partition.log.wait_durable(end, now).await {
+                    error!(topic = %partition.topic, partition = partition.index, %error, "flush failed");
+                }
+            }
+        }
+    }
+
+    /// Deletes segments past retention, and rolls segments past `segment.ms`.
+    pub async fn apply_retention(&self) {
+        for partition in self.owned_partitions() {
+            let now = now_ms();
+            let result = partition
+                .log
+                .with_log(async |log| log.apply_retention(now).await)
+                .await;
+            match result {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    info!(topic = %partition.topic, partition = partition.index, deleted, "retention deleted segments")
+                }
+                Err(error) => {
+                    error!(topic = %partition.topic, partition = partition.index, %error, "retention failed")
+                }
+            }
+        }
+    }
+
+    /// Closes every partition: sync, checkpoint, close files.
+    pub async fn close_partitions(&self) {
+        let partitions: Vec<_> = std::mem::take(&mut *self.partitions.borrow_mut())
+            .into_values()
+            .collect();
+        for partition in partitions {
+            let name = format!("{}-{}", partition.topic, partition.index);
+            let result = match Rc::try_unwrap(partition) {
+                Ok(partition) => partition.log.into_inner().close(now_ms()).await,
+                Err(partition) => {
+                    partition
+                        .log
+                        .with_log(async |log| log.checkpoint(now_ms()).await)
+                        .await
+                }
+            };
+            if let Err(error) = result {
+                error!(partition = %name, %error, "closing partition");
+            }
+        }
+    }
+
+    /// Starts shutting this shard down.
+    pub fn begin_shutdown(&self) {
+        if !self.shutting_down.replace(true) {
+            self.shutdown_event.notify(usize::MAX);
+        }
+    }
+
+    /// Sleeps `duration`, returning early (with `false`) when shutdown starts.
+    pub async fn sleep_unless_shutdown(&self, duration: Duration) -> bool {
+        if self.shutting_down.get() {
+            return false;
+        }
+        let listener = self.shutdown_event.listen();
+        if self.shutting_down.get() {
+            return false;
+        }
+        futures_lite::future::or(
+            async {
+                glommio::timer::sleep(duration).await;
+                true
+            },
+            async {
+                listener.await;
+                false
+            },
+        )
+        .await
+    }
+}
+
+fn changed(
+    current: &BTreeMap<String, String>,
+    changes: Vec<(String, Option<String>)>,
+    replace_all: bool,
+) -> BTreeMap<String, String> {
+    let mut configs = if replace_all {
+        BTreeMap::new()
+    } else {
+        current.clone()
+    };
+    for (name, value) in changes {
+        match value {
+            Some(value) => configs.insert(name, value),
+            None => configs.remove(&name),
+        };
+    }
+    configs
+}
+
+fn new_topic_id(catalog: &Catalog) -> Uuid {
+    loop {
+        let id = uuid::Builder::from_random_bytes(
+            [
+                super::random_u64().to_le_bytes(),
+                super::random_u64().to_le_bytes(),
+            ]
+            .concat()
+            .try_into()
+            .expect("16 bytes"),
+        )
+        .into_uuid();
+        if catalog.topic_by_id(id).is_none() && !id.is_nil() {
+            return id;
+        }
+    }
+}
+
+/// Writes the catalog file atomically: a temporary file, synced, renamed over the old one,
+/// and the directory synced.
+///
+/// # Errors
+/// Any I/O error of the steps.
+pub fn persist_catalog(data_dir: &Path, catalog: &Catalog) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = data_dir.join(crate::broker::catalog::CATALOG_FILE_NAME);
+    let temporary = data_dir.join(format!("{}.tmp", crate::broker::catalog::CATALOG_FILE_NAME));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(catalog.to_toml().as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+async fn run_partition_op(partition: &Partition, op: PartitionOp) -> PartitionResult {
+    match op {
+        PartitionOp::Produce { records } => {
+            let (segment_bytes, log_start) = partition
+                .log
+                .with_log(async |log| (log.config().segment_bytes as usize, log.log_start_offset()))
+                .await;
+            if records.len() > segment_bytes {
+                return Err(KafkaError::with_message(
+                    ResponseError::RecordListTooLarge,
+                    format!(
+                        "{} bytes of records exceed the segment size {segment_bytes}",
+                        records.len()
+                    ),
+                ));
+            }
+            let info = partition
+                .log
+                .append(
+                    BytesMut::from(records),
+                    LEADER_EPOCH,
+                    now_ms(),
+                    Durability::Written,
+                )
+                .await?;
+            partition.data_arrived.notify(usize::MAX);
+            Ok(PartitionOutcome::Produced {
+                base_offset: info.base_offset,
+                log_append_time_ms: info.log_append_time_ms,
+                log_start_offset: log_start,
+            })
+        }
+        PartitionOp::Fetch {
+            offset,
+            max_bytes,
+            current_leader_epoch,
+        } => {
+            check_epoch(current_leader_epoch)?;
+            partition
+                .log
+                .with_log(async |log| {
+                    let high_watermark = log.log_end_offset();
+                    let log_start_offset = log.log_start_offset();
+                    let records = if offset == high_watermark {
+                        Bytes::new()
+                    } else {
+                        log.read(offset, max_bytes, Some(high_watermark))
+                            .await?
+                            .to_bytes()
+                    };
+                    Ok(PartitionOutcome::Fetched {
+                        records,
+                        high_watermark,
+                        log_start_offset,
+                    })
+                })
+                .await
+                .map_err(|error: StorageError| KafkaError::from(&error))
+        }
+        PartitionOp::WaitForData { offset, timeout_ms } => {
+            let listener = partition.data_arrived.listen();
+            let end = partition
+                .log
+                .with_log(async |log| log.log_end_offset())
+                .await;
+            if end > offset {
+                return Ok(PartitionOutcome::Waited(true));
+            }
+            let arrived = futures_lite::future::or(
+                async {
+                    listener.await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(Duration::from_millis(timeout_ms)).await;
+                    false
+                },
+            )
+            .await;
+            Ok(PartitionOutcome::Waited(arrived))
+        }
+        PartitionOp::ListOffset {
+            timestamp,
+            current_leader_epoch,
+        } => {
+            check_epoch(current_leader_epoch)?;
+            partition
+                .log
+                .with_log(async |log| {
+                    let (offset, timestamp) = match timestamp {
+                        -2 | -4 => (log.log_start_offset(), -1),
+                        -1 => (log.log_end_offset(), -1),
+                        -3 => log
+                            .max_timestamp()
+                            .map_or((-1, -1), |(timestamp, offset)| (offset, timestamp)),
+                        t if t >= 0 => log
+                            .offset_for_timestamp(t)
+                            .await?
+                            .map_or((-1, -1), |(offset, timestamp)| (offset, timestamp)),
+                        _ => {
+                            return Ok(Err(KafkaError::with_message(
+                                ResponseError::InvalidRequest,
+                                format!("unsupported ListOffsets timestamp {timestamp}"),
+                            )))
+                        }
+                    };
+                    Ok(Ok(PartitionOutcome::Offset { offset, timestamp }))
+                })
+                .await
+                .map_err(|error: StorageError| KafkaError::from(&error))?
+        }
+        PartitionOp::DeleteRecords { before_offset } => partition
+            .log
+            .with_log(async |log| {
+                let before = if before_offset == -1 {
+                    log.log_end_offset()
+                } else {
+                    before_offset
+                };
+                log.delete_records(before).await
+            })
+            .await
+            .map(PartitionOutcome::LowWatermark)
+            .map_err(|error| KafkaError::from(&error)),
+        PartitionOp::EndOffsetForEpoch {
+            leader_epoch,
+            current_leader_epoch,
+        } => {
+            check_epoch(current_leader_epoch)?;
+            let end = partition
+                .log
+                .with_log(async |log| log.log_end_offset())
+                .await;
+            Ok(if (0..=LEADER_EPOCH).contains(&leader_epoch) {
+                PartitionOutcome::EpochEnd {
+                    leader_epoch: LEADER_EPOCH,
+                    end_offset: end,
+                }
+            } else {
+                PartitionOutcome::EpochEnd {
+                    leader_epoch: -1,
+                    end_offset: -1,
+                }
+            })
+        }
+    }
+}
+
+/// Kafka's leader epoch fencing: a client that knows a newer epoch than the leader gets
+/// UNKNOWN_LEADER_EPOCH, an older one FENCED_LEADER_EPOCH.
+fn check_epoch(current_leader_epoch: i32) -> Result<(), KafkaError> {
+    match current_leader_epoch {
+        -1 => Ok(()),
+        epoch if epoch > LEADER_EPOCH => Err(KafkaError::new(ResponseError::UnknownLeaderEpoch)),
+        epoch if epoch < LEADER_EPOCH => Err(KafkaError::new(ResponseError::FencedLeaderEpoch)),
+        _ => Ok(()),
+    }
+}
