@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Spate's whole test suite: formatting and lint gates, every Rust test (unit, integration,
 # property, doc, criterion benches once in test mode), the seeded storage simulation, the C
-# example and the Python package. Installs what the tests need when it is missing (apt and pip
+# example, the Python package and the real Kafka clients (kcat, confluent-kafka, kafka-python)
+# against a running broker. Installs what the tests need when it is missing (apt and pip
 # packages), so that on a fresh machine this command alone passes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,14 +21,19 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing_apt=()
 command -v cc >/dev/null 2>&1 || missing_apt+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || missing_apt+=(python3 python3-pip python3-venv)
+command -v kcat >/dev/null 2>&1 || missing_apt+=(kcat)
+command -v setpriv >/dev/null 2>&1 || missing_apt+=(util-linux)
 if [ ${#missing_apt[@]} -gt 0 ]; then
     echo "== installing apt packages: ${missing_apt[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}"
 fi
-if ! python3 -m pytest --version >/dev/null 2>&1; then
-    echo "== installing pytest"
-    python3 -m pip install --quiet --disable-pip-version-check pytest
+# The real-client tests: librdkafka through confluent-kafka, and kafka-python with the
+# libraries its snappy, lz4 and zstd codecs need.
+if ! python3 -c "import pytest, confluent_kafka, kafka, snappy, lz4.frame, zstandard" >/dev/null 2>&1; then
+    echo "== installing pip packages: pytest confluent-kafka kafka-python python-snappy lz4 zstandard"
+    python3 -m pip install --quiet --disable-pip-version-check \
+        pytest confluent-kafka 'kafka-python>=2.0' python-snappy lz4 zstandard
 fi
 
 echo "== cargo fmt --check"
@@ -48,3 +54,6 @@ echo "== Python package: pip install ./bindings-python, then pytest"
 cargo build --quiet -p spate-engine --bin spate
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings-python
 SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q bindings-python/tests
+
+echo "== real Kafka clients against spate serve: kcat, confluent-kafka, kafka-python"
+SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q tests/clients

@@ -1,4 +1,5 @@
 //! Integration tests of the engine, one binary with a module per concern.
 
+mod broker;
 mod cli;
 mod storage;

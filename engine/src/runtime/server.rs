@@ -267,6 +267,9 @@ async fn run_shard(
         Arc::clone(&process),
         senders,
     ));
+    // Partitions open before this shard takes requests from others, so that a request routed
+    // here during start-up finds its partition instead of UNKNOWN_TOPIC_OR_PARTITION.
+    shard.apply_catalog(catalog).await;
     for (_, receiver) in receivers.streams() {
         let shard = Rc::clone(&shard);
         glommio::spawn_local(async move {
@@ -277,7 +280,6 @@ async fn run_shard(
         })
         .detach();
     }
-    shard.apply_catalog(catalog).await;
     let listener = TcpListener::bind(config.listen).map_err(|error| ServeError::Listen {
         address: config.listen,
         source: std::io::Error::other(error.to_string()),

@@ -56,7 +56,7 @@ pub(super) fn describe_configs(
             resource
                 .configuration_keys
                 .as_ref()
-                .is_none_or(|keys| keys.iter().any(|key| key.as_str() == config))
+                .is_none_or(|keys| keys.is_empty() || keys.iter().any(|key| key.as_str() == config))
         };
         let mut result = DescribeConfigsResult::default()
             .with_resource_type(resource.resource_type)

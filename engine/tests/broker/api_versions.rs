@@ -1,0 +1,278 @@
+//! Every API Spate advertises, at every version it advertises, with requests that carry real
+//! topics and records: the broker answers each with a response that decodes at that version.
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use spate_engine::protocol::versions;
+use spate_engine::storage::batch::build::{batch, NewRecord};
+
+use super::util::Broker;
+
+fn name(text: &str) -> TopicName {
+    TopicName(StrBytes::from_string(text.to_owned()))
+}
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+fn create(topic: &str, partitions: i32) -> RequestKind {
+    RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1),
+    ]))
+}
+
+#[test]
+fn every_api_at_every_advertised_version() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &work.path().join("data"),
+        &["--auto-create-topics", "false"],
+    );
+    let mut connection = broker.connect();
+    let ResponseKind::CreateTopics(created) =
+        connection.call(ApiKey::CreateTopics, 7, create("versions", 2))
+    else {
+        panic!()
+    };
+    assert_eq!(created.topics[0].error_code, 0);
+    let topic_id = created.topics[0].topic_id;
+    assert!(!topic_id.is_nil());
+
+    let advertised: Vec<_> = versions::all().collect();
+    let ResponseKind::ApiVersions(listed) = connection.call(
+        ApiKey::ApiVersions,
+        3,
+        RequestKind::ApiVersions(Default::default()),
+    ) else {
+        panic!()
+    };
+    assert_eq!(listed.api_keys.len(), advertised.len());
+
+    let mut partitions = 2;
+    for (api_key, range) in advertised {
+        for version in range.min..=range.max {
+            let context = format!("{api_key:?} v{version}");
+            let request = match api_key {
+                ApiKey::Produce => RequestKind::Produce(
+                    ProduceRequest::default()
+                        .with_acks(1)
+                        .with_timeout_ms(5000)
+                        .with_topic_data(vec![produce_request::TopicProduceData::default()
+                            .with_name(name("versions"))
+                            .with_partition_data(vec![
+                                produce_request::PartitionProduceData::default()
+                                    .with_index(0)
+                                    .with_records(Some(
+                                        batch(&[NewRecord::value("v", 1_000)]).freeze(),
+                                    )),
+                            ])]),
+                ),
+                ApiKey::Fetch => {
+                    let mut topic = fetch_request::FetchTopic::default().with_partitions(vec![
+                        fetch_request::FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20),
+                    ]);
+                    if version >= 13 {
+                        topic.topic_id = topic_id;
+                    } else {
+                        topic.topic = name("versions");
+                    }
+                    RequestKind::Fetch(
+                        FetchRequest::default()
+                            .with_max_wait_ms(0)
+                            .with_max_bytes(1 << 20)
+                            .with_topics(vec![topic]),
+                    )
+                }
+                ApiKey::ListOffsets => {
+                    RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+                    list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(name("versions"))
+                        .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1)]),
+                ]))
+                }
+                ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default().with_topics(
+                    Some(vec![metadata_request::MetadataRequestTopic::default(
+                        )
+                        .with_name(Some(name("versions")))]),
+                )),
+                ApiKey::ApiVersions => RequestKind::ApiVersions(
+                    ApiVersionsRequest::default()
+                        .with_client_software_name(text("tests"))
+                        .with_client_software_version(text("1")),
+                ),
+                ApiKey::CreateTopics => create(&format!("created-v{version}"), 1),
+                ApiKey::DeleteTopics => {
+                    let doomed = format!("doomed-v{version}");
+                    let ResponseKind::CreateTopics(made) =
+                        connection.call(ApiKey::CreateTopics, 7, create(&doomed, 1))
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(made.topics[0].error_code, 0, "{context}");
+                    let mut request = DeleteTopicsRequest::default().with_timeout_ms(5000);
+                    if version >= 6 {
+                        request.topics = vec![delete_topics_request::DeleteTopicState::default()
+                            .with_name(Some(name(&doomed)))];
+                    } else {
+                        request.topic_names = vec![name(&doomed)];
+                    }
+                    RequestKind::DeleteTopics(request)
+                }
+                ApiKey::DeleteRecords => {
+                    RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
+                        delete_records_request::DeleteRecordsTopic::default()
+                            .with_name(name("versions"))
+                            .with_partitions(vec![
+                                delete_records_request::DeleteRecordsPartition::default()
+                                    .with_partition_index(1)
+                                    .with_offset(0),
+                            ]),
+                    ]))
+                }
+                ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+                    OffsetForLeaderEpochRequest::default().with_topics(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                            .with_topic(name("versions"))
+                            .with_partitions(vec![
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(
+                                )
+                                .with_partition(0)
+                                .with_current_leader_epoch(-1)
+                                .with_leader_epoch(0),
+                            ]),
+                    ]),
+                ),
+                ApiKey::DescribeConfigs => {
+                    let mut request = DescribeConfigsRequest::default().with_resources(vec![
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(text("versions")),
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(4)
+                            .with_resource_name(text("1")),
+                    ]);
+                    request.include_synonyms = true;
+                    if version >= 3 {
+                        request.include_documentation = true;
+                    }
+                    RequestKind::DescribeConfigs(request)
+                }
+                ApiKey::AlterConfigs => {
+                    RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+                    alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text("versions"))
+                        .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                            .with_name(text("retention.ms"))
+                            .with_value(Some(text("86400000")))]),
+                ]))
+                }
+                ApiKey::CreatePartitions => {
+                    partitions += 1;
+                    RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_topics(
+                        vec![
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(name("versions"))
+                            .with_count(partitions),
+                    ],
+                    ))
+                }
+                ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(
+                    IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(text("versions"))
+                            .with_configs(vec![
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(text("segment.ms"))
+                                    .with_config_operation(0)
+                                    .with_value(Some(text("3600000"))),
+                            ]),
+                    ]),
+                ),
+                ApiKey::DescribeCluster => RequestKind::DescribeCluster(Default::default()),
+                other => panic!("{other:?} is advertised but has no test request"),
+            };
+            let response = connection.call(api_key, version, request);
+            check(&context, &response);
+        }
+    }
+    assert!(
+        broker.log().lines().all(|line| !line.contains("ERROR")),
+        "{}",
+        broker.log()
+    );
+}
+
+/// Checks that the response reports success where the request was valid.
+fn check(context: &str, response: &ResponseKind) {
+    match response {
+        ResponseKind::Produce(r) => {
+            let partition = &r.responses[0].partition_responses[0];
+            assert_eq!(partition.error_code, 0, "{context}");
+            assert!(partition.base_offset >= 0, "{context}");
+        }
+        ResponseKind::Fetch(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            let partition = &r.responses[0].partitions[0];
+            assert_eq!(partition.error_code, 0, "{context}");
+            assert!(
+                partition
+                    .records
+                    .as_ref()
+                    .is_some_and(|records| !records.is_empty()),
+                "{context}"
+            );
+        }
+        ResponseKind::ListOffsets(r) => {
+            let partition = &r.topics[0].partitions[0];
+            assert_eq!(partition.error_code, 0, "{context}");
+            assert!(partition.offset > 0, "{context}");
+        }
+        ResponseKind::Metadata(r) => {
+            assert_eq!(r.brokers.len(), 1, "{context}");
+            assert_eq!(r.topics[0].error_code, 0, "{context}");
+            assert!(r.topics[0].partitions.len() >= 2, "{context}");
+        }
+        ResponseKind::ApiVersions(r) => assert_eq!(r.error_code, 0, "{context}"),
+        ResponseKind::CreateTopics(r) => assert_eq!(r.topics[0].error_code, 0, "{context}"),
+        ResponseKind::DeleteTopics(r) => assert_eq!(r.responses[0].error_code, 0, "{context}"),
+        ResponseKind::DeleteRecords(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}")
+        }
+        ResponseKind::OffsetForLeaderEpoch(r) => {
+            let partition = &r.topics[0].partitions[0];
+            assert_eq!(
+                (partition.error_code, partition.leader_epoch),
+                (0, 0),
+                "{context}"
+            );
+            assert!(partition.end_offset > 0, "{context}");
+        }
+        ResponseKind::DescribeConfigs(r) => {
+            for result in &r.results {
+                assert_eq!(result.error_code, 0, "{context}");
+                assert!(!result.configs.is_empty(), "{context}");
+            }
+        }
+        ResponseKind::AlterConfigs(r) => assert_eq!(r.responses[0].error_code, 0, "{context}"),
+        ResponseKind::CreatePartitions(r) => assert_eq!(r.results[0].error_code, 0, "{context}"),
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            assert_eq!(r.responses[0].error_code, 0, "{context}")
+        }
+        ResponseKind::DescribeCluster(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert_eq!(r.brokers.len(), 1, "{context}");
+        }
+        other => panic!("{context}: unexpected {other:?}"),
+    }
+}

@@ -1,0 +1,7 @@
+//! The broker as a process, driven over TCP with the `kafka-protocol` crate's client side.
+
+mod api_versions;
+mod bad_input;
+mod fuzz;
+mod lifecycle;
+mod util;
