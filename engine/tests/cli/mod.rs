@@ -75,3 +75,41 @@ fn missing_directory_is_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("nope is not a directory"), "{stderr}");
 }
+
+#[test]
+fn serve_with_no_arguments_listens_on_9092_with_data_in_spate_data() {
+    // The README's run command. Skipped when something else holds the port (a Kafka broker on
+    // the developer's machine, say).
+    if std::net::TcpListener::bind("127.0.0.1:9092").is_err() {
+        eprintln!("127.0.0.1:9092 is taken; skipping");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .arg("serve")
+        .current_dir(work.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut listening = false;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect("127.0.0.1:9092").is_ok() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill with a pid we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(listening, "spate serve did not listen on 127.0.0.1:9092");
+    assert!(status.success(), "exit {status}");
+    assert!(work
+        .path()
+        .join("spate-data")
+        .join("catalog.toml")
+        .is_file());
+}
