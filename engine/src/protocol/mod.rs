@@ -8,6 +8,7 @@
 
 mod codec;
 mod frame;
+pub mod splice;
 pub mod versions;
 
 pub use codec::{

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::shard::Shard;
 use crate::broker::handlers;
+use crate::protocol::splice::{encode_response_spliced, SplicedFrame, SPLICE_BYTES_MIN};
 use crate::protocol::{decode_request, encode_response, take_frame, DecodeError, Request};
 
 /// Bytes read from the socket at a time.
@@ -98,6 +99,34 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                     request.header.correlation_id,
                 );
                 match handlers::handle(&shard, *request).await {
+                    Ok(Some(ResponseKind::Fetch(fetch))) => {
+                        // Record sets go to the socket from their own buffers.
+                        let records: Vec<Bytes> = fetch
+                            .responses
+                            .iter()
+                            .flat_map(|topic| &topic.partitions)
+                            .filter_map(|partition| partition.records.clone())
+                            .filter(|records| records.len() >= SPLICE_BYTES_MIN)
+                            .collect();
+                        match encode_response_spliced(
+                            correlation_id,
+                            api_key,
+                            version,
+                            &fetch,
+                            &records,
+                        ) {
+                            Ok(frame) => {
+                                drop(fetch);
+                                if write_pieces(&mut writer, &frame).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(error) => {
+                                warn!(%peer, %error, "closing connection: response does not encode");
+                                break;
+                            }
+                        }
+                    }
                     Ok(Some(body)) => {
                         if let Err(error) =
                             encode_response(correlation_id, api_key, version, &body, &mut out)
@@ -127,6 +156,14 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     reader.cancel().await;
     let _ = writer.close().await;
     debug!(%peer, "connection closed");
+}
+
+/// Writes a spliced frame piece by piece: the encoded parts and the record buffers, uncopied.
+async fn write_pieces(writer: &mut SocketHalf, frame: &SplicedFrame) -> std::io::Result<()> {
+    for piece in frame.pieces() {
+        writer.write_all(piece).await?;
+    }
+    Ok(())
 }
 
 async fn read_requests(
