@@ -4,6 +4,7 @@
     broker-load.py produce  BOOTSTRAP TOPIC --records N --size B [--acks 1]
     broker-load.py latency  BOOTSTRAP TOPIC --rate R --seconds S --size B [--acks 1]
     broker-load.py consume  BOOTSTRAP TOPIC --partitions P --records N
+    broker-load.py sync     BOOTSTRAP TOPIC --records N --size B [--acks 1]
 
 Each prints one JSON object. Latency is measured from when each record was due to be sent at
 the fixed rate (not from when the send call returned), so that a stalled broker shows up in the
@@ -104,6 +105,29 @@ def latency(args):
     }))
 
 
+def sync(args):
+    """One record at a time, each flushed before the next: the round trip of one produce
+    request through the client and the broker, with nothing queued."""
+    client = producer(args.bootstrap, args.acks, 0)
+    value = b"z" * args.size
+    client.produce(args.topic, value)
+    assert client.flush(30) == 0
+    latencies_ms = []
+    for _ in range(args.records):
+        started = time.perf_counter()
+        client.produce(args.topic, value)
+        assert client.flush(30) == 0
+        latencies_ms.append((time.perf_counter() - started) * 1000)
+    latencies_ms.sort()
+    print(json.dumps({
+        "records": args.records,
+        "p50_ms": percentile(latencies_ms, 0.50),
+        "p99_ms": percentile(latencies_ms, 0.99),
+        "p999_ms": percentile(latencies_ms, 0.999),
+        "max_ms": latencies_ms[-1],
+    }))
+
+
 def consume(args):
     client = Consumer({
         "bootstrap.servers": args.bootstrap,
@@ -131,7 +155,7 @@ def consume(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("produce", "latency", "consume"):
+    for name in ("produce", "latency", "consume", "sync"):
         command = commands.add_parser(name)
         command.add_argument("bootstrap")
         command.add_argument("topic")
@@ -142,7 +166,7 @@ def main():
         command.add_argument("--seconds", type=float, default=10)
         command.add_argument("--partitions", type=int, default=1)
     args = parser.parse_args()
-    {"produce": produce, "latency": latency, "consume": consume}[args.command](args)
+    {"produce": produce, "latency": latency, "consume": consume, "sync": sync}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ lat_rate=$(python3 -c "print(min($half, 20000))")
 echo "latency at $lat_rate records/s ..." >&2
 create lat 1
 lat=$(load latency "$bootstrap" lat --rate "$lat_rate" --seconds 10 --acks 1)
+echo "one produce request at a time ..." >&2
+sync=$(load sync "$bootstrap" lat --records 5000 --acks 1)
 echo "fetch of $fetch_gib GiB from offset 0 ..." >&2
 create fetch 1
 fetch_records=0
@@ -126,6 +128,7 @@ blocks, O_DIRECT, QD4), iperf3 loopback $iperf MB/s.
 | produce, 1 KiB records, acks=1, 1 partition (kcat) | $(field "$p1" mb_per_s) MB/s | lower of fio write, iperf3: $lower_write MB/s | $(ratio "$(field "$p1" mb_per_s)" "$lower_write") | ≥ 40% |
 | produce, 1 KiB records, acks=1, 8 partitions (kcat) | $(field "$p8" mb_per_s) MB/s | lower of fio write, iperf3: $lower_write MB/s | $(ratio "$(field "$p8" mb_per_s)" "$lower_write") | ≥ 40% |
 | produce latency at $lat_rate records/s (half the 1-partition rate is $half/s): p50 / p99 / p99.9 | $(field "$lat" p50_ms) / $(field "$lat" p99_ms) / $(field "$lat" p999_ms) ms | | | p99 ≤ 2 ms |
+| produce round trip, one 1 KiB record at a time (confluent-kafka): p50 / p99 / p99.9 | $(field "$sync" p50_ms) / $(field "$sync" p99_ms) / $(field "$sync" p999_ms) ms | | | |
 | fetch of a $fetch_gib GiB topic from offset 0 (kcat) | $(field "$fetch" mb_per_s) MB/s | lower of fio read, iperf3: $lower_read MB/s | $(ratio "$(field "$fetch" mb_per_s)" "$lower_read") | ≥ 60% |
 
 Reproduce: \`RECORDS=$records FETCH_GIB=$fetch_gib CORES=$cores benches/broker-vs-baselines.sh DIR\`

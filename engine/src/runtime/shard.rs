@@ -230,7 +230,33 @@ pub struct Partition {
     pub log: SharedLog<DmaStorage>,
     /// Notified after every append, for long-polling fetches.
     pub data_arrived: Event,
+    /// The read of what a sequential consumer will fetch next, started when it fetched this.
+    read_ahead: RefCell<Option<ReadAhead>>,
 }
+
+impl Partition {
+    /// Cancels a read-ahead, so that nothing but the owner holds the partition.
+    async fn stop_read_ahead(&self) {
+        let ahead = self.read_ahead.borrow_mut().take();
+        if let Some(ahead) = ahead {
+            ahead.task.cancel().await;
+        }
+    }
+}
+
+/// A read started ahead of a consumer: O_DIRECT reads get no read-ahead from the kernel, so a
+/// consumer reading history would otherwise wait for the disk on every fetch.
+#[derive(Debug)]
+struct ReadAhead {
+    offset: i64,
+    max_bytes: usize,
+    task: Task<Result<Bytes, StorageError>>,
+}
+
+/// Fetches this large start a read of the next range (a consumer reading history).
+const READ_AHEAD_TRIGGER_BYTES: usize = 1 << 20;
+/// No read-ahead for fetches that may be larger than this, to bound memory per partition.
+const READ_AHEAD_BYTES_MAX: usize = 16 << 20;
 
 /// A partition call started on this or another shard.
 pub enum PendingCall {
@@ -666,6 +692,7 @@ impl Shard {
                                 index,
                                 log: SharedLog::new(log),
                                 data_arrived: Event::new(),
+                                read_ahead: RefCell::new(None),
                             }),
                         );
                     }
@@ -681,6 +708,7 @@ impl Shard {
     }
 
     async fn delete_partition(&self, partition: Rc<Partition>) {
+        partition.stop_read_ahead().await;
         let dir = partition
             .log
             .with_log(async |log| log.dir().to_owned())
@@ -756,6 +784,7 @@ impl Shard {
             .into_values()
             .collect();
         for partition in partitions {
+            partition.stop_read_ahead().await;
             let name = format!("{}-{}", partition.topic, partition.index);
             let result = match Rc::try_unwrap(partition) {
                 Ok(partition) => partition.log.into_inner().close(now_ms()).await,
@@ -856,7 +885,7 @@ pub fn persist_catalog(data_dir: &Path, catalog: &Catalog) -> std::io::Result<()
     std::fs::File::open(data_dir)?.sync_all()
 }
 
-async fn run_partition_op(partition: &Partition, op: PartitionOp) -> PartitionResult {
+async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> PartitionResult {
     match op {
         PartitionOp::Produce { records } => {
             let (segment_bytes, log_start) = partition
@@ -894,24 +923,7 @@ async fn run_partition_op(partition: &Partition, op: PartitionOp) -> PartitionRe
             current_leader_epoch,
         } => {
             check_epoch(current_leader_epoch)?;
-            partition
-                .log
-                .with_log(async |log| {
-                    let high_watermark = log.log_end_offset();
-                    let log_start_offset = log.log_start_offset();
-                    let records = if offset == high_watermark {
-                        Bytes::new()
-                    } else {
-                        log.read(offset, max_bytes, Some(high_watermark))
-                            .await?
-                            .to_bytes()
-                    };
-                    Ok(PartitionOutcome::Fetched {
-                        records,
-                        high_watermark,
-                        log_start_offset,
-                    })
-                })
+            fetch(partition, offset, max_bytes)
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
         }
@@ -1002,6 +1014,82 @@ async fn run_partition_op(partition: &Partition, op: PartitionOp) -> PartitionRe
             })
         }
     }
+}
+
+async fn fetch(
+    partition: &Rc<Partition>,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<PartitionOutcome, StorageError> {
+    let (high_watermark, log_start_offset) = partition
+        .log
+        .with_log(async |log| (log.log_end_offset(), log.log_start_offset()))
+        .await;
+    let fetched = |records| PartitionOutcome::Fetched {
+        records,
+        high_watermark,
+        log_start_offset,
+    };
+    if offset == high_watermark {
+        return Ok(fetched(Bytes::new()));
+    }
+    if offset < log_start_offset || offset > high_watermark {
+        return Err(StorageError::OffsetOutOfRange {
+            offset,
+            log_start_offset,
+            log_end_offset: high_watermark,
+        });
+    }
+    // Taking the read-ahead out of the partition cancels it (by dropping it) unless it is the
+    // one this fetch wants.
+    let ahead = partition.read_ahead.borrow_mut().take();
+    let prefetched = match ahead {
+        Some(ahead) if ahead.offset == offset && ahead.max_bytes == max_bytes => {
+            ahead.task.await.ok().filter(|records| !records.is_empty())
+        }
+        _ => None,
+    };
+    let records = match prefetched {
+        Some(records) => records,
+        None => partition
+            .log
+            .read(offset, max_bytes, Some(high_watermark))
+            .await?
+            .to_bytes(),
+    };
+    if records.len() >= READ_AHEAD_TRIGGER_BYTES && max_bytes <= READ_AHEAD_BYTES_MAX {
+        if let Some(next) = next_offset_after(&records).filter(|next| *next < high_watermark) {
+            let reader = Rc::clone(partition);
+            let task = glommio::spawn_local(async move {
+                let limit = reader.log.with_log(async |log| log.log_end_offset()).await;
+                Ok(reader
+                    .log
+                    .read(next, max_bytes, Some(limit))
+                    .await?
+                    .to_bytes())
+            });
+            *partition.read_ahead.borrow_mut() = Some(ReadAhead {
+                offset: next,
+                max_bytes,
+                task,
+            });
+        }
+    }
+    Ok(fetched(records))
+}
+
+/// The offset after the last whole batch of `records`.
+fn next_offset_after(mut records: &[u8]) -> Option<i64> {
+    let mut next = None;
+    while let Ok(header) = crate::storage::batch::BatchHeader::parse(records) {
+        let size = header.size_bytes();
+        if size > records.len() {
+            break;
+        }
+        next = Some(header.next_offset());
+        records = &records[size..];
+    }
+    next
 }
 
 /// Kafka's leader epoch fencing: a client that knows a newer epoch than the leader gets

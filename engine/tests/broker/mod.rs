@@ -4,4 +4,5 @@ mod api_versions;
 mod bad_input;
 mod fuzz;
 mod lifecycle;
+mod read_ahead;
 mod util;
