@@ -9,6 +9,9 @@
 //! before a read of bytes still in it, and on close. So an fsync per append costs one write and
 //! one fdatasync, and concurrent appenders that share an fsync (group commit) also share the
 //! write. Writes out are serialised: each rewrites the partial block the previous one ended in.
+//! The write out of a full buffer runs behind the append that filled it, in a task of its own,
+//! while appends fill the next buffer; an append that fills that one too waits for the first,
+//! so at most two buffers exist per file. A failed write behind is reported by the next call.
 //!
 //! Segment files (see [`StorageFile::expect_appends`]) reserve space ahead of the write buffer
 //! in [`PREALLOCATE_STEP_BYTES`] steps with `fallocate`, growing the file with it, so that
@@ -20,8 +23,8 @@
 //! block) read as zeros; recovery treats a zero tail as padding and cuts it, and `truncate` and
 //! `close` cut the file to its logical length.
 //!
-//! Durability is claimed only after `sync`. Unsynced appends still in the write buffer (at most
-//! [`WRITE_OUT_BYTES`] per file) are lost if the process dies, as unsynced appends in the
+//! Durability is claimed only after `sync`. Unsynced appends still in the write buffers (at most
+//! two times [`WRITE_OUT_BYTES`] per file) are lost if the process dies, as unsynced appends in the
 //! device's cache are lost if the power fails.
 //!
 //! Reads return glommio's reference-counted [`ReadResult`] buffers; slicing them never copies.
@@ -102,6 +105,9 @@ struct Inner {
     pending: RefCell<WriteBuffer>,
     /// Held while a write out is in flight: the next one rewrites the block this one ends in.
     write_turn: Mutex<()>,
+    /// A write out started behind an append is running: the next full buffer is written out
+    /// by its append itself, which bounds the memory to two buffers.
+    write_behind: Cell<bool>,
     /// The first failed write, reported by every later call: after it the file's state on disk
     /// is unknown, and only recovery can tell.
     failure: RefCell<Option<(io::ErrorKind, String)>>,
@@ -339,7 +345,19 @@ impl StorageFile for DmaFile {
         };
         self.inner.len.set(position + data.len() as u64);
         if full {
-            self.write_out().await?;
+            if self.inner.write_behind.replace(true) {
+                // One is in flight already: wait for it and write this buffer out.
+                self.write_out().await?;
+            } else {
+                // Write behind the append, so appends do not wait for the disk; a failure is
+                // kept in `failure` and reported by the next call (a sync, at the latest).
+                let file = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = file.write_out().await;
+                    file.inner.write_behind.set(false);
+                })
+                .detach();
+            }
         }
         Ok(())
     }
@@ -446,6 +464,7 @@ impl Storage for DmaStorage {
                     dirty: false,
                 }),
                 write_turn: Mutex::new(()),
+                write_behind: Cell::new(false),
                 failure: RefCell::new(None),
                 preallocate: Cell::new(false),
                 reserved_end: Cell::new(len),
