@@ -5,4 +5,5 @@ mod bad_input;
 mod fuzz;
 mod lifecycle;
 mod read_ahead;
+mod slow_client;
 mod util;

@@ -34,16 +34,14 @@ impl Broker {
         let log_path = data_dir.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args([
-                "serve",
-                "--cores",
-                "2",
-                "--listen",
-                &address.to_string(),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", &address.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(if extra.contains(&"--cores") {
+                &[][..]
+            } else {
+                &["--cores", "2"][..]
+            })
             .env(
                 "RUST_LOG",
                 std::env::var("SPATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
