@@ -29,3 +29,26 @@ pub const READ_WINDOW_EXTRA_BYTES: usize = 64 << 10;
 const _: () = assert!(SEGMENT_BYTES_MIN as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!((MAX_MESSAGE_BYTES_DEFAULT as u64) < SEGMENT_BYTES_DEFAULT as u64);
+
+/// Kafka's `socket.request.max.bytes` default: 100 MiB. Larger frames are refused from their
+/// length prefix, before anything is allocated for them.
+pub const SOCKET_REQUEST_MAX_BYTES_DEFAULT: usize = 100 << 20;
+/// Client connections at once. Kafka's default is unlimited; a bound keeps a connection flood
+/// from exhausting file descriptors.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// Client connections from one address: enough for any real client host, few enough that one
+/// misbehaving host cannot take every slot.
+pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
+/// Requests read ahead per connection: librdkafka pipelines up to 5 produce requests per
+/// partition leader by default, and more when idempotence is off; 32 keeps the socket busy
+/// without buffering unbounded memory for one client.
+pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT: usize = 32;
+/// Kafka's `log.retention.check.interval.ms` default: 5 minutes.
+pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+/// Most partitions a topic may have: each partition is a directory with open files and a
+/// reserved segment extent, so a typo like 100000 should be refused, not attempted.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+/// A consumer fetch this large starts a read of the next range (a consumer reading history).
+pub const READ_AHEAD_TRIGGER_BYTES: usize = 1 << 20;
+/// No read-ahead for fetches that may be larger than this, to bound memory per partition.
+pub const READ_AHEAD_BYTES_MAX: usize = 16 << 20;

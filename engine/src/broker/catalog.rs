@@ -13,15 +13,13 @@ use super::names::{collision_key, validate_topic_name, TopicNameError};
 use super::topic_config::{
     broker_key, check_topic_overrides, check_value, ConfigError, ConfigLayers,
 };
+use crate::limits::PARTITIONS_PER_TOPIC_MAX;
 use crate::storage::LogConfig;
 
 /// Name of the catalog file in the data directory.
 pub const CATALOG_FILE_NAME: &str = "catalog.toml";
 /// Format version of the catalog file.
 const CATALOG_FORMAT_VERSION: u32 = 1;
-/// Most partitions a topic may have: each partition is a directory with open files and a
-/// reserved segment extent, so a typo like 100000 should be refused, not attempted.
-pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
 /// One topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::topic_config::{broker_key, check_value};
+use crate::limits;
 
 /// Settings as given on the command line or in the config file; unset ones take defaults.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -232,14 +233,18 @@ impl ServeSettings {
         if num_partitions < 1 {
             return Err(invalid("num_partitions", "must be at least 1".into()));
         }
-        let socket_request_max_bytes = self.socket_request_max_bytes.unwrap_or(100 << 20);
+        let socket_request_max_bytes = self
+            .socket_request_max_bytes
+            .unwrap_or(limits::SOCKET_REQUEST_MAX_BYTES_DEFAULT);
         if socket_request_max_bytes < 1024 || socket_request_max_bytes > i32::MAX as usize {
             return Err(invalid(
                 "socket_request_max_bytes",
                 "must be between 1024 and 2147483647".into(),
             ));
         }
-        let max_inflight = self.max_inflight_requests_per_connection.unwrap_or(32);
+        let max_inflight = self
+            .max_inflight_requests_per_connection
+            .unwrap_or(limits::MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT);
         if max_inflight == 0 {
             return Err(invalid(
                 "max_inflight_requests_per_connection",
@@ -269,12 +274,18 @@ impl ServeSettings {
             auto_create_topics: self.auto_create_topics.unwrap_or(true),
             num_partitions,
             socket_request_max_bytes,
-            max_connections: self.max_connections.unwrap_or(10_000).max(1),
-            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(1_000).max(1),
+            max_connections: self
+                .max_connections
+                .unwrap_or(limits::MAX_CONNECTIONS_DEFAULT)
+                .max(1),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(limits::MAX_CONNECTIONS_PER_IP_DEFAULT)
+                .max(1),
             max_inflight_requests_per_connection: max_inflight,
             log_retention_check_interval_ms: self
                 .log_retention_check_interval_ms
-                .unwrap_or(300_000)
+                .unwrap_or(limits::LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT)
                 .max(100),
             topic_defaults,
         })

@@ -29,6 +29,7 @@ use crate::broker::catalog::{shard_of, Catalog, CatalogError, CreateContext, New
 use crate::broker::config::BrokerConfig;
 use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
+use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
 
@@ -252,11 +253,6 @@ struct ReadAhead {
     max_bytes: usize,
     task: Task<Result<Bytes, StorageError>>,
 }
-
-/// Fetches this large start a read of the next range (a consumer reading history).
-const READ_AHEAD_TRIGGER_BYTES: usize = 1 << 20;
-/// No read-ahead for fetches that may be larger than this, to bound memory per partition.
-const READ_AHEAD_BYTES_MAX: usize = 16 << 20;
 
 /// A partition call started on this or another shard.
 pub enum PendingCall {
