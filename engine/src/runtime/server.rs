@@ -200,7 +200,16 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .io_memory(IO_MEMORY_BYTES)
             .name(&format!("spate-shard-{index}"))
-            .spawn(move || run_shard(mesh, config, process, catalog))
+            .spawn(move || async move {
+                let result = run_shard(mesh, config, Arc::clone(&process), catalog).await;
+                if result.is_err() {
+                    // Stop the other shards instead of leaving them serving a broker that is
+                    // missing a shard, and do not let them wait for this one to drain.
+                    process.shutdown_requested.store(true, Ordering::SeqCst);
+                    process.shards_drained.fetch_add(1, Ordering::SeqCst);
+                }
+                result
+            })
             .map_err(|error| RuntimeError::Executor(error.to_string()))?;
         handles.push(handle);
     }
