@@ -213,11 +213,6 @@ impl Catalog {
         &self.dynamic_broker_configs
     }
 
-    /// Static broker config (flags and config file), by broker-level name.
-    pub fn static_broker_configs(&self) -> &BTreeMap<String, String> {
-        &self.static_broker_configs
-    }
-
     /// The config layers for a topic with these overrides.
     pub fn layers<'a>(&'a self, topic_configs: &'a BTreeMap<String, String>) -> ConfigLayers<'a> {
         ConfigLayers {

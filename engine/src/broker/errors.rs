@@ -42,6 +42,7 @@ impl From<&StorageError> for KafkaError {
         let code = match error {
             StorageError::InvalidBatch { .. } => ResponseError::CorruptMessage,
             StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
+            StorageError::RecordsTooLarge { .. } => ResponseError::RecordListTooLarge,
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
             StorageError::Io { .. }
@@ -77,13 +78,5 @@ impl From<&CatalogError> for KafkaError {
 impl From<CatalogError> for KafkaError {
     fn from(error: CatalogError) -> KafkaError {
         KafkaError::from(&error)
-    }
-}
-
-/// The wire code of a result: 0 for success.
-pub fn code_of<T>(result: &Result<T, KafkaError>) -> i16 {
-    match result {
-        Ok(_) => 0,
-        Err(error) => error.code(),
     }
 }

@@ -1,6 +1,6 @@
 //! Requests from frames, responses into frames, through the `kafka-protocol` crate.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -155,12 +155,6 @@ pub fn encode_response(
     Ok(())
 }
 
-/// Reads the correlation id of a response frame (without its length prefix); for tests and
-/// the client.
-pub fn response_correlation_id(mut frame: &[u8]) -> Option<i32> {
-    (frame.len() >= 4).then(|| frame.get_i32())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +216,6 @@ mod tests {
         encode_response(9, ApiKey::ApiVersions, 3, &body, &mut out).unwrap();
         let size = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
         assert_eq!(size + 4, out.len());
-        assert_eq!(response_correlation_id(&out[4..]), Some(9));
+        assert_eq!(i32::from_be_bytes([out[4], out[5], out[6], out[7]]), 9);
     }
 }

@@ -11,7 +11,5 @@ mod frame;
 pub mod splice;
 pub mod versions;
 
-pub use codec::{
-    decode_request, encode_response, response_correlation_id, DecodeError, EncodeError, Request,
-};
+pub use codec::{decode_request, encode_response, DecodeError, EncodeError, Request};
 pub use frame::{take_frame, FrameError, FRAME_LENGTH_BYTES};

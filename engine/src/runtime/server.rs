@@ -2,7 +2,6 @@
 //! them, a listener on every shard (SO_REUSEPORT spreads connections), signals, the data
 //! directory lock and the metrics endpoint.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -306,7 +305,6 @@ async fn run_shard(
     }
     spawn_background_work(&shard);
 
-    let open_connections = Rc::new(Cell::new(0_usize));
     let shutdown = shard.shutdown_event.listen();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -340,25 +338,24 @@ async fn run_shard(
             metrics.connections_accepted += 1;
             metrics.connections_open += 1;
         }
-        open_connections.set(open_connections.get() + 1);
-        let (shard, open_connections) = (Rc::clone(&shard), Rc::clone(&open_connections));
+        let shard = Rc::clone(&shard);
         glommio::spawn_local(async move {
             serve_connection(Rc::clone(&shard), stream, peer).await;
             drop(slot);
             shard.metrics.borrow_mut().connections_open -= 1;
-            open_connections.set(open_connections.get() - 1);
         })
         .detach();
     }
     drop(listener);
 
     let grace_end = Instant::now() + SHUTDOWN_GRACE;
-    while open_connections.get() > 0 && Instant::now() < grace_end {
+    let open_connections = || shard.metrics.borrow().connections_open;
+    while open_connections() > 0 && Instant::now() < grace_end {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    if open_connections.get() > 0 {
+    if open_connections() > 0 {
         warn!(
-            open = open_connections.get(),
+            open = open_connections(),
             "connections still open after the grace period"
         );
     }
@@ -409,13 +406,11 @@ impl ConnectionSlot {
         let process = &shard.process;
         let mut per_ip = process.connections_per_ip.lock().expect("not poisoned");
         let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
-        if from_ip >= shard.config.max_connections_per_ip
-            || process.connections_open.load(Ordering::SeqCst) >= shard.config.max_connections
-        {
+        let total: usize = per_ip.values().sum();
+        if from_ip >= shard.config.max_connections_per_ip || total >= shard.config.max_connections {
             return None;
         }
         per_ip.insert(ip, from_ip + 1);
-        process.connections_open.fetch_add(1, Ordering::SeqCst);
         Some(ConnectionSlot {
             process: Arc::clone(process),
             ip,
@@ -425,7 +420,6 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.process.connections_open.fetch_sub(1, Ordering::SeqCst);
         let mut per_ip = self
             .process
             .connections_per_ip

@@ -214,9 +214,7 @@ pub struct ProcessShared {
     pub shutdown_requested: AtomicBool,
     /// Shards whose connections have all closed.
     pub shards_drained: AtomicUsize,
-    /// Client connections open.
-    pub connections_open: AtomicUsize,
-    /// Client connections open per IP.
+    /// Client connections open, per IP (the total is their sum).
     pub connections_per_ip: Mutex<BTreeMap<std::net::IpAddr, usize>>,
 }
 
@@ -884,19 +882,6 @@ pub fn persist_catalog(data_dir: &Path, catalog: &Catalog) -> std::io::Result<()
 async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> PartitionResult {
     match op {
         PartitionOp::Produce { records } => {
-            let (segment_bytes, log_start) = partition
-                .log
-                .with_log(async |log| (log.config().segment_bytes as usize, log.log_start_offset()))
-                .await;
-            if records.len() > segment_bytes {
-                return Err(KafkaError::with_message(
-                    ResponseError::RecordListTooLarge,
-                    format!(
-                        "{} bytes of records exceed the segment size {segment_bytes}",
-                        records.len()
-                    ),
-                ));
-            }
             let info = partition
                 .log
                 .append(
@@ -910,7 +895,7 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
             Ok(PartitionOutcome::Produced {
                 base_offset: info.base_offset,
                 log_append_time_ms: info.log_append_time_ms,
-                log_start_offset: log_start,
+                log_start_offset: info.log_start_offset,
             })
         }
         PartitionOp::Fetch {

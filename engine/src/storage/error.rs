@@ -38,6 +38,14 @@ pub enum StorageError {
         /// The limit it exceeds.
         limit_bytes: usize,
     },
+    /// The records of one append are larger than a segment (Kafka's RECORD_LIST_TOO_LARGE).
+    #[error("{size_bytes} bytes of records in one append exceed the segment size of {limit_bytes} bytes")]
+    RecordsTooLarge {
+        /// Size of the records.
+        size_bytes: usize,
+        /// The segment size.
+        limit_bytes: usize,
+    },
     /// Data below the recovery point, or an index the log depends on, is corrupt.
     #[error("corrupt data in {} at byte {position}: {reason}", segment.display())]
     Corrupt {

@@ -58,6 +58,8 @@ pub struct AppendInfo {
     pub records_count: u64,
     /// Batches appended.
     pub batches_count: usize,
+    /// First offset of the log after the append.
+    pub log_start_offset: i64,
     /// The flush policy (`flush_messages`, `flush_ms`) asks for a sync now.
     pub sync_due: bool,
 }
@@ -326,7 +328,8 @@ impl<S: Storage> PartitionLog<S> {
     /// with one write. Not durable until a sync; see [`AppendInfo::sync_due`].
     ///
     /// # Errors
-    /// [`StorageError::InvalidBatch`] or [`StorageError::BatchTooLarge`] for refused input (the log
+    /// [`StorageError::InvalidBatch`], [`StorageError::BatchTooLarge`] or
+    /// [`StorageError::RecordsTooLarge`] for refused input (the log
     /// is unchanged), [`StorageError::Poisoned`] after an earlier failure, or an I/O error (which
     /// poisons the log).
     pub async fn append(
@@ -433,6 +436,7 @@ impl<S: Storage> PartitionLog<S> {
             log_append_time_ms,
             records_count,
             batches_count: batches.len(),
+            log_start_offset: self.log_start_offset,
             sync_due: self.sync_due(now_ms),
         })
     }
@@ -480,7 +484,7 @@ impl<S: Storage> PartitionLog<S> {
             position += size;
         }
         if records.len() > self.config.segment_bytes as usize {
-            return Err(StorageError::BatchTooLarge {
+            return Err(StorageError::RecordsTooLarge {
                 size_bytes: records.len(),
                 limit_bytes: self.config.segment_bytes as usize,
             });

@@ -54,19 +54,7 @@ fn sigterm_finishes_a_long_poll_then_restart_serves_the_same_data() {
     let mut broker = Broker::start(&data, &[]);
     let mut connection = broker.connect();
     // Produce does not create topics (clients ask Metadata first, which does).
-    let ResponseKind::Metadata(metadata) = connection.call(
-        ApiKey::Metadata,
-        12,
-        RequestKind::Metadata(
-            MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(name("kept")))])),
-        ),
-    ) else {
-        panic!()
-    };
+    let metadata = connection.metadata_auto_create("kept");
     assert_eq!(metadata.topics[0].error_code, 0);
     let ResponseKind::Produce(produced) =
         connection.call(ApiKey::Produce, 9, produce("kept", &["a", "b", "c"]))
@@ -178,19 +166,7 @@ fn a_config_file_sets_what_flags_do_not() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut connection = super::util::Connection::open(address);
-    let ResponseKind::Metadata(metadata) = connection.call(
-        ApiKey::Metadata,
-        12,
-        RequestKind::Metadata(
-            MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(name("not-created")))])),
-        ),
-    ) else {
-        panic!()
-    };
+    let metadata = connection.metadata_auto_create("not-created");
     assert_eq!(
         metadata.topics[0].error_code, 3,
         "UNKNOWN_TOPIC_OR_PARTITION: auto-create is off"

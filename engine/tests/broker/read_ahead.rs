@@ -56,17 +56,7 @@ fn sequential_fetches_of_history_return_exactly_the_log() {
     let data = work.path().join("data");
     let mut broker = Broker::start(&data, &["--num-partitions", "1"]);
     let mut connection = broker.connect();
-    connection.call(
-        ApiKey::Metadata,
-        12,
-        RequestKind::Metadata(
-            MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(name()))])),
-        ),
-    );
+    connection.metadata_auto_create("history");
     // 6,000 records of 1 KiB in batches of 60: about 6 MiB.
     let padding = "p".repeat(1000);
     for first in (0..6000).step_by(60) {

@@ -58,17 +58,7 @@ fn a_client_that_stops_reading_does_not_stall_the_shard() {
         ],
     );
     let mut writer = broker.connect();
-    writer.call(
-        ApiKey::Metadata,
-        12,
-        RequestKind::Metadata(
-            MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-                )
-                .with_name(Some(topic()))])),
-        ),
-    );
+    writer.metadata_auto_create("shared");
     for _ in 0..16 {
         let ResponseKind::Produce(response) = writer.call(ApiKey::Produce, 9, produce(500, 1000))
         else {

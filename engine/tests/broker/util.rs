@@ -8,7 +8,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{
+    metadata_request, ApiKey, MetadataRequest, MetadataResponse, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// A free port on localhost (racy, as every such helper is, but fine for tests).
@@ -190,6 +193,19 @@ impl Connection {
             frame.len()
         );
         response
+    }
+
+    /// Metadata v12 for one topic, allowing automatic creation (as producers ask).
+    pub fn metadata_auto_create(&mut self, topic: &str) -> MetadataResponse {
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+            )
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_owned()))))]));
+        match self.call(ApiKey::Metadata, 12, RequestKind::Metadata(request)) {
+            ResponseKind::Metadata(response) => response,
+            other => panic!("metadata answered {other:?}"),
+        }
     }
 
     /// Whether the broker closed the connection (reads until EOF or timeout).

@@ -101,6 +101,12 @@ fn refused_input_changes_nothing() {
         let huge = batch::build::batch(&[batch::build::NewRecord::value(vec![0u8; 5000], 0)]);
         let error = log.append(huge, 0, 0).await.unwrap_err();
         assert!(matches!(error, StorageError::BatchTooLarge { .. }));
+        // Two batches that each fit, together larger than a segment (4 KiB).
+        let half = batch::build::batch(&[batch::build::NewRecord::value(vec![0u8; 3000], 0)]);
+        let mut both = half.clone();
+        both.extend_from_slice(&half);
+        let error = log.append(both, 0, 0).await.unwrap_err();
+        assert!(matches!(error, StorageError::RecordsTooLarge { .. }));
         assert_eq!(
             log.log_end_offset(),
             2,

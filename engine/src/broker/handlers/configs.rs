@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 
-use super::{count_error, str_bytes};
+use super::{counted, str_bytes};
 use crate::broker::errors::KafkaError;
 use crate::broker::topic_config::{ConfigKey, ConfigKind, ConfigSource, TOPIC_CONFIGS};
 use crate::runtime::shard::{AdminOp, Shard};
@@ -122,8 +122,7 @@ pub(super) fn describe_configs(
         match outcome {
             Ok(configs) => result.configs = configs,
             Err(error) => {
-                count_error(shard, error.code());
-                result.error_code = error.code();
+                result.error_code = counted(shard, &error);
                 result.error_message = error.message.map(str_bytes);
             }
         }
@@ -194,8 +193,7 @@ pub(super) async fn alter_configs(
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name);
         if let Err(error) = outcome {
-            count_error(shard, error.code());
-            result.error_code = error.code();
+            result.error_code = counted(shard, &error);
             result.error_message = error.message.map(str_bytes);
         }
         response.responses.push(result);
@@ -256,8 +254,7 @@ pub(super) async fn incremental_alter_configs(
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name);
         if let Err(error) = outcome {
-            count_error(shard, error.code());
-            result.error_code = error.code();
+            result.error_code = counted(shard, &error);
             result.error_message = error.message.map(str_bytes);
         }
         response.responses.push(result);

@@ -19,8 +19,8 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use uuid::Uuid;
 
-use super::count_error;
 use super::produce::count_records;
+use super::{count_error, counted};
 use crate::broker::errors::KafkaError;
 use crate::runtime::shard::{PartitionOp, PartitionOutcome, Shard};
 
@@ -141,8 +141,7 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
             }
             Ok(other) => unreachable!("fetch gave {other:?}"),
             Err(error) => {
-                count_error(shard, error.code());
-                partition.error_code = error.code();
+                partition.error_code = counted(shard, &error);
                 partition.high_watermark = -1;
                 partition.last_stable_offset = -1;
                 partition.log_start_offset = -1;

@@ -79,3 +79,9 @@ fn str_bytes(text: impl Into<String>) -> StrBytes {
 fn count_error(shard: &Shard, code: i16) {
     shard.metrics.borrow_mut().observe_error(code);
 }
+
+/// Counts `error` in the shard's metrics and returns its wire code.
+fn counted(shard: &Shard, error: &crate::broker::errors::KafkaError) -> i16 {
+    count_error(shard, error.code());
+    error.code()
+}

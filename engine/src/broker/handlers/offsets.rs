@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
-use super::count_error;
+use super::counted;
 use crate::broker::errors::KafkaError;
 use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard, LEADER_EPOCH};
 
@@ -79,8 +79,7 @@ pub(super) async fn list_offsets(
                 }
                 Ok(other) => unreachable!("list offsets gave {other:?}"),
                 Err(error) => {
-                    count_error(shard, error.code());
-                    result.error_code = error.code();
+                    result.error_code = counted(shard, &error);
                     result.offset = -1;
                     result.timestamp = -1;
                     if version >= 4 {
@@ -134,8 +133,7 @@ pub(super) async fn offset_for_leader_epoch(
                 }
                 Ok(other) => unreachable!("offset for leader epoch gave {other:?}"),
                 Err(error) => {
-                    count_error(shard, error.code());
-                    result.error_code = error.code();
+                    result.error_code = counted(shard, &error);
                     result.leader_epoch = -1;
                     result.end_offset = -1;
                 }
@@ -182,8 +180,7 @@ pub(super) async fn delete_records(
                 }
                 Ok(other) => unreachable!("delete records gave {other:?}"),
                 Err(error) => {
-                    count_error(shard, error.code());
-                    result.error_code = error.code();
+                    result.error_code = counted(shard, &error);
                     result.low_watermark = -1;
                 }
             }

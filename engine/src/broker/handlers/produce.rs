@@ -6,7 +6,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::{count_error, str_bytes};
+use super::{counted, str_bytes};
 use crate::broker::errors::KafkaError;
 use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
@@ -100,8 +100,7 @@ pub(super) async fn produce(
             }
             Ok(other) => unreachable!("produce gave {other:?}"),
             Err(error) => {
-                count_error(shard, error.code());
-                partition.error_code = error.code();
+                partition.error_code = counted(shard, &error);
                 partition.base_offset = -1;
                 partition.log_append_time_ms = -1;
                 partition.log_start_offset = -1;

@@ -15,16 +15,11 @@ use kafka_protocol::messages::{
 };
 use uuid::Uuid;
 
-use super::{count_error, str_bytes};
+use super::{counted, str_bytes};
 use crate::broker::catalog::NewTopic;
 use crate::broker::errors::KafkaError;
 use crate::broker::topic_config::TOPIC_CONFIGS;
 use crate::runtime::shard::{AdminOp, Shard};
-
-fn error_result(shard: &Shard, error: &KafkaError) -> (i16, Option<String>) {
-    count_error(shard, error.code());
-    (error.code(), error.message.clone())
-}
 
 pub(super) async fn create_topics(
     shard: &Rc<Shard>,
@@ -144,7 +139,7 @@ pub(super) async fn create_topics(
                 }
             }
             Err(error) => {
-                let (code, message) = error_result(shard, &error);
+                let (code, message) = (counted(shard, &error), error.message);
                 result.error_code = code;
                 result.error_message = message.map(str_bytes);
                 if version >= 5 {
@@ -226,7 +221,7 @@ pub(super) async fn delete_topics(
             result.topic_id = id;
         }
         if let Err(error) = outcome {
-            let (code, message) = error_result(shard, &error);
+            let (code, message) = (counted(shard, &error), error.message);
             result.error_code = code;
             if version >= 5 {
                 result.error_message = message.map(str_bytes);
@@ -277,7 +272,7 @@ pub(super) async fn create_partitions(
         };
         let mut result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
         if let Err(error) = outcome {
-            let (code, message) = error_result(shard, &error);
+            let (code, message) = (counted(shard, &error), error.message);
             result.error_code = code;
             result.error_message = message.map(str_bytes);
         }
