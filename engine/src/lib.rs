@@ -26,6 +26,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod group;
 pub mod limits;
 pub mod protocol;
 pub mod runtime;

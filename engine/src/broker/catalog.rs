@@ -368,6 +368,12 @@ impl Catalog {
             .topics
             .get(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_owned()))?;
+        if super::names::is_internal(name) {
+            // Groups and transactional ids are placed by hashing over the partition count.
+            return Err(CatalogError::PolicyViolation(format!(
+                "the partitions of internal topic {name:?} cannot be changed"
+            )));
+        }
         if partitions <= topic.partitions {
             return Err(CatalogError::InvalidPartitions(format!(
                 "topic {name:?} has {} partitions; the new count {partitions} must be larger",

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::topic_config::{broker_key, check_value};
+use crate::group::{CoordinatorConfig, OFFSETS_TOPIC_PARTITIONS_DEFAULT};
 use crate::limits;
 
 /// Settings as given on the command line or in the config file; unset ones take defaults.
@@ -59,6 +60,37 @@ pub struct ServeSettings {
     /// [default: 300000].
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// How long an empty group's first rebalance waits for more members to join
+    /// (group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// Shortest session timeout a consumer may ask for (group.min.session.timeout.ms)
+    /// [default: 6000].
+    #[arg(long, value_name = "MS")]
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// Longest session timeout a consumer may ask for (group.max.session.timeout.ms)
+    /// [default: 1800000].
+    #[arg(long, value_name = "MS")]
+    pub group_max_session_timeout_ms: Option<i32>,
+    /// Most members in one group (group.max.size) [default: 2147483647].
+    #[arg(long, value_name = "N")]
+    pub group_max_size: Option<usize>,
+    /// Partitions of `__consumer_offsets`, fixed once the topic exists
+    /// (offsets.topic.num.partitions) [default: 50].
+    #[arg(long, value_name = "N")]
+    pub offsets_topic_num_partitions: Option<i32>,
+    /// How long the offsets of a group without members are kept (offsets.retention.minutes)
+    /// [default: 10080, 7 days].
+    #[arg(long, value_name = "MINUTES")]
+    pub offsets_retention_minutes: Option<i64>,
+    /// How often expired offsets are looked for (offsets.retention.check.interval.ms)
+    /// [default: 600000].
+    #[arg(long, value_name = "MS")]
+    pub offsets_retention_check_interval_ms: Option<i64>,
+    /// Longest metadata string of a committed offset (offset.metadata.max.bytes)
+    /// [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub offset_metadata_max_bytes: Option<usize>,
     /// A default for every topic, with Kafka's broker-level name, repeatable:
     /// `--topic-default log.retention.ms=3600000`. In the file: a `[topic_defaults]` table.
     /// Names: log.cleanup.policy, log.flush.interval.messages, log.flush.interval.ms,
@@ -114,6 +146,10 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// Static topic defaults by broker-level name.
     pub topic_defaults: BTreeMap<String, String>,
+    /// The group coordinators' settings.
+    pub groups: CoordinatorConfig,
+    /// See [`ServeSettings::offsets_topic_num_partitions`].
+    pub offsets_topic_num_partitions: i32,
 }
 
 /// Settings that cannot be used.
@@ -188,6 +224,28 @@ impl ServeSettings {
             log_retention_check_interval_ms: self
                 .log_retention_check_interval_ms
                 .or(base.log_retention_check_interval_ms),
+            group_initial_rebalance_delay_ms: self
+                .group_initial_rebalance_delay_ms
+                .or(base.group_initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: self
+                .group_min_session_timeout_ms
+                .or(base.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: self
+                .group_max_session_timeout_ms
+                .or(base.group_max_session_timeout_ms),
+            group_max_size: self.group_max_size.or(base.group_max_size),
+            offsets_topic_num_partitions: self
+                .offsets_topic_num_partitions
+                .or(base.offsets_topic_num_partitions),
+            offsets_retention_minutes: self
+                .offsets_retention_minutes
+                .or(base.offsets_retention_minutes),
+            offsets_retention_check_interval_ms: self
+                .offsets_retention_check_interval_ms
+                .or(base.offsets_retention_check_interval_ms),
+            offset_metadata_max_bytes: self
+                .offset_metadata_max_bytes
+                .or(base.offset_metadata_max_bytes),
             topic_default: Vec::new(),
             topic_defaults,
         }
@@ -251,6 +309,9 @@ impl ServeSettings {
                 "must be at least 1".into(),
             ));
         }
+        let groups = self
+            .group_settings()
+            .map_err(|(name, reason)| invalid(name, reason))?;
         let mut topic_defaults = self.topic_defaults;
         topic_defaults.extend(self.topic_default);
         for (name, value) in &topic_defaults {
@@ -263,7 +324,18 @@ impl ServeSettings {
             check_value(key, name, value)
                 .map_err(|error| invalid(&format!("topic default {name}"), error.to_string()))?;
         }
+        let offsets_topic_num_partitions = self
+            .offsets_topic_num_partitions
+            .unwrap_or(OFFSETS_TOPIC_PARTITIONS_DEFAULT);
+        if !(1..=limits::PARTITIONS_PER_TOPIC_MAX).contains(&offsets_topic_num_partitions) {
+            return Err(invalid(
+                "offsets_topic_num_partitions",
+                format!("must be between 1 and {}", limits::PARTITIONS_PER_TOPIC_MAX),
+            ));
+        }
         Ok(BrokerConfig {
+            groups,
+            offsets_topic_num_partitions,
             listen,
             advertised_host,
             advertised_port,
@@ -289,6 +361,68 @@ impl ServeSettings {
                 .max(100),
             topic_defaults,
         })
+    }
+}
+
+impl ServeSettings {
+    fn group_settings(&self) -> Result<CoordinatorConfig, (&'static str, String)> {
+        let defaults = CoordinatorConfig::default();
+        let config = CoordinatorConfig {
+            group_min_session_timeout_ms: self
+                .group_min_session_timeout_ms
+                .unwrap_or(defaults.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: self
+                .group_max_session_timeout_ms
+                .unwrap_or(defaults.group_max_session_timeout_ms),
+            group_initial_rebalance_delay_ms: self
+                .group_initial_rebalance_delay_ms
+                .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+            group_max_size: self.group_max_size.unwrap_or(defaults.group_max_size),
+            offsets_retention_ms: self
+                .offsets_retention_minutes
+                .map_or(defaults.offsets_retention_ms, |minutes| {
+                    minutes.saturating_mul(60_000)
+                }),
+            offsets_retention_check_interval_ms: self
+                .offsets_retention_check_interval_ms
+                .unwrap_or(defaults.offsets_retention_check_interval_ms),
+            offset_metadata_max_bytes: self
+                .offset_metadata_max_bytes
+                .unwrap_or(defaults.offset_metadata_max_bytes),
+        };
+        if config.group_min_session_timeout_ms < 1
+            || config.group_min_session_timeout_ms > config.group_max_session_timeout_ms
+        {
+            return Err((
+                "group_min_session_timeout_ms",
+                "must be at least 1 and at most group_max_session_timeout_ms".into(),
+            ));
+        }
+        if config.group_initial_rebalance_delay_ms < 0 {
+            return Err((
+                "group_initial_rebalance_delay_ms",
+                "must not be negative".into(),
+            ));
+        }
+        if config.offset_metadata_max_bytes > i16::MAX as usize {
+            return Err((
+                "offset_metadata_max_bytes",
+                "must be at most 32767 (a Kafka string)".into(),
+            ));
+        }
+        if config.group_max_size == 0 {
+            return Err(("group_max_size", "must be at least 1".into()));
+        }
+        if config.offsets_retention_ms < 1 {
+            return Err(("offsets_retention_minutes", "must be at least 1".into()));
+        }
+        if config.offsets_retention_check_interval_ms < 1 {
+            return Err((
+                "offsets_retention_check_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(config)
     }
 }
 
@@ -322,6 +456,22 @@ mod tests {
         assert!(toml::from_str::<ServeSettings>("listn = \"x\"").is_err());
         let bad = ServeSettings {
             topic_default: vec![("retention.ms".into(), "1".into())],
+            ..ServeSettings::default()
+        };
+        assert!(bad.resolve().is_err());
+        let groups = ServeSettings {
+            group_initial_rebalance_delay_ms: Some(0),
+            offsets_retention_minutes: Some(2),
+            ..ServeSettings::default()
+        }
+        .resolve()
+        .unwrap()
+        .groups;
+        assert_eq!(groups.group_initial_rebalance_delay_ms, 0);
+        assert_eq!(groups.offsets_retention_ms, 120_000);
+        let bad = ServeSettings {
+            group_min_session_timeout_ms: Some(10_000),
+            group_max_session_timeout_ms: Some(5_000),
             ..ServeSettings::default()
         };
         assert!(bad.resolve().is_err());

@@ -98,7 +98,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                     request.version,
                     request.header.correlation_id,
                 );
-                match handlers::handle(&shard, *request).await {
+                match handlers::handle(&shard, *request, peer).await {
                     Ok(Some(ResponseKind::Fetch(fetch))) => {
                         // Record sets go to the socket from their own buffers.
                         let records: Vec<Bytes> = fetch

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod alloc;
 mod connection;
+pub mod groups;
 pub mod server;
 pub mod shard;
 
@@ -114,6 +115,17 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// A random (version 4) UUID, from [`random_u64`].
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(
+        [random_u64().to_le_bytes(), random_u64().to_le_bytes()]
+            .concat()
+            .try_into()
+            .expect("16 bytes"),
+    )
+    .into_uuid()
 }
 
 /// A random number for ids (topic ids, the cluster id): the standard library's per-process

@@ -145,6 +145,27 @@ fn remove_deleted_partitions(dir: &Path) {
 
 /// Checks that nothing else listens on the address (glommio binds with SO_REUSEPORT, which
 /// would silently share the port with another broker) and resolves port 0 to a free port.
+/// A listening socket on `address` for this shard. SO_REUSEPORT lets every shard listen on
+/// the same port (the kernel spreads connections across them); SO_REUSEADDR lets a restarted
+/// broker listen while connections of the previous process linger in TIME_WAIT. (glommio's
+/// own `bind` sets only the first.)
+fn bind_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a listening TCP socket we own and hand over whole.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 fn claim_listen_address(address: SocketAddr) -> Result<SocketAddr, ServeError> {
     let probe = std::net::TcpListener::bind(address)
         .map_err(|source| ServeError::Listen { address, source })?;
@@ -288,17 +309,14 @@ async fn run_shard(
         })
         .detach();
     }
-    let listener = TcpListener::bind(config.listen).map_err(|error| ServeError::Listen {
+    let listener = bind_listener(config.listen).map_err(|source| ServeError::Listen {
         address: config.listen,
-        source: std::io::Error::other(error.to_string()),
+        source,
     })?;
     if shard.is_controller() {
         if let Some(address) = config.metrics_listen {
             let metrics_listener =
-                TcpListener::bind(address).map_err(|error| ServeError::Listen {
-                    address,
-                    source: std::io::Error::other(error.to_string()),
-                })?;
+                bind_listener(address).map_err(|source| ServeError::Listen { address, source })?;
             glommio::spawn_local(serve_metrics(Rc::clone(&shard), metrics_listener)).detach();
         }
         info!(listen = %config.listen, "Spate broker ready");

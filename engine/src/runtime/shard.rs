@@ -29,10 +29,12 @@ use crate::broker::catalog::{shard_of, Catalog, CatalogError, CreateContext, New
 use crate::broker::config::BrokerConfig;
 use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
+use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
 
+use super::groups::{self, CoordinatorHost};
 use super::now_ms;
 
 /// The leader epoch of every partition until replication lands: one broker, one epoch.
@@ -199,6 +201,15 @@ pub enum ShardMessage {
         /// One result per item of the operation.
         reply: oneshot::Sender<Vec<Result<(), KafkaError>>>,
     },
+    /// Run a group coordinator call on the shard owning the `__consumer_offsets` partition.
+    Group {
+        /// The `__consumer_offsets` partition.
+        partition: i32,
+        /// The call.
+        call: Call,
+        /// Where the reply goes.
+        reply: oneshot::Sender<Reply>,
+    },
     /// Send a copy of the shard's metrics.
     Metrics {
         /// Where the copy goes.
@@ -299,6 +310,7 @@ pub struct Shard {
     failed_partitions: RefCell<BTreeMap<(Uuid, i32), String>>,
     peers: Senders<ShardMessage>,
     admin_turn: async_lock::Mutex<()>,
+    coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -334,6 +346,7 @@ impl Shard {
             failed_partitions: RefCell::new(BTreeMap::new()),
             peers,
             admin_turn: async_lock::Mutex::new(()),
+            coordinators: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -443,6 +456,14 @@ impl Shard {
             ShardMessage::Admin { op, reply } => {
                 let results = self.run_admin(op).await;
                 let _ = reply.send(results);
+            }
+            ShardMessage::Group {
+                partition,
+                call,
+                reply,
+            } => {
+                let answer = self.local_group_call(partition, call).await;
+                let _ = reply.send(answer);
             }
             ShardMessage::Metrics { reply } => {
                 let _ = reply.send(self.metrics_snapshot());
@@ -699,6 +720,107 @@ impl Shard {
                 }
             }
         }
+        self.start_coordinators(&catalog);
+    }
+
+    /// Starts a group coordinator for each `__consumer_offsets` partition this shard owns and
+    /// has opened.
+    fn start_coordinators(self: &Rc<Self>, catalog: &Catalog) {
+        let Some(topic) = catalog.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        for index in 0..topic.partitions {
+            if !self.partitions.borrow().contains_key(&(topic.id, index))
+                || self.coordinators.borrow().contains_key(&index)
+            {
+                continue;
+            }
+            let host = Rc::new(CoordinatorHost::new(topic.id, index));
+            self.coordinators
+                .borrow_mut()
+                .insert(index, Rc::clone(&host));
+            glommio::spawn_local(groups::drive(Rc::clone(self), host)).detach();
+        }
+    }
+
+    /// Runs a group call on the coordinator of `group_id`, wherever it lives.
+    pub async fn group_call(self: &Rc<Self>, group_id: &str, call: Call) -> Reply {
+        if let Err(error) = self.ensure_offsets_topic().await {
+            warn!(error = ?error.message, "cannot create __consumer_offsets");
+        }
+        let Some(topic) = self.catalog().topic(OFFSETS_TOPIC).cloned() else {
+            return Reply::unavailable(&call, ResponseError::CoordinatorNotAvailable);
+        };
+        let partition = offsets_partition_for(group_id, topic.partitions);
+        self.group_call_at(partition, call).await
+    }
+
+    /// Runs a group call on the coordinator of one `__consumer_offsets` partition.
+    pub async fn group_call_at(self: &Rc<Self>, partition: i32, call: Call) -> Reply {
+        let Some(topic) = self.catalog().topic(OFFSETS_TOPIC).cloned() else {
+            return Reply::unavailable(&call, ResponseError::CoordinatorNotAvailable);
+        };
+        let owner = self.owner_of(topic.id, partition);
+        if owner == self.id {
+            return self.local_group_call(partition, call).await;
+        }
+        let lost = Reply::unavailable(&call, ResponseError::CoordinatorNotAvailable);
+        let (reply, receiver) = oneshot::channel();
+        let message = ShardMessage::Group {
+            partition,
+            call,
+            reply,
+        };
+        if self.peers.send_to(owner, message).await.is_err() {
+            return lost;
+        }
+        receiver.await.unwrap_or(lost)
+    }
+
+    async fn local_group_call(&self, partition: i32, call: Call) -> Reply {
+        let host = self.coordinators.borrow().get(&partition).cloned();
+        match host {
+            Some(host) => host.call(call).await,
+            // Not started yet: the catalog has the topic but the partition is still opening.
+            None => Reply::unavailable(&call, ResponseError::CoordinatorLoadInProgress),
+        }
+    }
+
+    /// Creates `__consumer_offsets` if it does not exist, as Kafka does on the first
+    /// FindCoordinator. Its offsets are kept until their group expires them (retention by
+    /// time or size would drop live commits); it becomes compacted when compaction lands.
+    pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
+        if self.catalog().topic(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let configs = [
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "104857600"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        let topic = NewTopic {
+            name: OFFSETS_TOPIC.to_owned(),
+            partitions: self.config.offsets_topic_num_partitions,
+            replication_factor: -1,
+            assignments: Vec::new(),
+            configs,
+        };
+        let results = self
+            .admin(AdminOp::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            })
+            .await;
+        match results.into_iter().next() {
+            Some(Ok(())) => Ok(()),
+            // Another shard created it first.
+            Some(Err(_)) if self.catalog().topic(OFFSETS_TOPIC).is_some() => Ok(()),
+            Some(Err(error)) => Err(error),
+            None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
+        }
     }
 
     async fn delete_partition(&self, partition: Rc<Partition>) {
@@ -846,16 +968,7 @@ fn changed(
 
 fn new_topic_id(catalog: &Catalog) -> Uuid {
     loop {
-        let id = uuid::Builder::from_random_bytes(
-            [
-                super::random_u64().to_le_bytes(),
-                super::random_u64().to_le_bytes(),
-            ]
-            .concat()
-            .try_into()
-            .expect("16 bytes"),
-        )
-        .into_uuid();
+        let id = super::random_uuid();
         if catalog.topic_by_id(id).is_none() && !id.is_nil() {
             return id;
         }

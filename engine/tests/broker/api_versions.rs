@@ -30,7 +30,12 @@ fn every_api_at_every_advertised_version() {
     let work = tempfile::tempdir().unwrap();
     let broker = Broker::start(
         &work.path().join("data"),
-        &["--auto-create-topics", "false"],
+        &[
+            "--auto-create-topics",
+            "false",
+            "--group-initial-rebalance-delay-ms",
+            "0",
+        ],
     );
     let mut connection = broker.connect();
     let ResponseKind::CreateTopics(created) =
@@ -200,6 +205,131 @@ fn every_api_at_every_advertised_version() {
                     ]),
                 ),
                 ApiKey::DescribeCluster => RequestKind::DescribeCluster(Default::default()),
+                ApiKey::FindCoordinator => {
+                    let mut request = FindCoordinatorRequest::default().with_key_type(0);
+                    if version >= 4 {
+                        request.coordinator_keys = vec![text("group")];
+                    } else {
+                        request.key = text("group");
+                    }
+                    RequestKind::FindCoordinator(request)
+                }
+                ApiKey::OffsetCommit => {
+                    let group = format!("commit-v{version}");
+                    standalone_commit(&group, 1)
+                }
+                ApiKey::OffsetFetch => {
+                    let group = format!("fetch-v{version}");
+                    connection.call(ApiKey::OffsetCommit, 8, standalone_commit(&group, 7));
+                    let mut request = OffsetFetchRequest::default();
+                    if version >= 8 {
+                        request.groups =
+                            vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                                .with_group_id(GroupId(text(&group)))
+                                .with_topics(Some(vec![
+                                    offset_fetch_request::OffsetFetchRequestTopics::default()
+                                        .with_name(name("versions"))
+                                        .with_partition_indexes(vec![0]),
+                                ]))];
+                    } else {
+                        request.group_id = GroupId(text(&group));
+                        request.topics = Some(vec![
+                            offset_fetch_request::OffsetFetchRequestTopic::default()
+                                .with_name(name("versions"))
+                                .with_partition_indexes(vec![0]),
+                        ]);
+                    }
+                    RequestKind::OffsetFetch(request)
+                }
+                ApiKey::JoinGroup => {
+                    let group = format!("join-v{version}");
+                    let mut request = join_request(&group, "");
+                    if version >= 4 {
+                        // KIP-394: the first join of a dynamic member returns its id.
+                        let ResponseKind::JoinGroup(first) = connection.call(
+                            ApiKey::JoinGroup,
+                            version,
+                            RequestKind::JoinGroup(request.clone()),
+                        ) else {
+                            panic!()
+                        };
+                        assert_eq!(first.error_code, 79, "{context}: MEMBER_ID_REQUIRED");
+                        request.member_id = first.member_id;
+                    }
+                    RequestKind::JoinGroup(request)
+                }
+                ApiKey::SyncGroup => {
+                    let group = format!("sync-v{version}");
+                    let (member_id, generation) = join(&mut connection, &group);
+                    RequestKind::SyncGroup(
+                        SyncGroupRequest::default()
+                            .with_group_id(GroupId(text(&group)))
+                            .with_generation_id(generation)
+                            .with_member_id(member_id.clone())
+                            .with_protocol_type(Some(text("consumer")))
+                            .with_protocol_name(Some(text("range")))
+                            .with_assignments(vec![
+                                sync_group_request::SyncGroupRequestAssignment::default()
+                                    .with_member_id(member_id)
+                                    .with_assignment(bytes::Bytes::from_static(b"assigned")),
+                            ]),
+                    )
+                }
+                ApiKey::Heartbeat => {
+                    let group = format!("heartbeat-v{version}");
+                    let (member_id, generation) = join(&mut connection, &group);
+                    RequestKind::Heartbeat(
+                        HeartbeatRequest::default()
+                            .with_group_id(GroupId(text(&group)))
+                            .with_generation_id(generation)
+                            .with_member_id(member_id),
+                    )
+                }
+                ApiKey::LeaveGroup => {
+                    let group = format!("leave-v{version}");
+                    let (member_id, _) = join(&mut connection, &group);
+                    let mut request =
+                        LeaveGroupRequest::default().with_group_id(GroupId(text(&group)));
+                    if version >= 3 {
+                        request.members = vec![leave_group_request::MemberIdentity::default()
+                            .with_member_id(member_id)];
+                    } else {
+                        request.member_id = member_id;
+                    }
+                    RequestKind::LeaveGroup(request)
+                }
+                ApiKey::DescribeGroups => {
+                    let group = format!("describe-v{version}");
+                    join(&mut connection, &group);
+                    RequestKind::DescribeGroups(
+                        DescribeGroupsRequest::default().with_groups(vec![GroupId(text(&group))]),
+                    )
+                }
+                ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+                ApiKey::DeleteGroups => {
+                    let group = format!("delete-v{version}");
+                    connection.call(ApiKey::OffsetCommit, 8, standalone_commit(&group, 3));
+                    RequestKind::DeleteGroups(
+                        DeleteGroupsRequest::default()
+                            .with_groups_names(vec![GroupId(text(&group))]),
+                    )
+                }
+                ApiKey::OffsetDelete => {
+                    let group = format!("offset-delete-v{version}");
+                    connection.call(ApiKey::OffsetCommit, 8, standalone_commit(&group, 3));
+                    RequestKind::OffsetDelete(
+                        OffsetDeleteRequest::default()
+                            .with_group_id(GroupId(text(&group)))
+                            .with_topics(vec![
+                                offset_delete_request::OffsetDeleteRequestTopic::default()
+                                    .with_name(name("versions"))
+                                    .with_partitions(vec![
+                                    offset_delete_request::OffsetDeleteRequestPartition::default()
+                                        .with_partition_index(0),
+                                ]),
+                            ]),
+                    )
+                }
                 other => panic!("{other:?} is advertised but has no test request"),
             };
             let response = connection.call(api_key, version, request);
@@ -273,6 +403,101 @@ fn check(context: &str, response: &ResponseKind) {
             assert_eq!(r.error_code, 0, "{context}");
             assert_eq!(r.brokers.len(), 1, "{context}");
         }
+        ResponseKind::FindCoordinator(r) => {
+            let (error, node) = match r.coordinators.first() {
+                Some(coordinator) => (coordinator.error_code, coordinator.node_id),
+                None => (r.error_code, r.node_id),
+            };
+            assert_eq!((error, node.0), (0, 1), "{context}");
+        }
+        ResponseKind::OffsetCommit(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}")
+        }
+        ResponseKind::OffsetFetch(r) => {
+            let (error, offset) = match r.groups.first() {
+                Some(group) => (
+                    group.error_code,
+                    group.topics[0].partitions[0].committed_offset,
+                ),
+                None => (r.error_code, r.topics[0].partitions[0].committed_offset),
+            };
+            assert_eq!((error, offset), (0, 7), "{context}");
+        }
+        ResponseKind::JoinGroup(r) => {
+            assert_eq!((r.error_code, r.generation_id), (0, 1), "{context}");
+            assert_eq!(r.leader, r.member_id, "{context}");
+            assert_eq!(r.members.len(), 1, "{context}");
+        }
+        ResponseKind::SyncGroup(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert_eq!(r.assignment.as_ref(), b"assigned", "{context}");
+        }
+        ResponseKind::Heartbeat(r) => assert_eq!(r.error_code, 0, "{context}"),
+        ResponseKind::LeaveGroup(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert!(
+                r.members.iter().all(|member| member.error_code == 0),
+                "{context}"
+            );
+        }
+        ResponseKind::DescribeGroups(r) => {
+            assert_eq!(r.groups[0].error_code, 0, "{context}");
+            assert_eq!(r.groups[0].members.len(), 1, "{context}");
+        }
+        ResponseKind::ListGroups(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert!(!r.groups.is_empty(), "{context}");
+        }
+        ResponseKind::DeleteGroups(r) => assert_eq!(r.results[0].error_code, 0, "{context}"),
+        ResponseKind::OffsetDelete(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}");
+        }
         other => panic!("{context}: unexpected {other:?}"),
     }
+}
+
+/// An OffsetCommit from a consumer without a group (generation -1).
+fn standalone_commit(group: &str, offset: i64) -> RequestKind {
+    RequestKind::OffsetCommit(
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(name("versions"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset),
+                    ]),
+            ]),
+    )
+}
+
+fn join_request(group: &str, member_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(text(member_id))
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(text("range"))
+        .with_metadata(bytes::Bytes::from_static(b"subscription"))])
+}
+
+/// Joins `group` as its only member (JoinGroup v3, before KIP-394); returns the member id and
+/// generation.
+fn join(connection: &mut super::util::Connection, group: &str) -> (StrBytes, i32) {
+    let ResponseKind::JoinGroup(joined) = connection.call(
+        ApiKey::JoinGroup,
+        3,
+        RequestKind::JoinGroup(join_request(group, "")),
+    ) else {
+        panic!()
+    };
+    assert_eq!(joined.error_code, 0, "joining {group}");
+    (joined.member_id, joined.generation_id)
 }

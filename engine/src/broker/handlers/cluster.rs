@@ -61,6 +61,14 @@ pub(super) async fn metadata(
             .filter_map(|(name, _)| name.as_ref())
             .filter(|name| catalog.topic(name).is_none() && validate_topic_name(name).is_ok())
             .collect();
+        if missing.contains(&crate::group::OFFSETS_TOPIC.to_owned()) {
+            // Created with its own settings, as on the first FindCoordinator.
+            let _ = shard.ensure_offsets_topic().await;
+        }
+        let missing: BTreeSet<&String> = missing
+            .into_iter()
+            .filter(|name| !is_internal(name))
+            .collect();
         if !missing.is_empty() {
             let topics = missing
                 .into_iter()

@@ -1,14 +1,17 @@
 //! Request handling, one module per group of APIs. Each handler takes the decoded request and
 //! the shard it arrived on and returns the response body; partitions are reached through
-//! [`Shard::start_partition_call`], catalog changes through [`Shard::admin`].
+//! [`Shard::start_partition_call`], catalog changes through [`Shard::admin`], groups through
+//! [`Shard::group_call`].
 
 mod cluster;
 mod configs;
 mod fetch;
+mod groups;
 mod offsets;
 mod produce;
 mod topics;
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use kafka_protocol::messages::{RequestKind, ResponseKind};
@@ -24,8 +27,13 @@ pub use cluster::api_versions_response;
 /// # Errors
 /// A sentence when the request is of an API the dispatcher does not know, which the decoder
 /// should have refused; the connection is then closed.
-pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<ResponseKind>, String> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: Request,
+    peer: SocketAddr,
+) -> Result<Option<ResponseKind>, String> {
     let version = request.version;
+    let client_id = request.header.client_id;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
         RequestKind::Metadata(body) => {
@@ -66,6 +74,39 @@ pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<Respon
         RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter_configs(shard, body).await,
         ),
+        RequestKind::FindCoordinator(body) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(shard, body, version).await)
+        }
+        RequestKind::JoinGroup(body) => {
+            ResponseKind::JoinGroup(groups::join_group(shard, body, version, client_id, peer).await)
+        }
+        RequestKind::SyncGroup(body) => {
+            ResponseKind::SyncGroup(groups::sync_group(shard, body).await)
+        }
+        RequestKind::Heartbeat(body) => {
+            ResponseKind::Heartbeat(groups::heartbeat(shard, body).await)
+        }
+        RequestKind::LeaveGroup(body) => {
+            ResponseKind::LeaveGroup(groups::leave_group(shard, body, version).await)
+        }
+        RequestKind::OffsetCommit(body) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, body).await)
+        }
+        RequestKind::OffsetFetch(body) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, body, version).await)
+        }
+        RequestKind::DescribeGroups(body) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, body).await)
+        }
+        RequestKind::ListGroups(body) => {
+            ResponseKind::ListGroups(groups::list_groups(shard, body).await)
+        }
+        RequestKind::DeleteGroups(body) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, body).await)
+        }
+        RequestKind::OffsetDelete(body) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, body).await)
+        }
         other => return Err(format!("no handler for {other:?}")),
     };
     Ok(Some(response))

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{counted, str_bytes};
 use crate::broker::errors::KafkaError;
+use crate::broker::names::is_internal;
 use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
 
@@ -42,6 +43,11 @@ pub(super) async fn produce(
                 Err(KafkaError::with_message(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet",
+                ))
+            } else if is_internal(&name) {
+                Err(KafkaError::with_message(
+                    ResponseError::InvalidTopicException,
+                    format!("cannot produce to internal topic {name}"),
                 ))
             } else {
                 match (topic, partition_data.records) {

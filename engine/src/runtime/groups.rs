@@ -1,0 +1,376 @@
+//! The glommio driver of the group coordinators: one [`CoordinatorHost`] per partition of
+//! `__consumer_offsets` this shard owns, each running the sans-IO
+//! [`GroupCoordinator`](crate::group::GroupCoordinator) in one task.
+//!
+//! The task replays the partition into the coordinator, then loops: hand replies to the
+//! waiting requests, append what the coordinator asks to the partition (one append at a time,
+//! in order), and call `handle_timeout` when its next deadline passes. Requests reach it
+//! through [`CoordinatorHost::call`], from this shard or, via the channel mesh, from others.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_channel::oneshot;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::group::records::OffsetsRecord;
+use crate::group::{Call, CallId, GroupCoordinator, Output, Reply};
+use crate::storage::batch::build::{batch, NewRecord};
+use crate::storage::batch::BatchHeader;
+
+use super::now_ms;
+use super::shard::{PartitionOp, PartitionOutcome, Shard};
+
+/// Largest batch the coordinator writes at once; bigger appends are split. Well under the
+/// topic's `max.message.bytes`.
+const APPEND_BATCH_BYTES_MAX: usize = 512 << 10;
+/// Bytes read per step while loading a partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+/// Longest a request waits for its coordinator to finish loading before it is answered
+/// COORDINATOR_LOAD_IN_PROGRESS.
+const LOAD_WAIT: Duration = Duration::from_secs(5);
+/// Longest the driver sleeps without looking at the clock.
+const IDLE_WAKE_MS: i64 = 1_000;
+
+enum HostState {
+    Loading,
+    Ready(GroupCoordinator),
+    Stopped,
+}
+
+/// One coordinator and the requests waiting for its replies.
+pub struct CoordinatorHost {
+    /// The `__consumer_offsets` partition.
+    pub partition: i32,
+    topic_id: Uuid,
+    state: RefCell<HostState>,
+    waiting: RefCell<BTreeMap<CallId, oneshot::Sender<Reply>>>,
+    next_call: Cell<CallId>,
+    /// Wakes the driver: a call came in or the host stopped.
+    wake: Event,
+    /// Wakes requests waiting for the load to finish.
+    loaded: Event,
+}
+
+impl std::fmt::Debug for CoordinatorHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorHost")
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoordinatorHost {
+    /// A host that is loading; [`drive`] loads and runs it.
+    pub fn new(topic_id: Uuid, partition: i32) -> CoordinatorHost {
+        CoordinatorHost {
+            partition,
+            topic_id,
+            state: RefCell::new(HostState::Loading),
+            waiting: RefCell::new(BTreeMap::new()),
+            next_call: Cell::new(0),
+            wake: Event::new(),
+            loaded: Event::new(),
+        }
+    }
+
+    /// Runs `call` and waits for its reply. While the partition loads the reply is
+    /// COORDINATOR_LOAD_IN_PROGRESS; once stopped, COORDINATOR_NOT_AVAILABLE (clients retry).
+    pub async fn call(&self, call: Call) -> Reply {
+        let lost = Reply::unavailable(&call, ResponseError::CoordinatorNotAvailable);
+        self.wait_loaded().await;
+        let receiver = {
+            let mut state = self.state.borrow_mut();
+            let coordinator = match &mut *state {
+                HostState::Loading => {
+                    return Reply::unavailable(&call, ResponseError::CoordinatorLoadInProgress)
+                }
+                HostState::Stopped => return lost,
+                HostState::Ready(coordinator) => coordinator,
+            };
+            let id = self.next_call.get();
+            self.next_call.set(id + 1);
+            let (sender, receiver) = oneshot::channel();
+            self.waiting.borrow_mut().insert(id, sender);
+            coordinator.handle_call(now_ms(), id, call);
+            receiver
+        };
+        self.wake.notify(1);
+        receiver.await.unwrap_or(lost)
+    }
+
+    /// Waits a little for a loading coordinator, so that the first request after the topic is
+    /// created or the broker starts is answered rather than sent back to retry.
+    async fn wait_loaded(&self) {
+        let deadline = std::time::Instant::now() + LOAD_WAIT;
+        while matches!(*self.state.borrow(), HostState::Loading) {
+            let listener = self.loaded.listen();
+            if !matches!(*self.state.borrow(), HostState::Loading) {
+                return;
+            }
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return;
+            };
+            futures_lite::future::or(listener, glommio::timer::sleep(left)).await;
+        }
+    }
+
+    /// Stops the coordinator: waiting requests get COORDINATOR_NOT_AVAILABLE.
+    pub fn stop(&self, reason: &'static str) {
+        debug!(
+            partition = self.partition,
+            reason, "group coordinator stopped"
+        );
+        *self.state.borrow_mut() = HostState::Stopped;
+        self.waiting.borrow_mut().clear();
+        self.wake.notify(usize::MAX);
+        self.loaded.notify(usize::MAX);
+    }
+
+    fn is_stopped(&self) -> bool {
+        matches!(*self.state.borrow(), HostState::Stopped)
+    }
+
+    /// Sends the replies out; returns the appends asked for.
+    fn take_outputs(&self) -> Vec<(u64, Vec<OffsetsRecord>)> {
+        let mut appends = Vec::new();
+        let mut state = self.state.borrow_mut();
+        let HostState::Ready(coordinator) = &mut *state else {
+            return appends;
+        };
+        while let Some(output) = coordinator.poll_output() {
+            match output {
+                Output::Reply(call, reply) => {
+                    if let Some(sender) = self.waiting.borrow_mut().remove(&call) {
+                        let _ = sender.send(reply);
+                    }
+                }
+                Output::Append { id, records } => appends.push((id, records)),
+            }
+        }
+        appends
+    }
+
+    fn with_coordinator<T>(&self, f: impl FnOnce(&mut GroupCoordinator) -> T) -> Option<T> {
+        match &mut *self.state.borrow_mut() {
+            HostState::Ready(coordinator) => Some(f(coordinator)),
+            _ => None,
+        }
+    }
+}
+
+/// Loads the partition into a new coordinator, then runs it until the shard shuts down or the
+/// host is stopped.
+pub async fn drive(shard: Rc<Shard>, host: Rc<CoordinatorHost>) {
+    let started = std::time::Instant::now();
+    let coordinator = match load(&shard, &host).await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            error!(partition = host.partition, %error, "cannot load group coordinator");
+            host.stop("load failed");
+            return;
+        }
+    };
+    if host.is_stopped() {
+        return;
+    }
+    let groups = coordinator.groups().len();
+    *host.state.borrow_mut() = HostState::Ready(coordinator);
+    host.loaded.notify(usize::MAX);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if groups > 0 {
+        info!(
+            partition = host.partition,
+            groups, elapsed_ms, "group coordinator loaded"
+        );
+    } else {
+        debug!(
+            partition = host.partition,
+            elapsed_ms, "group coordinator loaded"
+        );
+    }
+    loop {
+        let woken = host.wake.listen();
+        let appends = host.take_outputs();
+        if !appends.is_empty() {
+            let result = append(&shard, &host, &appends).await;
+            let now = now_ms();
+            host.with_coordinator(|coordinator| {
+                for (id, _) in &appends {
+                    coordinator.append_completed(now, *id, result);
+                }
+            });
+            continue;
+        }
+        if host.is_stopped() {
+            return;
+        }
+        if shard.shutting_down.get() {
+            host.stop("shutting down");
+            return;
+        }
+        let now = now_ms();
+        let deadline = host
+            .with_coordinator(|coordinator| coordinator.poll_timeout())
+            .flatten();
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            host.with_coordinator(|coordinator| coordinator.handle_timeout(now));
+            continue;
+        }
+        let sleep_ms = deadline
+            .map_or(IDLE_WAKE_MS, |deadline| deadline - now)
+            .clamp(1, IDLE_WAKE_MS);
+        let shutdown = shard.shutdown_event.listen();
+        if shard.shutting_down.get() {
+            continue;
+        }
+        futures_lite::future::or(
+            async {
+                woken.await;
+            },
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(Duration::from_millis(sleep_ms as u64)).await;
+                },
+                async {
+                    shutdown.await;
+                },
+            ),
+        )
+        .await;
+    }
+}
+
+/// Appends the records of `appends` to the partition, in batches of bounded size.
+async fn append(
+    shard: &Rc<Shard>,
+    host: &CoordinatorHost,
+    appends: &[(u64, Vec<OffsetsRecord>)],
+) -> Result<(), ResponseError> {
+    let now = now_ms();
+    let mut pending: Vec<NewRecord> = Vec::new();
+    let mut pending_bytes = 0;
+    let records = appends.iter().flat_map(|(_, records)| records);
+    let mut batches = Vec::new();
+    for record in records {
+        let key = record.key();
+        let value = record.value();
+        let size = key.len() + value.as_ref().map_or(0, Bytes::len) + 32;
+        if !pending.is_empty() && pending_bytes + size > APPEND_BATCH_BYTES_MAX {
+            batches.push(batch(&std::mem::take(&mut pending)));
+            pending_bytes = 0;
+        }
+        pending_bytes += size;
+        pending.push(NewRecord {
+            key: Some(key),
+            value,
+            timestamp_ms: now,
+            headers: Vec::new(),
+        });
+    }
+    if !pending.is_empty() {
+        batches.push(batch(&pending));
+    }
+    for records in batches {
+        let op = PartitionOp::Produce {
+            records: records.freeze(),
+        };
+        if let Err(error) = shard.execute(host.topic_id, host.partition, op).await {
+            warn!(partition = host.partition, error = ?error.message, "group coordinator append failed");
+            return Err(error.code);
+        }
+    }
+    Ok(())
+}
+
+/// Replays the partition from its log start into a new coordinator.
+async fn load(shard: &Rc<Shard>, host: &CoordinatorHost) -> Result<GroupCoordinator, String> {
+    let mut coordinator = GroupCoordinator::new(shard.config.groups.clone());
+    let start = shard
+        .execute(
+            host.topic_id,
+            host.partition,
+            PartitionOp::ListOffset {
+                timestamp: -2,
+                current_leader_epoch: -1,
+            },
+        )
+        .await
+        .map_err(|error| format!("{:?}: {:?}", error.code, error.message))?;
+    let PartitionOutcome::Offset {
+        offset: mut next, ..
+    } = start
+    else {
+        return Err("unexpected answer to ListOffsets".into());
+    };
+    let mut skipped = 0usize;
+    loop {
+        let fetched = shard
+            .execute(
+                host.topic_id,
+                host.partition,
+                PartitionOp::Fetch {
+                    offset: next,
+                    max_bytes: LOAD_READ_BYTES,
+                    current_leader_epoch: -1,
+                },
+            )
+            .await
+            .map_err(|error| format!("{:?}: {:?}", error.code, error.message))?;
+        let PartitionOutcome::Fetched {
+            records,
+            high_watermark,
+            ..
+        } = fetched
+        else {
+            return Err("unexpected answer to Fetch".into());
+        };
+        if records.is_empty() {
+            break;
+        }
+        let mut rest = records;
+        while !rest.is_empty() {
+            let header = BatchHeader::parse(&rest)
+                .map_err(|error| format!("malformed batch at offset {next}: {error}"))?;
+            if header.size_bytes() > rest.len() {
+                break;
+            }
+            let mut one = rest.split_to(header.size_bytes());
+            match RecordBatchDecoder::decode(&mut one) {
+                Ok(set) => {
+                    for record in set.records {
+                        let decoded =
+                            OffsetsRecord::decode(record.key.as_deref(), record.value.as_deref());
+                        match decoded {
+                            Ok(decoded) => coordinator.load(decoded),
+                            Err(_) => skipped += 1,
+                        }
+                    }
+                }
+                Err(error) => {
+                    let base_offset = header.base_offset;
+                    warn!(partition = host.partition, base_offset, %error, "skipping an unreadable batch of __consumer_offsets");
+                }
+            }
+            next = header.next_offset();
+        }
+        if next >= high_watermark {
+            break;
+        }
+    }
+    if skipped > 0 {
+        warn!(
+            partition = host.partition,
+            skipped, "skipped records of __consumer_offsets this broker cannot read"
+        );
+    }
+    coordinator.finish_load(now_ms());
+    Ok(coordinator)
+}
