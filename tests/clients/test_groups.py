@@ -582,3 +582,26 @@ def test_a_restarted_static_member_keeps_its_partitions_without_a_rebalance(grou
     assert second.assignment() and not second.assignment() & owned_by_first
     restarted.close()
     second.close()
+
+
+def test_an_acknowledged_commit_survives_a_broker_crash(tmp_path):
+    spate = Broker(tmp_path / "data")
+    spate.port = port_outside_the_ephemeral_range()
+    spate.start()
+    try:
+        topic = create_topic(spate.bootstrap, partitions=1)
+        produce(spate.bootstrap, topic, 10)
+        group = unique_topic("crash-group")
+        consumer = confluent_consumer(spate.bootstrap, group)
+        consumer.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+        consumer.close()
+        spate.process.kill()
+        spate.process.wait()
+        spate.start()
+        admin = AdminClient({"bootstrap.servers": spate.bootstrap})
+        offsets = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=10
+        )[group].result()
+        assert [(tp.partition, tp.offset) for tp in offsets.topic_partitions] == [(0, 7)]
+    finally:
+        spate.stop()

@@ -145,6 +145,9 @@ fn remove_deleted_partitions(dir: &Path) {
 
 /// Checks that nothing else listens on the address (glommio binds with SO_REUSEPORT, which
 /// would silently share the port with another broker) and resolves port 0 to a free port.
+/// How long a port in use is retried before giving up (see `claim_listen_address`).
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A listening socket on `address` for this shard. SO_REUSEPORT lets every shard listen on
 /// the same port (the kernel spreads connections across them); SO_REUSEADDR lets a restarted
 /// broker listen while connections of the previous process linger in TIME_WAIT. (glommio's
@@ -167,8 +170,22 @@ fn bind_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn claim_listen_address(address: SocketAddr) -> Result<SocketAddr, ServeError> {
-    let probe = std::net::TcpListener::bind(address)
-        .map_err(|source| ServeError::Listen { address, source })?;
+    // A broker that just died may still hold its port for a moment: its listening sockets
+    // have accepts pending in io_uring, and the kernel tears a dead process's rings down
+    // after the process is gone. A restart right after a crash waits for that.
+    let deadline = std::time::Instant::now() + LISTEN_RETRY;
+    let probe = loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(probe) => break probe,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(source) => return Err(ServeError::Listen { address, source }),
+        }
+    };
     let resolved = probe
         .local_addr()
         .map_err(|source| ServeError::Listen { address, source })?;

@@ -789,6 +789,9 @@ impl Shard {
     /// Creates `__consumer_offsets` if it does not exist, as Kafka does on the first
     /// FindCoordinator. Its offsets are kept until their group expires them (retention by
     /// time or size would drop live commits); it becomes compacted when compaction lands.
+    /// Commits follow its flush policy, `flush.messages=1` by default: a commit is synced
+    /// before it is acknowledged (commits that arrive together share the sync), so an
+    /// acknowledged commit survives a crash of the broker, not only a clean restart.
     pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
         if self.catalog().topic(OFFSETS_TOPIC).is_some() {
             return Ok(());
@@ -797,6 +800,7 @@ impl Shard {
             ("retention.ms", "-1"),
             ("retention.bytes", "-1"),
             ("segment.bytes", "104857600"),
+            ("flush.messages", "1"),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
