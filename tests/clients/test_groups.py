@@ -13,7 +13,13 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition, ConsumerGroupTopicPartitions
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.coordinator.assignors.range import RangePartitionAssignor
@@ -452,6 +458,23 @@ def test_admin_clients_list_describe_alter_and_delete(groups_broker):
 
     described = python_admin.describe_groups([group])
     assert described[group]["group_state"] == "Empty"
+
+    # ListGroups with a state filter, and OffsetFetch for several groups at once (v8).
+    empty = admin.list_consumer_groups(
+        states={ConsumerGroupState.EMPTY}, request_timeout=10
+    ).result()
+    assert group in {entry.group_id for entry in empty.valid}
+    stable = admin.list_consumer_groups(
+        states={ConsumerGroupState.STABLE}, request_timeout=10
+    ).result()
+    assert group not in {entry.group_id for entry in stable.valid}
+    other = unique_topic("admin-other-group")
+    admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(other, [TopicPartition(topic, 1, 9)])], request_timeout=10
+    )[other].result()
+    both = python_admin.list_group_offsets([group, other])
+    assert both[group][KafkaTopicPartition(topic, 0)].offset == 3
+    assert both[other][KafkaTopicPartition(topic, 1)].offset == 9
 
     result = admin.delete_consumer_groups([group], request_timeout=10)[group].result()
     assert result is None

@@ -398,6 +398,53 @@ fn a_member_that_never_syncs_is_dropped_after_the_rebalance_timeout() {
 }
 
 #[test]
+fn a_join_during_completing_rebalance_sends_waiting_members_back_to_rejoin() {
+    let mut h = Harness::without_delay();
+    let first = h.stable_group_of_one("g");
+    let (second, second_join) = h.new_member("g");
+    let first_join = h.join_call("g", &first, None, &["range"]);
+    h.join_answer(first_join);
+    h.join_answer(second_join);
+    assert_eq!(h.state("g"), Some(GroupState::CompletingRebalance));
+    // The follower waits for the leader's assignment; a third member arrives first.
+    let waiting_sync = h.sync_call("g", &second, 2, &[]);
+    assert_eq!(h.take(waiting_sync), None);
+    let (_, third_join) = h.new_member("g");
+    assert_eq!(h.state("g"), Some(GroupState::PreparingRebalance));
+    let Some(Reply::Sync(answer)) = h.take(waiting_sync) else { panic!() };
+    assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
+    // A stale sync is refused while the group prepares the next generation.
+    let stale = h.sync_call("g", &first, 2, &[(&first, "a")]);
+    let Some(Reply::Sync(answer)) = h.take(stale) else { panic!() };
+    assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
+    let rejoins = [
+        h.join_call("g", &first, None, &["range"]),
+        h.join_call("g", &second, None, &["range"]),
+    ];
+    for call in rejoins.into_iter().chain([third_join]) {
+        assert_eq!(h.join_answer(call).generation_id, 3);
+    }
+}
+
+#[test]
+fn a_member_id_handed_out_but_never_used_expires() {
+    let mut h = Harness::without_delay();
+    let first = h.stable_group_of_one("g");
+    // A new member gets its id (KIP-394) and never comes back with it.
+    let call = h.join_call("g", "", None, &["range"]);
+    assert_eq!(h.join_answer(call).error, Some(ResponseError::MemberIdRequired));
+    assert_eq!(h.coordinator.groups()["g"].pending_members.len(), 1);
+    // Still Stable: a pending id does not start a rebalance.
+    assert_eq!(h.state("g"), Some(GroupState::Stable));
+    for _ in 0..3 {
+        h.advance(i64::from(SESSION_MS) / 2);
+        h.heartbeat("g", &first, 1);
+    }
+    assert!(h.coordinator.groups()["g"].pending_members.is_empty());
+    assert_eq!(h.state("g"), Some(GroupState::Stable));
+}
+
+#[test]
 fn the_initial_delay_gathers_members_into_one_generation() {
     let mut h = Harness::new(CoordinatorConfig::default());
     let joins: Vec<(String, CallId)> = (0..3)
