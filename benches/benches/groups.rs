@@ -39,7 +39,9 @@ impl Driver {
         while let Some(output) = self.coordinator.poll_output() {
             match output {
                 Output::Reply(call, reply) => self.replies.push((call, reply)),
-                Output::Append { id, .. } => self.coordinator.append_completed(self.now_ms, id, Ok(())),
+                Output::Append { id, .. } => {
+                    self.coordinator.append_completed(self.now_ms, id, Ok(()))
+                }
             }
         }
         // Appends complete in the loop above and may release more replies.
@@ -60,7 +62,11 @@ impl Driver {
             .is_some_and(|group| group.members.contains_key(member_id));
         self.call(Call::Join(JoinRequest {
             group_id: "bench".into(),
-            member_id: if known { member_id.into() } else { String::new() },
+            member_id: if known {
+                member_id.into()
+            } else {
+                String::new()
+            },
             session_timeout_ms: 45_000,
             rebalance_timeout_ms: 300_000,
             protocol_type: "consumer".into(),

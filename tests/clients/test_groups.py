@@ -628,3 +628,26 @@ def test_an_acknowledged_commit_survives_a_broker_crash(tmp_path):
         assert [(tp.partition, tp.offset) for tp in offsets.topic_partitions] == [(0, 7)]
     finally:
         spate.stop()
+
+
+def test_roundrobin_members_interleave_the_partitions(groups_broker):
+    topic = create_topic(groups_broker.bootstrap)
+    group = unique_topic("roundrobin-group")
+    members = []
+    for _ in range(2):
+        consumer = confluent_consumer(
+            groups_broker.bootstrap, group, **{"partition.assignment.strategy": "roundrobin"}
+        )
+        consumer.subscribe([topic])
+        members.append(Member(consumer))
+    poll_until(
+        members,
+        lambda: all(len(member.assignment()) == PARTITIONS // 2 for member in members),
+        60,
+        "six partitions each",
+    )
+    owned = [sorted(partition for _, partition in member.assignment()) for member in members]
+    # The roundrobin assignor deals partitions out one at a time: evens to one, odds to the other.
+    assert sorted(owned) == [list(range(0, PARTITIONS, 2)), list(range(1, PARTITIONS, 2))]
+    for member in members:
+        member.close()

@@ -93,9 +93,10 @@ fn assignment(topic: &str, partitions: Vec<i32>) -> Bytes {
     let mut out = BytesMut::new();
     out.put_i16(0);
     ConsumerProtocolAssignment::default()
-        .with_assigned_partitions(vec![consumer_protocol_assignment::TopicPartition::default()
-            .with_topic(TopicName(text(topic)))
-            .with_partitions(partitions)])
+        .with_assigned_partitions(vec![consumer_protocol_assignment::TopicPartition::default(
+        )
+        .with_topic(TopicName(text(topic)))
+        .with_partitions(partitions)])
         .encode(&mut out, 0)
         .expect("encodes");
     out.freeze()
@@ -127,8 +128,7 @@ fn range_assign(
 
 fn run_member(index: usize, args: Arc<(String, String, String, i32)>, shared: Arc<Shared>) {
     let (bootstrap, group, topic, partitions) = &*args;
-    let mut connection =
-        Connection::open(bootstrap, &format!("member-{index}")).expect("connects");
+    let mut connection = Connection::open(bootstrap, &format!("member-{index}")).expect("connects");
     let mut member_id = StrBytes::default();
     let protocols = vec![join_group_request::JoinGroupRequestProtocol::default()
         .with_name(text("range"))
@@ -230,7 +230,9 @@ fn run_member(index: usize, args: Arc<(String, String, String, i32)>, shared: Ar
     }
     let leave = LeaveGroupRequest::default()
         .with_group_id(GroupId(text(group)))
-        .with_members(vec![leave_group_request::MemberIdentity::default().with_member_id(member_id)]);
+        .with_members(vec![
+            leave_group_request::MemberIdentity::default().with_member_id(member_id)
+        ]);
     let _ = connection.call(ApiKey::LeaveGroup, 5, RequestKind::LeaveGroup(leave));
 }
 
@@ -275,7 +277,11 @@ fn main() {
     assert_eq!(created.topics[0].error_code, 0, "creating {topic}");
     let find = FindCoordinatorRequest::default().with_key(text(&group));
     admin
-        .call(ApiKey::FindCoordinator, 3, RequestKind::FindCoordinator(find))
+        .call(
+            ApiKey::FindCoordinator,
+            3,
+            RequestKind::FindCoordinator(find),
+        )
         .expect("FindCoordinator");
 
     let shared = Arc::new(Shared {

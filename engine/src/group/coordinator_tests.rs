@@ -411,11 +411,15 @@ fn a_join_during_completing_rebalance_sends_waiting_members_back_to_rejoin() {
     assert_eq!(h.take(waiting_sync), None);
     let (_, third_join) = h.new_member("g");
     assert_eq!(h.state("g"), Some(GroupState::PreparingRebalance));
-    let Some(Reply::Sync(answer)) = h.take(waiting_sync) else { panic!() };
+    let Some(Reply::Sync(answer)) = h.take(waiting_sync) else {
+        panic!()
+    };
     assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
     // A stale sync is refused while the group prepares the next generation.
     let stale = h.sync_call("g", &first, 2, &[(&first, "a")]);
-    let Some(Reply::Sync(answer)) = h.take(stale) else { panic!() };
+    let Some(Reply::Sync(answer)) = h.take(stale) else {
+        panic!()
+    };
     assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
     let rejoins = [
         h.join_call("g", &first, None, &["range"]),
@@ -432,7 +436,10 @@ fn a_member_id_handed_out_but_never_used_expires() {
     let first = h.stable_group_of_one("g");
     // A new member gets its id (KIP-394) and never comes back with it.
     let call = h.join_call("g", "", None, &["range"]);
-    assert_eq!(h.join_answer(call).error, Some(ResponseError::MemberIdRequired));
+    assert_eq!(
+        h.join_answer(call).error,
+        Some(ResponseError::MemberIdRequired)
+    );
     assert_eq!(h.coordinator.groups()["g"].pending_members.len(), 1);
     // Still Stable: a pending id does not start a rebalance.
     assert_eq!(h.state("g"), Some(GroupState::Stable));

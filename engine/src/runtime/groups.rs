@@ -57,6 +57,8 @@ pub struct CoordinatorHost {
     wake: Event,
     /// Wakes requests waiting for the load to finish.
     loaded: Event,
+    /// How long a request waits for the load before it is told to retry.
+    load_wait: Cell<Duration>,
 }
 
 impl std::fmt::Debug for CoordinatorHost {
@@ -78,6 +80,7 @@ impl CoordinatorHost {
             next_call: Cell::new(0),
             wake: Event::new(),
             loaded: Event::new(),
+            load_wait: Cell::new(LOAD_WAIT),
         }
     }
 
@@ -109,7 +112,7 @@ impl CoordinatorHost {
     /// Waits a little for a loading coordinator, so that the first request after the topic is
     /// created or the broker starts is answered rather than sent back to retry.
     async fn wait_loaded(&self) {
-        let deadline = std::time::Instant::now() + LOAD_WAIT;
+        let deadline = std::time::Instant::now() + self.load_wait.get();
         while matches!(*self.state.borrow(), HostState::Loading) {
             let listener = self.loaded.listen();
             if !matches!(*self.state.borrow(), HostState::Loading) {
@@ -373,4 +376,62 @@ async fn load(shard: &Rc<Shard>, host: &CoordinatorHost) -> Result<GroupCoordina
     }
     coordinator.finish_load(now_ms());
     Ok(coordinator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::calls::MemberRef;
+    use crate::group::CoordinatorConfig;
+    use crate::runtime::run_local;
+
+    fn heartbeat() -> Call {
+        Call::Heartbeat(MemberRef {
+            group_id: "g".into(),
+            member_id: "m".into(),
+            group_instance_id: None,
+            generation_id: 1,
+        })
+    }
+
+    #[test]
+    fn requests_wait_for_the_load_then_are_told_to_retry_and_a_stopped_host_is_unavailable() {
+        run_local(|| async {
+            let host = Rc::new(CoordinatorHost::new(Uuid::nil(), 0));
+            host.load_wait.set(Duration::from_millis(30));
+            assert_eq!(
+                host.call(heartbeat()).await,
+                Reply::Heartbeat(Some(ResponseError::CoordinatorLoadInProgress))
+            );
+            // A request waiting when the load finishes is answered by the coordinator.
+            host.load_wait.set(Duration::from_secs(30));
+            let waiting = glommio::spawn_local({
+                let host = Rc::clone(&host);
+                async move { host.call(heartbeat()).await }
+            });
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let mut coordinator = GroupCoordinator::new(CoordinatorConfig::default());
+            coordinator.finish_load(0);
+            *host.state.borrow_mut() = HostState::Ready(coordinator);
+            host.loaded.notify(usize::MAX);
+            // Nothing drives this host, so hand the reply over as the driver would.
+            let answer = futures_lite::future::or(waiting, async {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    host.take_outputs();
+                }
+            })
+            .await;
+            assert_eq!(
+                answer,
+                Reply::Heartbeat(Some(ResponseError::UnknownMemberId))
+            );
+            host.stop("test");
+            assert_eq!(
+                host.call(heartbeat()).await,
+                Reply::Heartbeat(Some(ResponseError::CoordinatorNotAvailable))
+            );
+        })
+        .unwrap();
+    }
 }
