@@ -465,8 +465,15 @@ impl GroupCoordinator {
         let fail = |this: &mut Self, error| {
             this.reply(call, Reply::Join(join_error(error, &request.member_id)));
         };
-        if request.group_id.is_empty() {
+        if request.group_id.is_empty() || !fits_a_record(&request.group_id) {
             return fail(self, ResponseError::InvalidGroupId);
+        }
+        let strings = [&request.protocol_type]
+            .into_iter()
+            .chain(request.group_instance_id.as_ref())
+            .chain(request.protocols.iter().map(|(name, _)| name));
+        if !strings.into_iter().all(|text| fits_a_record(text)) {
+            return fail(self, ResponseError::InvalidRequest);
         }
         if request.session_timeout_ms < self.config.group_min_session_timeout_ms
             || request.session_timeout_ms > self.config.group_max_session_timeout_ms
@@ -1122,7 +1129,7 @@ impl GroupCoordinator {
             if managed {
                 return Err(ResponseError::IllegalGeneration);
             }
-            if who.group_id.is_empty() {
+            if who.group_id.is_empty() || !fits_a_record(&who.group_id) {
                 return Err(ResponseError::InvalidGroupId);
             }
             self.groups
@@ -1384,6 +1391,12 @@ impl GroupCoordinator {
             self.append(records, AppendPurpose::Background);
         }
     }
+}
+
+/// Whether `text` fits a string of a `__consumer_offsets` record (an `i16` length): flexible
+/// request versions carry longer strings than the records can hold.
+fn fits_a_record(text: &str) -> bool {
+    text.len() <= i16::MAX as usize
 }
 
 /// When a member's session ends unless it heartbeats, or `None` while it is kept alive

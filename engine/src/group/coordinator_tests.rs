@@ -566,6 +566,22 @@ fn join_errors_follow_kafka() {
         h.join_answer(call).error,
         Some(ResponseError::InconsistentGroupProtocol)
     );
+    // Flexible versions carry strings longer than a record of __consumer_offsets can hold.
+    let long = "x".repeat(40_000);
+    let call = h.join_call(&long, "", None, &["range"]);
+    assert_eq!(
+        h.join_answer(call).error,
+        Some(ResponseError::InvalidGroupId)
+    );
+    let call = h.join_call("g2", "", Some(&long), &["range"]);
+    assert_eq!(
+        h.join_answer(call).error,
+        Some(ResponseError::InvalidRequest)
+    );
+    assert_eq!(
+        h.commit(Harness::member(&long, "", -1), &[("t", 0, 1)]),
+        vec![Some(ResponseError::InvalidGroupId)]
+    );
 }
 
 #[test]
