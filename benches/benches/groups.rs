@@ -164,6 +164,7 @@ fn coordinator(c: &mut Criterion) {
                     generation_id: generation,
                 },
                 offsets: vec![("orders".into(), 0, offset, -1, None)],
+                ..CommitRequest::default()
             }));
             driver.replies.clear();
         })

@@ -188,12 +188,25 @@ pub struct SyncResponse {
 }
 
 /// OffsetCommit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CommitRequest {
     /// The member (empty id and generation -1 for consumers without a group).
     pub member: MemberRef,
     /// `(topic, partition, offset, leader epoch, metadata)`.
     pub offsets: Vec<(String, i32, i64, i32, Option<String>)>,
+    /// OffsetCommit v2-v4's `retention_time_ms`: how long to keep these offsets, or -1 for the
+    /// broker's rule.
+    pub retention_ms: i64,
+}
+
+impl Default for CommitRequest {
+    fn default() -> CommitRequest {
+        CommitRequest {
+            member: MemberRef::default(),
+            offsets: Vec::new(),
+            retention_ms: -1,
+        }
+    }
 }
 
 /// One committed offset in an OffsetFetch answer.
@@ -271,8 +284,8 @@ pub enum Reply {
     FetchOffsets(ErrorCode, Vec<FetchedOffset>),
     /// To [`Call::Describe`].
     Describe(GroupDescription),
-    /// To [`Call::List`].
-    List(Vec<GroupListing>),
+    /// To [`Call::List`]: an error (the coordinator is loading, say) and the groups.
+    List(ErrorCode, Vec<GroupListing>),
     /// To [`Call::Delete`].
     Delete(ErrorCode),
     /// To [`Call::DeleteOffsets`]: a group-level error and one error per partition.
@@ -299,7 +312,7 @@ impl Reply {
                 protocol_name: String::new(),
                 members: Vec::new(),
             }),
-            Call::List { .. } => Reply::List(Vec::new()),
+            Call::List { .. } => Reply::List(Some(error), Vec::new()),
             Call::Delete { .. } => Reply::Delete(Some(error)),
             Call::DeleteOffsets { .. } => Reply::DeleteOffsets(Some(error), Vec::new()),
         }

@@ -103,8 +103,19 @@ enum AppendPurpose {
         group_id: String,
         generation_id: i32,
     },
-    /// DeleteGroups: answer; on failure put the group back.
-    Delete { call: CallId, group: Box<Group> },
+    /// DeleteGroups: answer, and forget the group (Kafka forgets it even when the write
+    /// fails; the log then still has it, and a restart brings it back).
+    Delete { call: CallId, group_id: String },
+    /// A static member's new id: answer the JoinGroup once it is stored, or put the old id
+    /// back.
+    StaticReplace {
+        call: CallId,
+        group_id: String,
+        instance: String,
+        old_id: String,
+        new_id: String,
+        response: Box<JoinResponse>,
+    },
     /// OffsetDelete: answer.
     DeleteOffsets {
         call: CallId,
@@ -175,7 +186,18 @@ impl GroupCoordinator {
                     .or_insert_with(|| Group::new(&group_id, stored.state_timestamp_ms))
                     .restore(stored),
                 None => {
-                    self.groups.remove(&group_id);
+                    // The group's membership is gone; offsets go only with their own
+                    // tombstones (Kafka loads them independently).
+                    if let Some(group) = self.groups.get_mut(&group_id) {
+                        if group.offsets.is_empty() {
+                            self.groups.remove(&group_id);
+                        } else {
+                            let offsets = std::mem::take(&mut group.offsets);
+                            let mut fresh = Group::new(&group_id, group.state_timestamp_ms);
+                            fresh.offsets = offsets;
+                            *group = fresh;
+                        }
+                    }
                 }
             },
         }
@@ -230,7 +252,7 @@ impl GroupCoordinator {
             }
             Call::List { states } => {
                 let listing = self.list(&states);
-                self.reply(call_id, Reply::List(listing));
+                self.reply(call_id, Reply::List(None, listing));
             }
             Call::Delete { group_id } => self.delete(call_id, &group_id),
             Call::DeleteOffsets {
@@ -258,21 +280,30 @@ impl GroupCoordinator {
                 accepted,
                 mut results,
             } => {
-                let group = self
-                    .groups
-                    .entry(group_id.clone())
-                    .or_insert_with(|| Group::new(&group_id, now_ms));
+                let mut group = self.groups.get_mut(&group_id);
                 for (index, key, value) in accepted {
-                    if let Some(count) = group.pending_commits.get_mut(&key) {
-                        *count -= 1;
-                        if *count == 0 {
+                    // Still pending unless the offset or the group was deleted meanwhile: then
+                    // the deletion's tombstone follows this commit in the log, and memory
+                    // must not bring the offset back.
+                    let still_pending = group.as_deref_mut().is_some_and(|group| {
+                        let pending = group.pending_commits.get_mut(&key);
+                        let found = pending.is_some_and(|ids| ids.remove(&id));
+                        if group
+                            .pending_commits
+                            .get(&key)
+                            .is_some_and(BTreeSet::is_empty)
+                        {
                             group.pending_commits.remove(&key);
                         }
-                    }
+                        found
+                    });
                     match result {
-                        Ok(()) => {
-                            group.offsets.insert(key, value);
+                        Ok(()) if still_pending => {
+                            if let Some(group) = group.as_deref_mut() {
+                                group.offsets.insert(key, value);
+                            }
                         }
+                        Ok(()) => {}
                         Err(error) => results[index] = Some(commit_error(error)),
                     }
                 }
@@ -310,32 +341,50 @@ impl GroupCoordinator {
                         }
                     }
                     Err(error) => {
-                        let error = commit_error(error);
-                        self.reset_assignments(&group_id, error);
+                        self.reset_assignments(&group_id, store_error(error));
                         self.prepare_rebalance(&group_id, now_ms);
                     }
                 }
             }
-            AppendPurpose::Delete { call, group } => match result {
-                Ok(()) => {
-                    if self
-                        .groups
-                        .get(&group.group_id)
-                        .is_some_and(|current| current.is(GroupState::Dead))
-                    {
-                        self.groups.remove(&group.group_id);
-                    }
-                    self.reply(call, Reply::Delete(None));
+            AppendPurpose::Delete { call, group_id } => {
+                if self
+                    .groups
+                    .get(&group_id)
+                    .is_some_and(|group| group.is(GroupState::Dead))
+                {
+                    self.groups.remove(&group_id);
                 }
+                let error = result.err().map(commit_error);
+                self.reply(call, Reply::Delete(error));
+            }
+            AppendPurpose::StaticReplace {
+                call,
+                group_id,
+                instance,
+                old_id,
+                new_id,
+                response,
+            } => match result {
+                Ok(()) => self.reply(call, Reply::Join(*response)),
                 Err(error) => {
-                    if self
-                        .groups
-                        .get(&group.group_id)
-                        .is_none_or(|current| current.is(GroupState::Dead))
-                    {
-                        self.groups.insert(group.group_id.clone(), *group);
+                    // Kafka's revert: the old incarnation keeps the instance, the caller retries.
+                    if let Some(group) = self.groups.get_mut(&group_id) {
+                        if group.static_member_id(&instance) == Some(&new_id) {
+                            if let Some(mut member) = group.members.remove(&new_id) {
+                                member.member_id = old_id.clone();
+                                group.members.insert(old_id.clone(), member);
+                            }
+                            group.static_members.insert(instance, old_id.clone());
+                            if group.leader_id.as_deref() == Some(new_id.as_str()) {
+                                group.leader_id = Some(old_id.clone());
+                            }
+                            if group.pending_sync.remove(&new_id) {
+                                group.pending_sync.insert(old_id);
+                            }
+                        }
                     }
-                    self.reply(call, Reply::Delete(Some(commit_error(error))));
+                    let error = store_error(error);
+                    self.reply(call, Reply::Join(join_error(error, &new_id)));
                 }
             },
             AppendPurpose::DeleteOffsets { call, mut results } => {
@@ -442,12 +491,13 @@ impl GroupCoordinator {
         self.outputs.push_back(Output::Reply(call, reply));
     }
 
-    fn append(&mut self, records: Vec<OffsetsRecord>, purpose: AppendPurpose) {
+    fn append(&mut self, records: Vec<OffsetsRecord>, purpose: AppendPurpose) -> AppendId {
         assert!(!records.is_empty());
         let id = self.next_append_id;
         self.next_append_id += 1;
         self.appends.insert(id, purpose);
         self.outputs.push_back(Output::Append { id, records });
+        id
     }
 
     fn store_group(&mut self, group_id: &str, purpose: AppendPurpose) {
@@ -550,7 +600,12 @@ impl GroupCoordinator {
                 Reply::Join(join_error(ResponseError::FencedInstanceId, &member_id)),
             );
         }
-        let Some(member) = group.members.get(&member_id) else {
+        let instance_unknown = request
+            .group_instance_id
+            .as_deref()
+            .is_some_and(|instance| group.static_member_id(instance).is_none());
+        let member = group.members.get(&member_id).filter(|_| !instance_unknown);
+        let Some(member) = member else {
             return self.reply(
                 call,
                 Reply::Join(join_error(ResponseError::UnknownMemberId, &member_id)),
@@ -667,6 +722,7 @@ impl GroupCoordinator {
         new_id: String,
     ) {
         let group = self.groups.get_mut(&request.group_id).expect("checked");
+        let previous_leader = group.leader_id.clone().unwrap_or_default();
         let mut member = group
             .members
             .remove(&old_id)
@@ -709,13 +765,23 @@ impl GroupCoordinator {
         let group = self.groups.get_mut(&request.group_id).expect("checked");
         match group.state {
             GroupState::Stable if group.select_protocol() == group.protocol_name => {
-                // Same assignor: the restarted member keeps its partitions, no rebalance.
+                // Same assignor: the restarted member keeps its partitions, no rebalance. As
+                // Kafka, the answer names the previous leader id, so that a restarted leader
+                // does not take itself for the leader and compute an assignment a Stable group
+                // would not pass on (JoinGroup v9 says so with skip_assignment).
                 let is_leader = group.leader_id.as_deref() == Some(new_id.as_str());
                 let mut response = current_generation(group, &new_id, is_leader);
                 response.skip_assignment = is_leader;
-                let group_id = request.group_id.clone();
-                self.store_group(&group_id, AppendPurpose::Background);
-                self.reply(call, Reply::Join(response));
+                response.leader = previous_leader;
+                let purpose = AppendPurpose::StaticReplace {
+                    call,
+                    group_id: request.group_id.clone(),
+                    instance: request.group_instance_id.clone().expect("static"),
+                    old_id,
+                    new_id,
+                    response: Box::new(response),
+                };
+                self.store_group(&request.group_id, purpose);
             }
             GroupState::PreparingRebalance => {
                 group
@@ -1045,27 +1111,30 @@ impl GroupCoordinator {
         }
         let mut errors = Vec::with_capacity(members.len());
         for (member_id, instance) in members {
+            // Kafka's rules (GroupCoordinator.handleLeaveGroup): a known member id that is not
+            // the instance's registered one is fenced; otherwise the instance's registered
+            // member leaves, or else the member named.
             let group = self.groups.get_mut(group_id).expect("exists");
-            let error = match instance {
-                Some(instance) => match group.static_member_id(&instance).cloned() {
-                    None => Some(ResponseError::UnknownMemberId),
-                    Some(registered) if !member_id.is_empty() && registered != member_id => {
-                        Some(ResponseError::FencedInstanceId)
-                    }
-                    Some(registered) => {
-                        self.remove_member(group_id, &registered, now_ms);
-                        None
-                    }
-                },
-                None if group.pending_members.remove(&member_id).is_some() => {
-                    self.maybe_complete_join(group_id, now_ms);
-                    None
-                }
-                None if group.members.contains_key(&member_id) => {
-                    self.remove_member(group_id, &member_id, now_ms);
-                    None
-                }
-                None => Some(ResponseError::UnknownMemberId),
+            let registered = instance
+                .as_deref()
+                .and_then(|instance| group.static_member_id(instance))
+                .cloned();
+            let error = if !member_id.is_empty() && group.is_fenced(&member_id, instance.as_deref())
+            {
+                Some(ResponseError::FencedInstanceId)
+            } else if group.pending_members.remove(&member_id).is_some() {
+                self.maybe_complete_join(group_id, now_ms);
+                None
+            } else if let Some(leaving) = registered.or_else(|| {
+                group
+                    .members
+                    .contains_key(&member_id)
+                    .then(|| member_id.clone())
+            }) {
+                self.remove_member(group_id, &leaving, now_ms);
+                None
+            } else {
+                Some(ResponseError::UnknownMemberId)
             };
             errors.push(error);
         }
@@ -1096,6 +1165,9 @@ impl GroupCoordinator {
                 leader_epoch,
                 metadata,
                 commit_timestamp_ms: now_ms,
+                // OffsetCommit v2-v4 may give a retention of their own (KIP-211 kept it).
+                expire_timestamp_ms: (request.retention_ms >= 0)
+                    .then(|| now_ms.saturating_add(request.retention_ms)),
             };
             records.push(OffsetsRecord::Offset {
                 group_id: who.group_id.clone(),
@@ -1108,9 +1180,14 @@ impl GroupCoordinator {
         if records.is_empty() {
             return self.reply(call, Reply::Commit(results));
         }
+        let id = self.next_append_id;
         let group = self.groups.get_mut(&who.group_id).expect("checked");
         for (_, key, _) in &accepted {
-            *group.pending_commits.entry(key.clone()).or_default() += 1;
+            group
+                .pending_commits
+                .entry(key.clone())
+                .or_default()
+                .insert(id);
         }
         let purpose = AppendPurpose::Commit {
             call,
@@ -1118,7 +1195,8 @@ impl GroupCoordinator {
             accepted,
             results,
         };
-        self.append(records, purpose);
+        let appended = self.append(records, purpose);
+        assert_eq!(appended, id);
     }
 
     /// Kafka's rules for who may commit; creates the group for a consumer without one.
@@ -1126,10 +1204,16 @@ impl GroupCoordinator {
         let managed =
             who.generation_id >= 0 || !who.member_id.is_empty() || who.group_instance_id.is_some();
         let Some(group) = self.groups.get(&who.group_id) else {
-            if managed {
+            // Kafka: a commit naming a generation for a group that does not exist comes from
+            // an older generation; one naming a member of it, from a member it does not know.
+            if who.generation_id >= 0 {
                 return Err(ResponseError::IllegalGeneration);
             }
-            if who.group_id.is_empty() || !fits_a_record(&who.group_id) {
+            if managed {
+                return Err(ResponseError::UnknownMemberId);
+            }
+            // An empty group id is allowed for commits, as in Kafka.
+            if !fits_a_record(&who.group_id) {
                 return Err(ResponseError::InvalidGroupId);
             }
             self.groups
@@ -1256,14 +1340,19 @@ impl GroupCoordinator {
             return self.reply(call, Reply::Delete(error));
         }
         let group = self.groups.get_mut(group_id).expect("exists");
-        let saved = Box::new(group.clone());
-        let mut records: Vec<OffsetsRecord> = group
+        // Offsets, and commits still being written (their tombstone follows them in the log).
+        let keys: BTreeSet<(String, i32)> = group
             .offsets
             .keys()
+            .chain(group.pending_commits.keys())
+            .cloned()
+            .collect();
+        let mut records: Vec<OffsetsRecord> = keys
+            .into_iter()
             .map(|(topic, partition)| OffsetsRecord::Offset {
                 group_id: group_id.to_owned(),
-                topic: topic.clone(),
-                partition: *partition,
+                topic,
+                partition,
                 value: None,
             })
             .collect();
@@ -1272,8 +1361,13 @@ impl GroupCoordinator {
             value: None,
         });
         group.offsets.clear();
+        group.pending_commits.clear();
         group.transition(GroupState::Dead, group.state_timestamp_ms);
-        self.append(records, AppendPurpose::Delete { call, group: saved });
+        let purpose = AppendPurpose::Delete {
+            call,
+            group_id: group_id.to_owned(),
+        };
+        self.append(records, purpose);
     }
 
     fn delete_offsets(&mut self, call: CallId, group_id: &str, partitions: Vec<(String, i32)>) {
@@ -1294,20 +1388,26 @@ impl GroupCoordinator {
                 Reply::DeleteOffsets(Some(ResponseError::NonEmptyGroup), Vec::new()),
             );
         }
+        // `None`: a subscription that cannot be read, taken as every topic (as Kafka).
         let subscribed = if group.is(GroupState::Empty) {
-            BTreeSet::new()
+            Some(BTreeSet::new())
         } else {
             subscribed_topics(group)
         };
         let mut results = Vec::with_capacity(partitions.len());
         let mut records = Vec::new();
         for (topic, partition) in partitions {
-            if subscribed.contains(&topic) {
+            if subscribed
+                .as_ref()
+                .is_none_or(|subscribed| subscribed.contains(&topic))
+            {
                 results.push(Some(ResponseError::GroupSubscribedToTopic));
                 continue;
             }
             results.push(None);
-            if group.offsets.remove(&(topic.clone(), partition)).is_some() {
+            let key = (topic.clone(), partition);
+            let pending = group.pending_commits.remove(&key).is_some();
+            if group.offsets.remove(&key).is_some() || pending {
                 records.push(OffsetsRecord::Offset {
                     group_id: group_id.to_owned(),
                     topic,
@@ -1330,39 +1430,37 @@ impl GroupCoordinator {
         let mut records = Vec::new();
         let mut dead = Vec::new();
         for group in self.groups.values_mut() {
-            let expired: Vec<(String, i32)> = if group.protocol_type.is_none() {
-                group
-                    .offsets
-                    .iter()
-                    .filter(|(_, stored)| stored.commit_timestamp_ms + retention <= now_ms)
-                    .map(|(key, _)| key.clone())
-                    .collect()
-            } else if group.is(GroupState::Empty) {
-                if group.state_timestamp_ms + retention <= now_ms {
-                    group.offsets.keys().cloned().collect()
-                } else {
-                    Vec::new()
-                }
-            } else if group.is(GroupState::Stable)
-                && group.protocol_type.as_deref() == Some("consumer")
+            // Kafka's GroupMetadata.removeExpiredOffsets: the time an offset's retention runs
+            // from, and the topics whose offsets are kept whatever their age.
+            // `(base, kept)`: retention runs from `base` (the commit time when `None`), and
+            // the offsets of the `kept` topics stay whatever their age.
+            let state_timestamp =
+                (group.state_timestamp_ms >= 0).then_some(group.state_timestamp_ms);
+            let rule: Option<(Option<i64>, BTreeSet<String>)> = match group.protocol_type.as_deref()
             {
-                let subscribed = subscribed_topics(group);
-                group
-                    .offsets
-                    .iter()
-                    .filter(|((topic, _), stored)| {
-                        !subscribed.contains(topic)
-                            && stored.commit_timestamp_ms + retention <= now_ms
-                    })
-                    .map(|(key, _)| key.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            for key in expired {
-                if group.pending_commits.contains_key(&key) {
-                    continue;
+                None => Some((None, BTreeSet::new())),
+                Some(_) if group.is(GroupState::Empty) => Some((state_timestamp, BTreeSet::new())),
+                Some("consumer") if group.is(GroupState::Stable) => {
+                    subscribed_topics(group).map(|topics| (None, topics))
                 }
+                Some(_) => None,
+            };
+            let Some((base, kept_topics)) = rule else {
+                continue;
+            };
+            let base = |offset: &CommittedOffset| base.unwrap_or(offset.commit_timestamp_ms);
+            let expired: Vec<(String, i32)> = group
+                .offsets
+                .iter()
+                .filter(|((topic, _), _)| !kept_topics.contains(topic))
+                .filter(|(key, _)| !group.pending_commits.contains_key(*key))
+                .filter(|(_, offset)| match offset.expire_timestamp_ms {
+                    Some(expire) => now_ms >= expire,
+                    None => now_ms - base(offset) >= retention,
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in expired {
                 group.offsets.remove(&key);
                 records.push(OffsetsRecord::Offset {
                     group_id: group.group_id.clone(),
@@ -1374,7 +1472,7 @@ impl GroupCoordinator {
             if group.is(GroupState::Empty)
                 && group.offsets.is_empty()
                 && group.pending_commits.is_empty()
-                && group.state_timestamp_ms + retention <= now_ms
+                && now_ms - group.state_timestamp_ms.max(0) >= retention
             {
                 group.transition(GroupState::Dead, now_ms);
                 dead.push(group.group_id.clone());
@@ -1444,31 +1542,39 @@ fn sync_answer(
     }
 }
 
-/// The topics a consumer group's members subscribe to, from their consumer protocol metadata.
-fn subscribed_topics(group: &Group) -> BTreeSet<String> {
+/// The topics a consumer group's members subscribe to, from their consumer protocol metadata;
+/// `None` when a subscription cannot be read (Kafka then treats the group as subscribed to
+/// every topic: nothing of it is deleted or expired by topic).
+fn subscribed_topics(group: &Group) -> Option<BTreeSet<String>> {
     let protocol = group.protocol_name.clone().unwrap_or_default();
     let mut topics = BTreeSet::new();
     for member in group.members.values() {
         let metadata = member.metadata(&protocol);
-        if metadata.len() < 2 {
-            continue;
+        // The subscription starts with its version and the topic array's count: a count the
+        // bytes cannot hold (each topic takes at least two) is refused before the decoder
+        // allocates for it.
+        if metadata.len() < 6 {
+            return None;
         }
-        let version = i16::from_be_bytes([metadata[0], metadata[1]]).clamp(0, 3);
+        let version = i16::from_be_bytes([metadata[0], metadata[1]]);
+        let count = i32::from_be_bytes([metadata[2], metadata[3], metadata[4], metadata[5]]);
+        if !(0..=3).contains(&version) || count < 0 || count as usize > (metadata.len() - 6) / 2 {
+            return None;
+        }
         let mut body = metadata.slice(2..);
-        if let Ok(subscription) = ConsumerProtocolSubscription::decode(&mut body, version) {
-            topics.extend(subscription.topics.iter().map(|topic| topic.to_string()));
-        }
+        let subscription = ConsumerProtocolSubscription::decode(&mut body, version).ok()?;
+        topics.extend(subscription.topics.iter().map(|topic| topic.to_string()));
     }
-    topics
+    Some(topics)
 }
 
-/// The error a client gets when the write behind a group operation fails (Kafka's mapping).
+/// The error a committer gets when its commit's write fails (Kafka's mapping in
+/// GroupMetadataManager.storeOffsets).
 fn commit_error(error: ResponseError) -> ResponseError {
     match error {
         ResponseError::UnknownTopicOrPartition
         | ResponseError::NotEnoughReplicas
-        | ResponseError::NotEnoughReplicasAfterAppend
-        | ResponseError::RequestTimedOut => ResponseError::CoordinatorNotAvailable,
+        | ResponseError::NotEnoughReplicasAfterAppend => ResponseError::CoordinatorNotAvailable,
         ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
             ResponseError::NotCoordinator
         }
@@ -1476,5 +1582,20 @@ fn commit_error(error: ResponseError) -> ResponseError {
         | ResponseError::RecordListTooLarge
         | ResponseError::InvalidFetchSize => ResponseError::InvalidCommitOffsetSize,
         other => other,
+    }
+}
+
+/// The error members get when the group's own record cannot be written (Kafka's mapping in
+/// GroupMetadataManager.storeGroup).
+fn store_error(error: ResponseError) -> ResponseError {
+    match error {
+        ResponseError::UnknownTopicOrPartition
+        | ResponseError::NotEnoughReplicas
+        | ResponseError::NotEnoughReplicasAfterAppend => ResponseError::CoordinatorNotAvailable,
+        ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
+            ResponseError::NotCoordinator
+        }
+        ResponseError::RequestTimedOut => ResponseError::RebalanceInProgress,
+        _ => ResponseError::UnknownServerError,
     }
 }

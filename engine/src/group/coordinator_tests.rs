@@ -201,6 +201,7 @@ impl Harness {
                     (topic.to_string(), *partition, *offset, -1, None)
                 })
                 .collect(),
+            ..CommitRequest::default()
         }));
         match self.take(call) {
             Some(Reply::Commit(results)) => results,
@@ -504,14 +505,14 @@ fn leaving_rebalances_the_rest_and_then_the_group_can_be_deleted() {
     let list = h.call(Call::List {
         states: vec!["empty".into()],
     });
-    let Some(Reply::List(listed)) = h.take(list) else {
+    let Some(Reply::List(None, listed)) = h.take(list) else {
         panic!()
     };
     assert_eq!(listed.len(), 1);
     let list = h.call(Call::List {
         states: vec!["Stable".into()],
     });
-    assert_eq!(h.take(list), Some(Reply::List(Vec::new())));
+    assert_eq!(h.take(list), Some(Reply::List(None, Vec::new())));
     let delete = h.call(Call::Delete {
         group_id: "g".into(),
     });
@@ -703,6 +704,7 @@ fn commit_rules_follow_kafka() {
     let call = h.call(Call::Commit(CommitRequest {
         member: standalone,
         offsets: vec![("t".into(), 0, 9, -1, Some("x".repeat(5000)))],
+        ..CommitRequest::default()
     }));
     assert_eq!(
         h.take(call),
@@ -715,6 +717,7 @@ fn commit_rules_follow_kafka() {
     let call = h.call(Call::Commit(CommitRequest {
         member: Harness::member("solo", "", -1),
         offsets: vec![("t".into(), 0, 99, -1, None)],
+        ..CommitRequest::default()
     }));
     h.complete_appends(Err(ResponseError::KafkaStorageError));
     assert_eq!(
@@ -916,6 +919,7 @@ proptest! {
                     calls.push(h.call(Call::Commit(CommitRequest {
                         member: Harness::member("g", &ids[who], generations[who]),
                         offsets: vec![("t".into(), 0, 1, -1, None)],
+                        ..CommitRequest::default()
                     })));
                 }
                 Step::Advance(ms) => h.advance(i64::from(ms)),
@@ -949,4 +953,209 @@ proptest! {
             prop_assert_eq!(group.state, GroupState::Empty);
         }
     }
+}
+
+#[test]
+fn a_commit_being_written_does_not_outlive_a_delete_of_its_offset_or_group() {
+    let mut h = Harness::without_delay();
+    h.commit(Harness::member("g", "", -1), &[("t", 0, 1)]);
+    // A commit is in flight when OffsetDelete removes the partition's offset.
+    h.auto_append = false;
+    let commit = h.call(Call::Commit(CommitRequest {
+        member: Harness::member("g", "", -1),
+        offsets: vec![("t".into(), 0, 2, -1, None)],
+        ..CommitRequest::default()
+    }));
+    let delete = h.call(Call::DeleteOffsets {
+        group_id: "g".into(),
+        partitions: vec![("t".into(), 0)],
+    });
+    h.complete_appends(Ok(()));
+    assert_eq!(h.take(commit), Some(Reply::Commit(vec![None])));
+    assert_eq!(h.take(delete), Some(Reply::DeleteOffsets(None, vec![None])));
+    assert_eq!(h.fetch("g"), Vec::new(), "the commit is not resurrected");
+    assert!(matches!(
+        h.log.last(),
+        Some(OffsetsRecord::Offset { value: None, .. })
+    ));
+    // The same with DeleteGroups, and the group stays gone.
+    h.auto_append = false;
+    let commit = h.call(Call::Commit(CommitRequest {
+        member: Harness::member("g", "", -1),
+        offsets: vec![("t".into(), 1, 5, -1, None)],
+        ..CommitRequest::default()
+    }));
+    let delete = h.call(Call::Delete {
+        group_id: "g".into(),
+    });
+    h.complete_appends(Ok(()));
+    assert_eq!(h.take(commit), Some(Reply::Commit(vec![None])));
+    assert_eq!(h.take(delete), Some(Reply::Delete(None)));
+    assert_eq!(h.state("g"), None);
+    // Replaying the log agrees with memory.
+    let mut restarted = GroupCoordinator::new(CoordinatorConfig::default());
+    for record in h.log.clone() {
+        restarted.load(record);
+    }
+    restarted.finish_load(0);
+    assert!(restarted
+        .groups()
+        .get("g")
+        .is_none_or(|group| group.offsets.is_empty()));
+}
+
+#[test]
+fn a_static_member_replacement_is_answered_once_stored_and_reverted_if_the_write_fails() {
+    let mut h = Harness::without_delay();
+    let first = h.join_call("g", "", Some("host-a"), &["range"]);
+    let old_id = h.join_answer(first).member_id;
+    let sync = h.call(Call::Sync(SyncRequest {
+        member: MemberRef {
+            group_instance_id: Some("host-a".into()),
+            ..Harness::member("g", &old_id, 1)
+        },
+        assignments: vec![(old_id.clone(), Bytes::from("p0"))],
+        ..SyncRequest::default()
+    }));
+    h.take(sync).unwrap();
+    h.auto_append = false;
+    let rejoin = h.join_call("g", "", Some("host-a"), &["range"]);
+    assert_eq!(h.take(rejoin), None, "answered only once stored");
+    h.complete_appends(Err(ResponseError::KafkaStorageError));
+    let answer = h.join_answer(rejoin);
+    assert_eq!(answer.error, Some(ResponseError::NotCoordinator));
+    let group = &h.coordinator.groups()["g"];
+    assert_eq!(group.static_members["host-a"], old_id, "the old id is back");
+    assert!(group.members.contains_key(&old_id));
+    assert_eq!(group.leader_id.as_deref(), Some(old_id.as_str()));
+    // Stored this time: the answer names the previous leader id, so the restarted leader
+    // does not compute an assignment (JoinGroup v9 also says skip_assignment).
+    h.auto_append = true;
+    let rejoin = h.join_call("g", "", Some("host-a"), &["range"]);
+    let answer = h.join_answer(rejoin);
+    assert_eq!(answer.error, None);
+    assert_eq!(answer.leader, old_id);
+    assert!(answer.skip_assignment);
+}
+
+#[test]
+fn replay_keeps_offsets_that_have_no_tombstone_of_their_own() {
+    let mut coordinator = GroupCoordinator::new(CoordinatorConfig::default());
+    let offset = |partition, value| OffsetsRecord::Offset {
+        group_id: "g".into(),
+        topic: "t".into(),
+        partition,
+        value,
+    };
+    let committed = super::records::CommittedOffset {
+        offset: 9,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: 1,
+        expire_timestamp_ms: None,
+    };
+    coordinator.load(offset(0, Some(committed.clone())));
+    coordinator.load(offset(1, Some(committed)));
+    coordinator.load(offset(0, None));
+    coordinator.load(OffsetsRecord::Group {
+        group_id: "g".into(),
+        value: None,
+    });
+    coordinator.finish_load(2);
+    let group = &coordinator.groups()["g"];
+    assert_eq!(group.offsets.len(), 1);
+    assert_eq!(group.offsets[&("t".to_string(), 1)].offset, 9);
+}
+
+#[test]
+fn a_commit_with_its_own_retention_expires_then() {
+    let config = CoordinatorConfig {
+        group_initial_rebalance_delay_ms: 0,
+        offsets_retention_check_interval_ms: 1_000,
+        ..CoordinatorConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let call = h.call(Call::Commit(CommitRequest {
+        member: Harness::member("g", "", -1),
+        offsets: vec![("t".into(), 0, 4, -1, None)],
+        retention_ms: 5_000,
+    }));
+    h.take(call).unwrap();
+    h.advance(3_000);
+    assert_eq!(h.fetch("g").len(), 1);
+    h.advance(3_000);
+    assert_eq!(h.fetch("g"), Vec::new(), "expired after its own 5 s");
+}
+
+#[test]
+fn an_unreadable_subscription_keeps_every_topic_of_a_stable_group() {
+    let config = CoordinatorConfig {
+        group_initial_rebalance_delay_ms: 0,
+        offsets_retention_ms: 1_000,
+        offsets_retention_check_interval_ms: 500,
+        ..CoordinatorConfig::default()
+    };
+    let mut h = Harness::new(config);
+    // The harness's metadata ("meta-range") is not a consumer subscription; a hostile count
+    // must not make the decoder allocate either.
+    let call = h.call(Call::Join(JoinRequest {
+        group_id: "g".into(),
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: REBALANCE_MS,
+        protocol_type: "consumer".into(),
+        protocols: vec![(
+            "range".into(),
+            Bytes::from_static(&[0, 0, 0x7f, 0xff, 0xff, 0xff]),
+        )],
+        new_member_id: "m".into(),
+        ..JoinRequest::default()
+    }));
+    h.join_answer(call);
+    let sync = h.sync_call("g", "m", 1, &[("m", "")]);
+    h.take(sync).unwrap();
+    h.commit(Harness::member("g", "m", 1), &[("old", 0, 2)]);
+    let call = h.call(Call::DeleteOffsets {
+        group_id: "g".into(),
+        partitions: vec![("old".into(), 0)],
+    });
+    assert_eq!(
+        h.take(call),
+        Some(Reply::DeleteOffsets(
+            None,
+            vec![Some(ResponseError::GroupSubscribedToTopic)]
+        ))
+    );
+    for _ in 0..5 {
+        h.advance(1_000);
+        assert_eq!(h.heartbeat("g", "m", 1), None);
+    }
+    assert_eq!(h.fetch("g").len(), 1, "not expired: it may be read");
+}
+
+#[test]
+fn leave_group_follows_kafkas_rules_for_instance_ids() {
+    let mut h = Harness::without_delay();
+    let member_id = h.stable_group_of_one("g");
+    // An instance id the group does not know, with a member id it does: the member leaves.
+    let leave = h.call(Call::Leave {
+        group_id: "g".into(),
+        members: vec![(member_id, Some("unknown-instance".into()))],
+    });
+    assert_eq!(h.take(leave), Some(Reply::Leave(None, vec![None])));
+    assert_eq!(h.state("g"), Some(GroupState::Empty));
+}
+
+#[test]
+fn a_failed_assignment_write_sends_the_group_back_to_rebalance() {
+    let mut h = Harness::without_delay();
+    let (member_id, call) = h.new_member("g");
+    h.join_answer(call);
+    h.auto_append = false;
+    let sync = h.sync_call("g", &member_id, 1, &[(&member_id, "a")]);
+    h.complete_appends(Err(ResponseError::RequestTimedOut));
+    let Some(Reply::Sync(answer)) = h.take(sync) else {
+        panic!()
+    };
+    assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
+    assert_eq!(h.state("g"), Some(GroupState::PreparingRebalance));
 }

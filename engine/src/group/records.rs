@@ -26,6 +26,9 @@ const OFFSET_COMMIT_KEY_VERSION: i16 = 1;
 const GROUP_METADATA_KEY_VERSION: i16 = 2;
 /// Value version of an offset commit written here (with leader epoch).
 const OFFSET_COMMIT_VALUE_VERSION: i16 = 3;
+/// Value version of an offset commit with its own expire timestamp (Kafka writes this one
+/// then, without the leader epoch).
+const OFFSET_COMMIT_VALUE_VERSION_WITH_EXPIRY: i16 = 1;
 /// Value version of group metadata written here (with static members).
 const GROUP_METADATA_VALUE_VERSION: i16 = 3;
 
@@ -40,6 +43,9 @@ pub struct CommittedOffset {
     pub metadata: String,
     /// When the coordinator accepted the commit.
     pub commit_timestamp_ms: i64,
+    /// When it expires, for commits that gave a retention of their own (OffsetCommit v2-v4);
+    /// `None` for the broker's rule.
+    pub expire_timestamp_ms: Option<i64>,
 }
 
 /// One member as stored in group metadata.
@@ -161,11 +167,22 @@ impl OffsetsRecord {
         match self {
             OffsetsRecord::Offset { value, .. } => {
                 let value = value.as_ref()?;
-                out.put_i16(OFFSET_COMMIT_VALUE_VERSION);
-                out.put_i64(value.offset);
-                out.put_i32(value.leader_epoch);
-                put_string(&mut out, &value.metadata);
-                out.put_i64(value.commit_timestamp_ms);
+                match value.expire_timestamp_ms {
+                    None => {
+                        out.put_i16(OFFSET_COMMIT_VALUE_VERSION);
+                        out.put_i64(value.offset);
+                        out.put_i32(value.leader_epoch);
+                        put_string(&mut out, &value.metadata);
+                        out.put_i64(value.commit_timestamp_ms);
+                    }
+                    Some(expire) => {
+                        out.put_i16(OFFSET_COMMIT_VALUE_VERSION_WITH_EXPIRY);
+                        out.put_i64(value.offset);
+                        put_string(&mut out, &value.metadata);
+                        out.put_i64(value.commit_timestamp_ms);
+                        out.put_i64(expire);
+                    }
+                }
             }
             OffsetsRecord::Group { value, .. } => {
                 let value = value.as_ref()?;
@@ -234,10 +251,11 @@ fn decode_offset_value(bytes: &[u8]) -> Result<CommittedOffset, RecordError> {
     };
     let metadata = value.string("metadata")?;
     let commit_timestamp_ms = value.i64("commit timestamp")?;
+    let mut expire_timestamp_ms = None;
     match version {
         0 | 2 | 3 => {}
         1 => {
-            value.i64("expire timestamp")?;
+            expire_timestamp_ms = Some(value.i64("expire timestamp")?);
         }
         version => {
             return Err(RecordError::UnknownVersion {
@@ -251,6 +269,7 @@ fn decode_offset_value(bytes: &[u8]) -> Result<CommittedOffset, RecordError> {
         leader_epoch,
         metadata,
         commit_timestamp_ms,
+        expire_timestamp_ms,
     })
 }
 
@@ -412,6 +431,7 @@ mod tests {
                 leader_epoch: 3,
                 metadata: "m".into(),
                 commit_timestamp_ms: 1_700_000_000_000,
+                expire_timestamp_ms: None,
             }),
         });
         round_trip(OffsetsRecord::Offset {
@@ -419,6 +439,19 @@ mod tests {
             topic: "orders".into(),
             partition: 7,
             value: None,
+        });
+        // With its own expiry: Kafka's value version 1, which has no leader epoch.
+        round_trip(OffsetsRecord::Offset {
+            group_id: "billing".into(),
+            topic: "orders".into(),
+            partition: 7,
+            value: Some(CommittedOffset {
+                offset: 42,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 5,
+                expire_timestamp_ms: Some(65),
+            }),
         });
         round_trip(OffsetsRecord::Group {
             group_id: "billing".into(),
@@ -458,6 +491,7 @@ mod tests {
                 leader_epoch: -1,
                 metadata: String::new(),
                 commit_timestamp_ms: 2,
+                expire_timestamp_ms: None,
             }),
         };
         assert_eq!(

@@ -139,8 +139,9 @@ pub struct Group {
     pub assignment_in_flight: bool,
     /// Committed offsets by `(topic, partition)`.
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
-    /// Commits being written, per partition, so a concurrent delete does not resurrect them.
-    pub pending_commits: BTreeMap<(String, i32), usize>,
+    /// Commits being written, per partition, by append id: a delete of the offset (or the
+    /// group) removes them, so that their completion does not bring the offset back.
+    pub pending_commits: BTreeMap<(String, i32), BTreeSet<u64>>,
 }
 
 impl Group {

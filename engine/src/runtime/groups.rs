@@ -20,6 +20,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::group::coordinator::AppendId;
 use crate::group::records::OffsetsRecord;
 use crate::group::{Call, CallId, GroupCoordinator, Output, Reply};
 use crate::storage::batch::build::{batch, NewRecord};
@@ -28,9 +29,11 @@ use crate::storage::batch::BatchHeader;
 use super::now_ms;
 use super::shard::{PartitionOp, PartitionOutcome, Shard};
 
-/// Largest batch the coordinator writes at once; bigger appends are split. Well under the
-/// topic's `max.message.bytes`.
+/// Appends are gathered into one batch up to this size (one append larger than this is a batch
+/// of its own). Under the topic's default `max.message.bytes`.
 const APPEND_BATCH_BYTES_MAX: usize = 512 << 10;
+/// A record's framing in a batch, at most (length, attributes, deltas, header count).
+const RECORD_OVERHEAD_BYTES: usize = 32;
 /// Bytes read per step while loading a partition.
 const LOAD_READ_BYTES: usize = 1 << 20;
 /// Longest a request waits for its coordinator to finish loading before it is answered
@@ -57,6 +60,10 @@ pub struct CoordinatorHost {
     wake: Event,
     /// Wakes requests waiting for the load to finish.
     loaded: Event,
+    /// Whether a driver task was started for it.
+    started: Cell<bool>,
+    /// Appends the coordinator asked for, in order, not yet started by the driver.
+    appends: RefCell<Vec<(AppendId, Vec<OffsetsRecord>)>>,
     /// How long a request waits for the load before it is told to retry.
     load_wait: Cell<Duration>,
 }
@@ -80,6 +87,8 @@ impl CoordinatorHost {
             next_call: Cell::new(0),
             wake: Event::new(),
             loaded: Event::new(),
+            started: Cell::new(false),
+            appends: RefCell::new(Vec::new()),
             load_wait: Cell::new(LOAD_WAIT),
         }
     }
@@ -105,7 +114,10 @@ impl CoordinatorHost {
             coordinator.handle_call(now_ms(), id, call);
             receiver
         };
-        self.wake.notify(1);
+        // Answers that need no write go out now, not after the write in progress.
+        if self.dispatch_outputs() {
+            self.wake.notify(1);
+        }
         receiver.await.unwrap_or(lost)
     }
 
@@ -125,6 +137,11 @@ impl CoordinatorHost {
         }
     }
 
+    /// Marks it started; `false` if it already was.
+    pub fn mark_started(&self) -> bool {
+        !self.started.replace(true)
+    }
+
     /// Stops the coordinator: waiting requests get COORDINATOR_NOT_AVAILABLE.
     pub fn stop(&self, reason: &'static str) {
         debug!(
@@ -141,12 +158,13 @@ impl CoordinatorHost {
         matches!(*self.state.borrow(), HostState::Stopped)
     }
 
-    /// Sends the replies out; returns the appends asked for.
-    fn take_outputs(&self) -> Vec<(u64, Vec<OffsetsRecord>)> {
-        let mut appends = Vec::new();
+    /// Sends the coordinator's replies to their requests and queues the appends it asks for;
+    /// returns whether any append was queued.
+    fn dispatch_outputs(&self) -> bool {
+        let mut queued = false;
         let mut state = self.state.borrow_mut();
         let HostState::Ready(coordinator) = &mut *state else {
-            return appends;
+            return false;
         };
         while let Some(output) = coordinator.poll_output() {
             match output {
@@ -155,10 +173,13 @@ impl CoordinatorHost {
                         let _ = sender.send(reply);
                     }
                 }
-                Output::Append { id, records } => appends.push((id, records)),
+                Output::Append { id, records } => {
+                    self.appends.borrow_mut().push((id, records));
+                    queued = true;
+                }
             }
         }
-        appends
+        queued
     }
 
     fn with_coordinator<T>(&self, f: impl FnOnce(&mut GroupCoordinator) -> T) -> Option<T> {
@@ -201,12 +222,23 @@ pub async fn drive(shard: Rc<Shard>, host: Rc<CoordinatorHost>) {
     }
     loop {
         let woken = host.wake.listen();
-        let appends = host.take_outputs();
+        // Deadlines first, on every pass, so that a steady stream of commits cannot hold
+        // back session expiry or the end of a rebalance.
+        let now = now_ms();
+        let due = host
+            .with_coordinator(|coordinator| coordinator.poll_timeout())
+            .flatten()
+            .is_some_and(|deadline| deadline <= now);
+        if due {
+            host.with_coordinator(|coordinator| coordinator.handle_timeout(now));
+        }
+        host.dispatch_outputs();
+        let appends = std::mem::take(&mut *host.appends.borrow_mut());
         if !appends.is_empty() {
-            let result = append(&shard, &host, &appends).await;
+            let results = append(&shard, &host, &appends).await;
             let now = now_ms();
             host.with_coordinator(|coordinator| {
-                for (id, _) in &appends {
+                for ((id, _), result) in appends.iter().zip(results) {
                     coordinator.append_completed(now, *id, result);
                 }
             });
@@ -224,7 +256,6 @@ pub async fn drive(shard: Rc<Shard>, host: Rc<CoordinatorHost>) {
             .with_coordinator(|coordinator| coordinator.poll_timeout())
             .flatten();
         if deadline.is_some_and(|deadline| deadline <= now) {
-            host.with_coordinator(|coordinator| coordinator.handle_timeout(now));
             continue;
         }
         let sleep_ms = deadline
@@ -251,46 +282,67 @@ pub async fn drive(shard: Rc<Shard>, host: Rc<CoordinatorHost>) {
     }
 }
 
-/// Appends the records of `appends` to the partition, in batches of bounded size.
+/// Appends the coordinator's appends to the partition, in order, several to a batch when they
+/// fit (they then share a write and a sync) but never one split across batches: each append
+/// succeeds or fails whole, and its result is the result of its batch.
 async fn append(
     shard: &Rc<Shard>,
     host: &CoordinatorHost,
-    appends: &[(u64, Vec<OffsetsRecord>)],
-) -> Result<(), ResponseError> {
+    appends: &[(AppendId, Vec<OffsetsRecord>)],
+) -> Vec<Result<(), ResponseError>> {
     let now = now_ms();
-    let mut pending: Vec<NewRecord> = Vec::new();
-    let mut pending_bytes = 0;
-    let records = appends.iter().flat_map(|(_, records)| records);
-    let mut batches = Vec::new();
-    for record in records {
-        let key = record.key();
-        let value = record.value();
-        let size = key.len() + value.as_ref().map_or(0, Bytes::len) + 32;
-        if !pending.is_empty() && pending_bytes + size > APPEND_BATCH_BYTES_MAX {
-            batches.push(batch(&std::mem::take(&mut pending)));
-            pending_bytes = 0;
+    let mut results = Vec::with_capacity(appends.len());
+    let mut batch_records: Vec<NewRecord> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut batch_appends = 0;
+    for (index, (_, records)) in appends.iter().enumerate() {
+        let mut size = 0;
+        for record in records {
+            let key = record.key();
+            let value = record.value();
+            size += key.len() + value.as_ref().map_or(0, Bytes::len) + RECORD_OVERHEAD_BYTES;
+            batch_records.push(NewRecord {
+                key: Some(key),
+                value,
+                timestamp_ms: now,
+                headers: Vec::new(),
+            });
         }
-        pending_bytes += size;
-        pending.push(NewRecord {
-            key: Some(key),
-            value,
-            timestamp_ms: now,
-            headers: Vec::new(),
+        batch_bytes += size;
+        batch_appends += 1;
+        let next_fits = appends.get(index + 1).is_some_and(|(_, next)| {
+            batch_bytes + approximate_size(next) <= APPEND_BATCH_BYTES_MAX
         });
-    }
-    if !pending.is_empty() {
-        batches.push(batch(&pending));
-    }
-    for records in batches {
-        let op = PartitionOp::Produce {
-            records: records.freeze(),
-        };
-        if let Err(error) = shard.execute(host.topic_id, host.partition, op).await {
-            warn!(partition = host.partition, error = ?error.message, "group coordinator append failed");
-            return Err(error.code);
+        if next_fits {
+            continue;
         }
+        let op = PartitionOp::Produce {
+            records: batch(&std::mem::take(&mut batch_records)).freeze(),
+        };
+        let result = match shard.execute(host.topic_id, host.partition, op).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                warn!(partition = host.partition, error = ?error.message, "group coordinator append failed");
+                Err(error.code)
+            }
+        };
+        results.extend(std::iter::repeat_n(result, batch_appends));
+        batch_bytes = 0;
+        batch_appends = 0;
     }
-    Ok(())
+    assert_eq!(results.len(), appends.len());
+    results
+}
+
+fn approximate_size(records: &[OffsetsRecord]) -> usize {
+    records
+        .iter()
+        .map(|record| {
+            record.key().len()
+                + record.value().as_ref().map_or(0, Bytes::len)
+                + RECORD_OVERHEAD_BYTES
+        })
+        .sum()
 }
 
 /// Replays the partition from its log start into a new coordinator.
@@ -418,7 +470,7 @@ mod tests {
             let answer = futures_lite::future::or(waiting, async {
                 loop {
                     glommio::timer::sleep(Duration::from_millis(5)).await;
-                    host.take_outputs();
+                    host.dispatch_outputs();
                 }
             })
             .await;

@@ -639,6 +639,10 @@ impl Shard {
     /// deletes those whose topic is gone, and passes config changes to the logs.
     pub async fn apply_catalog(self: &Rc<Self>, catalog: Arc<Catalog>) {
         let previous = self.catalog.replace(Arc::clone(&catalog));
+        // Coordinators are registered (loading) as soon as the catalog has their partitions, so
+        // that a request arriving while the partitions open waits for its coordinator instead
+        // of finding none.
+        self.register_coordinators(&catalog);
         let owned: Vec<(Uuid, i32)> = self.partitions.borrow().keys().copied().collect();
         for key in owned {
             let (topic_id, index) = key;
@@ -725,21 +729,41 @@ impl Shard {
 
     /// Starts a group coordinator for each `__consumer_offsets` partition this shard owns and
     /// has opened.
-    fn start_coordinators(self: &Rc<Self>, catalog: &Catalog) {
+    fn register_coordinators(&self, catalog: &Catalog) {
         let Some(topic) = catalog.topic(OFFSETS_TOPIC) else {
             return;
         };
         for index in 0..topic.partitions {
-            if !self.partitions.borrow().contains_key(&(topic.id, index))
-                || self.coordinators.borrow().contains_key(&index)
+            if self.owner_of(topic.id, index) == self.id
+                && !self.coordinators.borrow().contains_key(&index)
             {
+                let host = Rc::new(CoordinatorHost::new(topic.id, index));
+                self.coordinators.borrow_mut().insert(index, host);
+            }
+        }
+    }
+
+    /// Starts the registered coordinators whose partitions are open; one whose partition
+    /// could not be opened is stopped (COORDINATOR_NOT_AVAILABLE), as its partition is offline.
+    fn start_coordinators(self: &Rc<Self>, catalog: &Catalog) {
+        let Some(topic) = catalog.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        let hosts: Vec<Rc<CoordinatorHost>> =
+            self.coordinators.borrow().values().cloned().collect();
+        for host in hosts {
+            if !host.mark_started() {
                 continue;
             }
-            let host = Rc::new(CoordinatorHost::new(topic.id, index));
-            self.coordinators
-                .borrow_mut()
-                .insert(index, Rc::clone(&host));
-            glommio::spawn_local(groups::drive(Rc::clone(self), host)).detach();
+            if self
+                .partitions
+                .borrow()
+                .contains_key(&(topic.id, host.partition))
+            {
+                glommio::spawn_local(groups::drive(Rc::clone(self), host)).detach();
+            } else {
+                host.stop("its partition is offline");
+            }
         }
     }
 

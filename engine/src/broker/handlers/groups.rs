@@ -151,10 +151,6 @@ pub(super) async fn join_group(
         );
     if version >= 9 {
         response.skip_assignment = answer.skip_assignment;
-    } else if answer.skip_assignment {
-        // Before v9 a leader cannot be told to keep its assignment: give it no members, so
-        // that the assignment it computes is empty and SyncGroup (Stable) ignores it.
-        response.members.clear();
     }
     if version < 7 && response.protocol_name.is_none() {
         response.protocol_name = Some(StrBytes::default());
@@ -253,6 +249,7 @@ pub(super) async fn leave_group(
 pub(super) async fn offset_commit(
     shard: &Rc<Shard>,
     request: OffsetCommitRequest,
+    version: i16,
 ) -> OffsetCommitResponse {
     let group_id = request.group_id.0.to_string();
     let catalog = shard.catalog();
@@ -291,6 +288,11 @@ pub(super) async fn offset_commit(
                 generation_id: request.generation_id_or_member_epoch,
             },
             offsets,
+            retention_ms: if version <= 4 {
+                request.retention_time_ms
+            } else {
+                -1
+            },
         });
         let Reply::Commit(errors) = shard.group_call(&group_id, call).await else {
             unreachable!("OffsetCommit gets a Commit reply")
@@ -521,19 +523,20 @@ pub(super) async fn list_groups(
         let call = Call::List {
             states: states.clone(),
         };
-        match shard.group_call_at(partition, call).await {
-            Reply::List(listed) => {
-                for group in listed {
-                    response.groups.push(
-                        list_groups_response::ListedGroup::default()
-                            .with_group_id(GroupId(str_bytes(group.group_id)))
-                            .with_protocol_type(str_bytes(group.protocol_type))
-                            .with_group_state(StrBytes::from_static_str(group.state))
-                            .with_group_type(StrBytes::from_static_str(GROUP_TYPE_CLASSIC)),
-                    );
-                }
-            }
-            _ => error = Some(ResponseError::CoordinatorLoadInProgress),
+        let Reply::List(partition_error, listed) = shard.group_call_at(partition, call).await
+        else {
+            unreachable!("ListGroups gets a List reply")
+        };
+        // Kafka lists what it can and reports a coordinator that is still loading.
+        error = error.or(partition_error);
+        for group in listed {
+            response.groups.push(
+                list_groups_response::ListedGroup::default()
+                    .with_group_id(GroupId(str_bytes(group.group_id)))
+                    .with_protocol_type(str_bytes(group.protocol_type))
+                    .with_group_state(StrBytes::from_static_str(group.state))
+                    .with_group_type(StrBytes::from_static_str(GROUP_TYPE_CLASSIC)),
+            );
         }
     }
     response.error_code = code(shard, error);

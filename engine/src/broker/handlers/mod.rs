@@ -90,7 +90,7 @@ pub async fn handle(
             ResponseKind::LeaveGroup(groups::leave_group(shard, body, version).await)
         }
         RequestKind::OffsetCommit(body) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(shard, body).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, body, version).await)
         }
         RequestKind::OffsetFetch(body) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(shard, body, version).await)
