@@ -25,6 +25,7 @@
 //! ```
 
 pub mod broker;
+pub mod client;
 pub mod error;
 pub mod group;
 pub mod limits;
