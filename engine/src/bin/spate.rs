@@ -8,6 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use spate_engine::broker::config::ServeSettings;
+use spate_engine::client::admin::{Admin, NewTopic};
+use spate_engine::client::ClientError;
 use spate_engine::runtime;
 use spate_engine::runtime::alloc::LazyLargeAllocations;
 use spate_engine::storage::backend::{DmaStorage, StdStorage};
@@ -35,6 +37,86 @@ enum Command {
     /// Work with a partition directory directly (no broker).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Create, list, describe and delete topics on a running broker.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Describe the cluster of a running broker.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// How a client command prints its results.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// A broker to start from (Kafka's bootstrap.servers; several separated by commas).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    bootstrap_server: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Partitions [default: the broker's num.partitions].
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replication factor [default: the broker's].
+        #[arg(long)]
+        replication_factor: Option<i16>,
+        /// A topic config, repeatable: --config retention.ms=3600000
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a topic's partitions, leaders and replicas.
+    Describe {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The cluster id, the controller and the brokers.
+    Info {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 #[derive(Subcommand)]
@@ -115,6 +197,10 @@ fn main() -> ExitCode {
             from_offset,
             max_records,
         }) => read(dir, from_offset, max_records),
+        Command::Topic(command) => return client_command(topic(command)),
+        Command::Cluster(ClusterCommand::Info { client }) => {
+            return client_command(cluster_info(client))
+        }
     };
     match result {
         Ok(code) => code,
@@ -241,4 +327,175 @@ fn read(dir: PathBuf, from_offset: i64, max_records: usize) -> CliResult {
         log.close(runtime::now_ms()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Exit codes of the commands that talk to a broker, for scripts: 0 done, 1 anything else
+/// (bad arguments, a protocol error), 3 the broker refused (a Kafka error, printed by name),
+/// 4 no broker could be reached.
+const EXIT_REFUSED: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+fn client_command(result: Result<(), ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("spate: {error}");
+            match error {
+                ClientError::Kafka { .. } => ExitCode::from(EXIT_REFUSED),
+                ClientError::Connect { .. } | ClientError::Io { .. } => {
+                    ExitCode::from(EXIT_UNREACHABLE)
+                }
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn admin(client: &ClientArgs) -> Result<Admin, ClientError> {
+    Admin::from_properties([("bootstrap.servers", client.bootstrap_server.as_str())])
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data serializes")
+    );
+}
+
+fn topic(command: TopicCommand) -> Result<(), ClientError> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            client,
+        } => {
+            let topic = NewTopic {
+                name: name.clone(),
+                partitions: partitions.unwrap_or(-1),
+                replication_factor: replication_factor.unwrap_or(-1),
+                configs: configs.into_iter().collect(),
+            };
+            let mut admin = admin(&client)?;
+            admin.create_topics(&[topic])?.remove(0)?;
+            match client.output {
+                Output::Json => print_json(&serde_json::json!({ "created": name })),
+                Output::Table => println!("created topic {name}"),
+            }
+        }
+        TopicCommand::List { client } => {
+            let topics = admin(&client)?.describe_topics(None)?;
+            match client.output {
+                Output::Json => print_json(&topics),
+                Output::Table => {
+                    let rows = topics
+                        .iter()
+                        .map(|topic| {
+                            vec![
+                                topic.name.clone(),
+                                topic.partitions.len().to_string(),
+                                topic.id.to_string(),
+                                if topic.internal { "yes" } else { "" }.to_owned(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["TOPIC", "PARTITIONS", "ID", "INTERNAL"], rows);
+                }
+            }
+        }
+        TopicCommand::Describe { name, client } => {
+            let topics = admin(&client)?.describe_topics(Some(std::slice::from_ref(&name)))?;
+            match client.output {
+                Output::Json => print_json(&topics[0]),
+                Output::Table => {
+                    let topic = &topics[0];
+                    println!(
+                        "topic {} (id {}), {} partitions",
+                        topic.name,
+                        topic.id,
+                        topic.partitions.len()
+                    );
+                    let list = |ids: &[i32]| {
+                        ids.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let rows = topic
+                        .partitions
+                        .iter()
+                        .map(|partition| {
+                            vec![
+                                partition.partition.to_string(),
+                                partition.leader.to_string(),
+                                list(&partition.replicas),
+                                list(&partition.isr),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["PARTITION", "LEADER", "REPLICAS", "ISR"], rows);
+                }
+            }
+        }
+        TopicCommand::Delete { name, client } => {
+            admin(&client)?
+                .delete_topics(std::slice::from_ref(&name))?
+                .remove(0)?;
+            match client.output {
+                Output::Json => print_json(&serde_json::json!({ "deleted": name })),
+                Output::Table => println!("deleted topic {name}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cluster_info(client: ClientArgs) -> Result<(), ClientError> {
+    let cluster = admin(&client)?.describe_cluster()?;
+    match client.output {
+        Output::Json => print_json(&cluster),
+        Output::Table => {
+            println!(
+                "cluster {}, controller {}",
+                cluster.cluster_id.as_deref().unwrap_or("(none)"),
+                cluster.controller_id
+            );
+            let rows = cluster
+                .brokers
+                .iter()
+                .map(|broker| {
+                    vec![
+                        broker.id.to_string(),
+                        format!("{}:{}", broker.host, broker.port),
+                        broker.rack.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["BROKER", "ADDRESS", "RACK"], rows);
+        }
+    }
+    Ok(())
+}
+
+/// Prints left-aligned columns, as wide as their widest cell.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|header| header.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
 }

@@ -295,6 +295,24 @@ impl CommonConfig {
     }
 }
 
+impl CommonConfig {
+    /// Reads the shared settings alone (an admin client's).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a missing `bootstrap.servers`, an unknown name or a bad value.
+    pub fn from_properties<I, K, V>(properties: I) -> Result<CommonConfig, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut properties = Properties::new(properties);
+        let config = CommonConfig::read(&mut properties)?;
+        properties.finish()?;
+        Ok(config)
+    }
+}
+
 impl ProducerConfig {
     /// Reads a producer's settings.
     ///

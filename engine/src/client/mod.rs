@@ -3,9 +3,16 @@
 //! - [`partitioner`]: where a record goes, as the Java client and librdkafka's
 //!   `murmur2_random` put it (murmur2 on the key; sticky partitions for keyless records).
 //! - [`config`]: settings by Kafka's property names, with errors naming the property.
+//! - [`connection`]: one blocking connection, API versions negotiated with the broker.
+//! - [`admin`]: topics (create, delete, describe) and the cluster.
 //!
-//! The connections, the producer, the consumer and the admin client build on these; they will
-//! run on threads the client owns, not on glommio (see docs/ARCHITECTURE.md).
+//! The producer and the consumer build on these; the client runs on the caller's or its own
+//! threads with blocking sockets, not on glommio (see docs/ARCHITECTURE.md).
 
+pub mod admin;
 pub mod config;
+pub mod connection;
+pub mod error;
 pub mod partitioner;
+
+pub use error::ClientError;

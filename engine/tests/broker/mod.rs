@@ -6,4 +6,4 @@ mod fuzz;
 mod lifecycle;
 mod read_ahead;
 mod slow_client;
-mod util;
+pub mod util;

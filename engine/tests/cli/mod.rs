@@ -113,3 +113,103 @@ fn serve_with_no_arguments_listens_on_9092_with_data_in_spate_data() {
         .join("catalog.toml")
         .is_file());
 }
+
+/// `spate topic ...` and `spate cluster info` against a running broker, in both output
+/// formats, with the exit codes scripts act on.
+#[test]
+fn topic_and_cluster_commands_against_a_broker() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = crate::broker::util::Broker::start(&work.path().join("data"), &[]);
+    let bootstrap = broker.address.to_string();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(args)
+            .args(["--bootstrap-server", &bootstrap])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("spate runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&[
+        "topic",
+        "create",
+        "orders",
+        "--partitions",
+        "3",
+        "--config",
+        "retention.ms=3600000",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "created topic orders");
+    // The broker refuses: exit code 3 and Kafka's name for the error.
+    let (code, _, stderr) = run(&["topic", "create", "orders"]);
+    assert_eq!(code, Some(3));
+    assert!(stderr.contains("TOPIC_ALREADY_EXISTS"), "{stderr}");
+    let (code, _, stderr) = run(&["topic", "create", "bad/name"]);
+    assert_eq!(code, Some(3), "{stderr}");
+
+    let (code, stdout, _) = run(&["topic", "list"]);
+    assert_eq!(code, Some(0));
+    let header = stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with("TOPIC") && header.contains("PARTITIONS"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("orders ") && line.contains(" 3 ")),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["topic", "list", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let topics: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let orders = topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|topic| topic["name"] == "orders")
+        .expect("listed");
+    assert_eq!(orders["partitions"].as_array().unwrap().len(), 3);
+
+    let (code, stdout, _) = run(&["topic", "describe", "orders", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let described: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(described["partitions"][2]["partition"], 2);
+    assert_eq!(described["partitions"][0]["leader"], 1);
+    let (code, stdout, _) = run(&["topic", "describe", "orders"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("3 partitions"), "{stdout}");
+
+    let (code, stdout, _) = run(&["cluster", "info", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let cluster: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(cluster["controller_id"], 1);
+    assert_eq!(
+        cluster["brokers"][0]["port"],
+        i64::from(broker.address.port())
+    );
+    assert_eq!(cluster["cluster_id"].as_str().map(str::len), Some(32));
+
+    let (code, stdout, _) = run(&["topic", "delete", "orders", "--output", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["deleted"],
+        "orders"
+    );
+    let (code, _, stderr) = run(&["topic", "describe", "orders"]);
+    assert_eq!(code, Some(3));
+    assert!(stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{stderr}");
+
+    // No broker there: exit code 4 and a hint.
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["topic", "list", "--bootstrap-server", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--bootstrap-server"));
+}

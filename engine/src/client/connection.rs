@@ -1,0 +1,208 @@
+//! One blocking connection to a broker: requests encoded and responses decoded with the
+//! `kafka-protocol` crate, the API versions negotiated once with ApiVersions, one request at a
+//! time. Blocking sockets on the caller's thread: no executor, no io_uring.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::error::ClientError;
+
+/// Largest response frame accepted.
+const RESPONSE_BYTES_MAX: usize = 256 << 20;
+
+/// The versions of each API this client speaks: `(lowest, highest)`.
+pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
+    Some(match api_key {
+        ApiKey::ApiVersions => (0, 3),
+        ApiKey::Metadata => (1, 12),
+        ApiKey::CreateTopics => (2, 7),
+        ApiKey::DeleteTopics => (1, 6),
+        ApiKey::DescribeCluster => (0, 1),
+        _ => return None,
+    })
+}
+
+/// A connection to one broker.
+#[derive(Debug)]
+pub struct Connection {
+    address: String,
+    stream: TcpStream,
+    correlation_id: i32,
+    client_id: StrBytes,
+    /// The broker's `(lowest, highest)` version of each API it advertises.
+    broker_versions: BTreeMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Connects to `address` (`HOST:PORT`) and negotiates API versions.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] when the broker cannot be reached, or any error of the
+    /// ApiVersions exchange.
+    pub fn open(
+        address: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let connect_error = |source: std::io::Error| ClientError::Connect {
+            address: address.to_owned(),
+            source,
+        };
+        let resolved = address
+            .to_socket_addrs()
+            .map_err(connect_error)?
+            .next()
+            .ok_or_else(|| {
+                connect_error(std::io::Error::other("the name resolves to no address"))
+            })?;
+        let stream = TcpStream::connect_timeout(&resolved, timeout).map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(connect_error)?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(connect_error)?;
+        let mut connection = Connection {
+            address: address.to_owned(),
+            stream,
+            correlation_id: 0,
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            broker_versions: BTreeMap::new(),
+        };
+        connection.negotiate()?;
+        Ok(connection)
+    }
+
+    /// The broker's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn negotiate(&mut self) -> Result<(), ClientError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("spate"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        // v3 first; a broker that does not know it answers at v0 with its versions.
+        let response = match self.exchange(
+            ApiKey::ApiVersions,
+            3,
+            RequestKind::ApiVersions(request.clone()),
+        ) {
+            Ok(ResponseKind::ApiVersions(response)) if response.error_code == 0 => response,
+            _ => match self.exchange(ApiKey::ApiVersions, 0, RequestKind::ApiVersions(request))? {
+                ResponseKind::ApiVersions(response) => response,
+                _ => {
+                    return Err(ClientError::Protocol(
+                        "ApiVersions answered with another API".into(),
+                    ))
+                }
+            },
+        };
+        if response.error_code != 0 {
+            return Err(ClientError::from_code(response.error_code, None));
+        }
+        self.broker_versions = response
+            .api_keys
+            .iter()
+            .map(|api| (api.api_key, (api.min_version, api.max_version)))
+            .collect();
+        Ok(())
+    }
+
+    /// The highest version of `api_key` both sides speak.
+    ///
+    /// # Errors
+    /// [`ClientError::Unsupported`] when there is none.
+    pub fn version(&self, api_key: ApiKey) -> Result<i16, ClientError> {
+        let unsupported = || ClientError::Unsupported(format!("{api_key:?}"));
+        let (ours_min, ours_max) = client_versions(api_key).ok_or_else(unsupported)?;
+        let &(theirs_min, theirs_max) = self
+            .broker_versions
+            .get(&(api_key as i16))
+            .ok_or_else(unsupported)?;
+        let version = ours_max.min(theirs_max);
+        if version < ours_min.max(theirs_min) {
+            return Err(unsupported());
+        }
+        Ok(version)
+    }
+
+    /// Sends `body` at the highest common version and returns the response with that version.
+    ///
+    /// # Errors
+    /// [`ClientError`] for an I/O failure, an unsupported API or a response that does not decode.
+    pub fn call(
+        &mut self,
+        api_key: ApiKey,
+        body: RequestKind,
+    ) -> Result<(i16, ResponseKind), ClientError> {
+        let version = self.version(api_key)?;
+        Ok((version, self.exchange(api_key, version, body)?))
+    }
+
+    fn exchange(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, ClientError> {
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[0; 4]);
+        header
+            .encode(&mut frame, api_key.request_header_version(version))
+            .map_err(|error| {
+                ClientError::Protocol(format!("encoding the {api_key:?} header: {error}"))
+            })?;
+        body.encode(&mut frame, version).map_err(|error| {
+            ClientError::Protocol(format!("encoding {api_key:?} v{version}: {error}"))
+        })?;
+        let size = u32::try_from(frame.len() - 4)
+            .map_err(|_| ClientError::Protocol("request too large".into()))?;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let io = |source| ClientError::Io {
+            address: self.address.clone(),
+            source,
+        };
+        self.stream.write_all(&frame).map_err(io)?;
+        let mut size = [0; 4];
+        self.stream.read_exact(&mut size).map_err(io)?;
+        let size = u32::from_be_bytes(size) as usize;
+        if size > RESPONSE_BYTES_MAX {
+            return Err(ClientError::Protocol(format!("a response of {size} bytes")));
+        }
+        let mut response = vec![0; size];
+        self.stream.read_exact(&mut response).map_err(io)?;
+        let mut response = Bytes::from(response);
+        let header =
+            ResponseHeader::decode(&mut response, api_key.response_header_version(version))
+                .map_err(|error| {
+                    ClientError::Protocol(format!(
+                        "decoding the {api_key:?} response header: {error}"
+                    ))
+                })?;
+        if header.correlation_id != self.correlation_id {
+            return Err(ClientError::Protocol(format!(
+                "response {} to request {}",
+                header.correlation_id, self.correlation_id
+            )));
+        }
+        ResponseKind::decode(api_key, &mut response, version).map_err(|error| {
+            ClientError::Protocol(format!("decoding {api_key:?} v{version}: {error}"))
+        })
+    }
+}
