@@ -2,4 +2,5 @@
 
 mod broker;
 mod cli;
+mod client;
 mod storage;

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use spate_engine::broker::config::ServeSettings;
 use spate_engine::client::admin::{Admin, NewTopic};
+use spate_engine::client::config::ProducerConfig;
+use spate_engine::client::producer::{Producer, ProducerRecord};
 use spate_engine::client::ClientError;
 use spate_engine::runtime;
 use spate_engine::runtime::alloc::LazyLargeAllocations;
@@ -43,6 +45,31 @@ enum Command {
     /// Describe the cluster of a running broker.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Produce standard input's lines to a topic, one record per line.
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Topic (created if the broker creates topics on first use).
+    topic: String,
+    /// Split each line at the first SEP into key and value (lines without it have no key).
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// A header on every record, repeatable: --header source=cli
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    headers: Vec<(String, String)>,
+    /// Send every record to this partition [default: by key (murmur2, as the Java client), sticky for keyless records].
+    #[arg(long)]
+    partition: Option<i32>,
+    /// At most this many records per second [default: as fast as possible].
+    #[arg(long, value_name = "RECORDS_PER_SECOND")]
+    rate: Option<f64>,
+    /// A producer property by Kafka's name, repeatable: --property acks=1 --property compression.type=zstd
+    #[arg(long = "property", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    properties: Vec<(String, String)>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// How a client command prints its results.
@@ -198,6 +225,7 @@ fn main() -> ExitCode {
             max_records,
         }) => read(dir, from_offset, max_records),
         Command::Topic(command) => return client_command(topic(command)),
+        Command::Produce(args) => return client_command(produce(args)),
         Command::Cluster(ClusterCommand::Info { client }) => {
             return client_command(cluster_info(client))
         }
@@ -498,4 +526,87 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for row in rows {
         line(row);
     }
+}
+
+fn produce(args: ProduceArgs) -> Result<(), ClientError> {
+    let mut properties = vec![(
+        "bootstrap.servers".to_owned(),
+        args.client.bootstrap_server.clone(),
+    )];
+    properties.extend(args.properties);
+    let config = ProducerConfig::from_properties(properties)
+        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+    let producer = Producer::new(config)?;
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let first_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let headers: Vec<(String, Option<Bytes>)> = args
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, Some(Bytes::from(value))))
+        .collect();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for line in io::stdin().lock().lines() {
+        let line = line
+            .map_err(|error| ClientError::Protocol(format!("reading standard input: {error}")))?;
+        let (key, value) = match args
+            .key_separator
+            .as_deref()
+            .and_then(|sep| line.split_once(sep))
+        {
+            Some((key, value)) => (Some(Bytes::from(key.to_owned())), value.to_owned()),
+            None => (None, line),
+        };
+        if let Some(rate) = args.rate.filter(|rate| *rate > 0.0) {
+            let due = started + std::time::Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let record = ProducerRecord {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            key,
+            value: Some(Bytes::from(value)),
+            headers: headers.clone(),
+            timestamp_ms: None,
+        };
+        let (failed, first_error) = (
+            std::sync::Arc::clone(&failed),
+            std::sync::Arc::clone(&first_error),
+        );
+        producer.send_with_callback(record, move |result| {
+            if let Err(error) = result {
+                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                first_error
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert(error.0);
+            }
+        })?;
+        sent += 1;
+    }
+    producer.close();
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "produced {} of {sent} records to {} in {:.2} s",
+        sent - failed,
+        args.topic,
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        let error = first_error
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
+        return Err(ClientError::Kafka {
+            code: -1,
+            name: "DELIVERY_FAILED".into(),
+            message: Some(format!(
+                "{failed} records were not delivered; the first: {error}"
+            )),
+        });
+    }
+    Ok(())
 }

@@ -26,6 +26,7 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
         ApiKey::DescribeCluster => (0, 1),
+        ApiKey::Produce => (3, 11),
         _ => return None,
     })
 }
@@ -149,12 +150,22 @@ impl Connection {
         Ok((version, self.exchange(api_key, version, body)?))
     }
 
-    fn exchange(
+    /// Sends `body` at the highest common version without waiting for a response (Produce
+    /// with acks=0, which gets none).
+    ///
+    /// # Errors
+    /// [`ClientError`] for an I/O failure or an unsupported API.
+    pub fn send_only(&mut self, api_key: ApiKey, body: RequestKind) -> Result<(), ClientError> {
+        let version = self.version(api_key)?;
+        self.write_request(api_key, version, &body)
+    }
+
+    fn write_request(
         &mut self,
         api_key: ApiKey,
         version: i16,
-        body: RequestKind,
-    ) -> Result<ResponseKind, ClientError> {
+        body: &RequestKind,
+    ) -> Result<(), ClientError> {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let header = RequestHeader::default()
             .with_request_api_key(api_key as i16)
@@ -174,11 +185,25 @@ impl Connection {
         let size = u32::try_from(frame.len() - 4)
             .map_err(|_| ClientError::Protocol("request too large".into()))?;
         frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream
+            .write_all(&frame)
+            .map_err(|source| ClientError::Io {
+                address: self.address.clone(),
+                source,
+            })
+    }
+
+    fn exchange(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, ClientError> {
+        self.write_request(api_key, version, &body)?;
         let io = |source| ClientError::Io {
             address: self.address.clone(),
             source,
         };
-        self.stream.write_all(&frame).map_err(io)?;
         let mut size = [0; 4];
         self.stream.read_exact(&mut size).map_err(io)?;
         let size = u32::from_be_bytes(size) as usize;

@@ -14,5 +14,6 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod partitioner;
+pub mod producer;
 
 pub use error::ClientError;

@@ -34,8 +34,17 @@ impl Broker {
     /// Starts `spate serve` on a free port with `data_dir` and waits until it accepts.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Broker::start_at(data_dir, address, extra)
+    }
+
+    /// Starts `spate serve` on `address` (a restart on the same port, say).
+    pub fn start_at(data_dir: &Path, address: SocketAddr, extra: &[&str]) -> Broker {
         let log_path = data_dir.with_extension("log");
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
             .args(["serve", "--listen", &address.to_string(), "--data-dir"])
             .arg(data_dir)

@@ -1,0 +1,160 @@
+//! The client library against a broker process: the producer's deliveries, acks, batching
+//! and its retries across a broker restart.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use spate_engine::client::config::ProducerConfig;
+use spate_engine::client::producer::{Producer, ProducerRecord};
+
+use crate::broker::util::Broker;
+
+fn producer(broker: &Broker, properties: &[(&str, &str)]) -> Producer {
+    let address = broker.address.to_string();
+    let mut all = vec![("bootstrap.servers", address.as_str())];
+    all.extend_from_slice(properties);
+    Producer::new(ProducerConfig::from_properties(all.iter().copied()).unwrap()).unwrap()
+}
+
+fn record(topic: &str, value: String) -> ProducerRecord {
+    ProducerRecord {
+        topic: topic.into(),
+        partition: Some(0),
+        value: Some(Bytes::from(value)),
+        ..ProducerRecord::default()
+    }
+}
+
+/// The log end offset of partition 0, from ListOffsets.
+fn end_offset(broker: &Broker, topic: &str) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    let ResponseKind::ListOffsets(response) =
+        broker
+            .connect()
+            .call(ApiKey::ListOffsets, 7, RequestKind::ListOffsets(request))
+    else {
+        panic!()
+    };
+    response.topics[0].partitions[0].offset
+}
+
+#[test]
+fn deliveries_carry_consecutive_offsets_for_every_acks_setting() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&work.path().join("data"), &[]);
+    for (acks, topic) in [("all", "acks-all"), ("1", "acks-one"), ("0", "acks-none")] {
+        let producer = producer(
+            &broker,
+            &[("acks", acks), ("linger.ms", "2"), ("batch.size", "4096")],
+        );
+        let deliveries: Vec<_> = (0..500)
+            .map(|i| {
+                producer
+                    .send(record(topic, format!("{topic}-{i}")))
+                    .unwrap()
+            })
+            .collect();
+        producer.flush();
+        let offsets: Vec<i64> = deliveries
+            .iter()
+            .map(|delivery| {
+                delivery
+                    .try_result()
+                    .expect("flushed")
+                    .expect("delivered")
+                    .offset
+            })
+            .collect();
+        if acks == "0" {
+            assert!(
+                offsets.iter().all(|offset| *offset == -1),
+                "acks=0 gets no offsets"
+            );
+        } else {
+            assert_eq!(offsets, (0..500).collect::<Vec<_>>(), "acks={acks}");
+        }
+        producer.close();
+        // acks=0 gets no answer, so the appends may land a moment after the producer is done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while end_offset(&broker, topic) < 500 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(end_offset(&broker, topic), 500, "acks={acks}");
+    }
+}
+
+#[test]
+fn callbacks_run_once_per_record() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&work.path().join("data"), &[]);
+    let producer = producer(&broker, &[("compression.type", "lz4")]);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    for i in 0..100 {
+        let sender = sender.clone();
+        producer
+            .send_with_callback(record("callbacks", format!("v{i}")), move |result| {
+                sender.send(result.map(|metadata| metadata.offset)).unwrap();
+            })
+            .unwrap();
+    }
+    producer.close();
+    drop(sender);
+    let mut offsets: Vec<i64> = receiver.iter().map(Result::unwrap).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..100).collect::<Vec<_>>());
+}
+
+/// The broker restarts under a running producer with acks=all: the producer retries, and
+/// every record is delivered once the broker is back, none lost.
+#[test]
+fn the_producer_retries_across_a_broker_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let address = broker.address;
+    let producer = producer(
+        &broker,
+        &[
+            ("acks", "all"),
+            ("retry.backoff.ms", "100"),
+            ("request.timeout.ms", "5000"),
+        ],
+    );
+    let first: Vec<_> = (0..200)
+        .map(|i| producer.send(record("restart", format!("a{i}"))).unwrap())
+        .collect();
+    producer.flush();
+    assert!(first
+        .iter()
+        .all(|delivery| delivery.try_result().unwrap().is_ok()));
+    assert_eq!(broker.stop().code(), Some(0));
+    // Sent while the broker is down.
+    let second: Vec<_> = (0..200)
+        .map(|i| producer.send(record("restart", format!("b{i}"))).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let broker = Broker::start_at(&data, address, &[]);
+    let offsets: Vec<i64> = second
+        .iter()
+        .map(|delivery| {
+            delivery
+                .wait(Some(Duration::from_secs(60)))
+                .expect("answered")
+                .expect("delivered after the restart")
+                .offset
+        })
+        .collect();
+    assert_eq!(offsets, (200..400).collect::<Vec<_>>());
+    producer.close();
+    assert_eq!(end_offset(&broker, "restart"), 400);
+}

@@ -1,0 +1,104 @@
+"""The spate command line's producer against real clients: what `spate produce` writes,
+librdkafka (confluent-kafka) reads back exactly, with keys, headers and every codec, and a key
+lands on the partition the Java client's partitioner (librdkafka's murmur2_random,
+kafka-python's default) picks for it."""
+
+import subprocess
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaProducer
+
+from conftest import SPATE_BIN, unique_topic
+
+PARTITIONS = 6
+
+
+def create(bootstrap, partitions=PARTITIONS):
+    topic = unique_topic("cli")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=30)
+    return topic
+
+
+def read_all(bootstrap, topic, count, partitions=PARTITIONS):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_topic("reader"),
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    messages = []
+    while len(messages) < count:
+        message = consumer.poll(10)
+        assert message is not None, f"read {len(messages)} of {count}"
+        if message.error() is None:
+            messages.append(message)
+    consumer.close()
+    return messages
+
+
+def spate_produce(bootstrap, topic, lines, *args):
+    return subprocess.run(
+        [SPATE_BIN, "produce", topic, "--bootstrap-server", bootstrap, *args],
+        input="".join(line + "\n" for line in lines),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_spate_produce_is_read_back_by_librdkafka(broker, codec):
+    topic = create(broker.bootstrap)
+    lines = [f"key-{i}:value-{i}" for i in range(2000)]
+    result = spate_produce(
+        broker.bootstrap, topic, lines,
+        "--key-separator", ":", "--header", "source=spate-cli",
+        "--property", f"compression.type={codec}", "--property", "acks=all",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "produced 2000 of 2000 records" in result.stderr
+    messages = read_all(broker.bootstrap, topic, len(lines))
+    got = {(m.key().decode(), m.value().decode()) for m in messages}
+    assert got == {tuple(line.split(":", 1)) for line in lines}
+    assert all(m.headers() == [("source", b"spate-cli")] for m in messages)
+    # Within a partition, the order of standard input is kept.
+    for partition in range(PARTITIONS):
+        values = [int(m.value().decode().split("-")[1]) for m in messages if m.partition() == partition]
+        assert values == sorted(values)
+
+
+def test_a_key_lands_on_the_same_partition_from_all_three_clients(broker):
+    keys = [f"customer-{i}" for i in range(300)]
+    placement = {}
+
+    spate_topic = create(broker.bootstrap)
+    result = spate_produce(broker.bootstrap, spate_topic, [f"{key}:x" for key in keys],
+                           "--key-separator", ":")
+    assert result.returncode == 0, result.stderr
+    placement["spate"] = {m.key().decode(): m.partition()
+                          for m in read_all(broker.bootstrap, spate_topic, len(keys))}
+
+    librdkafka_topic = create(broker.bootstrap)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    for key in keys:
+        producer.produce(librdkafka_topic, key=key, value=b"x")
+    assert producer.flush(30) == 0
+    placement["librdkafka"] = {m.key().decode(): m.partition()
+                               for m in read_all(broker.bootstrap, librdkafka_topic, len(keys))}
+
+    python_topic = create(broker.bootstrap)
+    python_producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
+    for key in keys:
+        python_producer.send(python_topic, key=key.encode(), value=b"x")
+    python_producer.flush(30)
+    python_producer.close()
+    placement["kafka-python"] = {m.key().decode(): m.partition()
+                                 for m in read_all(broker.bootstrap, python_topic, len(keys))}
+
+    assert placement["spate"] == placement["librdkafka"] == placement["kafka-python"]
+    assert len(set(placement["spate"].values())) == PARTITIONS
+
+
+def test_spate_produce_reports_an_unknown_partition(broker):
+    topic = create(broker.bootstrap, partitions=1)
+    result = spate_produce(broker.bootstrap, topic, ["a"], "--partition", "5")
+    assert result.returncode == 3, result.stderr
+    assert "UNKNOWN_TOPIC_OR_PARTITION" in result.stderr
