@@ -3,6 +3,7 @@ librdkafka (confluent-kafka) reads back exactly, with keys, headers and every co
 lands on the partition the Java client's partitioner (librdkafka's murmur2_random,
 kafka-python's default) picks for it."""
 
+import json
 import subprocess
 
 import pytest
@@ -102,3 +103,51 @@ def test_spate_produce_reports_an_unknown_partition(broker):
     result = spate_produce(broker.bootstrap, topic, ["a"], "--partition", "5")
     assert result.returncode == 3, result.stderr
     assert "UNKNOWN_TOPIC_OR_PARTITION" in result.stderr
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_spate_consume_reads_what_librdkafka_wrote(broker, codec):
+    topic = create(broker.bootstrap)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": codec,
+                         "linger.ms": 5})
+    for i in range(1000):
+        producer.produce(topic, key=f"k{i}", value=f"v{i}", headers=[("n", str(i).encode())])
+    assert producer.flush(30) == 0
+    result = subprocess.run(
+        [SPATE_BIN, "consume", topic, "--bootstrap-server", broker.bootstrap,
+         "--from-beginning", "--exit-at-end", "--output", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 1000
+    assert {(r["key"], r["value"]) for r in records} == {(f"k{i}", f"v{i}") for i in range(1000)}
+    assert all(r["headers"] == [["n", r["value"][1:]]] for r in records)
+    for partition in range(PARTITIONS):
+        offsets = [r["offset"] for r in records if r["partition"] == partition]
+        assert offsets == list(range(len(offsets)))
+
+
+def test_spate_consume_from_an_offset_and_a_timestamp(broker):
+    topic = create(broker.bootstrap, partitions=1)
+    result = spate_produce(broker.bootstrap, topic, [f"line-{i}" for i in range(10)])
+    assert result.returncode == 0, result.stderr
+
+    def consume(*args):
+        return subprocess.run(
+            [SPATE_BIN, "consume", topic, "--bootstrap-server", broker.bootstrap, *args],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    result = consume("--offset", "7", "--exit-at-end", "--format", "%o %s\\n")
+    assert result.stdout.splitlines() == ["7 line-7", "8 line-8", "9 line-9"], result.stderr
+    result = consume("--from-beginning", "--max-messages", "2")
+    assert result.stdout.splitlines() == ["line-0", "line-1"]
+    result = consume("--timestamp", "4102444800000", "--exit-at-end")  # the year 2100
+    assert result.returncode == 0 and result.stdout == ""
+    result = consume("--group", "g", "--exit-at-end")
+    assert result.returncode == 1 and "not available" in result.stderr
+    missing = subprocess.run(
+        [SPATE_BIN, "consume", "no-such-topic", "--bootstrap-server", broker.bootstrap,
+         "--exit-at-end"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 3 and "UNKNOWN_TOPIC_OR_PARTITION" in missing.stderr

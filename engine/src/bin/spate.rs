@@ -9,7 +9,8 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use spate_engine::broker::config::ServeSettings;
 use spate_engine::client::admin::{Admin, NewTopic};
-use spate_engine::client::config::ProducerConfig;
+use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
+use spate_engine::client::consumer::{Consumer, ConsumerRecord, StartAt};
 use spate_engine::client::producer::{Producer, ProducerRecord};
 use spate_engine::client::ClientError;
 use spate_engine::runtime;
@@ -47,6 +48,44 @@ enum Command {
     Cluster(ClusterCommand),
     /// Produce standard input's lines to a topic, one record per line.
     Produce(ProduceArgs),
+    /// Print a topic's records (without a group: every partition, or the one given).
+    Consume(ConsumeArgs),
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// Topic.
+    topic: String,
+    /// Read only this partition [default: all].
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Start at the first record of each partition [default: only new records].
+    #[arg(long, conflicts_with_all = ["offset", "timestamp"])]
+    from_beginning: bool,
+    /// Start at this offset (of each partition read).
+    #[arg(long, conflicts_with = "timestamp")]
+    offset: Option<i64>,
+    /// Start at the first record at or after this time, in ms since the epoch.
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop when every partition has been read to its end (kcat's -e).
+    #[arg(long)]
+    exit_at_end: bool,
+    /// Consumer group: not available yet (issue 5); omit it to read without a group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Output per record, as kcat's -f: %t topic, %p partition, %o offset, %T timestamp,
+    /// %k key, %s value, %h headers, \n and \t.
+    #[arg(long, default_value = "%s\\n")]
+    format: String,
+    /// A consumer property by Kafka's name, repeatable.
+    #[arg(long = "property", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    properties: Vec<(String, String)>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -226,6 +265,7 @@ fn main() -> ExitCode {
         }) => read(dir, from_offset, max_records),
         Command::Topic(command) => return client_command(topic(command)),
         Command::Produce(args) => return client_command(produce(args)),
+        Command::Consume(args) => return client_command(consume(args)),
         Command::Cluster(ClusterCommand::Info { client }) => {
             return client_command(cluster_info(client))
         }
@@ -609,4 +649,126 @@ fn produce(args: ProduceArgs) -> Result<(), ClientError> {
         });
     }
     Ok(())
+}
+
+fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
+    if args.group.is_some() {
+        return Err(ClientError::Protocol(
+            "consuming in a group is not available in spate consume yet; omit --group (or use kcat -G)".into(),
+        ));
+    }
+    let mut properties = vec![(
+        "bootstrap.servers".to_owned(),
+        args.client.bootstrap_server.clone(),
+    )];
+    properties.extend(args.properties);
+    let config = ConsumerConfig::from_properties(properties)
+        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+    let mut consumer = Consumer::new(config)?;
+    let partitions = match args.partition {
+        Some(partition) => vec![partition],
+        None => consumer.partitions_of(&args.topic)?,
+    };
+    let assigned: Vec<(String, i32)> = partitions
+        .iter()
+        .map(|p| (args.topic.clone(), *p))
+        .collect();
+    consumer.assign(&assigned);
+    let start = if args.from_beginning {
+        StartAt::Beginning
+    } else if let Some(offset) = args.offset {
+        StartAt::Offset(offset)
+    } else if let Some(timestamp) = args.timestamp {
+        StartAt::Timestamp(timestamp)
+    } else {
+        StartAt::End
+    };
+    for partition in &partitions {
+        consumer.seek(&args.topic, *partition, start);
+    }
+    let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
+    let mut printed = 0u64;
+    let stdout = io::stdout();
+    loop {
+        for record in consumer.poll(std::time::Duration::from_millis(500))? {
+            let line = match args.client.output {
+                Output::Table => format_record(&format, &record),
+                Output::Json => format!("{}\n", record_json(&record)),
+            };
+            use std::io::Write as _;
+            if stdout.lock().write_all(line.as_bytes()).is_err() {
+                return Ok(()); // the reader went away (a pipe into head)
+            }
+            printed += 1;
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                return Ok(());
+            }
+        }
+        if args.exit_at_end && consumer.at_end() {
+            return Ok(());
+        }
+    }
+}
+
+fn format_record(format: &str, record: &ConsumerRecord) -> String {
+    let text = |bytes: &Option<Bytes>| {
+        bytes
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned()
+    };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(character) = chars.next() {
+        if character != '%' {
+            out.push(character);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push_str(&record.topic),
+            Some('p') => out.push_str(&record.partition.to_string()),
+            Some('o') => out.push_str(&record.offset.to_string()),
+            Some('T') => out.push_str(&record.timestamp_ms.to_string()),
+            Some('k') => out.push_str(&text(&record.key)),
+            Some('s') => out.push_str(&text(&record.value)),
+            Some('h') => {
+                let headers: Vec<String> = record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| format!("{name}={}", text(value)))
+                    .collect();
+                out.push_str(&headers.join(","));
+            }
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// One record as a JSON object, for `--output json` (one object per line).
+fn record_json(record: &ConsumerRecord) -> serde_json::Value {
+    let text = |bytes: &Option<Bytes>| {
+        bytes
+            .as_deref()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    };
+    serde_json::json!({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms,
+        "key": text(&record.key),
+        "value": text(&record.value),
+        "headers": record
+            .headers
+            .iter()
+            .map(|(name, value)| serde_json::json!([name, text(value)]))
+            .collect::<Vec<_>>(),
+    })
 }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod consumer;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
