@@ -159,6 +159,40 @@ impl Consumer {
     /// A failed request, or OFFSET_OUT_OF_RANGE with `auto.offset.reset=none`.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         let deadline = Instant::now() + timeout;
+        match self.poll_until(deadline) {
+            // The broker went away (a restart, say): reconnect and carry on from the positions,
+            // which only ever move past records handed out.
+            Err(ClientError::Io { .. }) => {
+                self.reconnect(deadline)?;
+                self.poll_until(deadline)
+            }
+            other => other,
+        }
+    }
+
+    /// A new connection to any bootstrap server, retried until `deadline`.
+    fn reconnect(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let timeout = Duration::from_millis(self.config.common.request_timeout_ms);
+        let backoff = Duration::from_millis(self.config.common.retry_backoff_ms.max(10));
+        loop {
+            let mut last = None;
+            for address in &self.config.common.bootstrap_servers {
+                match Connection::open(address, &self.config.common.client_id, timeout) {
+                    Ok(connection) => {
+                        self.connection = connection;
+                        return Ok(());
+                    }
+                    Err(error) => last = Some(error),
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(last.expect("bootstrap.servers is never empty"));
+            }
+            std::thread::sleep(backoff);
+        }
+    }
+
+    fn poll_until(&mut self, deadline: Instant) -> Result<Vec<ConsumerRecord>, ClientError> {
         self.resolve_positions()?;
         loop {
             if !self.buffered.is_empty() {
