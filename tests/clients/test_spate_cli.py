@@ -151,3 +151,52 @@ def test_spate_consume_from_an_offset_and_a_timestamp(broker):
         [SPATE_BIN, "consume", "no-such-topic", "--bootstrap-server", broker.bootstrap,
          "--exit-at-end"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 3 and "UNKNOWN_TOPIC_OR_PARTITION" in missing.stderr
+
+
+def test_spate_group_list_describe_and_delete(broker):
+    topic = create(broker.bootstrap, partitions=3)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(30):
+        producer.produce(topic, key=f"k{i}", value=b"v")
+    assert producer.flush(30) == 0
+    group = unique_topic("cli-group")
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen = 0
+    while seen < 20:
+        message = consumer.poll(10)
+        assert message is not None
+        if message.error() is None:
+            seen += 1
+            consumer.commit(message, asynchronous=False)
+
+    def spate(*args):
+        return subprocess.run([SPATE_BIN, "group", *args, "--bootstrap-server", broker.bootstrap],
+                              capture_output=True, text=True, timeout=60)
+
+    listed = spate("list", "--output", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert {"group_id": group, "protocol_type": "consumer", "state": "Stable"} in json.loads(listed.stdout)
+    described = spate("describe", group, "--output", "json")
+    assert described.returncode == 0, described.stderr
+    info = json.loads(described.stdout)
+    assert info["state"] == "Stable" and info["assignor"] == "range"
+    (member,) = info["members"]
+    assert sorted(tuple(p) for p in member["assignment"]) == [(topic, 0), (topic, 1), (topic, 2)]
+    assert sum(offset["committed"] for offset in info["offsets"]) == 20
+    # Lag per committed partition: its log end offset minus the committed offset.
+    consumer_ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in range(3)}
+    for offset in info["offsets"]:
+        assert offset["end"] == consumer_ends[offset["partition"]]
+        assert offset["lag"] == offset["end"] - offset["committed"] >= 0
+    table = spate("describe", group)
+    assert "LAG" in table.stdout and "Stable" in table.stdout, table.stdout
+
+    refused = spate("delete", group)
+    assert refused.returncode == 3 and "NON_EMPTY_GROUP" in refused.stderr
+    consumer.close()
+    deleted = spate("delete", group)
+    assert deleted.returncode == 0, deleted.stderr
+    missing = spate("describe", group)
+    assert missing.returncode == 3 and "GROUP_ID_NOT_FOUND" in missing.stderr

@@ -50,6 +50,32 @@ enum Command {
     Produce(ProduceArgs),
     /// Print a topic's records (without a group: every partition, or the one given).
     Consume(ConsumeArgs),
+    /// List, describe (members, assignments, lag) and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List groups with their state.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A group's state, members with their partitions, and committed offsets with lag.
+    Describe {
+        /// Group id.
+        group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a group without members, and its committed offsets.
+    Delete {
+        /// Group id.
+        group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -266,6 +292,7 @@ fn main() -> ExitCode {
         Command::Topic(command) => return client_command(topic(command)),
         Command::Produce(args) => return client_command(produce(args)),
         Command::Consume(args) => return client_command(consume(args)),
+        Command::Group(command) => return client_command(group(command)),
         Command::Cluster(ClusterCommand::Info { client }) => {
             return client_command(cluster_info(client))
         }
@@ -771,4 +798,88 @@ fn record_json(record: &ConsumerRecord) -> serde_json::Value {
             .map(|(name, value)| serde_json::json!([name, text(value)]))
             .collect::<Vec<_>>(),
     })
+}
+
+fn group(command: GroupCommand) -> Result<(), ClientError> {
+    match command {
+        GroupCommand::List { client } => {
+            let groups = admin(&client)?.list_groups()?;
+            match client.output {
+                Output::Json => print_json(&groups),
+                Output::Table => {
+                    let rows = groups
+                        .iter()
+                        .map(|group| {
+                            vec![
+                                group.group_id.clone(),
+                                group.state.clone(),
+                                group.protocol_type.clone(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["GROUP", "STATE", "TYPE"], rows);
+                }
+            }
+        }
+        GroupCommand::Describe { group, client } => {
+            let described = admin(&client)?.describe_group(&group)?;
+            match client.output {
+                Output::Json => print_json(&described),
+                Output::Table => {
+                    println!(
+                        "group {} is {} ({} members{})",
+                        described.group_id,
+                        described.state,
+                        described.members.len(),
+                        if described.assignor.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", assignor {}", described.assignor)
+                        }
+                    );
+                    let owner = |topic: &str, partition: i32| {
+                        described
+                            .members
+                            .iter()
+                            .find(|member| {
+                                member
+                                    .assignment
+                                    .iter()
+                                    .any(|(t, p)| t == topic && *p == partition)
+                            })
+                            .map(|member| format!("{} ({})", member.member_id, member.client_host))
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    let rows = described
+                        .offsets
+                        .iter()
+                        .map(|offset| {
+                            vec![
+                                offset.topic.clone(),
+                                offset.partition.to_string(),
+                                offset.committed.to_string(),
+                                offset.end.to_string(),
+                                offset.lag.to_string(),
+                                owner(&offset.topic, offset.partition),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"],
+                        rows,
+                    );
+                }
+            }
+        }
+        GroupCommand::Delete { group, client } => {
+            admin(&client)?
+                .delete_groups(std::slice::from_ref(&group))?
+                .remove(0)?;
+            match client.output {
+                Output::Json => print_json(&serde_json::json!({ "deleted": group })),
+                Output::Table => println!("deleted group {group}"),
+            }
+        }
+    }
+    Ok(())
 }

@@ -78,6 +78,64 @@ pub struct ClusterInfo {
     pub brokers: Vec<BrokerInfo>,
 }
 
+/// A group as ListGroups lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupListing {
+    /// Group id.
+    pub group_id: String,
+    /// `consumer` for consumer groups.
+    pub protocol_type: String,
+    /// State (`Stable`, `Empty`, ...).
+    pub state: String,
+}
+
+/// A member of a group, with what it was assigned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupMember {
+    /// Member id.
+    pub member_id: String,
+    /// Static membership id.
+    pub group_instance_id: Option<String>,
+    /// `client.id`.
+    pub client_id: String,
+    /// Address.
+    pub client_host: String,
+    /// Assigned partitions, when the group is Stable and uses the consumer protocol.
+    pub assignment: Vec<(String, i32)>,
+}
+
+/// One partition's committed offset and lag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Committed offset.
+    pub committed: i64,
+    /// Log end offset.
+    pub end: i64,
+    /// `end - committed`.
+    pub lag: i64,
+}
+
+/// A group described.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupDescription {
+    /// Group id.
+    pub group_id: String,
+    /// State.
+    pub state: String,
+    /// Protocol type.
+    pub protocol_type: String,
+    /// The assignor of the current generation.
+    pub assignor: String,
+    /// Members.
+    pub members: Vec<GroupMember>,
+    /// Committed offsets with their lag.
+    pub offsets: Vec<PartitionLag>,
+}
+
 /// An admin client.
 #[derive(Debug)]
 pub struct Admin {
@@ -309,6 +367,211 @@ impl Admin {
         })
     }
 
+    /// Every group of the broker, sorted by id.
+    ///
+    /// # Errors
+    /// A failure of the request or the broker's error.
+    pub fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
+        let (_, response) = self.connection.call(
+            ApiKey::ListGroups,
+            RequestKind::ListGroups(ListGroupsRequest::default()),
+        )?;
+        let ResponseKind::ListGroups(response) = response else {
+            return Err(ClientError::Protocol(
+                "ListGroups answered with another API".into(),
+            ));
+        };
+        ClientError::check(response.error_code, None)?;
+        let mut groups: Vec<GroupListing> = response
+            .groups
+            .into_iter()
+            .map(|group| GroupListing {
+                group_id: group.group_id.0.to_string(),
+                protocol_type: group.protocol_type.to_string(),
+                state: group.group_state.to_string(),
+            })
+            .collect();
+        groups.sort_by(|left, right| left.group_id.cmp(&right.group_id));
+        Ok(groups)
+    }
+
+    /// A group: state, members with their assignments, and committed offsets with their lag.
+    ///
+    /// # Errors
+    /// A failure of a request, or GROUP_ID_NOT_FOUND for a group that does not exist.
+    pub fn describe_group(&mut self, group_id: &str) -> Result<GroupDescription, ClientError> {
+        let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(text(group_id))]);
+        let (_, response) = self
+            .connection
+            .call(ApiKey::DescribeGroups, RequestKind::DescribeGroups(request))?;
+        let ResponseKind::DescribeGroups(response) = response else {
+            return Err(ClientError::Protocol(
+                "DescribeGroups answered with another API".into(),
+            ));
+        };
+        let described = response
+            .groups
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("DescribeGroups without the group".into()))?;
+        ClientError::check(described.error_code, None)?;
+        let offsets = self.group_offsets(group_id)?;
+        if described.group_state.as_str() == "Dead" && offsets.is_empty() {
+            return Err(ClientError::from_code(
+                kafka_protocol::error::ResponseError::GroupIdNotFound.code(),
+                Some(format!("group {group_id}")),
+            ));
+        }
+        let consumer = described.protocol_type.as_str() == "consumer";
+        Ok(GroupDescription {
+            group_id: group_id.to_owned(),
+            state: described.group_state.to_string(),
+            protocol_type: described.protocol_type.to_string(),
+            assignor: described.protocol_data.to_string(),
+            members: described
+                .members
+                .into_iter()
+                .map(|member| GroupMember {
+                    member_id: member.member_id.to_string(),
+                    group_instance_id: member.group_instance_id.map(|id| id.to_string()),
+                    client_id: member.client_id.to_string(),
+                    client_host: member.client_host.to_string(),
+                    assignment: if consumer {
+                        decode_assignment(&member.member_assignment)
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect(),
+            offsets,
+        })
+    }
+
+    /// Deletes groups (they must have no members); one result per group, in order.
+    ///
+    /// # Errors
+    /// A failure of the request itself.
+    pub fn delete_groups(
+        &mut self,
+        group_ids: &[String],
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        let request = DeleteGroupsRequest::default()
+            .with_groups_names(group_ids.iter().map(|id| GroupId(text(id))).collect());
+        let (_, response) = self
+            .connection
+            .call(ApiKey::DeleteGroups, RequestKind::DeleteGroups(request))?;
+        let ResponseKind::DeleteGroups(response) = response else {
+            return Err(ClientError::Protocol(
+                "DeleteGroups answered with another API".into(),
+            ));
+        };
+        Ok(group_ids
+            .iter()
+            .map(|id| {
+                match response
+                    .results
+                    .iter()
+                    .find(|result| result.group_id.0.as_str() == id)
+                {
+                    Some(result) => {
+                        ClientError::check(result.error_code, Some(format!("group {id}")))
+                    }
+                    None => Err(ClientError::Protocol(format!("no result for group {id}"))),
+                }
+            })
+            .collect())
+    }
+
+    /// A group's committed offsets with the log end offsets and the lag, sorted.
+    fn group_offsets(&mut self, group_id: &str) -> Result<Vec<PartitionLag>, ClientError> {
+        let version = self.connection.version(ApiKey::OffsetFetch)?;
+        let mut request = OffsetFetchRequest::default();
+        if version >= 8 {
+            request.groups = vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(text(group_id)))
+                .with_topics(None)];
+        } else {
+            request.group_id = GroupId(text(group_id));
+            request.topics = None;
+        }
+        let (_, response) = self
+            .connection
+            .call(ApiKey::OffsetFetch, RequestKind::OffsetFetch(request))?;
+        let ResponseKind::OffsetFetch(response) = response else {
+            return Err(ClientError::Protocol(
+                "OffsetFetch answered with another API".into(),
+            ));
+        };
+        let mut committed: Vec<(String, i32, i64)> = Vec::new();
+        if version >= 8 {
+            for group in response.groups {
+                ClientError::check(group.error_code, Some(format!("group {group_id}")))?;
+                for topic in group.topics {
+                    for partition in topic.partitions {
+                        committed.push((
+                            topic.name.0.to_string(),
+                            partition.partition_index,
+                            partition.committed_offset,
+                        ));
+                    }
+                }
+            }
+        } else {
+            ClientError::check(response.error_code, Some(format!("group {group_id}")))?;
+            for topic in response.topics {
+                for partition in topic.partitions {
+                    committed.push((
+                        topic.name.0.to_string(),
+                        partition.partition_index,
+                        partition.committed_offset,
+                    ));
+                }
+            }
+        }
+        committed.retain(|(_, _, offset)| *offset >= 0);
+        committed.sort();
+        let mut lags = Vec::with_capacity(committed.len());
+        for (topic, partition, offset) in committed {
+            let end = self.end_offset(&topic, partition)?;
+            lags.push(PartitionLag {
+                topic,
+                partition,
+                committed: offset,
+                end,
+                lag: (end - offset).max(0),
+            });
+        }
+        Ok(lags)
+    }
+
+    /// The log end offset of a partition.
+    fn end_offset(&mut self, topic: &str, partition: i32) -> Result<i64, ClientError> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(text(topic)))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(-1),
+                ])]);
+        let (_, response) = self
+            .connection
+            .call(ApiKey::ListOffsets, RequestKind::ListOffsets(request))?;
+        let ResponseKind::ListOffsets(response) = response else {
+            return Err(ClientError::Protocol(
+                "ListOffsets answered with another API".into(),
+            ));
+        };
+        let answer = response
+            .topics
+            .first()
+            .and_then(|topic| topic.partitions.first())
+            .ok_or_else(|| ClientError::Protocol("ListOffsets without an answer".into()))?;
+        ClientError::check(answer.error_code, Some(format!("{topic}-{partition}")))?;
+        Ok(answer.offset)
+    }
+
     fn metadata(
         &mut self,
         names: Option<&[String]>,
@@ -333,5 +596,32 @@ impl Admin {
                 "Metadata answered with another API".into(),
             )),
         }
+    }
+}
+
+/// The partitions of a consumer protocol assignment (empty when it cannot be read).
+fn decode_assignment(bytes: &bytes::Bytes) -> Vec<(String, i32)> {
+    use kafka_protocol::protocol::Decodable;
+    if bytes.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(0, 3);
+    let mut body = bytes.slice(2..);
+    match ConsumerProtocolAssignment::decode(&mut body, version) {
+        Ok(assignment) => {
+            let mut partitions: Vec<(String, i32)> = assignment
+                .assigned_partitions
+                .iter()
+                .flat_map(|topic| {
+                    topic
+                        .partitions
+                        .iter()
+                        .map(move |partition| (topic.topic.0.to_string(), *partition))
+                })
+                .collect();
+            partitions.sort();
+            partitions
+        }
+        Err(_) => Vec::new(),
     }
 }

@@ -30,6 +30,10 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         // Up to v12: v13+ name topics by id, which this client does not track yet.
         ApiKey::Fetch => (4, 12),
         ApiKey::ListOffsets => (1, 7),
+        ApiKey::OffsetFetch => (1, 8),
+        ApiKey::DescribeGroups => (0, 5),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DeleteGroups => (0, 2),
         _ => return None,
     })
 }
