@@ -186,6 +186,23 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a topic's configs or grow its partitions.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Grow the topic to this many partitions (keys of existing records keep their place;
+        /// new records of a key may land elsewhere).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Set a config, repeatable: --config retention.ms=86400000
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Remove a config override (back to the broker's default), repeatable.
+        #[arg(long = "delete-config", value_name = "NAME")]
+        delete_configs: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a topic and its data.
     Delete {
         /// Topic name.
@@ -531,6 +548,30 @@ fn topic(command: TopicCommand) -> Result<(), ClientError> {
                         .collect();
                     print_table(&["PARTITION", "LEADER", "REPLICAS", "ISR"], rows);
                 }
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            configs,
+            delete_configs,
+            client,
+        } => {
+            if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
+                return Err(ClientError::Protocol(
+                    "nothing to change: give --partitions, --config or --delete-config".into(),
+                ));
+            }
+            let mut admin = admin(&client)?;
+            if !configs.is_empty() || !delete_configs.is_empty() {
+                admin.alter_topic_configs(&name, &configs, &delete_configs)?;
+            }
+            if let Some(partitions) = partitions {
+                admin.create_partitions(&name, partitions)?;
+            }
+            match client.output {
+                Output::Json => print_json(&serde_json::json!({ "altered": name })),
+                Output::Table => println!("altered topic {name}"),
             }
         }
         TopicCommand::Delete { name, client } => {

@@ -367,6 +367,88 @@ impl Admin {
         })
     }
 
+    /// Sets and deletes a topic's config overrides (IncrementalAlterConfigs).
+    ///
+    /// # Errors
+    /// A failure of the request, or the broker's refusal (an unknown config, a bad value).
+    pub fn alter_topic_configs(
+        &mut self,
+        topic: &str,
+        set: &[(String, String)],
+        delete: &[String],
+    ) -> Result<(), ClientError> {
+        const SET: i8 = 0;
+        const DELETE: i8 = 1;
+        const TOPIC_RESOURCE: i8 = 2;
+        let configs = set
+            .iter()
+            .map(|(name, value)| {
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(text(name))
+                    .with_config_operation(SET)
+                    .with_value(Some(text(value)))
+            })
+            .chain(delete.iter().map(|name| {
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(text(name))
+                    .with_config_operation(DELETE)
+            }))
+            .collect();
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(text(topic))
+                .with_configs(configs),
+        ]);
+        let (_, response) = self.connection.call(
+            ApiKey::IncrementalAlterConfigs,
+            RequestKind::IncrementalAlterConfigs(request),
+        )?;
+        let ResponseKind::IncrementalAlterConfigs(response) = response else {
+            return Err(ClientError::Protocol(
+                "IncrementalAlterConfigs answered with another API".into(),
+            ));
+        };
+        let result = response.responses.first().ok_or_else(|| {
+            ClientError::Protocol("IncrementalAlterConfigs without a result".into())
+        })?;
+        ClientError::check(
+            result.error_code,
+            result.error_message.as_ref().map(ToString::to_string),
+        )
+    }
+
+    /// Grows a topic to `partitions` partitions (CreatePartitions).
+    ///
+    /// # Errors
+    /// A failure of the request, or the broker's refusal (a count not larger than today's).
+    pub fn create_partitions(&mut self, topic: &str, partitions: i32) -> Result<(), ClientError> {
+        let request = CreatePartitionsRequest::default()
+            .with_timeout_ms(self.timeout_ms())
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_count(partitions),
+            ]);
+        let (_, response) = self.connection.call(
+            ApiKey::CreatePartitions,
+            RequestKind::CreatePartitions(request),
+        )?;
+        let ResponseKind::CreatePartitions(response) = response else {
+            return Err(ClientError::Protocol(
+                "CreatePartitions answered with another API".into(),
+            ));
+        };
+        let result = response
+            .results
+            .first()
+            .ok_or_else(|| ClientError::Protocol("CreatePartitions without a result".into()))?;
+        ClientError::check(
+            result.error_code,
+            result.error_message.as_ref().map(ToString::to_string),
+        )
+    }
+
     /// Every group of the broker, sorted by id.
     ///
     /// # Errors

@@ -34,6 +34,8 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::ListGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
+        ApiKey::CreatePartitions => (0, 3),
         _ => return None,
     })
 }

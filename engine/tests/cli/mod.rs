@@ -185,6 +185,37 @@ fn topic_and_cluster_commands_against_a_broker() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("3 partitions"), "{stdout}");
 
+    // Alter: grow the partitions and set a config; a bad config is the broker's refusal.
+    let (code, stdout, stderr) = run(&[
+        "topic",
+        "alter",
+        "orders",
+        "--partitions",
+        "5",
+        "--config",
+        "retention.ms=1000",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "altered topic orders");
+    let (_, stdout, _) = run(&["topic", "describe", "orders", "--output", "json"]);
+    let described: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(described["partitions"].as_array().unwrap().len(), 5);
+    let (code, _, stderr) = run(&["topic", "alter", "orders", "--config", "retention.mss=1"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    let (code, _, stderr) = run(&["topic", "alter", "orders", "--partitions", "2"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("INVALID_PARTITIONS"), "{stderr}");
+    let (code, _, _) = run(&[
+        "topic",
+        "alter",
+        "orders",
+        "--delete-config",
+        "retention.ms",
+    ]);
+    assert_eq!(code, Some(0));
+    let (code, _, stderr) = run(&["topic", "alter", "orders"]);
+    assert_eq!(code, Some(1), "{stderr}");
+
     let (code, stdout, _) = run(&["cluster", "info", "--output", "json"]);
     assert_eq!(code, Some(0));
     let cluster: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
