@@ -153,20 +153,10 @@ impl Admin {
     /// # Errors
     /// The last connection error when none is reachable.
     pub fn connect(config: &CommonConfig) -> Result<Admin, ClientError> {
-        let timeout = Duration::from_millis(config.request_timeout_ms);
-        let mut last = None;
-        for address in &config.bootstrap_servers {
-            match Connection::open(address, &config.client_id, timeout) {
-                Ok(connection) => {
-                    return Ok(Admin {
-                        connection,
-                        timeout,
-                    })
-                }
-                Err(error) => last = Some(error),
-            }
-        }
-        Err(last.expect("bootstrap.servers is never empty"))
+        Ok(Admin {
+            connection: Connection::open_any(config)?,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        })
     }
 
     /// Connects with settings given by Kafka property names.
@@ -614,7 +604,7 @@ impl Admin {
         committed.sort();
         let mut lags = Vec::with_capacity(committed.len());
         for (topic, partition, offset) in committed {
-            let end = self.end_offset(&topic, partition)?;
+            let end = self.connection.list_offset(&topic, partition, -1)?;
             lags.push(PartitionLag {
                 topic,
                 partition,
@@ -624,34 +614,6 @@ impl Admin {
             });
         }
         Ok(lags)
-    }
-
-    /// The log end offset of a partition.
-    fn end_offset(&mut self, topic: &str, partition: i32) -> Result<i64, ClientError> {
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(TopicName(text(topic)))
-                .with_partitions(vec![
-                    list_offsets_request::ListOffsetsPartition::default()
-                        .with_partition_index(partition)
-                        .with_timestamp(-1),
-                ])]);
-        let (_, response) = self
-            .connection
-            .call(ApiKey::ListOffsets, RequestKind::ListOffsets(request))?;
-        let ResponseKind::ListOffsets(response) = response else {
-            return Err(ClientError::Protocol(
-                "ListOffsets answered with another API".into(),
-            ));
-        };
-        let answer = response
-            .topics
-            .first()
-            .and_then(|topic| topic.partitions.first())
-            .ok_or_else(|| ClientError::Protocol("ListOffsets without an answer".into()))?;
-        ClientError::check(answer.error_code, Some(format!("{topic}-{partition}")))?;
-        Ok(answer.offset)
     }
 
     fn metadata(

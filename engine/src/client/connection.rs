@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    list_offsets_request, ApiKey, ApiVersionsRequest, BrokerId, ListOffsetsRequest, RequestHeader,
+    RequestKind, ResponseHeader, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use super::config::CommonConfig;
 use super::error::ClientError;
 
 /// Largest response frame accepted.
@@ -90,6 +92,57 @@ impl Connection {
         };
         connection.negotiate()?;
         Ok(connection)
+    }
+
+    /// Connects to the first reachable bootstrap server of `config`.
+    ///
+    /// # Errors
+    /// The last server's error when none answers.
+    pub fn open_any(config: &CommonConfig) -> Result<Connection, ClientError> {
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let mut last = None;
+        for address in &config.bootstrap_servers {
+            match Connection::open(address, &config.client_id, timeout) {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("bootstrap.servers is never empty"))
+    }
+
+    /// ListOffsets for one partition: -2 the log start, -1 the log end, else the first offset
+    /// at or after a timestamp (-1 when there is none).
+    ///
+    /// # Errors
+    /// A failure of the request, or the partition's error.
+    pub fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(timestamp),
+                ])]);
+        let (_, response) = self.call(ApiKey::ListOffsets, RequestKind::ListOffsets(request))?;
+        let ResponseKind::ListOffsets(response) = response else {
+            return Err(ClientError::Protocol(
+                "ListOffsets answered with another API".into(),
+            ));
+        };
+        let answer = response
+            .topics
+            .first()
+            .and_then(|topic| topic.partitions.first())
+            .ok_or_else(|| ClientError::Protocol("ListOffsets without an answer".into()))?;
+        ClientError::check(answer.error_code, Some(format!("{topic}-{partition}")))?;
+        Ok(answer.offset)
     }
 
     /// The broker's address.

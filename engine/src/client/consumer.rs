@@ -72,24 +72,14 @@ impl Consumer {
     /// # Errors
     /// When no bootstrap server answers.
     pub fn new(config: ConsumerConfig) -> Result<Consumer, ClientError> {
-        let timeout = Duration::from_millis(config.common.request_timeout_ms);
-        let mut last = None;
-        for address in &config.common.bootstrap_servers {
-            match Connection::open(address, &config.common.client_id, timeout) {
-                Ok(connection) => {
-                    return Ok(Consumer {
-                        config,
-                        connection,
-                        positions: BTreeMap::new(),
-                        pending_seeks: BTreeMap::new(),
-                        buffered: VecDeque::new(),
-                        high_watermarks: BTreeMap::new(),
-                    })
-                }
-                Err(error) => last = Some(error),
-            }
-        }
-        Err(last.expect("bootstrap.servers is never empty"))
+        Ok(Consumer {
+            connection: Connection::open_any(&config.common)?,
+            config,
+            positions: BTreeMap::new(),
+            pending_seeks: BTreeMap::new(),
+            buffered: VecDeque::new(),
+            high_watermarks: BTreeMap::new(),
+        })
     }
 
     /// Every partition of `topic`, from metadata.
@@ -172,23 +162,16 @@ impl Consumer {
 
     /// A new connection to any bootstrap server, retried until `deadline`.
     fn reconnect(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        let timeout = Duration::from_millis(self.config.common.request_timeout_ms);
         let backoff = Duration::from_millis(self.config.common.retry_backoff_ms.max(10));
         loop {
-            let mut last = None;
-            for address in &self.config.common.bootstrap_servers {
-                match Connection::open(address, &self.config.common.client_id, timeout) {
-                    Ok(connection) => {
-                        self.connection = connection;
-                        return Ok(());
-                    }
-                    Err(error) => last = Some(error),
+            match Connection::open_any(&self.config.common) {
+                Ok(connection) => {
+                    self.connection = connection;
+                    return Ok(());
                 }
+                Err(error) if Instant::now() + backoff >= deadline => return Err(error),
+                Err(_) => std::thread::sleep(backoff),
             }
-            if Instant::now() + backoff >= deadline {
-                return Err(last.expect("bootstrap.servers is never empty"));
-            }
-            std::thread::sleep(backoff);
         }
     }
 
@@ -252,30 +235,7 @@ impl Consumer {
         (topic, partition): &(String, i32),
         timestamp: i64,
     ) -> Result<i64, ClientError> {
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(TopicName(text(topic)))
-                .with_partitions(vec![
-                    list_offsets_request::ListOffsetsPartition::default()
-                        .with_partition_index(*partition)
-                        .with_timestamp(timestamp),
-                ])]);
-        let (_, response) = self
-            .connection
-            .call(ApiKey::ListOffsets, RequestKind::ListOffsets(request))?;
-        let ResponseKind::ListOffsets(response) = response else {
-            return Err(ClientError::Protocol(
-                "ListOffsets answered with another API".into(),
-            ));
-        };
-        let answer = response
-            .topics
-            .first()
-            .and_then(|topic| topic.partitions.first())
-            .ok_or_else(|| ClientError::Protocol("ListOffsets without an answer".into()))?;
-        ClientError::check(answer.error_code, Some(format!("{topic}-{partition}")))?;
-        Ok(answer.offset)
+        self.connection.list_offset(topic, *partition, timestamp)
     }
 
     /// One Fetch of every assigned partition, waiting up to `wait` for data.

@@ -455,15 +455,7 @@ impl Drop for Producer {
 }
 
 fn connect_any(config: &ProducerConfig) -> Result<Connection, ClientError> {
-    let timeout = Duration::from_millis(config.common.request_timeout_ms);
-    let mut last = None;
-    for address in &config.common.bootstrap_servers {
-        match Connection::open(address, &config.common.client_id, timeout) {
-            Ok(connection) => return Ok(connection),
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(last.expect("bootstrap.servers is never empty"))
+    Connection::open_any(&config.common)
 }
 
 /// Metadata of `topic`, asking the broker to create it if it may.
