@@ -3,6 +3,7 @@
 use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -48,7 +49,8 @@ enum Command {
     Cluster(ClusterCommand),
     /// Produce standard input's lines to a topic, one record per line.
     Produce(ProduceArgs),
-    /// Print a topic's records (without a group: every partition, or the one given).
+    /// Print a topic's records: every partition (or the one given), or with --group the
+    /// partitions the group gives this consumer, committing what was printed.
     Consume(ConsumeArgs),
     /// List, describe (members, assignments, lag) and delete consumer groups.
     #[command(subcommand)]
@@ -83,16 +85,17 @@ struct ConsumeArgs {
     /// Topic.
     topic: String,
     /// Read only this partition [default: all].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<i32>,
-    /// Start at the first record of each partition [default: only new records].
+    /// Start at the first record of each partition [default: only new records]; with
+    /// --group, of each partition without a committed offset.
     #[arg(long, conflicts_with_all = ["offset", "timestamp"])]
     from_beginning: bool,
     /// Start at this offset (of each partition read).
-    #[arg(long, conflicts_with = "timestamp")]
+    #[arg(long, conflicts_with_all = ["timestamp", "group"])]
     offset: Option<i64>,
     /// Start at the first record at or after this time, in ms since the epoch.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     timestamp: Option<i64>,
     /// Stop after this many records.
     #[arg(long)]
@@ -100,7 +103,9 @@ struct ConsumeArgs {
     /// Stop when every partition has been read to its end (kcat's -e).
     #[arg(long)]
     exit_at_end: bool,
-    /// Consumer group: not available yet (issue 5); omit it to read without a group.
+    /// Read as a member of this consumer group: partitions are shared with the group's other
+    /// members, reading starts at the group's committed offsets, and what is printed is
+    /// committed (every auto.commit.interval.ms, and on exit).
     #[arg(long)]
     group: Option<String>,
     /// Output per record, as kcat's -f: %t topic, %p partition, %o offset, %T timestamp,
@@ -720,62 +725,109 @@ fn produce(args: ProduceArgs) -> Result<(), ClientError> {
 }
 
 fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
-    if args.group.is_some() {
-        return Err(ClientError::Protocol(
-            "consuming in a group is not available in spate consume yet; omit --group (or use kcat -G)".into(),
-        ));
-    }
     let mut properties = vec![(
         "bootstrap.servers".to_owned(),
         args.client.bootstrap_server.clone(),
     )];
+    if let Some(group) = &args.group {
+        properties.push(("group.id".to_owned(), group.clone()));
+        let reset = if args.from_beginning {
+            "earliest"
+        } else {
+            "latest"
+        };
+        properties.push(("auto.offset.reset".to_owned(), reset.to_owned()));
+    }
     properties.extend(args.properties);
     let config = ConsumerConfig::from_properties(properties)
-        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        .map_err(|error| ClientError::InvalidState(error.to_string()))?;
     let mut consumer = Consumer::new(config)?;
-    let partitions = match args.partition {
-        Some(partition) => vec![partition],
-        None => consumer.partitions_of(&args.topic)?,
-    };
-    let assigned: Vec<(String, i32)> = partitions
-        .iter()
-        .map(|p| (args.topic.clone(), *p))
-        .collect();
-    consumer.assign(&assigned);
-    let start = if args.from_beginning {
-        StartAt::Beginning
-    } else if let Some(offset) = args.offset {
-        StartAt::Offset(offset)
-    } else if let Some(timestamp) = args.timestamp {
-        StartAt::Timestamp(timestamp)
+    if args.group.is_some() {
+        consumer.subscribe(std::slice::from_ref(&args.topic))?;
     } else {
-        StartAt::End
-    };
-    for partition in &partitions {
-        consumer.seek(&args.topic, *partition, start);
+        let partitions = match args.partition {
+            Some(partition) => vec![partition],
+            None => consumer.partitions_of(&args.topic)?,
+        };
+        let assigned: Vec<(String, i32)> = partitions
+            .iter()
+            .map(|p| (args.topic.clone(), *p))
+            .collect();
+        consumer.assign(&assigned);
+        let start = if args.from_beginning {
+            StartAt::Beginning
+        } else if let Some(offset) = args.offset {
+            StartAt::Offset(offset)
+        } else if let Some(timestamp) = args.timestamp {
+            StartAt::Timestamp(timestamp)
+        } else {
+            StartAt::End
+        };
+        for partition in &partitions {
+            consumer.seek(&args.topic, *partition, start)?;
+        }
+    }
+    // SIGINT and SIGTERM end the loop, so that a group member commits and leaves the group
+    // (which then rebalances at once rather than after the session timeout).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|error| {
+            ClientError::InvalidState(format!("installing signal handlers: {error}"))
+        })?;
     }
     let format = args.format.replace("\\n", "\n").replace("\\t", "\t");
     let mut printed = 0u64;
     let stdout = io::stdout();
-    loop {
-        for record in consumer.poll(std::time::Duration::from_millis(500))? {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let records = consumer.poll(std::time::Duration::from_millis(500))?;
+        for (index, record) in records.iter().enumerate() {
             let line = match args.client.output {
-                Output::Table => format_record(&format, &record),
-                Output::Json => format!("{}\n", record_json(&record)),
+                Output::Table => format_record(&format, record),
+                Output::Json => format!("{}\n", record_json(record)),
             };
             use std::io::Write as _;
-            if stdout.lock().write_all(line.as_bytes()).is_err() {
-                return Ok(()); // the reader went away (a pipe into head)
+            let mut out = stdout.lock();
+            if out
+                .write_all(line.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                // The reader went away (a pipe into head): what was not printed stays unread.
+                unread(&mut consumer, &records[index..])?;
+                consumer.close();
+                return Ok(());
             }
             printed += 1;
             if args.max_messages.is_some_and(|max| printed >= max) {
+                unread(&mut consumer, &records[index + 1..])?;
+                consumer.close();
                 return Ok(());
             }
         }
         if args.exit_at_end && consumer.at_end() {
-            return Ok(());
+            break;
         }
     }
+    consumer.close();
+    Ok(())
+}
+
+/// Puts records returned by poll but not printed back: each partition's position goes back to
+/// its first such record, so the group's commit does not count them as read.
+fn unread(consumer: &mut Consumer, records: &[ConsumerRecord]) -> Result<(), ClientError> {
+    let mut first: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+    for record in records {
+        first
+            .entry((record.topic.clone(), record.partition))
+            .or_insert(record.offset);
+    }
+    for ((topic, partition), offset) in &first {
+        consumer.seek(topic, *partition, StartAt::Offset(*offset))?;
+    }
+    if consumer.group_generation().is_some() && !first.is_empty() {
+        consumer.commit(Some(first))?;
+    }
+    Ok(())
 }
 
 fn format_record(format: &str, record: &ConsumerRecord) -> String {

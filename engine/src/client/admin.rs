@@ -509,7 +509,8 @@ impl Admin {
                     client_id: member.client_id.to_string(),
                     client_host: member.client_host.to_string(),
                     assignment: if consumer {
-                        decode_assignment(&member.member_assignment)
+                        super::assignor::decode_assignment(&member.member_assignment)
+                            .unwrap_or_default()
                     } else {
                         Vec::new()
                     },
@@ -556,54 +557,9 @@ impl Admin {
 
     /// A group's committed offsets with the log end offsets and the lag, sorted.
     fn group_offsets(&mut self, group_id: &str) -> Result<Vec<PartitionLag>, ClientError> {
-        let version = self.connection.version(ApiKey::OffsetFetch)?;
-        let mut request = OffsetFetchRequest::default();
-        if version >= 8 {
-            request.groups = vec![offset_fetch_request::OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(text(group_id)))
-                .with_topics(None)];
-        } else {
-            request.group_id = GroupId(text(group_id));
-            request.topics = None;
-        }
-        let (_, response) = self
-            .connection
-            .call(ApiKey::OffsetFetch, RequestKind::OffsetFetch(request))?;
-        let ResponseKind::OffsetFetch(response) = response else {
-            return Err(ClientError::Protocol(
-                "OffsetFetch answered with another API".into(),
-            ));
-        };
-        let mut committed: Vec<(String, i32, i64)> = Vec::new();
-        if version >= 8 {
-            for group in response.groups {
-                ClientError::check(group.error_code, Some(format!("group {group_id}")))?;
-                for topic in group.topics {
-                    for partition in topic.partitions {
-                        committed.push((
-                            topic.name.0.to_string(),
-                            partition.partition_index,
-                            partition.committed_offset,
-                        ));
-                    }
-                }
-            }
-        } else {
-            ClientError::check(response.error_code, Some(format!("group {group_id}")))?;
-            for topic in response.topics {
-                for partition in topic.partitions {
-                    committed.push((
-                        topic.name.0.to_string(),
-                        partition.partition_index,
-                        partition.committed_offset,
-                    ));
-                }
-            }
-        }
-        committed.retain(|(_, _, offset)| *offset >= 0);
-        committed.sort();
+        let committed = super::group::fetch_committed(&mut self.connection, group_id, None)?;
         let mut lags = Vec::with_capacity(committed.len());
-        for (topic, partition, offset) in committed {
+        for ((topic, partition), offset) in committed {
             let end = self.connection.list_offset(&topic, partition, -1)?;
             lags.push(PartitionLag {
                 topic,
@@ -640,32 +596,5 @@ impl Admin {
                 "Metadata answered with another API".into(),
             )),
         }
-    }
-}
-
-/// The partitions of a consumer protocol assignment (empty when it cannot be read).
-fn decode_assignment(bytes: &bytes::Bytes) -> Vec<(String, i32)> {
-    use kafka_protocol::protocol::Decodable;
-    if bytes.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(0, 3);
-    let mut body = bytes.slice(2..);
-    match ConsumerProtocolAssignment::decode(&mut body, version) {
-        Ok(assignment) => {
-            let mut partitions: Vec<(String, i32)> = assignment
-                .assigned_partitions
-                .iter()
-                .flat_map(|topic| {
-                    topic
-                        .partitions
-                        .iter()
-                        .map(move |partition| (topic.topic.0.to_string(), *partition))
-                })
-                .collect();
-            partitions.sort();
-            partitions
-        }
-        Err(_) => Vec::new(),
     }
 }

@@ -1,6 +1,6 @@
 //! One blocking connection to a broker: requests encoded and responses decoded with the
 //! `kafka-protocol` crate, the API versions negotiated once with ApiVersions, one request at a
-//! time. Blocking sockets on the caller's thread: no executor, no io_uring.
+//! time or several in flight. Blocking sockets on the caller's thread: no executor, no io_uring.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -38,8 +38,40 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::CreatePartitions => (0, 3),
+        ApiKey::FindCoordinator => (1, 4),
+        ApiKey::JoinGroup => (1, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        ApiKey::OffsetCommit => (2, 8),
+        ApiKey::DeleteRecords => (0, 2),
         _ => return None,
     })
+}
+
+/// The body of a response of the API `$kind`, or a protocol error when the broker answered
+/// another API.
+macro_rules! response_of {
+    ($response:expr, $kind:ident) => {
+        match $response {
+            kafka_protocol::messages::ResponseKind::$kind(body) => Ok(body),
+            _ => Err($crate::client::ClientError::Protocol(
+                concat!(stringify!($kind), " answered with another API").into(),
+            )),
+        }
+    };
+}
+pub(crate) use response_of;
+
+/// A request sent and not yet answered: what reading its response needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a request in flight must have its response read"]
+pub struct InFlight {
+    /// The API.
+    pub api_key: ApiKey,
+    /// The version it was sent at.
+    pub version: i16,
+    correlation_id: i32,
 }
 
 /// A connection to one broker.
@@ -49,6 +81,8 @@ pub struct Connection {
     stream: TcpStream,
     correlation_id: i32,
     client_id: StrBytes,
+    /// How long a response may take (`request.timeout.ms`) unless a call says otherwise.
+    timeout: Duration,
     /// The broker's `(lowest, highest)` version of each API it advertises.
     broker_versions: BTreeMap<i16, (i16, i16)>,
 }
@@ -87,6 +121,7 @@ impl Connection {
             address: address.to_owned(),
             stream,
             correlation_id: 0,
+            timeout,
             client_id: StrBytes::from_string(client_id.to_owned()),
             broker_versions: BTreeMap::new(),
         };
@@ -212,6 +247,31 @@ impl Connection {
         Ok((version, self.exchange(api_key, version, body)?))
     }
 
+    /// [`Connection::call`] for a request the broker may hold for up to `wait` (JoinGroup
+    /// waits for the whole group) on top of the usual request timeout.
+    ///
+    /// # Errors
+    /// As [`Connection::call`].
+    pub fn call_waiting(
+        &mut self,
+        api_key: ApiKey,
+        body: RequestKind,
+        wait: Duration,
+    ) -> Result<(i16, ResponseKind), ClientError> {
+        let io = |address: &str, source| ClientError::Io {
+            address: address.to_owned(),
+            source,
+        };
+        self.stream
+            .set_read_timeout(Some(self.timeout + wait))
+            .map_err(|source| io(&self.address, source))?;
+        let result = self.call(api_key, body);
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|source| io(&self.address, source))?;
+        result
+    }
+
     /// Sends `body` at the highest common version without waiting for a response (Produce
     /// with acks=0, which gets none).
     ///
@@ -255,13 +315,73 @@ impl Connection {
             })
     }
 
-    fn exchange(
-        &mut self,
-        api_key: ApiKey,
-        version: i16,
-        body: RequestKind,
-    ) -> Result<ResponseKind, ClientError> {
-        self.write_request(api_key, version, &body)?;
+    /// Sends `body` at the highest common version and returns what [`Connection::receive`]
+    /// needs to read its response: several requests may be in flight on one connection, and
+    /// Kafka answers them in the order they were sent.
+    ///
+    /// # Errors
+    /// [`ClientError`] for an I/O failure or an unsupported API.
+    pub fn send(&mut self, api_key: ApiKey, body: &RequestKind) -> Result<InFlight, ClientError> {
+        let version = self.version(api_key)?;
+        self.write_request(api_key, version, body)?;
+        Ok(InFlight {
+            api_key,
+            version,
+            correlation_id: self.correlation_id,
+        })
+    }
+
+    /// Waits up to `timeout` for a response to start arriving; `false` when none did. The
+    /// response stays unread, for [`Connection::receive`].
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the connection failed or the broker closed it.
+    pub fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+        let io = |address: &str, source| ClientError::Io {
+            address: address.to_owned(),
+            source,
+        };
+        // A zero timeout means "block forever" to the socket; wait at least a millisecond.
+        self.stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(|source| io(&self.address, source))?;
+        let mut first = [0; 1];
+        let peeked = self.stream.peek(&mut first);
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|source| io(&self.address, source))?;
+        match peeked {
+            Ok(0) => Err(io(
+                &self.address,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                ),
+            )),
+            Ok(_) => Ok(true),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(io(&self.address, error)),
+        }
+    }
+
+    /// Reads the response to a request sent with [`Connection::send`]; responses must be read
+    /// in the order their requests were sent.
+    ///
+    /// # Errors
+    /// [`ClientError`] for an I/O failure, a response out of order or one that does not decode.
+    pub fn receive(&mut self, request: InFlight) -> Result<ResponseKind, ClientError> {
+        let InFlight {
+            api_key,
+            version,
+            correlation_id,
+        } = request;
         let io = |source| ClientError::Io {
             address: self.address.clone(),
             source,
@@ -282,14 +402,28 @@ impl Connection {
                         "decoding the {api_key:?} response header: {error}"
                     ))
                 })?;
-        if header.correlation_id != self.correlation_id {
+        if header.correlation_id != correlation_id {
             return Err(ClientError::Protocol(format!(
-                "response {} to request {}",
-                header.correlation_id, self.correlation_id
+                "response {} to request {correlation_id}",
+                header.correlation_id
             )));
         }
         ResponseKind::decode(api_key, &mut response, version).map_err(|error| {
             ClientError::Protocol(format!("decoding {api_key:?} v{version}: {error}"))
+        })
+    }
+
+    fn exchange(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, ClientError> {
+        self.write_request(api_key, version, &body)?;
+        self.receive(InFlight {
+            api_key,
+            version,
+            correlation_id: self.correlation_id,
         })
     }
 }

@@ -37,6 +37,10 @@ pub enum ClientError {
     /// The broker does not speak a version of an API this client needs.
     #[error("the broker does not support {0} at a version this client speaks")]
     Unsupported(String),
+    /// A call the client cannot make in its present state (seeking a partition not assigned,
+    /// subscribing without a group id, ...).
+    #[error("{0}")]
+    InvalidState(String),
     /// A message that could not be encoded or decoded.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -54,6 +58,24 @@ impl ClientError {
             name,
             message: message.filter(|message| !message.is_empty()),
         }
+    }
+
+    /// The Kafka error code, when the broker answered with one.
+    pub fn code(&self) -> Option<i16> {
+        match self {
+            ClientError::Kafka { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the broker's `error`.
+    pub fn is(&self, error: ResponseError) -> bool {
+        self.code() == Some(error.code())
+    }
+
+    /// Whether the connection is gone (not reached, or failed during a request).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Io { .. })
     }
 
     /// `Ok` for code 0, else the error.

@@ -10,10 +10,13 @@
 //! threads with blocking sockets, not on glommio (see docs/ARCHITECTURE.md).
 
 pub mod admin;
+pub mod assignor;
 pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
+pub mod membership;
 pub mod partitioner;
 pub mod producer;
 

@@ -11,6 +11,8 @@ use spate_engine::client::producer::{Producer, ProducerRecord};
 
 use crate::broker::util::Broker;
 
+mod group;
+
 fn producer(broker: &Broker, properties: &[(&str, &str)]) -> Producer {
     let address = broker.address.to_string();
     let mut all = vec![("bootstrap.servers", address.as_str())];
@@ -182,7 +184,7 @@ fn the_consumer_resumes_across_a_broker_restart() {
     .unwrap();
     let mut consumer = Consumer::new(config).unwrap();
     consumer.assign(&[("resume".into(), 0)]);
-    consumer.seek("resume", 0, StartAt::Beginning);
+    consumer.seek("resume", 0, StartAt::Beginning).unwrap();
     let mut values = Vec::new();
     while values.len() < 100 {
         values.extend(consumer.poll(Duration::from_secs(5)).unwrap());
