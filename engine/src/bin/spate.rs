@@ -52,7 +52,8 @@ enum Command {
     /// Print a topic's records: every partition (or the one given), or with --group the
     /// partitions the group gives this consumer, committing what was printed.
     Consume(ConsumeArgs),
-    /// List, describe (members, assignments, lag) and delete consumer groups.
+    /// List, describe (members, assignments, lag), reset the offsets of, and delete consumer
+    /// groups.
     #[command(subcommand)]
     Group(GroupCommand),
 }
@@ -78,6 +79,44 @@ enum GroupCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Move a group's committed offsets for a topic (the group must have no members). Shows
+    /// the plan; --execute applies it.
+    ResetOffsets(ResetOffsetsArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(
+    ["to_earliest", "to_latest", "to_offset", "to_timestamp", "shift_by"]
+)))]
+struct ResetOffsetsArgs {
+    /// Group id.
+    group: String,
+    /// Topic whose offsets move.
+    #[arg(long)]
+    topic: String,
+    /// Only this partition, repeatable [default: every partition].
+    #[arg(long = "partition")]
+    partitions: Vec<i32>,
+    /// To the first record of each partition.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To the end of each partition (skip everything not yet read).
+    #[arg(long)]
+    to_latest: bool,
+    /// To this offset (clamped to each partition's log start and end).
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// To the first record at or after this time, in ms since the epoch.
+    #[arg(long)]
+    to_timestamp: Option<i64>,
+    /// Move the committed offsets by this many records (negative: back).
+    #[arg(long, allow_hyphen_values = true)]
+    shift_by: Option<i64>,
+    /// Apply the plan; without it only the plan is shown (a dry run).
+    #[arg(long)]
+    execute: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -212,6 +251,20 @@ enum TopicCommand {
     Delete {
         /// Topic name.
         name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete the records before an offset (Kafka's kafka-delete-records): the partition's log
+    /// start moves up to it.
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// Delete the records before this offset; -1 for every record up to the high watermark.
+        #[arg(long, allow_hyphen_values = true)]
+        before: i64,
+        /// Only this partition, repeatable [default: every partition].
+        #[arg(long = "partition")]
+        partitions: Vec<i32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -563,7 +616,7 @@ fn topic(command: TopicCommand) -> Result<(), ClientError> {
             client,
         } => {
             if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
-                return Err(ClientError::Protocol(
+                return Err(ClientError::InvalidState(
                     "nothing to change: give --partitions, --config or --delete-config".into(),
                 ));
             }
@@ -577,6 +630,49 @@ fn topic(command: TopicCommand) -> Result<(), ClientError> {
             match client.output {
                 Output::Json => print_json(&serde_json::json!({ "altered": name })),
                 Output::Table => println!("altered topic {name}"),
+            }
+        }
+        TopicCommand::DeleteRecords {
+            name,
+            before,
+            partitions,
+            client,
+        } => {
+            let mut admin = admin(&client)?;
+            let partitions = if partitions.is_empty() {
+                admin
+                    .describe_topics(Some(std::slice::from_ref(&name)))?
+                    .into_iter()
+                    .flat_map(|topic| topic.partitions.into_iter().map(|p| p.partition))
+                    .collect()
+            } else {
+                partitions
+            };
+            let wanted = partitions
+                .iter()
+                .map(|partition| ((name.clone(), *partition), before))
+                .collect();
+            let mut rows = Vec::new();
+            for ((topic, partition), result) in admin.delete_records(&wanted)? {
+                rows.push((topic, partition, result?));
+            }
+            match client.output {
+                Output::Json => print_json(
+                    &rows
+                        .iter()
+                        .map(|(topic, partition, start)| {
+                            serde_json::json!({"topic": topic, "partition": partition, "log_start_offset": start})
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Output::Table => print_table(
+                    &["TOPIC", "PARTITION", "LOG-START-OFFSET"],
+                    rows.iter()
+                        .map(|(topic, partition, start)| {
+                            vec![topic.clone(), partition.to_string(), start.to_string()]
+                        })
+                        .collect(),
+                ),
             }
         }
         TopicCommand::Delete { name, client } => {
@@ -647,8 +743,7 @@ fn produce(args: ProduceArgs) -> Result<(), ClientError> {
         args.client.bootstrap_server.clone(),
     )];
     properties.extend(args.properties);
-    let config = ProducerConfig::from_properties(properties)
-        .map_err(|error| ClientError::Protocol(error.to_string()))?;
+    let config = ProducerConfig::from_properties(properties)?;
     let producer = Producer::new(config)?;
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let first_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
@@ -739,8 +834,7 @@ fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
         properties.push(("auto.offset.reset".to_owned(), reset.to_owned()));
     }
     properties.extend(args.properties);
-    let config = ConsumerConfig::from_properties(properties)
-        .map_err(|error| ClientError::InvalidState(error.to_string()))?;
+    let config = ConsumerConfig::from_properties(properties)?;
     let mut consumer = Consumer::new(config)?;
     if args.group.is_some() {
         consumer.subscribe(std::slice::from_ref(&args.topic))?;
@@ -826,6 +920,56 @@ fn unread(consumer: &mut Consumer, records: &[ConsumerRecord]) -> Result<(), Cli
     }
     if consumer.group_generation().is_some() && !first.is_empty() {
         consumer.commit(Some(first))?;
+    }
+    Ok(())
+}
+
+fn reset_offsets(args: ResetOffsetsArgs) -> Result<(), ClientError> {
+    use spate_engine::client::admin::OffsetReset;
+    let reset = if args.to_earliest {
+        OffsetReset::Earliest
+    } else if args.to_latest {
+        OffsetReset::Latest
+    } else if let Some(offset) = args.to_offset {
+        OffsetReset::Offset(offset)
+    } else if let Some(timestamp) = args.to_timestamp {
+        OffsetReset::Timestamp(timestamp)
+    } else {
+        OffsetReset::ShiftBy(
+            args.shift_by
+                .expect("clap requires one of the --to options"),
+        )
+    };
+    let mut admin = admin(&args.client)?;
+    let partitions = (!args.partitions.is_empty()).then_some(args.partitions.as_slice());
+    let plan = admin.plan_offset_reset(&args.group, &args.topic, partitions, reset)?;
+    if args.execute {
+        admin.reset_group_offsets(&args.group, &plan)?;
+    }
+    match args.client.output {
+        Output::Json => print_json(&serde_json::json!({
+            "group": args.group,
+            "executed": args.execute,
+            "offsets": plan
+                .iter()
+                .map(|((topic, partition), offset)| {
+                    serde_json::json!({"topic": topic, "partition": partition, "offset": offset})
+                })
+                .collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            print_table(
+                &["TOPIC", "PARTITION", "NEW-OFFSET"],
+                plan.iter()
+                    .map(|((topic, partition), offset)| {
+                        vec![topic.clone(), partition.to_string(), offset.to_string()]
+                    })
+                    .collect(),
+            );
+            if !args.execute {
+                eprintln!("dry run: nothing changed; add --execute to apply");
+            }
+        }
     }
     Ok(())
 }
@@ -964,6 +1108,7 @@ fn group(command: GroupCommand) -> Result<(), ClientError> {
                 }
             }
         }
+        GroupCommand::ResetOffsets(args) => reset_offsets(args)?,
         GroupCommand::Delete { group, client } => {
             admin(&client)?
                 .delete_groups(std::slice::from_ref(&group))?

@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::config::{CommonConfig, ConfigError};
-use super::connection::Connection;
+use super::connection::{response_of, Connection};
 use super::error::ClientError;
 
 /// A topic to create.
@@ -136,11 +137,30 @@ pub struct GroupDescription {
     pub offsets: Vec<PartitionLag>,
 }
 
+/// Where [`Admin::plan_offset_reset`] moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The log start.
+    Earliest,
+    /// The log end.
+    Latest,
+    /// An offset.
+    Offset(i64),
+    /// The first record at or after a timestamp (ms); the log end when none is that recent.
+    Timestamp(i64),
+    /// The committed offset (the log start where none is) moved by this many records.
+    ShiftBy(i64),
+}
+
+/// Per partition, its log start offset after [`Admin::delete_records`], or its error.
+pub type DeletedRecords = BTreeMap<(String, i32), Result<i64, ClientError>>;
+
 /// An admin client.
 #[derive(Debug)]
 pub struct Admin {
     connection: Connection,
     timeout: Duration,
+    client_id: String,
 }
 
 fn text(value: &str) -> StrBytes {
@@ -156,13 +176,14 @@ impl Admin {
         Ok(Admin {
             connection: Connection::open_any(config)?,
             timeout: Duration::from_millis(config.request_timeout_ms),
+            client_id: config.client_id.clone(),
         })
     }
 
     /// Connects with settings given by Kafka property names.
     ///
     /// # Errors
-    /// A [`ConfigError`] (as a protocol error) or the connection error.
+    /// A [`ConfigError`] or the connection error.
     pub fn from_properties<I, K, V>(properties: I) -> Result<Admin, ClientError>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -170,7 +191,7 @@ impl Admin {
         V: Into<String>,
     {
         let config = CommonConfig::from_properties(properties)
-            .map_err(|error: ConfigError| ClientError::Protocol(error.to_string()))?;
+            .map_err(|error: ConfigError| ClientError::Config(error))?;
         Admin::connect(&config)
     }
 
@@ -473,9 +494,9 @@ impl Admin {
     /// A failure of a request, or GROUP_ID_NOT_FOUND for a group that does not exist.
     pub fn describe_group(&mut self, group_id: &str) -> Result<GroupDescription, ClientError> {
         let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(text(group_id))]);
-        let (_, response) = self
-            .connection
-            .call(ApiKey::DescribeGroups, RequestKind::DescribeGroups(request))?;
+        let (_, response) = self.on_group_coordinator(group_id, |connection| {
+            connection.call(ApiKey::DescribeGroups, RequestKind::DescribeGroups(request))
+        })?;
         let ResponseKind::DescribeGroups(response) = response else {
             return Err(ClientError::Protocol(
                 "DescribeGroups answered with another API".into(),
@@ -487,7 +508,7 @@ impl Admin {
             .next()
             .ok_or_else(|| ClientError::Protocol("DescribeGroups without the group".into()))?;
         ClientError::check(described.error_code, None)?;
-        let offsets = self.group_offsets(group_id)?;
+        let offsets = self.list_group_offsets(group_id)?;
         if described.group_state.as_str() == "Dead" && offsets.is_empty() {
             return Err(ClientError::from_code(
                 kafka_protocol::error::ResponseError::GroupIdNotFound.code(),
@@ -555,9 +576,15 @@ impl Admin {
             .collect())
     }
 
-    /// A group's committed offsets with the log end offsets and the lag, sorted.
-    fn group_offsets(&mut self, group_id: &str) -> Result<Vec<PartitionLag>, ClientError> {
-        let committed = super::group::fetch_committed(&mut self.connection, group_id, None)?;
+    /// A group's committed offsets with the log end offsets and the lag, sorted (Kafka's
+    /// `listConsumerGroupOffsets`).
+    ///
+    /// # Errors
+    /// A failed request or the group's error.
+    pub fn list_group_offsets(&mut self, group_id: &str) -> Result<Vec<PartitionLag>, ClientError> {
+        let committed = self.on_group_coordinator(group_id, |connection| {
+            super::group::fetch_committed(connection, group_id, None)
+        })?;
         let mut lags = Vec::with_capacity(committed.len());
         for ((topic, partition), offset) in committed {
             let end = self.connection.list_offset(&topic, partition, -1)?;
@@ -570,6 +597,163 @@ impl Admin {
             });
         }
         Ok(lags)
+    }
+
+    /// Runs `call` on a connection to the coordinator of `group_id`: the bootstrap connection
+    /// when that broker is the coordinator, else a new one.
+    fn on_group_coordinator<T>(
+        &mut self,
+        group_id: &str,
+        call: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let address = super::group::find_coordinator(&mut self.connection, group_id)?;
+        if address == self.connection.address() {
+            return call(&mut self.connection);
+        }
+        let client_id = self.client_id.clone();
+        call(&mut Connection::open(&address, &client_id, self.timeout)?)
+    }
+
+    /// The new committed offset of each partition of `topic` (of `partitions`, or all) under
+    /// `reset`, clamped to the partition's log start and end as Kafka's reset tool does. Nothing
+    /// is changed: pass the plan to [`Admin::reset_group_offsets`].
+    ///
+    /// # Errors
+    /// A failed request, or UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn plan_offset_reset(
+        &mut self,
+        group_id: &str,
+        topic: &str,
+        partitions: Option<&[i32]>,
+        reset: OffsetReset,
+    ) -> Result<BTreeMap<(String, i32), i64>, ClientError> {
+        let all: Vec<i32> = match partitions {
+            Some(partitions) => partitions.to_vec(),
+            None => self
+                .describe_topics(Some(&[topic.to_owned()]))?
+                .into_iter()
+                .flat_map(|described| described.partitions.into_iter().map(|p| p.partition))
+                .collect(),
+        };
+        let committed = match reset {
+            OffsetReset::ShiftBy(_) => self.on_group_coordinator(group_id, |connection| {
+                super::group::fetch_committed(connection, group_id, None)
+            })?,
+            _ => BTreeMap::new(),
+        };
+        let mut plan = BTreeMap::new();
+        for partition in all {
+            let start = self.connection.list_offset(topic, partition, -2)?;
+            let end = self.connection.list_offset(topic, partition, -1)?;
+            let wanted = match reset {
+                OffsetReset::Earliest => start,
+                OffsetReset::Latest => end,
+                OffsetReset::Offset(offset) => offset,
+                OffsetReset::Timestamp(timestamp) => {
+                    match self.connection.list_offset(topic, partition, timestamp)? {
+                        -1 => end,
+                        offset => offset,
+                    }
+                }
+                OffsetReset::ShiftBy(shift) => committed
+                    .get(&(topic.to_owned(), partition))
+                    .copied()
+                    .unwrap_or(start)
+                    .saturating_add(shift),
+            };
+            plan.insert((topic.to_owned(), partition), wanted.clamp(start, end));
+        }
+        Ok(plan)
+    }
+
+    /// Commits `offsets` for a group that has no active members (Kafka's reset tool refuses an
+    /// active group too: its members would overwrite the reset with their next commit).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidState`] for a group with members; a failed request or the
+    /// coordinator's refusal.
+    pub fn reset_group_offsets(
+        &mut self,
+        group_id: &str,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), ClientError> {
+        match self.describe_group(group_id) {
+            Ok(described) if !described.members.is_empty() => {
+                return Err(ClientError::InvalidState(format!(
+                    "group {group_id} is {} with {} members; offsets can only be reset while \
+                     it has none (stop its consumers first)",
+                    described.state,
+                    described.members.len()
+                )))
+            }
+            Ok(_) => {}
+            Err(error) if error.is(ResponseError::GroupIdNotFound) => {}
+            Err(error) => return Err(error),
+        }
+        self.on_group_coordinator(group_id, |connection| {
+            super::group::commit_offsets(
+                connection,
+                super::group::Identity::outsider(group_id),
+                offsets,
+            )
+        })
+    }
+
+    /// Deletes the records before `offsets` (-1: before the high watermark) of each partition;
+    /// one result per partition: its new log start offset, or its error.
+    ///
+    /// # Errors
+    /// A failure of the request itself.
+    pub fn delete_records(
+        &mut self,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<DeletedRecords, ClientError> {
+        let mut topics: BTreeMap<&str, Vec<delete_records_request::DeleteRecordsPartition>> =
+            BTreeMap::new();
+        for ((topic, partition), offset) in offsets {
+            topics.entry(topic).or_default().push(
+                delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(*partition)
+                    .with_offset(*offset),
+            );
+        }
+        let request = DeleteRecordsRequest::default()
+            .with_timeout_ms(self.timeout_ms())
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        delete_records_request::DeleteRecordsTopic::default()
+                            .with_name(TopicName(text(topic)))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let (_, response) = self
+            .connection
+            .call(ApiKey::DeleteRecords, RequestKind::DeleteRecords(request))?;
+        let response = response_of!(response, DeleteRecords)?;
+        let mut results = BTreeMap::new();
+        for topic in response.topics {
+            for partition in topic.partitions {
+                let key = (topic.name.0.to_string(), partition.partition_index);
+                let context = Some(format!("{}-{}", key.0, key.1));
+                results.insert(
+                    key,
+                    ClientError::check(partition.error_code, context)
+                        .map(|()| partition.low_watermark),
+                );
+            }
+        }
+        for key in offsets.keys() {
+            results.entry(key.clone()).or_insert_with(|| {
+                Err(ClientError::Protocol(format!(
+                    "no result for {}-{}",
+                    key.0, key.1
+                )))
+            });
+        }
+        Ok(results)
     }
 
     fn metadata(

@@ -37,6 +37,9 @@ pub enum ClientError {
     /// The broker does not speak a version of an API this client needs.
     #[error("the broker does not support {0} at a version this client speaks")]
     Unsupported(String),
+    /// A setting that cannot be used.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
     /// A call the client cannot make in its present state (seeking a partition not assigned,
     /// subscribing without a group id, ...).
     #[error("{0}")]

@@ -244,3 +244,208 @@ fn topic_and_cluster_commands_against_a_broker() {
     assert_eq!(output.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--bootstrap-server"));
 }
+
+/// A command's exit code, standard output and standard error.
+type CommandOutput = (Option<i32>, String, String);
+
+/// `spate topic delete-records` moves a partition's log start; `spate group reset-offsets`
+/// plans (dry run), applies, clamps and refuses a group with members.
+#[test]
+fn delete_records_and_reset_group_offsets() {
+    use std::io::Write as _;
+    let work = tempfile::tempdir().unwrap();
+    let broker = crate::broker::util::Broker::start(
+        &work.path().join("data"),
+        &["--group-initial-rebalance-delay-ms", "0"],
+    );
+    let bootstrap = broker.address.to_string();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(args)
+            .args(["--bootstrap-server", &bootstrap])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("spate runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("JSON");
+    let (code, _, stderr) = run(&["topic", "create", "ledger", "--partitions", "2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut producer = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "produce",
+            "ledger",
+            "--partition",
+            "0",
+            "--bootstrap-server",
+            &bootstrap,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    for i in 0..20 {
+        writeln!(stdin, "entry-{i}").unwrap();
+    }
+    drop(stdin);
+    assert!(producer.wait().unwrap().success());
+
+    let (code, stdout, stderr) = run(&[
+        "topic",
+        "delete-records",
+        "ledger",
+        "--before",
+        "5",
+        "--partition",
+        "0",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json(&stdout)[0]["log_start_offset"], 5);
+    let (code, stdout, _) = run(&[
+        "consume",
+        "ledger",
+        "--partition",
+        "0",
+        "--from-beginning",
+        "--exit-at-end",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout.lines().next(), Some("entry-5"));
+    let (code, _, stderr) = run(&["topic", "delete-records", "ledger", "--before", "99"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("OFFSET_OUT_OF_RANGE"), "{stderr}");
+
+    // A group reads eight records of partition 0 and commits its positions: 13 in partition
+    // 0 (after the log start 5), 0 in the empty partition 1.
+    let (code, stdout, stderr) = run(&[
+        "consume",
+        "ledger",
+        "--group",
+        "auditors",
+        "--from-beginning",
+        "--max-messages",
+        "8",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.lines().count(), 8);
+    let committed = |run: &dyn Fn(&[&str]) -> CommandOutput| {
+        let (_, stdout, _) = run(&["group", "describe", "auditors", "--output", "json"]);
+        json(&stdout)["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|offset| {
+                (
+                    offset["partition"].as_i64().unwrap(),
+                    offset["committed"].as_i64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(committed(&run), [(0, 13), (1, 0)]);
+
+    // Dry run: a plan, nothing changed.
+    let (code, stdout, stderr) = run(&[
+        "group",
+        "reset-offsets",
+        "auditors",
+        "--topic",
+        "ledger",
+        "--to-earliest",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("dry run"), "{stderr}");
+    assert!(stdout.contains("NEW-OFFSET"), "{stdout}");
+    assert_eq!(committed(&run), [(0, 13), (1, 0)]);
+    let (code, stdout, stderr) = run(&[
+        "group",
+        "reset-offsets",
+        "auditors",
+        "--topic",
+        "ledger",
+        "--to-earliest",
+        "--execute",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(json(&stdout)["executed"], true);
+    // The earliest of partition 0 is its new log start.
+    assert_eq!(committed(&run), [(0, 5), (1, 0)]);
+    let (code, _, stderr) = run(&[
+        "group",
+        "reset-offsets",
+        "auditors",
+        "--topic",
+        "ledger",
+        "--partition",
+        "0",
+        "--shift-by",
+        "-2",
+        "--execute",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        committed(&run),
+        [(0, 5), (1, 0)],
+        "clamped to the log start"
+    );
+    let (code, _, stderr) = run(&[
+        "group",
+        "reset-offsets",
+        "auditors",
+        "--topic",
+        "ledger",
+        "--partition",
+        "0",
+        "--to-offset",
+        "1000",
+        "--execute",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(committed(&run), [(0, 20), (1, 0)], "clamped to the log end");
+
+    // With a member in the group, a reset is refused.
+    let mut member = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "consume",
+            "ledger",
+            "--group",
+            "auditors",
+            "--bootstrap-server",
+            &bootstrap,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, stdout, _) = run(&["group", "describe", "auditors", "--output", "json"]);
+        if json(&stdout)["state"] == "Stable" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stdout}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, _, stderr) = run(&[
+        "group",
+        "reset-offsets",
+        "auditors",
+        "--topic",
+        "ledger",
+        "--to-earliest",
+        "--execute",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("stop its consumers"), "{stderr}");
+    member.kill().unwrap();
+    member.wait().unwrap();
+}
