@@ -145,8 +145,14 @@ def test_spate_consume_from_an_offset_and_a_timestamp(broker):
     assert result.stdout.splitlines() == ["line-0", "line-1"]
     result = consume("--timestamp", "4102444800000", "--exit-at-end")  # the year 2100
     assert result.returncode == 0 and result.stdout == ""
-    result = consume("--group", "g", "--exit-at-end")
-    assert result.returncode == 1 and "not available" in result.stderr
+    # In a group: from the beginning once, then from the committed offsets (nothing new).
+    result = consume("--group", "g", "--from-beginning", "--exit-at-end")
+    assert result.returncode == 0 and result.stdout.splitlines() == [f"line-{i}" for i in range(10)]
+    result = consume("--group", "g", "--from-beginning", "--exit-at-end")
+    assert result.returncode == 0 and result.stdout == "", result.stdout
+    # A group decides the partitions and the offsets: --partition and --offset are refused.
+    result = consume("--group", "g", "--partition", "0")
+    assert result.returncode == 2 and "cannot be used with" in result.stderr
     missing = subprocess.run(
         [SPATE_BIN, "consume", "no-such-topic", "--bootstrap-server", broker.bootstrap,
          "--exit-at-end"], capture_output=True, text=True, timeout=60)

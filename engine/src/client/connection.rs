@@ -377,40 +377,24 @@ impl Connection {
     /// # Errors
     /// [`ClientError`] for an I/O failure, a response out of order or one that does not decode.
     pub fn receive(&mut self, request: InFlight) -> Result<ResponseKind, ClientError> {
-        let InFlight {
-            api_key,
-            version,
-            correlation_id,
-        } = request;
-        let io = |source| ClientError::Io {
+        read_response(&mut self.stream, &self.address, request)
+    }
+
+    /// Splits the connection into a half that sends and a half that reads responses, for a
+    /// thread that writes requests while another reads their answers.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the socket cannot be shared.
+    pub fn split(self) -> Result<(RequestSender, ResponseReader), ClientError> {
+        let stream = self.stream.try_clone().map_err(|source| ClientError::Io {
             address: self.address.clone(),
             source,
+        })?;
+        let reader = ResponseReader {
+            address: self.address.clone(),
+            stream,
         };
-        let mut size = [0; 4];
-        self.stream.read_exact(&mut size).map_err(io)?;
-        let size = u32::from_be_bytes(size) as usize;
-        if size > RESPONSE_BYTES_MAX {
-            return Err(ClientError::Protocol(format!("a response of {size} bytes")));
-        }
-        let mut response = vec![0; size];
-        self.stream.read_exact(&mut response).map_err(io)?;
-        let mut response = Bytes::from(response);
-        let header =
-            ResponseHeader::decode(&mut response, api_key.response_header_version(version))
-                .map_err(|error| {
-                    ClientError::Protocol(format!(
-                        "decoding the {api_key:?} response header: {error}"
-                    ))
-                })?;
-        if header.correlation_id != correlation_id {
-            return Err(ClientError::Protocol(format!(
-                "response {} to request {correlation_id}",
-                header.correlation_id
-            )));
-        }
-        ResponseKind::decode(api_key, &mut response, version).map_err(|error| {
-            ClientError::Protocol(format!("decoding {api_key:?} v{version}: {error}"))
-        })
+        Ok((RequestSender { connection: self }, reader))
     }
 
     fn exchange(
@@ -425,5 +409,90 @@ impl Connection {
             version,
             correlation_id: self.correlation_id,
         })
+    }
+}
+
+/// Reads one response frame from `stream` and decodes it as the answer to `request`.
+fn read_response(
+    stream: &mut TcpStream,
+    address: &str,
+    request: InFlight,
+) -> Result<ResponseKind, ClientError> {
+    let InFlight {
+        api_key,
+        version,
+        correlation_id,
+    } = request;
+    let io = |source| ClientError::Io {
+        address: address.to_owned(),
+        source,
+    };
+    let mut size = [0; 4];
+    stream.read_exact(&mut size).map_err(io)?;
+    let size = u32::from_be_bytes(size) as usize;
+    if size > RESPONSE_BYTES_MAX {
+        return Err(ClientError::Protocol(format!("a response of {size} bytes")));
+    }
+    let mut response = vec![0; size];
+    stream.read_exact(&mut response).map_err(io)?;
+    let mut response = Bytes::from(response);
+    let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version))
+        .map_err(|error| {
+            ClientError::Protocol(format!("decoding the {api_key:?} response header: {error}"))
+        })?;
+    if header.correlation_id != correlation_id {
+        return Err(ClientError::Protocol(format!(
+            "response {} to request {correlation_id}",
+            header.correlation_id
+        )));
+    }
+    ResponseKind::decode(api_key, &mut response, version)
+        .map_err(|error| ClientError::Protocol(format!("decoding {api_key:?} v{version}: {error}")))
+}
+
+/// The sending half of a split [`Connection`].
+#[derive(Debug)]
+pub struct RequestSender {
+    connection: Connection,
+}
+
+impl RequestSender {
+    /// As [`Connection::send`].
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send(&mut self, api_key: ApiKey, body: &RequestKind) -> Result<InFlight, ClientError> {
+        self.connection.send(api_key, body)
+    }
+
+    /// As [`Connection::send_only`].
+    ///
+    /// # Errors
+    /// As [`Connection::send_only`].
+    pub fn send_only(&mut self, api_key: ApiKey, body: RequestKind) -> Result<(), ClientError> {
+        self.connection.send_only(api_key, body)
+    }
+
+    /// Closes the socket for both halves, so that a reader blocked on it returns.
+    pub fn shutdown(&self) {
+        // Already closed, or never fully open: nothing more to do either way.
+        let _ = self.connection.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The reading half of a split [`Connection`].
+#[derive(Debug)]
+pub struct ResponseReader {
+    address: String,
+    stream: TcpStream,
+}
+
+impl ResponseReader {
+    /// As [`Connection::receive`].
+    ///
+    /// # Errors
+    /// As [`Connection::receive`].
+    pub fn receive(&mut self, request: InFlight) -> Result<ResponseKind, ClientError> {
+        read_response(&mut self.stream, &self.address, request)
     }
 }

@@ -5,16 +5,24 @@
 //! ```text
 //!  send() ── partitioner ──> open batch of (topic, partition) ──full/lingered/flush──> ready
 //!                                                                                       │
-//!  sender thread: ready batches ── Produce per leader (one request in flight per broker) ─┘
-//!        retriable error: metadata refreshed, the batch retried first (order kept), after
+//!  sender thread: ready batches ── Produce per leader, up to max.in.flight per connection ─┘
+//!  reader thread per connection: responses in order ── deliveries
+//!        retriable error: metadata refreshed, the batch retried first, after
 //!        retry.backoff.ms, until retries or delivery.timeout.ms run out
 //! ```
+//!
+//! Order within a partition: batches are sent in order, and a batch queued for retry holds
+//! back the partition's later batches not yet sent. Batches already in flight behind a failed
+//! one may still land before its retry, as in Kafka without idempotence; with
+//! `max.in.flight.requests.per.connection=1` order always holds. (Idempotence, which keeps
+//! order with several in flight, arrives with exactly-once, issue 10.)
 //!
 //! Each record's result arrives through its [`Delivery`] (wait for it like a future) or a
 //! callback. Memory waiting to be sent is bounded by `buffer.memory`: `send` blocks for room.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +36,7 @@ use kafka_protocol::records::{
 };
 
 use super::config::{Acks, Compression, ProducerConfig};
-use super::connection::Connection;
+use super::connection::{Connection, InFlight, RequestSender, ResponseReader};
 use super::error::ClientError;
 use super::partitioner::Partitioner;
 
@@ -146,6 +154,10 @@ struct Batch {
     bytes: usize,
     created: Instant,
     attempts: u32,
+    /// A retried batch waits out `retry.backoff.ms` until then.
+    retry_at: Option<Instant>,
+    /// Order of creation, producer-wide: a partition's batches are sent in this order.
+    sequence: u64,
 }
 
 /// Topics' partition counts and leaders, and the brokers' addresses.
@@ -167,6 +179,39 @@ struct State {
     partitioner: Partitioner,
     metadata: Metadata,
     random: u64,
+    /// Requests in flight per leader.
+    in_flight: BTreeMap<i32, usize>,
+    /// Topics of batches queued for retry, whose metadata the sender refreshes first.
+    stale_topics: BTreeSet<String>,
+    /// The next batch's `sequence`.
+    next_batch_sequence: u64,
+}
+
+impl State {
+    /// Puts a batch that was taken from `ready` (for a retry, or held back) back in, ahead of
+    /// its partition's newer batches, so that each partition's batches stay in creation order.
+    fn requeue(&mut self, batch: Batch) {
+        let position = self
+            .ready
+            .iter()
+            .position(|queued| {
+                queued.topic == batch.topic
+                    && queued.partition == batch.partition
+                    && queued.sequence > batch.sequence
+            })
+            .unwrap_or(self.ready.len());
+        self.ready.insert(position, batch);
+    }
+
+    /// Whether an older batch of `batch`'s partition waits in `ready` (a retry): then `batch`
+    /// must wait too.
+    fn has_older(&self, batch: &Batch) -> bool {
+        self.ready.iter().any(|queued| {
+            queued.topic == batch.topic
+                && queued.partition == batch.partition
+                && queued.sequence < batch.sequence
+        })
+    }
 }
 
 struct Shared {
@@ -317,6 +362,10 @@ impl Producer {
                 .0;
         }
         let key = (record.topic.clone(), partition);
+        let sequence = state.next_batch_sequence;
+        if !state.open.contains_key(&key) {
+            state.next_batch_sequence += 1;
+        }
         let batch = state.open.entry(key.clone()).or_insert_with(|| Batch {
             topic: record.topic.clone(),
             partition,
@@ -324,6 +373,8 @@ impl Producer {
             bytes: 0,
             created: Instant::now(),
             attempts: 0,
+            retry_at: None,
+            sequence,
         });
         let offset = batch.records.len() as i64;
         batch.records.push(PendingRecord {
@@ -503,14 +554,67 @@ fn fetch_metadata(connection: &mut Connection, topic: &str) -> Result<Metadata, 
     Ok(metadata)
 }
 
-/// The sender thread: waits for ready (or lingered) batches, sends them, delivers results.
-fn run_sender(shared: &Shared) {
+/// A connection to a leader as the sender thread holds it: it writes requests, and a reader
+/// thread of the link's own reads their responses in order and delivers the results, so that
+/// up to `max.in.flight.requests.per.connection` requests are on the wire at once.
+struct Link {
+    sender: RequestSender,
+    jobs: mpsc::Sender<Job>,
+    reader: JoinHandle<()>,
+    /// Set by the reader when the connection failed: the sender opens a new link.
+    broken: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn open(shared: &Arc<Shared>, leader: i32, address: &str) -> Result<Link, ClientError> {
+        let config = &shared.config;
+        let timeout = Duration::from_millis(config.common.request_timeout_ms);
+        let (sender, reader) =
+            Connection::open(address, &config.common.client_id, timeout)?.split()?;
+        let (jobs, queue) = mpsc::channel();
+        let broken = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let shared = Arc::clone(shared);
+            let broken = Arc::clone(&broken);
+            std::thread::Builder::new()
+                .name(format!("spate-producer-{leader}"))
+                .spawn(move || run_reader(&shared, leader, reader, &queue, &broken))
+                .map_err(|error| {
+                    ClientError::Protocol(format!("cannot start a reader thread: {error}"))
+                })?
+        };
+        Ok(Link {
+            sender,
+            jobs,
+            reader,
+            broken,
+        })
+    }
+
+    /// Closes the connection and waits for the reader, which fails what is still in flight.
+    fn close(self) {
+        self.sender.shutdown();
+        drop(self.jobs);
+        // A reader that panicked has already printed why; its batches stay counted, and a
+        // flush reports them as not delivered when its caller gives up.
+        let _ = self.reader.join();
+    }
+}
+
+/// A Produce request on the wire, with its batches.
+struct Job {
+    request: InFlight,
+    batches: Vec<Batch>,
+}
+
+/// The sender thread: waits for ready (or lingered) batches and sends them; the links' reader
+/// threads deliver the results.
+fn run_sender(shared: &Arc<Shared>) {
     let config = &shared.config;
     let linger = Duration::from_millis(config.linger_ms);
-    let backoff = Duration::from_millis(config.common.retry_backoff_ms);
-    let mut connections: BTreeMap<i32, Connection> = BTreeMap::new();
+    let mut links: BTreeMap<i32, Link> = BTreeMap::new();
     loop {
-        let batches = {
+        let (batches, stale) = {
             let mut state = shared.state.lock().expect("not poisoned");
             loop {
                 // Batches that lingered long enough, or all of them when flushing or closing.
@@ -532,16 +636,37 @@ fn run_sender(shared: &Shared) {
                         .batch_closed(&key.0, key.1, partitions, random);
                     state.ready.push_back(batch);
                 }
-                if !state.ready.is_empty() {
-                    break std::mem::take(&mut state.ready);
+                // A batch waiting out its retry backoff holds back the batches behind it.
+                let due = state
+                    .ready
+                    .iter()
+                    .take_while(|batch| batch.retry_at.is_none_or(|at| at <= now))
+                    .count();
+                if due > 0 {
+                    let batches: Vec<Batch> = state.ready.drain(..due).collect();
+                    break (batches, std::mem::take(&mut state.stale_topics));
                 }
-                if state.closing {
+                if state.closing
+                    && state.ready.is_empty()
+                    && state.open.is_empty()
+                    && state.in_flight.values().all(|count| *count == 0)
+                {
+                    drop(state);
+                    for (_, link) in std::mem::take(&mut links) {
+                        link.close();
+                    }
                     return;
                 }
+                let retry_wait = state
+                    .ready
+                    .front()
+                    .and_then(|batch| batch.retry_at)
+                    .map(|at| at.saturating_duration_since(now));
                 let wait = state
                     .open
                     .values()
                     .map(|batch| (batch.created + linger).saturating_duration_since(now))
+                    .chain(retry_wait)
                     .min()
                     .unwrap_or(Duration::from_secs(1))
                     .max(Duration::from_millis(1));
@@ -552,25 +677,16 @@ fn run_sender(shared: &Shared) {
                     .0;
             }
         };
-        let retry = send_batches(shared, &mut connections, batches);
-        if !retry.is_empty() {
-            std::thread::sleep(backoff);
-            refresh_metadata(shared, &mut connections, &retry);
-            let mut state = shared.state.lock().expect("not poisoned");
-            for batch in retry.into_iter().rev() {
-                state.ready.push_front(batch);
-            }
+        if !stale.is_empty() {
+            refresh_metadata(shared, &stale);
         }
+        send_batches(shared, &mut links, batches);
         shared.progress.notify_all();
     }
 }
 
-/// Sends `batches`, grouped by leader; returns the batches to retry, in order.
-fn send_batches(
-    shared: &Shared,
-    connections: &mut BTreeMap<i32, Connection>,
-    batches: VecDeque<Batch>,
-) -> Vec<Batch> {
+/// Sends `batches`, grouped by leader, each request once its link has room in flight.
+fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: Vec<Batch>) {
     let config = &shared.config;
     // A request carries at most one batch per partition (a Produce response answers each
     // partition once), so a partition's second batch goes in the next request to that leader,
@@ -594,8 +710,17 @@ fn send_batches(
             *round += 1;
         }
     }
-    let mut retry = Vec::new();
     for ((_, leader), batches) in requests {
+        let batches = wait_for_room(shared, leader, batches);
+        if batches.is_empty() {
+            continue;
+        }
+        if links
+            .get(&leader)
+            .is_some_and(|link| link.broken.load(Ordering::Acquire))
+        {
+            links.remove(&leader).expect("checked").close();
+        }
         let address = shared
             .state
             .lock()
@@ -604,82 +729,222 @@ fn send_batches(
             .brokers
             .get(&leader)
             .cloned();
-        let connection = match (connections.get_mut(&leader), address) {
-            (Some(connection), _) => Ok(connection),
-            (None, Some(address)) => {
-                let timeout = Duration::from_millis(config.common.request_timeout_ms);
-                Connection::open(&address, &config.common.client_id, timeout)
-                    .map(|connection| connections.entry(leader).or_insert(connection))
+        let link = match (links.contains_key(&leader), address) {
+            (true, _) => Ok(links.get_mut(&leader).expect("checked")),
+            (false, Some(address)) => {
+                Link::open(shared, leader, &address).map(|link| links.entry(leader).or_insert(link))
             }
-            (None, None) => Err(ClientError::from_code(
+            (false, None) => Err(ClientError::from_code(
                 ResponseError::LeaderNotAvailable.code(),
                 None,
             )),
         };
-        let outcome = connection.and_then(|connection| produce(config, connection, &batches));
-        match outcome {
-            Ok(results) => {
-                for (batch, result) in batches.into_iter().zip(results) {
-                    match result {
-                        Ok((base_offset, timestamp)) => deliver(shared, batch, |index, record| {
-                            Ok(RecordMetadata {
-                                topic: String::new(),
-                                partition: 0,
-                                offset: if base_offset < 0 {
-                                    -1
-                                } else {
-                                    base_offset + index as i64
-                                },
-                                timestamp_ms: if timestamp >= 0 {
-                                    timestamp
-                                } else {
-                                    record.timestamp
-                                },
-                            })
-                        }),
-                        Err(error) => retry_or_fail(shared, batch, error, &mut retry),
-                    }
+        let sent = link.and_then(|link| {
+            let request = produce_request(config, &batches)?;
+            if config.acks == Acks::None {
+                link.sender
+                    .send_only(ApiKey::Produce, RequestKind::Produce(request))?;
+                return Ok(None);
+            }
+            let in_flight = link
+                .sender
+                .send(ApiKey::Produce, &RequestKind::Produce(request))?;
+            Ok(Some(in_flight))
+        });
+        match sent {
+            Ok(None) => {
+                // acks=0: no answer will come; delivered as sent.
+                for batch in batches {
+                    deliver(shared, batch, |_, record| {
+                        Ok(RecordMetadata {
+                            topic: String::new(),
+                            partition: 0,
+                            offset: -1,
+                            timestamp_ms: record.timestamp,
+                        })
+                    });
+                }
+            }
+            Ok(Some(request)) => {
+                *shared
+                    .state
+                    .lock()
+                    .expect("not poisoned")
+                    .in_flight
+                    .entry(leader)
+                    .or_default() += 1;
+                let link = links.get(&leader).expect("just used");
+                if let Err(mpsc::SendError(job)) = link.jobs.send(Job { request, batches }) {
+                    // The reader is gone (it only stops when the link is dropped): fail over.
+                    finish_request(shared, leader, job.batches, Err(reader_gone()));
                 }
             }
             Err(error) => {
-                connections.remove(&leader);
-                let retriable =
-                    matches!(error, ClientError::Io { .. } | ClientError::Connect { .. })
-                        || matches!(error, ClientError::Kafka { code, .. } if is_retriable(code));
-                for batch in batches {
-                    let code = if retriable {
-                        ResponseError::NetworkException.code()
-                    } else {
+                if let Some(link) = links.remove(&leader) {
+                    link.close();
+                }
+                let failed = batches
+                    .into_iter()
+                    .map(|batch| (batch, Err(send_failed(&error))))
+                    .collect();
+                complete_batches(shared, failed);
+            }
+        }
+    }
+}
+
+fn reader_gone() -> ClientError {
+    ClientError::Io {
+        address: String::new(),
+        source: std::io::Error::other("the connection's reader stopped"),
+    }
+}
+
+/// What a batch that could not be sent is failed (or retried) with.
+fn send_failed(error: &ClientError) -> ClientError {
+    let retriable = error.is_disconnect()
+        || matches!(error, ClientError::Kafka { code, .. } if is_retriable(*code));
+    ClientError::Kafka {
+        code: if retriable {
+            ResponseError::NetworkException.code()
+        } else {
+            -1
+        },
+        name: "SEND_FAILED".into(),
+        message: Some(error.to_string()),
+    }
+}
+
+/// Waits until `leader` has room for another request in flight. Batches of a partition with an
+/// older batch queued (a retry) go back behind it instead, so that the partition's order holds.
+fn wait_for_room(shared: &Shared, leader: i32, batches: Vec<Batch>) -> Vec<Batch> {
+    let limit = shared.config.max_in_flight_requests_per_connection;
+    let mut state = shared.state.lock().expect("not poisoned");
+    while state.in_flight.get(&leader).copied().unwrap_or(0) >= limit {
+        state = shared.progress.wait(state).expect("not poisoned");
+    }
+    let (held, go): (Vec<Batch>, Vec<Batch>) = batches
+        .into_iter()
+        .partition(|batch| state.has_older(batch));
+    for batch in held {
+        state.requeue(batch);
+    }
+    go
+}
+
+/// A link's reader thread: reads each request's response in order and delivers its results.
+fn run_reader(
+    shared: &Shared,
+    leader: i32,
+    mut reader: ResponseReader,
+    jobs: &mpsc::Receiver<Job>,
+    broken: &AtomicBool,
+) {
+    while let Ok(job) = jobs.recv() {
+        let response = if broken.load(Ordering::Acquire) {
+            Err(reader_gone())
+        } else {
+            reader.receive(job.request)
+        };
+        if response.is_err() {
+            broken.store(true, Ordering::Release);
+        }
+        finish_request(shared, leader, job.batches, response);
+    }
+}
+
+/// Delivers (or queues for retry) the batches of an answered request and frees its place in
+/// flight.
+fn finish_request(
+    shared: &Shared,
+    leader: i32,
+    batches: Vec<Batch>,
+    response: Result<ResponseKind, ClientError>,
+) {
+    let outcomes: Vec<(Batch, PartitionOutcome)> =
+        match response.and_then(|response| match response {
+            ResponseKind::Produce(response) => Ok(response),
+            _ => Err(ClientError::Protocol(
+                "Produce answered with another API".into(),
+            )),
+        }) {
+            Ok(response) => batches
+                .into_iter()
+                .map(|batch| {
+                    let outcome = partition_outcome(&response, &batch);
+                    (batch, outcome)
+                })
+                .collect(),
+            Err(error) => batches
+                .into_iter()
+                .map(|batch| (batch, Err(send_failed(&error))))
+                .collect(),
+        };
+    complete_batches(shared, outcomes);
+    let mut state = shared.state.lock().expect("not poisoned");
+    let count = state.in_flight.entry(leader).or_default();
+    assert!(*count > 0, "a request finished that was not in flight");
+    *count -= 1;
+    drop(state);
+    shared.progress.notify_all();
+    shared.work.notify_all();
+}
+
+/// Delivers successes; queues retriable failures at the front of the ready queue (after
+/// `retry.backoff.ms`, with their topics' metadata to refresh); fails the rest.
+fn complete_batches(shared: &Shared, outcomes: Vec<(Batch, PartitionOutcome)>) {
+    let config = &shared.config;
+    let mut retry = Vec::new();
+    for (mut batch, outcome) in outcomes {
+        match outcome {
+            Ok((base_offset, timestamp)) => deliver(shared, batch, |index, record| {
+                Ok(RecordMetadata {
+                    topic: String::new(),
+                    partition: 0,
+                    offset: if base_offset < 0 {
                         -1
-                    };
-                    let error = ClientError::Kafka {
-                        code,
-                        name: "SEND_FAILED".into(),
-                        message: Some(error.to_string()),
-                    };
-                    retry_or_fail(shared, batch, error, &mut retry);
+                    } else {
+                        base_offset + index as i64
+                    },
+                    timestamp_ms: if timestamp >= 0 {
+                        timestamp
+                    } else {
+                        record.timestamp
+                    },
+                })
+            }),
+            Err(error) => {
+                let retriable =
+                    matches!(&error, ClientError::Kafka { code, .. } if is_retriable(*code));
+                let within_time =
+                    batch.created.elapsed() < Duration::from_millis(config.delivery_timeout_ms);
+                if retriable && batch.attempts < config.retries && within_time {
+                    batch.attempts += 1;
+                    batch.retry_at = Some(
+                        Instant::now() + Duration::from_millis(config.common.retry_backoff_ms),
+                    );
+                    retry.push(batch);
+                } else {
+                    let message = error.to_string();
+                    deliver(shared, batch, |_, _| Err(DeliveryError(message.clone())));
                 }
             }
         }
     }
-    retry
+    if retry.is_empty() {
+        return;
+    }
+    let mut state = shared.state.lock().expect("not poisoned");
+    for batch in retry {
+        state.stale_topics.insert(batch.topic.clone());
+        state.requeue(batch);
+    }
+    drop(state);
+    shared.work.notify_all();
 }
 
 fn is_retriable(code: i16) -> bool {
     ResponseError::try_from_code(code).is_some_and(|error| error.is_retriable())
-}
-
-fn retry_or_fail(shared: &Shared, mut batch: Batch, error: ClientError, retry: &mut Vec<Batch>) {
-    let config = &shared.config;
-    let retriable = matches!(&error, ClientError::Kafka { code, .. } if is_retriable(*code));
-    let within_time = batch.created.elapsed() < Duration::from_millis(config.delivery_timeout_ms);
-    if retriable && batch.attempts < config.retries && within_time {
-        batch.attempts += 1;
-        retry.push(batch);
-        return;
-    }
-    let message = error.to_string();
-    deliver(shared, batch, |_, _| Err(DeliveryError(message.clone())));
 }
 
 /// Hands each record of `batch` its result and frees its memory.
@@ -704,12 +969,11 @@ fn deliver(shared: &Shared, batch: Batch, result: impl Fn(usize, &WireRecord) ->
 /// A partition's answer to a Produce: its base offset and log-append time, or its error.
 type PartitionOutcome = Result<(i64, i64), ClientError>;
 
-/// One Produce request with `batches`; per batch, its partition's answer.
-fn produce(
+/// The Produce request carrying `batches`, encoded and compressed.
+fn produce_request(
     config: &ProducerConfig,
-    connection: &mut Connection,
     batches: &[Batch],
-) -> Result<Vec<PartitionOutcome>, ClientError> {
+) -> Result<ProduceRequest, ClientError> {
     let compression = match config.compression {
         Compression::None => WireCompression::None,
         Compression::Gzip => WireCompression::Gzip,
@@ -744,54 +1008,37 @@ fn produce(
             ),
         }
     }
-    let request = ProduceRequest::default()
+    Ok(ProduceRequest::default()
         .with_acks(config.acks.wire())
         .with_timeout_ms(i32::try_from(config.common.request_timeout_ms).unwrap_or(i32::MAX))
-        .with_topic_data(topics);
-    if config.acks == Acks::None {
-        connection.send_only(ApiKey::Produce, RequestKind::Produce(request))?;
-        return Ok(batches.iter().map(|_| Ok((-1, -1))).collect());
-    }
-    let (_, response) = connection.call(ApiKey::Produce, RequestKind::Produce(request))?;
-    let ResponseKind::Produce(response) = response else {
-        return Err(ClientError::Protocol(
-            "Produce answered with another API".into(),
-        ));
-    };
-    Ok(batches
-        .iter()
-        .map(|batch| {
-            let answer = response
-                .responses
-                .iter()
-                .filter(|topic| topic.name.0.as_str() == batch.topic)
-                .flat_map(|topic| &topic.partition_responses)
-                .find(|partition| partition.index == batch.partition);
-            match answer {
-                Some(answer) if answer.error_code == 0 => {
-                    Ok((answer.base_offset, answer.log_append_time_ms))
-                }
-                Some(answer) => Err(ClientError::from_code(
-                    answer.error_code,
-                    answer.error_message.as_ref().map(ToString::to_string),
-                )),
-                None => Err(ClientError::Protocol(format!(
-                    "no answer for {}-{}",
-                    batch.topic, batch.partition
-                ))),
-            }
-        })
-        .collect())
+        .with_topic_data(topics))
 }
 
-/// New metadata for the topics of batches about to be retried (their leader may have moved).
-fn refresh_metadata(
-    shared: &Shared,
-    connections: &mut BTreeMap<i32, Connection>,
-    batches: &[Batch],
-) {
-    let mut topics: Vec<&str> = batches.iter().map(|batch| batch.topic.as_str()).collect();
-    topics.dedup();
+/// `batch`'s partition's answer in a Produce response.
+fn partition_outcome(response: &ProduceResponse, batch: &Batch) -> PartitionOutcome {
+    let answer = response
+        .responses
+        .iter()
+        .filter(|topic| topic.name.0.as_str() == batch.topic)
+        .flat_map(|topic| &topic.partition_responses)
+        .find(|partition| partition.index == batch.partition);
+    match answer {
+        Some(answer) if answer.error_code == 0 => {
+            Ok((answer.base_offset, answer.log_append_time_ms))
+        }
+        Some(answer) => Err(ClientError::from_code(
+            answer.error_code,
+            answer.error_message.as_ref().map(ToString::to_string),
+        )),
+        None => Err(ClientError::Protocol(format!(
+            "no answer for {}-{}",
+            batch.topic, batch.partition
+        ))),
+    }
+}
+
+/// New metadata for topics whose batches are retried (their leader may have moved).
+fn refresh_metadata(shared: &Shared, topics: &BTreeSet<String>) {
     let mut connection = shared.metadata_connection.lock().expect("not poisoned");
     for topic in topics {
         if connection.is_none() {
@@ -806,10 +1053,7 @@ fn refresh_metadata(
                 state.metadata.brokers.extend(metadata.brokers);
                 state.metadata.partitions.extend(metadata.partitions);
             }
-            Err(_) => {
-                *connection = None;
-                connections.clear();
-            }
+            Err(_) => *connection = None,
         }
     }
 }

@@ -161,6 +161,64 @@ fn the_producer_retries_across_a_broker_restart() {
     assert_eq!(end_offset(&broker, "restart"), 400);
 }
 
+/// A producer keeps sending small batches while the broker restarts under it: with one
+/// request in flight, whatever fails and is retried keeps its place, so the offsets follow
+/// the order of the sends.
+#[test]
+fn one_request_in_flight_keeps_a_partitions_order_through_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let address = broker.address;
+    let producer = std::sync::Arc::new(producer(
+        &broker,
+        &[
+            ("acks", "all"),
+            ("batch.size", "200"),
+            ("linger.ms", "0"),
+            ("max.in.flight.requests.per.connection", "1"),
+            ("retry.backoff.ms", "50"),
+            ("request.timeout.ms", "5000"),
+        ],
+    ));
+    let sending = {
+        let producer = std::sync::Arc::clone(&producer);
+        std::thread::spawn(move || {
+            (0..3000)
+                .map(|i| {
+                    if i % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    producer.send(record("ordered", format!("{i}"))).unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(broker.stop().code(), Some(0));
+    let broker = Broker::start_at(&data, address, &[]);
+    let deliveries = sending.join().unwrap();
+    let offsets: Vec<i64> = deliveries
+        .iter()
+        .map(|delivery| {
+            delivery
+                .wait(Some(Duration::from_secs(60)))
+                .expect("answered")
+                .expect("delivered")
+                .offset
+        })
+        .collect();
+    let misplaced = offsets
+        .iter()
+        .enumerate()
+        .find(|(index, offset)| **offset != *index as i64);
+    assert_eq!(
+        misplaced, None,
+        "the record sent n-th must land at offset n"
+    );
+    drop(broker);
+}
+
 /// The broker restarts under a running consumer: it reconnects and resumes where it was,
 /// missing nothing and repeating nothing.
 #[test]

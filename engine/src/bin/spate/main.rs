@@ -1,5 +1,7 @@
 //! The `spate` command line.
 
+mod bench;
+
 use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,9 @@ enum Command {
     /// groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Load generators: produce or consume, with throughput and latency percentiles.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -368,6 +373,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => return client_command(produce(args)),
         Command::Consume(args) => return client_command(consume(args)),
         Command::Group(command) => return client_command(group(command)),
+        Command::Bench(command) => return client_command(bench::bench(command)),
         Command::Cluster(ClusterCommand::Info { client }) => {
             return client_command(cluster_info(client))
         }
