@@ -449,3 +449,102 @@ fn delete_records_and_reset_group_offsets() {
     member.kill().unwrap();
     member.wait().unwrap();
 }
+
+/// `spate bench produce` and `spate bench consume` run against a broker and report what they
+/// measured, as a table and as JSON.
+#[test]
+fn bench_produce_and_consume_report_throughput_and_latency() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = crate::broker::util::Broker::start(&work.path().join("data"), &[]);
+    let bootstrap = broker.address.to_string();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(args)
+            .args(["--bootstrap-server", &bootstrap])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("spate runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&[
+        "bench",
+        "produce",
+        "--topic",
+        "load",
+        "--partitions",
+        "3",
+        "--records",
+        "5000",
+        "--record-size",
+        "200",
+        "--keys",
+        "50",
+        "--compression",
+        "lz4",
+        "--acks",
+        "all",
+        "--rate",
+        "20000",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["records"], 5000);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["bytes"], 5000 * 200);
+    assert_eq!(report["latency_ms"]["count"], 5000);
+    let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(0.0 < p50 && p50 <= p99, "{report}");
+    assert!(report["latency_measured_from"]
+        .as_str()
+        .unwrap()
+        .contains("coordinated omission"));
+    // The topic was made with three partitions, and the fifty keys spread over all of them.
+    for partition in ["0", "1", "2"] {
+        let (code, stdout, _) = run(&[
+            "consume",
+            "load",
+            "--partition",
+            partition,
+            "--from-beginning",
+            "--exit-at-end",
+            "--format",
+            "%k\\n",
+        ]);
+        assert_eq!(code, Some(0));
+        assert!(
+            stdout.lines().count() > 100,
+            "partition {partition}: {stdout}"
+        );
+        assert!(stdout.lines().all(|key| key.starts_with("key-")));
+    }
+
+    let (code, stdout, stderr) = run(&[
+        "bench",
+        "consume",
+        "--topic",
+        "load",
+        "--records",
+        "5000",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["records"], 5000);
+    assert_eq!(report["partitions"], 3);
+    assert!(report["records_per_second"].as_f64().unwrap() > 0.0);
+
+    let (code, stdout, stderr) = run(&["bench", "produce", "--topic", "load", "--duration", "1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("RECORDS"), "{stdout}");
+    assert!(stdout.contains("no target rate"), "{stdout}");
+    let (code, _, stderr) = run(&["bench", "produce", "--topic", "load", "--rate", "0"]);
+    assert_eq!(code, Some(1), "{stderr}");
+}
