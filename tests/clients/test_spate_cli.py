@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from conftest import SPATE_BIN, unique_topic
 
@@ -126,6 +126,48 @@ def test_spate_consume_reads_what_librdkafka_wrote(broker, codec):
     for partition in range(PARTITIONS):
         offsets = [r["offset"] for r in records if r["partition"] == partition]
         assert offsets == list(range(len(offsets)))
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_kafka_python_reads_what_spate_produce_wrote(broker, codec):
+    topic = create(broker.bootstrap)
+    lines = [f"key-{i}:value-{i}" for i in range(500)]
+    result = spate_produce(broker.bootstrap, topic, lines, "--key-separator", ":",
+                           "--header", "source=spate-cli", "--property", f"compression.type={codec}")
+    assert result.returncode == 0, result.stderr
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=10000)
+    messages = []
+    for message in consumer:
+        messages.append(message)
+        if len(messages) == len(lines):
+            break
+    consumer.close()
+    assert {(m.key.decode(), m.value.decode()) for m in messages} == \
+        {tuple(line.split(":", 1)) for line in lines}
+    assert all(m.headers == [("source", b"spate-cli")] for m in messages)
+
+
+@pytest.mark.parametrize("codec", [None, "gzip", "snappy", "lz4", "zstd"])
+def test_spate_consume_reads_what_kafka_python_wrote(broker, codec):
+    topic = create(broker.bootstrap)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False,
+                             compression_type=codec, linger_ms=5)
+    for i in range(500):
+        producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode(),
+                      headers=[("n", str(i).encode())])
+    producer.flush(30)
+    producer.close()
+    result = subprocess.run(
+        [SPATE_BIN, "consume", topic, "--bootstrap-server", broker.bootstrap,
+         "--from-beginning", "--exit-at-end", "--output", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(r["key"], r["value"]) for r in records} == {(f"k{i}", f"v{i}") for i in range(500)}
+    assert all(r["headers"] == [["n", r["value"][1:]]] for r in records)
 
 
 def test_spate_consume_from_an_offset_and_a_timestamp(broker):

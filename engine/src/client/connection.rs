@@ -294,7 +294,12 @@ impl Connection {
             .with_request_api_version(version)
             .with_correlation_id(self.correlation_id)
             .with_client_id(Some(self.client_id.clone()));
-        let mut frame = BytesMut::new();
+        // Sized up front: a Produce carries megabytes, and growing the buffer would copy them.
+        let body_size = match body {
+            RequestKind::Produce(produce) => produce.compute_size(version).unwrap_or(0),
+            _ => 0,
+        };
+        let mut frame = BytesMut::with_capacity(4 + 64 + self.client_id.len() + body_size);
         frame.extend_from_slice(&[0; 4]);
         header
             .encode(&mut frame, api_key.request_header_version(version))

@@ -983,7 +983,9 @@ fn produce_request(
     };
     let mut topics: Vec<produce_request::TopicProduceData> = Vec::new();
     for batch in batches {
-        let mut encoded = BytesMut::new();
+        // The batch header, and per record at most 20 bytes of varints and attributes besides
+        // what `bytes` counted: no growth, so no copy, for an uncompressed batch.
+        let mut encoded = BytesMut::with_capacity(61 + batch.bytes + 20 * batch.records.len());
         RecordBatchEncoder::encode(
             &mut encoded,
             batch.records.iter().map(|pending| &pending.record),

@@ -360,6 +360,17 @@ fn main() -> ExitCode {
         .with_writer(io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Consume(_)) {
+        // A command piped into `head` stops quietly when the reader goes, as Unix tools do,
+        // instead of panicking in println!. Sockets are unaffected (std sends with
+        // MSG_NOSIGNAL). The broker keeps Rust's default of ignoring SIGPIPE, and so does
+        // `spate consume`, which handles a closed pipe itself (it commits what it printed and
+        // leaves its group).
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Log(LogCommand::Dump { dir }) => dump(dir),
