@@ -372,3 +372,52 @@ fn a_member_that_stops_polling_is_replaced_and_rejoins_later() {
     stop.store(true, Ordering::Relaxed);
     steady_thread.join().unwrap();
 }
+
+/// Without a committed offset, `auto.offset.reset` decides: `latest` reads only what comes
+/// next, `earliest` everything, `none` is an error; an offset out of range with `none` is
+/// OFFSET_OUT_OF_RANGE, and with `earliest` starts over at the log start.
+#[test]
+fn auto_offset_reset_earliest_latest_and_none() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = start_broker(&work);
+    create_topic(&broker, "resets", 1);
+    produce(&broker, "resets", 1, 0..10);
+    let read_all = |consumer: &mut Consumer, count: usize| {
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while values.len() < count {
+            assert!(Instant::now() < deadline, "read {values:?}");
+            for record in consumer.poll(Duration::from_millis(200)).unwrap() {
+                values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        values
+    };
+
+    let mut latest = consumer(&broker, "reset-latest", &[("auto.offset.reset", "latest")]);
+    latest.subscribe(&["resets".into()]).unwrap();
+    while latest.position("resets", 0).is_none() {
+        assert!(latest.poll(Duration::from_millis(200)).unwrap().is_empty());
+    }
+    produce(&broker, "resets", 1, 10..12);
+    assert_eq!(read_all(&mut latest, 2), ["v10", "v11"]);
+
+    let mut earliest = consumer(&broker, "reset-earliest", &[]);
+    earliest.subscribe(&["resets".into()]).unwrap();
+    assert_eq!(read_all(&mut earliest, 12).len(), 12);
+
+    let mut none = consumer(&broker, "reset-none", &[("auto.offset.reset", "none")]);
+    none.subscribe(&["resets".into()]).unwrap();
+    let error = none.poll(Duration::from_secs(5)).unwrap_err();
+    assert!(
+        error.to_string().contains("auto.offset.reset=none"),
+        "{error}"
+    );
+    // With a position beyond the log end: OFFSET_OUT_OF_RANGE for `none`...
+    none.seek("resets", 0, StartAt::Offset(1000)).unwrap();
+    let error = none.poll(Duration::from_secs(5)).unwrap_err();
+    assert!(error.to_string().contains("OFFSET_OUT_OF_RANGE"), "{error}");
+    // ... and the log start again for `earliest`.
+    earliest.seek("resets", 0, StartAt::Offset(1000)).unwrap();
+    assert_eq!(read_all(&mut earliest, 1)[0], "v0");
+}
