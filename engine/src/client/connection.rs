@@ -185,6 +185,12 @@ impl Connection {
         &self.address
     }
 
+    /// The socket, for waiting on several connections at once with poll(2).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.stream.as_raw_fd()
+    }
+
     fn negotiate(&mut self) -> Result<(), ClientError> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("spate"))

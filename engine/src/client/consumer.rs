@@ -3,9 +3,10 @@
 //! assignor), read from positions set by `seek`, by the group's committed offsets or by
 //! `auto.offset.reset`.
 //!
-//! Fetching is pipelined: when `poll` hands records out, the next Fetch for the partitions with
-//! nothing left in the buffer is already on the wire, so the broker works while the application
-//! does. A response that arrives for a partition sought, revoked or reset in the meantime is
+//! Each partition is read from its leader, found in metadata (and again when a partition says
+//! its leader moved), over one connection per leader. Fetching is pipelined: when `poll` hands
+//! records out, the next Fetch to each leader, for the partitions with nothing left in the
+//! buffer, is already on the wire, so the brokers work while the application does. A response that arrives for a partition sought, revoked or reset in the meantime is
 //! dropped: data is taken only at the offset it was asked for.
 //!
 //! Positions move only as `poll` returns records, so a commit (automatic every
@@ -112,6 +113,15 @@ impl PartitionState {
     }
 }
 
+/// Partition leaders and broker addresses, from metadata.
+#[derive(Debug, Default)]
+struct Leaders {
+    brokers: BTreeMap<i32, String>,
+    leader_of: BTreeMap<TopicPartition, i32>,
+    /// A partition answered NOT_LEADER_OR_FOLLOWER (or the like): ask again.
+    stale: bool,
+}
+
 /// A Fetch on the wire, with the offset asked for each partition.
 #[derive(Debug)]
 struct FetchInFlight {
@@ -142,9 +152,15 @@ struct GroupState {
 /// A consumer. See the module docs.
 pub struct Consumer {
     config: ConsumerConfig,
+    /// To a bootstrap server: metadata.
     connection: Connection,
     partitions: BTreeMap<TopicPartition, PartitionState>,
-    fetch: Option<FetchInFlight>,
+    /// Where each partition is read from, and the brokers' addresses.
+    leaders: Leaders,
+    /// Per leader: the connection that fetches (and lists offsets) there.
+    links: BTreeMap<i32, Connection>,
+    /// Per leader: its Fetch on the wire.
+    fetches: BTreeMap<i32, FetchInFlight>,
     /// Where the next drain of buffered records starts, so partitions take turns.
     drain_from: usize,
     group: Option<GroupState>,
@@ -205,7 +221,9 @@ impl Consumer {
             config,
             connection,
             partitions: BTreeMap::new(),
-            fetch: None,
+            leaders: Leaders::default(),
+            links: BTreeMap::new(),
+            fetches: BTreeMap::new(),
             drain_from: 0,
             group,
             listener: None,
@@ -248,7 +266,7 @@ impl Consumer {
                     .collect(),
             ));
         let (_, response) = self
-            .idle_connection()?
+            .connection
             .call(ApiKey::Metadata, RequestKind::Metadata(request))?;
         let response = response_of!(response, Metadata)?;
         let mut counts = BTreeMap::new();
@@ -264,7 +282,18 @@ impl Consumer {
                 continue;
             }
             let count = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+            for partition in &topic.partitions {
+                self.leaders.leader_of.insert(
+                    (name.clone(), partition.partition_index),
+                    partition.leader_id.0,
+                );
+            }
             counts.insert(name, count);
+        }
+        for broker in response.brokers {
+            self.leaders
+                .brokers
+                .insert(broker.node_id.0, format!("{}:{}", broker.host, broker.port));
         }
         Ok(counts)
     }
@@ -443,7 +472,7 @@ impl Consumer {
         let mut offsets = BTreeMap::new();
         for ((topic, partition), timestamp) in timestamps {
             let offset = self
-                .idle_connection()?
+                .leader_link(topic, *partition)?
                 .list_offset(topic, *partition, *timestamp)?;
             offsets.insert((topic.clone(), *partition), (offset >= 0).then_some(offset));
         }
@@ -455,7 +484,7 @@ impl Consumer {
     /// # Errors
     /// A failed request or a partition's error.
     pub fn watermarks(&mut self, topic: &str, partition: i32) -> Result<(i64, i64), ClientError> {
-        let connection = self.idle_connection()?;
+        let connection = self.leader_link(topic, partition)?;
         let start = connection.list_offset(topic, partition, -2)?;
         let end = connection.list_offset(topic, partition, -1)?;
         Ok((start, end))
@@ -587,71 +616,70 @@ impl Consumer {
         if let Some(group) = &self.group {
             group.membership.polled();
         }
-        match self.poll_until(deadline) {
-            // The broker went away (a restart, say): reconnect and carry on from the positions,
-            // which only ever move past records handed out.
-            Err(error @ ClientError::Io { .. }) => {
-                tracing::debug!(%error, "fetch connection lost; reconnecting");
-                // The fetch in flight is lost with the connection; its partitions are still at
-                // the offsets it asked for, so the next one asks again.
-                self.fetch = None;
-                self.reconnect(deadline)?;
-                self.poll_until(deadline)
+        let backoff = Duration::from_millis(self.config.common.retry_backoff_ms.max(10));
+        loop {
+            match self.poll_until(deadline) {
+                // A broker went away (a restart, say): carry on from the positions, which only
+                // ever move past records handed out, once it or another is back; until then
+                // the poll comes back empty at its deadline.
+                Err(error) if error.is_disconnect() => {
+                    tracing::debug!(%error, "a connection failed; reconnecting");
+                    self.forget_links();
+                    if Instant::now() + backoff >= deadline {
+                        return Ok(Vec::new());
+                    }
+                    std::thread::sleep(backoff);
+                    if let Ok(connection) = Connection::open_any(&self.config.common) {
+                        self.connection = connection;
+                    }
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
-    /// A new connection to any bootstrap server, retried until `deadline`.
-    fn reconnect(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        let backoff = Duration::from_millis(self.config.common.retry_backoff_ms.max(10));
-        loop {
-            match Connection::open_any(&self.config.common) {
-                Ok(connection) => {
-                    self.connection = connection;
-                    return Ok(());
-                }
-                Err(error) if Instant::now() + backoff >= deadline => return Err(error),
-                Err(_) => std::thread::sleep(backoff),
-            }
-        }
+    /// Drops every leader connection with its fetch (the partitions are still at the offsets
+    /// those fetches asked for, so the next ones ask again) and the leaders they went to.
+    fn forget_links(&mut self) {
+        self.fetches.clear();
+        self.links.clear();
+        self.leaders.stale = true;
     }
 
     fn poll_until(&mut self, deadline: Instant) -> Result<Vec<ConsumerRecord>, ClientError> {
         loop {
             self.maintain_group()?;
+            self.refresh_leaders()?;
             self.resolve_positions()?;
             let records = self.drain();
             if !records.is_empty() {
-                if self.fetch.is_none() {
-                    let wait_ms = self.config.fetch_max_wait_ms;
-                    self.send_fetch(wait_ms)?;
-                }
+                let wait_ms = self.config.fetch_max_wait_ms;
+                self.send_fetches(wait_ms)?;
                 return Ok(records);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if self.fetch.is_none() {
-                let wait_ms = i32::try_from(left.as_millis())
-                    .unwrap_or(i32::MAX)
-                    .min(self.config.fetch_max_wait_ms);
-                if !self.send_fetch(wait_ms)? {
-                    // Nothing to fetch (no partitions yet, or all paused): wait a little, with
-                    // an eye on the group.
-                    if left.is_zero() {
-                        return Ok(Vec::new());
-                    }
-                    std::thread::sleep(left.min(Duration::from_millis(50)));
-                    continue;
+            let wait_ms = i32::try_from(left.as_millis())
+                .unwrap_or(i32::MAX)
+                .min(self.config.fetch_max_wait_ms);
+            self.send_fetches(wait_ms)?;
+            if self.fetches.is_empty() {
+                // Nothing to fetch (no partitions yet, all paused, leaders unknown): wait a
+                // little, with an eye on the group.
+                if left.is_zero() {
+                    return Ok(Vec::new());
                 }
+                std::thread::sleep(left.min(Duration::from_millis(50)));
+                continue;
             }
-            // Wait for the response until the deadline; a response still out then stays in
-            // flight for the next poll.
-            if !self.connection.wait_readable(left)? {
+            // Wait for a response until the deadline; fetches still out then stay in flight
+            // for the next poll.
+            let ready = self.wait_for_fetches(left)?;
+            if ready.is_empty() {
                 return Ok(Vec::new());
             }
-            let fetch = self.fetch.take().expect("a fetch is in flight");
-            let response = self.connection.receive(fetch.request)?;
-            self.fetch_completed(&fetch.offsets, response)?;
+            for leader in ready {
+                self.complete_fetch(leader)?;
+            }
             if Instant::now() >= deadline
                 && self
                     .partitions
@@ -661,6 +689,104 @@ impl Consumer {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    /// Learns the leaders of assigned partitions that have none known, or of all after a
+    /// partition said its leader moved.
+    fn refresh_leaders(&mut self) -> Result<(), ClientError> {
+        let unknown = self
+            .partitions
+            .keys()
+            .any(|key| !self.leaders.leader_of.contains_key(key));
+        if !unknown && !self.leaders.stale {
+            return Ok(());
+        }
+        let topics: BTreeSet<String> = self
+            .partitions
+            .keys()
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        let topics: Vec<String> = topics.into_iter().collect();
+        self.partition_counts(&topics, false)?;
+        self.leaders.stale = false;
+        Ok(())
+    }
+
+    /// The connection to the leader of a partition, with no Fetch in flight on it (one that is
+    /// is read first, its records kept for partitions still at the offsets it asked).
+    fn leader_link(&mut self, topic: &str, partition: i32) -> Result<&mut Connection, ClientError> {
+        let key = (topic.to_owned(), partition);
+        if !self.leaders.leader_of.contains_key(&key) {
+            self.partition_counts(&[topic.to_owned()], false)?;
+        }
+        let leader = self.leaders.leader_of.get(&key).copied().ok_or_else(|| {
+            ClientError::from_code(
+                ResponseError::UnknownTopicOrPartition.code(),
+                Some(format!("{topic}-{partition}")),
+            )
+        })?;
+        if self.fetches.contains_key(&leader) {
+            self.complete_fetch(leader)?;
+        }
+        self.link(leader)
+    }
+
+    /// The connection to broker `leader`, opened when needed.
+    fn link(&mut self, leader: i32) -> Result<&mut Connection, ClientError> {
+        if !self.links.contains_key(&leader) {
+            let address = self.leaders.brokers.get(&leader).cloned().ok_or_else(|| {
+                ClientError::from_code(ResponseError::LeaderNotAvailable.code(), None)
+            })?;
+            let timeout = Duration::from_millis(self.config.common.request_timeout_ms);
+            let connection = Connection::open(&address, &self.config.common.client_id, timeout)?;
+            self.links.insert(leader, connection);
+        }
+        Ok(self.links.get_mut(&leader).expect("just opened"))
+    }
+
+    /// The leaders whose Fetch response has started to arrive, waiting up to `timeout` for one.
+    fn wait_for_fetches(&mut self, timeout: Duration) -> Result<Vec<i32>, ClientError> {
+        let leaders: Vec<i32> = self.fetches.keys().copied().collect();
+        let mut fds: Vec<libc::pollfd> = leaders
+            .iter()
+            .map(|leader| libc::pollfd {
+                fd: self.links[leader].raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout_ms = i32::try_from(timeout.as_millis())
+            .unwrap_or(i32::MAX)
+            .max(1);
+        let count = libc::nfds_t::try_from(fds.len()).expect("few connections");
+        // SAFETY: `fds` is a valid array of `count` pollfd entries for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(ClientError::Io {
+                address: "poll(2)".into(),
+                source: error,
+            });
+        }
+        Ok(leaders
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fd.revents != 0)
+            .map(|(leader, _)| leader)
+            .collect())
+    }
+
+    /// Reads the response of `leader`'s Fetch and buffers its records.
+    fn complete_fetch(&mut self, leader: i32) -> Result<(), ClientError> {
+        let Some(fetch) = self.fetches.remove(&leader) else {
+            return Ok(());
+        };
+        let link = self.links.get_mut(&leader).expect("a fetch has its link");
+        let response = link.receive(fetch.request)?;
+        self.fetch_completed(&fetch.offsets, response)
     }
 
     /// Up to `max.poll.records` buffered records, partitions taking turns; moves positions.
@@ -747,10 +873,14 @@ impl Consumer {
             let (topic, partition) = (&key.0, key.1);
             let offset = match start {
                 StartAt::Offset(offset) => offset,
-                StartAt::Beginning => self.idle_connection()?.list_offset(topic, partition, -2)?,
-                StartAt::End => self.idle_connection()?.list_offset(topic, partition, -1)?,
+                StartAt::Beginning => self
+                    .leader_link(topic, partition)?
+                    .list_offset(topic, partition, -2)?,
+                StartAt::End => self
+                    .leader_link(topic, partition)?
+                    .list_offset(topic, partition, -1)?,
                 StartAt::Timestamp(timestamp) => {
-                    let connection = self.idle_connection()?;
+                    let connection = self.leader_link(topic, partition)?;
                     match connection.list_offset(topic, partition, timestamp)? {
                         -1 => connection.list_offset(topic, partition, -1)?,
                         offset => offset,
@@ -765,58 +895,67 @@ impl Consumer {
         Ok(())
     }
 
-    /// The fetch connection with no Fetch in flight, for another request: a pipelined Fetch is
-    /// read first (its records are kept, for partitions still at the offsets it asked).
-    fn idle_connection(&mut self) -> Result<&mut Connection, ClientError> {
-        if let Some(fetch) = self.fetch.take() {
-            let response = self.connection.receive(fetch.request)?;
-            self.fetch_completed(&fetch.offsets, response)?;
-        }
-        Ok(&mut self.connection)
-    }
-
-    /// Sends a Fetch for every partition with a known offset, nothing buffered and not paused;
-    /// `false` when there is none.
-    fn send_fetch(&mut self, wait_ms: i32) -> Result<bool, ClientError> {
-        debug_assert!(self.fetch.is_none(), "one fetch in flight at a time");
-        let mut topics: Vec<fetch_request::FetchTopic> = Vec::new();
-        let mut offsets = BTreeMap::new();
-        for ((topic, partition), state) in &self.partitions {
+    /// Sends a Fetch to each leader without one in flight, for its partitions with a known
+    /// offset, nothing buffered and not paused.
+    fn send_fetches(&mut self, wait_ms: i32) -> Result<(), ClientError> {
+        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for (key, state) in &self.partitions {
             let Some(offset) = state.fetch_offset else {
                 continue;
             };
             if state.paused || !state.buffered.is_empty() {
                 continue;
             }
-            offsets.insert((topic.clone(), *partition), offset);
-            let wanted = fetch_request::FetchPartition::default()
-                .with_partition(*partition)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(self.config.max_partition_fetch_bytes);
-            match topics.last_mut() {
-                Some(entry) if entry.topic.0.as_str() == topic => entry.partitions.push(wanted),
-                _ => topics.push(
-                    fetch_request::FetchTopic::default()
-                        .with_topic(TopicName(text(topic)))
-                        .with_partitions(vec![wanted]),
-                ),
+            match self.leaders.leader_of.get(key) {
+                Some(&leader) if leader >= 0 => {
+                    by_leader
+                        .entry(leader)
+                        .or_default()
+                        .push((key.clone(), offset));
+                }
+                _ => self.leaders.stale = true,
             }
         }
-        if offsets.is_empty() {
-            return Ok(false);
+        for (leader, wanted) in by_leader {
+            if self.fetches.contains_key(&leader) {
+                continue;
+            }
+            let mut topics: Vec<fetch_request::FetchTopic> = Vec::new();
+            for ((topic, partition), offset) in &wanted {
+                let partition = fetch_request::FetchPartition::default()
+                    .with_partition(*partition)
+                    .with_fetch_offset(*offset)
+                    .with_partition_max_bytes(self.config.max_partition_fetch_bytes);
+                match topics.last_mut() {
+                    Some(entry) if entry.topic.0.as_str() == topic => {
+                        entry.partitions.push(partition);
+                    }
+                    _ => topics.push(
+                        fetch_request::FetchTopic::default()
+                            .with_topic(TopicName(text(topic)))
+                            .with_partitions(vec![partition]),
+                    ),
+                }
+            }
+            let request = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(wait_ms.max(0))
+                .with_min_bytes(self.config.fetch_min_bytes)
+                .with_max_bytes(self.config.fetch_max_bytes)
+                .with_session_epoch(-1)
+                .with_topics(topics);
+            let request = self
+                .link(leader)?
+                .send(ApiKey::Fetch, &RequestKind::Fetch(request))?;
+            self.fetches.insert(
+                leader,
+                FetchInFlight {
+                    request,
+                    offsets: wanted.into_iter().collect(),
+                },
+            );
         }
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(wait_ms.max(0))
-            .with_min_bytes(self.config.fetch_min_bytes)
-            .with_max_bytes(self.config.fetch_max_bytes)
-            .with_session_epoch(-1)
-            .with_topics(topics);
-        let request = self
-            .connection
-            .send(ApiKey::Fetch, &RequestKind::Fetch(request))?;
-        self.fetch = Some(FetchInFlight { request, offsets });
-        Ok(true)
+        Ok(())
     }
 
     /// Buffers the records of a Fetch response, for partitions still at the offset asked.
@@ -855,6 +994,7 @@ impl Consumer {
                 }
                 if is_retriable_partition_error(code) {
                     backoff = true;
+                    self.leaders.stale = true;
                     continue;
                 }
                 ClientError::check(code, Some(format!("{name}-{}", key.1)))?;
