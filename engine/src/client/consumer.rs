@@ -1274,12 +1274,7 @@ impl Consumer {
             let synced = self.on_coordinator(|connection| {
                 group::sync_group(
                     connection,
-                    Identity {
-                        group_id: &group_id,
-                        member_id: &generation.member_id,
-                        generation: generation.generation,
-                        group_instance_id: instance.as_deref(),
-                    },
+                    generation.identity(&group_id, instance.as_deref()),
                     &protocol_name,
                     assignments.clone(),
                     wait,
@@ -1357,15 +1352,7 @@ impl Consumer {
         }
         let group_id = group.membership.group_id().to_owned();
         if let Err(error) = self.on_coordinator(|connection| {
-            group::leave_group(
-                connection,
-                Identity {
-                    group_id: &group_id,
-                    member_id: &generation.member_id,
-                    generation: generation.generation,
-                    group_instance_id: None,
-                },
-            )
+            group::leave_group(connection, generation.identity(&group_id, None))
         }) {
             tracing::debug!(%error, "leaving the group failed; the session timeout will remove the member");
         }

@@ -39,6 +39,20 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Who this member is, for a group call.
+    pub fn identity<'a>(
+        &'a self,
+        group_id: &'a str,
+        group_instance_id: Option<&'a str>,
+    ) -> Identity<'a> {
+        Identity {
+            group_id,
+            member_id: &self.member_id,
+            generation: self.generation,
+            group_instance_id,
+        }
+    }
+
     /// Outside any generation: what `assign()` consumers commit as.
     pub fn none() -> Generation {
         Generation {
@@ -370,12 +384,7 @@ impl Worker {
         let result = self.on_coordinator(|connection| {
             group::heartbeat(
                 connection,
-                Identity {
-                    group_id: &group_id,
-                    member_id: &identity_generation.member_id,
-                    generation: identity_generation.generation,
-                    group_instance_id: instance.as_deref(),
-                },
+                identity_generation.identity(&group_id, instance.as_deref()),
             )
         });
         let Err(error) = result else { return };
@@ -410,15 +419,7 @@ impl Worker {
         // A static member keeps its place; it only stops heartbeating (Java does the same).
         if instance.is_none() {
             let _ = self.on_coordinator(|connection| {
-                group::leave_group(
-                    connection,
-                    Identity {
-                        group_id: &group_id,
-                        member_id: &member.member_id,
-                        generation: member.generation,
-                        group_instance_id: None,
-                    },
-                )
+                group::leave_group(connection, member.identity(&group_id, None))
             });
         }
         let mut shared = self.state.lock();
@@ -440,12 +441,7 @@ impl Worker {
             let result = self.on_coordinator(|connection| {
                 group::commit_offsets(
                     connection,
-                    Identity {
-                        group_id: &group_id,
-                        member_id: &generation.member_id,
-                        generation: generation.generation,
-                        group_instance_id: instance.as_deref(),
-                    },
+                    generation.identity(&group_id, instance.as_deref()),
                     offsets,
                 )
             });

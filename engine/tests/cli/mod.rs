@@ -18,6 +18,21 @@ fn spate(cwd: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs a client command against the broker at `bootstrap`: exit code, stdout, stderr.
+fn spate_at(bootstrap: &str, args: &[&str]) -> CommandOutput {
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .args(["--bootstrap-server", bootstrap])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spate runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn append_read_and_dump_a_relative_partition_directory() {
     let work = tempfile::tempdir().unwrap();
@@ -121,19 +136,7 @@ fn topic_and_cluster_commands_against_a_broker() {
     let work = tempfile::tempdir().unwrap();
     let broker = crate::broker::util::Broker::start(&work.path().join("data"), &[]);
     let bootstrap = broker.address.to_string();
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(args)
-            .args(["--bootstrap-server", &bootstrap])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("spate runs");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| spate_at(&bootstrap, args);
     let (code, stdout, stderr) = run(&[
         "topic",
         "create",
@@ -259,19 +262,7 @@ fn delete_records_and_reset_group_offsets() {
         &["--group-initial-rebalance-delay-ms", "0"],
     );
     let bootstrap = broker.address.to_string();
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(args)
-            .args(["--bootstrap-server", &bootstrap])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("spate runs");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| spate_at(&bootstrap, args);
     let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("JSON");
     let (code, _, stderr) = run(&["topic", "create", "ledger", "--partitions", "2"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -457,19 +448,7 @@ fn bench_produce_and_consume_report_throughput_and_latency() {
     let work = tempfile::tempdir().unwrap();
     let broker = crate::broker::util::Broker::start(&work.path().join("data"), &[]);
     let bootstrap = broker.address.to_string();
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(args)
-            .args(["--bootstrap-server", &bootstrap])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("spate runs");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| spate_at(&bootstrap, args);
     let (code, stdout, stderr) = run(&[
         "bench",
         "produce",
