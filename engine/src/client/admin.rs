@@ -161,6 +161,10 @@ pub struct Admin {
     connection: Connection,
     timeout: Duration,
     client_id: String,
+    /// Each partition's leader's address, learned as needed.
+    leaders: BTreeMap<(String, i32), String>,
+    /// Connections to brokers other than the bootstrap one, by address.
+    links: BTreeMap<String, Connection>,
 }
 
 fn text(value: &str) -> StrBytes {
@@ -177,6 +181,8 @@ impl Admin {
             connection: Connection::open_any(config)?,
             timeout: Duration::from_millis(config.request_timeout_ms),
             client_id: config.client_id.clone(),
+            leaders: BTreeMap::new(),
+            links: BTreeMap::new(),
         })
     }
 
@@ -268,6 +274,8 @@ impl Admin {
         &mut self,
         names: &[String],
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        // A topic made again under the same name may have other leaders.
+        self.leaders.retain(|(topic, _), _| !names.contains(topic));
         let version = self.connection.version(ApiKey::DeleteTopics)?;
         let mut request = DeleteTopicsRequest::default().with_timeout_ms(self.timeout_ms());
         if version >= 6 {
@@ -587,7 +595,7 @@ impl Admin {
         })?;
         let mut lags = Vec::with_capacity(committed.len());
         for ((topic, partition), offset) in committed {
-            let end = self.connection.list_offset(&topic, partition, -1)?;
+            let end = self.list_offset(&topic, partition, -1)?;
             lags.push(PartitionLag {
                 topic,
                 partition,
@@ -643,14 +651,14 @@ impl Admin {
         };
         let mut plan = BTreeMap::new();
         for partition in all {
-            let start = self.connection.list_offset(topic, partition, -2)?;
-            let end = self.connection.list_offset(topic, partition, -1)?;
+            let start = self.list_offset(topic, partition, -2)?;
+            let end = self.list_offset(topic, partition, -1)?;
             let wanted = match reset {
                 OffsetReset::Earliest => start,
                 OffsetReset::Latest => end,
                 OffsetReset::Offset(offset) => offset,
                 OffsetReset::Timestamp(timestamp) => {
-                    match self.connection.list_offset(topic, partition, timestamp)? {
+                    match self.list_offset(topic, partition, timestamp)? {
                         -1 => end,
                         offset => offset,
                     }
@@ -708,41 +716,52 @@ impl Admin {
         &mut self,
         offsets: &BTreeMap<(String, i32), i64>,
     ) -> Result<DeletedRecords, ClientError> {
-        let mut topics: BTreeMap<&str, Vec<delete_records_request::DeleteRecordsPartition>> =
-            BTreeMap::new();
+        // DeleteRecords goes to each partition's leader.
+        let mut by_leader: BTreeMap<
+            String,
+            BTreeMap<&str, Vec<delete_records_request::DeleteRecordsPartition>>,
+        > = BTreeMap::new();
         for ((topic, partition), offset) in offsets {
-            topics.entry(topic).or_default().push(
-                delete_records_request::DeleteRecordsPartition::default()
-                    .with_partition_index(*partition)
-                    .with_offset(*offset),
-            );
-        }
-        let request = DeleteRecordsRequest::default()
-            .with_timeout_ms(self.timeout_ms())
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(topic, partitions)| {
-                        delete_records_request::DeleteRecordsTopic::default()
-                            .with_name(TopicName(text(topic)))
-                            .with_partitions(partitions)
-                    })
-                    .collect(),
-            );
-        let (_, response) = self
-            .connection
-            .call(ApiKey::DeleteRecords, RequestKind::DeleteRecords(request))?;
-        let response = response_of!(response, DeleteRecords)?;
-        let mut results = BTreeMap::new();
-        for topic in response.topics {
-            for partition in topic.partitions {
-                let key = (topic.name.0.to_string(), partition.partition_index);
-                let context = Some(format!("{}-{}", key.0, key.1));
-                results.insert(
-                    key,
-                    ClientError::check(partition.error_code, context)
-                        .map(|()| partition.low_watermark),
+            let leader = self.leader_address(topic, *partition)?;
+            by_leader
+                .entry(leader)
+                .or_default()
+                .entry(topic)
+                .or_default()
+                .push(
+                    delete_records_request::DeleteRecordsPartition::default()
+                        .with_partition_index(*partition)
+                        .with_offset(*offset),
                 );
+        }
+        let mut results = BTreeMap::new();
+        for (leader, topics) in by_leader {
+            let request = DeleteRecordsRequest::default()
+                .with_timeout_ms(self.timeout_ms())
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            delete_records_request::DeleteRecordsTopic::default()
+                                .with_name(TopicName(text(topic)))
+                                .with_partitions(partitions)
+                        })
+                        .collect(),
+                );
+            let (_, response) = self
+                .link(&leader)?
+                .call(ApiKey::DeleteRecords, RequestKind::DeleteRecords(request))?;
+            let response = response_of!(response, DeleteRecords)?;
+            for topic in response.topics {
+                for partition in topic.partitions {
+                    let key = (topic.name.0.to_string(), partition.partition_index);
+                    let context = Some(format!("{}-{}", key.0, key.1));
+                    results.insert(
+                        key,
+                        ClientError::check(partition.error_code, context)
+                            .map(|()| partition.low_watermark),
+                    );
+                }
             }
         }
         for key in offsets.keys() {
@@ -754,6 +773,64 @@ impl Admin {
             });
         }
         Ok(results)
+    }
+
+    /// ListOffsets of one partition, at its leader.
+    fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        let leader = self.leader_address(topic, partition)?;
+        self.link(&leader)?.list_offset(topic, partition, timestamp)
+    }
+
+    /// The address of a partition's leader, from metadata fetched once per topic.
+    fn leader_address(&mut self, topic: &str, partition: i32) -> Result<String, ClientError> {
+        let key = (topic.to_owned(), partition);
+        if !self.leaders.contains_key(&key) {
+            let (_, metadata) = self.metadata(Some(&[topic.to_owned()]))?;
+            let brokers: BTreeMap<i32, String> = metadata
+                .brokers
+                .iter()
+                .map(|broker| (broker.node_id.0, format!("{}:{}", broker.host, broker.port)))
+                .collect();
+            for found in &metadata.topics {
+                let name = found
+                    .name
+                    .as_ref()
+                    .map(|name| name.0.to_string())
+                    .unwrap_or_default();
+                ClientError::check(found.error_code, Some(format!("topic {name}")))?;
+                for described in &found.partitions {
+                    if let Some(address) = brokers.get(&described.leader_id.0) {
+                        self.leaders
+                            .insert((name.clone(), described.partition_index), address.clone());
+                    }
+                }
+            }
+        }
+        self.leaders.get(&key).cloned().ok_or_else(|| {
+            // Not in metadata at all, or listed without a leader (a partition's leader has an
+            // address whenever it has a leader).
+            ClientError::from_code(
+                ResponseError::UnknownTopicOrPartition.code(),
+                Some(format!("{topic}-{partition} has no leader")),
+            )
+        })
+    }
+
+    /// A connection to the broker at `address`: the bootstrap one when it is that broker.
+    fn link(&mut self, address: &str) -> Result<&mut Connection, ClientError> {
+        if address == self.connection.address() {
+            return Ok(&mut self.connection);
+        }
+        if !self.links.contains_key(address) {
+            let connection = Connection::open(address, &self.client_id, self.timeout)?;
+            self.links.insert(address.to_owned(), connection);
+        }
+        Ok(self.links.get_mut(address).expect("just opened"))
     }
 
     fn metadata(

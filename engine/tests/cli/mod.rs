@@ -312,6 +312,17 @@ fn delete_records_and_reset_group_offsets() {
     let (code, _, stderr) = run(&["topic", "delete-records", "ledger", "--before", "99"]);
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("OFFSET_OUT_OF_RANGE"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "topic",
+        "delete-records",
+        "ledger",
+        "--before",
+        "1",
+        "--partition",
+        "9",
+    ]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{stderr}");
 
     // A group reads eight records of partition 0 and commits its positions: 13 in partition
     // 0 (after the log start 5), 0 in the empty partition 1.
