@@ -30,10 +30,11 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
 fi
 # The real-client tests: librdkafka through confluent-kafka, and kafka-python with the
 # libraries its snappy, lz4 and zstd codecs need.
-if ! python3 -c "import pytest, confluent_kafka, kafka, snappy, lz4.frame, zstandard" >/dev/null 2>&1; then
-    echo "== installing pip packages: pytest confluent-kafka kafka-python python-snappy lz4 zstandard"
+# mypy checks the Python package's type stubs (mypy --strict, stubtest).
+if ! python3 -c "import pytest, confluent_kafka, kafka, snappy, lz4.frame, zstandard, mypy" >/dev/null 2>&1; then
+    echo "== installing pip packages: pytest confluent-kafka kafka-python python-snappy lz4 zstandard mypy"
     python3 -m pip install --quiet --disable-pip-version-check \
-        pytest confluent-kafka 'kafka-python>=2.0' python-snappy lz4 zstandard
+        pytest confluent-kafka 'kafka-python>=2.0' python-snappy lz4 zstandard mypy
 fi
 
 echo "== cargo fmt --check"
@@ -53,7 +54,7 @@ cargo build --quiet -p spate-sim
 echo "== Python package: pip install ./bindings-python, then pytest"
 cargo build --quiet -p spate-engine --bin spate
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./bindings-python
-SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q bindings-python/tests
+SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q -p no:logging bindings-python/tests
 
 echo "== real Kafka clients against spate serve: kcat, confluent-kafka, kafka-python"
 SPATE_BIN="$target_dir/debug/spate" python3 -m pytest -q tests/clients

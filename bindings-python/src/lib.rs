@@ -1,81 +1,30 @@
-//! The native module `spate._native` behind the `spate` Python package.
-//!
-//! Today it exposes what the engine has: inspecting partition directories. The producer,
-//! consumer, admin client and embedded broker arrive with the client library. Blocking work
-//! runs with the GIL released.
+//! The native module `spate._native` behind the `spate` Python package: the producer,
+//! consumer and admin client of `spate_engine::client`, the embedded broker, and partition
+//! inspection. Every blocking call releases the GIL; long waits are sliced so that Ctrl-C
+//! interrupts them. Exceptions are the classes of `spate._errors`.
 
-use std::path::PathBuf;
+mod admin;
+mod broker;
+mod consumer;
+mod convert;
+mod errors;
+mod inspect;
+mod producer;
+mod wait;
 
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-use spate_engine::storage::backend::StdStorage;
-use spate_engine::storage::dump::{dump_partition, PartitionDump};
-
-create_exception!(
-    _native,
-    SpateError,
-    PyException,
-    "Base class of every Spate error."
-);
-
-fn load(py: Python<'_>, dir: PathBuf) -> PyResult<PartitionDump> {
-    if !dir.is_dir() {
-        return Err(SpateError::new_err(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
-    }
-    py.detach(|| futures_lite::future::block_on(dump_partition(&StdStorage, &dir)))
-        .map_err(|error| SpateError::new_err(error.to_string()))
-}
-
-/// Inspects a partition directory (read-only): returns a dict with `segments`, `healthy` and
-/// `batches`, a list of dicts with each batch's offsets, size, codec, timestamps and CRC status.
-#[pyfunction]
-fn inspect_partition<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let dump = load(py, dir)?;
-    let result = PyDict::new(py);
-    result.set_item("segments", dump.segments.len())?;
-    result.set_item("healthy", dump.is_healthy())?;
-    let mut batches = Vec::new();
-    for segment in &dump.segments {
-        for batch in &segment.batches {
-            let header = &batch.header;
-            let item = PyDict::new(py);
-            item.set_item("segment_base_offset", segment.base_offset)?;
-            item.set_item("base_offset", header.base_offset)?;
-            item.set_item("last_offset", header.last_offset())?;
-            item.set_item("records", header.records_count)?;
-            item.set_item("position", batch.position)?;
-            item.set_item("size_bytes", header.size_bytes())?;
-            item.set_item(
-                "codec",
-                header
-                    .codec()
-                    .map_or_else(|_| "unknown".to_string(), |codec| codec.to_string()),
-            )?;
-            item.set_item("max_timestamp_ms", header.max_timestamp)?;
-            item.set_item("crc_ok", batch.problem.is_none())?;
-            batches.push(item);
-        }
-    }
-    result.set_item("batches", batches)?;
-    Ok(result)
-}
-
-/// The report `spate log dump` prints for a partition directory.
-#[pyfunction]
-fn dump_partition_text(py: Python<'_>, dir: PathBuf) -> PyResult<String> {
-    Ok(load(py, dir)?.to_string())
-}
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    module.add("SpateError", module.py().get_type::<SpateError>())?;
-    module.add_function(wrap_pyfunction!(inspect_partition, module)?)?;
-    module.add_function(wrap_pyfunction!(dump_partition_text, module)?)?;
+    module.add_class::<producer::Producer>()?;
+    module.add_class::<producer::DeliveryFuture>()?;
+    module.add_class::<producer::RecordMetadata>()?;
+    module.add_class::<consumer::Consumer>()?;
+    module.add_class::<consumer::Record>()?;
+    module.add_class::<admin::Admin>()?;
+    module.add_class::<broker::EmbeddedBroker>()?;
+    module.add_function(wrap_pyfunction!(inspect::inspect_partition, module)?)?;
+    module.add_function(wrap_pyfunction!(inspect::dump_partition_text, module)?)?;
     Ok(())
 }

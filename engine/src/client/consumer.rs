@@ -523,6 +523,7 @@ impl Consumer {
         &mut self,
         offsets: Option<BTreeMap<TopicPartition, i64>>,
     ) -> Result<(), ClientError> {
+        self.membership()?;
         let offsets = offsets.unwrap_or_else(|| self.positions());
         if offsets.is_empty() {
             return Ok(());
@@ -612,13 +613,27 @@ impl Consumer {
     /// GROUP_MAX_SIZE_REACHED, INCONSISTENT_GROUP_PROTOCOL, ...), or OFFSET_OUT_OF_RANGE with
     /// `auto.offset.reset=none`.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        self.poll_at_most(timeout, self.config.max_poll_records)
+    }
+
+    /// As [`Consumer::poll`], returning at most `max_records` records (at least one is asked
+    /// for) instead of `max.poll.records`.
+    ///
+    /// # Errors
+    /// As [`Consumer::poll`].
+    pub fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max_records: usize,
+    ) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let max_records = max_records.max(1);
         let deadline = Instant::now() + timeout;
         if let Some(group) = &self.group {
             group.membership.polled();
         }
         let backoff = Duration::from_millis(self.config.common.retry_backoff_ms.max(10));
         loop {
-            match self.poll_until(deadline) {
+            match self.poll_until(deadline, max_records) {
                 // A broker went away (a restart, say): carry on from the positions, which only
                 // ever move past records handed out, once it or another is back; until then
                 // the poll comes back empty at its deadline.
@@ -646,12 +661,16 @@ impl Consumer {
         self.leaders.stale = true;
     }
 
-    fn poll_until(&mut self, deadline: Instant) -> Result<Vec<ConsumerRecord>, ClientError> {
+    fn poll_until(
+        &mut self,
+        deadline: Instant,
+        max_records: usize,
+    ) -> Result<Vec<ConsumerRecord>, ClientError> {
         loop {
             self.maintain_group()?;
             self.refresh_leaders()?;
             self.resolve_positions()?;
-            let records = self.drain();
+            let records = self.drain(max_records);
             if !records.is_empty() {
                 let wait_ms = self.config.fetch_max_wait_ms;
                 self.send_fetches(wait_ms)?;
@@ -789,8 +808,8 @@ impl Consumer {
         self.fetch_completed(&fetch.offsets, response)
     }
 
-    /// Up to `max.poll.records` buffered records, partitions taking turns; moves positions.
-    fn drain(&mut self) -> Vec<ConsumerRecord> {
+    /// Up to `max_records` buffered records, partitions taking turns; moves positions.
+    fn drain(&mut self, max_records: usize) -> Vec<ConsumerRecord> {
         let mut records = Vec::new();
         let count = self.partitions.len();
         if count == 0 {
@@ -811,7 +830,7 @@ impl Consumer {
             if state.paused {
                 continue;
             }
-            while records.len() < self.config.max_poll_records {
+            while records.len() < max_records {
                 let Some(record) = state.buffered.pop_front() else {
                     break;
                 };

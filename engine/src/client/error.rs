@@ -47,6 +47,9 @@ pub enum ClientError {
     /// A message that could not be encoded or decoded.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A wait that ran out of time on the client's side (buffer.memory staying full, say).
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl ClientError {

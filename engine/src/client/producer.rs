@@ -75,8 +75,13 @@ pub struct RecordMetadata {
 
 /// Why a record was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
+#[error("{message}")]
+pub struct DeliveryError {
+    /// The broker's Kafka error code, when the broker refused the record.
+    pub code: Option<i16>,
+    /// What went wrong.
+    pub message: String,
+}
 
 /// A record's delivery result.
 pub type DeliveryResult = Result<RecordMetadata, DeliveryError>;
@@ -314,7 +319,7 @@ impl Producer {
         let config = &self.shared.config;
         let mut state = self.lock();
         if state.closing {
-            return Err(ClientError::Protocol("the producer is closed".into()));
+            return Err(ClientError::InvalidState("the producer is closed".into()));
         }
         state.random = state
             .random
@@ -345,12 +350,22 @@ impl Producer {
                 .map(|(key, value)| key.len() + value.as_ref().map_or(0, Bytes::len))
                 .sum::<usize>()
             + 32;
+        if size > config.max_request_size {
+            // As the Java client's RecordTooLargeException: refused before it is queued.
+            return Err(ClientError::from_code(
+                ResponseError::MessageTooLarge.code(),
+                Some(format!(
+                    "a record of about {size} bytes is larger than max.request.size ({})",
+                    config.max_request_size
+                )),
+            ));
+        }
         let deadline = Instant::now() + MAX_BLOCK;
         while state.buffered_bytes > 0 && state.buffered_bytes + size > config.buffer_memory {
             let left = deadline
                 .checked_duration_since(Instant::now())
                 .ok_or_else(|| {
-                    ClientError::Protocol(
+                    ClientError::Timeout(
                         "buffer.memory stayed full for 60 s: is the broker reachable?".into(),
                     )
                 })?;
@@ -362,8 +377,20 @@ impl Producer {
                 .0;
         }
         let key = (record.topic.clone(), partition);
+        // A record that would take its partition's batch past batch.size starts the next
+        // batch instead, so that a batch stays within batch.size (and the broker's
+        // message.max.bytes) unless one record alone is larger.
+        let overflows = state
+            .open
+            .get(&key)
+            .is_some_and(|batch| batch.bytes > 0 && batch.bytes + size > config.batch_size);
+        if overflows {
+            let batch = state.open.remove(&key).expect("just found");
+            state.ready.push_back(batch);
+        }
         let sequence = state.next_batch_sequence;
-        if !state.open.contains_key(&key) {
+        let opened = !state.open.contains_key(&key);
+        if opened {
             state.next_batch_sequence += 1;
         }
         let batch = state.open.entry(key.clone()).or_insert_with(|| Batch {
@@ -415,7 +442,11 @@ impl Producer {
             state.ready.push_back(batch);
         }
         drop(state);
-        self.shared.work.notify_all();
+        // The sender needs waking only for a new batch (to start its linger timer) or a full
+        // one; waking it for every record costs a context switch per record.
+        if opened || full {
+            self.shared.work.notify_all();
+        }
         Ok(())
     }
 
@@ -428,6 +459,36 @@ impl Producer {
             state = self.shared.progress.wait(state).expect("not poisoned");
         }
         state.flushing = false;
+    }
+
+    /// Sends everything queued and waits up to `timeout` for every result; returns how many
+    /// records still have none (0: all delivered or failed). Records queued meanwhile by
+    /// other threads are waited for too.
+    pub fn flush_within(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        state.flushing = true;
+        self.shared.work.notify_all();
+        while state.outstanding > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = self
+                .shared
+                .progress
+                .wait_timeout(state, left)
+                .expect("not poisoned")
+                .0;
+        }
+        // Batches still open go out after `linger.ms` as usual (another thread's `flush`
+        // still waiting for them only waits up to that longer).
+        state.flushing = false;
+        state.outstanding
+    }
+
+    /// Records sent or queued whose result is not known yet.
+    pub fn outstanding(&self) -> usize {
+        self.lock().outstanding
     }
 
     /// Flushes, then stops the sender thread.
@@ -925,8 +986,11 @@ fn complete_batches(shared: &Shared, outcomes: Vec<(Batch, PartitionOutcome)>) {
                     );
                     retry.push(batch);
                 } else {
-                    let message = error.to_string();
-                    deliver(shared, batch, |_, _| Err(DeliveryError(message.clone())));
+                    let failure = DeliveryError {
+                        code: error.code(),
+                        message: error.to_string(),
+                    };
+                    deliver(shared, batch, |_, _| Err(failure.clone()));
                 }
             }
         }

@@ -198,7 +198,102 @@ fn claim_listen_address(address: SocketAddr) -> Result<SocketAddr, ServeError> {
 ///
 /// # Errors
 /// [`ServeError`] when it cannot start.
-pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
+pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
+    let broker = start(config, Placement::PinnedWhenCoresSuffice)?;
+    install_signal_handlers(Arc::clone(&broker.process));
+    broker.wait()
+}
+
+/// Where a broker's shard threads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Shard `i` pinned to CPU `i` when the machine has a CPU per shard (`spate serve`).
+    PinnedWhenCoresSuffice,
+    /// Wherever the kernel puts them: for brokers sharing a process with an application, or
+    /// several brokers in one process.
+    Unbound,
+}
+
+/// A broker started with [`start`]: serving until [`RunningBroker::stop`] (or a signal
+/// handler, for `spate serve`) asks it to stop.
+pub struct RunningBroker {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    process: Arc<ProcessShared>,
+    handles: Vec<glommio::ExecutorJoinHandle<Result<(), ServeError>>>,
+    lock: Option<DataDirLock>,
+}
+
+impl std::fmt::Debug for RunningBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBroker")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningBroker {
+    /// The address the broker listens on (port 0 resolved).
+    pub fn listen_address(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The data directory, made absolute.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops accepting, finishes in-flight requests, syncs and checkpoints every partition,
+    /// and returns once every shard has stopped.
+    ///
+    /// # Errors
+    /// The first error a shard stopped with.
+    pub fn stop(self) -> Result<(), ServeError> {
+        self.process
+            .shutdown_requested
+            .store(true, Ordering::SeqCst);
+        self.wait()
+    }
+
+    /// Waits until the broker stops (after a signal, [`RunningBroker::stop`] from elsewhere, or
+    /// a shard failing).
+    ///
+    /// # Errors
+    /// The first error a shard stopped with.
+    pub fn wait(mut self) -> Result<(), ServeError> {
+        let mut failed = None;
+        for handle in std::mem::take(&mut self.handles) {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    failed.get_or_insert(error);
+                }
+                Err(error) => {
+                    failed.get_or_insert(ServeError::Runtime(RuntimeError::Executor(
+                        error.to_string(),
+                    )));
+                }
+            }
+        }
+        drop(self.lock.take());
+        match failed {
+            Some(error) => Err(error),
+            None => {
+                info!(listen = %self.listen, "Spate broker stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts a broker on threads of its own (one glommio executor per shard) and returns once
+/// every shard listens, or with the error that stopped one. Installs no signal handler.
+///
+/// # Errors
+/// [`ServeError`] when it cannot start: locked memory, the data directory (missing rights,
+/// held by another broker, damaged catalog), the listen address.
+pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBroker, ServeError> {
     ensure_memlock_limit(config.cores)?;
     let lock = lock_data_dir(&config.data_dir)?;
     config.data_dir =
@@ -217,63 +312,73 @@ pub fn serve(mut config: BrokerConfig) -> Result<(), ServeError> {
     }
     let config = Arc::new(config);
     let process = Arc::new(ProcessShared::default());
-    install_signal_handlers(Arc::clone(&process));
 
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut handles = Vec::new();
     for index in 0..config.cores {
-        let placement = if config.cores <= cpus {
+        let placement = if placement == Placement::PinnedWhenCoresSuffice && config.cores <= cpus {
             glommio::Placement::Fixed(index)
         } else {
             glommio::Placement::Unbound
         };
-        let (mesh, config, process, catalog) = (
+        let (mesh, shard_config, shard_process, catalog) = (
             mesh.clone(),
             Arc::clone(&config),
             Arc::clone(&process),
             Arc::clone(&catalog),
         );
-        let handle = glommio::LocalExecutorBuilder::new(placement)
+        let spawned = glommio::LocalExecutorBuilder::new(placement)
             .io_memory(IO_MEMORY_BYTES)
             .name(&format!("spate-shard-{index}"))
             .spawn(move || async move {
-                let result = run_shard(mesh, config, Arc::clone(&process), catalog).await;
+                let process = shard_process;
+                let result = run_shard(mesh, shard_config, Arc::clone(&process), catalog).await;
                 if result.is_err() {
                     // Stop the other shards instead of leaving them serving a broker that is
                     // missing a shard, and do not let them wait for this one to drain.
+                    process.shards_failed.fetch_add(1, Ordering::SeqCst);
                     process.shutdown_requested.store(true, Ordering::SeqCst);
                     process.shards_drained.fetch_add(1, Ordering::SeqCst);
                 }
                 result
-            })
-            .map_err(|error| RuntimeError::Executor(error.to_string()))?;
-        handles.push(handle);
+            });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                // Only when the OS refuses a thread. The shards already started stay blocked
+                // joining the mesh, waiting for this one; their threads are left behind.
+                process.shutdown_requested.store(true, Ordering::SeqCst);
+                drop(handles);
+                return Err(ServeError::Runtime(RuntimeError::Executor(
+                    error.to_string(),
+                )));
+            }
+        }
     }
     info!(
         listen = %config.listen, data_dir = %config.data_dir.display(), cores = config.cores,
         "Spate broker starting"
     );
-    let mut failed = None;
-    for handle in handles {
-        match handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => failed = Some(error),
-            Err(error) => {
-                failed = Some(ServeError::Runtime(RuntimeError::Executor(
-                    error.to_string(),
-                )))
-            }
+    let broker = RunningBroker {
+        listen: config.listen,
+        data_dir: config.data_dir.clone(),
+        process: Arc::clone(&process),
+        handles,
+        lock: Some(lock),
+    };
+    while process.shards_ready.load(Ordering::SeqCst) < config.cores {
+        if process.shards_failed.load(Ordering::SeqCst) > 0 {
+            return match broker.wait() {
+                Err(error) => Err(error),
+                Ok(()) => Err(ServeError::Runtime(RuntimeError::Executor(
+                    "a shard stopped while starting".into(),
+                ))),
+            };
         }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    drop(lock);
-    match failed {
-        Some(error) => Err(error),
-        None => {
-            info!("Spate broker stopped");
-            Ok(())
-        }
-    }
+    Ok(broker)
 }
 
 fn install_signal_handlers(process: Arc<ProcessShared>) {
@@ -338,6 +443,7 @@ async fn run_shard(
         }
         info!(listen = %config.listen, "Spate broker ready");
     }
+    process.shards_ready.fetch_add(1, Ordering::SeqCst);
     spawn_background_work(&shard);
 
     let shutdown = shard.shutdown_event.listen();

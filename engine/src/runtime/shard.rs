@@ -221,10 +221,14 @@ pub enum ShardMessage {
 /// connections open and close and at shutdown, never on the data path.
 #[derive(Debug, Default)]
 pub struct ProcessShared {
-    /// Set by SIGINT or SIGTERM.
+    /// Set by SIGINT or SIGTERM, or by [`super::server::RunningBroker::stop`].
     pub shutdown_requested: AtomicBool,
     /// Shards whose connections have all closed.
     pub shards_drained: AtomicUsize,
+    /// Shards listening for connections.
+    pub shards_ready: AtomicUsize,
+    /// Shards that stopped with an error.
+    pub shards_failed: AtomicUsize,
     /// Client connections open, per IP (the total is their sum).
     pub connections_per_ip: Mutex<BTreeMap<std::net::IpAddr, usize>>,
 }

@@ -806,7 +806,7 @@ fn produce(args: ProduceArgs) -> Result<(), ClientError> {
                 first_error
                     .lock()
                     .expect("not poisoned")
-                    .get_or_insert(error.0);
+                    .get_or_insert(error.message);
             }
         })?;
         sent += 1;

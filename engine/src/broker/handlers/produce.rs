@@ -7,8 +7,10 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{counted, str_bytes};
+use crate::broker::catalog::{Catalog, Topic};
 use crate::broker::errors::KafkaError;
 use crate::broker::names::is_internal;
+use crate::broker::topic_config::topic_key;
 use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
 
@@ -18,6 +20,17 @@ struct PendingPartition {
     index: i32,
     traffic: (u64, u64),
     call: Result<PendingCall, KafkaError>,
+}
+
+/// In-sync replicas of every partition of a single-node broker: the leader alone.
+const IN_SYNC_REPLICAS: i64 = 1;
+
+/// The topic's `min.insync.replicas`: acks=all writes are refused (NOT_ENOUGH_REPLICAS, as
+/// Kafka) while fewer replicas are in sync.
+fn min_insync_replicas(catalog: &Catalog, topic: &Topic) -> i64 {
+    let key = topic_key("min.insync.replicas").expect("a known topic config");
+    let (value, _) = catalog.layers(&topic.configs).resolve(key);
+    value.parse().unwrap_or(1)
 }
 
 /// Appends each partition's batches on the shard that owns it, all partitions at once, and
@@ -34,6 +47,7 @@ pub(super) async fn produce(
     for (topic_index, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.to_string();
         let topic = catalog.topic(&name);
+        let min_insync_replicas = topic.map_or(1, |topic| min_insync_replicas(&catalog, topic));
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
             let mut traffic = (0, 0);
@@ -51,6 +65,20 @@ pub(super) async fn produce(
                 ))
             } else {
                 match (topic, partition_data.records) {
+                    (Some(topic), Some(_))
+                        if acks == -1
+                            && index >= 0
+                            && index < topic.partitions
+                            && min_insync_replicas > IN_SYNC_REPLICAS =>
+                    {
+                        Err(KafkaError::with_message(
+                            ResponseError::NotEnoughReplicas,
+                            format!(
+                                "min.insync.replicas of {name} is {min_insync_replicas}; \
+                                 the partition has {IN_SYNC_REPLICAS} in-sync replica"
+                            ),
+                        ))
+                    }
                     (Some(topic), Some(records)) if index >= 0 && index < topic.partitions => {
                         traffic = (records.len() as u64, count_records(&records));
                         Ok(shard.start_partition_call(
