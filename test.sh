@@ -20,6 +20,12 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing_apt=()
 command -v cc >/dev/null 2>&1 || missing_apt+=(gcc libc6-dev)
+# The C library's tests: the C++ example, valgrind and AddressSanitizer runs, make install and
+# pkg-config.
+command -v c++ >/dev/null 2>&1 || missing_apt+=(g++)
+command -v valgrind >/dev/null 2>&1 || missing_apt+=(valgrind)
+command -v make >/dev/null 2>&1 || missing_apt+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || missing_apt+=(python3 python3-pip python3-venv)
 command -v kcat >/dev/null 2>&1 || missing_apt+=(kcat)
 command -v setpriv >/dev/null 2>&1 || missing_apt+=(util-linux)
@@ -46,6 +52,9 @@ echo "== cargo test (unit, integration, property; benches once in test mode)"
 cargo test --workspace --all-targets
 echo "== cargo test --doc"
 cargo test --workspace --doc
+
+echo "== C library: make install, then the examples built with pkg-config"
+bash bindings-c/tests/install.sh
 
 echo "== storage simulation: 300 seeds"
 cargo build --quiet -p spate-sim

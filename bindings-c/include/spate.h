@@ -5,9 +5,15 @@
  * this file is stale (regenerate with SPATE_BLESS=1 cargo test -p spate-c).
  *
  * Conventions: every function returns a spate_status (0 is SPATE_STATUS_OK) unless it documents
- * otherwise; on failure spate_last_error_message() describes the error. Strings returned by
- * Spate are owned by the caller and freed with spate_string_free(). All functions may be called
- * from any thread; the last error is kept per thread.
+ * otherwise; on failure spate_last_error_message() describes the error and, for
+ * SPATE_STATUS_KAFKA, spate_last_error_code() gives the broker's Kafka error code. The last
+ * error is kept per thread. Handles are opaque; each type says who owns it and from which
+ * threads it may be used, and every _new or _start has a _free or _stop that accepts NULL.
+ * Byte strings are a pointer and a length (NULL and 0 for none); text is NUL-terminated UTF-8.
+ * No Rust panic crosses into C: one is caught and reported as SPATE_STATUS_INTERNAL.
+ *
+ * Link with -lspate (pkg-config --cflags --libs spate), or the static libspate.a with
+ * -lpthread -ldl -lm.
  */
 
 #ifndef SPATE_H
@@ -19,7 +25,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-// Outcome of a call. 0 is success.
+// `partition` of `spate_producer_send` for the partitioner's choice (murmur2 of the key, as
+// the Java client and librdkafka; sticky for keyless records).
+#define SPATE_PARTITION_ANY -1
+
+// `timestamp_ms` of `spate_producer_send` for the time of sending.
+#define SPATE_TIMESTAMP_NOW -1
+
+// Outcome of a call. 0 is success; `spate_last_error_message()` describes any other.
 typedef enum spate_status {
   // Success.
   SPATE_STATUS_OK = 0,
@@ -29,7 +42,80 @@ typedef enum spate_status {
   SPATE_STATUS_IO = 2,
   // A bug in Spate: an internal panic was caught at the API boundary.
   SPATE_STATUS_INTERNAL = 3,
+  // An unknown setting, or a value a setting does not take.
+  SPATE_STATUS_CONFIG = 4,
+  // No broker could be reached, or a connection failed.
+  SPATE_STATUS_CONNECT = 5,
+  // The broker refused: `spate_last_error_code()` gives the Kafka error code (3 is
+  // UNKNOWN_TOPIC_OR_PARTITION, 10 MESSAGE_TOO_LARGE, ...).
+  SPATE_STATUS_KAFKA = 6,
+  // A wait ran out of time (a flush with records still in flight, say).
+  SPATE_STATUS_TIMED_OUT = 7,
+  // A call the object cannot take in its state: closed, a partition not assigned, a
+  // group call without `group.id`.
+  SPATE_STATUS_STATE = 8,
+  // A broker answer the client could not use, or an API version it does not speak.
+  SPATE_STATUS_PROTOCOL = 9,
 } spate_status;
+
+// An admin client: creates, deletes and lists topics.
+//
+// Ownership: made by `spate_admin_new`, freed by `spate_admin_free`.
+// Thread safety: every function may be called from any thread; calls run one at a time.
+typedef struct spate_admin spate_admin;
+
+// An embedded broker: a single-node Spate broker on 127.0.0.1 with one shard.
+//
+// Ownership: made by `spate_broker_start`, stopped and freed by `spate_broker_stop`.
+// Thread safety: `spate_broker_bootstrap_servers` may be called from any thread; stop it
+// from one thread, once.
+typedef struct spate_broker spate_broker;
+
+// Settings for a producer, consumer or admin client, by Kafka's property names
+// (`bootstrap.servers`, `linger.ms`, `group.id`, ...).
+//
+// Ownership: made by `spate_config_new`, freed by `spate_config_free`; the `_new` functions
+// of the clients copy what they need, so a config may be freed or reused after them.
+// Thread safety: not to be changed by two threads at once; reading it from several (making
+// clients) is safe.
+typedef struct spate_config spate_config;
+
+// A consumer: reads assigned partitions, or shares subscribed topics' partitions with the
+// other members of its group (`group.id`).
+//
+// Ownership: made by `spate_consumer_new`, closed by `spate_consumer_close` and freed by
+// `spate_consumer_free` (which closes it if needed).
+// Thread safety: every function may be called from any thread; calls on one consumer run
+// one at a time (a call waits for the one in progress).
+typedef struct spate_consumer spate_consumer;
+
+// A record returned by `spate_consumer_poll`, owned by the caller and freed with
+// `spate_message_free`. Its accessors' pointers are valid until it is freed.
+// Thread safety: may be read from any thread, and freed from any one.
+typedef struct spate_message spate_message;
+
+// A producer: batches records per partition and sends them from a background thread.
+//
+// Ownership: made by `spate_producer_new`, freed by `spate_producer_free`.
+// Thread safety: every function may be called from several threads at once (sends are
+// queued in the order they are made on each thread); callbacks run on the thread that polls.
+typedef struct spate_producer spate_producer;
+
+// A list of strings returned by Spate, owned by the caller and freed with
+// `spate_string_list_free`. Thread safety: may be read from any thread.
+typedef struct spate_string_list spate_string_list;
+
+// A partition, with an offset where one is wanted: the next offset to read for
+// `spate_consumer_commit`; where to start (or -1 for the committed offset, else
+// `auto.offset.reset`) for `spate_consumer_assign`.
+typedef struct spate_topic_partition {
+  // The topic, NUL-terminated; read during the call only.
+  const char *topic;
+  // The partition.
+  int32_t partition;
+  // The offset, or -1.
+  int64_t offset;
+} spate_topic_partition;
 
 // A summary of a partition directory, filled by [`spate_log_inspect`].
 typedef struct spate_log_summary {
@@ -47,22 +133,289 @@ typedef struct spate_log_summary {
   uint8_t healthy;
 } spate_log_summary;
 
+// A record header: `name` NUL-terminated, `value` pointer plus length (NULL and 0 for a null
+// value). Read during `spate_producer_send` only.
+typedef struct spate_header {
+  // The header's name.
+  const char *name;
+  // The value's bytes, or NULL.
+  const uint8_t *value;
+  // The value's length.
+  size_t value_len;
+} spate_header;
+
+// A record's delivery outcome, handed to a `spate_delivery_cb`. Every pointer in it is valid
+// only during the callback.
+typedef struct spate_delivery_report {
+  // The topic.
+  const char *topic;
+  // The partition, -1 when the record failed before one was chosen.
+  int32_t partition;
+  // The offset, -1 when not delivered (or with acks=0, which gets no answer).
+  int64_t offset;
+  // The record's timestamp in ms (the broker's for LogAppendTime topics), -1 on failure.
+  int64_t timestamp_ms;
+  // SPATE_STATUS_OK when delivered; otherwise why not.
+  enum spate_status status;
+  // The Kafka error code when `status` is SPATE_STATUS_KAFKA, else 0.
+  int16_t error_code;
+  // What went wrong, or NULL when delivered.
+  const char *error_message;
+} spate_delivery_report;
+
+// Called with a record's delivery report and the opaque pointer given to
+// `spate_producer_send`, on the thread that calls `spate_producer_poll`,
+// `spate_producer_flush` or `spate_producer_free`.
+typedef void (*spate_delivery_cb)(const struct spate_delivery_report *report, void *opaque);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-// The version of libspate, as a static NUL-terminated string. Never NULL; do not free it.
-const char *spate_version(void);
-
-// The message of the last failed call on this thread, or NULL if none failed yet. The string
-// is owned by Spate and valid until the next failing call on the same thread.
-const char *spate_last_error_message(void);
-
-// Frees a string that Spate returned. NULL is accepted and ignored.
+// Makes an admin client from `config` (`bootstrap.servers`; settings for other kinds of
+// client are ignored) and writes it to `*admin`. SPATE_STATUS_CONNECT when no bootstrap
+// server answers.
 //
 // # Safety
-// `string` is NULL or was returned by a Spate function and not freed yet.
-void spate_string_free(char *string);
+// `config` is NULL or a live config; `admin` NULL or writable for one pointer.
+enum spate_status spate_admin_new(const struct spate_config *config, struct spate_admin **admin);
+
+// Creates topic `name` with `partitions` partitions and `replication_factor` replicas (-1
+// for the broker's defaults). SPATE_STATUS_KAFKA with code 36 (TOPIC_ALREADY_EXISTS) when
+// it exists.
+//
+// # Safety
+// `admin` is NULL or a live admin client; `name` NUL-terminated.
+enum spate_status spate_admin_create_topic(const struct spate_admin *admin,
+                                           const char *name,
+                                           int32_t partitions,
+                                           int16_t replication_factor);
+
+// Deletes topic `name` and its data. SPATE_STATUS_KAFKA with code 3
+// (UNKNOWN_TOPIC_OR_PARTITION) when there is none.
+//
+// # Safety
+// `admin` is NULL or a live admin client; `name` NUL-terminated.
+enum spate_status spate_admin_delete_topic(const struct spate_admin *admin, const char *name);
+
+// The names of the topics, sorted, internal ones (`__consumer_offsets`) left out, as a list
+// written to `*topics` that the caller frees with `spate_string_list_free`.
+//
+// # Safety
+// `admin` is NULL or a live admin client; `topics` NULL or writable for one pointer.
+enum spate_status spate_admin_list_topics(const struct spate_admin *admin,
+                                          struct spate_string_list **topics);
+
+// Frees an admin client. NULL is accepted and ignored.
+//
+// # Safety
+// `admin` is NULL or a live admin client no other thread uses during or after the call.
+void spate_admin_free(struct spate_admin *admin);
+
+// How many strings the list holds (0 for NULL).
+//
+// # Safety
+// `list` is NULL or a live list.
+size_t spate_string_list_count(const struct spate_string_list *list);
+
+// String `index` of the list (NUL-terminated, owned by the list), or NULL when out of range.
+//
+// # Safety
+// `list` is NULL or a live list.
+const char *spate_string_list_get(const struct spate_string_list *list, size_t index);
+
+// Frees a list. NULL is accepted and ignored.
+//
+// # Safety
+// `list` is NULL or a list from Spate not freed yet.
+void spate_string_list_free(struct spate_string_list *list);
+
+// Starts a broker listening on 127.0.0.1:`port` (0: a free port) with its data in
+// `data_dir` (NULL: a temporary directory removed when it stops), and writes it to
+// `*broker` once it accepts connections. Groups start without the initial rebalance delay,
+// as test brokers usually do. SPATE_STATUS_IO when the directory is unusable or held by
+// another broker, or the port is taken (the message says which).
+//
+// glommio needs io_uring and 512 KiB of locked memory; the broker raises RLIMIT_MEMLOCK
+// itself when it may.
+//
+// # Safety
+// `data_dir` is NULL or NUL-terminated; `broker` NULL or writable for one pointer.
+enum spate_status spate_broker_start(const char *data_dir,
+                                     uint16_t port,
+                                     struct spate_broker **broker);
+
+// The broker's address as `"127.0.0.1:PORT"`, for `bootstrap.servers`: owned by the broker,
+// valid until `spate_broker_stop`. NULL for a NULL broker.
+//
+// # Safety
+// `broker` is NULL or a live broker.
+const char *spate_broker_bootstrap_servers(const struct spate_broker *broker);
+
+// Stops the broker (finishing in-flight requests and syncing every partition), removes a
+// temporary data directory and frees the broker. NULL is accepted (SPATE_STATUS_OK).
+//
+// # Safety
+// `broker` is NULL or a live broker that no other thread uses during or after the call.
+enum spate_status spate_broker_stop(struct spate_broker *broker);
+
+// A new, empty config. Never NULL. Free it with `spate_config_free`.
+struct spate_config *spate_config_new(void);
+
+// Sets `name` to `value` (both NUL-terminated, copied). Returns SPATE_STATUS_CONFIG for a
+// name no Spate client knows or a value the setting does not take (the message names the
+// setting), SPATE_STATUS_INVALID_ARGUMENT for NULL arguments.
+//
+// # Safety
+// `config` is NULL or a live config not used by another thread during the call; `name` and
+// `value` are NULL or NUL-terminated strings.
+enum spate_status spate_config_set(struct spate_config *config,
+                                   const char *name,
+                                   const char *value);
+
+// Frees a config. NULL is accepted and ignored.
+//
+// # Safety
+// `config` is NULL or a config from `spate_config_new` not freed yet.
+void spate_config_free(struct spate_config *config);
+
+// Makes a consumer from `config` (`bootstrap.servers`, and `group.id` to subscribe or
+// commit; settings for other kinds of client are ignored) and writes it to `*consumer`.
+// SPATE_STATUS_CONNECT when no bootstrap server answers, SPATE_STATUS_CONFIG for a missing
+// or bad setting.
+//
+// # Safety
+// `config` is NULL or a live config; `consumer` NULL or writable for one pointer.
+enum spate_status spate_consumer_new(const struct spate_config *config,
+                                     struct spate_consumer **consumer);
+
+// Joins the group (`group.id`) to share the partitions of `topics` (`count` NUL-terminated
+// names) with its other members; the join happens in `spate_consumer_poll`.
+// SPATE_STATUS_STATE without `group.id`.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; `topics` readable for `count` NUL-terminated names.
+enum spate_status spate_consumer_subscribe(const struct spate_consumer *consumer,
+                                           const char *const *topics,
+                                           size_t count);
+
+// Reads exactly these `count` partitions from now on, ending any subscription; a partition
+// with an offset >= 0 starts there.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; `partitions` readable for `count` entries.
+enum spate_status spate_consumer_assign(const struct spate_consumer *consumer,
+                                        const struct spate_topic_partition *partitions,
+                                        size_t count);
+
+// Waits up to `timeout_ms` (-1: forever) for a record and writes it to `*message` (the
+// caller frees it with `spate_message_free`), or NULL when none arrived. In a group, this
+// is also where the consumer joins, rebalances and auto-commits. SPATE_STATUS_STATE once
+// the consumer is closed.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; `message` NULL or writable for one pointer.
+enum spate_status spate_consumer_poll(const struct spate_consumer *consumer,
+                                      int32_t timeout_ms,
+                                      struct spate_message **message);
+
+// Commits offsets for the group: `count` partitions with the next offset to read, or, with
+// NULL and 0, the position of every assigned partition (the records returned so far). Waits
+// for the coordinator's answer unless `asynchronous` is not 0 (commits are sent in the order
+// they are made either way). SPATE_STATUS_STATE without `group.id`.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; `offsets` readable for `count` entries.
+enum spate_status spate_consumer_commit(const struct spate_consumer *consumer,
+                                        const struct spate_topic_partition *offsets,
+                                        size_t count,
+                                        int32_t asynchronous);
+
+// Reads `partition` of `topic` from `offset` at the next poll. SPATE_STATUS_STATE for a
+// partition not assigned.
+//
+// # Safety
+// `consumer` is NULL or a live consumer; `topic` NUL-terminated.
+enum spate_status spate_consumer_seek(const struct spate_consumer *consumer,
+                                      const char *topic,
+                                      int32_t partition,
+                                      int64_t offset);
+
+// Commits (with `enable.auto.commit`), leaves the group and stops the background thread.
+// Later calls other than `spate_consumer_free` give SPATE_STATUS_STATE; closing twice is
+// harmless.
+//
+// # Safety
+// `consumer` is NULL or a live consumer.
+enum spate_status spate_consumer_close(const struct spate_consumer *consumer);
+
+// Closes the consumer if it is open, and frees it. NULL is accepted and ignored.
+//
+// # Safety
+// `consumer` is NULL or a live consumer that no other thread uses during or after the call.
+void spate_consumer_free(struct spate_consumer *consumer);
+
+// The message's topic (NUL-terminated, owned by the message), or NULL for a NULL message.
+//
+// # Safety
+// `message` is NULL or a live message.
+const char *spate_message_topic(const struct spate_message *message);
+
+// The message's partition, or -1 for a NULL message.
+//
+// # Safety
+// `message` is NULL or a live message.
+int32_t spate_message_partition(const struct spate_message *message);
+
+// The message's offset, or -1 for a NULL message.
+//
+// # Safety
+// `message` is NULL or a live message.
+int64_t spate_message_offset(const struct spate_message *message);
+
+// The message's timestamp in ms since the Unix epoch, or -1 for a NULL message.
+//
+// # Safety
+// `message` is NULL or a live message.
+int64_t spate_message_timestamp(const struct spate_message *message);
+
+// The message's key (owned by the message), NULL for a null key; its length goes to `*len`
+// unless `len` is NULL.
+//
+// # Safety
+// `message` is NULL or a live message; `len` NULL or writable.
+const uint8_t *spate_message_key(const struct spate_message *message, size_t *len);
+
+// The message's value (owned by the message), NULL for a null value (a tombstone); its
+// length goes to `*len` unless `len` is NULL.
+//
+// # Safety
+// `message` is NULL or a live message; `len` NULL or writable.
+const uint8_t *spate_message_value(const struct spate_message *message, size_t *len);
+
+// How many headers the message has (0 for a NULL message).
+//
+// # Safety
+// `message` is NULL or a live message.
+size_t spate_message_header_count(const struct spate_message *message);
+
+// Header `index` of the message: its name (NUL-terminated) to `*name`, its value to `*value`
+// (NULL for a null value) and length to `*value_len`; all owned by the message.
+// SPATE_STATUS_INVALID_ARGUMENT for an index out of range or NULL pointers.
+//
+// # Safety
+// `message` is NULL or a live message; the out pointers NULL or writable.
+enum spate_status spate_message_header(const struct spate_message *message,
+                                       size_t index,
+                                       const char **name,
+                                       const uint8_t **value,
+                                       size_t *value_len);
+
+// Frees a message. NULL is accepted and ignored.
+//
+// # Safety
+// `message` is NULL or a message from `spate_consumer_poll` not freed yet.
+void spate_message_free(struct spate_message *message);
 
 // Checks the partition directory `dir` (read-only) and fills `summary`.
 //
@@ -81,6 +434,85 @@ enum spate_status spate_log_inspect(const char *dir, struct spate_log_summary *s
 // # Safety
 // `dir` is a NUL-terminated string; `report` points to writable memory for one pointer.
 enum spate_status spate_log_dump(const char *dir, char **report);
+
+// Makes a producer from `config` (which needs `bootstrap.servers`; settings for other kinds
+// of client are ignored) and writes it to `*producer`. Connects to a bootstrap server first:
+// SPATE_STATUS_CONNECT when none answers, SPATE_STATUS_CONFIG for a missing or bad setting.
+//
+// # Safety
+// `config` is NULL or a live config; `producer` is NULL or writable for one pointer.
+enum spate_status spate_producer_new(const struct spate_config *config,
+                                     struct spate_producer **producer);
+
+// Queues a record for `topic`. `partition` is a partition or SPATE_PARTITION_ANY; `key` and
+// `value` are pointer plus length (NULL and 0 for none: a null value is a tombstone);
+// `headers` points to `header_count` headers (NULL when 0); `timestamp_ms` is the create
+// time or SPATE_TIMESTAMP_NOW. Everything is copied before the call returns.
+//
+// `callback`, when not NULL, gets the delivery report with `opaque` on the thread that next
+// calls `spate_producer_poll`, `spate_producer_flush` or `spate_producer_free` after the
+// result is known. Fails at once with SPATE_STATUS_KAFKA and code 3 for a topic or
+// partition that does not exist (when the broker does not create it), code 10 for a record
+// over `max.request.size`; SPATE_STATUS_STATE once the producer is being freed.
+//
+// # Safety
+// `producer` is NULL or a live producer; `topic` NUL-terminated; `key`, `value` readable for
+// their lengths; `headers` readable for `header_count` headers whose strings are
+// NUL-terminated and values readable for their lengths.
+enum spate_status spate_producer_send(const struct spate_producer *producer,
+                                      const char *topic,
+                                      int32_t partition,
+                                      const uint8_t *key,
+                                      size_t key_len,
+                                      const uint8_t *value,
+                                      size_t value_len,
+                                      const struct spate_header *headers,
+                                      size_t header_count,
+                                      int64_t timestamp_ms,
+                                      spate_delivery_cb callback,
+                                      void *opaque);
+
+// Serves the delivery reports whose results are known, waiting up to `timeout_ms` (-1:
+// forever) for one when none is; writes how many were served to `*served` unless it is NULL.
+//
+// # Safety
+// `producer` is NULL or a live producer; `served` NULL or writable.
+enum spate_status spate_producer_poll(const struct spate_producer *producer,
+                                      int32_t timeout_ms,
+                                      size_t *served);
+
+// Sends everything queued and waits until every record is delivered or failed, up to
+// `timeout_ms` (-1: forever), then serves the delivery reports. SPATE_STATUS_TIMED_OUT when
+// records are still in flight at the timeout.
+//
+// # Safety
+// `producer` is NULL or a live producer.
+enum spate_status spate_producer_flush(const struct spate_producer *producer, int32_t timeout_ms);
+
+// Flushes (waiting for every record's result, at most `delivery.timeout.ms`), serves the
+// last delivery reports, stops the background thread and frees the producer. NULL is
+// accepted and ignored.
+//
+// # Safety
+// `producer` is NULL or a live producer that no other thread uses during or after the call.
+void spate_producer_free(struct spate_producer *producer);
+
+// The version of libspate, as a static NUL-terminated string. Never NULL; do not free it.
+const char *spate_version(void);
+
+// The message of the last failed call on this thread, or NULL if none failed yet. The string
+// is owned by Spate and valid until the next failing call on the same thread.
+const char *spate_last_error_message(void);
+
+// The Kafka error code of the last failed call on this thread when it failed with
+// SPATE_STATUS_KAFKA (3 for UNKNOWN_TOPIC_OR_PARTITION, ...), else 0.
+int16_t spate_last_error_code(void);
+
+// Frees a string that Spate returned. NULL is accepted and ignored.
+//
+// # Safety
+// `string` is NULL or was returned by a Spate function and not freed yet.
+void spate_string_free(char *string);
 
 #ifdef __cplusplus
 }  // extern "C"

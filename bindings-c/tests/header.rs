@@ -1,12 +1,11 @@
 //! The committed header is what cbindgen generates from the code; the C example builds with
 //! `-Wall -Werror` against it and runs.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
-fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{compile, crate_dir};
 
 #[test]
 fn committed_header_is_current() {
@@ -29,42 +28,11 @@ fn committed_header_is_current() {
     );
 }
 
-/// libspate.a as cargo built it for this test run: in target/<profile>/deps beside this test's
-/// binary (cargo copies it up to target/<profile> only on `cargo build`).
-fn static_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let deps = exe.parent().expect("deps dir");
-    [deps, deps.parent().unwrap_or(deps)]
-        .iter()
-        .map(|dir| dir.join("libspate.a"))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| deps.join("libspate.a"))
-}
-
 #[test]
 fn c_example_compiles_warning_free_and_inspects_a_log() {
-    let library = static_library();
-    assert!(
-        library.exists(),
-        "{} missing: cargo builds it with the tests",
-        library.display()
-    );
     let work = tempfile::tempdir().expect("tempdir");
     let binary = work.path().join("inspect");
-    let status = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&binary)
-        .arg(crate_dir().join("examples/inspect.c"))
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        .arg(&library)
-        .args(["-lpthread", "-ldl", "-lm"])
-        .status()
-        .expect("cc runs");
-    assert!(
-        status.success(),
-        "the C example must compile with -Wall -Werror"
-    );
+    compile(&crate_dir().join("examples/inspect.c"), &binary, &[]);
 
     // A partition with two batches, written through the engine.
     let partition = work.path().join("topic-0");

@@ -276,8 +276,7 @@ impl Admin {
 
     /// Closes the connections. Closing twice is harmless.
     fn close(&self, py: Python<'_>) {
-        let admin = lock(&self.inner).take();
-        py.detach(move || drop(admin));
+        py.detach(|| drop(lock(&self.inner).take()));
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {

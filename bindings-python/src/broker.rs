@@ -139,13 +139,13 @@ impl EmbeddedBroker {
     /// Stops accepting, finishes in-flight requests, syncs every partition and stops; then
     /// removes a temporary data directory. Stopping twice is harmless.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let running = lock(&self.running).take();
-        let stopped = match running {
-            Some(running) => py.detach(move || running.stop()),
-            None => Ok(()),
+        let Some(running) = lock(&self.running).take() else {
+            return Ok(()); // Stopped, or being stopped by another thread.
         };
+        let stopped = py.detach(move || running.stop());
+        // Only the call that stopped the broker removes its temporary directory, after it.
         let temporary = lock(&self.temporary).take();
-        drop(temporary);
+        py.detach(move || drop(temporary));
         stopped.map_err(|error| broker_error(py, error.to_string()))
     }
 
@@ -174,9 +174,11 @@ impl EmbeddedBroker {
 }
 
 impl Drop for EmbeddedBroker {
+    /// A broker collected without `stop` stops with the GIL released (its threads do not need
+    /// it, but other Python threads should run meanwhile).
     fn drop(&mut self) {
         if let Some(running) = lock(&self.running).take() {
-            let _ = running.stop();
+            Python::attach(|py| py.detach(move || drop(running.stop())));
         }
     }
 }

@@ -166,35 +166,78 @@ impl Listener {
         };
         Python::attach(|py| {
             let pointer: *mut ClientConsumer = consumer;
-            let owner = FRAMES.with(|frames| {
+            let found = FRAMES.with(|frames| {
                 let mut frames = frames.borrow_mut();
                 let frame = frames
                     .iter_mut()
                     .rev()
                     .find(|frame| frame.consumer_id == self.consumer_id)?;
-                frame.inside_callback = Some(pointer);
-                Some(frame.owner.clone_ref(py))
+                let previous = frame.inside_callback.replace(pointer);
+                Some((frame.owner.clone_ref(py), previous))
             });
             // Without a frame the consumer is being dropped: nobody is there to call back.
-            let Some(owner) = owner else {
+            let Some((owner, previous)) = found else {
                 return;
+            };
+            // Put back what was there (a callback may run inside another's call) even if the
+            // callback unwinds.
+            let _restore = RestoreCallback {
+                consumer_id: self.consumer_id,
+                previous,
             };
             let result = topic_partition_list(py, partitions)
                 .and_then(|partitions| callback.call1(py, (owner, partitions)));
-            FRAMES.with(|frames| {
-                if let Some(frame) = frames
-                    .borrow_mut()
-                    .iter_mut()
-                    .rev()
-                    .find(|frame| frame.consumer_id == self.consumer_id)
-                {
-                    frame.inside_callback = None;
-                }
-            });
             if let Err(error) = result {
                 lock(&self.error).get_or_insert(error);
             }
         });
+    }
+}
+
+/// Restores a frame's callback consumer when a callback ends.
+struct RestoreCallback {
+    consumer_id: usize,
+    previous: Option<*mut ClientConsumer>,
+}
+
+impl Drop for RestoreCallback {
+    fn drop(&mut self) {
+        FRAMES.with(|frames| {
+            if let Some(frame) = frames
+                .borrow_mut()
+                .iter_mut()
+                .rev()
+                .find(|frame| frame.consumer_id == self.consumer_id)
+            {
+                frame.inside_callback = self.previous;
+            }
+        });
+    }
+}
+
+/// A frame on this thread's stack for the duration of a consumer call, removed however the
+/// call ends.
+struct FrameGuard;
+
+impl FrameGuard {
+    fn push(consumer_id: usize, owner: Py<PyAny>) -> FrameGuard {
+        FRAMES.with(|frames| {
+            frames.borrow_mut().push(Frame {
+                consumer_id,
+                owner,
+                inside_callback: None,
+            });
+        });
+        FrameGuard
+    }
+}
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        let frame = FRAMES.with(|frames| frames.borrow_mut().pop());
+        // The owner is a Python reference: dropped here with or without the GIL, pyo3
+        // defers the decrement when needed.
+        drop(frame);
     }
 }
 
@@ -238,7 +281,19 @@ pub struct Consumer {
     id: usize,
     inner: Mutex<Option<ClientConsumer>>,
     callback_error: Arc<Mutex<Option<PyErr>>>,
+    /// Records a poll had taken when a rebalance callback raised: returned by the next poll
+    /// (their positions are past them already, so dropping them would skip them).
+    stashed: Mutex<std::collections::VecDeque<ConsumerRecord>>,
     iteration_timeout: Option<Duration>,
+}
+
+/// Whether a call may be made from inside one of the consumer's own rebalance callbacks:
+/// the client's listener contract allows commits, seeks and reading state, not polling or
+/// changing the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InCallback {
+    Allowed,
+    Refused(&'static str),
 }
 
 /// What a consumer call found.
@@ -324,6 +379,7 @@ impl Consumer {
             id,
             inner: Mutex::new(Some(consumer)),
             callback_error,
+            stashed: Mutex::default(),
             iteration_timeout,
         })
     }
@@ -354,7 +410,8 @@ impl Consumer {
             on_lost,
             error: Arc::clone(&slf.get().callback_error),
         };
-        run(slf, move |consumer| {
+        lock(&slf.get().stashed).clear();
+        run(slf, InCallback::Refused("subscribe"), move |consumer| {
             consumer.subscribe(&topics)?;
             consumer.set_rebalance_listener(Box::new(listener));
             Ok(())
@@ -363,7 +420,8 @@ impl Consumer {
 
     /// Leaves the group's subscription (partitions are revoked first).
     fn unsubscribe(slf: &Bound<'_, Self>) -> PyResult<()> {
-        run(slf, |consumer| {
+        lock(&slf.get().stashed).clear();
+        run(slf, InCallback::Refused("unsubscribe"), |consumer| {
             consumer.unsubscribe();
             Ok(())
         })
@@ -371,7 +429,9 @@ impl Consumer {
 
     /// The subscribed topics, sorted.
     fn subscription(slf: &Bound<'_, Self>) -> PyResult<Vec<String>> {
-        run(slf, |consumer| Ok(consumer.subscription()))
+        run(slf, InCallback::Allowed, |consumer| {
+            Ok(consumer.subscription())
+        })
     }
 
     /// Reads exactly these partitions (`(topic, partition)` pairs) from now on, ending any
@@ -379,7 +439,8 @@ impl Consumer {
     /// offset (with a group) or by auto.offset.reset.
     fn assign(slf: &Bound<'_, Self>, partitions: &Bound<'_, PyAny>) -> PyResult<()> {
         let partitions = topic_partitions(partitions)?;
-        run(slf, move |consumer| {
+        lock(&slf.get().stashed).clear();
+        run(slf, InCallback::Refused("assign"), move |consumer| {
             consumer.assign(&partitions);
             Ok(())
         })
@@ -387,7 +448,9 @@ impl Consumer {
 
     /// The partitions this consumer reads, as `TopicPartition`s.
     fn assignment<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyList>> {
-        let partitions = run(slf, |consumer| Ok(consumer.assignment()))?;
+        let partitions = run(slf, InCallback::Allowed, |consumer| {
+            Ok(consumer.assignment())
+        })?;
         topic_partition_list(slf.py(), &partitions)
     }
 
@@ -433,7 +496,7 @@ impl Consumer {
         asynchronous: bool,
     ) -> PyResult<()> {
         let offsets = offsets.map(partition_map).transpose()?;
-        run(slf, move |consumer| {
+        run(slf, InCallback::Allowed, move |consumer| {
             if asynchronous {
                 consumer.commit_async(offsets, None)
             } else {
@@ -449,7 +512,9 @@ impl Consumer {
         partitions: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let partitions = topic_partitions(partitions)?;
-        let committed = run(slf, move |consumer| consumer.committed(&partitions))?;
+        let committed = run(slf, InCallback::Allowed, move |consumer| {
+            consumer.committed(&partitions)
+        })?;
         partition_dict(slf.py(), committed)
     }
 
@@ -457,7 +522,8 @@ impl Consumer {
     /// not assigned.
     fn seek(slf: &Bound<'_, Self>, partition: &Bound<'_, PyAny>, offset: i64) -> PyResult<()> {
         let (topic, partition) = topic_partition(partition)?;
-        run(slf, move |consumer| {
+        lock(&slf.get().stashed).clear();
+        run(slf, InCallback::Allowed, move |consumer| {
             consumer.seek(&topic, partition, StartAt::Offset(offset))
         })
     }
@@ -478,16 +544,17 @@ impl Consumer {
     /// The offset of the next record `poll` returns for `partition`, or None until known.
     fn position(slf: &Bound<'_, Self>, partition: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         let (topic, partition) = topic_partition(partition)?;
-        run(
-            slf,
-            move |consumer| Ok(consumer.position(&topic, partition)),
-        )
+        run(slf, InCallback::Allowed, move |consumer| {
+            Ok(consumer.position(&topic, partition))
+        })
     }
 
     /// The partition's log start and log end offsets (asked of its leader).
     fn watermarks(slf: &Bound<'_, Self>, partition: &Bound<'_, PyAny>) -> PyResult<(i64, i64)> {
         let (topic, partition) = topic_partition(partition)?;
-        run(slf, move |consumer| consumer.watermarks(&topic, partition))
+        run(slf, InCallback::Allowed, move |consumer| {
+            consumer.watermarks(&topic, partition)
+        })
     }
 
     /// For each `{(topic, partition): timestamp_ms}`, the offset of the first record at or
@@ -497,7 +564,9 @@ impl Consumer {
         timestamps: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let timestamps = partition_map(timestamps)?;
-        let offsets = run(slf, move |consumer| consumer.offsets_for_times(&timestamps))?;
+        let offsets = run(slf, InCallback::Allowed, move |consumer| {
+            consumer.offsets_for_times(&timestamps)
+        })?;
         partition_dict(slf.py(), offsets)
     }
 
@@ -505,19 +574,23 @@ impl Consumer {
     #[pyo3(signature = (*partitions))]
     fn pause(slf: &Bound<'_, Self>, partitions: &Bound<'_, PyTuple>) -> PyResult<()> {
         let partitions = topic_partitions(partitions)?;
-        run(slf, move |consumer| consumer.pause(&partitions))
+        run(slf, InCallback::Allowed, move |consumer| {
+            consumer.pause(&partitions)
+        })
     }
 
     /// Fetches these paused partitions again.
     #[pyo3(signature = (*partitions))]
     fn resume(slf: &Bound<'_, Self>, partitions: &Bound<'_, PyTuple>) -> PyResult<()> {
         let partitions = topic_partitions(partitions)?;
-        run(slf, move |consumer| consumer.resume(&partitions))
+        run(slf, InCallback::Allowed, move |consumer| {
+            consumer.resume(&partitions)
+        })
     }
 
     /// The paused partitions.
     fn paused<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyList>> {
-        let partitions = run(slf, |consumer| Ok(consumer.paused()))?;
+        let partitions = run(slf, InCallback::Allowed, |consumer| Ok(consumer.paused()))?;
         topic_partition_list(slf.py(), &partitions)
     }
 
@@ -532,20 +605,15 @@ impl Consumer {
                 "a consumer cannot be closed inside its own rebalance callback",
             ));
         }
-        FRAMES.with(|frames| {
-            frames.borrow_mut().push(Frame {
-                consumer_id: this.id,
-                owner: slf.clone().into_any().unbind(),
-                inside_callback: None,
-            })
-        });
+        let frame = FrameGuard::push(this.id, slf.clone().into_any().unbind());
         py.detach(|| {
             let consumer = lock(&this.inner).take();
             if let Some(consumer) = consumer {
                 consumer.close();
             }
         });
-        FRAMES.with(|frames| frames.borrow_mut().pop());
+        drop(frame);
+        lock(&this.stashed).clear();
         match lock(&this.callback_error).take() {
             Some(error) => Err(error),
             None => Ok(()),
@@ -555,6 +623,9 @@ impl Consumer {
     /// Whether `close` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
+        if inside_callback(self.id).is_some() {
+            return false; // Its own poll holds the lock, and runs.
+        }
         py.detach(|| lock(&self.inner).is_none())
     }
 
@@ -566,6 +637,17 @@ impl Consumer {
     fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
         Consumer::close(slf)?;
         Ok(false)
+    }
+}
+
+impl Drop for Consumer {
+    /// A consumer collected without `close` leaves its group (and commits, with auto commit)
+    /// with the GIL released, so that other Python threads run meanwhile.
+    fn drop(&mut self) {
+        let consumer = lock(&self.inner).take();
+        if let Some(consumer) = consumer {
+            Python::attach(|py| py.detach(move || drop(consumer)));
+        }
     }
 }
 
@@ -584,7 +666,31 @@ fn inside_callback(id: usize) -> Option<CallbackConsumer> {
 
 /// Runs `call` on the client consumer with the GIL released: inside one of this consumer's
 /// rebalance callbacks, on the consumer the callback was given; otherwise under the lock.
-fn run<R, F>(slf: &Bound<'_, Consumer>, call: F) -> PyResult<R>
+fn run<R, F>(slf: &Bound<'_, Consumer>, in_callback: InCallback, call: F) -> PyResult<R>
+where
+    R: Send,
+    F: FnOnce(&mut ClientConsumer) -> Result<R, ClientError> + Send,
+{
+    let (called, callback_error) = run_raw(slf, in_callback, call)?;
+    if let Some(error) = callback_error {
+        return Err(error);
+    }
+    finish(slf.py(), called)
+}
+
+fn finish<R>(py: Python<'_>, called: Called<R>) -> PyResult<R> {
+    match called {
+        Called::Done(result) => result.map_err(|error| client_error(py, error)),
+        Called::Closed => Err(state_error(py, "the consumer is closed")),
+    }
+}
+
+/// As [`run`], also giving back an exception a rebalance callback raised during the call.
+fn run_raw<R, F>(
+    slf: &Bound<'_, Consumer>,
+    in_callback: InCallback,
+    call: F,
+) -> PyResult<(Called<R>, Option<PyErr>)>
 where
     R: Send,
     F: FnOnce(&mut ClientConsumer) -> Result<R, ClientError> + Send,
@@ -592,6 +698,12 @@ where
     let py = slf.py();
     let this = slf.get();
     let called = if let Some(callback_consumer) = inside_callback(this.id) {
+        if let InCallback::Refused(what) = in_callback {
+            return Err(state_error(
+                py,
+                format!("{what} is not allowed inside the consumer's own rebalance callback"),
+            ));
+        }
         py.detach(move || {
             let pointer = callback_consumer;
             // SAFETY: the pointer came from the `&mut ClientConsumer` the client gave the
@@ -601,27 +713,16 @@ where
             Called::Done(call(consumer))
         })
     } else {
-        FRAMES.with(|frames| {
-            frames.borrow_mut().push(Frame {
-                consumer_id: this.id,
-                owner: slf.clone().into_any().unbind(),
-                inside_callback: None,
-            })
-        });
+        let frame = FrameGuard::push(this.id, slf.clone().into_any().unbind());
         let called = py.detach(|| match lock(&this.inner).as_mut() {
             Some(consumer) => Called::Done(call(consumer)),
             None => Called::Closed,
         });
-        FRAMES.with(|frames| frames.borrow_mut().pop());
+        drop(frame);
         called
     };
-    if let Some(error) = lock(&this.callback_error).take() {
-        return Err(error);
-    }
-    match called {
-        Called::Done(result) => result.map_err(|error| client_error(py, error)),
-        Called::Closed => Err(state_error(py, "the consumer is closed")),
-    }
+    let callback_error = lock(&this.callback_error).take();
+    Ok((called, callback_error))
 }
 
 /// Polls in slices so that Ctrl-C interrupts; `None` waits until a record arrives.
@@ -631,7 +732,14 @@ fn poll_records(
     max_records: Option<usize>,
 ) -> PyResult<Vec<ConsumerRecord>> {
     let py = slf.py();
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    {
+        let mut stashed = lock(&slf.get().stashed);
+        if !stashed.is_empty() {
+            let count = max_records.unwrap_or(usize::MAX).max(1).min(stashed.len());
+            return Ok(stashed.drain(..count).collect());
+        }
+    }
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     loop {
         let slice = match deadline {
             None => crate::wait::SLICE,
@@ -639,10 +747,21 @@ fn poll_records(
                 .saturating_duration_since(Instant::now())
                 .min(crate::wait::SLICE),
         };
-        let records = run(slf, move |consumer| match max_records {
-            Some(max_records) => consumer.poll_at_most(slice, max_records),
-            None => consumer.poll(slice),
-        })?;
+        let (called, callback_error) = run_raw(
+            slf,
+            InCallback::Refused("poll"),
+            move |consumer| match max_records {
+                Some(max_records) => consumer.poll_at_most(slice, max_records),
+                None => consumer.poll(slice),
+            },
+        )?;
+        if let Some(error) = callback_error {
+            if let Called::Done(Ok(records)) = called {
+                lock(&slf.get().stashed).extend(records);
+            }
+            return Err(error);
+        }
+        let records = finish(py, called)?;
         if !records.is_empty() {
             return Ok(records);
         }
@@ -659,7 +778,8 @@ fn seek_all(
     start: StartAt,
 ) -> PyResult<()> {
     let partitions = topic_partitions(partitions)?;
-    run(slf, move |consumer| {
+    lock(&slf.get().stashed).clear();
+    run(slf, InCallback::Allowed, move |consumer| {
         let partitions = if partitions.is_empty() {
             consumer.assignment()
         } else {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
@@ -187,17 +187,14 @@ where
     Ok(dict)
 }
 
-/// Seconds (as Python gives timeouts) to a duration; `None` stays `None`.
-pub fn seconds(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<std::time::Duration>> {
+/// Seconds (as Python gives timeouts) to a duration; `None`, and timeouts too long for a
+/// duration, mean no limit. Raises ValueError for a negative or NaN timeout.
+pub fn seconds(timeout: Option<f64>) -> PyResult<Option<std::time::Duration>> {
     match timeout {
         None => Ok(None),
-        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-            Ok(Some(std::time::Duration::from_secs_f64(seconds)))
-        }
-        Some(seconds) => Err(config_error(
-            py,
-            format!("a timeout is a number of seconds >= 0, not {seconds}"),
-            None,
-        )),
+        Some(seconds) if seconds >= 0.0 => Ok(std::time::Duration::try_from_secs_f64(seconds).ok()),
+        Some(seconds) => Err(PyValueError::new_err(format!(
+            "a timeout is a number of seconds >= 0, not {seconds}"
+        ))),
     }
 }

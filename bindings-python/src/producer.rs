@@ -143,7 +143,7 @@ impl DeliveryFuture {
 
 impl DeliveryFuture {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<DeliveryResult> {
-        let timeout = seconds(py, timeout)?;
+        let timeout = seconds(timeout)?;
         let slot = &self.slot;
         let result = interruptibly(py, timeout, |slice| {
             let (state, ready) = &**slot;
@@ -261,7 +261,10 @@ impl Producer {
         let slot = SharedSlot::default();
         let report = on_delivery.map(|callback| (callback, Arc::clone(&self.reports)));
         let completed = Arc::clone(&slot);
-        py.detach(|| {
+        // The producer handle is dropped with the GIL released: if another thread closed the
+        // producer meanwhile, this is the last handle, and dropping it waits for the network
+        // thread, which may need the GIL.
+        py.detach(move || {
             producer.send_with_callback(record, move |result| {
                 complete(&completed, report, result);
             })
@@ -274,7 +277,7 @@ impl Producer {
     /// `timeout` seconds for one when none is; returns how many ran.
     #[pyo3(signature = (timeout=0.0))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<usize> {
-        let timeout = seconds(py, timeout)?;
+        let timeout = seconds(timeout)?;
         let reports = &self.reports;
         interruptibly(py, timeout, |slice| {
             let step = Duration::from_millis(5).min(slice);
@@ -298,14 +301,16 @@ impl Producer {
     #[pyo3(signature = (timeout=None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let producer = self.producer(py)?;
-        flush(py, &producer, timeout)?;
+        let flushed = flush(py, &producer, timeout);
+        py.detach(move || drop(producer));
+        flushed?;
         self.serve_reports(py).map(drop)
     }
 
     /// Records sent or queued whose result is not known yet.
     fn __len__(&self, py: Python<'_>) -> usize {
         let producer = lock(&self.inner).clone();
-        producer.map_or(0, |producer| py.detach(|| producer.outstanding()))
+        producer.map_or(0, |producer| py.detach(move || producer.outstanding()))
     }
 
     /// Flushes (up to `timeout` seconds, forever for None), serves the last callbacks and
@@ -316,7 +321,7 @@ impl Producer {
             return Ok(());
         };
         let flushed = flush(py, &producer, timeout);
-        drop(producer);
+        py.detach(move || drop(producer));
         if let Some(producer) = lock(&self.inner).take() {
             if flushed.is_ok() {
                 py.detach(move || drop(producer));
@@ -348,7 +353,7 @@ impl Producer {
 }
 
 fn flush(py: Python<'_>, producer: &Arc<ClientProducer>, timeout: Option<f64>) -> PyResult<()> {
-    let timeout = seconds(py, timeout)?;
+    let timeout = seconds(timeout)?;
     let done = interruptibly(py, timeout, |slice| {
         (producer.flush_within(slice) == 0).then_some(())
     })?;
@@ -360,6 +365,17 @@ fn flush(py: Python<'_>, producer: &Arc<ClientProducer>, timeout: Option<f64>) -
                 py,
                 format!("{left} records still without a delivery result after the timeout"),
             ))
+        }
+    }
+}
+
+impl Drop for Producer {
+    /// A producer collected without `close`: its records are flushed and its thread stopped
+    /// on a thread of their own, since that waits for the network thread, which may need the
+    /// GIL held here.
+    fn drop(&mut self) {
+        if let Some(producer) = lock(&self.inner).take() {
+            std::thread::spawn(move || drop(producer));
         }
     }
 }

@@ -21,7 +21,8 @@ where
     T: Send,
     F: FnMut(Duration) -> Option<T> + Send,
 {
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    // A timeout too long to add to now is no limit.
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     loop {
         let slice = match deadline {
             None => SLICE,

@@ -174,3 +174,12 @@ def test_ctrl_c_interrupts_a_future_wait(servers, topic_name):
         with pytest.raises(KeyboardInterrupt):
             future.result()
         assert time.monotonic() - started < 5
+
+
+def test_timeouts_too_long_mean_no_limit_and_negative_ones_are_value_errors(servers, topic_name):
+    with spate.Producer(servers) as producer:
+        future = producer.send(topic_name, b"x")
+        assert future.result(timeout=1e20).offset >= 0
+        with pytest.raises(ValueError):
+            future.result(timeout=-1)
+        producer.flush(timeout=1e300)

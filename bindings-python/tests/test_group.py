@@ -152,3 +152,47 @@ def test_auto_commit_on_close_and_async_commit(servers, topic_name):
         reader.commit({partition: 2}, asynchronous=True)
         reader.commit({partition: 3})  # Sent after the asynchronous one.
         assert reader.committed([partition]) == {partition: 3}
+
+
+def test_callbacks_may_not_poll_or_resubscribe_but_may_read_state(servers, topic_name):
+    produce(servers, topic_name, 3, 1)
+    seen = []
+
+    def on_assign(consumer, partitions):
+        seen.append(consumer.closed)
+        seen.append(consumer.subscription())
+        for call in (lambda: consumer.poll(), lambda: consumer.subscribe([topic_name]),
+                     lambda: consumer.assign(partitions), lambda: consumer.unsubscribe()):
+            try:
+                call()
+            except spate.StateError as error:
+                seen.append("rebalance callback" in str(error))
+
+    with spate.Consumer(servers, group_id=f"{topic_name}-g") as consumer:
+        consumer.subscribe([topic_name], on_assign=on_assign)
+        deadline = time.time() + 30
+        while not seen and time.time() < deadline:
+            consumer.poll(timeout_ms=200)
+    assert seen == [False, [topic_name], True, True, True, True]
+
+
+def test_records_polled_when_a_callback_raises_are_not_lost(servers, topic_name):
+    produce(servers, topic_name, 20, 1)
+    raised = []
+
+    def on_assign(consumer, partitions):
+        if not raised:
+            raised.append(True)
+            raise RuntimeError("once")
+
+    records = []
+    with spate.Consumer(servers, group_id=f"{topic_name}-g", auto_offset_reset="earliest") as consumer:
+        consumer.subscribe([topic_name], on_assign=on_assign)
+        deadline = time.time() + 30
+        while len(records) < 20 and time.time() < deadline:
+            try:
+                records.extend(consumer.poll(timeout_ms=500))
+            except RuntimeError:
+                pass
+    assert raised
+    assert [r.offset for r in records] == list(range(20))
