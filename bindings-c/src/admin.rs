@@ -39,6 +39,15 @@ impl spate_admin {
     }
 }
 
+/// The result for the one item a call was made for.
+fn only_result(results: Vec<Result<(), ClientError>>) -> Result<(), spate_status> {
+    results
+        .into_iter()
+        .next()
+        .unwrap_or(Ok(()))
+        .map_err(client_failure)
+}
+
 /// Makes an admin client from `config` (`bootstrap.servers`; settings for other kinds of
 /// client are ignored) and writes it to `*admin`. SPATE_STATUS_CONNECT when no bootstrap
 /// server answers.
@@ -91,12 +100,7 @@ pub unsafe extern "C" fn spate_admin_create_topic(
             replication_factor,
             configs: BTreeMap::new(),
         };
-        let results = this.with(|admin| admin.create_topics(&[topic]))?;
-        results
-            .into_iter()
-            .next()
-            .unwrap_or(Ok(()))
-            .map_err(client_failure)
+        only_result(this.with(|admin| admin.create_topics(&[topic]))?)
     })
 }
 
@@ -115,12 +119,7 @@ pub unsafe extern "C" fn spate_admin_delete_topic(
         let this = unsafe { shared_handle(admin, "admin") }?;
         // SAFETY: as above.
         let name = unsafe { str_argument(name, "name") }?;
-        let results = this.with(|admin| admin.delete_topics(&[name.to_owned()]))?;
-        results
-            .into_iter()
-            .next()
-            .unwrap_or(Ok(()))
-            .map_err(client_failure)
+        only_result(this.with(|admin| admin.delete_topics(&[name.to_owned()]))?)
     })
 }
 

@@ -57,17 +57,7 @@ impl Admin {
         replication_factor: Option<i16>,
         config: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let configs = match config {
-            None => BTreeMap::new(),
-            Some(config) => config
-                .iter()
-                .map(|(key, value)| {
-                    let key: String = key.extract()?;
-                    let value = property_value(py, &key, &value)?;
-                    Ok((key, value))
-                })
-                .collect::<PyResult<_>>()?,
-        };
+        let configs: BTreeMap<String, String> = config_pairs(py, config)?.into_iter().collect();
         let topic = NewTopic {
             name,
             partitions: num_partitions.unwrap_or(-1),
@@ -122,17 +112,7 @@ impl Admin {
         set: Option<&Bound<'_, PyDict>>,
         delete: Option<Vec<String>>,
     ) -> PyResult<()> {
-        let set: Vec<(String, String)> = match set {
-            None => Vec::new(),
-            Some(set) => set
-                .iter()
-                .map(|(key, value)| {
-                    let key: String = key.extract()?;
-                    let value = property_value(py, &key, &value)?;
-                    Ok((key, value))
-                })
-                .collect::<PyResult<_>>()?,
-        };
+        let set = config_pairs(py, set)?;
         let delete = delete.unwrap_or_default();
         self.call(py, move |admin| {
             admin.alter_topic_configs(&topic, &set, &delete)
@@ -302,6 +282,24 @@ impl Admin {
             None => Err(state_error(py, "the admin client is closed")),
         }
     }
+}
+
+/// Topic settings from a dict, values as text.
+fn config_pairs(
+    py: Python<'_>,
+    config: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<(String, String)>> {
+    let Some(config) = config else {
+        return Ok(Vec::new());
+    };
+    config
+        .iter()
+        .map(|(key, value)| {
+            let key: String = key.extract()?;
+            let value = property_value(py, &key, &value)?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 /// The one per-item result of a call made for one item.
