@@ -193,6 +193,25 @@ struct State {
 }
 
 impl State {
+    /// Moves the open batch of `key` to the ready queue when a record of `size` bytes would
+    /// take it past `batch_size`; says whether it did.
+    fn close_if_overflowing(
+        &mut self,
+        key: &(String, i32),
+        size: usize,
+        batch_size: usize,
+    ) -> bool {
+        let overflows = self
+            .open
+            .get(key)
+            .is_some_and(|batch| batch.bytes > 0 && batch.bytes + size > batch_size);
+        if overflows {
+            let batch = self.open.remove(key).expect("just found");
+            self.ready.push_back(batch);
+        }
+        overflows
+    }
+
     /// Puts a batch that was taken from `ready` (for a retry, or held back) back in, ahead of
     /// its partition's newer batches, so that each partition's batches stay in creation order.
     fn requeue(&mut self, batch: Batch) {
@@ -326,7 +345,7 @@ impl Producer {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         let random = state.random >> 16;
-        let partition = state.partitioner.partition(
+        let mut partition = state.partitioner.partition(
             &record.topic,
             record.partition,
             record.key.as_deref(),
@@ -376,17 +395,26 @@ impl Producer {
                 .expect("not poisoned")
                 .0;
         }
-        let key = (record.topic.clone(), partition);
+        let mut key = (record.topic.clone(), partition);
         // A record that would take its partition's batch past batch.size starts the next
         // batch instead, so that a batch stays within batch.size (and the broker's
         // message.max.bytes) unless one record alone is larger.
-        let overflows = state
-            .open
-            .get(&key)
-            .is_some_and(|batch| batch.bytes > 0 && batch.bytes + size > config.batch_size);
-        if overflows {
-            let batch = state.open.remove(&key).expect("just found");
-            state.ready.push_back(batch);
+        if state.close_if_overflowing(&key, size, config.batch_size)
+            && record.partition.is_none()
+            && record.key.is_none()
+        {
+            // A full batch moves keyless records to another partition (the sticky
+            // partitioner, KIP-480), this one included.
+            let random = state.random >> 20;
+            state
+                .partitioner
+                .batch_closed(&key.0, key.1, partitions, random);
+            partition =
+                state
+                    .partitioner
+                    .partition(&record.topic, None, None, partitions, random >> 4);
+            key.1 = partition;
+            state.close_if_overflowing(&key, size, config.batch_size);
         }
         let sequence = state.next_batch_sequence;
         let opened = !state.open.contains_key(&key);

@@ -116,6 +116,56 @@ fn callbacks_run_once_per_record() {
     assert_eq!(offsets, (0..100).collect::<Vec<_>>());
 }
 
+/// Keyless 1000-byte records with batch.size 4096: a record that would overflow a batch
+/// starts the next one (so no batch holds more than three: 4 x 1032 estimated bytes > 4096),
+/// and a full batch moves the sticky partition on, so the records spread over partitions.
+#[test]
+fn full_batches_stay_within_batch_size_and_move_keyless_records_on() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let broker = Broker::start(&data, &["--num-partitions", "4"]);
+    let producer = producer(&broker, &[("batch.size", "4096"), ("linger.ms", "1000")]);
+    let deliveries: Vec<_> = (0..60)
+        .map(|_| {
+            producer
+                .send(ProducerRecord {
+                    topic: "spread".into(),
+                    value: Some(Bytes::from(vec![b'x'; 1000])),
+                    ..ProducerRecord::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    producer.flush();
+    let partitions: std::collections::BTreeSet<i32> = deliveries
+        .iter()
+        .map(|delivery| delivery.try_result().unwrap().unwrap().partition)
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "keyless records stayed on {partitions:?}"
+    );
+    producer.close();
+    for partition in 0..4 {
+        let dir = data.join(format!("spread-{partition}"));
+        let dump = futures_lite::future::block_on(spate_engine::storage::dump::dump_partition(
+            &spate_engine::storage::backend::StdStorage,
+            &dir,
+        ))
+        .unwrap();
+        for segment in &dump.segments {
+            for batch in &segment.batches {
+                assert!(
+                    batch.header.records_count <= 3,
+                    "a batch of {} records in {}",
+                    batch.header.records_count,
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
 /// The broker restarts under a running producer with acks=all: the producer retries, and
 /// every record is delivered once the broker is back, none lost.
 #[test]
