@@ -5,7 +5,8 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use spate_engine::client::arena::CopyArena;
 use spate_engine::client::config::ProducerConfig;
 use spate_engine::client::producer::{DeliveryResult, Producer, ProducerRecord};
 
@@ -95,14 +96,9 @@ pub struct spate_producer {
     /// The last topic sent to, as the C string reports hand out (most applications send to
     /// one or a few topics: this saves an allocation per record).
     last_topic: Mutex<Option<(String, Arc<CString>)>>,
-    /// Where keys and values are copied: slices of shared chunks instead of an allocation
-    /// per record (which, freed on the network thread, also costs glibc's arenas dearly). A
-    /// chunk is freed when the last record in it is delivered.
-    arena: Mutex<BytesMut>,
+    /// Where keys and values are copied (see `CopyArena`).
+    arena: CopyArena,
 }
-
-/// Size of the chunks records are copied into.
-const ARENA_CHUNK_BYTES: usize = 1 << 20;
 
 impl spate_producer {
     /// Copies caller bytes (pointer and length, NULL and 0 for none) into the arena.
@@ -121,12 +117,7 @@ impl spate_producer {
         }
         // SAFETY: the caller promises `len` readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(pointer, len) };
-        let mut arena = lock(&self.arena);
-        if arena.capacity() - arena.len() < len {
-            *arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES.max(len));
-        }
-        arena.extend_from_slice(bytes);
-        Ok(Some(arena.split().freeze()))
+        Ok(Some(self.arena.copy(bytes)))
     }
 
     fn topic_for_reports(&self, topic: &str) -> Arc<CString> {
@@ -166,7 +157,7 @@ pub unsafe extern "C" fn spate_producer_new(
             producer: Some(made),
             reports: Arc::default(),
             last_topic: Mutex::default(),
-            arena: Mutex::new(BytesMut::new()),
+            arena: CopyArena::default(),
         });
         // SAFETY: checked non-NULL above; the caller promises it is writable.
         unsafe { write_out(producer, Box::into_raw(boxed), "producer") }

@@ -7,6 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+pub use spate_engine::client::arena::CopyArena as Arena;
 
 use crate::errors::config_error;
 
@@ -72,8 +73,13 @@ pub fn servers(py: Python<'_>, servers: &Bound<'_, PyAny>) -> PyResult<String> {
     property_value(py, "bootstrap.servers", servers)
 }
 
-/// A key, value or header value: bytes-like, `str` (encoded as UTF-8) or `None`.
-pub fn payload(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Bytes>> {
+/// A key, value or header value: bytes-like, `str` (encoded as UTF-8) or `None`, copied into
+/// `arena`.
+pub fn payload(
+    arena: &Arena,
+    what: &str,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Bytes>> {
     let Some(value) = value else {
         return Ok(None);
     };
@@ -81,18 +87,18 @@ pub fn payload(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<
         return Ok(None);
     }
     if let Ok(bytes) = value.cast::<PyBytes>() {
-        return Ok(Some(Bytes::copy_from_slice(bytes.as_bytes())));
+        return Ok(Some(arena.copy(bytes.as_bytes())));
     }
     if let Ok(text) = value.cast::<PyString>() {
-        return Ok(Some(Bytes::copy_from_slice(text.to_cow()?.as_bytes())));
+        return Ok(Some(arena.copy(text.to_cow()?.as_bytes())));
     }
     if let Ok(array) = value.cast::<PyByteArray>() {
-        return Ok(Some(Bytes::from(array.to_vec())));
+        return Ok(Some(arena.copy(&array.to_vec())));
     }
     if value.is_instance_of::<PyMemoryView>() {
         let bytes = value.call_method0("tobytes")?;
         let bytes = bytes.cast::<PyBytes>()?;
-        return Ok(Some(Bytes::copy_from_slice(bytes.as_bytes())));
+        return Ok(Some(arena.copy(bytes.as_bytes())));
     }
     Err(PyTypeError::new_err(format!(
         "{what} must be bytes, bytearray, memoryview, str or None, not {}",
@@ -100,8 +106,11 @@ pub fn payload(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<
     )))
 }
 
-/// Headers as a list of `(name, value)` pairs or a dict.
-pub fn headers(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Option<Bytes>)>> {
+/// Headers as a list of `(name, value)` pairs or a dict, values copied into `arena`.
+pub fn headers(
+    arena: &Arena,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<(String, Option<Bytes>)>> {
     let Some(value) = value else {
         return Ok(Vec::new());
     };
@@ -119,7 +128,7 @@ pub fn headers(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Option
     };
     pairs
         .into_iter()
-        .map(|(name, value)| Ok((name, payload("a header value", Some(&value))?)))
+        .map(|(name, value)| Ok((name, payload(arena, "a header value", Some(&value))?)))
         .collect()
 }
 

@@ -11,7 +11,7 @@ use spate_engine::client::producer::{
     DeliveryResult, Producer as ClientProducer, ProducerRecord, RecordMetadata as Metadata,
 };
 
-use crate::convert::{payload, properties, seconds, servers};
+use crate::convert::{payload, properties, seconds, servers, Arena};
 use crate::errors::{delivery_error, state_error, timeout_error, IntoPyResult};
 use crate::wait::interruptibly;
 
@@ -205,6 +205,7 @@ fn complete(slot: &SharedSlot, report: Option<(Py<PyAny>, Reports)>, result: Del
 pub struct Producer {
     inner: Mutex<Option<Arc<ClientProducer>>>,
     reports: Reports,
+    arena: Arena,
 }
 
 #[pymethods]
@@ -223,6 +224,7 @@ impl Producer {
         Ok(Producer {
             inner: Mutex::new(Some(Arc::new(producer))),
             reports: Arc::default(),
+            arena: Arena::default(),
         })
     }
 
@@ -252,9 +254,9 @@ impl Producer {
         let record = ProducerRecord {
             topic,
             partition,
-            key: payload("key", key)?,
-            value: payload("value", value)?,
-            headers: crate::convert::headers(headers)?,
+            key: payload(&self.arena, "key", key)?,
+            value: payload(&self.arena, "value", value)?,
+            headers: crate::convert::headers(&self.arena, headers)?,
             timestamp_ms,
         };
         let producer = self.producer(py)?;

@@ -10,6 +10,7 @@
 //! threads with blocking sockets, not on glommio (see docs/ARCHITECTURE.md).
 
 pub mod admin;
+pub mod arena;
 pub mod assignor;
 pub mod config;
 pub mod connection;
