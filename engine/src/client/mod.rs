@@ -1,13 +1,19 @@
-//! The Kafka client (in progress, issue 5): the pieces that carry no I/O come first.
+//! The Kafka client behind `spate produce|consume|bench`, the Python package and libspate.
+//! It runs on the caller's threads and threads of its own, with blocking sockets, not on
+//! glommio (see docs/ARCHITECTURE.md), so that bindings work where glommio cannot.
 //!
+//! - [`producer`]: batches per partition, a sender thread, pipelined Produce requests,
+//!   retries that keep each partition's order.
+//! - [`consumer`]: assigned partitions or a group subscription; fetches from each leader.
+//! - [`membership`], [`group`], [`assignor`]: the group protocol (joins, heartbeats, commits,
+//!   the range, roundrobin and cooperative-sticky assignors).
+//! - [`admin`]: topics, configs, partitions, groups and their offsets, records.
 //! - [`partitioner`]: where a record goes, as the Java client and librdkafka's
 //!   `murmur2_random` put it (murmur2 on the key; sticky partitions for keyless records).
 //! - [`config`]: settings by Kafka's property names, with errors naming the property.
 //! - [`connection`]: one blocking connection, API versions negotiated with the broker.
-//! - [`admin`]: topics (create, delete, describe) and the cluster.
-//!
-//! The producer and the consumer build on these; the client runs on the caller's or its own
-//! threads with blocking sockets, not on glommio (see docs/ARCHITECTURE.md).
+//! - [`arena`]: where bindings copy the bytes their callers lend them.
+//! - [`error`]: [`ClientError`].
 
 pub mod admin;
 pub mod arena;
