@@ -2,12 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use spate_engine::broker::config::ServeSettings;
-use spate_engine::runtime::server::{start, Placement, RunningBroker};
+use spate_engine::runtime::server::{start, Placement, RunningBroker, ServeError};
 
 use crate::errors::{broker_error, config_error};
 
@@ -27,10 +27,46 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// usually do). Several brokers may run in one process on different ports.
 #[pyclass(module = "spate._native", frozen)]
 pub struct EmbeddedBroker {
-    running: Mutex<Option<RunningBroker>>,
-    temporary: Mutex<Option<tempfile::TempDir>>,
+    state: Arc<BrokerState>,
     address: SocketAddr,
     data_dir: PathBuf,
+}
+
+/// A running broker and its temporary directory, shared with [`LIVE`] so that brokers still
+/// running when the interpreter exits are stopped then.
+struct BrokerState {
+    running: Mutex<Option<RunningBroker>>,
+    temporary: Mutex<Option<tempfile::TempDir>>,
+}
+
+impl BrokerState {
+    /// Stops the broker, then removes its temporary directory; `None` when it was stopped
+    /// already (or is being stopped by another thread, which removes the directory).
+    fn stop(&self) -> Option<Result<(), ServeError>> {
+        let running = lock(&self.running).take()?;
+        let stopped = running.stop();
+        drop(lock(&self.temporary).take());
+        Some(stopped)
+    }
+}
+
+/// Every embedded broker of the process, for [`stop_embedded_brokers`].
+static LIVE: Mutex<Vec<Weak<BrokerState>>> = Mutex::new(Vec::new());
+
+/// Stops every embedded broker still running (registered with `atexit` by the package, so
+/// that a script that never calls `stop()` still syncs its data and removes its temporary
+/// directories on exit).
+#[pyfunction]
+pub fn stop_embedded_brokers(py: Python<'_>) {
+    let live: Vec<Arc<BrokerState>> = lock(&LIVE)
+        .drain(..)
+        .filter_map(|state| state.upgrade())
+        .collect();
+    py.detach(move || {
+        for state in live {
+            drop(state.stop());
+        }
+    });
 }
 
 #[pymethods]
@@ -104,11 +140,20 @@ impl EmbeddedBroker {
         let running = py
             .detach(|| start(config, Placement::Unbound))
             .map_err(|error| broker_error(py, error.to_string()))?;
-        Ok(EmbeddedBroker {
-            address: running.listen_address(),
-            data_dir: running.data_dir().to_owned(),
+        let address = running.listen_address();
+        let data_dir = running.data_dir().to_owned();
+        let state = Arc::new(BrokerState {
             running: Mutex::new(Some(running)),
             temporary: Mutex::new(temporary),
+        });
+        let mut live = lock(&LIVE);
+        live.retain(|state| state.strong_count() > 0);
+        live.push(Arc::downgrade(&state));
+        drop(live);
+        Ok(EmbeddedBroker {
+            state,
+            address,
+            data_dir,
         })
     }
 
@@ -133,20 +178,17 @@ impl EmbeddedBroker {
     /// Whether the broker is serving.
     #[getter]
     fn running(&self) -> bool {
-        lock(&self.running).is_some()
+        lock(&self.state.running).is_some()
     }
 
     /// Stops accepting, finishes in-flight requests, syncs every partition and stops; then
     /// removes a temporary data directory. Stopping twice is harmless.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(running) = lock(&self.running).take() else {
-            return Ok(()); // Stopped, or being stopped by another thread.
-        };
-        let stopped = py.detach(move || running.stop());
-        // Only the call that stopped the broker removes its temporary directory, after it.
-        let temporary = lock(&self.temporary).take();
-        py.detach(move || drop(temporary));
-        stopped.map_err(|error| broker_error(py, error.to_string()))
+        let state = Arc::clone(&self.state);
+        match py.detach(move || state.stop()) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(broker_error(py, error.to_string())),
+        }
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -164,7 +206,7 @@ impl EmbeddedBroker {
             "<EmbeddedBroker {} data_dir={}{}>",
             self.address,
             self.data_dir.display(),
-            if lock(&self.running).is_some() {
+            if lock(&self.state.running).is_some() {
                 ""
             } else {
                 " stopped"
@@ -177,8 +219,9 @@ impl Drop for EmbeddedBroker {
     /// A broker collected without `stop` stops with the GIL released (its threads do not need
     /// it, but other Python threads should run meanwhile).
     fn drop(&mut self) {
-        if let Some(running) = lock(&self.running).take() {
-            Python::attach(|py| py.detach(move || drop(running.stop())));
+        if lock(&self.state.running).is_some() {
+            let state = Arc::clone(&self.state);
+            Python::attach(|py| py.detach(move || drop(state.stop())));
         }
     }
 }

@@ -24,6 +24,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<consumer::Record>()?;
     module.add_class::<admin::Admin>()?;
     module.add_class::<broker::EmbeddedBroker>()?;
+    module.add_function(wrap_pyfunction!(broker::stop_embedded_brokers, module)?)?;
     module.add_function(wrap_pyfunction!(inspect::inspect_partition, module)?)?;
     module.add_function(wrap_pyfunction!(inspect::dump_partition_text, module)?)?;
     Ok(())

@@ -68,3 +68,28 @@ def test_stop_is_idempotent_and_repr_says_so():
     broker.stop()
     assert "stopped" in repr(broker)
     assert not os.path.exists(broker.data_dir)
+
+
+def test_a_broker_never_stopped_is_stopped_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    kept = tmp_path / "kept"
+    script = (
+        "import spate\n"
+        "temporary = spate.EmbeddedBroker()\n"
+        f"kept = spate.EmbeddedBroker({str(kept)!r})\n"
+        "with spate.Producer(kept.bootstrap_servers) as producer:\n"
+        "    producer.send('t', b'x').result(timeout=10)\n"
+        "print(temporary.data_dir)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    temporary = result.stdout.strip()
+    assert temporary and not os.path.exists(temporary), "the temporary directory is removed"
+    # The kept broker kept what was acknowledged.
+    with spate.EmbeddedBroker(kept) as again:
+        with spate.Consumer(again.bootstrap_servers, topics=["t"],
+                            auto_offset_reset="earliest") as consumer:
+            assert [r.value for r in consumer.poll(timeout_ms=5000)] == [b"x"]

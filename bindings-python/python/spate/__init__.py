@@ -17,6 +17,8 @@ process for tests and notebooks::
 :mod:`spate.aio` has asyncio versions of the producer and consumer.
 """
 
+import atexit
+
 from spate._errors import (
     BrokerError,
     ConfigError,
@@ -42,8 +44,13 @@ from spate._native import (
     __version__,
     dump_partition_text,
     inspect_partition,
+    stop_embedded_brokers,
 )
 from spate._types import TopicPartition
+
+# Brokers a script never stopped still sync their data and remove their temporary
+# directories when the interpreter exits.
+atexit.register(stop_embedded_brokers)
 
 __all__ = [
     "Admin",

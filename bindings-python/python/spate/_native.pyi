@@ -38,6 +38,7 @@ __all__ = [
     "__version__",
     "dump_partition_text",
     "inspect_partition",
+    "stop_embedded_brokers",
 ]
 
 _Payload = Union[bytes, bytearray, memoryview, str, None]
@@ -355,6 +356,9 @@ class EmbeddedBroker:
         self,
         *_exc: Union[Type[BaseException], BaseException, TracebackType, None],
     ) -> bool: ...
+
+def stop_embedded_brokers() -> None:
+    """Stops every embedded broker still running (the package registers it with atexit)."""
 
 def inspect_partition(dir: Union[str, "PathLike[str]"]) -> Dict[str, Any]:
     """Inspects a partition directory (read-only)."""
