@@ -13,7 +13,7 @@
 //! - [`config`]: settings by Kafka's property names, with errors naming the property.
 //! - [`connection`]: one blocking connection, API versions negotiated with the broker.
 //! - [`arena`]: where bindings copy the bytes their callers lend them.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: what can go wrong, as [`ClientError`].
 
 pub mod admin;
 pub mod arena;
