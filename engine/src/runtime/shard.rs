@@ -953,6 +953,11 @@ impl Shard {
     pub fn begin_shutdown(&self) {
         if !self.shutting_down.replace(true) {
             self.shutdown_event.notify(usize::MAX);
+            // Fetch long-polls waiting on this shard's partitions end now rather than at their
+            // timeout: a waiting task still asleep when the executor exits is never freed.
+            for partition in self.partitions.borrow().values() {
+                partition.data_arrived.notify(usize::MAX);
+            }
         }
     }
 
