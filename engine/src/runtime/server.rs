@@ -215,7 +215,7 @@ pub enum Placement {
 }
 
 /// A broker started with [`start`]: serving until [`RunningBroker::stop`] (or a signal
-/// handler, for `spate serve`) asks it to stop.
+/// handler, for `spate serve`) asks it to stop. Dropping it stops it too.
 pub struct RunningBroker {
     listen: SocketAddr,
     data_dir: PathBuf,
@@ -283,6 +283,22 @@ impl RunningBroker {
                 info!(listen = %self.listen, "Spate broker stopped");
                 Ok(())
             }
+        }
+    }
+}
+
+impl Drop for RunningBroker {
+    /// A broker dropped without [`RunningBroker::stop`] or [`RunningBroker::wait`] stops here:
+    /// it must not go on serving after its data directory's lock is released.
+    fn drop(&mut self) {
+        if self.handles.is_empty() {
+            return;
+        }
+        self.process
+            .shutdown_requested
+            .store(true, Ordering::SeqCst);
+        for handle in std::mem::take(&mut self.handles) {
+            let _ = handle.join();
         }
     }
 }
