@@ -240,3 +240,58 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
+}
+
+/// A fetch asking for more bytes than the partition holds waits for new appends (not
+/// re-reading the same records in a loop until max_wait_ms, which spun a shard at 100% CPU
+/// for as long as a client asked).
+#[test]
+fn a_fetch_waiting_for_min_bytes_sleeps_instead_of_spinning() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&work.path().join("data"), &["--cores", "1"]);
+    let mut connection = broker.connect();
+    connection.metadata_auto_create("few");
+    connection.call(ApiKey::Produce, 9, produce("few", &["a", "b"]));
+    let RequestKind::Fetch(request) = fetch("few", 0, 1500) else {
+        unreachable!()
+    };
+    let request = RequestKind::Fetch(request.with_min_bytes(1 << 20));
+    let pid = broker.child.as_ref().unwrap().id();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let ResponseKind::Fetch(response) = connection.call(ApiKey::Fetch, 12, request) else {
+        panic!("not a fetch response")
+    };
+    let waited = started.elapsed();
+    let cpu_used = cpu_seconds(pid) - cpu_before;
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert!(partition
+        .records
+        .as_ref()
+        .is_some_and(|records| !records.is_empty()));
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "answered after {waited:?}"
+    );
+    assert!(
+        cpu_used < 0.25 * waited.as_secs_f64(),
+        "the broker used {cpu_used:.2} s of CPU during a {waited:?} wait"
+    );
+}

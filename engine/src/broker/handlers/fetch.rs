@@ -96,7 +96,20 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
         if found_bytes >= min_bytes || any_error || now >= deadline || shard.shutting_down.get() {
             break results;
         }
-        wait_for_data(shard, &wanted, deadline - now).await;
+        // Wait for appends past what this read saw, not past the fetch offset: with data
+        // there but fewer than min_bytes, waiting from the fetch offset would return at once,
+        // again and again until the deadline (a shard spinning for max_wait_ms).
+        let seen_ends: Vec<i64> = wanted
+            .iter()
+            .zip(&results)
+            .map(|(want, result)| match result {
+                Ok(PartitionOutcome::Fetched { high_watermark, .. }) => {
+                    want.fetch_offset.max(*high_watermark)
+                }
+                _ => want.fetch_offset,
+            })
+            .collect();
+        wait_for_data(shard, &wanted, &seen_ends, deadline - now).await;
         if Instant::now() >= deadline {
             // One last read below picks up what arrived just before the deadline.
             break read_all(shard, &wanted).await;
@@ -187,13 +200,14 @@ async fn read_all(
     results
 }
 
-/// Returns when any of the partitions gets an append, or after `timeout`.
-async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], timeout: Duration) {
+/// Returns when any of the partitions gets an append past its offset in `seen_ends`, or
+/// after `timeout`.
+async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], seen_ends: &[i64], timeout: Duration) {
     let arrived = Rc::new((Event::new(), Cell::new(false)));
     let listener = arrived.0.listen();
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     let mut waiters = Vec::new();
-    for want in wanted {
+    for (want, seen_end) in wanted.iter().zip(seen_ends) {
         let Some(topic_id) = want.topic_id else {
             continue;
         };
@@ -201,7 +215,7 @@ async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], timeout: Duration) 
             topic_id,
             want.partition,
             PartitionOp::WaitForData {
-                offset: want.fetch_offset,
+                offset: *seen_end,
                 timeout_ms,
             },
         );
