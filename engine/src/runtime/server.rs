@@ -1,5 +1,5 @@
 //! `spate serve`: the broker process. One glommio executor per shard, a channel mesh between
-//! them, a listener on every shard (SO_REUSEPORT spreads connections), signals, the data
+//! them, one listening socket every shard accepts from, signals, the data
 //! directory lock and the metrics endpoint.
 
 use std::fs::File;
@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -143,54 +143,100 @@ fn remove_deleted_partitions(dir: &Path) {
     }
 }
 
-/// Checks that nothing else listens on the address (glommio binds with SO_REUSEPORT, which
-/// would silently share the port with another broker) and resolves port 0 to a free port.
-/// How long a port in use is retried before giving up (see `claim_listen_address`).
+/// How long a port in use is retried before giving up (see [`bind_listener`]).
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A listening socket on `address` for this shard. SO_REUSEPORT lets every shard listen on
-/// the same port (the kernel spreads connections across them); SO_REUSEADDR lets a restarted
-/// broker listen while connections of the previous process linger in TIME_WAIT. (glommio's
-/// own `bind` sets only the first.)
-fn bind_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// The broker's one listening socket on `address` (port 0 resolved by the kernel), which every
+/// shard accepts from through a duplicate of its descriptor.
+///
+/// One socket rather than one per shard with SO_REUSEPORT: a reuse-port group can be joined by
+/// any other process of the same user binding the same port (a second broker, a test picking
+/// the same "free" port), which would then silently take a share of this broker's
+/// connections. A plain socket makes the second bind fail instead. SO_REUSEADDR lets a
+/// restarted broker listen while connections of the previous process linger in TIME_WAIT.
+fn bind_listener(address: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let listen_error = |source| ServeError::Listen { address, source };
     let domain = if address.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
     };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&SockAddr::from(address))?;
-    socket.listen(1024)?;
-    // SAFETY: the descriptor is a listening TCP socket we own and hand over whole.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
-}
-
-fn claim_listen_address(address: SocketAddr) -> Result<SocketAddr, ServeError> {
     // A broker that just died may still hold its port for a moment: its listening sockets
     // have accepts pending in io_uring, and the kernel tears a dead process's rings down
     // after the process is gone. A restart right after a crash waits for that.
     let deadline = std::time::Instant::now() + LISTEN_RETRY;
-    let probe = loop {
-        match std::net::TcpListener::bind(address) {
-            Ok(probe) => break probe,
+    loop {
+        let socket =
+            Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
+        socket.set_reuse_address(true).map_err(listen_error)?;
+        match socket.bind(&SockAddr::from(address)) {
+            Ok(()) => {
+                socket.listen(1024).map_err(listen_error)?;
+                // Non-blocking for good: the shards' handles share the socket's file status
+                // flags, and glommio's accept tries a non-blocking accept first by setting
+                // O_NONBLOCK and then restoring the flags it found. With a blocking socket, one
+                // shard's restore could land inside another's attempt and block that shard's
+                // thread in accept(2). (io_uring's accept still waits for a connection.)
+                socket.set_nonblocking(true).map_err(listen_error)?;
+                return Ok(socket.into());
+            }
             Err(error)
                 if error.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Err(source) => return Err(ServeError::Listen { address, source }),
+            Err(source) => return Err(listen_error(source)),
         }
-    };
-    let resolved = probe
-        .local_addr()
-        .map_err(|source| ServeError::Listen { address, source })?;
-    drop(probe);
-    Ok(resolved)
+    }
+}
+
+/// The listening sockets the shards take at start-up: one handle on the Kafka socket each, and
+/// the metrics socket for the controller shard. Once taken, a shard's handle is its own, so a
+/// stopping shard closing it is what stops the broker accepting.
+struct Listeners {
+    kafka: Mutex<Vec<std::net::TcpListener>>,
+    metrics: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl Listeners {
+    fn new(
+        kafka: std::net::TcpListener,
+        metrics: Option<std::net::TcpListener>,
+        shards: usize,
+        address: SocketAddr,
+    ) -> Result<Listeners, ServeError> {
+        let mut handles = Vec::with_capacity(shards);
+        for _ in 1..shards {
+            handles.push(
+                kafka
+                    .try_clone()
+                    .map_err(|source| ServeError::Listen { address, source })?,
+            );
+        }
+        handles.push(kafka);
+        Ok(Listeners {
+            kafka: Mutex::new(handles),
+            metrics: Mutex::new(metrics),
+        })
+    }
+
+    fn take_kafka(&self) -> Option<TcpListener> {
+        let listener = self.kafka.lock().ok()?.pop()?;
+        Some(into_glommio(listener))
+    }
+
+    fn take_metrics(&self) -> Option<TcpListener> {
+        let listener = self.metrics.lock().ok()?.take()?;
+        Some(into_glommio(listener))
+    }
+}
+
+fn into_glommio(listener: std::net::TcpListener) -> TcpListener {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a listening TCP socket we own and hand over whole.
+    unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then stops accepting, finishes in-flight
@@ -319,13 +365,27 @@ pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBr
         })?;
     remove_deleted_partitions(&config.data_dir);
     let catalog = Arc::new(load_catalog(&config)?);
-    config.listen = claim_listen_address(config.listen)?;
+    let kafka = bind_listener(config.listen)?;
+    config.listen = kafka.local_addr().map_err(|source| ServeError::Listen {
+        address: config.listen,
+        source,
+    })?;
     if config.advertised_port == 0 {
         config.advertised_port = i32::from(config.listen.port());
     }
-    if let Some(metrics) = config.metrics_listen {
-        config.metrics_listen = Some(claim_listen_address(metrics)?);
-    }
+    let metrics = match config.metrics_listen {
+        Some(address) => {
+            let listener = bind_listener(address)?;
+            config.metrics_listen = Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| ServeError::Listen { address, source })?,
+            );
+            Some(listener)
+        }
+        None => None,
+    };
+    let listeners = Arc::new(Listeners::new(kafka, metrics, config.cores, config.listen)?);
     let config = Arc::new(config);
     let process = Arc::new(ProcessShared::default());
 
@@ -338,18 +398,26 @@ pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBr
         } else {
             glommio::Placement::Unbound
         };
-        let (mesh, shard_config, shard_process, catalog) = (
+        let (mesh, shard_config, shard_process, catalog, listeners) = (
             mesh.clone(),
             Arc::clone(&config),
             Arc::clone(&process),
             Arc::clone(&catalog),
+            Arc::clone(&listeners),
         );
         let spawned = glommio::LocalExecutorBuilder::new(placement)
             .io_memory(IO_MEMORY_BYTES)
             .name(&format!("spate-shard-{index}"))
             .spawn(move || async move {
                 let process = shard_process;
-                let result = run_shard(mesh, shard_config, Arc::clone(&process), catalog).await;
+                let result = run_shard(
+                    mesh,
+                    shard_config,
+                    Arc::clone(&process),
+                    catalog,
+                    &listeners,
+                )
+                .await;
                 if result.is_err() {
                     // Stop the other shards instead of leaving them serving a broker that is
                     // missing a shard, and do not let them wait for this one to drain.
@@ -425,6 +493,7 @@ async fn run_shard(
     config: Arc<BrokerConfig>,
     process: Arc<ProcessShared>,
     catalog: Arc<Catalog>,
+    listeners: &Listeners,
 ) -> Result<(), ServeError> {
     let (senders, mut receivers) = mesh.join().await.map_err(|_| {
         ServeError::Runtime(RuntimeError::Executor("cannot join the shard mesh".into()))
@@ -447,14 +516,13 @@ async fn run_shard(
         })
         .detach();
     }
-    let listener = bind_listener(config.listen).map_err(|source| ServeError::Listen {
-        address: config.listen,
-        source,
+    let listener = listeners.take_kafka().ok_or_else(|| {
+        ServeError::Runtime(RuntimeError::Executor(
+            "no listening socket left for this shard".into(),
+        ))
     })?;
     if shard.is_controller() {
-        if let Some(address) = config.metrics_listen {
-            let metrics_listener =
-                bind_listener(address).map_err(|source| ServeError::Listen { address, source })?;
+        if let Some(metrics_listener) = listeners.take_metrics() {
             glommio::spawn_local(serve_metrics(Rc::clone(&shard), metrics_listener)).detach();
         }
         info!(listen = %config.listen, "Spate broker ready");

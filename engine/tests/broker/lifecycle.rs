@@ -295,3 +295,22 @@ fn a_fetch_waiting_for_min_bytes_sleeps_instead_of_spinning() {
         "the broker used {cpu_used:.2} s of CPU during a {waited:?} wait"
     );
 }
+
+#[test]
+fn a_second_broker_on_the_same_port_is_refused_instead_of_sharing_it() {
+    let work = tempfile::tempdir().unwrap();
+    let first = Broker::start(&work.path().join("first"), &[]);
+    let address = first.address.to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["serve", "--listen", &address, "--data-dir"])
+        .arg(work.path().join("second"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    assert!(super::util::answers_api_versions(first.address));
+}

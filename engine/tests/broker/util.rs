@@ -31,13 +31,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `spate serve` on a free port with `data_dir` and waits until it accepts.
+    /// Starts `spate serve` on a port the kernel picks with `data_dir` and waits until it
+    /// accepts. (The broker binds port 0 itself: a port found free here could be taken by a
+    /// test running beside this one before the broker binds it.)
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Broker::start_at(data_dir, address, extra)
+        Broker::start_at(data_dir, "127.0.0.1:0".parse().unwrap(), extra)
     }
 
-    /// Starts `spate serve` on `address` (a restart on the same port, say).
+    /// Starts `spate serve` on `address` (a restart on the same port, say; port 0 for any).
     pub fn start_at(data_dir: &Path, address: SocketAddr, extra: &[&str]) -> Broker {
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
@@ -45,6 +46,7 @@ impl Broker {
             .append(true)
             .open(&log_path)
             .unwrap();
+        let log_start = log.metadata().unwrap().len() as usize;
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
             .args(["serve", "--listen", &address.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -56,7 +58,11 @@ impl Broker {
             })
             .env(
                 "RUST_LOG",
-                std::env::var("SPATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                // The ready line names the address: keep it whatever the filter.
+                format!(
+                    "{},spate_engine::runtime::server=info",
+                    std::env::var("SPATE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into())
+                ),
             )
             .stdout(Stdio::null())
             .stderr(log)
@@ -67,18 +73,32 @@ impl Broker {
             address,
             log_path,
         };
-        broker.wait_until_listening();
+        broker.address = broker.wait_until_ready(log_start);
         broker
     }
 
-    fn wait_until_listening(&mut self) {
+    /// Waits for this run's "ready" log line and returns the address it names.
+    fn wait_until_ready(&mut self, log_start: usize) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("spate exited with {status}: {}", self.log());
             }
-            if TcpStream::connect(self.address).is_ok() {
-                return;
+            let log = self.log();
+            let ready = log
+                .get(log_start..)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains("Spate broker ready"))
+                .find_map(|line| line.split("listen=").nth(1)?.split_whitespace().next());
+            if let Some(address) = ready {
+                let address: SocketAddr = address.parse().expect("a socket address");
+                assert!(
+                    self.address.port() == 0 || address == self.address,
+                    "asked for {}, listening on {address}",
+                    self.address
+                );
+                return address;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -2,7 +2,7 @@
 
 mod bench;
 
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -358,6 +358,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(io::stderr)
+        // Colours for a terminal only: a log file gets plain text.
+        .with_ansi(io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_) | Command::Consume(_)) {
