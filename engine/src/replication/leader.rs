@@ -1,0 +1,530 @@
+//! [`PartitionLeader`]: the leader side of one partition's replication, as a sans-IO state
+//! machine.
+//!
+//! # Calling protocol
+//! The leader owns no socket, file or clock. Its driver (the glommio runtime, or the turmoil
+//! driver in the simulation):
+//!
+//! 1. creates it with [`PartitionLeader::new`] when the metadata makes this broker the leader
+//!    at a new leader epoch, after adding `(leader_epoch, log_end_offset)` to the log's leader
+//!    epoch cache;
+//! 2. reports each local append with [`PartitionLeader::appended`];
+//! 3. hands it each follower Fetch with [`PartitionLeader::follower_fetch`], which says whether
+//!    to read records for it (from its fetch offset up to the log end) or to answer with a
+//!    diverging epoch;
+//! 4. calls [`PartitionLeader::tick`] now and then (every `replica_lag_time_max_ms / 2` is
+//!    enough) so that lagging followers leave the ISR;
+//! 5. after every call, drains [`PartitionLeader::poll_output`]: [`LeaderOutput::AlterIsr`]
+//!    asks the controller for an ISR change, whose outcome comes back through
+//!    [`PartitionLeader::isr_change_completed`]; [`LeaderOutput::HighWatermark`] says the high
+//!    watermark moved, so fetches and `acks=all` produces waiting on it can be answered;
+//! 6. passes newer committed partition states from the metadata (same leader epoch) to
+//!    [`PartitionLeader::partition_changed`]; a new leader epoch means a new `PartitionLeader`.
+//!
+//! # Rules (Kafka's `Partition.scala`)
+//! - The high watermark is the lowest log end offset over the *maximal* ISR: the committed ISR
+//!   plus a replica whose addition is in flight (KIP-497), so the ISR the controller commits
+//!   never holds a replica missing data below the high watermark. It never moves back.
+//! - A follower joins the ISR once its log end offset reaches both the high watermark and the
+//!   start of the current leader epoch; it leaves when it has not caught up with the leader's
+//!   log end for `replica_lag_time_max_ms`. One ISR change is in flight at a time, and it takes
+//!   effect only once the controller commits it.
+//!
+//! # Invariants (asserted)
+//! `high_watermark <= log_end_offset`; the leader is in its ISR; the high watermark never
+//! decreases.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::epoch_cache::{EpochEnd, LeaderEpochCache};
+use super::BrokerId;
+
+/// Settings, Kafka's broker settings of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `replica.lag.time.max.ms`: how long a follower may go without catching up with the
+    /// leader's log end before it leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            replica_lag_time_max_ms: 30_000,
+        }
+    }
+}
+
+/// A partition's state as the controller committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The leader, or -1 when there is none.
+    pub leader: BrokerId,
+    /// Bumped by the controller at every leader change.
+    pub leader_epoch: i32,
+    /// Bumped by the controller at every change of this state (KIP-497's partition epoch).
+    pub partition_epoch: i32,
+    /// The assigned replicas, preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// The in-sync replicas.
+    pub isr: Vec<BrokerId>,
+}
+
+/// A follower's Fetch, as the leader needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerFetch {
+    /// The follower's broker id (the request's replica id).
+    pub replica: BrokerId,
+    /// Where it wants to read from: its log end offset.
+    pub fetch_offset: i64,
+    /// The epoch of the last batch in its log (Fetch v12+), if it sent one.
+    pub last_fetched_epoch: Option<i32>,
+    /// The leader epoch it believes current (Fetch v9+, KIP-320), if it sent one.
+    pub current_leader_epoch: Option<i32>,
+}
+
+/// How to answer a follower's Fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchAnswer {
+    /// Read records from the fetch offset (up to the log end, not the high watermark) and send
+    /// them with this high watermark.
+    Read {
+        /// The high watermark after this fetch counted.
+        high_watermark: i64,
+    },
+    /// The follower's log diverges from the leader's: send no records but this epoch and end
+    /// offset, so that it truncates (Fetch v12+'s `DivergingEpoch`).
+    Diverging(EpochEnd),
+}
+
+/// Why a follower's Fetch is refused; the broker maps each to its Kafka error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchRefusal {
+    /// The follower's leader epoch is older: `FENCED_LEADER_EPOCH`.
+    FencedLeaderEpoch,
+    /// The follower's leader epoch is newer than this leader knows: `UNKNOWN_LEADER_EPOCH`.
+    UnknownLeaderEpoch,
+    /// The sender is not a replica of the partition: `NOT_LEADER_OR_FOLLOWER`.
+    NotAReplica,
+    /// The fetch offset is outside the log: `OFFSET_OUT_OF_RANGE`.
+    OffsetOutOfRange,
+}
+
+/// Why an `acks=all` produce fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcksAllError {
+    /// Too few in-sync replicas to accept the write: `NOT_ENOUGH_REPLICAS`.
+    NotEnoughReplicas,
+    /// The write is in the log, but the ISR shrank below `min.insync.replicas` before it was
+    /// replicated: `NOT_ENOUGH_REPLICAS_AFTER_APPEND`.
+    NotEnoughReplicasAfterAppend,
+}
+
+/// Why the controller did not commit an ISR change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsrChangeError {
+    /// The request's partition or leader epoch is stale (`INVALID_UPDATE_VERSION`,
+    /// `FENCED_LEADER_EPOCH`): newer metadata is on its way.
+    Stale,
+    /// The controller refused it for another reason (`INELIGIBLE_REPLICA`, unreachable, ...):
+    /// the leader tries again at the next fetch or tick.
+    Refused,
+}
+
+/// What the leader asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderOutput {
+    /// Ask the controller to set the ISR (AlterPartition), then report the outcome with
+    /// [`PartitionLeader::isr_change_completed`].
+    AlterIsr {
+        /// The leader epoch the request is made under.
+        leader_epoch: i32,
+        /// The partition epoch the change is based on.
+        partition_epoch: i32,
+        /// The ISR wanted, sorted.
+        isr: Vec<BrokerId>,
+    },
+    /// The high watermark moved to this offset.
+    HighWatermark(i64),
+}
+
+/// An ISR change sent to the controller and not yet answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingIsrChange {
+    isr: BTreeSet<BrokerId>,
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FollowerProgress {
+    /// Its log end offset, from its last fetch; -1 until it fetches from this leader.
+    log_end_offset: i64,
+    /// When it last had everything the leader had (Kafka's `lastCaughtUpTimeMs`).
+    last_caught_up_ms: Option<i64>,
+    /// The leader's log end offset at its previous fetch.
+    last_fetch_leader_log_end_offset: i64,
+    /// When it last fetched.
+    last_fetch_ms: i64,
+}
+
+/// The leader of one partition. See the module docs.
+#[derive(Debug, Clone)]
+pub struct PartitionLeader {
+    local: BrokerId,
+    config: ReplicationConfig,
+    state: PartitionState,
+    pending: Option<PendingIsrChange>,
+    followers: BTreeMap<BrokerId, FollowerProgress>,
+    ineligible: BTreeSet<BrokerId>,
+    log_end_offset: i64,
+    high_watermark: i64,
+    epoch_start_offset: i64,
+    outputs: VecDeque<LeaderOutput>,
+}
+
+impl PartitionLeader {
+    /// Becomes the leader of a partition whose committed state is `state` (naming `local` as
+    /// leader), with the local log ending at `log_end_offset` and its high watermark (as known
+    /// from the previous leader) at `high_watermark`.
+    ///
+    /// # Panics
+    /// When `state` does not name `local` as leader in its ISR, or the offsets disagree.
+    pub fn new(
+        local: BrokerId,
+        state: PartitionState,
+        log_end_offset: i64,
+        high_watermark: i64,
+        now_ms: i64,
+        config: ReplicationConfig,
+    ) -> PartitionLeader {
+        assert_eq!(state.leader, local, "only the leader leads");
+        assert!(
+            state.isr.contains(&local),
+            "the leader is in its ISR: {state:?}"
+        );
+        assert!(
+            0 <= high_watermark && high_watermark <= log_end_offset,
+            "high watermark {high_watermark} within the log end {log_end_offset}"
+        );
+        let followers = state
+            .replicas
+            .iter()
+            .filter(|&&replica| replica != local)
+            .map(|&replica| {
+                let progress = FollowerProgress {
+                    log_end_offset: -1,
+                    // An ISR member keeps its place for a lag time while it finds the new
+                    // leader, as Kafka's `resetReplicaState`.
+                    last_caught_up_ms: state.isr.contains(&replica).then_some(now_ms),
+                    last_fetch_leader_log_end_offset: -1,
+                    last_fetch_ms: now_ms,
+                };
+                (replica, progress)
+            })
+            .collect();
+        let mut leader = PartitionLeader {
+            local,
+            config,
+            state,
+            pending: None,
+            followers,
+            ineligible: BTreeSet::new(),
+            log_end_offset,
+            high_watermark,
+            epoch_start_offset: log_end_offset,
+            outputs: VecDeque::new(),
+        };
+        leader.maybe_advance_high_watermark();
+        leader
+    }
+
+    /// The committed state this leader works under.
+    pub fn state(&self) -> &PartitionState {
+        &self.state
+    }
+
+    /// The leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.leader_epoch
+    }
+
+    /// The high watermark: consumers see records below it.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    /// The local log end offset, as last reported.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset
+    }
+
+    /// The committed ISR plus a replica whose addition is in flight.
+    pub fn maximal_isr(&self) -> BTreeSet<BrokerId> {
+        let mut isr: BTreeSet<BrokerId> = self.state.isr.iter().copied().collect();
+        if let Some(pending) = &self.pending {
+            isr.extend(pending.isr.iter().copied());
+        }
+        isr
+    }
+
+    /// Whether an ISR change is waiting for the controller.
+    pub fn has_pending_isr_change(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The next thing for the driver to do, until `None`.
+    pub fn poll_output(&mut self) -> Option<LeaderOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Brokers that must not join the ISR (fenced, or shutting down), as the metadata says.
+    pub fn set_ineligible(&mut self, brokers: BTreeSet<BrokerId>) {
+        self.ineligible = brokers;
+    }
+
+    /// The local log grew to `log_end_offset` (an append).
+    ///
+    /// # Panics
+    /// When the log end moves back: a leader's log never shrinks.
+    pub fn appended(&mut self, log_end_offset: i64) {
+        assert!(
+            log_end_offset >= self.log_end_offset,
+            "a leader's log end moved back from {} to {log_end_offset}",
+            self.log_end_offset
+        );
+        self.log_end_offset = log_end_offset;
+        self.maybe_advance_high_watermark();
+    }
+
+    /// Whether an `acks=all` produce may be appended now: the ISR must hold at least
+    /// `min_insync_replicas` replicas.
+    ///
+    /// # Errors
+    /// [`AcksAllError::NotEnoughReplicas`] otherwise.
+    pub fn check_acks_all(&self, min_insync_replicas: usize) -> Result<(), AcksAllError> {
+        if self.state.isr.len() < min_insync_replicas {
+            return Err(AcksAllError::NotEnoughReplicas);
+        }
+        Ok(())
+    }
+
+    /// Whether an `acks=all` produce whose records end before `required_offset` (its last
+    /// offset + 1) is done: `None` while the high watermark is below it; then `Ok`, or
+    /// [`AcksAllError::NotEnoughReplicasAfterAppend`] when the ISR shrank below
+    /// `min_insync_replicas` meanwhile.
+    pub fn acks_all_outcome(
+        &self,
+        required_offset: i64,
+        min_insync_replicas: usize,
+    ) -> Option<Result<(), AcksAllError>> {
+        if self.high_watermark < required_offset {
+            return None;
+        }
+        if self.state.isr.len() < min_insync_replicas {
+            return Some(Err(AcksAllError::NotEnoughReplicasAfterAppend));
+        }
+        Some(Ok(()))
+    }
+
+    /// A follower's Fetch. `epochs` is the local log's leader epoch cache and
+    /// `log_start_offset` its start.
+    ///
+    /// # Errors
+    /// [`FetchRefusal`] when the fetch cannot be served; the follower's state is unchanged.
+    pub fn follower_fetch(
+        &mut self,
+        fetch: FollowerFetch,
+        epochs: &LeaderEpochCache,
+        log_start_offset: i64,
+        now_ms: i64,
+    ) -> Result<FetchAnswer, FetchRefusal> {
+        match fetch.current_leader_epoch {
+            Some(epoch) if epoch < self.state.leader_epoch => {
+                return Err(FetchRefusal::FencedLeaderEpoch)
+            }
+            Some(epoch) if epoch > self.state.leader_epoch => {
+                return Err(FetchRefusal::UnknownLeaderEpoch)
+            }
+            _ => {}
+        }
+        if !self.followers.contains_key(&fetch.replica) {
+            return Err(FetchRefusal::NotAReplica);
+        }
+        if let Some(last_fetched_epoch) = fetch.last_fetched_epoch.filter(|&epoch| epoch >= 0) {
+            let end = epochs.end_offset_for(last_fetched_epoch, self.log_end_offset);
+            if end.epoch < last_fetched_epoch || end.end_offset < fetch.fetch_offset {
+                return Ok(FetchAnswer::Diverging(end));
+            }
+        }
+        if fetch.fetch_offset > self.log_end_offset || fetch.fetch_offset < log_start_offset {
+            return Err(FetchRefusal::OffsetOutOfRange);
+        }
+        let leader_log_end_offset = self.log_end_offset;
+        let progress = self
+            .followers
+            .get_mut(&fetch.replica)
+            .expect("checked above");
+        if fetch.fetch_offset >= leader_log_end_offset {
+            progress.last_caught_up_ms =
+                Some(progress.last_caught_up_ms.unwrap_or(now_ms).max(now_ms));
+        } else if fetch.fetch_offset >= progress.last_fetch_leader_log_end_offset
+            && progress.last_fetch_leader_log_end_offset >= 0
+        {
+            // It now has what the leader had at its previous fetch: it was caught up then.
+            let then = progress.last_fetch_ms;
+            progress.last_caught_up_ms = Some(progress.last_caught_up_ms.unwrap_or(then).max(then));
+        }
+        progress.log_end_offset = fetch.fetch_offset;
+        progress.last_fetch_leader_log_end_offset = leader_log_end_offset;
+        progress.last_fetch_ms = now_ms;
+        self.maybe_expand_isr(fetch.replica);
+        self.maybe_advance_high_watermark();
+        Ok(FetchAnswer::Read {
+            high_watermark: self.high_watermark,
+        })
+    }
+
+    /// Time passed: followers that fell behind leave the ISR.
+    pub fn tick(&mut self, now_ms: i64) {
+        if self.pending.is_some() {
+            return;
+        }
+        let out_of_sync: BTreeSet<BrokerId> = self
+            .state
+            .isr
+            .iter()
+            .copied()
+            .filter(|&replica| replica != self.local)
+            .filter(|replica| match self.followers.get(replica) {
+                Some(progress) => !self.is_caught_up(progress, now_ms),
+                None => true,
+            })
+            .collect();
+        if out_of_sync.is_empty() {
+            return;
+        }
+        let isr = self
+            .state
+            .isr
+            .iter()
+            .copied()
+            .filter(|replica| !out_of_sync.contains(replica))
+            .collect();
+        self.propose(isr);
+    }
+
+    /// The controller's answer to the last [`LeaderOutput::AlterIsr`]: the committed ISR and
+    /// partition epoch, or why not.
+    pub fn isr_change_completed(
+        &mut self,
+        outcome: Result<(Vec<BrokerId>, i32), IsrChangeError>,
+        now_ms: i64,
+    ) {
+        self.pending = None;
+        if let Ok((isr, partition_epoch)) = outcome {
+            if partition_epoch > self.state.partition_epoch {
+                self.state.isr = isr;
+                self.state.partition_epoch = partition_epoch;
+                self.check_invariants();
+            }
+        }
+        self.maybe_advance_high_watermark();
+        self.tick(now_ms);
+    }
+
+    /// Newer committed state from the metadata, under the same leader epoch (the controller
+    /// changed the ISR or the replicas). Older or equal partition epochs are ignored.
+    ///
+    /// # Panics
+    /// When `state` has another leader or leader epoch: that needs a new [`PartitionLeader`].
+    pub fn partition_changed(&mut self, state: PartitionState, now_ms: i64) {
+        assert!(
+            state.leader == self.local && state.leader_epoch == self.state.leader_epoch,
+            "a leader change needs a new PartitionLeader: {state:?}"
+        );
+        if state.partition_epoch <= self.state.partition_epoch {
+            return;
+        }
+        self.followers
+            .retain(|replica, _| state.replicas.contains(replica));
+        for &replica in &state.replicas {
+            if replica != self.local {
+                self.followers.entry(replica).or_insert(FollowerProgress {
+                    log_end_offset: -1,
+                    last_caught_up_ms: None,
+                    last_fetch_leader_log_end_offset: -1,
+                    last_fetch_ms: now_ms,
+                });
+            }
+        }
+        self.state = state;
+        self.pending = None;
+        self.check_invariants();
+        self.maybe_advance_high_watermark();
+    }
+
+    /// Kafka's `isCaughtUp`: at the leader's log end, or caught up within the lag time.
+    fn is_caught_up(&self, progress: &FollowerProgress, now_ms: i64) -> bool {
+        progress.log_end_offset == self.log_end_offset
+            || progress
+                .last_caught_up_ms
+                .is_some_and(|caught_up| now_ms - caught_up <= self.config.replica_lag_time_max_ms)
+    }
+
+    fn maybe_expand_isr(&mut self, replica: BrokerId) {
+        if self.pending.is_some()
+            || self.state.isr.contains(&replica)
+            || self.ineligible.contains(&replica)
+        {
+            return;
+        }
+        let progress = self.followers[&replica];
+        if progress.log_end_offset >= self.high_watermark
+            && progress.log_end_offset >= self.epoch_start_offset
+        {
+            let mut isr: Vec<BrokerId> = self.state.isr.clone();
+            isr.push(replica);
+            self.propose(isr);
+        }
+    }
+
+    fn propose(&mut self, isr: Vec<BrokerId>) {
+        let isr: BTreeSet<BrokerId> = isr.into_iter().collect();
+        assert!(isr.contains(&self.local), "the leader stays in its ISR");
+        self.outputs.push_back(LeaderOutput::AlterIsr {
+            leader_epoch: self.state.leader_epoch,
+            partition_epoch: self.state.partition_epoch,
+            isr: isr.iter().copied().collect(),
+        });
+        self.pending = Some(PendingIsrChange { isr });
+    }
+
+    fn maybe_advance_high_watermark(&mut self) {
+        let lowest = self
+            .maximal_isr()
+            .iter()
+            .filter(|&&replica| replica != self.local)
+            .map(|replica| self.followers.get(replica).map_or(-1, |p| p.log_end_offset))
+            .fold(self.log_end_offset, i64::min);
+        if lowest > self.high_watermark {
+            self.high_watermark = lowest;
+            self.outputs
+                .push_back(LeaderOutput::HighWatermark(self.high_watermark));
+        }
+        self.check_invariants();
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.high_watermark <= self.log_end_offset,
+            "high watermark {} above the log end {}",
+            self.high_watermark,
+            self.log_end_offset
+        );
+        assert!(
+            self.state.isr.contains(&self.local),
+            "the leader left its own ISR: {:?}",
+            self.state
+        );
+    }
+}
