@@ -44,6 +44,8 @@ impl From<&StorageError> for KafkaError {
             StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
             StorageError::RecordsTooLarge { .. } => ResponseError::RecordListTooLarge,
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            // Only a follower's fetcher appends replicated batches; no client sees this.
+            StorageError::NotContiguous { .. } => ResponseError::UnknownServerError,
             StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }

@@ -75,6 +75,15 @@ pub enum StorageError {
         /// Offset the next record will get.
         log_end_offset: i64,
     },
+    /// A replicated batch does not start where the log ends: a follower may only append its
+    /// leader's batches in order, with no gap and no overlap.
+    #[error("replicated batch starts at offset {found}, where {expected} was expected")]
+    NotContiguous {
+        /// The log end offset (or the previous batch's end).
+        expected: i64,
+        /// The batch's base offset.
+        found: i64,
+    },
     /// The configuration is invalid.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),

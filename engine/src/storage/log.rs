@@ -39,11 +39,13 @@ use super::backend::{
 use super::batch::{self, Codec, TimestampType, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use super::config::LogConfig;
+use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
 use super::index::OffsetIndex;
 use super::recovery::{relative, walk_segment, IndexBuilder};
 use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
+use crate::replication::epoch_cache::LeaderEpochCache;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,15 @@ impl<B: ReadBuf> Fetched<B> {
         }
         out.freeze()
     }
+}
+
+/// Whose batches an append writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    /// A producer's, on the leader: offsets and the leader epoch are stamped in.
+    Leader { partition_leader_epoch: i32 },
+    /// The leader's, on a follower: kept as they are.
+    Replicated,
 }
 
 /// A log tail cut during recovery.
@@ -211,6 +222,10 @@ pub struct PartitionLog<S: Storage> {
     pub(super) unsynced_records: u64,
     pub(super) last_sync_ms: i64,
     pub(super) poisoned: Option<String>,
+    /// Which leader epoch wrote which offsets; see [`super::epochs`].
+    pub(super) epochs: LeaderEpochCache,
+    /// Whether `epochs` changed since it was last written.
+    pub(super) epochs_dirty: bool,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -313,7 +328,7 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    fn poison(&mut self, error: StorageError) -> StorageError {
+    pub(super) fn poison(&mut self, error: StorageError) -> StorageError {
         warn!(dir = %self.dir.display(), error = %error, "partition log poisoned");
         if self.poisoned.is_none() {
             self.poisoned = Some(error.to_string());
@@ -334,12 +349,91 @@ impl<S: Storage> PartitionLog<S> {
     /// poisons the log).
     pub async fn append(
         &mut self,
-        mut records: BytesMut,
+        records: BytesMut,
         partition_leader_epoch: i32,
+        now_ms: i64,
+    ) -> StorageResult<AppendInfo> {
+        self.append_batches(
+            records,
+            AppendMode::Leader {
+                partition_leader_epoch,
+            },
+            now_ms,
+        )
+        .await
+    }
+
+    /// Appends a leader's batches on a follower: offsets, leader epochs and timestamps are
+    /// kept as the leader wrote them, and the first batch must start at the log end. A batch
+    /// of a newer leader epoch adds it to the leader epoch cache. A fetch response may hold
+    /// more than a segment: it is appended in runs of whole batches that each fit one.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::append`], and [`StorageError::NotContiguous`] when the batches do
+    /// not continue the log. Runs appended before an error stay appended.
+    pub async fn append_replicated(
+        &mut self,
+        mut records: BytesMut,
+        now_ms: i64,
+    ) -> StorageResult<AppendInfo> {
+        let run_bytes_max = self.config.segment_bytes as usize;
+        let mut appended: Option<AppendInfo> = None;
+        while !records.is_empty() {
+            let mut run_bytes = 0;
+            while run_bytes < records.len() {
+                let size = batch::peek_base_offset_and_size(&records[run_bytes..])
+                    .map(|(_, size)| size)
+                    .unwrap_or(records.len() - run_bytes);
+                if run_bytes > 0 && run_bytes + size > run_bytes_max {
+                    break;
+                }
+                run_bytes += size;
+            }
+            let run = records.split_to(run_bytes.min(records.len()));
+            let info = self
+                .append_batches(run, AppendMode::Replicated, now_ms)
+                .await?;
+            appended = Some(match appended {
+                None => info,
+                Some(before) => AppendInfo {
+                    base_offset: before.base_offset,
+                    records_count: before.records_count + info.records_count,
+                    batches_count: before.batches_count + info.batches_count,
+                    ..info
+                },
+            });
+        }
+        match appended {
+            Some(info) => Ok(info),
+            // Nothing to append: let validation say so, as for a producer's empty append.
+            None => {
+                self.append_batches(records, AppendMode::Replicated, now_ms)
+                    .await
+            }
+        }
+    }
+
+    async fn append_batches(
+        &mut self,
+        mut records: BytesMut,
+        mode: AppendMode,
         now_ms: i64,
     ) -> StorageResult<AppendInfo> {
         self.check_poison()?;
         let batches = self.validate_batches(&records)?;
+        if mode == AppendMode::Replicated {
+            let mut expected = self.log_end_offset();
+            for batch in &batches {
+                let header = &batch.validated.header;
+                if header.base_offset != expected {
+                    return Err(StorageError::NotContiguous {
+                        expected,
+                        found: header.base_offset,
+                    });
+                }
+                expected = header.next_offset();
+            }
+        }
         let records_count: u64 = batches
             .iter()
             .map(|batch| batch.validated.header.records_count as u64)
@@ -365,10 +459,19 @@ impl<S: Storage> PartitionLog<S> {
         let mut next_offset = base_offset;
         let mut max_timestamps = Vec::with_capacity(batches.len());
         for batch in &batches {
+            let header = &batch.validated.header;
+            let AppendMode::Leader {
+                partition_leader_epoch,
+            } = mode
+            else {
+                // The leader already stamped offsets, epochs and timestamps.
+                max_timestamps.push(header.max_timestamp);
+                next_offset += i64::from(header.last_offset_delta) + 1;
+                continue;
+            };
             let bytes = &mut records[batch.position..batch.position + batch.size];
             batch::set_base_offset(bytes, next_offset);
             batch::set_partition_leader_epoch(bytes, partition_leader_epoch);
-            let header = &batch.validated.header;
             let max_timestamp = match self.config.message_timestamp_type {
                 TimestampType::LogAppendTime => {
                     batch::set_max_timestamp(bytes, TimestampType::LogAppendTime, now_ms);
@@ -424,6 +527,13 @@ impl<S: Storage> PartitionLog<S> {
                 batch_next,
                 records.slice(batch.position..batch.position + batch.size),
             );
+            let epoch = match mode {
+                AppendMode::Leader {
+                    partition_leader_epoch,
+                } => partition_leader_epoch,
+                AppendMode::Replicated => header.partition_leader_epoch,
+            };
+            self.epochs_dirty |= observe_batch_epoch(&mut self.epochs, epoch, batch_base);
         }
         assert_eq!(
             self.active.meta.next_offset, next_offset,
@@ -683,6 +793,8 @@ impl<S: Storage> PartitionLog<S> {
             recovery_point <= self.durable_offset,
             "checkpoint only durable data"
         );
+        // The epoch cache first, so that it covers every epoch below the recovery point.
+        self.write_epochs().await?;
         let checkpoint = Checkpoint {
             recovery_point,
             log_start_offset: self.log_start_offset,
@@ -729,6 +841,7 @@ impl<S: Storage> PartitionLog<S> {
             deleted += 1;
         }
         assert!(self.log_start_offset <= self.log_end_offset());
+        self.epochs_dirty |= self.epochs.truncate_from_start(self.log_start_offset);
         Ok(deleted)
     }
 
@@ -752,6 +865,7 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(self.log_start_offset);
         }
         self.log_start_offset = before_offset;
+        self.epochs_dirty |= self.epochs.truncate_from_start(before_offset);
         if let Err(error) = self.write_checkpoint(self.recovery_point).await {
             return Err(self.poison(error));
         }
@@ -825,6 +939,7 @@ impl<S: Storage> PartitionLog<S> {
                     self.recovery_point,
                     &mut builder,
                     &mut rebuilt,
+                    None,
                 )
                 .await?;
                 write_index_files(&self.storage, &paths, &builder, &meta).await?;

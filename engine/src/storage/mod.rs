@@ -14,6 +14,7 @@ pub mod batch;
 mod checkpoint;
 mod config;
 pub mod dump;
+mod epochs;
 mod error;
 pub mod index;
 mod log;

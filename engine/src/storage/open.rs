@@ -14,6 +14,7 @@ use super::backend::{read_whole_file, OpenMode, Storage, StorageFile};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use super::config::LogConfig;
+use super::epochs::{load_epochs, LoadedEpochs};
 use super::error::{StorageError, StorageResult};
 use super::index::{OffsetIndex, TimeIndex};
 use super::log::{
@@ -25,6 +26,7 @@ use super::segment::{
     parse_file_name, SegmentMeta, SegmentPaths, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use super::tail_cache::TailCache;
+use crate::replication::epoch_cache::LeaderEpochCache;
 
 impl<S: Storage> PartitionLog<S> {
     /// Opens the partition in `dir`, creating it if needed, and recovers it: segments below the
@@ -59,6 +61,12 @@ impl<S: Storage> PartitionLog<S> {
                 .map_err(io_error(|| format!("removing {}", path.display())))?;
         }
         let checkpoint = read_checkpoint(&storage, &dir).await?;
+        let loaded_epochs = load_epochs(&storage, &dir).await;
+        let (mut epochs, rebuild_epochs) = match loaded_epochs {
+            LoadedEpochs::Loaded(epochs) => (epochs, false),
+            LoadedEpochs::Rebuild => (LeaderEpochCache::new(), true),
+        };
+        let epochs_as_loaded = epochs.clone();
         let recovery_point = checkpoint.recovery_point;
         let bases: Vec<i64> = names
             .iter()
@@ -126,6 +134,7 @@ impl<S: Storage> PartitionLog<S> {
                 recovery_point,
                 &mut builder,
                 &mut meta,
+                Some(&mut epochs),
             )
             .await?;
             report.bytes_scanned += meta.size_bytes - start_position;
@@ -259,7 +268,17 @@ impl<S: Storage> PartitionLog<S> {
             unsynced_records: 0,
             last_sync_ms: now_ms,
             poisoned: None,
+            epochs,
+            epochs_dirty: false,
         };
+        if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
+            log.rebuild_epochs().await?;
+        }
+        let log_end_offset = log.log_end_offset();
+        let log_start_offset = log.log_start_offset;
+        log.epochs.truncate_from_end(log_end_offset);
+        log.epochs.truncate_from_start(log_start_offset);
+        log.epochs_dirty = log.epochs != epochs_as_loaded;
         log.checkpoint(now_ms).await?;
         info!(
             dir = %log.dir.display(),
@@ -329,7 +348,16 @@ async fn open_trusted_segment<S: Storage>(
     warn!(segment = %paths.log.display(), "index missing or damaged; rebuilding it from the log");
     let mut builder = IndexBuilder::new(config.index_interval_bytes);
     let mut meta = SegmentMeta::empty(base);
-    let stop = walk_segment(file, &paths.log, 0, recovery_point, &mut builder, &mut meta).await?;
+    let stop = walk_segment(
+        file,
+        &paths.log,
+        0,
+        recovery_point,
+        &mut builder,
+        &mut meta,
+        None,
+    )
+    .await?;
     if stop != WalkStop::CleanEnd || meta.next_offset != next_base {
         return Err(StorageError::Corrupt {
             segment: paths.log.clone(),

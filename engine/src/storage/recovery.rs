@@ -12,9 +12,11 @@ use std::path::Path;
 
 use super::backend::StorageFile;
 use super::batch::{self, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
+use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::segment::SegmentMeta;
+use crate::replication::epoch_cache::LeaderEpochCache;
 
 /// Zero bytes after the last batch that make a tail padding rather than a torn write.
 const ZERO_TAIL_PROBE_BYTES: u64 = 64 << 10;
@@ -148,6 +150,7 @@ pub(super) async fn walk_segment<F: StorageFile>(
     recovery_point: i64,
     builder: &mut IndexBuilder,
     meta: &mut SegmentMeta,
+    mut epochs: Option<&mut LeaderEpochCache>,
 ) -> StorageResult<WalkStop> {
     let file_len = file.len();
     let mut position = start_position;
@@ -229,6 +232,9 @@ pub(super) async fn walk_segment<F: StorageFile>(
             header.max_timestamp,
             size,
         );
+        if let Some(epochs) = epochs.as_deref_mut() {
+            observe_batch_epoch(epochs, header.partition_leader_epoch, header.base_offset);
+        }
         position += size;
     }
 }

@@ -213,3 +213,53 @@ fn dma_write_buffer_handles_big_batches_interleaved_reads_and_group_commit() {
     .unwrap();
     assert_sizes_exact(&path);
 }
+
+/// Truncation on the production backend: the cut lands mid-block, in an earlier segment, and
+/// appends, reads and a reopen carry on from it.
+#[test]
+fn dma_log_truncates_into_an_earlier_segment_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orders-0");
+    run_local(move || async move {
+        let (mut log, _) = PartitionLog::open(DmaStorage, &path, config(), 0)
+            .await
+            .unwrap();
+        log.open_leader_epoch(1).await.unwrap();
+        let mut expected = 0;
+        for n in 0..1000u64 {
+            let count = 1 + n % 5;
+            log.append(numbered_batch(expected, count, 0), 1, 0)
+                .await
+                .unwrap();
+            expected += count;
+        }
+        let segments = log.segment_count();
+        assert!(segments > 3);
+        let before = read_all(&mut log, 0, 100_000).await;
+        let cut = log.truncate_to(expected as i64 / 3, 0).await.unwrap();
+        assert!(cut <= expected as i64 / 3 && cut > expected as i64 / 3 - 5);
+        assert!(log.segment_count() < segments);
+        log.open_leader_epoch(2).await.unwrap();
+        log.append(numbered_batch(cut as u64, 4, 0), 2, 0)
+            .await
+            .unwrap();
+        let after = read_all(&mut log, 0, 100_000).await;
+        assert_eq!(after[..cut as usize], before[..cut as usize]);
+        assert_eq!(after.len() as i64, cut + 4);
+        log.close(0).await.unwrap();
+        let (mut log, report) = PartitionLog::open(DmaStorage, &path, config(), 0)
+            .await
+            .unwrap();
+        assert!(report.truncations.is_empty(), "{report:?}");
+        assert_eq!(read_all(&mut log, 0, 100_000).await, after);
+        let epochs: Vec<(i32, i64)> = log
+            .leader_epochs()
+            .entries()
+            .iter()
+            .map(|entry| (entry.epoch, entry.start_offset))
+            .collect();
+        assert_eq!(epochs, [(1, 0), (2, cut)]);
+        log.close(0).await.unwrap();
+    })
+    .unwrap();
+}

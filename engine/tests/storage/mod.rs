@@ -6,4 +6,5 @@ mod dump;
 mod group_commit;
 mod model;
 mod regressions;
+mod replication;
 mod util;

@@ -1,0 +1,305 @@
+//! The log's side of replication: its leader epoch cache, appends of a leader's batches with
+//! their offsets unchanged, and truncation to an offset.
+//!
+//! # The cache on disk
+//! The cache lives in `leader-epoch-checkpoint` beside the segments (see `docs/FORMAT.md`). It
+//! is written, atomically, whenever the log writes its checkpoint and the cache changed since
+//! (and at once when the leader opens a new epoch), so the file always covers every epoch that
+//! starts below the recovery point. Recovery then repairs it from the batches it walks: an
+//! epoch newer than the cache's newest is added at the batch that carries it, and entries past
+//! the recovered log end are dropped. A missing or damaged file is rebuilt from every batch
+//! header in the log.
+
+use std::io;
+
+use tracing::{info, warn};
+
+use super::backend::{read_whole_file, write_file_atomically, Storage, StorageFile};
+use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
+use super::error::{StorageError, StorageResult};
+use super::log::{io_error, remove_segment_files, PartitionLog};
+use super::recovery::relative;
+use super::segment::SegmentPaths;
+use crate::replication::epoch_cache::{LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
+
+/// How much of a segment the epoch rebuild reads at a time.
+const SCAN_WINDOW_BYTES: usize = 1 << 20;
+
+/// What [`load_epochs`] found.
+pub(super) enum LoadedEpochs {
+    /// The file, as written.
+    Loaded(LeaderEpochCache),
+    /// No usable file: rebuild from the log once it is open.
+    Rebuild,
+}
+
+/// Reads the partition's `leader-epoch-checkpoint`.
+pub(super) async fn load_epochs<S: Storage>(storage: &S, dir: &std::path::Path) -> LoadedEpochs {
+    let path = dir.join(LEADER_EPOCH_FILE_NAME);
+    match read_whole_file(storage, &path).await {
+        Ok(bytes) => match LeaderEpochCache::decode(&bytes) {
+            Ok(cache) => LoadedEpochs::Loaded(cache),
+            Err(error) => {
+                warn!(path = %path.display(), %error, "rebuilding the leader epoch cache");
+                LoadedEpochs::Rebuild
+            }
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => LoadedEpochs::Rebuild,
+        Err(error) => {
+            warn!(path = %path.display(), %error, "rebuilding the leader epoch cache");
+            LoadedEpochs::Rebuild
+        }
+    }
+}
+
+/// Adds a batch's epoch to `epochs` when it is newer than the newest there (Kafka's rule
+/// during recovery and follower appends). Returns whether the cache changed.
+pub(super) fn observe_batch_epoch(
+    epochs: &mut LeaderEpochCache,
+    partition_leader_epoch: i32,
+    base_offset: i64,
+) -> bool {
+    partition_leader_epoch >= 0
+        && epochs
+            .latest_epoch()
+            .is_none_or(|latest| partition_leader_epoch > latest)
+        && epochs.assign(partition_leader_epoch, base_offset)
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// The leader epoch cache: which epoch wrote which offsets.
+    pub fn leader_epochs(&self) -> &LeaderEpochCache {
+        &self.epochs
+    }
+
+    /// Opens leader epoch `epoch` at the log end: this replica becomes the partition's leader.
+    /// Written to disk before it returns, as Kafka does, since followers truncate by it.
+    ///
+    /// # Errors
+    /// An I/O error writing the cache, which poisons the log.
+    pub async fn open_leader_epoch(&mut self, epoch: i32) -> StorageResult<()> {
+        self.check_poison()?;
+        if self.epochs.assign(epoch, self.log_end_offset()) {
+            self.epochs_dirty = true;
+            if let Err(error) = self.write_epochs().await {
+                return Err(self.poison(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the epoch cache if it changed since it was last written.
+    pub(super) async fn write_epochs(&mut self) -> StorageResult<()> {
+        if !self.epochs_dirty {
+            return Ok(());
+        }
+        let path = self.dir.join(LEADER_EPOCH_FILE_NAME);
+        write_file_atomically(&self.storage, &path, &self.epochs.encode())
+            .await
+            .map_err(io_error(|| format!("writing {}", path.display())))?;
+        self.epochs_dirty = false;
+        Ok(())
+    }
+
+    /// Rebuilds the epoch cache from every batch header in the log (the file was missing or
+    /// damaged).
+    pub(super) async fn rebuild_epochs(&mut self) -> StorageResult<()> {
+        let mut epochs = LeaderEpochCache::new();
+        let mut segments: Vec<(i64, u64)> = self
+            .closed
+            .values()
+            .map(|meta| (meta.base_offset, meta.size_bytes))
+            .collect();
+        segments.push((self.active.meta.base_offset, self.active.meta.size_bytes));
+        for (base_offset, size_bytes) in segments {
+            let file = if base_offset == self.active.meta.base_offset {
+                self.active.file.clone()
+            } else {
+                self.closed_handle(base_offset).await?.file.clone()
+            };
+            let path = SegmentPaths::new(&self.dir, base_offset).log;
+            let mut position = 0;
+            while position < size_bytes {
+                let window = file
+                    .read_at(position, SCAN_WINDOW_BYTES)
+                    .await
+                    .map_err(io_error(|| format!("reading {}", path.display())))?;
+                let mut cursor = 0;
+                while cursor + BATCH_HEADER_BYTES <= window.len() {
+                    let header = BatchHeader::parse(&window[cursor..]).map_err(|error| {
+                        StorageError::Corrupt {
+                            segment: path.clone(),
+                            position: position + cursor as u64,
+                            reason: error.to_string(),
+                        }
+                    })?;
+                    observe_batch_epoch(
+                        &mut epochs,
+                        header.partition_leader_epoch,
+                        header.base_offset,
+                    );
+                    cursor += header.size_bytes();
+                }
+                if cursor == 0 {
+                    return Err(StorageError::Corrupt {
+                        segment: path.clone(),
+                        position,
+                        reason: "a batch header does not fit before the end of the file".into(),
+                    });
+                }
+                position += cursor as u64;
+            }
+        }
+        epochs.truncate_from_start(self.log_start_offset);
+        info!(dir = %self.dir.display(), epochs = epochs.entries().len(), "leader epoch cache rebuilt");
+        self.epochs = epochs;
+        self.epochs_dirty = true;
+        Ok(())
+    }
+
+    /// Cuts the log so that it ends at or before `offset`: the batch holding `offset` and every
+    /// later one are removed (a batch is never split), durably, and the leader epoch cache
+    /// forgets the epochs that started in what was cut. A follower does this when its log
+    /// diverges from its leader's. Returns the new log end offset.
+    ///
+    /// The cut is made on disk and the log reopened from there, through the same recovery
+    /// that runs after a crash, so a crash during truncation leaves a log recovery accepts.
+    ///
+    /// # Errors
+    /// [`StorageError::OffsetOutOfRange`] below the log start offset, or an I/O error (which
+    /// poisons the log).
+    pub async fn truncate_to(&mut self, offset: i64, now_ms: i64) -> StorageResult<i64> {
+        self.check_poison()?;
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset(),
+            });
+        }
+        match self.truncate_on_disk(offset, now_ms).await {
+            Ok(log_end_offset) => Ok(log_end_offset),
+            Err(error) => Err(self.poison(error)),
+        }
+    }
+
+    async fn truncate_on_disk(&mut self, offset: i64, now_ms: i64) -> StorageResult<i64> {
+        self.flush(now_ms).await?;
+        let (base_offset, position, cut_offset) = self.cut_point(offset).await?;
+        let later: Vec<i64> = self
+            .closed
+            .keys()
+            .copied()
+            .chain(std::iter::once(self.active.meta.base_offset))
+            .filter(|&later| later > base_offset)
+            .collect();
+        // The checkpoint first: once it says the log is durable only up to the cut, a crash at
+        // any later point recovers to a log that ends at or after the cut and is re-truncated.
+        self.epochs_dirty |= self.epochs.truncate_from_end(cut_offset);
+        self.write_epochs().await?;
+        self.write_checkpoint(self.recovery_point.min(cut_offset))
+            .await?;
+        let paths = SegmentPaths::new(&self.dir, base_offset);
+        let file = if base_offset == self.active.meta.base_offset {
+            self.active.file.clone()
+        } else {
+            self.closed_handle(base_offset).await?.file.clone()
+        };
+        file.truncate(position)
+            .await
+            .map_err(io_error(|| format!("truncating {}", paths.log.display())))?;
+        file.sync()
+            .await
+            .map_err(io_error(|| format!("syncing {}", paths.log.display())))?;
+        for path in [&paths.index, &paths.time_index] {
+            match self.storage.remove(path).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StorageError::io(
+                        format!("removing {}", path.display()),
+                        source,
+                    ))
+                }
+            }
+        }
+        for later in later {
+            remove_segment_files(&self.storage, &SegmentPaths::new(&self.dir, later)).await?;
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_error(|| format!("syncing {}", self.dir.display())))?;
+        let (reopened, _report) = PartitionLog::open(
+            self.storage.clone(),
+            self.dir.clone(),
+            self.config.clone(),
+            now_ms,
+        )
+        .await?;
+        let old = std::mem::replace(self, reopened);
+        old.release_handles().await;
+        assert_eq!(
+            self.log_end_offset(),
+            cut_offset,
+            "the log reopens where it was cut"
+        );
+        info!(dir = %self.dir.display(), offset, log_end_offset = cut_offset, "log truncated");
+        Ok(cut_offset)
+    }
+
+    /// The segment, byte position and offset of the first batch that ends after `offset`.
+    async fn cut_point(&mut self, offset: i64) -> StorageResult<(i64, u64, i64)> {
+        let (base_offset, meta_size_bytes, index_floor) = if offset >= self.active.meta.base_offset
+        {
+            let meta = &self.active.meta;
+            let floor = self.active.index.offset_index.floor(relative(meta, offset));
+            (meta.base_offset, meta.size_bytes, floor)
+        } else {
+            let (&base_offset, meta) = self
+                .closed
+                .range(..=offset)
+                .next_back()
+                .expect("a closed segment holds every offset below the active one");
+            let (base_offset, size_bytes) = (base_offset, meta.size_bytes);
+            let meta = *meta;
+            let handle = self.closed_handle(base_offset).await?;
+            let floor = handle.index.floor(relative(&meta, offset));
+            (base_offset, size_bytes, floor)
+        };
+        let file = if base_offset == self.active.meta.base_offset {
+            self.active.file.clone()
+        } else {
+            self.closed_handle(base_offset).await?.file.clone()
+        };
+        let path = SegmentPaths::new(&self.dir, base_offset).log;
+        let mut position = index_floor.map_or(0, |entry| u64::from(entry.position));
+        while position < meta_size_bytes {
+            let bytes = file
+                .read_at(position, BATCH_HEADER_BYTES)
+                .await
+                .map_err(io_error(|| format!("reading {}", path.display())))?;
+            let header = BatchHeader::parse(&bytes).map_err(|error| StorageError::Corrupt {
+                segment: path.clone(),
+                position,
+                reason: error.to_string(),
+            })?;
+            if header.next_offset() > offset {
+                return Ok((base_offset, position, header.base_offset));
+            }
+            position += header.size_bytes() as u64;
+        }
+        unreachable!("offset {offset} is below the log end, so a batch holds it");
+    }
+
+    /// Closes the file handles of a log replaced by a reopened one.
+    async fn release_handles(self) {
+        for handle in self.closed_handles {
+            let _ = handle.file.close().await;
+        }
+        let _ = self.active.file.close().await;
+    }
+}

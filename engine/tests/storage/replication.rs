@@ -1,0 +1,256 @@
+//! The log's side of replication: the leader epoch cache and its file, a follower's appends of
+//! its leader's batches, and truncation to an offset, across reopens and crashes.
+
+use bytes::BytesMut;
+use spate_engine::replication::epoch_cache::{EpochEnd, LEADER_EPOCH_FILE_NAME};
+use spate_engine::replication::EpochEntry;
+use spate_engine::storage::backend::{CrashMode, SimulatedStorage, Storage};
+use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
+
+use super::util::{block_on, numbered_batch, open, partition_dir, read_all, small_config};
+
+/// Small segments: the 66 records of [`leader_log`] span several.
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        ..small_config()
+    }
+}
+
+fn entries(log: &PartitionLog<SimulatedStorage>) -> Vec<(i32, i64)> {
+    log.leader_epochs()
+        .entries()
+        .iter()
+        .map(|entry| (entry.epoch, entry.start_offset))
+        .collect()
+}
+
+/// Leader epochs 0 (offsets 0..30), 2 (30..60, across segments) and 5 (60..66).
+async fn leader_log(storage: &SimulatedStorage) -> PartitionLog<SimulatedStorage> {
+    let mut log = open(storage, &config()).await;
+    for (epoch, batches) in [(0, 10_u64), (2, 10), (5, 2)] {
+        log.open_leader_epoch(epoch).await.unwrap();
+        for _ in 0..batches {
+            let first = log.log_end_offset() as u64;
+            log.append(numbered_batch(first, 3, 1_000), epoch, 1_000)
+                .await
+                .unwrap();
+        }
+    }
+    log
+}
+
+/// Every batch from `offset` on, as a leader's Fetch would send them.
+async fn batches_from(log: &mut PartitionLog<SimulatedStorage>, offset: i64) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut next = offset;
+    while next < log.log_end_offset() {
+        let fetched = log.read(next, 1 << 20, None).await.unwrap();
+        let bytes = fetched.to_bytes();
+        out.extend_from_slice(&bytes);
+        next = fetched_end(&bytes);
+    }
+    out
+}
+
+/// The offset after the last batch in `bytes`.
+fn fetched_end(bytes: &[u8]) -> i64 {
+    let mut position = 0;
+    let mut end = 0;
+    while position < bytes.len() {
+        let base = i64::from_be_bytes(bytes[position..position + 8].try_into().unwrap());
+        let length = i32::from_be_bytes(bytes[position + 8..position + 12].try_into().unwrap());
+        let last_delta =
+            i32::from_be_bytes(bytes[position + 23..position + 27].try_into().unwrap());
+        end = base + i64::from(last_delta) + 1;
+        position += 12 + length as usize;
+    }
+    end
+}
+
+#[test]
+fn leader_appends_record_each_epochs_start_and_the_file_survives_reopening() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let log = leader_log(&storage).await;
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+        assert!(log.segment_count() > 1);
+        let epochs = log.leader_epochs();
+        assert_eq!(
+            epochs.end_offset_for(2, log.log_end_offset()),
+            EpochEnd {
+                epoch: 2,
+                end_offset: 60
+            }
+        );
+        assert_eq!(
+            epochs.end_offset_for(4, log.log_end_offset()).epoch,
+            2,
+            "an epoch this log skipped answers with the one before it"
+        );
+        log.close(2_000).await.unwrap();
+        let log = open(&storage, &config()).await;
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+    });
+}
+
+#[test]
+fn a_missing_or_damaged_epoch_file_is_rebuilt_from_the_batches() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        leader_log(&storage).await.close(2_000).await.unwrap();
+        let file = partition_dir().join(LEADER_EPOCH_FILE_NAME);
+        storage.remove(&file).await.unwrap();
+        let log = open(&storage, &config()).await;
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+        log.close(3_000).await.unwrap();
+        storage.corrupt_byte(&file, 2, 0xff);
+        let log = open(&storage, &config()).await;
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+    });
+}
+
+#[test]
+fn a_crash_that_loses_a_new_epochs_batches_drops_the_epoch() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &config()).await;
+        log.open_leader_epoch(1).await.unwrap();
+        log.append(numbered_batch(0, 3, 1_000), 1, 1_000)
+            .await
+            .unwrap();
+        log.flush(1_000).await.unwrap();
+        // Epoch 3's batch is written but never synced; the cache file is then written by a
+        // checkpoint-free path (a new leader epoch), so it names epoch 3 already.
+        log.append(numbered_batch(3, 3, 1_000), 3, 1_000)
+            .await
+            .unwrap();
+        log.open_leader_epoch(4).await.unwrap();
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let log = open(&storage, &config()).await;
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(
+            entries(&log),
+            [(1, 0)],
+            "no epoch past the recovered log end"
+        );
+    });
+}
+
+#[test]
+fn a_follower_appends_its_leaders_batches_unchanged() {
+    block_on(async {
+        let leader_storage = SimulatedStorage::new();
+        let mut leader = leader_log(&leader_storage).await;
+        let follower_storage = SimulatedStorage::new();
+        let mut follower = open(&follower_storage, &config()).await;
+
+        let all = batches_from(&mut leader, 0).await;
+        let first_batch_bytes = {
+            let length = i32::from_be_bytes(all[8..12].try_into().unwrap());
+            12 + length as usize
+        };
+        // A gap is refused and changes nothing.
+        let later = batches_from(&mut leader, 30).await;
+        let refused = follower.append_replicated(later, 1_000).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StorageError::NotContiguous {
+                    expected: 0,
+                    found: 30
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(follower.log_end_offset(), 0);
+
+        follower
+            .append_replicated(BytesMut::from(&all[..first_batch_bytes]), 1_000)
+            .await
+            .unwrap();
+        follower
+            .append_replicated(BytesMut::from(&all[first_batch_bytes..]), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+        assert_eq!(
+            batches_from(&mut follower, 0).await,
+            all,
+            "byte for byte the leader's batches"
+        );
+        assert_eq!(entries(&follower), [(0, 0), (2, 30), (5, 60)]);
+        assert_eq!(
+            read_all(&mut follower, 0, 1 << 20).await,
+            read_all(&mut leader, 0, 1 << 20).await
+        );
+    });
+}
+
+#[test]
+fn truncation_cuts_whole_batches_in_any_segment_and_drops_later_epochs() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = leader_log(&storage).await;
+        let segments_before = log.segment_count();
+
+        // Inside the active segment's last epoch, mid-batch: the whole batch goes.
+        assert_eq!(log.truncate_to(64, 2_000).await.unwrap(), 63);
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+        // Back into epoch 2, several segments earlier: epoch 5 is forgotten.
+        assert_eq!(log.truncate_to(45, 2_000).await.unwrap(), 45);
+        assert_eq!(log.log_end_offset(), 45);
+        assert_eq!(entries(&log), [(0, 0), (2, 30)]);
+        assert!(log.segment_count() < segments_before);
+        let kept = read_all(&mut log, 0, 1 << 20).await;
+        assert_eq!(kept.len(), 45);
+        // Past the end: nothing to do. Below the start: refused.
+        assert_eq!(log.truncate_to(100, 2_000).await.unwrap(), 45);
+
+        // The log goes on from the cut, and a new epoch starts there.
+        log.open_leader_epoch(7).await.unwrap();
+        log.append(numbered_batch(45, 3, 1_000), 7, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (7, 45)]);
+
+        // All of it durable and consistent after a crash.
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let mut log = open(&storage, &config()).await;
+        assert!(log.log_end_offset() >= 45);
+        assert_eq!(read_all(&mut log, 0, 1 << 20).await[..45], kept[..]);
+        let expected: &[(i32, i64)] = if log.log_end_offset() == 45 {
+            &[(0, 0), (2, 30)]
+        } else {
+            &[(0, 0), (2, 30), (7, 45)]
+        };
+        assert_eq!(entries(&log), expected);
+    });
+}
+
+#[test]
+fn truncation_below_the_log_start_is_refused() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = leader_log(&storage).await;
+        log.delete_records(33).await.unwrap();
+        assert_eq!(
+            log.leader_epochs().entries()[0],
+            EpochEntry {
+                epoch: 2,
+                start_offset: 33
+            },
+            "the cache starts where the log does"
+        );
+        assert!(matches!(
+            log.truncate_to(10, 2_000).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(log.log_end_offset(), 66, "unchanged");
+        assert_eq!(log.truncate_to(33, 2_000).await.unwrap(), 33);
+        assert_eq!(log.log_start_offset(), 33);
+        assert_eq!(log.log_end_offset(), 33);
+    });
+}
