@@ -690,7 +690,7 @@ impl Shard {
                     continue;
                 }
                 let dir = partition_dir(&self.config.data_dir, &topic.name, index);
-                match PartitionLog::open(
+                let opened = match PartitionLog::open(
                     DmaStorage,
                     dir.clone(),
                     topic.log_config.clone(),
@@ -698,6 +698,15 @@ impl Shard {
                 )
                 .await
                 {
+                    // This broker leads every partition it has, at the one leader epoch of a
+                    // single-node cluster.
+                    Ok((mut log, report)) => log
+                        .open_leader_epoch(LEADER_EPOCH)
+                        .await
+                        .map(|()| (log, report)),
+                    Err(error) => Err(error),
+                };
+                match opened {
                     Ok((log, report)) => {
                         for cut in &report.truncations {
                             warn!(
@@ -1130,18 +1139,14 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
             check_epoch(current_leader_epoch)?;
             let end = partition
                 .log
-                .with_log(async |log| log.log_end_offset())
+                .with_log(async |log| {
+                    log.leader_epochs()
+                        .end_offset_for(leader_epoch, log.log_end_offset())
+                })
                 .await;
-            Ok(if (0..=LEADER_EPOCH).contains(&leader_epoch) {
-                PartitionOutcome::EpochEnd {
-                    leader_epoch: LEADER_EPOCH,
-                    end_offset: end,
-                }
-            } else {
-                PartitionOutcome::EpochEnd {
-                    leader_epoch: -1,
-                    end_offset: -1,
-                }
+            Ok(PartitionOutcome::EpochEnd {
+                leader_epoch: end.epoch,
+                end_offset: end.end_offset,
             })
         }
     }
