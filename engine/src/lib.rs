@@ -30,6 +30,7 @@ pub mod error;
 pub mod group;
 pub mod limits;
 pub mod protocol;
+pub mod quorum;
 pub mod replication;
 pub mod runtime;
 pub mod storage;
