@@ -2,13 +2,22 @@
 //!
 //! - [`node`]: one quorum member, raft-rs's `RawNode` driven as a sans-IO state machine with
 //!   time and election jitter as inputs.
-//!
-//! The metadata records themselves, the image they build and the controller's decisions
-//! (registrations, fencing, elections, ISR changes) come on top of this.
+//! - [`records`]: what the metadata log holds; [`image`]: the metadata they build, the same on
+//!   every node that applied the same records, and its snapshots.
+//! - [`controller`]: the active controller's decisions (registrations, heartbeats and fencing,
+//!   leader elections, ISR changes, topic placement), as records to propose.
 
+pub mod controller;
+pub mod image;
 pub mod node;
+pub mod records;
 
+pub use controller::{Controller, ControllerConfig, ControllerError};
+pub use image::{MetadataImage, MetadataSnapshot};
 pub use node::{NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
+pub use records::MetadataRecord;
 
+#[cfg(test)]
+mod controller_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,538 @@
+//! [`Controller`]: the active controller's decisions, as a sans-IO state machine over the
+//! [`MetadataImage`].
+//!
+//! # Calling protocol
+//! The driver of the quorum leader (the active controller) hands the controller each broker
+//! request with the current image and time, and proposes the [`MetadataRecord`]s it returns
+//! through the quorum; they take effect when applied, on every node alike. The controller keeps
+//! only what is not in the log: each broker's session deadline (heartbeats are not logged, as
+//! in Kafka). A new active controller starts every broker's session afresh.
+//!
+//! - [`Controller::register_broker`], [`Controller::heartbeat`]: brokers join, stay alive, are
+//!   unfenced once they heartbeat, and ask for controlled shutdown;
+//! - [`Controller::tick`]: brokers silent for `broker_session_timeout_ms` are fenced, and their
+//!   partitions get new ISRs and leaders;
+//! - [`Controller::create_topic`], [`Controller::alter_partition`] (a leader's ISR change),
+//!   [`Controller::preferred_leader_elections`].
+//!
+//! # Rules (Kafka's `ReplicationControlManager` and `PartitionChangeBuilder`)
+//! A leader is elected from the ISR, first eligible replica in assignment order. A fenced or
+//! shutting-down broker leaves every ISR, except that an ISR never becomes empty: its last
+//! member stays (it holds every committed record) and the partition waits, leaderless, for it
+//! to come back, unless the topic allows unclean leader election, in which case any eligible
+//! replica leads with itself as the ISR.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
+use uuid::Uuid;
+
+use super::image::MetadataImage;
+use super::records::MetadataRecord;
+use crate::replication::{BrokerId, PartitionState};
+
+/// The config key that allows unclean leader election, per topic or cluster-wide.
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+
+/// Settings, Kafka's controller settings of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout_ms: i64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> ControllerConfig {
+        ControllerConfig {
+            broker_session_timeout_ms: 9_000,
+        }
+    }
+}
+
+/// A broker's registration request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// `node.id`.
+    pub broker_id: BrokerId,
+    /// Random per process start.
+    pub incarnation_id: Uuid,
+    /// Where clients reach it.
+    pub host: String,
+    /// Its Kafka port.
+    pub port: i32,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+}
+
+/// A broker's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `node.id`.
+    pub broker_id: BrokerId,
+    /// Its registration's epoch.
+    pub broker_epoch: i64,
+    /// It is shutting down and wants its leaderships moved first.
+    pub want_shut_down: bool,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// It is fenced (leads nothing, in no ISR) as far as the applied metadata says.
+    pub is_fenced: bool,
+    /// Its controlled shutdown is done: it leads nothing and may exit.
+    pub should_shut_down: bool,
+}
+
+/// A leader's request to change a partition's ISR (AlterPartition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterPartition {
+    /// The leader asking.
+    pub broker_id: BrokerId,
+    /// Its registration's epoch.
+    pub broker_epoch: i64,
+    /// The partition's topic.
+    pub topic_id: Uuid,
+    /// The partition.
+    pub partition: i32,
+    /// The leader epoch it leads at.
+    pub leader_epoch: i32,
+    /// The partition epoch its request is based on.
+    pub partition_epoch: i32,
+    /// The ISR it wants.
+    pub isr: Vec<BrokerId>,
+}
+
+/// Why the controller refused a request; each is a Kafka error code on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControllerError {
+    /// The broker is not registered, or at another epoch: `STALE_BROKER_EPOCH`.
+    #[error("stale broker epoch")]
+    StaleBrokerEpoch,
+    /// No such topic or partition: `UNKNOWN_TOPIC_OR_PARTITION`.
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    /// The topic exists: `TOPIC_ALREADY_EXISTS`.
+    #[error("topic already exists")]
+    TopicAlreadyExists,
+    /// Not enough eligible brokers: `INVALID_REPLICATION_FACTOR`.
+    #[error("replication factor larger than the eligible brokers")]
+    InvalidReplicationFactor,
+    /// Zero or negative partitions: `INVALID_PARTITIONS`.
+    #[error("invalid partition count")]
+    InvalidPartitions,
+    /// The sender does not lead the partition: `NOT_LEADER_OR_FOLLOWER`.
+    #[error("not the leader")]
+    NotLeader,
+    /// The sender's leader epoch is old: `FENCED_LEADER_EPOCH`.
+    #[error("fenced leader epoch")]
+    FencedLeaderEpoch,
+    /// The request is based on an older partition state: `INVALID_UPDATE_VERSION`.
+    #[error("invalid update version")]
+    InvalidUpdateVersion,
+    /// A replica added to the ISR is fenced, shutting down or not assigned:
+    /// `INELIGIBLE_REPLICA`.
+    #[error("ineligible replica")]
+    IneligibleReplica,
+    /// The ISR asked for leaves out the leader or is empty: `INVALID_REQUEST`.
+    #[error("invalid ISR")]
+    InvalidIsr,
+}
+
+impl ControllerError {
+    /// The Kafka error for the wire.
+    pub fn response_error(self) -> ResponseError {
+        match self {
+            ControllerError::StaleBrokerEpoch => ResponseError::StaleBrokerEpoch,
+            ControllerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            ControllerError::TopicAlreadyExists => ResponseError::TopicAlreadyExists,
+            ControllerError::InvalidReplicationFactor => ResponseError::InvalidReplicationFactor,
+            ControllerError::InvalidPartitions => ResponseError::InvalidPartitions,
+            ControllerError::NotLeader => ResponseError::NotLeaderOrFollower,
+            ControllerError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+            ControllerError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
+            ControllerError::IneligibleReplica => ResponseError::IneligibleReplica,
+            ControllerError::InvalidIsr => ResponseError::InvalidRequest,
+        }
+    }
+}
+
+/// The active controller. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    config: ControllerConfig,
+    /// When each unfenced broker's session ends, unless it heartbeats.
+    session_deadlines_ms: BTreeMap<BrokerId, i64>,
+}
+
+impl Controller {
+    /// A controller that just became active.
+    pub fn new(config: ControllerConfig) -> Controller {
+        Controller {
+            config,
+            session_deadlines_ms: BTreeMap::new(),
+        }
+    }
+
+    /// A broker registers (at start-up). It starts fenced; the records register it and, when
+    /// an earlier incarnation of it was unfenced, move that one's leaderships away first.
+    pub fn register_broker(
+        &mut self,
+        image: &MetadataImage,
+        now_ms: i64,
+        registration: Registration,
+    ) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if image.is_eligible(registration.broker_id) {
+            // Restarted before its old session ran out: its old incarnation is gone.
+            records.extend(self.remove_from_partitions(image, registration.broker_id));
+        }
+        records.push(MetadataRecord::RegisterBroker {
+            broker_id: registration.broker_id,
+            incarnation_id: registration.incarnation_id,
+            host: registration.host,
+            port: registration.port,
+            rack: registration.rack,
+        });
+        self.session_deadlines_ms.insert(
+            registration.broker_id,
+            now_ms + self.config.broker_session_timeout_ms,
+        );
+        records
+    }
+
+    /// A broker's heartbeat: keeps its session, unfences it (electing it where a partition
+    /// waits for it), or begins its controlled shutdown.
+    ///
+    /// # Errors
+    /// [`ControllerError::StaleBrokerEpoch`] for an unknown broker or an old registration: it
+    /// must register again.
+    pub fn heartbeat(
+        &mut self,
+        image: &MetadataImage,
+        now_ms: i64,
+        heartbeat: Heartbeat,
+    ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
+        let broker = image
+            .broker(heartbeat.broker_id)
+            .filter(|broker| broker.broker_epoch == heartbeat.broker_epoch)
+            .ok_or(ControllerError::StaleBrokerEpoch)?;
+        self.session_deadlines_ms.insert(
+            heartbeat.broker_id,
+            now_ms + self.config.broker_session_timeout_ms,
+        );
+        let mut records = Vec::new();
+        if heartbeat.want_shut_down {
+            if !broker.in_controlled_shutdown {
+                records.push(MetadataRecord::BrokerRegistrationChange {
+                    broker_id: broker.broker_id,
+                    broker_epoch: broker.broker_epoch,
+                    fenced: None,
+                    in_controlled_shutdown: Some(true),
+                });
+                records.extend(self.remove_from_partitions(image, broker.broker_id));
+            }
+        } else if broker.fenced {
+            records.push(MetadataRecord::BrokerRegistrationChange {
+                broker_id: broker.broker_id,
+                broker_epoch: broker.broker_epoch,
+                fenced: Some(false),
+                in_controlled_shutdown: None,
+            });
+            records.extend(self.elect_returning(image, broker.broker_id));
+        }
+        let leads_something = image.topics().values().any(|topic| {
+            topic
+                .partitions
+                .values()
+                .any(|state| state.leader == broker.broker_id)
+        });
+        Ok((
+            HeartbeatReply {
+                is_fenced: broker.fenced,
+                should_shut_down: broker.in_controlled_shutdown && !leads_something,
+            },
+            records,
+        ))
+    }
+
+    /// Time passed: brokers whose session ran out are fenced, and leave their partitions.
+    pub fn tick(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<MetadataRecord> {
+        let expired: Vec<BrokerId> = self
+            .session_deadlines_ms
+            .iter()
+            .filter(|(_, &deadline)| deadline <= now_ms)
+            .map(|(&broker_id, _)| broker_id)
+            .collect();
+        let mut records = Vec::new();
+        for broker_id in expired {
+            self.session_deadlines_ms.remove(&broker_id);
+            let Some(broker) = image.broker(broker_id) else {
+                continue;
+            };
+            if broker.fenced {
+                continue;
+            }
+            records.push(MetadataRecord::BrokerRegistrationChange {
+                broker_id,
+                broker_epoch: broker.broker_epoch,
+                fenced: Some(true),
+                in_controlled_shutdown: None,
+            });
+            records.extend(self.remove_from_partitions(image, broker_id));
+        }
+        // A broker registered before this controller became active gets a session now.
+        for (&broker_id, broker) in image.brokers() {
+            if !broker.fenced {
+                self.session_deadlines_ms
+                    .entry(broker_id)
+                    .or_insert(now_ms + self.config.broker_session_timeout_ms);
+            }
+        }
+        records
+    }
+
+    /// The earliest session deadline: when [`Controller::tick`] next has work.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        self.session_deadlines_ms.values().min().copied()
+    }
+
+    /// Creates a topic: `partitions` partitions of `replication_factor` replicas each, spread
+    /// over the eligible brokers round-robin from `start` (randomness, as an input), preferred
+    /// leaders spread the same way.
+    ///
+    /// # Errors
+    /// [`ControllerError`] for a taken name, a bad count or too few eligible brokers.
+    pub fn create_topic(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        topic_id: Uuid,
+        partitions: i32,
+        replication_factor: usize,
+        start: usize,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if image.topic_id(name).is_some() {
+            return Err(ControllerError::TopicAlreadyExists);
+        }
+        if partitions <= 0 {
+            return Err(ControllerError::InvalidPartitions);
+        }
+        let eligible: Vec<BrokerId> = image
+            .brokers()
+            .values()
+            .filter(|broker| broker.is_eligible())
+            .map(|broker| broker.broker_id)
+            .collect();
+        if replication_factor == 0 || replication_factor > eligible.len() {
+            return Err(ControllerError::InvalidReplicationFactor);
+        }
+        let mut records = vec![MetadataRecord::Topic {
+            name: name.to_string(),
+            topic_id,
+        }];
+        for partition in 0..partitions {
+            let first = start + partition as usize;
+            let replicas: Vec<BrokerId> = (0..replication_factor)
+                .map(|replica| eligible[(first + replica) % eligible.len()])
+                .collect();
+            records.push(MetadataRecord::Partition {
+                topic_id,
+                partition,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            });
+        }
+        Ok(records)
+    }
+
+    /// A leader's ISR change (AlterPartition, KIP-497), checked against the current state.
+    ///
+    /// # Errors
+    /// [`ControllerError`] as Kafka answers each case; nothing is proposed then.
+    pub fn alter_partition(
+        &self,
+        image: &MetadataImage,
+        request: &AlterPartition,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        image
+            .broker(request.broker_id)
+            .filter(|broker| broker.broker_epoch == request.broker_epoch)
+            .ok_or(ControllerError::StaleBrokerEpoch)?;
+        let state = image
+            .partition(request.topic_id, request.partition)
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        if request.leader_epoch < state.leader_epoch {
+            return Err(ControllerError::FencedLeaderEpoch);
+        }
+        if state.leader != request.broker_id || request.leader_epoch != state.leader_epoch {
+            return Err(ControllerError::NotLeader);
+        }
+        if request.partition_epoch != state.partition_epoch {
+            return Err(ControllerError::InvalidUpdateVersion);
+        }
+        let mut isr = request.isr.clone();
+        isr.sort_unstable();
+        isr.dedup();
+        if !isr.contains(&request.broker_id) {
+            return Err(ControllerError::InvalidIsr);
+        }
+        let added_ineligible = isr.iter().any(|&replica| {
+            !state.isr.contains(&replica)
+                && (!state.replicas.contains(&replica) || !image.is_eligible(replica))
+        });
+        if added_ineligible {
+            return Err(ControllerError::IneligibleReplica);
+        }
+        let mut current = state.isr.clone();
+        current.sort_unstable();
+        if isr == current {
+            return Ok(Vec::new());
+        }
+        Ok(vec![MetadataRecord::PartitionChange {
+            topic_id: request.topic_id,
+            partition: request.partition,
+            isr: Some(isr),
+            leader: None,
+            replicas: None,
+        }])
+    }
+
+    /// Moves leadership back to each partition's preferred replica (the first assigned) where
+    /// it is in the ISR and eligible.
+    pub fn preferred_leader_elections(&self, image: &MetadataImage) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (&topic_id, topic) in image.topics() {
+            for (&partition, state) in &topic.partitions {
+                let preferred = state.replicas[0];
+                if state.leader != preferred
+                    && state.isr.contains(&preferred)
+                    && image.is_eligible(preferred)
+                {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic_id,
+                        partition,
+                        isr: None,
+                        leader: Some(preferred),
+                        replicas: None,
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    /// Partition changes that take `gone` out of every ISR and leadership.
+    fn remove_from_partitions(&self, image: &MetadataImage, gone: BrokerId) -> Vec<MetadataRecord> {
+        let eligible = |broker: BrokerId| broker != gone && image.is_eligible(broker);
+        let mut records = Vec::new();
+        for (&topic_id, topic) in image.topics() {
+            let unclean = unclean_election_allowed(image, &topic.name);
+            for (&partition, state) in &topic.partitions {
+                if !state.isr.contains(&gone) && state.leader != gone {
+                    continue;
+                }
+                let mut isr: Vec<BrokerId> =
+                    state.isr.iter().copied().filter(|&b| b != gone).collect();
+                if isr.is_empty() {
+                    // The last in-sync replica stays in the ISR: it has every committed record.
+                    isr = state.isr.clone();
+                }
+                let leader = if state.leader == gone || state.leader == -1 {
+                    elect(state, &isr, eligible, unclean)
+                } else {
+                    (state.leader, None)
+                };
+                records.extend(change(topic_id, partition, state, leader, isr));
+            }
+        }
+        records
+    }
+
+    /// Partition changes that elect `returning` (just unfenced) where a partition waits for it.
+    fn elect_returning(&self, image: &MetadataImage, returning: BrokerId) -> Vec<MetadataRecord> {
+        let eligible = |broker: BrokerId| broker == returning || image.is_eligible(broker);
+        let mut records = Vec::new();
+        for (&topic_id, topic) in image.topics() {
+            let unclean = unclean_election_allowed(image, &topic.name);
+            for (&partition, state) in &topic.partitions {
+                if state.leader != -1 || !state.replicas.contains(&returning) {
+                    continue;
+                }
+                let leader = elect(state, &state.isr, eligible, unclean);
+                if leader.0 != -1 {
+                    records.extend(change(
+                        topic_id,
+                        partition,
+                        state,
+                        leader,
+                        state.isr.clone(),
+                    ));
+                }
+            }
+        }
+        records
+    }
+}
+
+/// Whether `topic` (or the cluster default) allows unclean leader election.
+fn unclean_election_allowed(image: &MetadataImage, topic: &str) -> bool {
+    let setting = |resource_type: i8, name: &str| {
+        image
+            .configs(resource_type, name)
+            .and_then(|configs| configs.get(UNCLEAN_LEADER_ELECTION))
+            .map(|value| value == "true")
+    };
+    setting(2, topic)
+        .or_else(|| setting(4, ""))
+        .unwrap_or(false)
+}
+
+/// The leader for a partition whose ISR is `isr`: the first eligible ISR member in assignment
+/// order; failing that, with `unclean`, the first eligible replica, which then forms the ISR
+/// alone (returned as the second value); else none (-1).
+fn elect(
+    state: &PartitionState,
+    isr: &[BrokerId],
+    eligible: impl Fn(BrokerId) -> bool,
+    unclean: bool,
+) -> (BrokerId, Option<Vec<BrokerId>>) {
+    if let Some(&leader) = state
+        .replicas
+        .iter()
+        .find(|&&replica| isr.contains(&replica) && eligible(replica))
+    {
+        return (leader, None);
+    }
+    if unclean {
+        if let Some(&leader) = state.replicas.iter().find(|&&replica| eligible(replica)) {
+            return (leader, Some(vec![leader]));
+        }
+    }
+    (-1, None)
+}
+
+/// The change from `state` to `leader` and `isr` (or the unclean ISR `leader` came with), if
+/// anything changes.
+fn change(
+    topic_id: Uuid,
+    partition: i32,
+    state: &PartitionState,
+    (leader, unclean_isr): (BrokerId, Option<Vec<BrokerId>>),
+    isr: Vec<BrokerId>,
+) -> Option<MetadataRecord> {
+    let isr = unclean_isr.unwrap_or(isr);
+    let isr = (isr != state.isr).then_some(isr);
+    let leader = (leader != state.leader).then_some(leader);
+    (isr.is_some() || leader.is_some()).then_some(MetadataRecord::PartitionChange {
+        topic_id,
+        partition,
+        isr,
+        leader,
+        replicas: None,
+    })
+}

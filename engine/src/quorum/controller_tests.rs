@@ -1,0 +1,421 @@
+//! The controller's decisions applied to an image: registration and fencing, elections from the
+//! ISR (clean and unclean), controlled shutdown, AlterPartition checks, placement, preferred
+//! leaders, and snapshots.
+
+use uuid::Uuid;
+
+use super::controller::*;
+use super::image::MetadataImage;
+use super::records::MetadataRecord;
+use crate::replication::{BrokerId, PartitionState};
+
+const TIMEOUT_MS: i64 = 9_000;
+const TOPIC: Uuid = Uuid::from_u128(0x7031c);
+
+/// An image and a controller, with records applied as the quorum would.
+struct Cluster {
+    image: MetadataImage,
+    controller: Controller,
+    next_index: u64,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            image: MetadataImage::new(),
+            controller: Controller::new(ControllerConfig {
+                broker_session_timeout_ms: TIMEOUT_MS,
+            }),
+            next_index: 1,
+        }
+    }
+
+    fn apply(&mut self, records: Vec<MetadataRecord>) {
+        for record in records {
+            self.image
+                .apply(self.next_index, &record)
+                .unwrap_or_else(|error| panic!("{record:?}: {error}"));
+            self.next_index += 1;
+        }
+    }
+
+    fn epoch(&self, broker_id: BrokerId) -> i64 {
+        self.image.broker(broker_id).unwrap().broker_epoch
+    }
+
+    /// Registers brokers 1..=count and unfences them with a heartbeat.
+    fn with_brokers(count: i32) -> Cluster {
+        let mut cluster = Cluster::new();
+        for broker_id in 1..=count {
+            cluster.register(broker_id, 0);
+            cluster.heartbeat(broker_id, 0, false);
+        }
+        cluster
+    }
+
+    fn register(&mut self, broker_id: BrokerId, now_ms: i64) {
+        let records = self.controller.register_broker(
+            &self.image,
+            now_ms,
+            Registration {
+                broker_id,
+                incarnation_id: Uuid::from_u128(broker_id as u128 + now_ms as u128),
+                host: "127.0.0.1".into(),
+                port: 9000 + broker_id,
+                rack: None,
+            },
+        );
+        self.apply(records);
+    }
+
+    fn heartbeat(
+        &mut self,
+        broker_id: BrokerId,
+        now_ms: i64,
+        want_shut_down: bool,
+    ) -> HeartbeatReply {
+        let (reply, records) = self
+            .controller
+            .heartbeat(
+                &self.image,
+                now_ms,
+                Heartbeat {
+                    broker_id,
+                    broker_epoch: self.epoch(broker_id),
+                    want_shut_down,
+                },
+            )
+            .unwrap();
+        self.apply(records);
+        reply
+    }
+
+    fn create(&mut self, partitions: i32, replication_factor: usize) {
+        let records = self
+            .controller
+            .create_topic(
+                &self.image,
+                "orders",
+                TOPIC,
+                partitions,
+                replication_factor,
+                0,
+            )
+            .unwrap();
+        self.apply(records);
+    }
+
+    fn partition(&self, partition: i32) -> PartitionState {
+        self.image.partition(TOPIC, partition).unwrap().clone()
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        let records = self.controller.tick(&self.image, now_ms);
+        self.apply(records);
+    }
+}
+
+#[test]
+fn registered_brokers_start_fenced_and_a_heartbeat_unfences_them() {
+    let mut cluster = Cluster::new();
+    cluster.register(1, 0);
+    assert!(cluster.image.broker(1).unwrap().fenced);
+    assert!(
+        cluster.heartbeat(1, 0, false).is_fenced,
+        "the reply says how it was"
+    );
+    assert!(!cluster.image.broker(1).unwrap().fenced);
+    assert_eq!(
+        cluster.controller.heartbeat(
+            &cluster.image,
+            0,
+            Heartbeat {
+                broker_id: 1,
+                broker_epoch: 99,
+                want_shut_down: false
+            }
+        ),
+        Err(ControllerError::StaleBrokerEpoch)
+    );
+}
+
+#[test]
+fn topics_are_spread_over_the_eligible_brokers() {
+    let mut cluster = Cluster::with_brokers(3);
+    assert_eq!(
+        cluster
+            .controller
+            .create_topic(&cluster.image, "orders", TOPIC, 3, 4, 0),
+        Err(ControllerError::InvalidReplicationFactor)
+    );
+    cluster.create(3, 3);
+    let leaders: Vec<BrokerId> = (0..3).map(|p| cluster.partition(p).leader).collect();
+    assert_eq!(leaders, [1, 2, 3], "preferred leaders spread");
+    assert_eq!(cluster.partition(1).replicas, [2, 3, 1]);
+    assert_eq!(cluster.partition(1).isr, [2, 3, 1]);
+    assert_eq!(
+        cluster
+            .controller
+            .create_topic(&cluster.image, "orders", Uuid::from_u128(1), 1, 1, 0),
+        Err(ControllerError::TopicAlreadyExists)
+    );
+}
+
+#[test]
+fn a_silent_broker_is_fenced_and_its_partitions_get_new_leaders_from_the_isr() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(2, 3);
+    let before = cluster.partition(0);
+    assert_eq!(before.leader, 1);
+    // 2 and 3 keep heartbeating; 1 goes silent.
+    for now_ms in (1_000..=TIMEOUT_MS).step_by(1_000) {
+        cluster.heartbeat(2, now_ms, false);
+        cluster.heartbeat(3, now_ms, false);
+        cluster.tick(now_ms);
+    }
+    assert!(cluster.image.broker(1).unwrap().fenced);
+    let after = cluster.partition(0);
+    assert_eq!(after.leader, 2, "next in assignment order, from the ISR");
+    assert_eq!(after.isr, [2, 3]);
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert!(after.partition_epoch > before.partition_epoch);
+    let other = cluster.partition(1);
+    assert_eq!((other.leader, other.isr.clone()), (2, vec![2, 3]));
+    assert_eq!(other.leader_epoch, 0, "its leader did not change");
+}
+
+#[test]
+fn the_last_in_sync_replica_is_waited_for_unless_unclean_election_is_allowed() {
+    for unclean in [false, true] {
+        let mut cluster = Cluster::with_brokers(3);
+        cluster.create(1, 3);
+        if unclean {
+            cluster.apply(vec![MetadataRecord::Config {
+                resource_type: 2,
+                resource_name: "orders".into(),
+                key: UNCLEAN_LEADER_ELECTION.into(),
+                value: Some("true".into()),
+            }]);
+        }
+        // 1 dies, then 2: the ISR shrinks to 3; then 3 dies too.
+        cluster.heartbeat(2, 5_000, false);
+        cluster.heartbeat(3, 5_000, false);
+        cluster.tick(TIMEOUT_MS);
+        cluster.heartbeat(3, 12_000, false);
+        cluster.tick(5_000 + TIMEOUT_MS);
+        assert_eq!(cluster.partition(0).isr, [3]);
+        assert_eq!(cluster.partition(0).leader, 3);
+        cluster.tick(12_000 + TIMEOUT_MS);
+        let leaderless = cluster.partition(0);
+        assert_eq!(leaderless.leader, -1);
+        assert_eq!(leaderless.isr, [3], "the last in-sync replica stays");
+        // Broker 1 comes back (a new registration): it is not in the ISR.
+        cluster.register(1, 30_000);
+        cluster.heartbeat(1, 30_000, false);
+        let state = cluster.partition(0);
+        if unclean {
+            assert_eq!((state.leader, state.isr.clone()), (1, vec![1]), "unclean");
+        } else {
+            assert_eq!(state.leader, -1, "clean: waits for 3");
+            cluster.register(3, 31_000);
+            cluster.heartbeat(3, 31_000, false);
+            assert_eq!(cluster.partition(0).leader, 3);
+        }
+    }
+}
+
+#[test]
+fn controlled_shutdown_moves_leadership_away_before_the_broker_may_exit() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(3, 3);
+    let reply = cluster.heartbeat(1, 100, true);
+    assert!(!reply.should_shut_down, "it still led when it asked");
+    assert!(cluster.image.broker(1).unwrap().in_controlled_shutdown);
+    for partition in 0..3 {
+        let state = cluster.partition(partition);
+        assert_ne!(state.leader, 1);
+        assert!(!state.isr.contains(&1));
+    }
+    assert!(cluster.heartbeat(1, 200, true).should_shut_down);
+}
+
+#[test]
+fn alter_partition_is_checked_as_kafka_checks_it() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    let state = cluster.partition(0);
+    let request = |isr: Vec<BrokerId>| AlterPartition {
+        broker_id: 1,
+        broker_epoch: cluster.epoch(1),
+        topic_id: TOPIC,
+        partition: 0,
+        leader_epoch: state.leader_epoch,
+        partition_epoch: state.partition_epoch,
+        isr,
+    };
+    let check =
+        |request: AlterPartition| cluster.controller.alter_partition(&cluster.image, &request);
+    assert_eq!(
+        check(AlterPartition {
+            broker_id: 2,
+            broker_epoch: cluster.epoch(2),
+            ..request(vec![2, 3])
+        }),
+        Err(ControllerError::NotLeader)
+    );
+    assert_eq!(
+        check(AlterPartition {
+            broker_epoch: 1234,
+            ..request(vec![1])
+        }),
+        Err(ControllerError::StaleBrokerEpoch)
+    );
+    assert_eq!(
+        check(AlterPartition {
+            partition_epoch: state.partition_epoch - 1,
+            ..request(vec![1])
+        }),
+        Err(ControllerError::InvalidUpdateVersion)
+    );
+    assert_eq!(
+        check(AlterPartition {
+            partition: 5,
+            ..request(vec![1])
+        }),
+        Err(ControllerError::UnknownTopicOrPartition)
+    );
+    assert_eq!(check(request(vec![2, 3])), Err(ControllerError::InvalidIsr));
+    assert_eq!(check(request(vec![1, 2, 3])), Ok(vec![]), "no change");
+    let shrink = check(request(vec![1, 2])).unwrap();
+    cluster.apply(shrink);
+    let shrunk = cluster.partition(0);
+    assert_eq!(shrunk.isr, [1, 2]);
+    assert_eq!(shrunk.partition_epoch, state.partition_epoch + 1);
+    assert_eq!(shrunk.leader_epoch, state.leader_epoch);
+    // Broker 3 is fenced: it may not come back into the ISR.
+    cluster.apply(vec![MetadataRecord::BrokerRegistrationChange {
+        broker_id: 3,
+        broker_epoch: cluster.epoch(3),
+        fenced: Some(true),
+        in_controlled_shutdown: None,
+    }]);
+    let expand = AlterPartition {
+        broker_id: 1,
+        broker_epoch: cluster.epoch(1),
+        topic_id: TOPIC,
+        partition: 0,
+        leader_epoch: shrunk.leader_epoch,
+        partition_epoch: shrunk.partition_epoch,
+        isr: vec![1, 2, 3],
+    };
+    assert_eq!(
+        cluster.controller.alter_partition(&cluster.image, &expand),
+        Err(ControllerError::IneligibleReplica)
+    );
+    // An old leader epoch is fenced.
+    cluster.apply(vec![MetadataRecord::PartitionChange {
+        topic_id: TOPIC,
+        partition: 0,
+        isr: None,
+        leader: Some(2),
+        replicas: None,
+    }]);
+    assert_eq!(
+        cluster.controller.alter_partition(
+            &cluster.image,
+            &AlterPartition {
+                partition_epoch: cluster.partition(0).partition_epoch,
+                isr: vec![1, 2],
+                ..expand
+            }
+        ),
+        Err(ControllerError::FencedLeaderEpoch)
+    );
+}
+
+#[test]
+fn preferred_leaders_return_once_back_in_sync() {
+    let mut cluster = Cluster::with_brokers(2);
+    cluster.create(1, 2);
+    cluster.apply(vec![MetadataRecord::PartitionChange {
+        topic_id: TOPIC,
+        partition: 0,
+        isr: Some(vec![2]),
+        leader: Some(2),
+        replicas: None,
+    }]);
+    assert!(cluster
+        .controller
+        .preferred_leader_elections(&cluster.image)
+        .is_empty());
+    cluster.apply(vec![MetadataRecord::PartitionChange {
+        topic_id: TOPIC,
+        partition: 0,
+        isr: Some(vec![1, 2]),
+        leader: None,
+        replicas: None,
+    }]);
+    let records = cluster
+        .controller
+        .preferred_leader_elections(&cluster.image);
+    cluster.apply(records);
+    assert_eq!(cluster.partition(0).leader, 1);
+}
+
+#[test]
+fn records_that_do_not_fit_are_refused_whole() {
+    let mut cluster = Cluster::with_brokers(2);
+    cluster.create(1, 2);
+    let before = cluster.image.clone();
+    for record in [
+        MetadataRecord::PartitionChange {
+            topic_id: TOPIC,
+            partition: 0,
+            isr: Some(vec![2]),
+            leader: Some(1),
+            replicas: None,
+        },
+        MetadataRecord::PartitionChange {
+            topic_id: TOPIC,
+            partition: 9,
+            isr: None,
+            leader: Some(1),
+            replicas: None,
+        },
+        MetadataRecord::BrokerRegistrationChange {
+            broker_id: 1,
+            broker_epoch: -5,
+            fenced: Some(true),
+            in_controlled_shutdown: None,
+        },
+        MetadataRecord::Topic {
+            name: "orders".into(),
+            topic_id: Uuid::from_u128(2),
+        },
+    ] {
+        let index = cluster.next_index;
+        cluster.next_index += 1;
+        assert!(cluster.image.apply(index, &record).is_err(), "{record:?}");
+        assert_eq!(
+            cluster.image.partition(TOPIC, 0),
+            before.partition(TOPIC, 0)
+        );
+        assert_eq!(cluster.image.brokers(), before.brokers());
+    }
+}
+
+#[test]
+fn a_snapshot_rebuilds_the_same_image() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(4, 2);
+    cluster.apply(vec![MetadataRecord::Config {
+        resource_type: 2,
+        resource_name: "orders".into(),
+        key: "retention.ms".into(),
+        value: Some("1000".into()),
+    }]);
+    cluster.heartbeat(2, 10, true);
+    let snapshot = cluster.image.to_snapshot();
+    let rebuilt = MetadataImage::from_snapshot(&snapshot).unwrap();
+    assert_eq!(rebuilt, cluster.image);
+}

@@ -1,0 +1,391 @@
+//! [`MetadataImage`]: the cluster's metadata as the applied records of the metadata log make
+//! it, the same on every broker that applied the same records.
+//!
+//! Applying is a pure function of the image and the record (no clock, no randomness, ordered
+//! maps only). A record that does not fit the image (a change to an unknown partition, an old
+//! broker epoch) is ignored and reported, never applied halfway: the controller only proposes
+//! records that fit, so such a record means it raced with another change, and the log stays
+//! the one source of truth. [`MetadataImage::to_records`] writes the image as records that
+//! rebuild it, which is what a snapshot holds.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::records::MetadataRecord;
+use crate::replication::{BrokerId, PartitionState};
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    /// `node.id`.
+    pub broker_id: BrokerId,
+    /// The log index of its registration: fences out requests of an earlier incarnation.
+    pub broker_epoch: i64,
+    /// Random per process start.
+    pub incarnation_id: Uuid,
+    /// Where clients reach it.
+    pub host: String,
+    /// Its Kafka port.
+    pub port: i32,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// Silent too long, or not caught up yet: it leads nothing and joins no ISR.
+    pub fenced: bool,
+    /// Shutting down: it gives up leadership and joins no ISR.
+    pub in_controlled_shutdown: bool,
+}
+
+impl BrokerRegistration {
+    /// Whether it may lead partitions and be in ISRs.
+    pub fn is_eligible(&self) -> bool {
+        !self.fenced && !self.in_controlled_shutdown
+    }
+}
+
+/// A topic and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicImage {
+    /// Its name.
+    pub name: String,
+    /// Its partitions by index.
+    pub partitions: BTreeMap<i32, PartitionState>,
+}
+
+/// Why a record was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The record names a broker, topic or partition the image does not have.
+    #[error("unknown {0}")]
+    Unknown(String),
+    /// The record is about an earlier registration of the broker.
+    #[error("stale broker epoch {found} for broker {broker_id} (registered at {current})")]
+    StaleBrokerEpoch {
+        /// The broker.
+        broker_id: BrokerId,
+        /// The record's epoch.
+        found: i64,
+        /// The registration's.
+        current: i64,
+    },
+    /// The record would break an invariant (a name taken twice, a leader outside the ISR).
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// The cluster's metadata. See the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    brokers: BTreeMap<BrokerId, BrokerRegistration>,
+    topics: BTreeMap<Uuid, TopicImage>,
+    topic_ids: BTreeMap<String, Uuid>,
+    configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
+    /// The log index of the last record applied.
+    last_applied_index: u64,
+}
+
+impl MetadataImage {
+    /// An empty cluster.
+    pub fn new() -> MetadataImage {
+        MetadataImage::default()
+    }
+
+    /// The log index of the last record applied.
+    pub fn last_applied_index(&self) -> u64 {
+        self.last_applied_index
+    }
+
+    /// Registered brokers by id.
+    pub fn brokers(&self) -> &BTreeMap<BrokerId, BrokerRegistration> {
+        &self.brokers
+    }
+
+    /// A broker's registration.
+    pub fn broker(&self, broker_id: BrokerId) -> Option<&BrokerRegistration> {
+        self.brokers.get(&broker_id)
+    }
+
+    /// Whether `broker_id` is registered and may lead and be in ISRs.
+    pub fn is_eligible(&self, broker_id: BrokerId) -> bool {
+        self.brokers
+            .get(&broker_id)
+            .is_some_and(BrokerRegistration::is_eligible)
+    }
+
+    /// Topics by id.
+    pub fn topics(&self) -> &BTreeMap<Uuid, TopicImage> {
+        &self.topics
+    }
+
+    /// A topic's id by name.
+    pub fn topic_id(&self, name: &str) -> Option<Uuid> {
+        self.topic_ids.get(name).copied()
+    }
+
+    /// A partition's state.
+    pub fn partition(&self, topic_id: Uuid, partition: i32) -> Option<&PartitionState> {
+        self.topics.get(&topic_id)?.partitions.get(&partition)
+    }
+
+    /// A resource's dynamic configs.
+    pub fn configs(
+        &self,
+        resource_type: i8,
+        resource_name: &str,
+    ) -> Option<&BTreeMap<String, String>> {
+        self.configs
+            .get(&(resource_type, resource_name.to_string()))
+    }
+
+    /// Applies the record at log `index`.
+    ///
+    /// # Errors
+    /// [`ApplyError`] when the record does not fit the image; the image is then unchanged
+    /// (but for `last_applied_index`, which moves either way).
+    ///
+    /// # Panics
+    /// When `index` does not increase: records are applied once, in log order.
+    pub fn apply(&mut self, index: u64, record: &MetadataRecord) -> Result<(), ApplyError> {
+        assert!(
+            index > self.last_applied_index,
+            "metadata record {index} applied after {}",
+            self.last_applied_index
+        );
+        self.last_applied_index = index;
+        match record {
+            MetadataRecord::RegisterBroker {
+                broker_id,
+                incarnation_id,
+                host,
+                port,
+                rack,
+            } => {
+                self.brokers.insert(
+                    *broker_id,
+                    BrokerRegistration {
+                        broker_id: *broker_id,
+                        broker_epoch: index as i64,
+                        incarnation_id: *incarnation_id,
+                        host: host.clone(),
+                        port: *port,
+                        rack: rack.clone(),
+                        fenced: true,
+                        in_controlled_shutdown: false,
+                    },
+                );
+            }
+            MetadataRecord::BrokerRegistrationChange {
+                broker_id,
+                broker_epoch,
+                fenced,
+                in_controlled_shutdown,
+            } => {
+                let broker = self
+                    .brokers
+                    .get_mut(broker_id)
+                    .ok_or_else(|| ApplyError::Unknown(format!("broker {broker_id}")))?;
+                if broker.broker_epoch != *broker_epoch {
+                    return Err(ApplyError::StaleBrokerEpoch {
+                        broker_id: *broker_id,
+                        found: *broker_epoch,
+                        current: broker.broker_epoch,
+                    });
+                }
+                if let Some(fenced) = fenced {
+                    broker.fenced = *fenced;
+                }
+                if let Some(shutdown) = in_controlled_shutdown {
+                    broker.in_controlled_shutdown = *shutdown;
+                }
+            }
+            MetadataRecord::Topic { name, topic_id } => {
+                if self.topic_ids.contains_key(name) || self.topics.contains_key(topic_id) {
+                    return Err(ApplyError::Invalid(format!("topic {name} exists")));
+                }
+                self.topic_ids.insert(name.clone(), *topic_id);
+                self.topics.insert(
+                    *topic_id,
+                    TopicImage {
+                        name: name.clone(),
+                        partitions: BTreeMap::new(),
+                    },
+                );
+            }
+            MetadataRecord::RemoveTopic { topic_id } => {
+                let topic = self
+                    .topics
+                    .remove(topic_id)
+                    .ok_or_else(|| ApplyError::Unknown(format!("topic {topic_id}")))?;
+                self.topic_ids.remove(&topic.name);
+                self.configs.remove(&(2, topic.name));
+            }
+            MetadataRecord::Partition {
+                topic_id,
+                partition,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+                partition_epoch,
+            } => {
+                let state = PartitionState {
+                    leader: *leader,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: *partition_epoch,
+                    replicas: replicas.clone(),
+                    isr: isr.clone(),
+                };
+                check_partition(&state)?;
+                self.topics
+                    .get_mut(topic_id)
+                    .ok_or_else(|| ApplyError::Unknown(format!("topic {topic_id}")))?
+                    .partitions
+                    .insert(*partition, state);
+            }
+            MetadataRecord::PartitionChange {
+                topic_id,
+                partition,
+                isr,
+                leader,
+                replicas,
+            } => {
+                let current = self.partition(*topic_id, *partition).ok_or_else(|| {
+                    ApplyError::Unknown(format!("partition {topic_id}-{partition}"))
+                })?;
+                let mut next = current.clone();
+                if let Some(isr) = isr {
+                    next.isr = isr.clone();
+                }
+                if let Some(replicas) = replicas {
+                    next.replicas = replicas.clone();
+                }
+                if let Some(leader) = leader {
+                    if *leader != current.leader {
+                        next.leader = *leader;
+                        next.leader_epoch += 1;
+                    }
+                }
+                next.partition_epoch += 1;
+                check_partition(&next)?;
+                self.topics
+                    .get_mut(topic_id)
+                    .expect("found above")
+                    .partitions
+                    .insert(*partition, next);
+            }
+            MetadataRecord::Config {
+                resource_type,
+                resource_name,
+                key,
+                value,
+            } => {
+                let configs = self
+                    .configs
+                    .entry((*resource_type, resource_name.clone()))
+                    .or_default();
+                match value {
+                    Some(value) => {
+                        configs.insert(key.clone(), value.clone());
+                    }
+                    None => {
+                        configs.remove(key);
+                    }
+                }
+                if configs.is_empty() {
+                    self.configs
+                        .remove(&(*resource_type, resource_name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The image written down, for a snapshot: its brokers as registrations (a broker's epoch
+    /// is the log index of its registration record, which a replayed record would not keep)
+    /// and everything else as records that rebuild it; see [`MetadataImage::from_snapshot`].
+    pub fn to_snapshot(&self) -> MetadataSnapshot {
+        let mut records = Vec::new();
+        for (topic_id, topic) in &self.topics {
+            records.push(MetadataRecord::Topic {
+                name: topic.name.clone(),
+                topic_id: *topic_id,
+            });
+            for (partition, state) in &topic.partitions {
+                records.push(MetadataRecord::Partition {
+                    topic_id: *topic_id,
+                    partition: *partition,
+                    replicas: state.replicas.clone(),
+                    isr: state.isr.clone(),
+                    leader: state.leader,
+                    leader_epoch: state.leader_epoch,
+                    partition_epoch: state.partition_epoch,
+                });
+            }
+        }
+        for ((resource_type, resource_name), configs) in &self.configs {
+            for (key, value) in configs {
+                records.push(MetadataRecord::Config {
+                    resource_type: *resource_type,
+                    resource_name: resource_name.clone(),
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        MetadataSnapshot {
+            last_applied_index: self.last_applied_index,
+            brokers: self.brokers.values().cloned().collect(),
+            records,
+        }
+    }
+
+    /// The image a snapshot holds.
+    ///
+    /// # Errors
+    /// [`ApplyError`] when the snapshot's records do not rebuild an image.
+    pub fn from_snapshot(snapshot: &MetadataSnapshot) -> Result<MetadataImage, ApplyError> {
+        let mut image = MetadataImage::new();
+        for (position, record) in snapshot.records.iter().enumerate() {
+            image.apply(position as u64 + 1, record)?;
+        }
+        image.brokers = snapshot
+            .brokers
+            .iter()
+            .map(|broker| (broker.broker_id, broker.clone()))
+            .collect();
+        image.last_applied_index = snapshot.last_applied_index;
+        Ok(image)
+    }
+}
+
+/// An image written down: its brokers (with their epochs) and the records of everything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataSnapshot {
+    /// The log index the image is at.
+    pub last_applied_index: u64,
+    /// Registered brokers.
+    pub brokers: Vec<BrokerRegistration>,
+    /// Topics, partitions and configs, as records.
+    pub records: Vec<MetadataRecord>,
+}
+
+fn check_partition(state: &PartitionState) -> Result<(), ApplyError> {
+    let invalid = |what: String| Err(ApplyError::Invalid(what));
+    if state.replicas.is_empty() {
+        return invalid(format!("no replicas: {state:?}"));
+    }
+    if state.isr.is_empty() || state.isr.iter().any(|isr| !state.replicas.contains(isr)) {
+        return invalid(format!("ISR outside the replicas: {state:?}"));
+    }
+    if state.leader != -1 && !state.isr.contains(&state.leader) {
+        return invalid(format!("leader outside the ISR: {state:?}"));
+    }
+    let mut sorted = state.replicas.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != state.replicas.len() {
+        return invalid(format!("a replica twice: {state:?}"));
+    }
+    Ok(())
+}
