@@ -3,4 +3,5 @@
 mod broker;
 mod cli;
 mod client;
+mod cluster;
 mod storage;

@@ -31,6 +31,12 @@ pub struct ServeSettings {
     /// This broker's id (Kafka's node.id) [default: 1].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<i32>,
+    /// The metadata quorum's voters, `ID@HOST:PORT,...` (Kafka's controller.quorum.voters); this
+    /// node's own entry is the address its controller listens on for its peers. Every node of
+    /// a cluster is given the same list [default: none, a single-node cluster without a
+    /// quorum].
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub controller_quorum: Option<String>,
     /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -106,6 +112,40 @@ pub struct ServeSettings {
     pub topic_defaults: BTreeMap<String, String>,
 }
 
+/// Parses `ID@HOST:PORT,...`: positive, distinct ids, resolvable addresses, in id order.
+pub fn parse_quorum(text: &str) -> Result<Vec<(u64, SocketAddr)>, String> {
+    use std::net::ToSocketAddrs;
+    let mut voters: Vec<(u64, SocketAddr)> = Vec::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("{entry:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|&id| id > 0 && id <= i32::MAX as u64)
+            .ok_or_else(|| format!("{id:?} in {entry:?} is not a positive node id"))?;
+        let address = address
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {address:?}: {error}"))?
+            .next()
+            .ok_or_else(|| format!("{address:?} resolves to no address"))?;
+        if voters.iter().any(|&(known, _)| known == id) {
+            return Err(format!("node id {id} appears twice"));
+        }
+        voters.push((id, address));
+    }
+    if voters.is_empty() {
+        return Err("no voters".into());
+    }
+    voters.sort_unstable();
+    Ok(voters)
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
@@ -128,6 +168,9 @@ pub struct BrokerConfig {
     pub cores: usize,
     /// See [`ServeSettings::node_id`].
     pub node_id: i32,
+    /// The quorum's voters by node id (empty: a single-node cluster without a quorum). See
+    /// [`ServeSettings::controller_quorum`].
+    pub controller_quorum: Vec<(u64, SocketAddr)>,
     /// See [`ServeSettings::metrics_listen`].
     pub metrics_listen: Option<SocketAddr>,
     /// See [`ServeSettings::auto_create_topics`].
@@ -210,6 +253,7 @@ impl ServeSettings {
             data_dir: self.data_dir.or(base.data_dir),
             cores: self.cores.or(base.cores),
             node_id: self.node_id.or(base.node_id),
+            controller_quorum: self.controller_quorum.or(base.controller_quorum),
             metrics_listen: self.metrics_listen.or(base.metrics_listen),
             auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
             num_partitions: self.num_partitions.or(base.num_partitions),
@@ -333,15 +377,33 @@ impl ServeSettings {
                 format!("must be between 1 and {}", limits::PARTITIONS_PER_TOPIC_MAX),
             ));
         }
+        let node_id = self.node_id.unwrap_or(1);
+        let controller_quorum = match &self.controller_quorum {
+            None => Vec::new(),
+            Some(text) => {
+                parse_quorum(text).map_err(|reason| invalid("controller_quorum", reason))?
+            }
+        };
+        if !controller_quorum.is_empty()
+            && !controller_quorum
+                .iter()
+                .any(|&(id, _)| i64::from(node_id) == id as i64)
+        {
+            return Err(invalid(
+                "controller_quorum",
+                format!("this node's id {node_id} (--node-id) is not one of the voters"),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
+            controller_quorum,
             offsets_topic_num_partitions,
             listen,
             advertised_host,
             advertised_port,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("spate-data")),
             cores,
-            node_id: self.node_id.unwrap_or(1),
+            node_id,
             metrics_listen: self.metrics_listen,
             auto_create_topics: self.auto_create_topics.unwrap_or(true),
             num_partitions,

@@ -9,6 +9,7 @@
 
 pub mod controller;
 pub mod image;
+pub mod log;
 pub mod node;
 pub mod records;
 

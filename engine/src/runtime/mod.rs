@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod alloc;
 mod connection;
 pub mod groups;
+pub mod quorum;
 pub mod server;
 pub mod shard;
 

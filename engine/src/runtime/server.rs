@@ -198,6 +198,8 @@ fn bind_listener(address: SocketAddr) -> Result<std::net::TcpListener, ServeErro
 struct Listeners {
     kafka: Mutex<Vec<std::net::TcpListener>>,
     metrics: Mutex<Option<std::net::TcpListener>>,
+    /// The metadata quorum's peer port, with `--controller-quorum`.
+    controller: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Listeners {
@@ -219,7 +221,13 @@ impl Listeners {
         Ok(Listeners {
             kafka: Mutex::new(handles),
             metrics: Mutex::new(metrics),
+            controller: Mutex::new(None),
         })
+    }
+
+    fn take_controller(&self) -> Option<TcpListener> {
+        let listener = self.controller.lock().ok()?.take()?;
+        Some(into_glommio(listener))
     }
 
     fn take_kafka(&self) -> Option<TcpListener> {
@@ -385,7 +393,19 @@ pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBr
         }
         None => None,
     };
-    let listeners = Arc::new(Listeners::new(kafka, metrics, config.cores, config.listen)?);
+    let listeners = Listeners::new(kafka, metrics, config.cores, config.listen)?;
+    let own_quorum_address = config
+        .controller_quorum
+        .iter()
+        .find(|(id, _)| i64::try_from(*id).ok() == Some(i64::from(config.node_id)))
+        .map(|&(_, address)| address);
+    if let Some(address) = own_quorum_address {
+        let controller = bind_listener(address)?;
+        if let Ok(mut slot) = listeners.controller.lock() {
+            *slot = Some(controller);
+        }
+    }
+    let listeners = Arc::new(listeners);
     let config = Arc::new(config);
     let process = Arc::new(ProcessShared::default());
 
@@ -522,6 +542,13 @@ async fn run_shard(
         ))
     })?;
     if shard.is_controller() {
+        if let Some(controller_listener) = listeners.take_controller() {
+            super::quorum::spawn(
+                &shard,
+                config.controller_quorum.clone(),
+                controller_listener,
+            );
+        }
         if let Some(metrics_listener) = listeners.take_metrics() {
             glommio::spawn_local(serve_metrics(Rc::clone(&shard), metrics_listener)).detach();
         }

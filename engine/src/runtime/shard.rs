@@ -231,6 +231,9 @@ pub struct ProcessShared {
     pub shards_failed: AtomicUsize,
     /// Client connections open, per IP (the total is their sum).
     pub connections_per_ip: Mutex<BTreeMap<std::net::IpAddr, usize>>,
+    /// The metadata quorum as this node last saw it, for DescribeQuorum; `None` without a
+    /// quorum.
+    pub quorum: Mutex<Option<super::quorum::QuorumStatus>>,
 }
 
 /// A partition owned by this shard.

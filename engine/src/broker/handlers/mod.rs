@@ -9,6 +9,7 @@ mod fetch;
 mod groups;
 mod offsets;
 mod produce;
+mod quorum;
 mod topics;
 
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub async fn handle(
         }
         RequestKind::DescribeCluster(body) => {
             ResponseKind::DescribeCluster(cluster::describe_cluster(shard, body, version))
+        }
+        RequestKind::DescribeQuorum(body) => {
+            ResponseKind::DescribeQuorum(quorum::describe_quorum(shard, body))
         }
         RequestKind::Produce(body) => match produce::produce(shard, body, version).await {
             Some(response) => ResponseKind::Produce(response),

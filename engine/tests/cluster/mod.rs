@@ -1,0 +1,3 @@
+//! Several `spate serve` processes forming one cluster on loopback.
+
+mod quorum;

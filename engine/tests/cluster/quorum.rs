@@ -1,0 +1,122 @@
+//! The metadata quorum across real processes: three nodes agree on one leader, the survivors
+//! elect another when it is killed (SIGKILL), and it rejoins from its disk when restarted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::{
+    describe_quorum_request, ApiKey, DescribeQuorumRequest, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::broker::util::{free_port, Broker};
+
+/// (leader id, epoch) as `broker` reports them, if it knows a leader.
+fn quorum_view(broker: &Broker) -> Option<(i32, i32)> {
+    let mut connection = broker.connect();
+    let request = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![
+                describe_quorum_request::PartitionData::default().with_partition_index(0)
+            ]),
+    ]);
+    let ResponseKind::DescribeQuorum(response) = connection.call(
+        ApiKey::DescribeQuorum,
+        1,
+        RequestKind::DescribeQuorum(request),
+    ) else {
+        panic!("not a DescribeQuorum response")
+    };
+    if response.error_code != 0 {
+        // The quorum member publishes its view a moment after the broker is ready.
+        return None;
+    }
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.current_voters.len(), 3);
+    (partition.leader_id.0 > 0).then_some((partition.leader_id.0, partition.leader_epoch))
+}
+
+/// Waits until every broker in `brokers` reports the same leader, other than `not`, and
+/// returns it.
+fn agreed_leader(brokers: &[&Broker], not: Option<i32>) -> (i32, i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<Option<(i32, i32)>> = brokers.iter().map(|b| quorum_view(b)).collect();
+        if let Some(Some(first)) = views.first() {
+            if views.iter().all(|view| *view == Some(*first)) && Some(first.0) != not {
+                return *first;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader: {views:?}\n{}",
+            brokers
+                .iter()
+                .map(|b| b.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_node(work: &Path, node_id: i32, quorum: &str) -> Broker {
+    Broker::start(
+        &work.join(format!("node-{node_id}")),
+        &[
+            "--node-id",
+            &node_id.to_string(),
+            "--controller-quorum",
+            quorum,
+            "--cores",
+            "1",
+        ],
+    )
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_replace_it_when_it_is_killed() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Broker> = (1..=3)
+        .map(|id| start_node(work.path(), id, &quorum))
+        .collect();
+    let (first_leader, first_epoch) = agreed_leader(&nodes.iter().collect::<Vec<_>>(), None);
+
+    // SIGKILL the leader: the other two elect a new one at a higher epoch.
+    let killed = usize::try_from(first_leader - 1).unwrap();
+    let mut child = nodes[killed].child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    let survivors: Vec<&Broker> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != killed)
+        .map(|(_, node)| node)
+        .collect();
+    let (second_leader, second_epoch) = agreed_leader(&survivors, Some(first_leader));
+    assert_ne!(second_leader, first_leader);
+    assert!(second_epoch > first_epoch);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "re-election took {:?}",
+        started.elapsed()
+    );
+
+    // The killed node comes back on its data directory and follows the new leader.
+    nodes[killed] = start_node(work.path(), first_leader, &quorum);
+    let (leader, epoch) = agreed_leader(&nodes.iter().collect::<Vec<_>>(), None);
+    assert_eq!(
+        (leader, epoch),
+        (second_leader, second_epoch),
+        "pre-vote: no disruption"
+    );
+    for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+}
