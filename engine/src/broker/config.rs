@@ -37,6 +37,14 @@ pub struct ServeSettings {
     /// quorum].
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub controller_quorum: Option<String>,
+    /// How long the active controller waits for a broker's heartbeat before fencing it
+    /// (broker.session.timeout.ms) [default: 9000].
+    #[arg(long, value_name = "MS")]
+    pub broker_session_timeout_ms: Option<i64>,
+    /// How often a broker heartbeats to the active controller (broker.heartbeat.interval.ms)
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub broker_heartbeat_interval_ms: Option<i64>,
     /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -171,6 +179,10 @@ pub struct BrokerConfig {
     /// The quorum's voters by node id (empty: a single-node cluster without a quorum). See
     /// [`ServeSettings::controller_quorum`].
     pub controller_quorum: Vec<(u64, SocketAddr)>,
+    /// See [`ServeSettings::broker_session_timeout_ms`].
+    pub broker_session_timeout_ms: i64,
+    /// See [`ServeSettings::broker_heartbeat_interval_ms`].
+    pub broker_heartbeat_interval_ms: i64,
     /// See [`ServeSettings::metrics_listen`].
     pub metrics_listen: Option<SocketAddr>,
     /// See [`ServeSettings::auto_create_topics`].
@@ -254,6 +266,12 @@ impl ServeSettings {
             cores: self.cores.or(base.cores),
             node_id: self.node_id.or(base.node_id),
             controller_quorum: self.controller_quorum.or(base.controller_quorum),
+            broker_session_timeout_ms: self
+                .broker_session_timeout_ms
+                .or(base.broker_session_timeout_ms),
+            broker_heartbeat_interval_ms: self
+                .broker_heartbeat_interval_ms
+                .or(base.broker_heartbeat_interval_ms),
             metrics_listen: self.metrics_listen.or(base.metrics_listen),
             auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
             num_partitions: self.num_partitions.or(base.num_partitions),
@@ -394,9 +412,21 @@ impl ServeSettings {
                 format!("this node's id {node_id} (--node-id) is not one of the voters"),
             ));
         }
+        let broker_session_timeout_ms = self.broker_session_timeout_ms.unwrap_or(9_000);
+        let broker_heartbeat_interval_ms = self.broker_heartbeat_interval_ms.unwrap_or(2_000);
+        if broker_heartbeat_interval_ms < 1
+            || broker_heartbeat_interval_ms >= broker_session_timeout_ms
+        {
+            return Err(invalid(
+                "broker_heartbeat_interval_ms",
+                "must be at least 1 and below broker_session_timeout_ms".into(),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
             controller_quorum,
+            broker_session_timeout_ms,
+            broker_heartbeat_interval_ms,
             offsets_topic_num_partitions,
             listen,
             advertised_host,

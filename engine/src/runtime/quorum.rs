@@ -4,9 +4,19 @@
 //! it takes peer messages and timer ticks as events, carries the node's outputs out in order
 //! (sending a message is putting it in that peer's queue; persisting is a synced write of the
 //! [`QuorumLog`]; applying decodes the record into the [`MetadataImage`]) and publishes what
-//! DescribeQuorum reports. Peers talk over the controller address of the quorum list: frames
-//! of a 4-byte big-endian length and a raft message in raft-rs's protobuf encoding. A message
-//! that cannot be sent (the peer is down, its queue is full) is dropped; raft resends.
+//! DescribeQuorum and DescribeCluster report.
+//!
+//! The same task is this node's broker side of the [`Controller`]: every
+//! `broker_heartbeat_interval_ms` it registers (until its applied metadata shows its
+//! registration) or heartbeats, to the quorum leader (itself, when it leads). The quorum
+//! leader runs the [`Controller`]: it turns registrations, heartbeats and expired sessions into
+//! metadata records and proposes them. A broker learns its epoch and whether it is fenced from
+//! the records it applies, so requests need no replies.
+//!
+//! Peers talk over the controller address of the quorum list: frames of a 4-byte big-endian
+//! length, a kind byte (0: a raft message in raft-rs's protobuf encoding; 1: a controller
+//! request, JSON) and the payload. A message that cannot be sent (the peer is down, its queue
+//! is full) is dropped: raft resends, and the next heartbeat replaces a lost one.
 //!
 //! The controller port has no authentication: keep it on a network only the cluster's nodes
 //! reach.
@@ -24,9 +34,11 @@ use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
 use super::shard::Shard;
+use crate::quorum::controller::{Heartbeat, Registration};
 use crate::quorum::log::QuorumLog;
 use crate::quorum::{
-    MetadataImage, MetadataRecord, NodeId, QuorumConfig, QuorumNode, QuorumOutput,
+    Controller, ControllerConfig, MetadataImage, MetadataRecord, NodeId, QuorumConfig, QuorumNode,
+    QuorumOutput,
 };
 use crate::storage::backend::DmaStorage;
 
@@ -36,6 +48,39 @@ const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 const PEER_QUEUE_MESSAGES: usize = 1024;
 /// How long a connection attempt to a peer may take.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Frame kind: a raft message.
+const FRAME_RAFT: u8 = 0;
+/// Frame kind: a broker's request to the controller.
+const FRAME_CONTROLLER_REQUEST: u8 = 1;
+
+/// A broker's request to the active controller.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum ControllerRequest {
+    Register {
+        broker_id: i32,
+        incarnation_id: uuid::Uuid,
+        host: String,
+        port: i32,
+    },
+    Heartbeat {
+        broker_id: i32,
+        broker_epoch: i64,
+    },
+}
+
+/// A registered broker, as DescribeCluster lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBroker {
+    /// `node.id`.
+    pub broker_id: i32,
+    /// Where clients reach it.
+    pub host: String,
+    /// Its Kafka port.
+    pub port: i32,
+    /// Fenced: silent too long, or not yet caught up.
+    pub fenced: bool,
+}
 
 /// What DescribeQuorum reports: this node's view of the quorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +95,13 @@ pub struct QuorumStatus {
     pub term: u64,
     /// The last metadata record this node applied.
     pub applied_index: u64,
+    /// Registered brokers, as the applied metadata says.
+    pub brokers: Vec<ClusterBroker>,
 }
 
 enum Event {
     Peer(Message),
+    Request(ControllerRequest),
 }
 
 /// Starts the quorum member of this node on the current (controller) shard.
@@ -107,8 +155,15 @@ async fn run(
     );
     let mut image = MetadataImage::new();
     let started = Instant::now();
+    let now_ms = || started.elapsed().as_millis() as i64;
     let tick = Duration::from_millis(config.tick_ms as u64);
     let mut last_leader = None;
+    let incarnation_id = super::random_uuid();
+    let controller_config = ControllerConfig {
+        broker_session_timeout_ms: shard.config.broker_session_timeout_ms,
+    };
+    let mut controller: Option<Controller> = None;
+    let mut next_heartbeat_ms = 0;
     let publish = |node: &QuorumNode, image: &MetadataImage| {
         let status = QuorumStatus {
             node_id,
@@ -116,6 +171,16 @@ async fn run(
             leader: node.leader(),
             term: node.term(),
             applied_index: image.last_applied_index(),
+            brokers: image
+                .brokers()
+                .values()
+                .map(|broker| ClusterBroker {
+                    broker_id: broker.broker_id,
+                    host: broker.host.clone(),
+                    port: broker.port,
+                    fenced: broker.fenced,
+                })
+                .collect(),
         };
         if let Ok(mut published) = shard.process.quorum.lock() {
             *published = Some(status);
@@ -128,9 +193,44 @@ async fn run(
             None
         })
         .await;
+        let mut proposals = Vec::new();
         match event {
             Some(Event::Peer(message)) => node.step(message),
-            None => node.tick(started.elapsed().as_millis() as i64),
+            Some(Event::Request(request)) => {
+                if let Some(controller) = controller.as_mut() {
+                    proposals.extend(handle_request(controller, &image, now_ms(), request));
+                }
+            }
+            None => node.tick(now_ms()),
+        }
+        // The active controller: created when this node becomes the quorum leader, with
+        // fresh sessions for every broker.
+        if node.is_leader() != controller.is_some() {
+            controller = node.is_leader().then(|| Controller::new(controller_config));
+        }
+        if let Some(controller) = controller.as_mut() {
+            proposals.extend(controller.tick(&image, now_ms()));
+        }
+        if now_ms() >= next_heartbeat_ms {
+            next_heartbeat_ms = now_ms() + shard.config.broker_heartbeat_interval_ms;
+            let request = broker_request(&shard, &image, incarnation_id);
+            match (controller.as_mut(), node.leader()) {
+                (Some(controller), _) => {
+                    proposals.extend(handle_request(controller, &image, now_ms(), request));
+                }
+                (None, Some(leader)) => {
+                    if let (Some(queue), Ok(payload)) =
+                        (queues.get(&leader), serde_json::to_vec(&request))
+                    {
+                        drop(queue.try_send(frame(FRAME_CONTROLLER_REQUEST, &payload)));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        for record in proposals {
+            // Dropped when leadership moved meanwhile: the broker asks again.
+            let _ = node.propose(record.encode());
         }
         while let Some(output) = node.poll_output() {
             match output {
@@ -140,7 +240,7 @@ async fn run(
                     };
                     match message.write_to_bytes() {
                         // A full queue drops the message: raft resends what matters.
-                        Ok(bytes) => drop(queue.try_send(bytes)),
+                        Ok(bytes) => drop(queue.try_send(frame(FRAME_RAFT, &bytes))),
                         Err(error) => warn!(%error, "a raft message does not encode"),
                     }
                 }
@@ -222,14 +322,23 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
         if stream.read_exact(&mut body).await.is_err() {
             break;
         }
-        match Message::parse_from_bytes(&body) {
-            Ok(message) => {
-                if events.send(Event::Peer(message)).await.is_err() {
+        let event = match body.split_first() {
+            Some((&FRAME_RAFT, payload)) => Message::parse_from_bytes(payload)
+                .map(Event::Peer)
+                .map_err(|error| error.to_string()),
+            Some((&FRAME_CONTROLLER_REQUEST, payload)) => serde_json::from_slice(payload)
+                .map(Event::Request)
+                .map_err(|error| error.to_string()),
+            _ => Err("unknown frame kind".to_string()),
+        };
+        match event {
+            Ok(event) => {
+                if events.send(event).await.is_err() {
                     break;
                 }
             }
             Err(error) => {
-                warn!(?peer, %error, "unreadable raft message; closing");
+                warn!(?peer, %error, "unreadable quorum peer frame; closing");
                 break;
             }
         }
@@ -263,11 +372,93 @@ async fn send_to_peer(
         let Some(connected) = stream.as_mut() else {
             continue;
         };
-        let mut frame = Vec::with_capacity(4 + message.len());
-        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&message);
-        if connected.write_all(&frame).await.is_err() {
+        if connected.write_all(&message).await.is_err() {
             stream = None;
         }
+    }
+}
+
+/// A peer frame: length (of kind and payload), kind, payload.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// This node's request as a broker: register until the applied metadata shows this
+/// incarnation registered, then heartbeat with its epoch.
+fn broker_request(
+    shard: &Shard,
+    image: &MetadataImage,
+    incarnation_id: uuid::Uuid,
+) -> ControllerRequest {
+    let broker_id = shard.config.node_id;
+    match image
+        .broker(broker_id)
+        .filter(|broker| broker.incarnation_id == incarnation_id)
+    {
+        Some(broker) => ControllerRequest::Heartbeat {
+            broker_id,
+            broker_epoch: broker.broker_epoch,
+        },
+        None => ControllerRequest::Register {
+            broker_id,
+            incarnation_id,
+            host: shard.config.advertised_host.clone(),
+            port: shard.config.advertised_port,
+        },
+    }
+}
+
+/// The active controller's records for a broker's request.
+fn handle_request(
+    controller: &mut Controller,
+    image: &MetadataImage,
+    now_ms: i64,
+    request: ControllerRequest,
+) -> Vec<MetadataRecord> {
+    match request {
+        ControllerRequest::Register {
+            broker_id,
+            incarnation_id,
+            host,
+            port,
+        } => {
+            let already = image
+                .broker(broker_id)
+                .is_some_and(|broker| broker.incarnation_id == incarnation_id);
+            if already {
+                return Vec::new();
+            }
+            controller.register_broker(
+                image,
+                now_ms,
+                Registration {
+                    broker_id,
+                    incarnation_id,
+                    host,
+                    port,
+                    rack: None,
+                },
+            )
+        }
+        ControllerRequest::Heartbeat {
+            broker_id,
+            broker_epoch,
+        } => controller
+            .heartbeat(
+                image,
+                now_ms,
+                Heartbeat {
+                    broker_id,
+                    broker_epoch,
+                    want_shut_down: false,
+                },
+            )
+            .map(|(_, records)| records)
+            // A stale epoch: the broker registers again once its metadata shows it.
+            .unwrap_or_default(),
     }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{
-    describe_quorum_request, ApiKey, DescribeQuorumRequest, RequestKind, ResponseKind, TopicName,
+    describe_quorum_request, ApiKey, DescribeClusterRequest, DescribeQuorumRequest, RequestKind,
+    ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -71,17 +72,60 @@ fn start_node(work: &Path, node_id: i32, quorum: &str) -> Broker {
             quorum,
             "--cores",
             "1",
+            "--broker-session-timeout-ms",
+            "1500",
+            "--broker-heartbeat-interval-ms",
+            "200",
         ],
     )
+}
+
+fn quorum_of_three() -> String {
+    (1..=3)
+        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// (broker id, port) of the brokers `broker` lists in DescribeCluster, and the controller.
+fn cluster_view(broker: &Broker) -> (Vec<(i32, i32)>, i32) {
+    let mut connection = broker.connect();
+    let ResponseKind::DescribeCluster(response) = connection.call(
+        ApiKey::DescribeCluster,
+        0,
+        RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+    ) else {
+        panic!("not a DescribeCluster response")
+    };
+    let brokers = response
+        .brokers
+        .iter()
+        .map(|broker| (broker.broker_id.0, broker.port))
+        .collect();
+    (brokers, response.controller_id.0)
+}
+
+/// Waits until `broker` lists exactly `expected` (id, port) pairs.
+fn wait_for_brokers(broker: &Broker, expected: &[(i32, i32)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (brokers, _) = cluster_view(broker);
+        if brokers == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "brokers {brokers:?}, expected {expected:?}\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
 fn three_nodes_elect_one_leader_and_replace_it_when_it_is_killed() {
     let work = tempfile::tempdir().unwrap();
-    let quorum = (1..=3)
-        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let quorum = quorum_of_three();
     let mut nodes: Vec<Broker> = (1..=3)
         .map(|id| start_node(work.path(), id, &quorum))
         .collect();
@@ -116,6 +160,44 @@ fn three_nodes_elect_one_leader_and_replace_it_when_it_is_killed() {
         (second_leader, second_epoch),
         "pre-vote: no disruption"
     );
+    for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+}
+
+#[test]
+fn brokers_register_and_a_silent_one_is_fenced_until_it_returns() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    let mut nodes: Vec<Broker> = (1..=3)
+        .map(|id| start_node(work.path(), id, &quorum))
+        .collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    let (_, controller) = cluster_view(&nodes[0]);
+    assert!(
+        (1..=3).contains(&controller),
+        "the quorum leader is the controller"
+    );
+
+    // Node 3 dies: once its session runs out it is fenced, and no longer listed.
+    let mut child = nodes[2].child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for_brokers(&nodes[0], &everyone[..2]);
+    wait_for_brokers(&nodes[1], &everyone[..2]);
+
+    // It comes back (on a new port): registered again and unfenced.
+    nodes[2] = start_node(work.path(), 3, &quorum);
+    let mut back = everyone[..2].to_vec();
+    back.push((3, i32::from(nodes[2].address.port())));
+    for node in &nodes {
+        wait_for_brokers(node, &back);
+    }
     for node in &mut nodes {
         assert!(node.stop().success(), "{}", node.log());
     }

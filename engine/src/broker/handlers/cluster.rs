@@ -172,5 +172,32 @@ pub(super) fn describe_cluster(
         .with_broker_id(BrokerId(shard.config.node_id))
         .with_host(str_bytes(shard.config.advertised_host.clone()))
         .with_port(shard.config.advertised_port)];
+    // In a cluster: the registered, unfenced brokers and the active controller, as the
+    // applied metadata says.
+    let quorum = shard
+        .process
+        .quorum
+        .lock()
+        .ok()
+        .and_then(|status| status.clone());
+    if let Some(status) = quorum {
+        response.controller_id = BrokerId(
+            status
+                .leader
+                .and_then(|leader| i32::try_from(leader).ok())
+                .unwrap_or(-1),
+        );
+        response.brokers = status
+            .brokers
+            .iter()
+            .filter(|broker| !broker.fenced)
+            .map(|broker| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(broker.broker_id))
+                    .with_host(str_bytes(broker.host.clone()))
+                    .with_port(broker.port)
+            })
+            .collect();
+    }
     response
 }
