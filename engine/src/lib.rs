@@ -32,6 +32,7 @@ pub mod limits;
 pub mod protocol;
 pub mod quorum;
 pub mod replication;
+pub mod rng;
 pub mod runtime;
 pub mod storage;
 

@@ -1,22 +1,19 @@
 //! The simulation's only source of randomness: SplitMix64 from a seed.
 
-/// A small deterministic generator. Never seeded from the clock or the thread RNG.
+/// A small deterministic generator (the engine's SplitMix64). Never seeded from the clock or
+/// the thread RNG.
 #[derive(Debug, Clone)]
-pub struct SimRng(u64);
+pub struct SimRng(spate_engine::rng::SplitMix64);
 
 impl SimRng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> SimRng {
-        SimRng(seed)
+        SimRng(spate_engine::rng::SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..bound`.
@@ -24,8 +21,7 @@ impl SimRng {
     /// # Panics
     /// If `bound` is zero.
     pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "empty range");
-        self.next_u64() % bound
+        self.0.below(bound)
     }
 
     /// True with probability `percent` / 100.

@@ -26,6 +26,8 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
+use crate::rng::SplitMix64;
+
 /// A quorum member's id: its `node.id`, as in `--controller-quorum 1@host:port,...`.
 pub type NodeId = u64;
 
@@ -82,25 +84,11 @@ pub enum ProposeError {
     NotLeader(Option<NodeId>),
 }
 
-/// A SplitMix64 generator: small, seedable, good enough for election jitter.
-#[derive(Debug, Clone)]
-struct JitterRng(u64);
-
-impl JitterRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// One member of the metadata quorum. See the module docs.
 pub struct QuorumNode {
     raw: RawNode<MemStorage>,
     config: QuorumConfig,
-    rng: JitterRng,
+    rng: SplitMix64,
     last_tick_ms: Option<i64>,
     term_and_role: (u64, StateRole),
     outputs: std::collections::VecDeque<QuorumOutput>,
@@ -160,7 +148,7 @@ impl QuorumNode {
             term_and_role: (raw.raft.term, raw.raft.state),
             raw,
             config,
-            rng: JitterRng(seed),
+            rng: SplitMix64::new(seed),
             last_tick_ms: None,
             outputs: std::collections::VecDeque::new(),
         };
@@ -244,7 +232,7 @@ impl QuorumNode {
     fn draw_election_timeout(&mut self) {
         let min = self.config.election_ticks;
         let span = self.config.election_ticks as u64;
-        let timeout = min + (self.rng.next() % span) as usize;
+        let timeout = min + self.rng.below(span) as usize;
         self.raw.raft.set_randomized_election_timeout(timeout);
     }
 

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::backend::{read_whole_file, write_file_atomically, Storage, StorageFile};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::error::{StorageError, StorageResult};
-use super::log::{io_error, remove_segment_files, PartitionLog};
+use super::log::{io_error, remove_if_present, remove_segment_files, PartitionLog};
 use super::recovery::relative;
 use super::segment::SegmentPaths;
 use crate::replication::epoch_cache::{LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
@@ -215,16 +215,7 @@ impl<S: Storage> PartitionLog<S> {
             .await
             .map_err(io_error(|| format!("syncing {}", paths.log.display())))?;
         for path in [&paths.index, &paths.time_index] {
-            match self.storage.remove(path).await {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StorageError::io(
-                        format!("removing {}", path.display()),
-                        source,
-                    ))
-                }
-            }
+            remove_if_present(&self.storage, path).await?;
         }
         for later in later {
             remove_segment_files(&self.storage, &SegmentPaths::new(&self.dir, later)).await?;

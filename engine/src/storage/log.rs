@@ -1012,16 +1012,19 @@ pub(super) async fn remove_segment_files<S: Storage>(
     paths: &SegmentPaths,
 ) -> StorageResult<()> {
     for path in [&paths.log, &paths.index, &paths.time_index] {
-        match storage.remove(path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StorageError::io(
-                    format!("removing {}", path.display()),
-                    source,
-                ));
-            }
-        }
+        remove_if_present(storage, path).await?;
     }
     Ok(())
+}
+
+/// Removes `path`; one that is not there is fine.
+pub(super) async fn remove_if_present<S: Storage>(storage: &S, path: &Path) -> StorageResult<()> {
+    match storage.remove(path).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StorageError::io(
+            format!("removing {}", path.display()),
+            source,
+        )),
+    }
 }

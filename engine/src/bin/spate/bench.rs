@@ -21,6 +21,7 @@ use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
 use spate_engine::client::consumer::{Consumer, StartAt};
 use spate_engine::client::producer::{Producer, ProducerRecord};
 use spate_engine::client::ClientError;
+use spate_engine::rng::SplitMix64;
 
 use crate::{parse_key_value, print_json, print_table, ClientArgs, Output};
 
@@ -106,27 +107,15 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A small, seeded random number generator for keys and payloads (splitmix64): the bench
-/// needs spread, not secrecy, and the same run twice writes the same bytes.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Printable random bytes: compressible about as much as typical text payloads.
-fn payload(size: usize, random: &mut SplitMix) -> Bytes {
+/// The bench needs spread, not secrecy, and the same run twice writes the same bytes: its keys
+/// and payloads come from a seeded [`SplitMix64`].
+fn payload(size: usize, random: &mut SplitMix64) -> Bytes {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ";
     let alphabet_len = u64::try_from(ALPHABET.len()).expect("small");
     (0..size)
         .map(|_| {
-            let index = usize::try_from(random.next() % alphabet_len).expect("small");
+            let index = usize::try_from(random.below(alphabet_len)).expect("small");
             ALPHABET[index]
         })
         .collect::<Vec<u8>>()
@@ -266,7 +255,7 @@ fn produce(args: ProduceBenchArgs) -> Result<(), ClientError> {
     ];
     properties.extend(args.properties.iter().cloned());
     let producer = Producer::new(ProducerConfig::from_properties(properties)?)?;
-    let mut random = SplitMix(0x5EED);
+    let mut random = SplitMix64::new(0x5EED);
     let value = payload(args.record_size, &mut random);
     let keys: Vec<Bytes> = (0..args.keys)
         .map(|index| Bytes::from(format!("key-{index}")))
@@ -299,7 +288,7 @@ fn produce(args: ProduceBenchArgs) -> Result<(), ClientError> {
         let key = if keys.is_empty() {
             None
         } else {
-            let index = usize::try_from(random.next() % args.keys).expect("fewer keys than usize");
+            let index = usize::try_from(random.below(args.keys)).expect("fewer keys than usize");
             Some(keys[index].clone())
         };
         let record = ProducerRecord {

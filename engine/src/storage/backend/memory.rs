@@ -16,6 +16,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::{OpenMode, Storage, StorageFile};
+use crate::rng::SplitMix64;
 
 #[derive(Debug, Default)]
 struct FileData {
@@ -61,7 +62,7 @@ impl SimulatedStorage {
         let state = self.state.borrow();
         let mut rng = match mode {
             CrashMode::DropUnsynced => None,
-            CrashMode::TornTail { seed } => Some(SplitMix64(seed)),
+            CrashMode::TornTail { seed } => Some(SplitMix64::new(seed)),
         };
         for data in state.files.values() {
             let mut data = data.borrow_mut();
@@ -71,7 +72,7 @@ impl SimulatedStorage {
                     && data.written[..data.durable.len()] == data.durable[..];
                 if extends_durable {
                     let unsynced = &data.written[data.durable.len()..];
-                    let keep = (rng.next() % (unsynced.len() as u64 + 1)) as usize;
+                    let keep = rng.below(unsynced.len() as u64 + 1) as usize;
                     survivor.extend_from_slice(&unsynced[..keep]);
                 }
             }
@@ -261,19 +262,6 @@ impl Storage for SimulatedStorage {
     async fn exists(&self, path: &Path) -> bool {
         let state = self.state.borrow();
         state.files.contains_key(path) || state.dirs.contains(path)
-    }
-}
-
-/// A tiny deterministic generator (SplitMix64), so a crash is reproducible from its seed.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
