@@ -1,7 +1,7 @@
 //! `spate.Admin`.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -13,10 +13,7 @@ use spate_engine::client::ClientError;
 
 use crate::convert::{new_topic_partition, partition_dict, properties, property_value, servers};
 use crate::errors::{client_error, config_error, state_error, IntoPyResult};
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// A Kafka admin client: topics, their configs and partitions, groups and their offsets.
 ///

@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyStopIteration;
@@ -27,10 +27,7 @@ use crate::convert::{
     topic_partitions,
 };
 use crate::errors::{client_error, config_error, state_error, IntoPyResult};
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// A record read from a partition.
 #[pyclass(module = "spate._native", frozen)]

@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod inspect;
 mod producer;
+mod sync;
 mod wait;
 
 use pyo3::prelude::*;

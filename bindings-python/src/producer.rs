@@ -1,7 +1,7 @@
 //! `spate.Producer`, its futures and delivery reports.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -13,11 +13,8 @@ use spate_engine::client::producer::{
 
 use crate::convert::{payload, properties, seconds, servers, Arena};
 use crate::errors::{delivery_error, state_error, timeout_error, IntoPyResult};
+use crate::sync::lock;
 use crate::wait::interruptibly;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Where a record was written: its topic, partition, offset and timestamp.
 #[pyclass(module = "spate._native", frozen, eq)]
