@@ -46,6 +46,8 @@ impl From<&StorageError> for KafkaError {
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             // Only a follower's fetcher appends replicated batches; no client sees this.
             StorageError::NotContiguous { .. } => ResponseError::UnknownServerError,
+            // The records were cut because another replica leads the partition now.
+            StorageError::Truncated { .. } => ResponseError::NotLeaderOrFollower,
             StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }

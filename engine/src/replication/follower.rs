@@ -51,6 +51,10 @@ pub enum OutOfRangeAction {
     /// Empty the log and start it at this offset (the leader's log starts later: retention
     /// removed what the follower still needs).
     StartAt(i64),
+    /// Keep the log and fetch again from its end: it lies within the leader's log after all
+    /// (the leader's log moved between its answer and its range, as Kafka's
+    /// `fetchOffsetAndTruncate` allows for).
+    Retry,
 }
 
 /// The follower of one partition. See the module docs.
@@ -127,9 +131,11 @@ impl PartitionFollower {
         if log_end_offset > leader_log_end_offset {
             self.high_watermark = self.high_watermark.min(leader_log_end_offset);
             OutOfRangeAction::TruncateTo(leader_log_end_offset)
-        } else {
+        } else if log_end_offset < leader_log_start_offset {
             self.high_watermark = self.high_watermark.max(leader_log_start_offset);
             OutOfRangeAction::StartAt(leader_log_start_offset)
+        } else {
+            OutOfRangeAction::Retry
         }
     }
 }

@@ -465,6 +465,35 @@ fn an_empty_epoch_in_the_followers_cache_is_dropped() {
     assert_eq!(old_leader.cache.latest_epoch(), Some(2));
 }
 
+/// Kafka's `fetchOffsetAndTruncate`: cut to a shorter leader log, start over past a leader
+/// log start beyond ours, and otherwise keep the log and fetch again.
+#[test]
+fn out_of_range_answers_cut_restart_or_keep_the_log() {
+    let mut follower = PartitionFollower::new(0, 3, 8);
+    assert_eq!(
+        follower.out_of_range(10, 0, 6),
+        OutOfRangeAction::TruncateTo(6)
+    );
+    assert_eq!(follower.high_watermark(), 6);
+
+    let mut follower = PartitionFollower::new(0, 3, 4);
+    assert_eq!(
+        follower.out_of_range(5, 20, 30),
+        OutOfRangeAction::StartAt(20)
+    );
+    assert_eq!(follower.high_watermark(), 20);
+
+    for log_end_offset in [20, 25, 30] {
+        let mut follower = PartitionFollower::new(0, 3, 4);
+        assert_eq!(
+            follower.out_of_range(log_end_offset, 20, 30),
+            OutOfRangeAction::Retry,
+            "a log ending at {log_end_offset} lies within the leader's 20..30"
+        );
+        assert_eq!(follower.high_watermark(), 4);
+    }
+}
+
 impl Replica {
     /// The cache a follower would have: only epochs it holds records of.
     fn cache_without_empty_epochs(&self) -> LeaderEpochCache {

@@ -19,7 +19,7 @@ use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::error::{StorageError, StorageResult};
 use super::log::{io_error, remove_if_present, remove_segment_files, PartitionLog};
 use super::recovery::relative;
-use super::segment::SegmentPaths;
+use super::segment::{SegmentMeta, SegmentPaths};
 use crate::replication::epoch_cache::{LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 
 /// How much of a segment the epoch rebuild reads at a time.
@@ -105,13 +105,15 @@ impl<S: Storage> PartitionLog<S> {
     /// damaged).
     pub(super) async fn rebuild_epochs(&mut self) -> StorageResult<()> {
         let mut epochs = LeaderEpochCache::new();
-        let mut segments: Vec<(i64, u64)> = self
-            .closed
-            .values()
-            .map(|meta| (meta.base_offset, meta.size_bytes))
-            .collect();
-        segments.push((self.active.meta.base_offset, self.active.meta.size_bytes));
-        for (base_offset, size_bytes) in segments {
+        let mut segments: Vec<SegmentMeta> = self.closed.values().copied().collect();
+        segments.push(self.active.meta);
+        for SegmentMeta {
+            base_offset,
+            next_offset,
+            size_bytes,
+            ..
+        } in segments
+        {
             let file = if base_offset == self.active.meta.base_offset {
                 self.active.file.clone()
             } else {
@@ -119,6 +121,7 @@ impl<S: Storage> PartitionLog<S> {
             };
             let path = SegmentPaths::new(&self.dir, base_offset).log;
             let mut position = 0;
+            let mut expected_offset = base_offset;
             while position < size_bytes {
                 let window = file
                     .read_at(position, SCAN_WINDOW_BYTES)
@@ -133,6 +136,26 @@ impl<S: Storage> PartitionLog<S> {
                             reason: error.to_string(),
                         }
                     })?;
+                    // These headers were not CRC-checked on open (only the tail past the
+                    // recovery point is): refuse nonsense rather than feed it to the cache.
+                    let position = position + cursor as u64;
+                    let fits = header.base_offset >= expected_offset
+                        && header.last_offset_delta >= 0
+                        && header.next_offset() <= next_offset
+                        && header.size_bytes() >= BATCH_HEADER_BYTES;
+                    if !fits {
+                        return Err(StorageError::Corrupt {
+                            segment: path.clone(),
+                            position,
+                            reason: format!(
+                                "batch header at offsets {}..={} does not fit the segment's \
+                                 offsets {expected_offset}..{next_offset}",
+                                header.base_offset,
+                                header.last_offset(),
+                            ),
+                        });
+                    }
+                    expected_offset = header.next_offset();
                     observe_batch_epoch(
                         &mut epochs,
                         header.partition_leader_epoch,
@@ -171,7 +194,17 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn truncate_to(&mut self, offset: i64, now_ms: i64) -> StorageResult<i64> {
         self.check_poison()?;
         if offset >= self.log_end_offset() {
-            return Ok(self.log_end_offset());
+            // Nothing to cut, but the cache may still hold an epoch opened at the log end
+            // (a leader that wrote nothing in it): a follower that truncates must forget it,
+            // or it would keep sending it as its last fetched epoch.
+            let log_end_offset = self.log_end_offset();
+            if self.epochs.truncate_from_end(log_end_offset) {
+                self.epochs_dirty = true;
+                if let Err(error) = self.write_epochs().await {
+                    return Err(self.poison(error));
+                }
+            }
+            return Ok(log_end_offset);
         }
         if offset < self.log_start_offset {
             return Err(StorageError::OffsetOutOfRange {
@@ -189,19 +222,31 @@ impl<S: Storage> PartitionLog<S> {
     async fn truncate_on_disk(&mut self, offset: i64, now_ms: i64) -> StorageResult<i64> {
         self.flush(now_ms).await?;
         let (base_offset, position, cut_offset) = self.cut_point(offset).await?;
-        let later: Vec<i64> = self
+        // The order makes every crash point recoverable:
+        // 1. the checkpoint (with the cache as it was, which covers every epoch below the
+        //    recovery point): once it says the log is durable only up to the cut, recovery
+        //    walks what follows the cut, and a crash at any later point recovers to a log that
+        //    ends at or after the cut, whose epochs recovery re-observes;
+        // 2. the cache without the epochs that started in what is cut;
+        // 3. the later segments, newest first, and the directory synced, so the log stays
+        //    one run of offsets whichever of them a crash leaves;
+        // 4. the cut segment's tail, synced, and its index files, which recovery rebuilds.
+        self.write_checkpoint(self.recovery_point.min(cut_offset))
+            .await?;
+        self.epochs_dirty |= self.epochs.truncate_from_end(cut_offset);
+        self.write_epochs().await?;
+        let mut later: Vec<i64> = self
             .closed
             .keys()
             .copied()
             .chain(std::iter::once(self.active.meta.base_offset))
             .filter(|&later| later > base_offset)
             .collect();
-        // The checkpoint first: once it says the log is durable only up to the cut, a crash at
-        // any later point recovers to a log that ends at or after the cut and is re-truncated.
-        self.epochs_dirty |= self.epochs.truncate_from_end(cut_offset);
-        self.write_epochs().await?;
-        self.write_checkpoint(self.recovery_point.min(cut_offset))
-            .await?;
+        later.reverse();
+        for later in later {
+            remove_segment_files(&self.storage, &SegmentPaths::new(&self.dir, later)).await?;
+        }
+        self.sync_dir().await?;
         let paths = SegmentPaths::new(&self.dir, base_offset);
         let file = if base_offset == self.active.meta.base_offset {
             self.active.file.clone()
@@ -217,13 +262,7 @@ impl<S: Storage> PartitionLog<S> {
         for path in [&paths.index, &paths.time_index] {
             remove_if_present(&self.storage, path).await?;
         }
-        for later in later {
-            remove_segment_files(&self.storage, &SegmentPaths::new(&self.dir, later)).await?;
-        }
-        self.storage
-            .sync_dir(&self.dir)
-            .await
-            .map_err(io_error(|| format!("syncing {}", self.dir.display())))?;
+        self.sync_dir().await?;
         let (reopened, _report) = PartitionLog::open(
             self.storage.clone(),
             self.dir.clone(),
@@ -232,14 +271,27 @@ impl<S: Storage> PartitionLog<S> {
         )
         .await?;
         let old = std::mem::replace(self, reopened);
+        self.generation = old.generation + 1;
         old.release_handles().await;
-        assert_eq!(
-            self.log_end_offset(),
-            cut_offset,
-            "the log reopens where it was cut"
-        );
+        if self.log_end_offset() != cut_offset {
+            return Err(StorageError::Corrupt {
+                segment: paths.log,
+                position,
+                reason: format!(
+                    "the log was cut at offset {cut_offset} but reopened ending at {}",
+                    self.log_end_offset()
+                ),
+            });
+        }
         info!(dir = %self.dir.display(), offset, log_end_offset = cut_offset, "log truncated");
         Ok(cut_offset)
+    }
+
+    async fn sync_dir(&self) -> StorageResult<()> {
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_error(|| format!("syncing {}", self.dir.display())))
     }
 
     /// The segment, byte position and offset of the first batch that ends after `offset`.

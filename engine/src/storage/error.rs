@@ -84,6 +84,15 @@ pub enum StorageError {
         /// The batch's base offset.
         found: i64,
     },
+    /// Records waited for were cut from the log by a truncation (the replica stopped leading
+    /// the partition and its log was cut back to the new leader's).
+    #[error("offsets below {offset} were truncated; the log now ends at {log_end_offset}")]
+    Truncated {
+        /// The offset waited for.
+        offset: i64,
+        /// The log end offset after the truncation.
+        log_end_offset: i64,
+    },
     /// The configuration is invalid.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),

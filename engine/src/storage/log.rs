@@ -169,6 +169,7 @@ pub struct OpenReport {
 pub struct SyncTicket<F> {
     file: F,
     target_offset: i64,
+    generation: u64,
 }
 
 impl<F: StorageFile> SyncTicket<F> {
@@ -226,6 +227,9 @@ pub struct PartitionLog<S: Storage> {
     pub(super) epochs: LeaderEpochCache,
     /// Whether `epochs` changed since it was last written.
     pub(super) epochs_dirty: bool,
+    /// How many times the log was truncated since it was opened: a [`SyncTicket`] taken before
+    /// a truncation covers files and offsets that are gone.
+    pub(super) generation: u64,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -724,6 +728,7 @@ impl<S: Storage> PartitionLog<S> {
         Ok(SyncTicket {
             file: self.active.file.clone(),
             target_offset: self.log_end_offset(),
+            generation: self.generation,
         })
     }
 
@@ -742,6 +747,12 @@ impl<S: Storage> PartitionLog<S> {
             return Err(self.poison(error));
         }
         self.check_poison()?;
+        if ticket.generation != self.generation {
+            // The log was truncated while the ticket's fsync ran: it synced a file that is no
+            // longer the log, and proves nothing about the log as it is now (which truncation
+            // already synced).
+            return Ok(());
+        }
         assert!(ticket.target_offset <= self.log_end_offset());
         if ticket.target_offset > self.durable_offset {
             self.durable_offset = ticket.target_offset;

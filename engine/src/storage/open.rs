@@ -146,6 +146,23 @@ impl<S: Storage> PartitionLog<S> {
                     truncate_file(&file, &paths.log, position).await?;
                 }
                 WalkStop::Torn { position, reason } => {
+                    // The later segments go first, newest first and durably: cutting this
+                    // tail while they remain would leave a gap in the offsets, which the next
+                    // open refuses, if a crash came in between.
+                    if let Some(next_base) = next_base {
+                        for &later in bases[index + 1..].iter().rev() {
+                            remove_segment_files(&storage, &SegmentPaths::new(&dir, later)).await?;
+                            report.segments_removed += 1;
+                        }
+                        storage
+                            .sync_dir(&dir)
+                            .await
+                            .map_err(io_error(|| format!("syncing {}", dir.display())))?;
+                        warn!(
+                            from_base_offset = next_base,
+                            "removed segments after a torn or corrupt tail"
+                        );
+                    }
                     let bytes_removed = file.len() - position;
                     warn!(
                         segment = %paths.log.display(),
@@ -166,17 +183,6 @@ impl<S: Storage> PartitionLog<S> {
             }
             let is_last = next_base.is_none() || truncated;
             if is_last {
-                if let Some(next_base) = next_base {
-                    // Segments after a cut tail would leave a gap in the offsets: remove them.
-                    for &later in &bases[index + 1..] {
-                        remove_segment_files(&storage, &SegmentPaths::new(&dir, later)).await?;
-                        report.segments_removed += 1;
-                    }
-                    warn!(
-                        from_base_offset = next_base,
-                        "removed segments after a truncated tail"
-                    );
-                }
                 meta.first_batch_timestamp =
                     first_batch_timestamp(&file, &paths.log, &meta).await?;
                 file.expect_appends();
@@ -270,6 +276,7 @@ impl<S: Storage> PartitionLog<S> {
             poisoned: None,
             epochs,
             epochs_dirty: false,
+            generation: 0,
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;
@@ -278,7 +285,9 @@ impl<S: Storage> PartitionLog<S> {
         let log_start_offset = log.log_start_offset;
         log.epochs.truncate_from_end(log_end_offset);
         log.epochs.truncate_from_start(log_start_offset);
-        log.epochs_dirty = log.epochs != epochs_as_loaded;
+        // A rebuilt cache is written even when it came out empty, so the next open reads it
+        // instead of scanning the log again.
+        log.epochs_dirty = rebuild_epochs || log.epochs != epochs_as_loaded;
         log.checkpoint(now_ms).await?;
         info!(
             dir = %log.dir.display(),

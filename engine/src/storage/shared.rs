@@ -10,7 +10,7 @@ use async_lock::Mutex;
 use bytes::BytesMut;
 
 use super::backend::{Storage, StorageFile};
-use super::error::StorageResult;
+use super::error::{StorageError, StorageResult};
 use super::log::{AppendInfo, Fetched, PartitionLog};
 
 /// Whether an append returns before or after its records are durable.
@@ -49,14 +49,14 @@ impl<S: Storage> SharedLog<S> {
         now_ms: i64,
         durability: Durability,
     ) -> StorageResult<AppendInfo> {
-        let info = self
-            .log
-            .lock()
-            .await
-            .append(records, partition_leader_epoch, now_ms)
-            .await?;
+        let (info, generation) = {
+            let mut log = self.log.lock().await;
+            let info = log.append(records, partition_leader_epoch, now_ms).await?;
+            (info, log.generation)
+        };
         if durability == Durability::Synced || info.sync_due {
-            self.wait_durable(info.last_offset + 1, now_ms).await?;
+            self.wait_until_durable(info.last_offset + 1, Some(generation), now_ms)
+                .await?;
         }
         Ok(info)
     }
@@ -65,18 +65,44 @@ impl<S: Storage> SharedLog<S> {
     /// waiter's fsync covers it.
     ///
     /// # Errors
-    /// The fsync's error; the log is poisoned from then on.
+    /// The fsync's error, after which the log is poisoned; [`StorageError::Truncated`] when
+    /// the log was cut below `offset` meanwhile.
     pub async fn wait_durable(&self, offset: i64, now_ms: i64) -> StorageResult<()> {
+        self.wait_until_durable(offset, None, now_ms).await
+    }
+
+    /// As [`SharedLog::wait_durable`]; with `generation`, the records waited for were
+    /// appended in that generation of the log, and a truncation since means they are gone
+    /// even if the log has grown past `offset` again.
+    async fn wait_until_durable(
+        &self,
+        offset: i64,
+        generation: Option<u64>,
+        now_ms: i64,
+    ) -> StorageResult<()> {
+        let reached = |log: &PartitionLog<S>| -> StorageResult<bool> {
+            let truncated = generation.is_some_and(|generation| generation != log.generation);
+            if truncated || offset > log.log_end_offset() {
+                return Err(StorageError::Truncated {
+                    offset,
+                    log_end_offset: log.log_end_offset(),
+                });
+            }
+            Ok(log.durable_offset() >= offset)
+        };
         loop {
-            if self.log.lock().await.durable_offset() >= offset {
+            if reached(&*self.log.lock().await)? {
                 return Ok(());
             }
             let _turn = self.sync_turn.lock().await;
             // The previous holder's fsync may have covered this offset.
-            if self.log.lock().await.durable_offset() >= offset {
-                return Ok(());
-            }
-            let ticket = self.log.lock().await.begin_sync()?;
+            let ticket = {
+                let log = self.log.lock().await;
+                if reached(&log)? {
+                    return Ok(());
+                }
+                log.begin_sync()?
+            };
             let result = ticket.run().await;
             self.log
                 .lock()

@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use spate_engine::replication::epoch_cache::{EpochEnd, LEADER_EPOCH_FILE_NAME};
 use spate_engine::replication::EpochEntry;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage, Storage};
-use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
+use spate_engine::storage::{LogConfig, PartitionLog, SharedLog, StorageError};
 
 use super::util::{block_on, numbered_batch, open, partition_dir, read_all, small_config};
 
@@ -252,5 +252,124 @@ fn truncation_below_the_log_start_is_refused() {
         assert_eq!(log.truncate_to(33, 2_000).await.unwrap(), 33);
         assert_eq!(log.log_start_offset(), 33);
         assert_eq!(log.log_end_offset(), 33);
+    });
+}
+
+/// Power lost after each single write, sync, truncation, creation or removal of a truncation
+/// in turn: every time, the log reopens, keeps everything below the cut, and its epoch cache
+/// names exactly the epochs of the batches it holds (an epoch cut from the cache while its
+/// batches survive would make the follower answer for a log it does not have).
+#[test]
+fn a_power_cut_at_any_step_of_a_truncation_leaves_a_consistent_log() {
+    block_on(async {
+        let mut completed = false;
+        for budget in 0..200 {
+            let storage = SimulatedStorage::new();
+            let mut log = leader_log(&storage).await;
+            // Everything durable and checkpointed, so that only the truncation's own steps
+            // decide what a crash keeps.
+            log.checkpoint(1_500).await.unwrap();
+            let kept = read_all(&mut log, 0, 1 << 20).await[..45].to_vec();
+            storage.cut_power_after(Some(budget));
+            let result = log.truncate_to(45, 2_000).await;
+            drop(log);
+            storage.crash(CrashMode::DropUnsynced);
+            storage.cut_power_after(None);
+            let (mut log, _) =
+                PartitionLog::open(storage.clone(), partition_dir(), config(), 3_000)
+                    .await
+                    .unwrap_or_else(|error| panic!("power cut after {budget} steps: {error}"));
+            let end = log.log_end_offset();
+            // Later segments go newest first, so the log may end at any segment boundary
+            // between the cut and its old end; a follower truncates again from there.
+            assert!(
+                (45..=66).contains(&end),
+                "power cut after {budget} steps: the log ends at {end}"
+            );
+            assert_eq!(read_all(&mut log, 0, 1 << 20).await[..45], kept[..]);
+            let expected: &[(i32, i64)] = if end > 60 {
+                &[(0, 0), (2, 30), (5, 60)]
+            } else {
+                &[(0, 0), (2, 30)]
+            };
+            assert_eq!(entries(&log), expected, "power cut after {budget} steps");
+            if result.is_ok() {
+                assert_eq!(end, 45);
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed, "the truncation completes with enough steps");
+    });
+}
+
+/// A leader that opened an epoch and wrote nothing in it, then became a follower: truncating
+/// at its log end must forget that epoch, or its fetches would keep naming it.
+#[test]
+fn truncating_at_the_log_end_forgets_an_epoch_opened_there() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = leader_log(&storage).await;
+        log.open_leader_epoch(9).await.unwrap();
+        assert_eq!(log.leader_epochs().latest_epoch(), Some(9));
+        assert_eq!(log.truncate_to(66, 2_000).await.unwrap(), 66);
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)]);
+        log.close(3_000).await.unwrap();
+        let log = open(&storage, &config()).await;
+        assert_eq!(entries(&log), [(0, 0), (2, 30), (5, 60)], "and on disk");
+    });
+}
+
+/// The epoch rebuild reads headers that were never CRC-checked on open: one whose offsets
+/// make no sense is reported as corruption, not trusted (and not a panic).
+#[test]
+fn an_epoch_rebuild_refuses_a_damaged_batch_header() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        leader_log(&storage).await.close(2_000).await.unwrap();
+        storage
+            .remove(&partition_dir().join(LEADER_EPOCH_FILE_NAME))
+            .await
+            .unwrap();
+        // The first batch's base offset becomes negative.
+        storage.corrupt_byte(&super::util::segment_log_path(&partition_dir(), 0), 0, 0x80);
+        let opened = PartitionLog::open(storage.clone(), partition_dir(), config(), 3_000).await;
+        assert!(
+            matches!(opened, Err(StorageError::Corrupt { .. })),
+            "{:?}",
+            opened.map(|_| ())
+        );
+    });
+}
+
+/// A durability wait whose fsync straddles a truncation: the fsync proves nothing about the
+/// truncated log, and the waiter learns its records are gone.
+#[test]
+fn a_durability_wait_across_a_truncation_reports_the_records_gone() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = leader_log(&storage).await;
+        log.flush(1_500).await.unwrap();
+        log.append(numbered_batch(66, 3, 1_000), 5, 1_600)
+            .await
+            .unwrap();
+        let shared = SharedLog::new(log);
+        let waiter = shared.wait_durable(69, 2_000);
+        let truncation = shared.with_log(async |log| log.truncate_to(45, 2_000).await);
+        let (waited, truncated) = futures_lite::future::zip(waiter, truncation).await;
+        assert_eq!(truncated.unwrap(), 45);
+        assert!(
+            matches!(
+                waited,
+                Err(StorageError::Truncated {
+                    offset: 69,
+                    log_end_offset: 45
+                })
+            ),
+            "{waited:?}"
+        );
+        let log = shared.into_inner();
+        assert_eq!(log.durable_offset(), 45);
+        assert_eq!(log.log_end_offset(), 45);
     });
 }

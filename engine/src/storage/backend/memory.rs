@@ -4,8 +4,9 @@
 //! [`SimulatedStorage::crash`] replaces each file by its durable bytes, optionally followed by a
 //! torn prefix of what was written after the last sync, as a power loss would. Creations,
 //! renames and removals are durable at once (a journaling file system with synced directories).
-//! Faults can be injected: flipped bytes (which the CRC must catch) and failing syncs (which must
-//! poison the log). Randomness comes only from the seed given to [`CrashMode::TornTail`].
+//! Faults can be injected: flipped bytes (which the CRC must catch), failing syncs (which must
+//! poison the log) and a power cut after a given number of mutating operations
+//! ([`SimulatedStorage::cut_power_after`], to crash a multi-step change at each step). Randomness comes only from the seed given to [`CrashMode::TornTail`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,22 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     fail_syncs: bool,
     syncs: u64,
+    /// Mutating operations left before the simulated power cut, if one is set.
+    mutations_left: Option<u64>,
+}
+
+impl State {
+    /// Counts one mutating operation, or refuses it once the power is cut.
+    fn mutate(&mut self) -> io::Result<()> {
+        match self.mutations_left.as_mut() {
+            Some(0) => Err(io::Error::other("simulated power loss")),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a simulated crash keeps of the bytes written after the last sync.
@@ -111,6 +128,14 @@ impl SimulatedStorage {
         self.state.borrow_mut().fail_syncs = fail;
     }
 
+    /// Lets `mutations` more mutating operations (writes, syncs, truncations, creations,
+    /// removals, renames, directory syncs) happen, then fails every later one with an I/O
+    /// error, as if the power went out there; follow with [`SimulatedStorage::crash`] to see
+    /// what survived. `None` restores the power.
+    pub fn cut_power_after(&self, mutations: Option<u64>) {
+        self.state.borrow_mut().mutations_left = mutations;
+    }
+
     /// Number of successful file syncs so far.
     pub fn sync_count(&self) -> u64 {
         self.state.borrow().syncs
@@ -149,6 +174,7 @@ impl StorageFile for SimulatedFile {
     }
 
     async fn write_at(&self, position: u64, bytes: &[u8]) -> io::Result<()> {
+        self.state.borrow_mut().mutate()?;
         let mut data = self.data.borrow_mut();
         let start = position as usize;
         if data.written.len() < start + bytes.len() {
@@ -166,6 +192,7 @@ impl StorageFile for SimulatedFile {
         if state.fail_syncs {
             return Err(io::Error::other("simulated fsync failure"));
         }
+        state.mutate()?;
         state.syncs += 1;
         let mut data = self.data.borrow_mut();
         data.durable = data.written.clone();
@@ -177,6 +204,7 @@ impl StorageFile for SimulatedFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.state.borrow_mut().mutate()?;
         self.data.borrow_mut().written.truncate(len as usize);
         Ok(())
     }
@@ -197,6 +225,7 @@ impl Storage for SimulatedStorage {
         }
         let data = match mode {
             OpenMode::CreateNew => {
+                state.mutate()?;
                 let data = Rc::new(RefCell::new(FileData::default()));
                 state.files.insert(path.to_path_buf(), data.clone());
                 data
@@ -215,6 +244,7 @@ impl Storage for SimulatedStorage {
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.mutate()?;
         state
             .files
             .remove(path)
@@ -224,6 +254,7 @@ impl Storage for SimulatedStorage {
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.mutate()?;
         let data = state
             .files
             .remove(from)
@@ -247,6 +278,7 @@ impl Storage for SimulatedStorage {
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.mutate()?;
         for ancestor in dir.ancestors() {
             if !ancestor.as_os_str().is_empty() {
                 state.dirs.insert(ancestor.to_path_buf());
@@ -256,7 +288,7 @@ impl Storage for SimulatedStorage {
     }
 
     async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
+        self.state.borrow_mut().mutate()
     }
 
     async fn exists(&self, path: &Path) -> bool {
