@@ -45,6 +45,10 @@ pub struct ServeSettings {
     /// [default: 2000].
     #[arg(long, value_name = "MS")]
     pub broker_heartbeat_interval_ms: Option<i64>,
+    /// How many metadata records a quorum member applies between two snapshots of the
+    /// metadata, after each of which its log is truncated [default: 10000].
+    #[arg(long, value_name = "RECORDS")]
+    pub metadata_snapshot_interval_records: Option<u64>,
     /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -183,6 +187,8 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: i64,
     /// See [`ServeSettings::broker_heartbeat_interval_ms`].
     pub broker_heartbeat_interval_ms: i64,
+    /// See [`ServeSettings::metadata_snapshot_interval_records`].
+    pub metadata_snapshot_interval_records: u64,
     /// See [`ServeSettings::metrics_listen`].
     pub metrics_listen: Option<SocketAddr>,
     /// See [`ServeSettings::auto_create_topics`].
@@ -272,6 +278,9 @@ impl ServeSettings {
             broker_heartbeat_interval_ms: self
                 .broker_heartbeat_interval_ms
                 .or(base.broker_heartbeat_interval_ms),
+            metadata_snapshot_interval_records: self
+                .metadata_snapshot_interval_records
+                .or(base.metadata_snapshot_interval_records),
             metrics_listen: self.metrics_listen.or(base.metrics_listen),
             auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
             num_partitions: self.num_partitions.or(base.num_partitions),
@@ -422,11 +431,20 @@ impl ServeSettings {
                 "must be at least 1 and below broker_session_timeout_ms".into(),
             ));
         }
+        let metadata_snapshot_interval_records =
+            self.metadata_snapshot_interval_records.unwrap_or(10_000);
+        if metadata_snapshot_interval_records < 1 {
+            return Err(invalid(
+                "metadata_snapshot_interval_records",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
             controller_quorum,
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,
+            metadata_snapshot_interval_records,
             offsets_topic_num_partitions,
             listen,
             advertised_host,

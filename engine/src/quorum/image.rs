@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::records::MetadataRecord;
+use super::records::{decode_versioned, encode_versioned, MetadataRecord, RecordError};
 use crate::replication::{BrokerId, PartitionState};
 
 /// A registered broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BrokerRegistration {
     /// `node.id`.
     pub broker_id: BrokerId,
@@ -360,7 +360,9 @@ impl MetadataImage {
 }
 
 /// An image written down: its brokers (with their epochs) and the records of everything else.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stored (in the quorum's snapshot file, and sent to lagging members) as versioned JSON, as
+/// the records are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetadataSnapshot {
     /// The log index the image is at.
     pub last_applied_index: u64,
@@ -368,6 +370,21 @@ pub struct MetadataSnapshot {
     pub brokers: Vec<BrokerRegistration>,
     /// Topics, partitions and configs, as records.
     pub records: Vec<MetadataRecord>,
+}
+
+impl MetadataSnapshot {
+    /// Its bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Reads a snapshot.
+    ///
+    /// # Errors
+    /// [`RecordError`] for bytes that are not a snapshot of a known version.
+    pub fn decode(bytes: &[u8]) -> Result<MetadataSnapshot, RecordError> {
+        decode_versioned(bytes)
+    }
 }
 
 fn check_partition(state: &PartitionState) -> Result<(), ApplyError> {

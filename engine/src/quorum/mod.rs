@@ -1,7 +1,8 @@
 //! The metadata quorum: the controllers' replicated log of cluster metadata, on raft-rs.
 //!
 //! - [`node`]: one quorum member, raft-rs's `RawNode` driven as a sans-IO state machine with
-//!   time and election jitter as inputs.
+//!   time and election jitter as inputs; [`store`]: raft-rs's in-memory view of its log and
+//!   latest snapshot; [`log`]: the same on disk.
 //! - [`records`]: what the metadata log holds; [`image`]: the metadata they build, the same on
 //!   every node that applied the same records, and its snapshots.
 //! - [`controller`]: the active controller's decisions (registrations, heartbeats and fencing,
@@ -12,10 +13,11 @@ pub mod image;
 pub mod log;
 pub mod node;
 pub mod records;
+pub mod store;
 
 pub use controller::{Controller, ControllerConfig, ControllerError};
 pub use image::{MetadataImage, MetadataSnapshot};
-pub use node::{NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
+pub use node::{DurableState, NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
 pub use records::MetadataRecord;
 
 #[cfg(test)]

@@ -13,7 +13,16 @@
 //!    out (a vote or an acknowledgement sent before its entries are on disk could elect two
 //!    leaders or lose a committed entry); [`QuorumOutput::Send`] goes to a peer (it may be
 //!    lost); [`QuorumOutput::Apply`] hands a committed entry to the metadata state, once, in
-//!    log order.
+//!    log order; [`QuorumOutput::Install`] replaces the metadata state by a snapshot the
+//!    leader sent; [`QuorumOutput::Compact`] asks the driver to keep a snapshot and drop the
+//!    log entries it covers.
+//!
+//! # Snapshots
+//! Every so often (the driver decides; Spate counts applied records) the driver hands the node
+//! its applied state with [`QuorumNode::compact`]; the node keeps it as its snapshot and drops
+//! the entries it covers. A follower too far behind to be sent entries is sent the snapshot
+//! instead, whole, and installs it. A snapshot counts as delivered once handed to the driver:
+//! if it was lost, the follower's refusal of the next append makes the leader send it again.
 //!
 //! # Determinism
 //! raft-rs draws each election timeout from the thread's RNG when the node's term or role
@@ -22,9 +31,10 @@
 //! is reproduced by its seed. raft-rs keeps its maps in `FxHashMap`s, whose iteration order is
 //! fixed.
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
-use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
+
+use super::store::QuorumStore;
 
 use crate::rng::SplitMix64;
 
@@ -68,6 +78,18 @@ pub enum QuorumOutput {
         /// A snapshot that replaces the log up to its index, if one arrived.
         snapshot: Option<Snapshot>,
     },
+    /// Replace the metadata state by this snapshot's: the leader sent it because this node's
+    /// log was too far behind. Comes after the [`QuorumOutput::Persist`] that stores it, and
+    /// before the records that follow it.
+    Install {
+        /// The last log index the snapshot covers.
+        index: u64,
+        /// The snapshot's data, as given to [`QuorumNode::compact`] on the leader.
+        data: Vec<u8>,
+    },
+    /// Keep this snapshot of this node's own applied state and drop the log entries up to
+    /// its index (after the snapshot is durable).
+    Compact(Snapshot),
     /// A committed metadata record, in log order.
     Apply {
         /// Its log index.
@@ -84,9 +106,20 @@ pub enum ProposeError {
     NotLeader(Option<NodeId>),
 }
 
+/// What a member's disk holds, as [`QuorumNode::new`] starts from it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurableState {
+    /// The last hard state persisted (default when none was).
+    pub hard_state: HardState,
+    /// The latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The entries after it, in order.
+    pub entries: Vec<Entry>,
+}
+
 /// One member of the metadata quorum. See the module docs.
 pub struct QuorumNode {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<QuorumStore>,
     config: QuorumConfig,
     rng: SplitMix64,
     last_tick_ms: Option<i64>,
@@ -105,8 +138,9 @@ impl std::fmt::Debug for QuorumNode {
 }
 
 impl QuorumNode {
-    /// A member `id` of the quorum of `voters`, starting from the durable `hard_state` and
-    /// `entries` it had (empty the first time), with election jitter drawn from `seed`.
+    /// A member `id` of the quorum of `voters`, starting from what its disk held (nothing
+    /// the first time), with election jitter drawn from `seed`. The driver restores its
+    /// metadata state from `durable.snapshot` itself; the records after it are applied again.
     ///
     /// # Panics
     /// When `id` is not among `voters` or the timing is invalid: configuration errors the
@@ -114,20 +148,21 @@ impl QuorumNode {
     pub fn new(
         id: NodeId,
         voters: &[NodeId],
-        hard_state: HardState,
-        entries: &[Entry],
+        durable: DurableState,
         config: QuorumConfig,
         seed: u64,
     ) -> QuorumNode {
         assert!(voters.contains(&id), "node {id} is one of {voters:?}");
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
-        {
-            let mut store = storage.wl();
-            store
-                .append(entries)
-                .expect("restored entries are contiguous");
-            store.set_hardstate(hard_state.clone());
-        }
+        let applied = durable
+            .snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.get_metadata().index);
+        let storage = QuorumStore::new(
+            ConfState::from((voters.to_vec(), vec![])),
+            durable.hard_state,
+            durable.snapshot,
+            &durable.entries,
+        );
         let raft_config = Config {
             id,
             election_tick: config.election_ticks,
@@ -136,7 +171,7 @@ impl QuorumNode {
             check_quorum: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
-            applied: 0,
+            applied,
             ..Config::default()
         };
         raft_config
@@ -220,6 +255,26 @@ impl QuorumNode {
         Ok(())
     }
 
+    /// The driver's metadata state has applied every record up to `index`, and `data` is a
+    /// snapshot of it: keep it, drop the log up to it (a [`QuorumOutput::Compact`] follows).
+    ///
+    /// # Panics
+    /// When `index` is not above the current snapshot or not yet applied.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) {
+        assert!(
+            index <= self.raw.raft.raft_log.applied,
+            "snapshot at {index} past the applied index {}",
+            self.raw.raft.raft_log.applied
+        );
+        let snapshot = self.raw.mut_store().compact(index, data);
+        self.outputs.push_back(QuorumOutput::Compact(snapshot));
+    }
+
+    /// The index of the latest snapshot (0 before the first).
+    pub fn snapshot_index(&self) -> u64 {
+        self.raw.store().snapshot_metadata().index
+    }
+
     /// Redraws the election timeout when raft-rs may have drawn one from its thread RNG.
     fn after_raft_call(&mut self) {
         let now = (self.raw.raft.term, self.raw.raft.state);
@@ -240,55 +295,54 @@ impl QuorumNode {
     fn collect_ready(&mut self) {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
-            for message in ready.take_messages() {
-                self.outputs.push_back(QuorumOutput::Send(message));
-            }
+            let mut snapshots_sent = Vec::new();
+            self.push_sends(ready.take_messages(), &mut snapshots_sent);
             let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
             if let Some(snapshot) = &snapshot {
-                self.raw
-                    .mut_store()
-                    .wl()
-                    .apply_snapshot(snapshot.clone())
-                    .expect("a newer snapshot");
+                self.raw.mut_store().install_snapshot(snapshot.clone());
             }
             let committed = ready.take_committed_entries();
             let entries = ready.entries().to_vec();
-            if !entries.is_empty() {
-                self.raw
-                    .mut_store()
-                    .wl()
-                    .append(&entries)
-                    .expect("entries follow the log");
-            }
+            self.raw.mut_store().append(&entries);
             let hard_state = ready.hs().cloned();
             if let Some(hard_state) = &hard_state {
-                self.raw.mut_store().wl().set_hardstate(hard_state.clone());
+                self.raw.mut_store().set_hard_state(hard_state.clone());
             }
             if !entries.is_empty() || hard_state.is_some() || snapshot.is_some() {
                 self.outputs.push_back(QuorumOutput::Persist {
                     entries,
                     hard_state,
-                    snapshot,
+                    snapshot: snapshot.clone(),
+                });
+            }
+            if let Some(snapshot) = snapshot {
+                self.outputs.push_back(QuorumOutput::Install {
+                    index: snapshot.get_metadata().index,
+                    data: snapshot.data.to_vec(),
                 });
             }
             self.push_applies(committed);
-            for message in ready.take_persisted_messages() {
-                self.outputs.push_back(QuorumOutput::Send(message));
-            }
+            self.push_sends(ready.take_persisted_messages(), &mut snapshots_sent);
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
-                self.raw
-                    .mut_store()
-                    .wl()
-                    .mut_hard_state()
-                    .set_commit(commit);
+                self.raw.mut_store().set_commit(commit);
             }
-            for message in light.take_messages() {
-                self.outputs.push_back(QuorumOutput::Send(message));
-            }
+            self.push_sends(light.take_messages(), &mut snapshots_sent);
             self.push_applies(light.take_committed_entries());
             self.raw.advance_apply();
+            for to in snapshots_sent {
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
             self.after_raft_call();
+        }
+    }
+
+    fn push_sends(&mut self, messages: Vec<Message>, snapshots_sent: &mut Vec<NodeId>) {
+        for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                snapshots_sent.push(message.to);
+            }
+            self.outputs.push_back(QuorumOutput::Send(message));
         }
     }
 

@@ -122,11 +122,7 @@ pub enum RecordError {
 impl MetadataRecord {
     /// The record's bytes in the metadata log.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&Envelope {
-            version: METADATA_RECORD_VERSION,
-            record: self,
-        })
-        .expect("metadata records always serialize")
+        encode_versioned(self)
     }
 
     /// Reads a record from the metadata log.
@@ -134,22 +130,38 @@ impl MetadataRecord {
     /// # Errors
     /// [`RecordError`] for bytes that are not a record of a known version.
     pub fn decode(bytes: &[u8]) -> Result<MetadataRecord, RecordError> {
-        let malformed = |error: serde_json::Error| RecordError::Malformed(error.to_string());
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
-        let version = value
-            .as_object()
-            .and_then(|object| object.get("version"))
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| RecordError::Malformed("no format version".into()))?;
-        if version > u64::from(METADATA_RECORD_VERSION) {
-            return Err(RecordError::UnknownVersion(
-                u16::try_from(version).unwrap_or(u16::MAX),
-            ));
-        }
-        serde_json::from_value::<Envelope<MetadataRecord>>(value)
-            .map(|envelope| envelope.record)
-            .map_err(malformed)
+        decode_versioned(bytes)
     }
+}
+
+/// `value` as JSON in an envelope with the format version.
+pub(super) fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        version: METADATA_RECORD_VERSION,
+        record: value,
+    })
+    .expect("metadata always serializes")
+}
+
+/// Reads what [`encode_versioned`] wrote, refusing a newer format version.
+pub(super) fn decode_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, RecordError> {
+    let malformed = |error: serde_json::Error| RecordError::Malformed(error.to_string());
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    let version = value
+        .as_object()
+        .and_then(|object| object.get("version"))
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| RecordError::Malformed("no format version".into()))?;
+    if version > u64::from(METADATA_RECORD_VERSION) {
+        return Err(RecordError::UnknownVersion(
+            u16::try_from(version).unwrap_or(u16::MAX),
+        ));
+    }
+    serde_json::from_value::<Envelope<T>>(value)
+        .map(|envelope| envelope.record)
+        .map_err(malformed)
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Three quorum nodes on an in-memory network with durable state kept apart from memory:
-//! election, replication of proposals in one order, a leader crash and restart, and runs
+//! election, replication of proposals in one order, a leader crash and restart, snapshots and
+//! log compaction (a member far behind catches up from the leader's snapshot), and runs
 //! reproduced exactly by their seed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use raft::eraftpb::{Entry, HardState, Message};
+use raft::eraftpb::{Entry, HardState, Message, Snapshot};
 
-use super::node::{NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
+use super::node::{DurableState, NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
 
@@ -14,7 +15,24 @@ const VOTERS: [NodeId; 3] = [1, 2, 3];
 #[derive(Debug, Clone, Default)]
 struct Disk {
     hard_state: HardState,
+    snapshot: Option<Snapshot>,
     entries: Vec<Entry>,
+}
+
+/// The replicated state machine of these tests: the records applied, in order.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    index: u64,
+    records: Vec<Vec<u8>>,
+}
+
+impl Applied {
+    fn from_snapshot(index: u64, data: &[u8]) -> Applied {
+        Applied {
+            index,
+            records: serde_json::from_slice(data).expect("a snapshot of the records"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -22,7 +40,9 @@ struct Cluster {
     seed: u64,
     nodes: BTreeMap<NodeId, QuorumNode>,
     disks: BTreeMap<NodeId, Disk>,
-    applied: BTreeMap<NodeId, Vec<(u64, Vec<u8>)>>,
+    applied: BTreeMap<NodeId, Applied>,
+    /// Records applied between snapshots, if nodes take them.
+    snapshot_interval_records: Option<u64>,
     network: VecDeque<Message>,
     down: BTreeSet<NodeId>,
     now_ms: i64,
@@ -36,6 +56,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
             applied: BTreeMap::new(),
+            snapshot_interval_records: None,
             network: VecDeque::new(),
             down: BTreeSet::new(),
             now_ms: 0,
@@ -51,16 +72,25 @@ impl Cluster {
     /// Starts (or restarts) `id` from its disk, forgetting what it applied.
     fn start(&mut self, id: NodeId) {
         let disk = self.disks[&id].clone();
+        let applied = disk
+            .snapshot
+            .as_ref()
+            .map_or_else(Applied::default, |snapshot| {
+                Applied::from_snapshot(snapshot.get_metadata().index, &snapshot.data)
+            });
         let node = QuorumNode::new(
             id,
             &VOTERS,
-            disk.hard_state,
-            &disk.entries,
+            DurableState {
+                hard_state: disk.hard_state,
+                snapshot: disk.snapshot,
+                entries: disk.entries,
+            },
             QuorumConfig::default(),
             self.seed.wrapping_mul(31).wrapping_add(id),
         );
         self.nodes.insert(id, node);
-        self.applied.insert(id, Vec::new());
+        self.applied.insert(id, applied);
         self.down.remove(&id);
         self.drain(id);
     }
@@ -72,7 +102,21 @@ impl Cluster {
 
     /// Carries out a node's outputs in order.
     fn drain(&mut self, id: NodeId) {
-        while let Some(output) = self.nodes.get_mut(&id).and_then(QuorumNode::poll_output) {
+        loop {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let Some(output) = node.poll_output() else {
+                let applied = &self.applied[&id];
+                match self.snapshot_interval_records {
+                    Some(interval) if applied.index >= node.snapshot_index() + interval => {
+                        let data = serde_json::to_vec(&applied.records).unwrap();
+                        node.compact(applied.index, data);
+                        continue;
+                    }
+                    _ => return,
+                }
+            };
             match output {
                 QuorumOutput::Send(message) => self.network.push_back(message),
                 QuorumOutput::Persist {
@@ -80,8 +124,11 @@ impl Cluster {
                     hard_state,
                     snapshot,
                 } => {
-                    assert!(snapshot.is_none(), "no snapshots in these tests");
                     let disk = self.disks.get_mut(&id).unwrap();
+                    if let Some(snapshot) = snapshot {
+                        disk.snapshot = Some(snapshot);
+                        disk.entries.clear();
+                    }
                     if let Some(first) = entries.first() {
                         disk.entries.retain(|entry| entry.index < first.index);
                         disk.entries.extend(entries);
@@ -90,13 +137,25 @@ impl Cluster {
                         disk.hard_state = hard_state;
                     }
                 }
-                QuorumOutput::Apply { index, data } => {
+                QuorumOutput::Compact(snapshot) => {
+                    let disk = self.disks.get_mut(&id).unwrap();
+                    let index = snapshot.get_metadata().index;
+                    disk.entries.retain(|entry| entry.index > index);
+                    disk.snapshot = Some(snapshot);
+                }
+                QuorumOutput::Install { index, data } => {
                     let applied = self.applied.get_mut(&id).unwrap();
                     assert!(
-                        applied.last().is_none_or(|(last, _)| *last < index),
-                        "applied in log order"
+                        applied.index < index,
+                        "a snapshot ahead of the applied state"
                     );
-                    applied.push((index, data));
+                    *applied = Applied::from_snapshot(index, &data);
+                }
+                QuorumOutput::Apply { index, data } => {
+                    let applied = self.applied.get_mut(&id).unwrap();
+                    assert!(applied.index < index, "applied in log order");
+                    applied.index = index;
+                    applied.records.push(data);
                 }
             }
         }
@@ -148,10 +207,7 @@ impl Cluster {
     }
 
     fn applied_data(&self, id: NodeId) -> Vec<Vec<u8>> {
-        self.applied[&id]
-            .iter()
-            .map(|(_, data)| data.clone())
-            .collect()
+        self.applied[&id].records.clone()
     }
 }
 
@@ -256,5 +312,59 @@ fn a_run_is_reproduced_by_its_seed() {
     };
     for seed in [1, 2, 3] {
         assert_eq!(trace(seed), trace(seed), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_member_far_behind_catches_up_from_the_leaders_snapshot() {
+    let mut cluster = Cluster::new(5);
+    cluster.snapshot_interval_records = Some(10);
+    cluster.run(2_000);
+    let leader = cluster.leader().unwrap();
+    let behind = VOTERS.into_iter().find(|&id| id != leader).unwrap();
+    cluster.propose(b"record-0");
+    cluster.run(200);
+    cluster.crash(behind);
+    for n in 1..45 {
+        cluster.propose(format!("record-{n}").as_bytes());
+        cluster.run(20);
+    }
+    cluster.run(500);
+    let expected: Vec<Vec<u8>> = (0..45)
+        .map(|n| format!("record-{n}").into_bytes())
+        .collect();
+    assert_eq!(cluster.applied_data(leader), expected);
+    let snapshot_index = cluster.nodes[&leader].snapshot_index();
+    assert!(snapshot_index >= 40, "snapshot at {snapshot_index}");
+    assert!(
+        cluster.disks[&leader]
+            .entries
+            .first()
+            .is_none_or(|entry| entry.index > snapshot_index),
+        "the leader's log is truncated at its snapshot"
+    );
+    let behind_last_index = cluster.disks[&behind].entries.last().unwrap().index;
+    assert!(
+        behind_last_index < snapshot_index,
+        "the lagging member needs entries the leader no longer has"
+    );
+
+    cluster.start(behind);
+    cluster.run(2_000);
+    assert_eq!(
+        cluster.applied_data(behind),
+        expected,
+        "caught up through the snapshot"
+    );
+    assert!(cluster.disks[&behind].snapshot.is_some());
+    // And it restarts from its own snapshot and log.
+    cluster.crash(behind);
+    cluster.start(behind);
+    cluster.propose(b"record-45");
+    cluster.run(1_000);
+    let mut expected = expected;
+    expected.push(b"record-45".to_vec());
+    for id in VOTERS {
+        assert_eq!(cluster.applied_data(id), expected, "node {id}");
     }
 }

@@ -37,8 +37,8 @@ use super::shard::Shard;
 use crate::quorum::controller::{Heartbeat, Registration};
 use crate::quorum::log::QuorumLog;
 use crate::quorum::{
-    Controller, ControllerConfig, MetadataImage, MetadataRecord, NodeId, QuorumConfig, QuorumNode,
-    QuorumOutput,
+    Controller, ControllerConfig, MetadataImage, MetadataRecord, MetadataSnapshot, NodeId,
+    QuorumConfig, QuorumNode, QuorumOutput,
 };
 use crate::storage::backend::DmaStorage;
 
@@ -137,23 +137,37 @@ async fn run(
             return;
         }
     };
+    let snapshot_index = restored
+        .snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.get_metadata().index);
     info!(
         node_id,
         ?voters,
+        snapshot_index,
         entries = restored.entries.len(),
         term = restored.hard_state.term,
         "metadata quorum member starting"
     );
+    let mut image = match &restored.snapshot {
+        None => MetadataImage::new(),
+        Some(snapshot) => match image_from_snapshot(&snapshot.data) {
+            Ok(image) => image,
+            Err(error) => {
+                error!(%error, "cannot read the metadata snapshot; this node stays out of the quorum");
+                return;
+            }
+        },
+    };
     let config = QuorumConfig::default();
     let mut node = QuorumNode::new(
         node_id,
         &voters,
-        restored.hard_state,
-        &restored.entries,
+        restored.into_durable(),
         config,
         super::random_u64(),
     );
-    let mut image = MetadataImage::new();
+    let snapshot_interval_records = shard.config.metadata_snapshot_interval_records;
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as i64;
     let tick = Duration::from_millis(config.tick_ms as u64);
@@ -232,7 +246,16 @@ async fn run(
             // Dropped when leadership moved meanwhile: the broker asks again.
             let _ = node.propose(record.encode());
         }
-        while let Some(output) = node.poll_output() {
+        loop {
+            let Some(output) = node.poll_output() else {
+                // Everything applied: time for a snapshot?
+                let applied = image.last_applied_index();
+                if applied >= node.snapshot_index() + snapshot_interval_records {
+                    node.compact(applied, image.to_snapshot().encode());
+                    continue;
+                }
+                break;
+            };
             match output {
                 QuorumOutput::Send(message) => {
                     let Some(queue) = queues.get(&message.to) else {
@@ -249,17 +272,37 @@ async fn run(
                     hard_state,
                     snapshot,
                 } => {
-                    if snapshot.is_some() {
-                        error!("metadata snapshots are not supported yet; leaving the quorum");
-                        return;
-                    }
-                    if let Err(error) = log.persist(&entries, hard_state.as_ref()).await {
+                    let persisted = log
+                        .persist(&entries, hard_state.as_ref(), snapshot.as_ref())
+                        .await;
+                    if let Err(error) = persisted {
                         // Raft cannot go on without its writes: acknowledging anything after a
                         // failed write could lose a committed entry.
                         error!(%error, "metadata log write failed; leaving the quorum");
                         return;
                     }
                 }
+                QuorumOutput::Compact(snapshot) => {
+                    if let Err(error) = log.compact(&snapshot).await {
+                        error!(%error, "metadata snapshot write failed; leaving the quorum");
+                        return;
+                    }
+                    info!(
+                        index = snapshot.get_metadata().index,
+                        "metadata snapshot taken, log truncated"
+                    );
+                }
+                QuorumOutput::Install { index, data } => match image_from_snapshot(&data) {
+                    Ok(installed) => {
+                        info!(index, "metadata snapshot installed from the leader");
+                        image = installed;
+                    }
+                    Err(error) => {
+                        // Going on without it would answer from a wrong image.
+                        error!(index, %error, "unreadable metadata snapshot; leaving the quorum");
+                        return;
+                    }
+                },
                 QuorumOutput::Apply { index, data } => match MetadataRecord::decode(&data) {
                     Ok(record) => {
                         if let Err(error) = image.apply(index, &record) {
@@ -276,6 +319,12 @@ async fn run(
         }
         publish(&node, &image);
     }
+}
+
+/// The image a snapshot's data holds.
+fn image_from_snapshot(data: &[u8]) -> Result<MetadataImage, String> {
+    let snapshot = MetadataSnapshot::decode(data).map_err(|error| error.to_string())?;
+    MetadataImage::from_snapshot(&snapshot).map_err(|error| error.to_string())
 }
 
 async fn accept_peers(

@@ -1,5 +1,8 @@
 //! The metadata quorum across real processes: three nodes agree on one leader, the survivors
-//! elect another when it is killed (SIGKILL), and it rejoins from its disk when restarted.
+//! elect another when it is killed (SIGKILL), and it rejoins from its disk when restarted;
+//! brokers register and are fenced; snapshots truncate the metadata log, a member that missed
+//! records the leader compacted away is sent a snapshot, and every member restarts from its
+//! own.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,21 +66,25 @@ fn agreed_leader(brokers: &[&Broker], not: Option<i32>) -> (i32, i32) {
 }
 
 fn start_node(work: &Path, node_id: i32, quorum: &str) -> Broker {
-    Broker::start(
-        &work.join(format!("node-{node_id}")),
-        &[
-            "--node-id",
-            &node_id.to_string(),
-            "--controller-quorum",
-            quorum,
-            "--cores",
-            "1",
-            "--broker-session-timeout-ms",
-            "1500",
-            "--broker-heartbeat-interval-ms",
-            "200",
-        ],
-    )
+    start_node_with(work, node_id, quorum, &[])
+}
+
+fn start_node_with(work: &Path, node_id: i32, quorum: &str, extra: &[&str]) -> Broker {
+    let node_id_text = node_id.to_string();
+    let mut args = vec![
+        "--node-id",
+        &node_id_text,
+        "--controller-quorum",
+        quorum,
+        "--cores",
+        "1",
+        "--broker-session-timeout-ms",
+        "1500",
+        "--broker-heartbeat-interval-ms",
+        "200",
+    ];
+    args.extend_from_slice(extra);
+    Broker::start(&work.join(format!("node-{node_id}")), &args)
 }
 
 fn quorum_of_three() -> String {
@@ -199,6 +206,69 @@ fn brokers_register_and_a_silent_one_is_fenced_until_it_returns() {
         wait_for_brokers(node, &back);
     }
     for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+}
+
+/// Wait until `node`'s log has a line containing `text`.
+fn wait_for_log(node: &Broker, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn snapshots_truncate_the_metadata_log_and_bring_a_member_back_that_missed_records() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    // A snapshot after every record: the leader's log never reaches back past its last one.
+    let every_record = ["--metadata-snapshot-interval-records", "1"];
+    let start = |id: i32| start_node_with(work.path(), id, &quorum, &every_record);
+    let mut nodes: Vec<Broker> = (1..=3).map(start).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    for (id, node) in (1..=3).zip(&nodes) {
+        wait_for_log(node, "metadata snapshot taken");
+        let dir = work.path().join(format!("node-{id}/__cluster_metadata-0"));
+        assert!(dir.join("snapshot").exists(), "{}", node.log());
+    }
+
+    // Node 3 misses its own fencing, which the others compact away at once: it can only
+    // catch up through a snapshot when it returns.
+    let mut child = nodes[2].child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for_brokers(&nodes[0], &everyone[..2]);
+    nodes[2] = start(3);
+    let mut back = everyone[..2].to_vec();
+    back.push((3, i32::from(nodes[2].address.port())));
+    for node in &nodes {
+        wait_for_brokers(node, &back);
+    }
+    wait_for_log(&nodes[2], "metadata snapshot installed from the leader");
+
+    // Every member restarts from its own snapshot and log, with the same metadata.
+    for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+    let nodes: Vec<Broker> = (1..=3).map(start).collect();
+    let ports: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &ports);
+    }
+    for mut node in nodes {
         assert!(node.stop().success(), "{}", node.log());
     }
 }
