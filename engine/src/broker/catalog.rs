@@ -14,6 +14,7 @@ use super::topic_config::{
     broker_key, check_topic_overrides, check_value, ConfigError, ConfigLayers,
 };
 use crate::limits::PARTITIONS_PER_TOPIC_MAX;
+use crate::replication::PartitionState;
 use crate::storage::LogConfig;
 
 /// Name of the catalog file in the data directory.
@@ -100,6 +101,42 @@ pub struct Catalog {
     names_by_id: BTreeMap<Uuid, String>,
     dynamic_broker_configs: BTreeMap<String, String>,
     static_broker_configs: Arc<BTreeMap<String, String>>,
+    /// In a cluster: the brokers and where each partition lives. `None` on a single node,
+    /// which leads every partition itself.
+    layout: Option<Arc<ClusterLayout>>,
+}
+
+/// Where a cluster's partitions live, as the applied metadata says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// The active controller (the quorum leader), or -1.
+    pub controller_id: i32,
+    /// The registered, unfenced brokers, by id.
+    pub brokers: BTreeMap<i32, LayoutBroker>,
+    /// Every partition's replicas, leader, epochs and ISR.
+    pub partitions: BTreeMap<(Uuid, i32), PartitionState>,
+}
+
+/// A broker clients can reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutBroker {
+    /// Its advertised host.
+    pub host: String,
+    /// Its Kafka port.
+    pub port: i32,
+}
+
+/// A topic as the cluster metadata holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataTopic {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: Uuid,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Topic-level config overrides.
+    pub configs: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,6 +221,56 @@ impl Catalog {
                 .collect(),
         };
         toml::to_string(&file).expect("the catalog serializes")
+    }
+
+    /// The catalog of a cluster node: the cluster's id, and the topics and layout its
+    /// metadata holds (replacing any topic of this catalog), with this node's broker configs.
+    pub fn with_cluster_metadata(
+        &self,
+        cluster_id: &str,
+        topics: Vec<MetadataTopic>,
+        layout: ClusterLayout,
+    ) -> Catalog {
+        let mut catalog = Catalog {
+            cluster_id: cluster_id.to_owned(),
+            topics: BTreeMap::new(),
+            names_by_id: BTreeMap::new(),
+            dynamic_broker_configs: self.dynamic_broker_configs.clone(),
+            static_broker_configs: Arc::clone(&self.static_broker_configs),
+            layout: Some(Arc::new(layout)),
+        };
+        for topic in topics {
+            // The controller checked the overrides; a broker config changed since could still
+            // make them unusable here, in which case the broker's own settings apply.
+            let log_config = match catalog.layers(&topic.configs).log_config() {
+                Ok(log_config) => log_config,
+                Err(error) => {
+                    tracing::warn!(topic = %topic.name, %error, "topic configs not usable here");
+                    catalog
+                        .layers(&BTreeMap::new())
+                        .log_config()
+                        .unwrap_or_default()
+                }
+            };
+            catalog.insert(Topic {
+                name: topic.name,
+                id: topic.id,
+                partitions: topic.partitions,
+                configs: topic.configs,
+                log_config,
+            });
+        }
+        catalog
+    }
+
+    /// In a cluster, the brokers and where partitions live; `None` on a single node.
+    pub fn layout(&self) -> Option<&ClusterLayout> {
+        self.layout.as_deref()
+    }
+
+    /// A partition's state in a cluster; `None` on a single node or for an unknown partition.
+    pub fn partition_state(&self, topic_id: Uuid, partition: i32) -> Option<&PartitionState> {
+        self.layout()?.partitions.get(&(topic_id, partition))
     }
 
     /// The cluster id.

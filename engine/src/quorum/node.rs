@@ -206,6 +206,11 @@ impl QuorumNode {
         Some(self.raw.raft.leader_id).filter(|&leader| leader != raft::INVALID_ID)
     }
 
+    /// The index of the last entry in this node's log (after a proposal: the proposal's).
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term

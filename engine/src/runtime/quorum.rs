@@ -13,26 +13,35 @@
 //! metadata records and proposes them. A broker learns its epoch and whether it is fenced from
 //! the records it applies, so requests need no replies.
 //!
+//! The task also runs topic administration for the node's shards ([`super::cluster_admin`]):
+//! a shard's CreateTopics or DeleteTopics goes to the active controller (here, or forwarded to
+//! the quorum leader with a request id), which proposes the records and answers once they are
+//! applied; the asking node answers its shard once it applied them too. After every change of
+//! the applied topics, partitions or brokers it publishes them to the shards as a new catalog.
+//!
 //! Peers talk over the controller address of the quorum list: frames of a 4-byte big-endian
 //! length, a kind byte (0: a raft message in raft-rs's protobuf encoding; 1: a controller
-//! request, JSON) and the payload. A message that cannot be sent (the peer is down, its queue
+//! request, JSON; 2: the controller's reply to a topic request, JSON) and the payload. A message that cannot be sent (the peer is down, its queue
 //! is full) is dropped: raft resends, and the next heartbeat replaces a lost one.
 //!
 //! The controller port has no authentication: keep it on a network only the cluster's nodes
 //! reach.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
+use kafka_protocol::error::ResponseError;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
+use super::cluster_admin::{self, Expected, ItemResult, TopicAdmin};
 use super::shard::Shard;
 use crate::quorum::controller::{Heartbeat, Registration};
 use crate::quorum::log::QuorumLog;
@@ -53,10 +62,14 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const FRAME_RAFT: u8 = 0;
 /// Frame kind: a broker's request to the controller.
 const FRAME_CONTROLLER_REQUEST: u8 = 1;
+/// Frame kind: the controller's reply to a topic request.
+const FRAME_CONTROLLER_REPLY: u8 = 2;
+/// How long a node waits for the controller's answer to a topic request.
+const TOPIC_REQUEST_TIMEOUT_MS: i64 = 15_000;
 
 /// A broker's request to the active controller.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-enum ControllerRequest {
+pub(crate) enum ControllerRequest {
     Register {
         broker_id: i32,
         incarnation_id: uuid::Uuid,
@@ -67,6 +80,45 @@ enum ControllerRequest {
         broker_id: i32,
         broker_epoch: i64,
     },
+    Topics {
+        request_id: u64,
+        from: NodeId,
+        admin: TopicAdmin,
+    },
+}
+
+/// The controller's answer to [`ControllerRequest::Topics`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ControllerReply {
+    request_id: u64,
+    results: Vec<ItemResult>,
+    /// The log index the results hold at: the asking node answers once it applied that far.
+    applied_index: u64,
+}
+
+/// Where a shard waits for a topic request's results and the log index they hold at.
+type AdminReply = oneshot::Sender<(Vec<ItemResult>, u64)>;
+
+/// Who waits for a topic request's results.
+enum Responder {
+    /// A shard of this node.
+    Local(AdminReply),
+    /// Another node, by request id.
+    Remote { to: NodeId, request_id: u64 },
+}
+
+/// A topic request the active controller proposed and answers once applied.
+struct ProposedAdmin {
+    wait_index: u64,
+    term: u64,
+    expected: Vec<Expected>,
+    responder: Responder,
+}
+
+/// A topic request forwarded to the controller.
+struct ForwardedAdmin {
+    reply: AdminReply,
+    deadline_ms: i64,
 }
 
 /// A registered broker, as DescribeCluster lists it.
@@ -99,9 +151,16 @@ pub struct QuorumStatus {
     pub brokers: Vec<ClusterBroker>,
 }
 
-enum Event {
+/// What the driver task takes in.
+pub(crate) enum Event {
     Peer(Message),
     Request(ControllerRequest),
+    Reply(ControllerReply),
+    /// A shard's topic request; answered with the results and the log index they hold at.
+    Admin {
+        admin: TopicAdmin,
+        reply: AdminReply,
+    },
 }
 
 /// Starts the quorum member of this node on the current (controller) shard.
@@ -112,6 +171,9 @@ pub fn spawn(
 ) {
     let node_id = u64::try_from(shard.config.node_id).expect("validated as a voter id");
     let (events, incoming) = local_channel::new_bounded(PEER_QUEUE_MESSAGES);
+    let events = Rc::new(events);
+    shard.set_quorum_events(Rc::clone(&events));
+    glommio::spawn_local(Rc::clone(shard).publish_cluster_metadata()).detach();
     glommio::spawn_local(accept_peers(Rc::clone(shard), listener, events)).detach();
     let mut queues = BTreeMap::new();
     for &(peer, address) in voters.iter().filter(|(id, _)| *id != node_id) {
@@ -178,6 +240,13 @@ async fn run(
     };
     let mut controller: Option<Controller> = None;
     let mut next_heartbeat_ms = 0;
+    let cluster_id = cluster_admin::cluster_id_of(&shard.config.controller_quorum);
+    let mut published_layout = None;
+    let mut proposed_admins: Vec<ProposedAdmin> = Vec::new();
+    let mut forwarded_admins: BTreeMap<u64, ForwardedAdmin> = BTreeMap::new();
+    let mut next_request_id = 0_u64;
+    // Results the controller gave, held until this node applied as far.
+    let mut answered_admins: Vec<(u64, Vec<ItemResult>, AdminReply)> = Vec::new();
     let publish = |node: &QuorumNode, image: &MetadataImage| {
         let status = QuorumStatus {
             node_id,
@@ -208,14 +277,94 @@ async fn run(
         })
         .await;
         let mut proposals = Vec::new();
+        // Ticks run on every turn: a steady stream of events must not starve raft's timers.
+        node.tick(now_ms());
         match event {
             Some(Event::Peer(message)) => node.step(message),
+            Some(Event::Request(ControllerRequest::Topics {
+                request_id,
+                from,
+                admin,
+            })) => {
+                let responder = Responder::Remote {
+                    to: from,
+                    request_id,
+                };
+                let proposed = propose_admin(
+                    &mut node,
+                    controller.as_ref(),
+                    &image,
+                    admin,
+                    &proposed_admins,
+                    responder,
+                );
+                match proposed {
+                    Ok(proposed) => proposed_admins.push(proposed),
+                    Err((responder, results)) => {
+                        respond(responder, results, image.last_applied_index(), &queues)
+                    }
+                }
+            }
             Some(Event::Request(request)) => {
                 if let Some(controller) = controller.as_mut() {
                     proposals.extend(handle_request(controller, &image, now_ms(), request));
                 }
             }
-            None => node.tick(now_ms()),
+            Some(Event::Reply(reply)) => {
+                if let Some(forwarded) = forwarded_admins.remove(&reply.request_id) {
+                    answered_admins.push((reply.applied_index, reply.results, forwarded.reply));
+                }
+            }
+            Some(Event::Admin { admin, reply }) => {
+                if node.is_leader() {
+                    let proposed = propose_admin(
+                        &mut node,
+                        controller.as_ref(),
+                        &image,
+                        admin,
+                        &proposed_admins,
+                        Responder::Local(reply),
+                    );
+                    match proposed {
+                        Ok(proposed) => proposed_admins.push(proposed),
+                        Err((responder, results)) => {
+                            respond(responder, results, image.last_applied_index(), &queues)
+                        }
+                    }
+                } else {
+                    let leader_queue = node.leader().and_then(|leader| queues.get(&leader));
+                    let request_id = next_request_id;
+                    next_request_id += 1;
+                    let request = ControllerRequest::Topics {
+                        request_id,
+                        from: node_id,
+                        admin: admin.clone(),
+                    };
+                    let sent = match (leader_queue, serde_json::to_vec(&request)) {
+                        (Some(queue), Ok(payload)) => queue
+                            .try_send(frame(FRAME_CONTROLLER_REQUEST, &payload))
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if sent {
+                        forwarded_admins.insert(
+                            request_id,
+                            ForwardedAdmin {
+                                reply,
+                                deadline_ms: now_ms() + TOPIC_REQUEST_TIMEOUT_MS,
+                            },
+                        );
+                    } else {
+                        let results = cluster_admin::all_failed(
+                            &admin,
+                            ResponseError::NotController,
+                            "no active controller is known yet; retry",
+                        );
+                        let _ = reply.send((results, 0));
+                    }
+                }
+            }
+            None => {}
         }
         // The active controller: created when this node becomes the quorum leader, with
         // fresh sessions for every broker.
@@ -318,6 +467,134 @@ async fn run(
             info!(leader = ?last_leader, term = node.term(), "metadata quorum leader");
         }
         publish(&node, &image);
+        // Topic requests whose records applied (or whose controller lost its place).
+        let applied = image.last_applied_index();
+        let (done, waiting): (Vec<_>, Vec<_>) = proposed_admins.into_iter().partition(|proposed| {
+            applied >= proposed.wait_index || !node.is_leader() || node.term() != proposed.term
+        });
+        proposed_admins = waiting;
+        for proposed in done {
+            let results = if applied >= proposed.wait_index {
+                cluster_admin::outcome(&image, &proposed.expected)
+            } else {
+                proposed
+                    .expected
+                    .iter()
+                    .map(|_| {
+                        Err((
+                            ResponseError::NotController.code(),
+                            "the controller changed before the change was committed; retry"
+                                .to_owned(),
+                        ))
+                    })
+                    .collect()
+            };
+            respond(proposed.responder, results, applied, &queues);
+        }
+        let (ready, held): (Vec<_>, Vec<_>) = answered_admins
+            .into_iter()
+            .partition(|(index, _, _)| applied >= *index);
+        answered_admins = held;
+        for (index, results, reply) in ready {
+            let _ = reply.send((results, index));
+        }
+        let now = now_ms();
+        let expired: Vec<u64> = forwarded_admins
+            .iter()
+            .filter(|(_, forwarded)| forwarded.deadline_ms <= now)
+            .map(|(&request_id, _)| request_id)
+            .collect();
+        for request_id in expired {
+            if let Some(forwarded) = forwarded_admins.remove(&request_id) {
+                let _ = forwarded.reply.send((
+                    vec![Err((
+                        ResponseError::RequestTimedOut.code(),
+                        "the controller did not answer in time".to_owned(),
+                    ))],
+                    0,
+                ));
+            }
+        }
+        // The shards serve the applied topics, partitions and brokers.
+        let layout = cluster_admin::layout_of(&image, node.leader());
+        if published_layout.as_ref() != Some(&layout) {
+            shard.queue_cluster_metadata(applied, &cluster_id, layout.0.clone(), layout.1.clone());
+            published_layout = Some(layout);
+        }
+    }
+}
+
+/// Proposes the records of a topic request on the active controller, or says why not.
+fn propose_admin(
+    node: &mut QuorumNode,
+    controller: Option<&Controller>,
+    image: &MetadataImage,
+    admin: TopicAdmin,
+    proposed: &[ProposedAdmin],
+    responder: Responder,
+) -> Result<ProposedAdmin, (Responder, Vec<ItemResult>)> {
+    let Some(controller) = controller.filter(|_| node.is_leader()) else {
+        let results = cluster_admin::all_failed(
+            &admin,
+            ResponseError::NotController,
+            "this node is no longer the active controller; retry",
+        );
+        return Err((responder, results));
+    };
+    let in_flight: BTreeSet<String> = proposed
+        .iter()
+        .flat_map(|proposed| proposed.expected.iter())
+        .filter_map(|expected| match expected {
+            Expected::Created { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let (records, expected) =
+        cluster_admin::plan(controller, image, admin, &in_flight, super::random_u64);
+    for record in records {
+        if node.propose(record.encode()).is_err() {
+            let results = expected
+                .iter()
+                .map(|_| {
+                    Err((
+                        ResponseError::NotController.code(),
+                        "this node is no longer the active controller; retry".to_owned(),
+                    ))
+                })
+                .collect();
+            return Err((responder, results));
+        }
+    }
+    Ok(ProposedAdmin {
+        wait_index: node.last_index(),
+        term: node.term(),
+        expected,
+        responder,
+    })
+}
+
+/// Answers a topic request, to a shard here or to the node that forwarded it.
+fn respond(
+    responder: Responder,
+    results: Vec<ItemResult>,
+    applied_index: u64,
+    queues: &BTreeMap<NodeId, LocalSender<Vec<u8>>>,
+) {
+    match responder {
+        Responder::Local(reply) => {
+            let _ = reply.send((results, applied_index));
+        }
+        Responder::Remote { to, request_id } => {
+            let reply = ControllerReply {
+                request_id,
+                results,
+                applied_index,
+            };
+            if let (Some(queue), Ok(payload)) = (queues.get(&to), serde_json::to_vec(&reply)) {
+                // Lost with a full queue or a dropped connection: the asker times out.
+                drop(queue.try_send(frame(FRAME_CONTROLLER_REPLY, &payload)));
+            }
+        }
     }
 }
 
@@ -330,9 +607,8 @@ fn image_from_snapshot(data: &[u8]) -> Result<MetadataImage, String> {
 async fn accept_peers(
     shard: Rc<Shard>,
     listener: glommio::net::TcpListener,
-    events: LocalSender<Event>,
+    events: Rc<LocalSender<Event>>,
 ) {
-    let events = Rc::new(events);
     while !shard.shutting_down.get() {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             glommio::timer::sleep(Duration::from_millis(200)).await;
@@ -377,6 +653,9 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
                 .map_err(|error| error.to_string()),
             Some((&FRAME_CONTROLLER_REQUEST, payload)) => serde_json::from_slice(payload)
                 .map(Event::Request)
+                .map_err(|error| error.to_string()),
+            Some((&FRAME_CONTROLLER_REPLY, payload)) => serde_json::from_slice(payload)
+                .map(Event::Reply)
                 .map_err(|error| error.to_string()),
             _ => Err("unknown frame kind".to_string()),
         };
@@ -493,6 +772,8 @@ fn handle_request(
                 },
             )
         }
+        // Proposed by the driver itself, which tracks their answers.
+        ControllerRequest::Topics { .. } => Vec::new(),
         ControllerRequest::Heartbeat {
             broker_id,
             broker_epoch,

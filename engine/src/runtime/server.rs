@@ -372,7 +372,17 @@ pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBr
             reason: error.to_string(),
         })?;
     remove_deleted_partitions(&config.data_dir);
-    let catalog = Arc::new(load_catalog(&config)?);
+    let mut catalog = load_catalog(&config)?;
+    if !config.controller_quorum.is_empty() {
+        // A cluster node serves the topics of the cluster's metadata, which its quorum member
+        // publishes once it has applied its log; none of its own.
+        catalog = catalog.with_cluster_metadata(
+            &super::cluster_admin::cluster_id_of(&config.controller_quorum),
+            Vec::new(),
+            crate::broker::catalog::ClusterLayout::default(),
+        );
+    }
+    let catalog = Arc::new(catalog);
     let kafka = bind_listener(config.listen)?;
     config.listen = kafka.local_addr().map_err(|source| ServeError::Listen {
         address: config.listen,

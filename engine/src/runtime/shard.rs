@@ -20,12 +20,15 @@ use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::LocalSender;
 use glommio::{GlommioError, ResourceType, Task};
 use kafka_protocol::error::ResponseError;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use crate::broker::catalog::{shard_of, Catalog, CatalogError, CreateContext, NewTopic};
+use crate::broker::catalog::{
+    shard_of, Catalog, CatalogError, ClusterLayout, CreateContext, MetadataTopic, NewTopic,
+};
 use crate::broker::config::BrokerConfig;
 use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
@@ -34,11 +37,15 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
 
+use super::cluster_admin::{ItemResult, TopicAdmin, TopicToCreate};
 use super::groups::{self, CoordinatorHost};
 use super::now_ms;
 
-/// The leader epoch of every partition until replication lands: one broker, one epoch.
+/// The leader epoch of every partition of a single-node broker: one broker, one epoch. In a
+/// cluster the metadata gives each partition its own.
 pub const LEADER_EPOCH: i32 = 0;
+/// How long a shard waits for its catalog to show a topic change the controller made.
+const METADATA_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An operation on one partition, run by the shard that owns it.
 #[derive(Debug)]
@@ -249,6 +256,10 @@ pub struct Partition {
     pub data_arrived: Event,
     /// The read of what a sequential consumer will fetch next, started when it fetched this.
     read_ahead: RefCell<Option<ReadAhead>>,
+    /// The partition's leader epoch as this broker last learned it.
+    pub leader_epoch: Cell<i32>,
+    /// Whether this broker leads the partition (always, on a single node).
+    pub leading: Cell<bool>,
 }
 
 impl Partition {
@@ -318,6 +329,23 @@ pub struct Shard {
     peers: Senders<ShardMessage>,
     admin_turn: async_lock::Mutex<()>,
     coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
+    /// In a cluster, on the controller shard: the quorum driver's inbox.
+    quorum_events: RefCell<Option<Rc<LocalSender<super::quorum::Event>>>>,
+    /// In a cluster: the newest applied metadata not yet handed to the shards.
+    metadata_to_publish: RefCell<Option<ClusterMetadata>>,
+    metadata_queued: Event,
+    /// In a cluster: the log index of the metadata every shard has applied.
+    published_metadata_index: Cell<u64>,
+    metadata_published: Event,
+}
+
+/// Applied cluster metadata, as the quorum driver hands it to the shards.
+#[derive(Debug)]
+struct ClusterMetadata {
+    index: u64,
+    cluster_id: String,
+    topics: Vec<MetadataTopic>,
+    layout: ClusterLayout,
 }
 
 impl std::fmt::Debug for Shard {
@@ -354,6 +382,11 @@ impl Shard {
             peers,
             admin_turn: async_lock::Mutex::new(()),
             coordinators: RefCell::new(BTreeMap::new()),
+            quorum_events: RefCell::new(None),
+            metadata_to_publish: RefCell::new(None),
+            metadata_queued: Event::new(),
+            published_metadata_index: Cell::new(0),
+            metadata_published: Event::new(),
         }
     }
 
@@ -433,8 +466,20 @@ impl Shard {
                     reason.clone(),
                 ));
             }
+            if let Some(state) = self.catalog().partition_state(topic_id, partition) {
+                return Err(KafkaError::with_message(
+                    ResponseError::NotLeaderOrFollower,
+                    format!("broker {} leads this partition", state.leader),
+                ));
+            }
             return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
         };
+        if !partition_state.leading.get() {
+            return Err(KafkaError::with_message(
+                ResponseError::NotLeaderOrFollower,
+                "this broker does not lead the partition",
+            ));
+        }
         let result = run_partition_op(&partition_state, op).await;
         if let Err(error) = &result {
             if error.code == ResponseError::KafkaStorageError {
@@ -525,15 +570,252 @@ impl Shard {
 
     /// The facts topic creation is checked against.
     pub fn create_context(&self) -> CreateContext {
+        let live_brokers = match self.catalog().layout() {
+            Some(layout) => layout.brokers.keys().copied().collect(),
+            None => vec![self.config.node_id],
+        };
         CreateContext {
-            live_brokers: vec![self.config.node_id],
+            live_brokers,
             default_partitions: self.config.num_partitions,
             default_replication_factor: 1,
         }
     }
 
+    /// Whether this broker is a node of a cluster (started with a controller quorum).
+    pub fn in_cluster(&self) -> bool {
+        !self.config.controller_quorum.is_empty()
+    }
+
+    /// Connects the controller shard to its quorum driver.
+    pub(crate) fn set_quorum_events(&self, events: Rc<LocalSender<super::quorum::Event>>) {
+        *self.quorum_events.borrow_mut() = Some(events);
+    }
+
+    /// Hands newer applied metadata to [`Shard::publish_cluster_metadata`] (only the newest
+    /// waiting is kept).
+    pub(crate) fn queue_cluster_metadata(
+        &self,
+        index: u64,
+        cluster_id: &str,
+        topics: Vec<MetadataTopic>,
+        layout: ClusterLayout,
+    ) {
+        *self.metadata_to_publish.borrow_mut() = Some(ClusterMetadata {
+            index,
+            cluster_id: cluster_id.to_owned(),
+            topics,
+            layout,
+        });
+        self.metadata_queued.notify(usize::MAX);
+    }
+
+    /// The controller shard's task that gives every shard the applied cluster metadata as its
+    /// catalog, one change at a time, so the quorum driver never waits for partitions to open.
+    pub(crate) async fn publish_cluster_metadata(self: Rc<Self>) {
+        while !self.shutting_down.get() {
+            let listener = self.metadata_queued.listen();
+            let next = self.metadata_to_publish.borrow_mut().take();
+            let Some(metadata) = next else {
+                futures_lite::future::or(listener, self.shutdown_event.listen()).await;
+                continue;
+            };
+            {
+                let _turn = self.admin_turn.lock().await;
+                let catalog = self.catalog().with_cluster_metadata(
+                    &metadata.cluster_id,
+                    metadata.topics,
+                    metadata.layout,
+                );
+                self.broadcast_catalog(Arc::new(catalog)).await;
+            }
+            self.published_metadata_index.set(metadata.index);
+            self.metadata_published.notify(usize::MAX);
+        }
+    }
+
+    /// Runs a topic change through the active controller and waits until this node's shards
+    /// have it.
+    async fn cluster_topic_admin(&self, admin: TopicAdmin) -> Vec<Result<(), KafkaError>> {
+        let unavailable = |message: &str| {
+            vec![
+                Err(KafkaError::with_message(
+                    ResponseError::NotController,
+                    message
+                ));
+                admin.len()
+            ]
+        };
+        let events = self.quorum_events.borrow().clone();
+        let Some(events) = events else {
+            return unavailable("the metadata quorum is not running on this node");
+        };
+        let (reply, receiver) = oneshot::channel();
+        let items = admin.len();
+        if events
+            .send(super::quorum::Event::Admin { admin, reply })
+            .await
+            .is_err()
+        {
+            return vec![Err(KafkaError::new(ResponseError::NotController)); items];
+        }
+        let Ok((results, index)) = receiver.await else {
+            return vec![Err(KafkaError::new(ResponseError::NotController)); items];
+        };
+        let waited = futures_lite::future::or(
+            async {
+                while self.published_metadata_index.get() < index {
+                    let listener = self.metadata_published.listen();
+                    if self.published_metadata_index.get() >= index {
+                        break;
+                    }
+                    listener.await;
+                }
+                true
+            },
+            async {
+                glommio::timer::sleep(METADATA_PUBLISH_TIMEOUT).await;
+                false
+            },
+        )
+        .await;
+        if !waited {
+            warn!(index, "the shards did not take the new metadata in time");
+        }
+        results
+            .into_iter()
+            .map(|result: ItemResult| {
+                result.map_err(|(code, message)| {
+                    KafkaError::with_message(
+                        ResponseError::try_from_code(code)
+                            .unwrap_or(ResponseError::UnknownServerError),
+                        message,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// CreateTopics and DeleteTopics in a cluster: checked here, made by the controller.
+    /// Other catalog changes of topics are refused there for now.
+    async fn run_cluster_admin(&self, op: AdminOp) -> Vec<Result<(), KafkaError>> {
+        let catalog = self.catalog();
+        match op {
+            AdminOp::CreateTopics {
+                topics,
+                validate_only,
+            } => {
+                let context = self.create_context();
+                let mut results: Vec<Option<Result<(), KafkaError>>> = Vec::new();
+                let mut to_create = Vec::new();
+                for topic in &topics {
+                    let checked = catalog
+                        .check_create(topic, &context)
+                        .map_err(KafkaError::from)
+                        .and_then(|checked| {
+                            let replication_factor = if topic.replication_factor == -1 {
+                                context.default_replication_factor
+                            } else {
+                                topic.replication_factor
+                            };
+                            if !topic.assignments.is_empty() {
+                                return Err(KafkaError::with_message(
+                                    ResponseError::InvalidReplicaAssignment,
+                                    "manual replica assignments are not supported in a cluster yet",
+                                ));
+                            }
+                            if replication_factor > 1 {
+                                return Err(KafkaError::with_message(
+                                    ResponseError::InvalidReplicationFactor,
+                                    "replication across brokers is not available yet: topics in a \
+                                 cluster have replication factor 1",
+                                ));
+                            }
+                            Ok(TopicToCreate {
+                                name: topic.name.clone(),
+                                partitions: checked.partitions,
+                                replication_factor: replication_factor as usize,
+                                configs: topic.configs.clone(),
+                            })
+                        });
+                    match checked {
+                        Ok(create) if !validate_only => {
+                            to_create.push(create);
+                            results.push(None);
+                        }
+                        Ok(_) => results.push(Some(Ok(()))),
+                        Err(error) => results.push(Some(Err(error))),
+                    }
+                }
+                let mut made = if to_create.is_empty() {
+                    Vec::new()
+                } else {
+                    self.cluster_topic_admin(TopicAdmin::Create(to_create))
+                        .await
+                }
+                .into_iter();
+                results
+                    .into_iter()
+                    .map(|result| {
+                        result.unwrap_or_else(|| {
+                            made.next().unwrap_or_else(|| {
+                                Err(KafkaError::new(ResponseError::UnknownServerError))
+                            })
+                        })
+                    })
+                    .collect()
+            }
+            AdminOp::DeleteTopics { names } => {
+                let mut results: Vec<Option<Result<(), KafkaError>>> = Vec::new();
+                let mut to_delete = Vec::new();
+                for name in &names {
+                    match catalog.without_topic(name) {
+                        Ok(_) => {
+                            to_delete.push(name.clone());
+                            results.push(None);
+                        }
+                        Err(error) => results.push(Some(Err(KafkaError::from(error)))),
+                    }
+                }
+                let mut made = if to_delete.is_empty() {
+                    Vec::new()
+                } else {
+                    self.cluster_topic_admin(TopicAdmin::Delete(to_delete))
+                        .await
+                }
+                .into_iter();
+                results
+                    .into_iter()
+                    .map(|result| {
+                        result.unwrap_or_else(|| {
+                            made.next().unwrap_or_else(|| {
+                                Err(KafkaError::new(ResponseError::UnknownServerError))
+                            })
+                        })
+                    })
+                    .collect()
+            }
+            AdminOp::CreatePartitions { topics, .. } => topics
+                .iter()
+                .map(|_| {
+                    Err(KafkaError::with_message(
+                        ResponseError::InvalidRequest,
+                        "adding partitions is not supported in a cluster yet",
+                    ))
+                })
+                .collect(),
+            AdminOp::AlterTopicConfigs { .. } => vec![Err(KafkaError::with_message(
+                ResponseError::InvalidRequest,
+                "changing topic configs is not supported in a cluster yet",
+            ))],
+            AdminOp::AlterBrokerConfigs { .. } => unreachable!("run locally"),
+        }
+    }
+
     async fn run_admin(self: &Rc<Self>, op: AdminOp) -> Vec<Result<(), KafkaError>> {
         assert!(self.is_controller());
+        if self.in_cluster() && !matches!(op, AdminOp::AlterBrokerConfigs { .. }) {
+            return self.run_cluster_admin(op).await;
+        }
         let _turn = self.admin_turn.lock().await;
         let mut catalog = Catalog::clone(&self.catalog());
         let mut results = Vec::new();
@@ -653,7 +935,8 @@ impl Shard {
         let owned: Vec<(Uuid, i32)> = self.partitions.borrow().keys().copied().collect();
         for key in owned {
             let (topic_id, index) = key;
-            match catalog.topic_by_id(topic_id) {
+            let replica_here = self.role_of(&catalog, topic_id, index).is_some();
+            match catalog.topic_by_id(topic_id).filter(|_| replica_here) {
                 None => {
                     let partition = self.partitions.borrow_mut().remove(&key);
                     if let Some(partition) = partition {
@@ -661,6 +944,7 @@ impl Shard {
                     }
                 }
                 Some(topic) => {
+                    self.take_role(&catalog, topic_id, index).await;
                     let unchanged = previous
                         .topic_by_id(topic_id)
                         .is_some_and(|old| old.log_config == topic.log_config);
@@ -692,6 +976,9 @@ impl Shard {
                 {
                     continue;
                 }
+                let Some((leading, leader_epoch)) = self.role_of(&catalog, topic.id, index) else {
+                    continue;
+                };
                 let dir = partition_dir(&self.config.data_dir, &topic.name, index);
                 let opened = match PartitionLog::open(
                     DmaStorage,
@@ -701,13 +988,11 @@ impl Shard {
                 )
                 .await
                 {
-                    // This broker leads every partition it has, at the one leader epoch of a
-                    // single-node cluster.
-                    Ok((mut log, report)) => log
-                        .open_leader_epoch(LEADER_EPOCH)
+                    Ok((mut log, report)) if leading => log
+                        .open_leader_epoch(leader_epoch)
                         .await
                         .map(|()| (log, report)),
-                    Err(error) => Err(error),
+                    other => other,
                 };
                 match opened {
                     Ok((log, report)) => {
@@ -728,6 +1013,8 @@ impl Shard {
                                 log: SharedLog::new(log),
                                 data_arrived: Event::new(),
                                 read_ahead: RefCell::new(None),
+                                leader_epoch: Cell::new(leader_epoch),
+                                leading: Cell::new(leading),
                             }),
                         );
                     }
@@ -743,6 +1030,51 @@ impl Shard {
         self.start_coordinators(&catalog);
     }
 
+    /// This broker's part in a partition: `Some((leading, leader_epoch))` when it holds a
+    /// replica (always, at [`LEADER_EPOCH`], on a single node), `None` when it holds none.
+    fn role_of(&self, catalog: &Catalog, topic_id: Uuid, partition: i32) -> Option<(bool, i32)> {
+        if catalog.layout().is_none() {
+            return Some((true, LEADER_EPOCH));
+        }
+        let state = catalog.partition_state(topic_id, partition)?;
+        let node_id = self.config.node_id;
+        state
+            .replicas
+            .contains(&node_id)
+            .then_some((state.leader == node_id, state.leader_epoch))
+    }
+
+    /// Brings an open partition to its part in `catalog`: a new leader epoch opens in its log
+    /// when this broker leads at it.
+    async fn take_role(&self, catalog: &Catalog, topic_id: Uuid, index: i32) {
+        let Some((leading, leader_epoch)) = self.role_of(catalog, topic_id, index) else {
+            return;
+        };
+        let partition = self.partitions.borrow().get(&(topic_id, index)).cloned();
+        let Some(partition) = partition else {
+            return;
+        };
+        if partition.leading.get() == leading && partition.leader_epoch.get() == leader_epoch {
+            return;
+        }
+        if leading {
+            let opened = partition
+                .log
+                .with_log(async |log| log.open_leader_epoch(leader_epoch).await)
+                .await;
+            if let Err(error) = opened {
+                error!(topic = %partition.topic, partition = index, %error, "cannot open the leader epoch; not leading");
+                partition.leading.set(false);
+                return;
+            }
+        }
+        info!(topic = %partition.topic, partition = index, leading, leader_epoch, "partition role");
+        partition.leader_epoch.set(leader_epoch);
+        partition.leading.set(leading);
+        // Waiting fetches re-check who leads.
+        partition.data_arrived.notify(usize::MAX);
+    }
+
     /// Starts a group coordinator for each `__consumer_offsets` partition this shard owns and
     /// has opened.
     fn register_coordinators(&self, catalog: &Catalog) {
@@ -750,7 +1082,11 @@ impl Shard {
             return;
         };
         for index in 0..topic.partitions {
+            let leading = self
+                .role_of(catalog, topic.id, index)
+                .is_some_and(|(leading, _)| leading);
             if self.owner_of(topic.id, index) == self.id
+                && leading
                 && !self.coordinators.borrow().contains_key(&index)
             {
                 let host = Rc::new(CoordinatorHost::new(topic.id, index));
@@ -797,9 +1133,16 @@ impl Shard {
 
     /// Runs a group call on the coordinator of one `__consumer_offsets` partition.
     pub async fn group_call_at(self: &Rc<Self>, partition: i32, call: Call) -> Reply {
-        let Some(topic) = self.catalog().topic(OFFSETS_TOPIC).cloned() else {
+        let catalog = self.catalog();
+        let Some(topic) = catalog.topic(OFFSETS_TOPIC).cloned() else {
             return Reply::unavailable(&call, ResponseError::CoordinatorNotAvailable);
         };
+        if let Some(state) = catalog.partition_state(topic.id, partition) {
+            if state.leader != self.config.node_id {
+                // Another broker coordinates this group: the client asks FindCoordinator again.
+                return Reply::unavailable(&call, ResponseError::NotCoordinator);
+            }
+        }
         let owner = self.owner_of(topic.id, partition);
         if owner == self.id {
             return self.local_group_call(partition, call).await;
@@ -1048,7 +1391,7 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
                 .log
                 .append(
                     BytesMut::from(records),
-                    LEADER_EPOCH,
+                    partition.leader_epoch.get(),
                     now_ms(),
                     Durability::Written,
                 )
@@ -1065,7 +1408,7 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
             max_bytes,
             current_leader_epoch,
         } => {
-            check_epoch(current_leader_epoch)?;
+            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
             fetch(partition, offset, max_bytes)
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
@@ -1096,7 +1439,7 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
             timestamp,
             current_leader_epoch,
         } => {
-            check_epoch(current_leader_epoch)?;
+            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
             partition
                 .log
                 .with_log(async |log| {
@@ -1139,7 +1482,7 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
             leader_epoch,
             current_leader_epoch,
         } => {
-            check_epoch(current_leader_epoch)?;
+            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
             let end = partition
                 .log
                 .with_log(async |log| {
@@ -1233,11 +1576,11 @@ fn next_offset_after(mut records: &[u8]) -> Option<i64> {
 
 /// Kafka's leader epoch fencing: a client that knows a newer epoch than the leader gets
 /// UNKNOWN_LEADER_EPOCH, an older one FENCED_LEADER_EPOCH.
-fn check_epoch(current_leader_epoch: i32) -> Result<(), KafkaError> {
+fn check_epoch(current_leader_epoch: i32, leader_epoch: i32) -> Result<(), KafkaError> {
     match current_leader_epoch {
         -1 => Ok(()),
-        epoch if epoch > LEADER_EPOCH => Err(KafkaError::new(ResponseError::UnknownLeaderEpoch)),
-        epoch if epoch < LEADER_EPOCH => Err(KafkaError::new(ResponseError::FencedLeaderEpoch)),
+        epoch if epoch > leader_epoch => Err(KafkaError::new(ResponseError::UnknownLeaderEpoch)),
+        epoch if epoch < leader_epoch => Err(KafkaError::new(ResponseError::FencedLeaderEpoch)),
         _ => Ok(()),
     }
 }

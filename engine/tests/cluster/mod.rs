@@ -1,3 +1,4 @@
 //! Several `spate serve` processes forming one cluster on loopback.
 
 mod quorum;
+mod topics;

@@ -65,11 +65,11 @@ fn agreed_leader(brokers: &[&Broker], not: Option<i32>) -> (i32, i32) {
     }
 }
 
-fn start_node(work: &Path, node_id: i32, quorum: &str) -> Broker {
+pub(super) fn start_node(work: &Path, node_id: i32, quorum: &str) -> Broker {
     start_node_with(work, node_id, quorum, &[])
 }
 
-fn start_node_with(work: &Path, node_id: i32, quorum: &str, extra: &[&str]) -> Broker {
+pub(super) fn start_node_with(work: &Path, node_id: i32, quorum: &str, extra: &[&str]) -> Broker {
     let node_id_text = node_id.to_string();
     let mut args = vec![
         "--node-id",
@@ -87,7 +87,7 @@ fn start_node_with(work: &Path, node_id: i32, quorum: &str, extra: &[&str]) -> B
     Broker::start(&work.join(format!("node-{node_id}")), &args)
 }
 
-fn quorum_of_three() -> String {
+pub(super) fn quorum_of_three() -> String {
     (1..=3)
         .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
         .collect::<Vec<_>>()
@@ -113,7 +113,7 @@ fn cluster_view(broker: &Broker) -> (Vec<(i32, i32)>, i32) {
 }
 
 /// Waits until `broker` lists exactly `expected` (id, port) pairs.
-fn wait_for_brokers(broker: &Broker, expected: &[(i32, i32)]) {
+pub(super) fn wait_for_brokers(broker: &Broker, expected: &[(i32, i32)]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (brokers, _) = cluster_view(broker);

@@ -90,27 +90,67 @@ pub(super) async fn metadata(
         }
     }
     let mut response = MetadataResponse::default();
-    response.brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(BrokerId(shard.config.node_id))
-        .with_host(str_bytes(shard.config.advertised_host.clone()))
-        .with_port(shard.config.advertised_port)];
+    let layout = catalog.layout();
+    response.brokers = match layout {
+        None => vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(shard.config.node_id))
+            .with_host(str_bytes(shard.config.advertised_host.clone()))
+            .with_port(shard.config.advertised_port)],
+        Some(layout) => layout
+            .brokers
+            .iter()
+            .map(|(&broker_id, broker)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(broker_id))
+                    .with_host(str_bytes(broker.host.clone()))
+                    .with_port(broker.port)
+            })
+            .collect(),
+    };
     if version >= 2 {
         response.cluster_id = Some(str_bytes(catalog.cluster_id()));
     }
     if version >= 1 {
-        response.controller_id = BrokerId(shard.config.node_id);
+        response.controller_id =
+            BrokerId(layout.map_or(shard.config.node_id, |layout| layout.controller_id));
     }
     let describe = |topic: &Topic| {
         let partitions = (0..topic.partitions)
             .map(|index| {
-                let node = BrokerId(shard.config.node_id);
-                let mut partition = MetadataResponsePartition::default()
-                    .with_partition_index(index)
-                    .with_leader_id(node)
-                    .with_replica_nodes(vec![node])
-                    .with_isr_nodes(vec![node]);
+                let mut partition =
+                    MetadataResponsePartition::default().with_partition_index(index);
+                let (leader, leader_epoch, replicas, isr) = match layout {
+                    None => {
+                        let node = shard.config.node_id;
+                        (node, LEADER_EPOCH, vec![node], vec![node])
+                    }
+                    Some(layout) => match layout.partitions.get(&(topic.id, index)) {
+                        Some(state) => (
+                            state.leader,
+                            state.leader_epoch,
+                            state.replicas.clone(),
+                            state.isr.clone(),
+                        ),
+                        None => (-1, -1, Vec::new(), Vec::new()),
+                    },
+                };
+                if leader == -1 {
+                    partition.error_code = ResponseError::LeaderNotAvailable.code();
+                }
+                partition.leader_id = BrokerId(leader);
+                if version >= 5 {
+                    partition.offline_replicas = replicas
+                        .iter()
+                        .filter(|replica| {
+                            layout.is_some_and(|layout| !layout.brokers.contains_key(replica))
+                        })
+                        .map(|&replica| BrokerId(replica))
+                        .collect();
+                }
+                partition.replica_nodes = replicas.into_iter().map(BrokerId).collect();
+                partition.isr_nodes = isr.into_iter().map(BrokerId).collect();
                 if version >= 7 {
-                    partition.leader_epoch = LEADER_EPOCH;
+                    partition.leader_epoch = leader_epoch;
                 }
                 partition
             })

@@ -15,7 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{count_error, str_bytes};
 use crate::group::calls::*;
-use crate::group::Reply;
+use crate::group::{offsets_partition_for, Reply, OFFSETS_TOPIC};
 use crate::runtime::random_uuid;
 use crate::runtime::shard::Shard;
 
@@ -63,15 +63,36 @@ pub(super) async fn find_coordinator(
             )
         })
     };
+    let catalog = shard.catalog();
     let coordinators: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
-            let coordinator = Coordinator::default().with_key(key);
+            let coordinator = Coordinator::default().with_key(key.clone());
+            // In a cluster, the coordinator is the leader of the group's offsets partition.
+            let outcome = outcome.and_then(|()| match catalog.layout() {
+                None => Ok((
+                    shard.config.node_id,
+                    shard.config.advertised_host.clone(),
+                    shard.config.advertised_port,
+                )),
+                Some(layout) => catalog
+                    .topic(OFFSETS_TOPIC)
+                    .and_then(|topic| {
+                        let partition = offsets_partition_for(&key, topic.partitions);
+                        let leader = layout.partitions.get(&(topic.id, partition))?.leader;
+                        let broker = layout.brokers.get(&leader)?;
+                        Some((leader, broker.host.clone(), broker.port))
+                    })
+                    .ok_or((
+                        ResponseError::CoordinatorNotAvailable,
+                        "the group's coordinator is not available",
+                    )),
+            });
             match outcome {
-                Ok(()) => coordinator
-                    .with_node_id(BrokerId(shard.config.node_id))
-                    .with_host(str_bytes(shard.config.advertised_host.clone()))
-                    .with_port(shard.config.advertised_port),
+                Ok((node_id, host, port)) => coordinator
+                    .with_node_id(BrokerId(node_id))
+                    .with_host(str_bytes(host))
+                    .with_port(port),
                 Err((error, message)) => coordinator
                     .with_node_id(BrokerId(-1))
                     .with_port(-1)

@@ -74,7 +74,14 @@ pub(super) async fn list_offsets(
                     result.offset = offset;
                     result.timestamp = timestamp;
                     if version >= 4 {
-                        result.leader_epoch = if offset >= 0 { LEADER_EPOCH } else { -1 };
+                        let catalog = shard.catalog();
+                        let leader_epoch = catalog
+                            .topic(&name)
+                            .and_then(|found| {
+                                catalog.partition_state(found.id, partition.partition_index)
+                            })
+                            .map_or(LEADER_EPOCH, |state| state.leader_epoch);
+                        result.leader_epoch = if offset >= 0 { leader_epoch } else { -1 };
                     }
                 }
                 Ok(other) => unreachable!("list offsets gave {other:?}"),

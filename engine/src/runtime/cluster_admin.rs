@@ -1,0 +1,376 @@
+//! Topic administration in a cluster, and what a node's shards learn of the metadata.
+//!
+//! A broker checks CreateTopics and DeleteTopics against its own catalog (names, configs,
+//! counts), then hands what passed to its quorum member, which sends it to the active
+//! controller (or runs it, when it is the controller). The controller turns it into metadata
+//! records ([`plan`]), proposes them, and answers once they are applied ([`outcome`]): a topic
+//! created is one in the applied image under the id the controller chose, so a record lost to
+//! a leader change, or beaten by another creation of the same name, is never reported as done.
+//! The broker that asked answers its client only once its own shards have the change, so the
+//! client's next Metadata request, to it, shows it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::broker::catalog::{ClusterLayout, LayoutBroker, MetadataTopic};
+use crate::quorum::{Controller, ControllerError, MetadataImage, MetadataRecord};
+
+/// Kafka's config resource type for a topic.
+const TOPIC_RESOURCE: i8 = 2;
+
+/// A topic to create, already checked by the broker that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicToCreate {
+    /// Name.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Replicas per partition.
+    pub replication_factor: usize,
+    /// Topic-level config overrides.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic change for the active controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicAdmin {
+    /// CreateTopics.
+    Create(Vec<TopicToCreate>),
+    /// DeleteTopics, by name.
+    Delete(Vec<String>),
+}
+
+impl TopicAdmin {
+    /// Number of items, each of which gets a result.
+    pub fn len(&self) -> usize {
+        match self {
+            TopicAdmin::Create(topics) => topics.len(),
+            TopicAdmin::Delete(names) => names.len(),
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One item's result: done, or a Kafka error code and message.
+pub type ItemResult = Result<(), (i16, String)>;
+
+/// The same error for every item of `admin`.
+pub fn all_failed(admin: &TopicAdmin, error: ResponseError, message: &str) -> Vec<ItemResult> {
+    vec![Err((error.code(), message.to_owned())); admin.len()]
+}
+
+/// What the controller expects to see applied for one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// The topic exists under this id.
+    Created { name: String, topic_id: Uuid },
+    /// The topic is gone.
+    Deleted { name: String },
+    /// Refused before anything was proposed.
+    Refused(i16, String),
+}
+
+/// The controller's records for `admin`, and what each item expects once they apply.
+/// `in_flight` holds names whose creation is proposed but not yet applied, which another
+/// creation may not take; `random` supplies topic ids and placement starts.
+pub fn plan(
+    controller: &Controller,
+    image: &MetadataImage,
+    admin: TopicAdmin,
+    in_flight: &BTreeSet<String>,
+    mut random: impl FnMut() -> u64,
+) -> (Vec<MetadataRecord>, Vec<Expected>) {
+    let mut records = Vec::new();
+    let mut expected = Vec::new();
+    let refused = |error: ControllerError, detail: String| {
+        Expected::Refused(error.response_error().code(), format!("{error}: {detail}"))
+    };
+    match admin {
+        TopicAdmin::Create(topics) => {
+            let mut taken = in_flight.clone();
+            for topic in topics {
+                if taken.contains(&topic.name) {
+                    expected.push(refused(ControllerError::TopicAlreadyExists, topic.name));
+                    continue;
+                }
+                let topic_id = Uuid::from_u64_pair(random(), random());
+                let start = random() as usize;
+                match controller.create_topic(
+                    image,
+                    &topic.name,
+                    topic_id,
+                    topic.partitions,
+                    topic.replication_factor,
+                    start,
+                ) {
+                    Ok(created) => {
+                        records.extend(created);
+                        records.extend(topic.configs.into_iter().map(|(key, value)| {
+                            MetadataRecord::Config {
+                                resource_type: TOPIC_RESOURCE,
+                                resource_name: topic.name.clone(),
+                                key,
+                                value: Some(value),
+                            }
+                        }));
+                        taken.insert(topic.name.clone());
+                        expected.push(Expected::Created {
+                            name: topic.name,
+                            topic_id,
+                        });
+                    }
+                    Err(error) => expected.push(refused(error, topic.name)),
+                }
+            }
+        }
+        TopicAdmin::Delete(names) => {
+            for name in names {
+                match image.topic_id(&name) {
+                    Some(topic_id) => {
+                        records.push(MetadataRecord::RemoveTopic { topic_id });
+                        expected.push(Expected::Deleted { name });
+                    }
+                    None => expected.push(refused(ControllerError::UnknownTopicOrPartition, name)),
+                }
+            }
+        }
+    }
+    (records, expected)
+}
+
+/// Each item's result once the image has applied the planned records (or others in their
+/// place, after a leader change).
+pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> {
+    let not_controller = || {
+        Err((
+            ResponseError::NotController.code(),
+            "the controller changed before the change was committed; retry".to_owned(),
+        ))
+    };
+    expected
+        .iter()
+        .map(|expected| match expected {
+            Expected::Refused(code, message) => Err((*code, message.clone())),
+            Expected::Created { name, topic_id } => match image.topic_id(name) {
+                Some(id) if id == *topic_id => Ok(()),
+                Some(_) => Err((
+                    ResponseError::TopicAlreadyExists.code(),
+                    format!("topic {name:?} already exists"),
+                )),
+                None => not_controller(),
+            },
+            Expected::Deleted { name } => match image.topic_id(name) {
+                None => Ok(()),
+                Some(_) => not_controller(),
+            },
+        })
+        .collect()
+}
+
+/// The topics and layout a node's shards serve from the applied `image`, with `controller`
+/// as the active controller.
+pub fn layout_of(
+    image: &MetadataImage,
+    controller: Option<u64>,
+) -> (Vec<MetadataTopic>, ClusterLayout) {
+    let mut topics = Vec::new();
+    let mut partitions = BTreeMap::new();
+    for (&topic_id, topic) in image.topics() {
+        topics.push(MetadataTopic {
+            name: topic.name.clone(),
+            id: topic_id,
+            partitions: topic.partitions.len() as i32,
+            configs: image
+                .configs(TOPIC_RESOURCE, &topic.name)
+                .cloned()
+                .unwrap_or_default(),
+        });
+        for (&index, state) in &topic.partitions {
+            partitions.insert((topic_id, index), state.clone());
+        }
+    }
+    let brokers = image
+        .brokers()
+        .values()
+        .filter(|broker| !broker.fenced)
+        .map(|broker| {
+            (
+                broker.broker_id,
+                LayoutBroker {
+                    host: broker.host.clone(),
+                    port: broker.port,
+                },
+            )
+        })
+        .collect();
+    let layout = ClusterLayout {
+        controller_id: controller
+            .and_then(|leader| i32::try_from(leader).ok())
+            .unwrap_or(-1),
+        brokers,
+        partitions,
+    };
+    (topics, layout)
+}
+
+/// The cluster id every node of the quorum `voters` reports: derived from the quorum list, so
+/// that all nodes agree without a record for it.
+pub fn cluster_id_of(voters: &[(u64, std::net::SocketAddr)]) -> String {
+    // FNV-1a, twice with different offsets: stable across builds and platforms.
+    let text: String = voters
+        .iter()
+        .map(|(id, address)| format!("{id}@{address},"))
+        .collect();
+    let fnv = |offset: u64| {
+        text.bytes().fold(offset, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x8422_2325_cbf2_9ce4)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quorum::ControllerConfig;
+
+    fn image_with_brokers(ids: &[i32]) -> MetadataImage {
+        let mut image = MetadataImage::new();
+        let mut index = 0;
+        for &broker_id in ids {
+            index += 1;
+            image
+                .apply(
+                    index,
+                    &MetadataRecord::RegisterBroker {
+                        broker_id,
+                        incarnation_id: Uuid::from_u64_pair(1, broker_id as u64),
+                        host: "127.0.0.1".into(),
+                        port: 9000 + broker_id,
+                        rack: None,
+                    },
+                )
+                .unwrap();
+            index += 1;
+            image
+                .apply(
+                    index,
+                    &MetadataRecord::BrokerRegistrationChange {
+                        broker_id,
+                        broker_epoch: (index - 1) as i64,
+                        fenced: Some(false),
+                        in_controlled_shutdown: None,
+                    },
+                )
+                .unwrap();
+        }
+        image
+    }
+
+    fn apply_all(image: &mut MetadataImage, records: &[MetadataRecord]) {
+        for record in records {
+            let index = image.last_applied_index() + 1;
+            image.apply(index, record).unwrap();
+        }
+    }
+
+    fn create(name: &str, partitions: i32) -> TopicToCreate {
+        TopicToCreate {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn a_creation_is_done_only_once_its_records_apply_under_its_id() {
+        let controller = Controller::new(ControllerConfig::default());
+        let mut image = image_with_brokers(&[1, 2, 3]);
+        let mut seed = 0;
+        let mut random = || {
+            seed += 1;
+            seed
+        };
+        let admin = TopicAdmin::Create(vec![create("orders", 6), create("bad", 0)]);
+        let (records, expected) = plan(&controller, &image, admin, &BTreeSet::new(), &mut random);
+        assert!(
+            matches!(expected[1], Expected::Refused(code, _) if code == ResponseError::InvalidPartitions.code())
+        );
+        let before = outcome(&image, &expected);
+        assert_eq!(
+            before[0].as_ref().unwrap_err().0,
+            ResponseError::NotController.code()
+        );
+        apply_all(&mut image, &records);
+        let after = outcome(&image, &expected);
+        assert_eq!(after[0], Ok(()));
+        let (topics, layout) = layout_of(&image, Some(2));
+        assert_eq!(topics.len(), 1);
+        assert_eq!(topics[0].partitions, 6);
+        assert_eq!(topics[0].configs["retention.ms"], "1000");
+        assert_eq!(layout.controller_id, 2);
+        assert_eq!(layout.brokers.len(), 3);
+        let leaders: BTreeSet<i32> = layout
+            .partitions
+            .values()
+            .map(|state| state.leader)
+            .collect();
+        assert_eq!(leaders, [1, 2, 3].into(), "spread over the brokers");
+
+        // A second creation of the name, planned while the first is in flight or after it.
+        let again = TopicAdmin::Create(vec![create("orders", 1)]);
+        let in_flight = ["orders".to_string()].into();
+        let (records, expected) = plan(
+            &controller,
+            &MetadataImage::new(),
+            again.clone(),
+            &in_flight,
+            &mut random,
+        );
+        assert!(records.is_empty());
+        assert!(
+            matches!(expected[0], Expected::Refused(code, _) if code == ResponseError::TopicAlreadyExists.code())
+        );
+        let (records, _) = plan(&controller, &image, again, &BTreeSet::new(), &mut random);
+        assert!(records.is_empty());
+
+        let (records, expected) = plan(
+            &controller,
+            &image,
+            TopicAdmin::Delete(vec!["orders".into(), "nope".into()]),
+            &BTreeSet::new(),
+            &mut random,
+        );
+        apply_all(&mut image, &records);
+        let results = outcome(&image, &expected);
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(
+            results[1].as_ref().unwrap_err().0,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
+        assert!(layout_of(&image, None).0.is_empty());
+    }
+
+    #[test]
+    fn every_node_derives_the_same_cluster_id() {
+        let voters = [
+            (1, "127.0.0.1:1".parse().unwrap()),
+            (2, "127.0.0.1:2".parse().unwrap()),
+        ];
+        assert_eq!(cluster_id_of(&voters), cluster_id_of(&voters));
+        assert_ne!(cluster_id_of(&voters), cluster_id_of(&voters[..1]));
+        assert_eq!(cluster_id_of(&voters).len(), 32);
+    }
+}
