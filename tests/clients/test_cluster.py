@@ -1,0 +1,166 @@
+"""Real clients against a three-node Spate cluster on loopback: topics made at any node are
+spread over the brokers; kcat lists them; confluent-kafka (librdkafka) and kafka-python
+produce to each partition's leader and consume in groups whose coordinators live on
+different brokers, committing as they go.
+
+Partitions have one replica each until replication across brokers lands, so these tests do
+not kill brokers; the failover tests come with replication."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+kafka = pytest.importorskip("kafka")
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from conftest import Broker, free_port, unique_topic  # noqa: E402
+
+PARTITIONS = 6
+RECORDS = 3_000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Three nodes, each a controller and a broker, once all three are registered."""
+    work = tmp_path_factory.mktemp("cluster")
+    quorum = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    nodes = [
+        Broker(work / f"node-{node}", "--node-id", str(node), "--controller-quorum", quorum,
+               "--broker-heartbeat-interval-ms", "200", cores=1).start()
+        for node in (1, 2, 3)
+    ]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            listed = [len(AdminClient({"bootstrap.servers": node.bootstrap})
+                          .list_topics(timeout=10).brokers) for node in nodes]
+        except confluent_kafka.KafkaException as error:
+            # Before a node registers it lists no brokers, which librdkafka calls partial.
+            listed = [str(error)]
+        if listed == [3, 3, 3]:
+            break
+        assert time.monotonic() < deadline, f"brokers listed: {listed}\n{nodes[0].log()}"
+        time.sleep(0.2)
+    yield nodes
+    for node in nodes:
+        assert node.stop() == 0, node.log()
+
+
+def create_topic(node, name):
+    client = AdminClient({"bootstrap.servers": node.bootstrap})
+    futures = client.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)],
+                                   operation_timeout=10)
+    futures[name].result(timeout=30)
+
+
+def leaders(node, topic):
+    metadata = AdminClient({"bootstrap.servers": node.bootstrap}).list_topics(topic, timeout=10)
+    return {p.id: p.leader for p in metadata.topics[topic].partitions.values()}
+
+
+def wait_for_same_leaders(cluster, topic):
+    deadline = time.monotonic() + 30
+    while True:
+        views = [leaders(node, topic) for node in cluster]
+        if all(len(view) == PARTITIONS and -1 not in view.values() for view in views) \
+                and all(view == views[0] for view in views):
+            return views[0]
+        assert time.monotonic() < deadline, views
+        time.sleep(0.2)
+
+
+def test_kcat_lists_every_broker_and_the_spread_partitions(cluster):
+    if shutil.which("kcat") is None:
+        pytest.skip("kcat is not installed")
+    topic = unique_topic("cluster-kcat")
+    create_topic(cluster[1], topic)
+    by_partition = wait_for_same_leaders(cluster, topic)
+    assert set(by_partition.values()) == {1, 2, 3}
+    listing = subprocess.run(["kcat", "-b", cluster[2].bootstrap, "-L", "-t", topic],
+                             check=True, capture_output=True, timeout=60).stdout.decode()
+    assert "3 brokers:" in listing, listing
+    for node in cluster:
+        assert f"127.0.0.1:{node.port}" in listing, listing
+    subprocess.run(["kcat", "-b", cluster[0].bootstrap, "-P", "-t", topic, "-p", "4"],
+                   input=b"through kcat\n", check=True, timeout=60)
+    out = subprocess.run(["kcat", "-b", cluster[2].bootstrap, "-C", "-t", topic, "-p", "4", "-e",
+                          "-f", "%s\n"], check=True, capture_output=True, timeout=60).stdout
+    assert out == b"through kcat\n"
+
+
+def test_confluent_kafka_produces_to_every_leader_and_a_group_reads_it_all(cluster):
+    topic = unique_topic("cluster-confluent")
+    create_topic(cluster[0], topic)
+    wait_for_same_leaders(cluster, topic)
+    producer = Producer({"bootstrap.servers": cluster[0].bootstrap, "linger.ms": 5})
+    delivered = {}
+
+    def on_delivery(error, message):
+        assert error is None, error
+        delivered[message.value()] = (message.partition(), message.offset())
+
+    for i in range(RECORDS):
+        producer.produce(topic, key=f"key-{i}".encode(), value=f"v-{i}".encode(),
+                         on_delivery=on_delivery)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert len(delivered) == RECORDS
+    assert {partition for partition, _ in delivered.values()} == set(range(PARTITIONS))
+
+    # Two members of one group, bootstrapped on different nodes, share the partitions.
+    group = unique_topic("cluster-group")
+    members = [Consumer({"bootstrap.servers": node.bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+               for node in (cluster[1], cluster[2])]
+    for member in members:
+        member.subscribe([topic])
+    seen = {}
+    deadline = time.monotonic() + 90
+    while len(seen) < RECORDS:
+        assert time.monotonic() < deadline, f"read {len(seen)} of {RECORDS}"
+        for n, member in enumerate(members):
+            for message in member.consume(num_messages=500, timeout=0.2):
+                assert message.error() is None, message.error()
+                seen[message.value()] = (message.partition(), message.offset(), n)
+                member.commit(message=message, asynchronous=False)
+    assert {value: (p, o) for value, (p, o, _) in seen.items()} == delivered
+    assert {n for _, _, n in seen.values()} == {0, 1}, "both members read"
+    for member in members:
+        member.close()
+
+    # The commits live with the group's coordinator, wherever it is.
+    check = Consumer({"bootstrap.servers": cluster[0].bootstrap, "group.id": group})
+    committed = check.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
+    ends = {}
+    for partition, offset in delivered.values():
+        ends[partition] = max(ends.get(partition, -1), offset + 1)
+    assert {tp.partition: tp.offset for tp in committed} == ends
+    check.close()
+
+
+def test_kafka_python_round_trip_across_the_cluster(cluster):
+    topic = unique_topic("cluster-kafka-python")
+    create_topic(cluster[2], topic)
+    wait_for_same_leaders(cluster, topic)
+    producer = kafka.KafkaProducer(bootstrap_servers=cluster[1].bootstrap,
+                                   enable_idempotence=False, acks=1, linger_ms=5)
+    futures = [producer.send(topic, value=f"kp-{i}".encode(), partition=i % PARTITIONS)
+               for i in range(600)]
+    producer.flush(30)
+    assert all(future.get(timeout=30).offset >= 0 for future in futures)
+    producer.close()
+    consumer = kafka.KafkaConsumer(topic, bootstrap_servers=cluster[0].bootstrap,
+                                   group_id=unique_topic("kp-group"), auto_offset_reset="earliest",
+                                   consumer_timeout_ms=20_000)
+    values = set()
+    for message in consumer:
+        values.add(message.value)
+        if len(values) == 600:
+            break
+    consumer.commit()
+    consumer.close()
+    assert values == {f"kp-{i}".encode() for i in range(600)}
