@@ -49,6 +49,10 @@ pub struct ServeSettings {
     /// metadata, after each of which its log is truncated [default: 10000].
     #[arg(long, value_name = "RECORDS")]
     pub metadata_snapshot_interval_records: Option<u64>,
+    /// How long a follower may go without catching up with its leader's log end before it
+    /// leaves the ISR (replica.lag.time.max.ms) [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub replica_lag_time_max_ms: Option<i64>,
     /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -189,6 +193,8 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: i64,
     /// See [`ServeSettings::metadata_snapshot_interval_records`].
     pub metadata_snapshot_interval_records: u64,
+    /// See [`ServeSettings::replica_lag_time_max_ms`].
+    pub replica_lag_time_max_ms: i64,
     /// See [`ServeSettings::metrics_listen`].
     pub metrics_listen: Option<SocketAddr>,
     /// See [`ServeSettings::auto_create_topics`].
@@ -281,6 +287,9 @@ impl ServeSettings {
             metadata_snapshot_interval_records: self
                 .metadata_snapshot_interval_records
                 .or(base.metadata_snapshot_interval_records),
+            replica_lag_time_max_ms: self
+                .replica_lag_time_max_ms
+                .or(base.replica_lag_time_max_ms),
             metrics_listen: self.metrics_listen.or(base.metrics_listen),
             auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
             num_partitions: self.num_partitions.or(base.num_partitions),
@@ -439,8 +448,16 @@ impl ServeSettings {
                 "must be at least 1".into(),
             ));
         }
+        let replica_lag_time_max_ms = self.replica_lag_time_max_ms.unwrap_or(30_000);
+        if replica_lag_time_max_ms < 1 {
+            return Err(invalid(
+                "replica_lag_time_max_ms",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
+            replica_lag_time_max_ms,
             controller_quorum,
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::broker::catalog::{ClusterLayout, LayoutBroker, MetadataTopic};
+use crate::quorum::controller::AlterPartition;
 use crate::quorum::{Controller, ControllerError, MetadataImage, MetadataRecord};
 
 /// Kafka's config resource type for a topic.
@@ -34,13 +35,34 @@ pub struct TopicToCreate {
     pub configs: BTreeMap<String, String>,
 }
 
-/// A topic change for the active controller.
+/// A partition leader's ISR change (AlterPartition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsrChange {
+    /// The leader asking (filled in by its quorum driver).
+    pub broker_id: i32,
+    /// Its registration's epoch (filled in by its quorum driver), -1 until then.
+    pub broker_epoch: i64,
+    /// The partition's topic.
+    pub topic_id: Uuid,
+    /// The partition.
+    pub partition: i32,
+    /// The leader epoch it leads at.
+    pub leader_epoch: i32,
+    /// The partition epoch the change is based on.
+    pub partition_epoch: i32,
+    /// The ISR wanted, sorted.
+    pub isr: Vec<i32>,
+}
+
+/// A change for the active controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicAdmin {
     /// CreateTopics.
     Create(Vec<TopicToCreate>),
     /// DeleteTopics, by name.
     Delete(Vec<String>),
+    /// AlterPartition: one leader's ISR change.
+    AlterIsr(IsrChange),
 }
 
 impl TopicAdmin {
@@ -49,6 +71,7 @@ impl TopicAdmin {
         match self {
             TopicAdmin::Create(topics) => topics.len(),
             TopicAdmin::Delete(names) => names.len(),
+            TopicAdmin::AlterIsr(_) => 1,
         }
     }
 
@@ -73,6 +96,12 @@ pub enum Expected {
     Created { name: String, topic_id: Uuid },
     /// The topic is gone.
     Deleted { name: String },
+    /// The partition's ISR is the one asked for.
+    IsrChanged {
+        topic_id: Uuid,
+        partition: i32,
+        isr: Vec<i32>,
+    },
     /// Refused before anything was proposed.
     Refused(i16, String),
 }
@@ -130,6 +159,30 @@ pub fn plan(
                 }
             }
         }
+        TopicAdmin::AlterIsr(change) => {
+            let request = AlterPartition {
+                broker_id: change.broker_id,
+                broker_epoch: change.broker_epoch,
+                topic_id: change.topic_id,
+                partition: change.partition,
+                leader_epoch: change.leader_epoch,
+                partition_epoch: change.partition_epoch,
+                isr: change.isr.clone(),
+            };
+            match controller.alter_partition(image, &request) {
+                Ok(changes) => {
+                    records.extend(changes);
+                    let mut isr = change.isr;
+                    isr.sort_unstable();
+                    expected.push(Expected::IsrChanged {
+                        topic_id: change.topic_id,
+                        partition: change.partition,
+                        isr,
+                    });
+                }
+                Err(error) => expected.push(refused(error, format!("{}", change.partition))),
+            }
+        }
         TopicAdmin::Delete(names) => {
             for name in names {
                 match image.topic_id(&name) {
@@ -170,8 +223,29 @@ pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> 
                 None => Ok(()),
                 Some(_) => not_controller(),
             },
+            Expected::IsrChanged {
+                topic_id,
+                partition,
+                isr,
+            } => match image.partition(*topic_id, *partition) {
+                Some(state) if sorted(&state.isr) == *isr => Ok(()),
+                Some(_) => Err((
+                    ResponseError::InvalidUpdateVersion.code(),
+                    "the partition changed meanwhile".to_owned(),
+                )),
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "the partition is gone".to_owned(),
+                )),
+            },
         })
         .collect()
+}
+
+fn sorted(isr: &[i32]) -> Vec<i32> {
+    let mut isr = isr.to_vec();
+    isr.sort_unstable();
+    isr
 }
 
 /// The topics and layout a node's shards serve from the applied `image`, with `controller`

@@ -318,6 +318,7 @@ async fn append(
         }
         let op = PartitionOp::Produce {
             records: batch(&std::mem::take(&mut batch_records)).freeze(),
+            acks_all: None,
         };
         let result = match shard.execute(host.topic_id, host.partition, op).await {
             Ok(_) => Ok(()),

@@ -12,6 +12,7 @@ pub mod cluster_admin;
 mod connection;
 pub mod groups;
 pub mod quorum;
+mod replica_fetcher;
 pub mod server;
 pub mod shard;
 

@@ -315,7 +315,15 @@ async fn run(
                     answered_admins.push((reply.applied_index, reply.results, forwarded.reply));
                 }
             }
-            Some(Event::Admin { admin, reply }) => {
+            Some(Event::Admin { mut admin, reply }) => {
+                if let TopicAdmin::AlterIsr(change) = &mut admin {
+                    // The leader's registration, as this node's applied metadata has it.
+                    change.broker_id = shard.config.node_id;
+                    change.broker_epoch = image
+                        .broker(shard.config.node_id)
+                        .filter(|broker| broker.incarnation_id == incarnation_id)
+                        .map_or(-1, |broker| broker.broker_epoch);
+                }
                 if node.is_leader() {
                     let proposed = propose_admin(
                         &mut node,

@@ -647,6 +647,21 @@ fn spawn_background_work(shard: &Rc<Shard>) {
         }
     })
     .detach();
+    if !shard.config.controller_quorum.is_empty() {
+        // Lagging followers leave the ISR within a quarter of replica.lag.time.max.ms.
+        let replication = Rc::clone(shard);
+        let interval = Duration::from_millis(
+            u64::try_from(shard.config.replica_lag_time_max_ms / 4)
+                .unwrap_or(1)
+                .max(1),
+        );
+        glommio::spawn_local(async move {
+            while replication.sleep_unless_shutdown(interval).await {
+                replication.tick_replication();
+            }
+        })
+        .detach();
+    }
     let retention = Rc::clone(shard);
     glommio::spawn_local(async move {
         let interval = Duration::from_millis(retention.config.log_retention_check_interval_ms);

@@ -9,7 +9,7 @@
 //! shard before answering.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -37,9 +37,13 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
 
-use super::cluster_admin::{ItemResult, TopicAdmin, TopicToCreate};
+use super::cluster_admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use super::groups::{self, CoordinatorHost};
 use super::now_ms;
+use crate::replication::{
+    EpochEnd, FetchAnswer, FetchRefusal, FollowerFetch, IsrChangeError, LeaderOutput,
+    PartitionFollower, PartitionLeader, ReplicationConfig,
+};
 
 /// The leader epoch of every partition of a single-node broker: one broker, one epoch. In a
 /// cluster the metadata gives each partition its own.
@@ -54,6 +58,22 @@ pub enum PartitionOp {
     Produce {
         /// The batches as the producer sent them.
         records: Bytes,
+        /// In a cluster, for `acks=all`: wait until the in-sync replicas have the records.
+        acks_all: Option<AcksAll>,
+    },
+    /// A follower's Fetch (replica id set): read up to the log end, or answer with a
+    /// diverging epoch.
+    ReplicaFetch {
+        /// The follower's broker id.
+        replica: i32,
+        /// Its log end offset.
+        offset: i64,
+        /// Most bytes.
+        max_bytes: usize,
+        /// The leader epoch it follows, or -1.
+        current_leader_epoch: i32,
+        /// The epoch of its last batch, or -1.
+        last_fetched_epoch: i32,
     },
     /// Read whole batches from `offset`.
     Fetch {
@@ -64,12 +84,15 @@ pub enum PartitionOp {
         /// The client's idea of the leader epoch, or -1.
         current_leader_epoch: i32,
     },
-    /// Wait until the log end passes `offset`, or `timeout_ms` passes.
+    /// Wait until the readable end (the log end for a replica, else the high watermark)
+    /// passes `offset`, or `timeout_ms` passes.
     WaitForData {
         /// The offset the consumer waits beyond.
         offset: i64,
         /// Longest wait.
         timeout_ms: u64,
+        /// A follower waits for the log end, a consumer for the high watermark.
+        replica: bool,
     },
     /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
     ListOffset {
@@ -92,6 +115,15 @@ pub enum PartitionOp {
     },
 }
 
+/// An `acks=all` produce's conditions.
+#[derive(Debug, Clone, Copy)]
+pub struct AcksAll {
+    /// The topic's `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    /// How long to wait for the replicas (the request's timeout).
+    pub timeout_ms: u64,
+}
+
 /// What a [`PartitionOp`] gives back.
 #[derive(Debug)]
 pub enum PartitionOutcome {
@@ -112,6 +144,17 @@ pub enum PartitionOutcome {
         high_watermark: i64,
         /// Log start offset.
         log_start_offset: i64,
+    },
+    /// Read for a follower.
+    ReplicaFetched {
+        /// Whole batches, up to the log end.
+        records: Bytes,
+        /// High watermark.
+        high_watermark: i64,
+        /// Log start offset.
+        log_start_offset: i64,
+        /// Set when the follower's log diverges: truncate to here and fetch again.
+        diverging: Option<EpochEnd>,
     },
     /// Whether data arrived before the timeout.
     Waited(bool),
@@ -169,6 +212,8 @@ pub enum AdminOp {
         /// Check only.
         validate_only: bool,
     },
+    /// A change only the cluster's active controller makes (an ISR change).
+    Controller(TopicAdmin),
     /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic topic defaults).
     AlterBrokerConfigs {
         /// Broker-level name and value; `None` deletes the override.
@@ -260,6 +305,29 @@ pub struct Partition {
     pub leader_epoch: Cell<i32>,
     /// Whether this broker leads the partition (always, on a single node).
     pub leading: Cell<bool>,
+    /// The topic's id.
+    pub topic_id: Uuid,
+    /// In a cluster, consumers read only below the high watermark; a single node has no
+    /// other replica to wait for, and they read up to the log end.
+    pub in_cluster: bool,
+    /// In a cluster: the high watermark as the leader computed it, or as a follower last
+    /// learned it from its leader.
+    pub high_watermark: Cell<i64>,
+    /// In a cluster, while leading: the leader side of replication.
+    pub(crate) replication_leader: RefCell<Option<PartitionLeader>>,
+    /// In a cluster, while following: the follower side.
+    pub(crate) replication_follower: RefCell<Option<PartitionFollower>>,
+}
+
+impl Partition {
+    /// The offset consumers may read up to: the high watermark in a cluster, else the log end.
+    pub fn readable_end(&self, log_end_offset: i64) -> i64 {
+        if self.in_cluster {
+            self.high_watermark.get().min(log_end_offset)
+        } else {
+            log_end_offset
+        }
+    }
 }
 
 impl Partition {
@@ -337,6 +405,8 @@ pub struct Shard {
     /// In a cluster: the log index of the metadata every shard has applied.
     published_metadata_index: Cell<u64>,
     metadata_published: Event,
+    /// Leaders this shard runs a replica fetcher for.
+    fetchers: RefCell<BTreeSet<i32>>,
 }
 
 /// Applied cluster metadata, as the quorum driver hands it to the shards.
@@ -387,6 +457,7 @@ impl Shard {
             metadata_queued: Event::new(),
             published_metadata_index: Cell::new(0),
             metadata_published: Event::new(),
+            fetchers: RefCell::new(BTreeSet::new()),
         }
     }
 
@@ -449,7 +520,7 @@ impl Shard {
 
     /// Runs an operation on a partition this shard owns.
     pub async fn execute(
-        &self,
+        self: &Rc<Self>,
         topic_id: Uuid,
         partition: i32,
         op: PartitionOp,
@@ -480,7 +551,7 @@ impl Shard {
                 "this broker does not lead the partition",
             ));
         }
-        let result = run_partition_op(&partition_state, op).await;
+        let result = run_partition_op(self, &partition_state, op).await;
         if let Err(error) = &result {
             if error.code == ResponseError::KafkaStorageError {
                 warn!(topic = %partition_state.topic, partition, error = ?error.message, "storage error");
@@ -723,13 +794,6 @@ impl Shard {
                                     "manual replica assignments are not supported in a cluster yet",
                                 ));
                             }
-                            if replication_factor > 1 {
-                                return Err(KafkaError::with_message(
-                                    ResponseError::InvalidReplicationFactor,
-                                    "replication across brokers is not available yet: topics in a \
-                                 cluster have replication factor 1",
-                                ));
-                            }
                             Ok(TopicToCreate {
                                 name: topic.name.clone(),
                                 partitions: checked.partitions,
@@ -807,6 +871,7 @@ impl Shard {
                 ResponseError::InvalidRequest,
                 "changing topic configs is not supported in a cluster yet",
             ))],
+            AdminOp::Controller(admin) => self.cluster_topic_admin(admin).await,
             AdminOp::AlterBrokerConfigs { .. } => unreachable!("run locally"),
         }
     }
@@ -874,6 +939,10 @@ impl Shard {
                 };
                 results.push(result.map_err(KafkaError::from));
             }
+            AdminOp::Controller(_) => results.push(Err(KafkaError::with_message(
+                ResponseError::InvalidRequest,
+                "a single-node broker has no controller quorum",
+            ))),
             AdminOp::AlterBrokerConfigs {
                 changes,
                 replace_all,
@@ -968,6 +1037,7 @@ impl Shard {
             .borrow_mut()
             .retain(|(topic_id, _), _| catalog.topic_by_id(*topic_id).is_some());
         let topics: Vec<_> = catalog.topics().cloned().collect();
+        let mut opened_in_cluster = Vec::new();
         for topic in topics {
             for index in 0..topic.partitions {
                 let key = (topic.id, index);
@@ -979,6 +1049,9 @@ impl Shard {
                 let Some((leading, leader_epoch)) = self.role_of(&catalog, topic.id, index) else {
                     continue;
                 };
+                // In a cluster the partition opens as neither leader nor follower, and
+                // `take_role` below gives it its part.
+                let in_cluster = catalog.layout().is_some();
                 let dir = partition_dir(&self.config.data_dir, &topic.name, index);
                 let opened = match PartitionLog::open(
                     DmaStorage,
@@ -988,7 +1061,7 @@ impl Shard {
                 )
                 .await
                 {
-                    Ok((mut log, report)) if leading => log
+                    Ok((mut log, report)) if leading && !in_cluster => log
                         .open_leader_epoch(leader_epoch)
                         .await
                         .map(|()| (log, report)),
@@ -1005,6 +1078,7 @@ impl Shard {
                             );
                         }
                         self.failed_partitions.borrow_mut().remove(&key);
+                        opened_in_cluster.push(key);
                         self.partitions.borrow_mut().insert(
                             key,
                             Rc::new(Partition {
@@ -1013,8 +1087,13 @@ impl Shard {
                                 log: SharedLog::new(log),
                                 data_arrived: Event::new(),
                                 read_ahead: RefCell::new(None),
-                                leader_epoch: Cell::new(leader_epoch),
-                                leading: Cell::new(leading),
+                                leader_epoch: Cell::new(if in_cluster { -1 } else { leader_epoch }),
+                                leading: Cell::new(leading && !in_cluster),
+                                topic_id: topic.id,
+                                in_cluster,
+                                high_watermark: Cell::new(0),
+                                replication_leader: RefCell::new(None),
+                                replication_follower: RefCell::new(None),
                             }),
                         );
                     }
@@ -1026,6 +1105,9 @@ impl Shard {
                     }
                 }
             }
+        }
+        for (topic_id, index) in opened_in_cluster {
+            self.take_role(&catalog, topic_id, index).await;
         }
         self.start_coordinators(&catalog);
     }
@@ -1044,35 +1126,221 @@ impl Shard {
             .then_some((state.leader == node_id, state.leader_epoch))
     }
 
-    /// Brings an open partition to its part in `catalog`: a new leader epoch opens in its log
-    /// when this broker leads at it.
-    async fn take_role(&self, catalog: &Catalog, topic_id: Uuid, index: i32) {
-        let Some((leading, leader_epoch)) = self.role_of(catalog, topic_id, index) else {
+    /// Brings an open partition to its part in a cluster's `catalog`: leader at a new epoch
+    /// (the epoch opens in its log, and a fresh [`PartitionLeader`] takes over), follower of a
+    /// new leader or epoch (a fetcher from that leader runs), a newer state at the same epoch
+    /// (passed to the leader), or nothing while the partition has no leader.
+    async fn take_role(self: &Rc<Self>, catalog: &Catalog, topic_id: Uuid, index: i32) {
+        let Some(state) = catalog.partition_state(topic_id, index).cloned() else {
             return;
         };
         let partition = self.partitions.borrow().get(&(topic_id, index)).cloned();
         let Some(partition) = partition else {
             return;
         };
-        if partition.leading.get() == leading && partition.leader_epoch.get() == leader_epoch {
-            return;
-        }
-        if leading {
-            let opened = partition
-                .log
-                .with_log(async |log| log.open_leader_epoch(leader_epoch).await)
-                .await;
-            if let Err(error) = opened {
-                error!(topic = %partition.topic, partition = index, %error, "cannot open the leader epoch; not leading");
-                partition.leading.set(false);
+        let node_id = self.config.node_id;
+        let now = now_ms();
+        if state.leader == node_id {
+            if partition.leading.get() && partition.leader_epoch.get() == state.leader_epoch {
+                if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
+                    leader.partition_changed(state, now);
+                }
+                self.drain_leader_outputs(&partition);
                 return;
             }
+            let opened = partition
+                .log
+                .with_log(async |log| {
+                    log.open_leader_epoch(state.leader_epoch).await?;
+                    Ok::<_, StorageError>(log.log_end_offset())
+                })
+                .await;
+            let log_end_offset = match opened {
+                Ok(log_end_offset) => log_end_offset,
+                Err(error) => {
+                    error!(topic = %partition.topic, partition = index, %error, "cannot open the leader epoch; not leading");
+                    partition.leading.set(false);
+                    return;
+                }
+            };
+            let high_watermark = partition.high_watermark.get().clamp(0, log_end_offset);
+            let config = ReplicationConfig {
+                replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
+            };
+            let leader = PartitionLeader::new(
+                node_id,
+                state.clone(),
+                log_end_offset,
+                high_watermark,
+                now,
+                config,
+            );
+            *partition.replication_leader.borrow_mut() = Some(leader);
+            *partition.replication_follower.borrow_mut() = None;
+            partition.leader_epoch.set(state.leader_epoch);
+            partition.leading.set(true);
+            info!(topic = %partition.topic, partition = index, leader_epoch = state.leader_epoch, log_end_offset, "leading");
+            self.drain_leader_outputs(&partition);
+        } else {
+            let was_leading = partition.leading.replace(false);
+            *partition.replication_leader.borrow_mut() = None;
+            partition.leader_epoch.set(state.leader_epoch);
+            let following = partition
+                .replication_follower
+                .borrow()
+                .as_ref()
+                .map(|follower| (follower.leader(), follower.leader_epoch()));
+            if state.leader < 0 {
+                *partition.replication_follower.borrow_mut() = None;
+            } else if following != Some((state.leader, state.leader_epoch)) {
+                let follower = PartitionFollower::new(
+                    state.leader,
+                    state.leader_epoch,
+                    partition.high_watermark.get(),
+                );
+                *partition.replication_follower.borrow_mut() = Some(follower);
+                info!(topic = %partition.topic, partition = index, leader = state.leader, leader_epoch = state.leader_epoch, was_leading, "following");
+                self.ensure_fetcher(state.leader);
+            }
         }
-        info!(topic = %partition.topic, partition = index, leading, leader_epoch, "partition role");
-        partition.leader_epoch.set(leader_epoch);
-        partition.leading.set(leading);
-        // Waiting fetches re-check who leads.
+        // Waiting fetches and produces re-check who leads.
         partition.data_arrived.notify(usize::MAX);
+    }
+
+    /// Carries out what a partition's replication leader asks: a high watermark move wakes
+    /// waiting fetches and produces; an ISR change goes to the controller.
+    pub(crate) fn drain_leader_outputs(self: &Rc<Self>, partition: &Rc<Partition>) {
+        loop {
+            let output = partition
+                .replication_leader
+                .borrow_mut()
+                .as_mut()
+                .and_then(PartitionLeader::poll_output);
+            match output {
+                None => return,
+                Some(LeaderOutput::HighWatermark(high_watermark)) => {
+                    partition.high_watermark.set(high_watermark);
+                    partition.data_arrived.notify(usize::MAX);
+                }
+                Some(LeaderOutput::AlterIsr {
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                }) => {
+                    let shard = Rc::clone(self);
+                    let partition = Rc::clone(partition);
+                    glommio::spawn_local(async move {
+                        shard
+                            .alter_isr(&partition, leader_epoch, partition_epoch, isr)
+                            .await;
+                    })
+                    .detach();
+                }
+            }
+        }
+    }
+
+    /// Sends a leader's ISR change to the controller and reports the outcome to the leader.
+    async fn alter_isr(
+        self: &Rc<Self>,
+        partition: &Rc<Partition>,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) {
+        let change = IsrChange {
+            broker_id: self.config.node_id,
+            broker_epoch: -1,
+            topic_id: partition.topic_id,
+            partition: partition.index,
+            leader_epoch,
+            partition_epoch,
+            isr: isr.clone(),
+        };
+        info!(topic = %partition.topic, partition = partition.index, ?isr, "asking for an ISR change");
+        let result = self
+            .admin(AdminOp::Controller(TopicAdmin::AlterIsr(change)))
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(KafkaError::new(ResponseError::UnknownServerError)));
+        let outcome = match result {
+            Ok(()) => match self
+                .catalog()
+                .partition_state(partition.topic_id, partition.index)
+            {
+                Some(state) => Ok((state.isr.clone(), state.partition_epoch)),
+                None => Err(IsrChangeError::Stale),
+            },
+            Err(error)
+                if matches!(
+                    error.code,
+                    ResponseError::InvalidUpdateVersion | ResponseError::FencedLeaderEpoch
+                ) =>
+            {
+                Err(IsrChangeError::Stale)
+            }
+            Err(error) => {
+                warn!(topic = %partition.topic, partition = partition.index, error = ?error.message, code = ?error.code, "ISR change refused");
+                Err(IsrChangeError::Refused)
+            }
+        };
+        let still_leading = partition
+            .replication_leader
+            .borrow()
+            .as_ref()
+            .is_some_and(|leader| leader.leader_epoch() == leader_epoch);
+        if still_leading {
+            if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
+                leader.isr_change_completed(outcome, now_ms());
+            }
+            self.drain_leader_outputs(partition);
+        }
+    }
+
+    /// Ticks every partition leader of this shard, so that lagging followers leave the ISR.
+    pub fn tick_replication(self: &Rc<Self>) {
+        let now = now_ms();
+        for partition in self.owned_partitions() {
+            let ticked = match partition.replication_leader.borrow_mut().as_mut() {
+                Some(leader) => {
+                    leader.tick(now);
+                    true
+                }
+                None => false,
+            };
+            if ticked {
+                self.drain_leader_outputs(&partition);
+            }
+        }
+    }
+
+    /// The partitions of this shard that follow `leader`.
+    pub(crate) fn partitions_following(&self, leader: i32) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .filter(|partition| {
+                partition
+                    .replication_follower
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|follower| follower.leader() == leader)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Starts this shard's fetcher from `leader` unless it runs.
+    fn ensure_fetcher(self: &Rc<Self>, leader: i32) {
+        if self.fetchers.borrow_mut().insert(leader) {
+            glommio::spawn_local(super::replica_fetcher::run(Rc::clone(self), leader)).detach();
+        }
+    }
+
+    /// A fetcher found nothing left to follow from `leader` and stops.
+    pub(crate) fn fetcher_stopped(&self, leader: i32) {
+        self.fetchers.borrow_mut().remove(&leader);
     }
 
     /// Starts a group coordinator for each `__consumer_offsets` partition this shard owns and
@@ -1384,9 +1652,33 @@ pub fn persist_catalog(data_dir: &Path, catalog: &Catalog) -> std::io::Result<()
     std::fs::File::open(data_dir)?.sync_all()
 }
 
-async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> PartitionResult {
+async fn run_partition_op(
+    shard: &Rc<Shard>,
+    partition: &Rc<Partition>,
+    op: PartitionOp,
+) -> PartitionResult {
     match op {
-        PartitionOp::Produce { records } => {
+        PartitionOp::Produce { records, acks_all } => {
+            if let Some(acks_all) = acks_all {
+                let checked = partition
+                    .replication_leader
+                    .borrow()
+                    .as_ref()
+                    .map(|leader| leader.check_acks_all(acks_all.min_insync_replicas));
+                match checked {
+                    None => return Err(KafkaError::new(ResponseError::NotLeaderOrFollower)),
+                    Some(Err(_)) => {
+                        return Err(KafkaError::with_message(
+                            ResponseError::NotEnoughReplicas,
+                            format!(
+                                "fewer in-sync replicas than min.insync.replicas ({})",
+                                acks_all.min_insync_replicas
+                            ),
+                        ))
+                    }
+                    Some(Ok(())) => {}
+                }
+            }
             let info = partition
                 .log
                 .append(
@@ -1396,13 +1688,45 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
                     Durability::Written,
                 )
                 .await?;
+            let leading = match partition.replication_leader.borrow_mut().as_mut() {
+                Some(leader) => {
+                    leader.appended(info.last_offset + 1);
+                    true
+                }
+                None => false,
+            };
+            if leading {
+                shard.drain_leader_outputs(partition);
+            }
             partition.data_arrived.notify(usize::MAX);
+            if let Some(acks_all) = acks_all {
+                wait_for_replicas(partition, info.last_offset + 1, acks_all).await?;
+            }
             Ok(PartitionOutcome::Produced {
                 base_offset: info.base_offset,
                 log_append_time_ms: info.log_append_time_ms,
                 log_start_offset: info.log_start_offset,
             })
         }
+        PartitionOp::ReplicaFetch {
+            replica,
+            offset,
+            max_bytes,
+            current_leader_epoch,
+            last_fetched_epoch,
+        } => replica_fetch(
+            shard,
+            partition,
+            FollowerFetch {
+                replica,
+                fetch_offset: offset,
+                last_fetched_epoch: (last_fetched_epoch >= 0).then_some(last_fetched_epoch),
+                current_leader_epoch: (current_leader_epoch >= 0).then_some(current_leader_epoch),
+            },
+            max_bytes,
+        )
+        .await
+        .map_err(|error| error.unwrap_or_else(|storage| KafkaError::from(&storage))),
         PartitionOp::Fetch {
             offset,
             max_bytes,
@@ -1413,12 +1737,21 @@ async fn run_partition_op(partition: &Rc<Partition>, op: PartitionOp) -> Partiti
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
         }
-        PartitionOp::WaitForData { offset, timeout_ms } => {
+        PartitionOp::WaitForData {
+            offset,
+            timeout_ms,
+            replica,
+        } => {
             let listener = partition.data_arrived.listen();
-            let end = partition
+            let log_end_offset = partition
                 .log
                 .with_log(async |log| log.log_end_offset())
                 .await;
+            let end = if replica {
+                log_end_offset
+            } else {
+                partition.readable_end(log_end_offset)
+            };
             if end > offset {
                 return Ok(PartitionOutcome::Waited(true));
             }
@@ -1503,10 +1836,11 @@ async fn fetch(
     offset: i64,
     max_bytes: usize,
 ) -> Result<PartitionOutcome, StorageError> {
-    let (high_watermark, log_start_offset) = partition
+    let (log_end_offset, log_start_offset) = partition
         .log
         .with_log(async |log| (log.log_end_offset(), log.log_start_offset()))
         .await;
+    let high_watermark = partition.readable_end(log_end_offset);
     let fetched = |records| PartitionOutcome::Fetched {
         records,
         high_watermark,
@@ -1558,6 +1892,116 @@ async fn fetch(
         }
     }
     Ok(fetched(records))
+}
+
+/// Waits until the in-sync replicas have every offset below `required_offset` (the high
+/// watermark reached it), as `acks=all` asks.
+async fn wait_for_replicas(
+    partition: &Rc<Partition>,
+    required_offset: i64,
+    acks_all: AcksAll,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(acks_all.timeout_ms);
+    loop {
+        let listener = partition.data_arrived.listen();
+        let outcome = partition
+            .replication_leader
+            .borrow()
+            .as_ref()
+            .map(|leader| leader.acks_all_outcome(required_offset, acks_all.min_insync_replicas));
+        match outcome {
+            None => {
+                return Err(KafkaError::with_message(
+                    ResponseError::NotLeaderOrFollower,
+                    "leadership moved before the replicas had the records",
+                ))
+            }
+            Some(Some(Ok(()))) => return Ok(()),
+            Some(Some(Err(_))) => {
+                return Err(KafkaError::with_message(
+                    ResponseError::NotEnoughReplicasAfterAppend,
+                    "the records are written, but the in-sync replicas fell below \
+                     min.insync.replicas before they had them",
+                ))
+            }
+            Some(None) => {}
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(KafkaError::with_message(
+                ResponseError::RequestTimedOut,
+                "the in-sync replicas did not have the records in time",
+            ));
+        }
+        futures_lite::future::or(listener, async {
+            glommio::timer::sleep(left).await;
+        })
+        .await;
+    }
+}
+
+/// A follower's Fetch on the leader: its progress counts toward the high watermark and the
+/// ISR, and it gets the records from its log end, or where its log diverges.
+async fn replica_fetch(
+    shard: &Rc<Shard>,
+    partition: &Rc<Partition>,
+    fetch: FollowerFetch,
+    max_bytes: usize,
+) -> Result<PartitionOutcome, Result<KafkaError, StorageError>> {
+    let (epochs, log_start_offset, log_end_offset) = partition
+        .log
+        .with_log(async |log| {
+            (
+                log.leader_epochs().clone(),
+                log.log_start_offset(),
+                log.log_end_offset(),
+            )
+        })
+        .await;
+    let answer = {
+        let mut leader = partition.replication_leader.borrow_mut();
+        let Some(leader) = leader.as_mut() else {
+            return Err(Ok(KafkaError::new(ResponseError::NotLeaderOrFollower)));
+        };
+        leader.follower_fetch(fetch, &epochs, log_start_offset, now_ms())
+    };
+    shard.drain_leader_outputs(partition);
+    let high_watermark = partition.high_watermark.get();
+    match answer {
+        Err(refusal) => {
+            let code = match refusal {
+                FetchRefusal::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+                FetchRefusal::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+                FetchRefusal::NotAReplica => ResponseError::NotLeaderOrFollower,
+                FetchRefusal::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+            };
+            Err(Ok(KafkaError::new(code)))
+        }
+        Ok(FetchAnswer::Diverging(end)) => Ok(PartitionOutcome::ReplicaFetched {
+            records: Bytes::new(),
+            high_watermark,
+            log_start_offset,
+            diverging: Some(end),
+        }),
+        Ok(FetchAnswer::Read { .. }) => {
+            let records = if fetch.fetch_offset < log_end_offset {
+                partition
+                    .log
+                    .read(fetch.fetch_offset, max_bytes, Some(log_end_offset))
+                    .await
+                    .map_err(Err)?
+                    .to_bytes()
+            } else {
+                Bytes::new()
+            };
+            Ok(PartitionOutcome::ReplicaFetched {
+                records,
+                high_watermark,
+                log_start_offset,
+                diverging: None,
+            })
+        }
+    }
 }
 
 /// The offset after the last whole batch of `records`.

@@ -1,4 +1,5 @@
 //! Several `spate serve` processes forming one cluster on loopback.
 
 mod quorum;
+mod replication;
 mod topics;

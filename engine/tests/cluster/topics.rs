@@ -147,13 +147,13 @@ fn topics_live_in_the_cluster_metadata_and_clients_follow_their_leaders() {
         .unwrap();
     results[0].as_ref().unwrap();
     let results = admin(&nodes[2])
-        .create_topics(&[new_topic("spread", 2, 1), new_topic("triple", 1, 3)])
+        .create_topics(&[new_topic("spread", 2, 1), new_topic("quadruple", 1, 4)])
         .unwrap();
     assert_eq!(kafka_code(&results[0]), Some(TOPIC_ALREADY_EXISTS));
     assert_eq!(
         kafka_code(&results[1]),
         Some(INVALID_REPLICATION_FACTOR),
-        "replication across brokers is not wired yet"
+        "more replicas than brokers"
     );
 
     // Every node tells the same layout, spread over the three brokers.

@@ -33,6 +33,9 @@ struct Wanted {
     fetch_offset: i64,
     partition_max_bytes: usize,
     current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+    /// A follower's fetch: its broker id.
+    replica: Option<i32>,
 }
 
 pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
@@ -43,6 +46,13 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
         return response;
     }
     let catalog = shard.catalog();
+    // A follower's Fetch names it (v15+ in the replica state), and only in a cluster.
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let replica = (replica_id >= 0 && catalog.layout().is_some()).then_some(replica_id);
     let mut wanted = Vec::new();
     let mut topics = Vec::new();
     for (topic_index, topic) in request.topics.into_iter().enumerate() {
@@ -67,6 +77,8 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
                 fetch_offset: partition.fetch_offset,
                 partition_max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                 current_leader_epoch: partition.current_leader_epoch,
+                last_fetched_epoch: partition.last_fetched_epoch,
+                replica,
             });
         }
         let mut result = FetchableTopicResponse::default();
@@ -87,13 +99,29 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
         let found_bytes: usize = results
             .iter()
             .map(|result| match result {
-                Ok(PartitionOutcome::Fetched { records, .. }) => records.len(),
+                Ok(PartitionOutcome::Fetched { records, .. })
+                | Ok(PartitionOutcome::ReplicaFetched { records, .. }) => records.len(),
                 _ => 0,
             })
             .sum();
+        // A diverging epoch is an answer of its own: the follower truncates at once.
+        let diverged = results.iter().any(|result| {
+            matches!(
+                result,
+                Ok(PartitionOutcome::ReplicaFetched {
+                    diverging: Some(_),
+                    ..
+                })
+            )
+        });
         let any_error = results.iter().any(Result::is_err);
         let now = Instant::now();
-        if found_bytes >= min_bytes || any_error || now >= deadline || shard.shutting_down.get() {
+        if found_bytes >= min_bytes
+            || any_error
+            || diverged
+            || now >= deadline
+            || shard.shutting_down.get()
+        {
             break results;
         }
         // Wait for appends past what this read saw, not past the fetch offset: with data
@@ -106,6 +134,8 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
                 Ok(PartitionOutcome::Fetched { high_watermark, .. }) => {
                     want.fetch_offset.max(*high_watermark)
                 }
+                // A follower reads to the log end, which it already asked from.
+                Ok(PartitionOutcome::ReplicaFetched { .. }) => want.fetch_offset,
                 _ => want.fetch_offset,
             })
             .collect();
@@ -123,6 +153,25 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
         if version >= 11 {
             partition.preferred_read_replica = BrokerId(-1);
         }
+        let result = match result {
+            Ok(PartitionOutcome::ReplicaFetched {
+                records,
+                high_watermark,
+                log_start_offset,
+                diverging,
+            }) => {
+                if let (Some(end), true) = (diverging, version >= 12) {
+                    partition.diverging_epoch.epoch = end.epoch;
+                    partition.diverging_epoch.end_offset = end.end_offset;
+                }
+                Ok(PartitionOutcome::Fetched {
+                    records,
+                    high_watermark,
+                    log_start_offset,
+                })
+            }
+            other => other,
+        };
         match result {
             Ok(PartitionOutcome::Fetched {
                 records,
@@ -175,15 +224,21 @@ async fn read_all(
         .iter()
         .map(|want| {
             want.topic_id.map(|topic_id| {
-                shard.start_partition_call(
-                    topic_id,
-                    want.partition,
-                    PartitionOp::Fetch {
+                let op = match want.replica {
+                    Some(replica) => PartitionOp::ReplicaFetch {
+                        replica,
+                        offset: want.fetch_offset,
+                        max_bytes: want.partition_max_bytes,
+                        current_leader_epoch: want.current_leader_epoch,
+                        last_fetched_epoch: want.last_fetched_epoch,
+                    },
+                    None => PartitionOp::Fetch {
                         offset: want.fetch_offset,
                         max_bytes: want.partition_max_bytes,
                         current_leader_epoch: want.current_leader_epoch,
                     },
-                )
+                };
+                shard.start_partition_call(topic_id, want.partition, op)
             })
         })
         .collect();
@@ -217,6 +272,7 @@ async fn wait_for_data(shard: &Rc<Shard>, wanted: &[Wanted], seen_ends: &[i64], 
             PartitionOp::WaitForData {
                 offset: *seen_end,
                 timeout_ms,
+                replica: want.replica.is_some(),
             },
         );
         let arrived = Rc::clone(&arrived);

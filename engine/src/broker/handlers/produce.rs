@@ -11,7 +11,7 @@ use crate::broker::catalog::{Catalog, Topic};
 use crate::broker::errors::KafkaError;
 use crate::broker::names::is_internal;
 use crate::broker::topic_config::topic_key;
-use crate::runtime::shard::{PartitionOp, PartitionOutcome, PendingCall, Shard};
+use crate::runtime::shard::{AcksAll, PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
 
 /// A partition's append, started, with the bytes and records it carries.
@@ -67,6 +67,7 @@ pub(super) async fn produce(
                 match (topic, partition_data.records) {
                     (Some(topic), Some(_))
                         if acks == -1
+                            && catalog.layout().is_none()
                             && index >= 0
                             && index < topic.partitions
                             && min_insync_replicas > IN_SYNC_REPLICAS =>
@@ -81,10 +82,17 @@ pub(super) async fn produce(
                     }
                     (Some(topic), Some(records)) if index >= 0 && index < topic.partitions => {
                         traffic = (records.len() as u64, count_records(&records));
+                        // In a cluster the leader checks and waits for its in-sync replicas.
+                        let acks_all =
+                            (acks == -1 && catalog.layout().is_some()).then(|| AcksAll {
+                                min_insync_replicas: usize::try_from(min_insync_replicas)
+                                    .unwrap_or(1),
+                                timeout_ms: u64::try_from(request.timeout_ms).unwrap_or(0),
+                            });
                         Ok(shard.start_partition_call(
                             topic.id,
                             index,
-                            PartitionOp::Produce { records },
+                            PartitionOp::Produce { records, acks_all },
                         ))
                     }
                     (Some(_), None) => Err(KafkaError::with_message(

@@ -1,0 +1,216 @@
+//! Partition replication across real processes: a topic with three replicas and
+//! min.insync.replicas=2 takes acks=all writes, loses none when its leader is killed
+//! (SIGKILL), keeps serving from a new leader elected from the ISR, and the killed broker
+//! catches up when it returns, so that it can lead in turn.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spate_engine::client::admin::{Admin, NewTopic, TopicInfo};
+use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
+use spate_engine::client::consumer::Consumer;
+use spate_engine::client::producer::{Producer, ProducerRecord};
+
+use super::quorum::{quorum_of_three, start_node_with, wait_for_brokers};
+use crate::broker::util::Broker;
+
+const PARTITIONS: i32 = 3;
+const TOPIC: &str = "replicated";
+
+fn start(work: &std::path::Path, id: i32, quorum: &str) -> Broker {
+    start_node_with(work, id, quorum, &["--replica-lag-time-max-ms", "2000"])
+}
+
+fn admin(node: &Broker) -> Admin {
+    let address = node.address.to_string();
+    Admin::from_properties([("bootstrap.servers", address.as_str())]).unwrap()
+}
+
+/// The topic as `node` describes it once `ready` holds.
+fn describe_until(node: &Broker, ready: impl Fn(&TopicInfo) -> bool) -> TopicInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut topics) = admin(node).describe_topics(Some(&[TOPIC.to_string()])) {
+            let info = topics.remove(0);
+            if ready(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "{info:?}\n{}", node.log());
+        }
+        assert!(Instant::now() < deadline, "{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn every_partition_led(info: &TopicInfo) -> bool {
+    info.partitions.len() == PARTITIONS as usize
+        && info
+            .partitions
+            .iter()
+            .all(|partition| partition.leader >= 0)
+}
+
+/// Sends `count` records per partition with acks=all through `node`; all must be delivered.
+fn produce(node: &Broker, first: usize, count: usize) {
+    let address = node.address.to_string();
+    let producer = Producer::new(
+        ProducerConfig::from_properties([
+            ("bootstrap.servers", address.as_str()),
+            ("acks", "all"),
+            ("linger.ms", "1"),
+            ("retry.backoff.ms", "50"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let deliveries: Vec<_> = (first..first + count)
+        .flat_map(|i| (0..PARTITIONS).map(move |partition| (i, partition)))
+        .map(|(i, partition)| {
+            producer
+                .send(ProducerRecord {
+                    topic: TOPIC.into(),
+                    partition: Some(partition),
+                    value: Some(Bytes::from(format!("p{partition}-{i:05}"))),
+                    ..ProducerRecord::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    for delivery in deliveries {
+        let result = delivery
+            .wait(Some(Duration::from_secs(60)))
+            .expect("answered");
+        result.expect("delivered with acks=all");
+    }
+    producer.close();
+}
+
+/// Every record of the topic, per partition in offset order, read through `node`.
+fn read_all(node: &Broker, group: &str, expected: usize) -> BTreeMap<i32, Vec<String>> {
+    let address = node.address.to_string();
+    let mut consumer = Consumer::new(
+        ConsumerConfig::from_properties([
+            ("bootstrap.servers", address.as_str()),
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+            ("heartbeat.interval.ms", "200"),
+            ("retry.backoff.ms", "50"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    consumer.subscribe(&[TOPIC.to_string()]).unwrap();
+    let mut seen: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.values().map(Vec::len).sum::<usize>() < expected {
+        assert!(Instant::now() < deadline, "read {seen:?}");
+        for record in consumer.poll(Duration::from_millis(200)).unwrap() {
+            let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+            seen.entry(record.partition).or_default().push(value);
+        }
+    }
+    consumer.close();
+    seen
+}
+
+fn expected(count: usize) -> BTreeMap<i32, Vec<String>> {
+    (0..PARTITIONS)
+        .map(|partition| {
+            (
+                partition,
+                (0..count).map(|i| format!("p{partition}-{i:05}")).collect(),
+            )
+        })
+        .collect()
+}
+
+fn kill(node: &mut Broker) {
+    let mut child = node.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn acknowledged_writes_survive_the_leaders_death_and_the_returning_broker_catches_up() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    let mut nodes: Vec<Broker> = (1..=3).map(|id| start(work.path(), id, &quorum)).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    let results = admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            replication_factor: 3,
+            configs: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+        }])
+        .unwrap();
+    results[0].as_ref().unwrap();
+    let layout = describe_until(&nodes[0], every_partition_led);
+    for partition in &layout.partitions {
+        assert_eq!(partition.replicas.len(), 3);
+        assert_eq!(partition.isr.len(), 3);
+    }
+
+    produce(&nodes[0], 0, 100);
+    assert_eq!(read_all(&nodes[1], "first", 300), expected(100));
+
+    // SIGKILL the leader of partition 0; a survivor is elected from the ISR.
+    let victim = layout.partitions[0].leader;
+    kill(&mut nodes[victim as usize - 1]);
+    let survivor = (1..=3).find(|&id| id != victim).unwrap() as usize - 1;
+    let started = Instant::now();
+    let after = describe_until(&nodes[survivor], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.leader != victim)
+    });
+    let failover = started.elapsed();
+    for partition in &after.partitions {
+        assert!(!partition.isr.contains(&victim) || partition.leader != victim);
+    }
+
+    // Writes go on with two in-sync replicas, and nothing acknowledged was lost.
+    produce(&nodes[survivor], 100, 100);
+    assert_eq!(read_all(&nodes[survivor], "second", 600), expected(200));
+
+    // The killed broker returns, catches up and rejoins every ISR.
+    nodes[victim as usize - 1] = start(work.path(), victim, &quorum);
+    describe_until(&nodes[survivor], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.isr.len() == 3)
+    });
+
+    // Now kill the broker that led partition 0 after the failover: the returned one may be
+    // elected and must have everything.
+    let second_victim = after.partitions[0].leader;
+    kill(&mut nodes[second_victim as usize - 1]);
+    let remaining = (1..=3).find(|&id| id != second_victim).unwrap() as usize - 1;
+    describe_until(&nodes[remaining], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.leader != second_victim)
+    });
+    produce(&nodes[remaining], 200, 50);
+    assert_eq!(read_all(&nodes[remaining], "third", 750), expected(250));
+    eprintln!("failover took {failover:?}");
+
+    for node in &mut nodes {
+        if node.child.is_some() {
+            assert!(node.stop().success(), "{}", node.log());
+        }
+    }
+}
