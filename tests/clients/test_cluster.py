@@ -1,10 +1,9 @@
 """Real clients against a three-node Spate cluster on loopback: topics made at any node are
 spread over the brokers; kcat lists them; confluent-kafka (librdkafka) and kafka-python
 produce to each partition's leader and consume in groups whose coordinators live on
-different brokers, committing as they go.
-
-Partitions have one replica each until replication across brokers lands, so these tests do
-not kill brokers; the failover tests come with replication."""
+different brokers, committing as they go; and a confluent-kafka producer (acks=all) and
+consumer group carry on across the SIGKILL of a partition leader, losing nothing
+acknowledged."""
 
 import shutil
 import subprocess
@@ -23,14 +22,12 @@ PARTITIONS = 6
 RECORDS = 3_000
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def start_cluster(work, *extra):
     """Three nodes, each a controller and a broker, once all three are registered."""
-    work = tmp_path_factory.mktemp("cluster")
     quorum = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
     nodes = [
         Broker(work / f"node-{node}", "--node-id", str(node), "--controller-quorum", quorum,
-               "--broker-heartbeat-interval-ms", "200", cores=1).start()
+               "--broker-heartbeat-interval-ms", "200", *extra, cores=1).start()
         for node in (1, 2, 3)
     ]
     deadline = time.monotonic() + 60
@@ -45,14 +42,21 @@ def cluster(tmp_path_factory):
             break
         assert time.monotonic() < deadline, f"brokers listed: {listed}\n{nodes[0].log()}"
         time.sleep(0.2)
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
     yield nodes
     for node in nodes:
         assert node.stop() == 0, node.log()
 
 
-def create_topic(node, name):
+def create_topic(node, name, replication_factor=1, **configs):
     client = AdminClient({"bootstrap.servers": node.bootstrap})
-    futures = client.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)],
+    futures = client.create_topics([NewTopic(name, num_partitions=PARTITIONS,
+                                             replication_factor=replication_factor, config=configs)],
                                    operation_timeout=10)
     futures[name].result(timeout=30)
 
@@ -164,3 +168,62 @@ def test_kafka_python_round_trip_across_the_cluster(cluster):
     consumer.commit()
     consumer.close()
     assert values == {f"kp-{i}".encode() for i in range(600)}
+
+
+def test_confluent_kafka_carries_on_across_a_leader_failover(tmp_path):
+    nodes = start_cluster(tmp_path, "--broker-session-timeout-ms", "1500",
+                          "--replica-lag-time-max-ms", "2000")
+    try:
+        topic = unique_topic("cluster-failover")
+        create_topic(nodes[0], topic, replication_factor=3, **{"min.insync.replicas": "2"})
+        by_partition = wait_for_same_leaders(nodes, topic)
+        bootstrap = ",".join(node.bootstrap for node in nodes)
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2,
+                             "enable.idempotence": False, "message.timeout.ms": 60_000})
+        acknowledged = set()
+        failed = []
+
+        def on_delivery(error, message):
+            if error is None:
+                acknowledged.add(message.value())
+            else:
+                failed.append(error)
+
+        def produce(first, count):
+            for i in range(first, first + count):
+                producer.produce(topic, value=f"m-{i:06}".encode(), partition=i % PARTITIONS,
+                                 on_delivery=on_delivery)
+                producer.poll(0)
+            assert producer.flush(90) == 0
+
+        group = unique_topic("failover-group")
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                             "auto.offset.reset": "earliest", "enable.auto.commit": True,
+                             "auto.commit.interval.ms": 200})
+        consumer.subscribe([topic])
+        seen = set()
+
+        def consume_until(expected, seconds):
+            deadline = time.monotonic() + seconds
+            while not expected <= seen:
+                assert time.monotonic() < deadline, f"missing {len(expected - seen)}"
+                for message in consumer.consume(num_messages=500, timeout=0.2):
+                    if message.error() is None:
+                        seen.add(message.value())
+
+        produce(0, 1500)
+        consume_until(set(acknowledged), 60)
+
+        # SIGKILL the broker leading partition 0, with the producer and consumer running.
+        victim = by_partition[0]
+        nodes[victim - 1].process.kill()
+        nodes[victim - 1].process.wait()
+        produce(1500, 1500)
+        consume_until(set(acknowledged), 90)
+        assert len(acknowledged) == 3000, f"{len(failed)} failed: {failed[:3]}"
+        assert seen == acknowledged
+        consumer.close()
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                node.stop()
