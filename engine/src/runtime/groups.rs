@@ -27,7 +27,7 @@ use crate::storage::batch::build::{batch, NewRecord};
 use crate::storage::batch::BatchHeader;
 
 use super::now_ms;
-use super::shard::{PartitionOp, PartitionOutcome, Shard};
+use super::shard::{AcksAll, PartitionOp, PartitionOutcome, Shard};
 
 /// Appends are gathered into one batch up to this size (one append larger than this is a batch
 /// of its own). Under the topic's default `max.message.bytes`.
@@ -41,6 +41,8 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 const LOAD_WAIT: Duration = Duration::from_secs(5);
 /// Longest the driver sleeps without looking at the clock.
 const IDLE_WAKE_MS: i64 = 1_000;
+/// How long a commit waits for the in-sync replicas of its `__consumer_offsets` partition.
+const COMMIT_REPLICATION_TIMEOUT_MS: u64 = 30_000;
 
 enum HostState {
     Loading,
@@ -316,9 +318,15 @@ async fn append(
         if next_fits {
             continue;
         }
+        // In a cluster a commit is answered once every in-sync replica has it, as Kafka's
+        // coordinator appends with acks=all: it must survive the leader.
+        let acks_all = shard.in_cluster().then_some(AcksAll {
+            min_insync_replicas: 1,
+            timeout_ms: COMMIT_REPLICATION_TIMEOUT_MS,
+        });
         let op = PartitionOp::Produce {
             records: batch(&std::mem::take(&mut batch_records)).freeze(),
-            acks_all: None,
+            acks_all,
         };
         let result = match shard.execute(host.topic_id, host.partition, op).await {
             Ok(_) => Ok(()),
@@ -373,6 +381,7 @@ async fn load(shard: &Rc<Shard>, host: &CoordinatorHost) -> Result<GroupCoordina
                 host.topic_id,
                 host.partition,
                 PartitionOp::Fetch {
+                    to_log_end: true,
                     offset: next,
                     max_bytes: LOAD_READ_BYTES,
                     current_leader_epoch: -1,

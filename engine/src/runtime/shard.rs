@@ -77,6 +77,10 @@ pub enum PartitionOp {
     },
     /// Read whole batches from `offset`.
     Fetch {
+        /// Read up to the log end instead of the high watermark: a group coordinator loading
+        /// its partition after becoming its leader, which has every acknowledged commit in its
+        /// log but may not know the high watermark its predecessor reached yet.
+        to_log_end: bool,
         /// First offset wanted.
         offset: i64,
         /// Most bytes (at least one whole batch is returned anyway).
@@ -1349,6 +1353,29 @@ impl Shard {
         let Some(topic) = catalog.topic(OFFSETS_TOPIC) else {
             return;
         };
+        // A coordinator whose partition another broker now leads stops; it is made afresh,
+        // from the log, if the leadership comes back.
+        let moved: Vec<i32> = self
+            .coordinators
+            .borrow()
+            .keys()
+            .copied()
+            .filter(|&index| {
+                !self
+                    .role_of(catalog, topic.id, index)
+                    .is_some_and(|(leading, _)| leading)
+            })
+            .collect();
+        for index in moved {
+            let host = self.coordinators.borrow_mut().remove(&index);
+            if let Some(host) = host {
+                info!(
+                    partition = index,
+                    "group coordinator moved to the new leader"
+                );
+                host.stop("its partition's leadership moved");
+            }
+        }
         for index in 0..topic.partitions {
             let leading = self
                 .role_of(catalog, topic.id, index)
@@ -1447,6 +1474,12 @@ impl Shard {
         if self.catalog().topic(OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
+        // Kafka's offsets.topic.replication.factor is 3; a smaller cluster gets one replica
+        // per broker rather than no coordinators.
+        let replication_factor = match self.catalog().layout() {
+            Some(layout) => layout.brokers.len().clamp(1, 3) as i16,
+            None => -1,
+        };
         let configs = [
             ("retention.ms", "-1"),
             ("retention.bytes", "-1"),
@@ -1459,7 +1492,7 @@ impl Shard {
         let topic = NewTopic {
             name: OFFSETS_TOPIC.to_owned(),
             partitions: self.config.offsets_topic_num_partitions,
-            replication_factor: -1,
+            replication_factor,
             assignments: Vec::new(),
             configs,
         };
@@ -1728,12 +1761,13 @@ async fn run_partition_op(
         .await
         .map_err(|error| error.unwrap_or_else(|storage| KafkaError::from(&storage))),
         PartitionOp::Fetch {
+            to_log_end,
             offset,
             max_bytes,
             current_leader_epoch,
         } => {
             check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
-            fetch(partition, offset, max_bytes)
+            fetch(partition, offset, max_bytes, to_log_end)
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
         }
@@ -1835,12 +1869,17 @@ async fn fetch(
     partition: &Rc<Partition>,
     offset: i64,
     max_bytes: usize,
+    to_log_end: bool,
 ) -> Result<PartitionOutcome, StorageError> {
     let (log_end_offset, log_start_offset) = partition
         .log
         .with_log(async |log| (log.log_end_offset(), log.log_start_offset()))
         .await;
-    let high_watermark = partition.readable_end(log_end_offset);
+    let high_watermark = if to_log_end {
+        log_end_offset
+    } else {
+        partition.readable_end(log_end_offset)
+    };
     let fetched = |records| PartitionOutcome::Fetched {
         records,
         high_watermark,

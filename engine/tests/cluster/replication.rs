@@ -214,3 +214,95 @@ fn acknowledged_writes_survive_the_leaders_death_and_the_returning_broker_catche
         }
     }
 }
+
+/// The broker id coordinating `group`, as `node` answers FindCoordinator.
+fn coordinator_of(node: &Broker, group: &str) -> Option<i32> {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, RequestKind, ResponseKind};
+    use kafka_protocol::protocol::StrBytes;
+    let request = FindCoordinatorRequest::default()
+        .with_key_type(0)
+        .with_coordinator_keys(vec![StrBytes::from_string(group.into())]);
+    let ResponseKind::FindCoordinator(response) = node.connect().call(
+        ApiKey::FindCoordinator,
+        4,
+        RequestKind::FindCoordinator(request),
+    ) else {
+        panic!("not a FindCoordinator response")
+    };
+    let coordinator = &response.coordinators[0];
+    (coordinator.error_code == 0).then_some(coordinator.node_id.0)
+}
+
+#[test]
+fn committed_offsets_survive_the_death_of_their_coordinator() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    let mut nodes: Vec<Broker> = (1..=3).map(|id| start(work.path(), id, &quorum)).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    let results = admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+        }])
+        .unwrap();
+    results[0].as_ref().unwrap();
+    describe_until(&nodes[0], every_partition_led);
+    produce(&nodes[0], 0, 20);
+    // Reading everything commits it on close (enable.auto.commit=false, so commit by hand).
+    let group = "survivors";
+    let address = nodes[1].address.to_string();
+    let mut consumer = Consumer::new(
+        ConsumerConfig::from_properties([
+            ("bootstrap.servers", address.as_str()),
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+            ("heartbeat.interval.ms", "200"),
+            ("retry.backoff.ms", "50"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    consumer.subscribe(&[TOPIC.to_string()]).unwrap();
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read < 60 {
+        assert!(Instant::now() < deadline);
+        read += consumer.poll(Duration::from_millis(200)).unwrap().len();
+    }
+    consumer.commit(None).unwrap();
+    consumer.close();
+
+    let coordinator = coordinator_of(&nodes[0], group).expect("a coordinator");
+    kill(&mut nodes[coordinator as usize - 1]);
+    let survivor = (1..=3).find(|&id| id != coordinator).unwrap() as usize - 1;
+    // Another broker takes the group's offsets partition over and rebuilds the group from it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        let moved = coordinator_of(&nodes[survivor], group).filter(|&id| id != coordinator);
+        if moved.is_some() {
+            if let Ok(lags) = admin(&nodes[survivor]).list_group_offsets(group) {
+                if lags.len() == PARTITIONS as usize {
+                    break lags;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{}", nodes[survivor].log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for lag in committed {
+        assert_eq!((lag.committed, lag.lag), (20, 0), "{lag:?}");
+    }
+    for node in &mut nodes {
+        if node.child.is_some() {
+            assert!(node.stop().success(), "{}", node.log());
+        }
+    }
+}

@@ -233,6 +233,7 @@ async fn read_all(
                         last_fetched_epoch: want.last_fetched_epoch,
                     },
                     None => PartitionOp::Fetch {
+                        to_log_end: false,
                         offset: want.fetch_offset,
                         max_bytes: want.partition_max_bytes,
                         current_leader_epoch: want.current_leader_epoch,
