@@ -30,6 +30,16 @@ def start_cluster(work, *extra):
                "--broker-heartbeat-interval-ms", "200", *extra, cores=1).start()
         for node in (1, 2, 3)
     ]
+    try:
+        wait_for_registrations(nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def wait_for_registrations(nodes):
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -42,7 +52,6 @@ def start_cluster(work, *extra):
             break
         assert time.monotonic() < deadline, f"brokers listed: {listed}\n{nodes[0].log()}"
         time.sleep(0.2)
-    return nodes
 
 
 @pytest.fixture(scope="module")
