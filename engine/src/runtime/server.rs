@@ -253,8 +253,11 @@ fn into_glommio(listener: std::net::TcpListener) -> TcpListener {
 /// # Errors
 /// [`ServeError`] when it cannot start.
 pub fn serve(config: BrokerConfig) -> Result<(), ServeError> {
-    let broker = start(config, Placement::PinnedWhenCoresSuffice)?;
-    install_signal_handlers(Arc::clone(&broker.process));
+    // The handlers come first: a signal that arrives while the broker starts (its port may
+    // already accept connections) asks for a clean stop instead of killing the process.
+    let process = Arc::new(ProcessShared::default());
+    install_signal_handlers(Arc::clone(&process));
+    let broker = start_with(config, Placement::PinnedWhenCoresSuffice, process)?;
     broker.wait()
 }
 
@@ -363,7 +366,17 @@ impl Drop for RunningBroker {
 /// # Errors
 /// [`ServeError`] when it cannot start: locked memory, the data directory (missing rights,
 /// held by another broker, damaged catalog), the listen address.
-pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBroker, ServeError> {
+pub fn start(config: BrokerConfig, placement: Placement) -> Result<RunningBroker, ServeError> {
+    start_with(config, placement, Arc::new(ProcessShared::default()))
+}
+
+/// [`start`] with the process-wide state given, so that signal handlers can be installed on it
+/// before the broker listens.
+fn start_with(
+    mut config: BrokerConfig,
+    placement: Placement,
+    process: Arc<ProcessShared>,
+) -> Result<RunningBroker, ServeError> {
     ensure_memlock_limit(config.cores)?;
     let lock = lock_data_dir(&config.data_dir)?;
     config.data_dir =
@@ -417,7 +430,6 @@ pub fn start(mut config: BrokerConfig, placement: Placement) -> Result<RunningBr
     }
     let listeners = Arc::new(listeners);
     let config = Arc::new(config);
-    let process = Arc::new(ProcessShared::default());
 
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
