@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
@@ -64,6 +65,11 @@ const FRAME_RAFT: u8 = 0;
 const FRAME_CONTROLLER_REQUEST: u8 = 1;
 /// Frame kind: the controller's reply to a topic request.
 const FRAME_CONTROLLER_REPLY: u8 = 2;
+/// Heartbeat interval during a controlled shutdown.
+const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
+/// How long a stopping broker waits for a controller to appear before it gives up moving
+/// its leaderships (the quorum may have lost its majority).
+const CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS: i64 = 1_500;
 /// How long a node waits for the controller's answer to a topic request.
 const TOPIC_REQUEST_TIMEOUT_MS: i64 = 15_000;
 
@@ -79,6 +85,9 @@ pub(crate) enum ControllerRequest {
     Heartbeat {
         broker_id: i32,
         broker_epoch: i64,
+        /// The broker is stopping: move its leaderships away (controlled shutdown).
+        #[serde(default)]
+        want_shut_down: bool,
     },
     Topics {
         request_id: u64,
@@ -240,6 +249,7 @@ async fn run(
     };
     let mut controller: Option<Controller> = None;
     let mut next_heartbeat_ms = 0;
+    let mut stopping_since_ms: Option<i64> = None;
     let cluster_id = cluster_admin::cluster_id_of(&shard.config.controller_quorum);
     let mut published_layout = None;
     let mut proposed_admins: Vec<ProposedAdmin> = Vec::new();
@@ -382,9 +392,38 @@ async fn run(
         if let Some(controller) = controller.as_mut() {
             proposals.extend(controller.tick(&image, now_ms()));
         }
+        // Controlled shutdown: once the process is asked to stop, heartbeats ask the
+        // controller to move this broker's leaderships away, and the shards stop once it leads
+        // nothing (or the controller cannot be reached: see `controlled_shutdown_finished`).
+        let stopping = shard.process.shutdown_requested.load(Ordering::SeqCst);
+        if stopping
+            && !shard
+                .process
+                .controlled_shutdown_done
+                .load(Ordering::SeqCst)
+        {
+            let began = *stopping_since_ms.get_or_insert_with(|| {
+                info!("controlled shutdown: moving leaderships away");
+                next_heartbeat_ms = 0;
+                now_ms()
+            });
+            if controlled_shutdown_finished(&shard, &node, &image, incarnation_id, now_ms() - began)
+            {
+                info!(elapsed_ms = now_ms() - began, "controlled shutdown: done");
+                shard
+                    .process
+                    .controlled_shutdown_done
+                    .store(true, Ordering::SeqCst);
+            }
+        }
         if now_ms() >= next_heartbeat_ms {
-            next_heartbeat_ms = now_ms() + shard.config.broker_heartbeat_interval_ms;
-            let request = broker_request(&shard, &image, incarnation_id);
+            let interval = if stopping {
+                CONTROLLED_SHUTDOWN_HEARTBEAT_MS.min(shard.config.broker_heartbeat_interval_ms)
+            } else {
+                shard.config.broker_heartbeat_interval_ms
+            };
+            next_heartbeat_ms = now_ms() + interval;
+            let request = broker_request(&shard, &image, incarnation_id, stopping);
             match (controller.as_mut(), node.leader()) {
                 (Some(controller), _) => {
                     proposals.extend(handle_request(controller, &image, now_ms(), request));
@@ -530,6 +569,34 @@ async fn run(
             published_layout = Some(layout);
         }
     }
+}
+
+/// Whether this broker's controlled shutdown is over: the controller marked it shutting down
+/// and it leads no partition any more; or it never registered; or no controller is known
+/// for a while (the quorum may be gone); or it took longer than a broker session.
+fn controlled_shutdown_finished(
+    shard: &Shard,
+    node: &QuorumNode,
+    image: &MetadataImage,
+    incarnation_id: uuid::Uuid,
+    elapsed_ms: i64,
+) -> bool {
+    let broker_id = shard.config.node_id;
+    let Some(broker) = image
+        .broker(broker_id)
+        .filter(|broker| broker.incarnation_id == incarnation_id)
+    else {
+        return true;
+    };
+    let leads_something = image.topics().values().any(|topic| {
+        topic
+            .partitions
+            .values()
+            .any(|state| state.leader == broker_id)
+    });
+    (broker.in_controlled_shutdown && !leads_something)
+        || (node.leader().is_none() && elapsed_ms >= CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS)
+        || elapsed_ms >= shard.config.broker_session_timeout_ms
 }
 
 /// Proposes the records of a topic request on the active controller, or says why not.
@@ -729,6 +796,7 @@ fn broker_request(
     shard: &Shard,
     image: &MetadataImage,
     incarnation_id: uuid::Uuid,
+    stopping: bool,
 ) -> ControllerRequest {
     let broker_id = shard.config.node_id;
     match image
@@ -738,6 +806,7 @@ fn broker_request(
         Some(broker) => ControllerRequest::Heartbeat {
             broker_id,
             broker_epoch: broker.broker_epoch,
+            want_shut_down: stopping,
         },
         None => ControllerRequest::Register {
             broker_id,
@@ -785,6 +854,7 @@ fn handle_request(
         ControllerRequest::Heartbeat {
             broker_id,
             broker_epoch,
+            want_shut_down,
         } => controller
             .heartbeat(
                 image,
@@ -792,7 +862,7 @@ fn handle_request(
                 Heartbeat {
                     broker_id,
                     broker_epoch,
-                    want_shut_down: false,
+                    want_shut_down,
                 },
             )
             .map(|(_, records)| records)

@@ -649,6 +649,22 @@ fn spawn_background_work(shard: &Rc<Shard>) {
         while !watcher.process.shutdown_requested.load(Ordering::SeqCst) {
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
+        if !watcher.config.controller_quorum.is_empty() {
+            // A cluster node first hands its leaderships over (the quorum driver's controlled
+            // shutdown), bounded in case the driver is not running.
+            let bound = Duration::from_millis(
+                u64::try_from(watcher.config.broker_session_timeout_ms).unwrap_or(0) + 2_000,
+            );
+            let began = std::time::Instant::now();
+            while !watcher
+                .process
+                .controlled_shutdown_done
+                .load(Ordering::SeqCst)
+                && began.elapsed() < bound
+            {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
         watcher.begin_shutdown();
     })
     .detach();

@@ -279,6 +279,9 @@ pub enum ShardMessage {
 pub struct ProcessShared {
     /// Set by SIGINT or SIGTERM, or by [`super::server::RunningBroker::stop`].
     pub shutdown_requested: AtomicBool,
+    /// In a cluster: the broker's leaderships moved away (or could not), so its shards may
+    /// stop (set by the quorum driver).
+    pub controlled_shutdown_done: AtomicBool,
     /// Shards whose connections have all closed.
     pub shards_drained: AtomicUsize,
     /// Shards listening for connections.

@@ -78,11 +78,12 @@ pub(super) fn start_node_with(work: &Path, node_id: i32, quorum: &str, extra: &[
         quorum,
         "--cores",
         "1",
-        "--broker-session-timeout-ms",
-        "1500",
         "--broker-heartbeat-interval-ms",
         "200",
     ];
+    if !extra.contains(&"--broker-session-timeout-ms") {
+        args.extend_from_slice(&["--broker-session-timeout-ms", "1500"]);
+    }
     args.extend_from_slice(extra);
     Broker::start(&work.join(format!("node-{node_id}")), &args)
 }

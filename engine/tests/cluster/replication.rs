@@ -306,3 +306,76 @@ fn committed_offsets_survive_the_death_of_their_coordinator() {
         }
     }
 }
+
+#[test]
+fn a_stopping_leader_hands_its_partitions_over_before_it_exits() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    // A long session: without a controlled shutdown, its partitions would wait this long.
+    let start_slow = |id: i32| {
+        start_node_with(
+            work.path(),
+            id,
+            &quorum,
+            &["--broker-session-timeout-ms", "20000"],
+        )
+    };
+    let mut nodes: Vec<Broker> = (1..=3).map(start_slow).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    let results = admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TOPIC.into(),
+            partitions: PARTITIONS,
+            replication_factor: 3,
+            configs: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+        }])
+        .unwrap();
+    results[0].as_ref().unwrap();
+    let layout = describe_until(&nodes[0], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.isr.len() == 3)
+    });
+    produce(&nodes[0], 0, 50);
+
+    // SIGTERM the leader of partition 0: it exits cleanly, well within its session, and
+    // only once its partitions have other leaders.
+    let stopping = layout.partitions[0].leader;
+    let started = Instant::now();
+    let status = nodes[stopping as usize - 1].stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{}", nodes[stopping as usize - 1].log());
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    assert!(
+        nodes[stopping as usize - 1]
+            .log()
+            .contains("controlled shutdown: done"),
+        "{}",
+        nodes[stopping as usize - 1].log()
+    );
+    let survivor = (1..=3).find(|&id| id != stopping).unwrap() as usize - 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    describe_until(&nodes[survivor], |info| {
+        assert!(Instant::now() < deadline, "leaders did not move: {info:?}");
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.leader != stopping && !partition.isr.contains(&stopping))
+    });
+    // Writes go on at once, and nothing was lost.
+    produce(&nodes[survivor], 50, 50);
+    assert_eq!(read_all(&nodes[survivor], "after-stop", 300), expected(100));
+    for node in &mut nodes {
+        if node.child.is_some() {
+            assert!(node.stop().success(), "{}", node.log());
+        }
+    }
+}
