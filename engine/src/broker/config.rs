@@ -53,6 +53,10 @@ pub struct ServeSettings {
     /// leaves the ISR (replica.lag.time.max.ms) [default: 30000].
     #[arg(long, value_name = "MS")]
     pub replica_lag_time_max_ms: Option<i64>,
+    /// How often the active controller moves leadership back to preferred replicas that are
+    /// in sync again (leader.imbalance.check.interval.seconds) [default: 300000].
+    #[arg(long, value_name = "MS")]
+    pub leader_imbalance_check_interval_ms: Option<i64>,
     /// Address for the Prometheus metrics endpoint, `/metrics` [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -195,6 +199,8 @@ pub struct BrokerConfig {
     pub metadata_snapshot_interval_records: u64,
     /// See [`ServeSettings::replica_lag_time_max_ms`].
     pub replica_lag_time_max_ms: i64,
+    /// See [`ServeSettings::leader_imbalance_check_interval_ms`].
+    pub leader_imbalance_check_interval_ms: i64,
     /// See [`ServeSettings::metrics_listen`].
     pub metrics_listen: Option<SocketAddr>,
     /// See [`ServeSettings::auto_create_topics`].
@@ -290,6 +296,9 @@ impl ServeSettings {
             replica_lag_time_max_ms: self
                 .replica_lag_time_max_ms
                 .or(base.replica_lag_time_max_ms),
+            leader_imbalance_check_interval_ms: self
+                .leader_imbalance_check_interval_ms
+                .or(base.leader_imbalance_check_interval_ms),
             metrics_listen: self.metrics_listen.or(base.metrics_listen),
             auto_create_topics: self.auto_create_topics.or(base.auto_create_topics),
             num_partitions: self.num_partitions.or(base.num_partitions),
@@ -455,9 +464,18 @@ impl ServeSettings {
                 "must be at least 1".into(),
             ));
         }
+        let leader_imbalance_check_interval_ms =
+            self.leader_imbalance_check_interval_ms.unwrap_or(300_000);
+        if leader_imbalance_check_interval_ms < 1 {
+            return Err(invalid(
+                "leader_imbalance_check_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
             replica_lag_time_max_ms,
+            leader_imbalance_check_interval_ms,
             controller_quorum,
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,

@@ -257,6 +257,26 @@ impl Controller {
         ))
     }
 
+    /// The connection that carried `broker_id`'s heartbeats (at `broker_epoch`) closed: its
+    /// process most likely died (the kernel closes a dead process's sockets), so its session
+    /// ends at `session_end_ms` (now, or after a short grace) instead of after
+    /// `broker_session_timeout_ms`, and a [`Controller::tick`] from then fences it. A newer registration of the broker is left alone, and a
+    /// live broker whose connection merely broke is unfenced by its next heartbeat.
+    pub fn connection_lost(
+        &mut self,
+        image: &MetadataImage,
+        broker_id: BrokerId,
+        broker_epoch: i64,
+        session_end_ms: i64,
+    ) {
+        let current = image
+            .broker(broker_id)
+            .is_some_and(|broker| broker.broker_epoch == broker_epoch && !broker.fenced);
+        if current {
+            self.session_deadlines_ms.insert(broker_id, session_end_ms);
+        }
+    }
+
     /// Time passed: brokers whose session ran out are fenced, and leave their partitions.
     pub fn tick(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<MetadataRecord> {
         let expired: Vec<BrokerId> = self

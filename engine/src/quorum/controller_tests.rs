@@ -185,6 +185,29 @@ fn a_silent_broker_is_fenced_and_its_partitions_get_new_leaders_from_the_isr() {
 }
 
 #[test]
+fn a_broker_whose_heartbeat_connection_closed_is_fenced_at_the_next_tick() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    assert_eq!(cluster.partition(0).leader, 1);
+    let epoch = cluster.epoch(1);
+    // An older registration's connection closing changes nothing.
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 1, epoch - 1, 500);
+    cluster.tick(500);
+    assert!(!cluster.image.broker(1).unwrap().fenced);
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 1, epoch, 600);
+    cluster.tick(600);
+    assert!(
+        cluster.image.broker(1).unwrap().fenced,
+        "long before its session ends"
+    );
+    assert_eq!(cluster.partition(0).leader, 2);
+}
+
+#[test]
 fn the_last_in_sync_replica_is_waited_for_unless_unclean_election_is_allowed() {
     for unclean in [false, true] {
         let mut cluster = Cluster::with_brokers(3);

@@ -165,6 +165,11 @@ pub(crate) enum Event {
     Peer(Message),
     Request(ControllerRequest),
     Reply(ControllerReply),
+    /// A connection that carried this broker's heartbeats (at this broker epoch) closed.
+    PeerGone {
+        broker_id: i32,
+        broker_epoch: i64,
+    },
     /// A shard's topic request; answered with the results and the log index they hold at.
     Admin {
         admin: TopicAdmin,
@@ -243,6 +248,8 @@ async fn run(
     let now_ms = || started.elapsed().as_millis() as i64;
     let tick = Duration::from_millis(config.tick_ms as u64);
     let mut last_leader = None;
+    // The last leader known, kept through elections.
+    let mut last_known_leader = None;
     let incarnation_id = super::random_uuid();
     let controller_config = ControllerConfig {
         broker_session_timeout_ms: shard.config.broker_session_timeout_ms,
@@ -250,6 +257,7 @@ async fn run(
     let mut controller: Option<Controller> = None;
     let mut next_heartbeat_ms = 0;
     let mut stopping_since_ms: Option<i64> = None;
+    let mut next_rebalance_ms = shard.config.leader_imbalance_check_interval_ms;
     let cluster_id = cluster_admin::cluster_id_of(&shard.config.controller_quorum);
     let mut published_layout = None;
     let mut proposed_admins: Vec<ProposedAdmin> = Vec::new();
@@ -320,6 +328,18 @@ async fn run(
                     proposals.extend(handle_request(controller, &image, now_ms(), request));
                 }
             }
+            Some(Event::PeerGone {
+                broker_id,
+                broker_epoch,
+            }) => {
+                if let Some(controller) = controller.as_mut() {
+                    info!(
+                        broker_id,
+                        "a broker's heartbeat connection closed; ending its session"
+                    );
+                    controller.connection_lost(&image, broker_id, broker_epoch, now_ms());
+                }
+            }
             Some(Event::Reply(reply)) => {
                 if let Some(forwarded) = forwarded_admins.remove(&reply.request_id) {
                     answered_admins.push((reply.applied_index, reply.results, forwarded.reply));
@@ -388,9 +408,30 @@ async fn run(
         // fresh sessions for every broker.
         if node.is_leader() != controller.is_some() {
             controller = node.is_leader().then(|| Controller::new(controller_config));
+            // The previous quorum leader most likely died (pre-vote and check-quorum keep a
+            // live one in place), and it never heartbeated here: rather than a full session,
+            // it gets two heartbeat intervals to show up before it is fenced.
+            let previous = last_known_leader.filter(|&previous| previous != node_id);
+            if let (Some(controller), Some(previous)) = (controller.as_mut(), previous) {
+                let previous = i32::try_from(previous).unwrap_or(-1);
+                if let Some(broker) = image.broker(previous) {
+                    controller.connection_lost(
+                        &image,
+                        previous,
+                        broker.broker_epoch,
+                        now_ms() + 2 * shard.config.broker_heartbeat_interval_ms,
+                    );
+                }
+            }
         }
         if let Some(controller) = controller.as_mut() {
             proposals.extend(controller.tick(&image, now_ms()));
+            // Kafka's auto.leader.rebalance: leadership goes back to preferred replicas that
+            // are in sync again.
+            if now_ms() >= next_rebalance_ms {
+                next_rebalance_ms = now_ms() + shard.config.leader_imbalance_check_interval_ms;
+                proposals.extend(controller.preferred_leader_elections(&image));
+            }
         }
         // Controlled shutdown: once the process is asked to stop, heartbeats ask the
         // controller to move this broker's leaderships away, and the shards stop once it leads
@@ -508,6 +549,9 @@ async fn run(
                     Err(error) => error!(index, %error, "unreadable metadata record"),
                 },
             }
+        }
+        if node.leader().is_some() {
+            last_known_leader = node.leader();
         }
         if node.leader() != last_leader {
             last_leader = node.leader();
@@ -709,6 +753,8 @@ async fn accept_peers(
 async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSender<Event>>) {
     let peer = stream.peer_addr().ok();
     let mut length = [0_u8; 4];
+    // The broker whose heartbeats this connection carries, and at which registration.
+    let mut heartbeats_of: Option<(i32, i64)> = None;
     while !shard.shutting_down.get() {
         if stream.read_exact(&mut length).await.is_err() {
             break;
@@ -734,6 +780,14 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
                 .map_err(|error| error.to_string()),
             _ => Err("unknown frame kind".to_string()),
         };
+        if let Ok(Event::Request(ControllerRequest::Heartbeat {
+            broker_id,
+            broker_epoch,
+            ..
+        })) = &event
+        {
+            heartbeats_of = Some((*broker_id, *broker_epoch));
+        }
         match event {
             Ok(event) => {
                 if events.send(event).await.is_err() {
@@ -747,6 +801,14 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
         }
     }
     debug!(?peer, "quorum peer connection closed");
+    if let (Some((broker_id, broker_epoch)), false) = (heartbeats_of, shard.shutting_down.get()) {
+        let _ = events
+            .send(Event::PeerGone {
+                broker_id,
+                broker_epoch,
+            })
+            .await;
+    }
 }
 
 async fn send_to_peer(

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::util::{free_port, Broker};
 
 /// (leader id, epoch) as `broker` reports them, if it knows a leader.
-fn quorum_view(broker: &Broker) -> Option<(i32, i32)> {
+pub(super) fn quorum_view(broker: &Broker) -> Option<(i32, i32)> {
     let mut connection = broker.connect();
     let request = DescribeQuorumRequest::default().with_topics(vec![
         describe_quorum_request::TopicData::default()

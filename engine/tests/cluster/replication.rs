@@ -12,14 +12,24 @@ use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
 use spate_engine::client::consumer::Consumer;
 use spate_engine::client::producer::{Producer, ProducerRecord};
 
-use super::quorum::{quorum_of_three, start_node_with, wait_for_brokers};
+use super::quorum::{quorum_of_three, quorum_view, start_node_with, wait_for_brokers};
 use crate::broker::util::Broker;
 
 const PARTITIONS: i32 = 3;
 const TOPIC: &str = "replicated";
 
 fn start(work: &std::path::Path, id: i32, quorum: &str) -> Broker {
-    start_node_with(work, id, quorum, &["--replica-lag-time-max-ms", "2000"])
+    start_node_with(
+        work,
+        id,
+        quorum,
+        &[
+            "--replica-lag-time-max-ms",
+            "2000",
+            "--leader-imbalance-check-interval-ms",
+            "500",
+        ],
+    )
 }
 
 fn admin(node: &Broker) -> Admin {
@@ -190,6 +200,13 @@ fn acknowledged_writes_survive_the_leaders_death_and_the_returning_broker_catche
                 .partitions
                 .iter()
                 .all(|partition| partition.isr.len() == 3)
+    });
+
+    // Once in sync, it leads again the partitions it is the preferred replica of.
+    describe_until(&nodes[survivor], |info| {
+        info.partitions
+            .iter()
+            .all(|partition| partition.leader == partition.replicas[0])
     });
 
     // Now kill the broker that led partition 0 after the failover: the returned one may be
@@ -373,6 +390,44 @@ fn a_stopping_leader_hands_its_partitions_over_before_it_exits() {
     // Writes go on at once, and nothing was lost.
     produce(&nodes[survivor], 50, 50);
     assert_eq!(read_all(&nodes[survivor], "after-stop", 300), expected(100));
+
+    // It comes back; then a broker that is not the active controller is SIGKILLed. Its
+    // heartbeat connection to the controller closes with it, so its partitions get new
+    // leaders long before its 20 s session would end.
+    nodes[stopping as usize - 1] = start_slow(stopping);
+    describe_until(&nodes[survivor], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.isr.len() == 3)
+    });
+    let (controller, _) = quorum_view(&nodes[survivor]).expect("a quorum leader");
+    let leaders = describe_until(&nodes[survivor], every_partition_led);
+    let victim = leaders
+        .partitions
+        .iter()
+        .map(|partition| partition.leader)
+        .find(|&leader| leader != controller)
+        .unwrap_or_else(|| (1..=3).find(|&id| id != controller).unwrap());
+    kill(&mut nodes[victim as usize - 1]);
+    let started = Instant::now();
+    let observer = (1..=3).find(|&id| id != victim).unwrap() as usize - 1;
+    describe_until(&nodes[observer], |info| {
+        every_partition_led(info)
+            && info
+                .partitions
+                .iter()
+                .all(|partition| partition.leader != victim)
+    });
+    let failover = started.elapsed();
+    assert!(
+        failover < Duration::from_secs(8),
+        "failover took {failover:?} with a 20 s session"
+    );
+    produce(&nodes[observer], 100, 10);
+    assert_eq!(read_all(&nodes[observer], "after-kill", 330), expected(110));
+    eprintln!("failover after SIGKILL: {failover:?}");
     for node in &mut nodes {
         if node.child.is_some() {
             assert!(node.stop().success(), "{}", node.log());
