@@ -286,21 +286,31 @@ impl Controller {
             .map(|(&broker_id, _)| broker_id)
             .collect();
         let mut records = Vec::new();
+        // With several brokers fenced at once, each is planned on the image the changes for
+        // the ones before it make: else each change would put the other back.
+        let mut planned: Option<MetadataImage> = None;
         for broker_id in expired {
             self.session_deadlines_ms.remove(&broker_id);
-            let Some(broker) = image.broker(broker_id) else {
+            let view = planned.as_ref().unwrap_or(image);
+            let Some(broker) = view.broker(broker_id) else {
                 continue;
             };
             if broker.fenced {
                 continue;
             }
-            records.push(MetadataRecord::BrokerRegistrationChange {
+            let mut fencing = vec![MetadataRecord::BrokerRegistrationChange {
                 broker_id,
                 broker_epoch: broker.broker_epoch,
                 fenced: Some(true),
                 in_controlled_shutdown: None,
-            });
-            records.extend(self.remove_from_partitions(image, broker_id));
+            }];
+            fencing.extend(self.remove_from_partitions(view, broker_id));
+            let next = planned.get_or_insert_with(|| image.clone());
+            for record in &fencing {
+                // Only a scratch copy: the index merely has to increase.
+                let _ = next.apply(next.last_applied_index() + 1, record);
+            }
+            records.extend(fencing);
         }
         // A broker registered before this controller became active gets a session now.
         for (&broker_id, broker) in image.brokers() {

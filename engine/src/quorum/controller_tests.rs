@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::controller::*;
 use super::image::MetadataImage;
+use super::planning::PlanningImage;
 use super::records::MetadataRecord;
 use crate::replication::{BrokerId, PartitionState};
 
@@ -441,4 +442,67 @@ fn a_snapshot_rebuilds_the_same_image() {
     let snapshot = cluster.image.to_snapshot();
     let rebuilt = MetadataImage::from_snapshot(&snapshot).unwrap();
     assert_eq!(rebuilt, cluster.image);
+}
+
+#[test]
+fn two_brokers_fenced_in_one_tick_leave_the_third_leading() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    assert_eq!(cluster.partition(0).leader, 1);
+    let (epoch_1, epoch_2) = (cluster.epoch(1), cluster.epoch(2));
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 1, epoch_1, 100);
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 2, epoch_2, 100);
+    cluster.tick(100);
+    assert!(cluster.image.broker(1).unwrap().fenced);
+    assert!(cluster.image.broker(2).unwrap().fenced);
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (3, vec![3]));
+}
+
+#[test]
+fn a_fencing_planned_while_another_is_in_flight_builds_on_it() {
+    // The controller proposes broker 1's fencing; before the quorum commits it, broker 2's
+    // session ends too. Planned on the applied image alone, broker 2's change would name
+    // broker 1 (still leader there) and undo the first: fenced broker 2 left leading.
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    let (epoch_1, epoch_2) = (cluster.epoch(1), cluster.epoch(2));
+    let mut planning = PlanningImage::new();
+    let mut in_flight = Vec::new();
+    let mut propose = |cluster: &mut Cluster, planning: &mut PlanningImage, records| {
+        for record in records {
+            let index = cluster.next_index + in_flight.len() as u64;
+            planning.proposed(&cluster.image, index, &record);
+            in_flight.push(record);
+        }
+    };
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 1, epoch_1, 100);
+    let first = cluster.controller.tick(planning.view(&cluster.image), 100);
+    propose(&mut cluster, &mut planning, first);
+    assert_eq!(
+        planning
+            .view(&cluster.image)
+            .partition(TOPIC, 0)
+            .unwrap()
+            .leader,
+        2,
+        "planned ahead of the applied image"
+    );
+    cluster
+        .controller
+        .connection_lost(&cluster.image, 2, epoch_2, 200);
+    let second = cluster.controller.tick(planning.view(&cluster.image), 200);
+    propose(&mut cluster, &mut planning, second);
+    let records = std::mem::take(&mut in_flight);
+    cluster.apply(records);
+    planning.caught_up(&cluster.image);
+    assert!(std::ptr::eq(planning.view(&cluster.image), &cluster.image));
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (3, vec![3]));
 }

@@ -6,18 +6,21 @@
 //! - [`records`]: what the metadata log holds; [`image`]: the metadata they build, the same on
 //!   every node that applied the same records, and its snapshots.
 //! - [`controller`]: the active controller's decisions (registrations, heartbeats and fencing,
-//!   leader elections, ISR changes, topic placement), as records to propose.
+//!   leader elections, ISR changes, topic placement), as records to propose;
+//!   [`planning`]: the image it plans against, with its proposed records already on top.
 
 pub mod controller;
 pub mod image;
 pub mod log;
 pub mod node;
+pub mod planning;
 pub mod records;
 pub mod store;
 
 pub use controller::{Controller, ControllerConfig, ControllerError};
 pub use image::{MetadataImage, MetadataSnapshot};
 pub use node::{DurableState, NodeId, ProposeError, QuorumConfig, QuorumNode, QuorumOutput};
+pub use planning::PlanningImage;
 pub use records::MetadataRecord;
 
 #[cfg(test)]

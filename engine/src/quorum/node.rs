@@ -211,6 +211,12 @@ impl QuorumNode {
         self.raw.raft.raft_log.last_index()
     }
 
+    /// Whether this node handed out for applying an entry of its current term: a new leader's
+    /// first entry (raft's no-op), and so everything committed before its term.
+    pub fn applied_in_current_term(&self) -> bool {
+        self.raw.raft.apply_to_current_term()
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term

@@ -15,16 +15,20 @@
 //! 4. calls [`PartitionLeader::tick`] now and then (every `replica_lag_time_max_ms / 2` is
 //!    enough) so that lagging followers leave the ISR;
 //! 5. after every call, drains [`PartitionLeader::poll_output`]: [`LeaderOutput::AlterIsr`]
-//!    asks the controller for an ISR change, whose outcome comes back through
-//!    [`PartitionLeader::isr_change_completed`]; [`LeaderOutput::HighWatermark`] says the high
-//!    watermark moved, so fetches and `acks=all` produces waiting on it can be answered;
+//!    asks the controller for an ISR change, whose outcome comes back, with the request's
+//!    number, through [`PartitionLeader::isr_change_completed`]; [`LeaderOutput::HighWatermark`]
+//!    says the high watermark moved, so fetches and `acks=all` produces waiting on it can be
+//!    answered;
 //! 6. passes newer committed partition states from the metadata (same leader epoch) to
 //!    [`PartitionLeader::partition_changed`]; a new leader epoch means a new `PartitionLeader`.
 //!
 //! # Rules (Kafka's `Partition.scala`)
 //! - The high watermark is the lowest log end offset over the *maximal* ISR: the committed ISR
 //!   plus a replica whose addition is in flight (KIP-497), so the ISR the controller commits
-//!   never holds a replica missing data below the high watermark. It never moves back.
+//!   never holds a replica missing data below the high watermark. It never moves back. An
+//!   addition whose fate is unknown (the controller moved or the answer was lost) stays in the
+//!   maximal ISR until newer committed state says what became of it; an accepted change stays
+//!   pending until that state arrives, and an answer to an older request is ignored.
 //! - A follower joins the ISR once its log end offset reaches both the high watermark and the
 //!   start of the current leader epoch; it leaves when it has not caught up with the leader's
 //!   log end for `replica_lag_time_max_ms`. One ISR change is in flight at a time, and it takes
@@ -120,15 +124,19 @@ pub enum AcksAllError {
     NotEnoughReplicasAfterAppend,
 }
 
-/// Why the controller did not commit an ISR change.
+/// Why the controller did not commit an ISR change, or whether it may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsrChangeError {
     /// The request's partition or leader epoch is stale (`INVALID_UPDATE_VERSION`,
-    /// `FENCED_LEADER_EPOCH`): newer metadata is on its way.
+    /// `FENCED_LEADER_EPOCH`): newer metadata is on its way. Not committed.
     Stale,
-    /// The controller refused it for another reason (`INELIGIBLE_REPLICA`, unreachable, ...):
-    /// the leader tries again at the next fetch or tick.
+    /// The controller refused it for another reason (`INELIGIBLE_REPLICA`, ...): the leader
+    /// tries again at the next fetch or tick. Not committed.
     Refused,
+    /// No answer (the controller moved, the request timed out): it may have been committed.
+    /// The leader tries again, and counts a replica it asked to add as in sync until newer
+    /// committed state shows whether it was.
+    Unknown,
 }
 
 /// What the leader asks its driver to do.
@@ -137,6 +145,8 @@ pub enum LeaderOutput {
     /// Ask the controller to set the ISR (AlterPartition), then report the outcome with
     /// [`PartitionLeader::isr_change_completed`].
     AlterIsr {
+        /// This leader's number for the request, given back with its outcome.
+        request: u64,
         /// The leader epoch the request is made under.
         leader_epoch: i32,
         /// The partition epoch the change is based on.
@@ -151,6 +161,7 @@ pub enum LeaderOutput {
 /// An ISR change sent to the controller and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PendingIsrChange {
+    request: u64,
     isr: BTreeSet<BrokerId>,
 }
 
@@ -174,6 +185,11 @@ pub struct PartitionLeader {
     config: ReplicationConfig,
     state: PartitionState,
     pending: Option<PendingIsrChange>,
+    /// Replicas whose addition may have been committed (its answer was lost): counted in the
+    /// maximal ISR until a newer committed state arrives.
+    maybe_added: BTreeSet<BrokerId>,
+    /// The number of the next [`LeaderOutput::AlterIsr`].
+    next_request: u64,
     followers: BTreeMap<BrokerId, FollowerProgress>,
     ineligible: BTreeSet<BrokerId>,
     log_end_offset: i64,
@@ -227,6 +243,8 @@ impl PartitionLeader {
             config,
             state,
             pending: None,
+            maybe_added: BTreeSet::new(),
+            next_request: 0,
             followers,
             ineligible: BTreeSet::new(),
             log_end_offset,
@@ -258,12 +276,13 @@ impl PartitionLeader {
         self.log_end_offset
     }
 
-    /// The committed ISR plus a replica whose addition is in flight.
+    /// The committed ISR plus a replica whose addition is in flight or of unknown fate.
     pub fn maximal_isr(&self) -> BTreeSet<BrokerId> {
         let mut isr: BTreeSet<BrokerId> = self.state.isr.iter().copied().collect();
         if let Some(pending) = &self.pending {
             isr.extend(pending.isr.iter().copied());
         }
+        isr.extend(self.maybe_added.iter().copied());
         isr
     }
 
@@ -413,19 +432,33 @@ impl PartitionLeader {
         self.propose(isr);
     }
 
-    /// The controller's answer to the last [`LeaderOutput::AlterIsr`]: the committed ISR and
-    /// partition epoch, or why not.
+    /// The controller's answer to the [`LeaderOutput::AlterIsr`] numbered `request`: `Ok`
+    /// when it committed the change, whose state then comes through
+    /// [`PartitionLeader::partition_changed`] (the change stays pending until it does), or
+    /// why not. An answer to any request but the pending one is ignored.
     pub fn isr_change_completed(
         &mut self,
-        outcome: Result<(Vec<BrokerId>, i32), IsrChangeError>,
+        request: u64,
+        outcome: Result<(), IsrChangeError>,
         now_ms: i64,
     ) {
-        self.pending = None;
-        if let Ok((isr, partition_epoch)) = outcome {
-            if partition_epoch > self.state.partition_epoch {
-                self.state.isr = isr;
-                self.state.partition_epoch = partition_epoch;
-                self.check_invariants();
+        let Some(pending) = self.pending.take_if(|pending| pending.request == request) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                let committed: BTreeSet<BrokerId> = self.state.isr.iter().copied().collect();
+                if pending.isr != committed {
+                    // Committed, and the state saying so is on its way.
+                    self.pending = Some(pending);
+                    return;
+                }
+            }
+            Err(IsrChangeError::Stale | IsrChangeError::Refused) => {}
+            Err(IsrChangeError::Unknown) => {
+                let committed: BTreeSet<BrokerId> = self.state.isr.iter().copied().collect();
+                self.maybe_added
+                    .extend(pending.isr.difference(&committed).copied());
             }
         }
         self.maybe_advance_high_watermark();
@@ -458,7 +491,9 @@ impl PartitionLeader {
             }
         }
         self.state = state;
+        // Whatever was asked is now committed or will be refused as stale.
         self.pending = None;
+        self.maybe_added.clear();
         self.check_invariants();
         self.maybe_advance_high_watermark();
     }
@@ -491,12 +526,15 @@ impl PartitionLeader {
     fn propose(&mut self, isr: Vec<BrokerId>) {
         let isr: BTreeSet<BrokerId> = isr.into_iter().collect();
         assert!(isr.contains(&self.local), "the leader stays in its ISR");
+        let request = self.next_request;
+        self.next_request += 1;
         self.outputs.push_back(LeaderOutput::AlterIsr {
+            request,
             leader_epoch: self.state.leader_epoch,
             partition_epoch: self.state.partition_epoch,
             isr: isr.iter().copied().collect(),
         });
-        self.pending = Some(PendingIsrChange { isr });
+        self.pending = Some(PendingIsrChange { request, isr });
     }
 
     fn maybe_advance_high_watermark(&mut self) {

@@ -214,6 +214,7 @@ fn a_lagging_follower_leaves_the_isr_only_once_the_controller_commits_it() {
     assert_eq!(
         outputs(&mut leader),
         [LeaderOutput::AlterIsr {
+            request: 0,
             leader_epoch: 1,
             partition_epoch: 1,
             isr: vec![0, 1],
@@ -229,7 +230,15 @@ fn a_lagging_follower_leaves_the_isr_only_once_the_controller_commits_it() {
         outputs(&mut leader).is_empty(),
         "one change in flight at a time"
     );
-    leader.isr_change_completed(Ok((vec![0, 1], 2)), 20_000);
+    leader.isr_change_completed(0, Ok(()), 20_000);
+    assert!(
+        leader.has_pending_isr_change(),
+        "committed, but the state saying so has not come yet"
+    );
+    assert_eq!(leader.high_watermark(), 10);
+    let mut committed = state(0, 1, &[0, 1]);
+    committed.partition_epoch = 2;
+    leader.partition_changed(committed, 20_000);
     assert_eq!(leader.high_watermark(), 20);
     assert_eq!(outputs(&mut leader), [LeaderOutput::HighWatermark(20)]);
     assert_eq!(leader.acks_all_outcome(20, 2), Some(Ok(())));
@@ -295,6 +304,7 @@ fn a_caught_up_follower_joins_the_isr_and_counts_at_once() {
     assert_eq!(
         outputs(&mut leader),
         [LeaderOutput::AlterIsr {
+            request: 0,
             leader_epoch: 1,
             partition_epoch: 1,
             isr: vec![0, 1, 2],
@@ -308,7 +318,7 @@ fn a_caught_up_follower_joins_the_isr_and_counts_at_once() {
         .unwrap();
     assert_eq!(leader.high_watermark(), 8);
     // The controller refuses; the next fetch asks again.
-    leader.isr_change_completed(Err(IsrChangeError::Refused), 5);
+    leader.isr_change_completed(0, Err(IsrChangeError::Refused), 5);
     assert_eq!(leader.high_watermark(), 12, "back to the committed ISR");
     leader
         .follower_fetch(fetch(2, 12, Some(1)), &cache, 0, 6)
@@ -326,6 +336,127 @@ fn a_caught_up_follower_joins_the_isr_and_counts_at_once() {
     leader.partition_changed(committed, 7);
     assert!(!leader.has_pending_isr_change());
     assert_eq!(leader.state().isr, [0, 1, 2]);
+}
+
+#[test]
+fn an_answer_to_an_older_isr_request_is_ignored() {
+    // Request 0 (add replica 2) is overtaken by newer metadata; request 1 (add replica 2 again,
+    // on the new partition epoch) is pending when request 0's late refusal arrives. Taking it
+    // for request 1's would drop replica 2 from the maximal ISR while the controller may still
+    // commit it, and the high watermark would pass data replica 2 lacks.
+    let mut cache = LeaderEpochCache::new();
+    cache.assign(1, 0);
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    leader.appended(8);
+    leader
+        .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    assert!(outputs(&mut leader)
+        .iter()
+        .any(|output| matches!(output, LeaderOutput::AlterIsr { request: 0, .. })));
+    // The controller changed something else meanwhile (partition epoch 2).
+    let mut changed = state(0, 1, &[0, 1]);
+    changed.partition_epoch = 2;
+    leader.partition_changed(changed, 2);
+    assert!(!leader.has_pending_isr_change());
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 3)
+        .unwrap();
+    assert_eq!(
+        outputs(&mut leader),
+        [LeaderOutput::AlterIsr {
+            request: 1,
+            leader_epoch: 1,
+            partition_epoch: 2,
+            isr: vec![0, 1, 2],
+        }]
+    );
+    leader.isr_change_completed(0, Err(IsrChangeError::Stale), 4);
+    assert!(leader.has_pending_isr_change(), "request 1 is still out");
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
+    leader.appended(12);
+    leader
+        .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 5)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 8, "replica 2 still holds it back");
+}
+
+#[test]
+fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
+    let mut cache = LeaderEpochCache::new();
+    cache.assign(1, 0);
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    leader.appended(8);
+    leader
+        .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    outputs(&mut leader);
+    // The controller moved before answering: the addition may be committed.
+    leader.isr_change_completed(0, Err(IsrChangeError::Unknown), 2);
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
+    leader.appended(12);
+    leader
+        .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 3)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 8, "replica 2 may be in the ISR");
+    // The retry (at replica 2's next fetch) is refused as stale: the first one was committed.
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 4)
+        .unwrap();
+    assert!(outputs(&mut leader)
+        .iter()
+        .any(|output| matches!(output, LeaderOutput::AlterIsr { request: 1, .. })));
+    leader.isr_change_completed(1, Err(IsrChangeError::Stale), 5);
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
+    // The committed state arrives.
+    let mut committed = state(0, 1, &[0, 1, 2]);
+    committed.partition_epoch = 2;
+    leader.partition_changed(committed, 6);
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
+    leader
+        .follower_fetch(fetch(2, 12, Some(1)), &cache, 0, 7)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 12);
+    // Had it not been committed, newer state without replica 2 would have ended the doubt.
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 0, 0, config());
+    leader
+        .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader.isr_change_completed(0, Err(IsrChangeError::Unknown), 2);
+    let mut shrunk = state(0, 1, &[0, 1]);
+    shrunk.partition_epoch = 2;
+    leader.partition_changed(shrunk, 3);
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1]));
+}
+
+#[test]
+fn an_answer_after_the_committed_state_leaves_nothing_pending() {
+    let mut cache = LeaderEpochCache::new();
+    cache.assign(1, 0);
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    leader.appended(8);
+    leader
+        .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    outputs(&mut leader);
+    // Newer state already holds replica 2 (committed elsewhere) before the answer arrives.
+    let mut committed = state(0, 1, &[0, 1, 2]);
+    committed.partition_epoch = 2;
+    leader.partition_changed(committed, 2);
+    leader.isr_change_completed(0, Ok(()), 3);
+    assert!(!leader.has_pending_isr_change());
 }
 
 #[test]

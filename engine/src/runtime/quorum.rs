@@ -48,7 +48,7 @@ use crate::quorum::controller::{Heartbeat, Registration};
 use crate::quorum::log::QuorumLog;
 use crate::quorum::{
     Controller, ControllerConfig, MetadataImage, MetadataRecord, MetadataSnapshot, NodeId,
-    QuorumConfig, QuorumNode, QuorumOutput,
+    PlanningImage, QuorumConfig, QuorumNode, QuorumOutput,
 };
 use crate::storage::backend::DmaStorage;
 
@@ -255,6 +255,7 @@ async fn run(
         broker_session_timeout_ms: shard.config.broker_session_timeout_ms,
     };
     let mut controller: Option<Controller> = None;
+    let mut planning = PlanningImage::new();
     let mut next_heartbeat_ms = 0;
     let mut stopping_since_ms: Option<i64> = None;
     let mut next_rebalance_ms = shard.config.leader_imbalance_check_interval_ms;
@@ -294,7 +295,10 @@ async fn run(
             None
         })
         .await;
-        let mut proposals = Vec::new();
+        // A new controller acts once it applied the log up to the start of its leadership
+        // (every output of the last turn was carried out), so that it plans on everything
+        // earlier controllers committed.
+        let controller_ready = node.is_leader() && node.applied_in_current_term();
         // Ticks run on every turn: a steady stream of events must not starve raft's timers.
         node.tick(now_ms());
         match event {
@@ -310,7 +314,8 @@ async fn run(
                 };
                 let proposed = propose_admin(
                     &mut node,
-                    controller.as_ref(),
+                    controller.as_ref().filter(|_| controller_ready),
+                    &mut planning,
                     &image,
                     admin,
                     &proposed_admins,
@@ -324,8 +329,10 @@ async fn run(
                 }
             }
             Some(Event::Request(request)) => {
-                if let Some(controller) = controller.as_mut() {
-                    proposals.extend(handle_request(controller, &image, now_ms(), request));
+                if let Some(controller) = controller.as_mut().filter(|_| controller_ready) {
+                    let records =
+                        handle_request(controller, planning.view(&image), now_ms(), request);
+                    propose_records(&mut node, &mut planning, &image, records);
                 }
             }
             Some(Event::PeerGone {
@@ -357,7 +364,8 @@ async fn run(
                 if node.is_leader() {
                     let proposed = propose_admin(
                         &mut node,
-                        controller.as_ref(),
+                        controller.as_ref().filter(|_| controller_ready),
+                        &mut planning,
                         &image,
                         admin,
                         &proposed_admins,
@@ -408,6 +416,7 @@ async fn run(
         // fresh sessions for every broker.
         if node.is_leader() != controller.is_some() {
             controller = node.is_leader().then(|| Controller::new(controller_config));
+            planning.reset();
             // The previous quorum leader most likely died (pre-vote and check-quorum keep a
             // live one in place), and it never heartbeated here: rather than a full session,
             // it gets two heartbeat intervals to show up before it is fenced.
@@ -424,13 +433,15 @@ async fn run(
                 }
             }
         }
-        if let Some(controller) = controller.as_mut() {
-            proposals.extend(controller.tick(&image, now_ms()));
+        if let Some(controller) = controller.as_mut().filter(|_| controller_ready) {
+            let records = controller.tick(planning.view(&image), now_ms());
+            propose_records(&mut node, &mut planning, &image, records);
             // Kafka's auto.leader.rebalance: leadership goes back to preferred replicas that
             // are in sync again.
             if now_ms() >= next_rebalance_ms {
                 next_rebalance_ms = now_ms() + shard.config.leader_imbalance_check_interval_ms;
-                proposals.extend(controller.preferred_leader_elections(&image));
+                let records = controller.preferred_leader_elections(planning.view(&image));
+                propose_records(&mut node, &mut planning, &image, records);
             }
         }
         // Controlled shutdown: once the process is asked to stop, heartbeats ask the
@@ -467,7 +478,11 @@ async fn run(
             let request = broker_request(&shard, &image, incarnation_id, stopping);
             match (controller.as_mut(), node.leader()) {
                 (Some(controller), _) => {
-                    proposals.extend(handle_request(controller, &image, now_ms(), request));
+                    if controller_ready {
+                        let records =
+                            handle_request(controller, planning.view(&image), now_ms(), request);
+                        propose_records(&mut node, &mut planning, &image, records);
+                    }
                 }
                 (None, Some(leader)) => {
                     if let (Some(queue), Ok(payload)) =
@@ -478,10 +493,6 @@ async fn run(
                 }
                 (None, None) => {}
             }
-        }
-        for record in proposals {
-            // Dropped when leadership moved meanwhile: the broker asks again.
-            let _ = node.propose(record.encode());
         }
         loop {
             let Some(output) = node.poll_output() else {
@@ -557,6 +568,7 @@ async fn run(
             last_leader = node.leader();
             info!(leader = ?last_leader, term = node.term(), "metadata quorum leader");
         }
+        planning.caught_up(&image);
         publish(&node, &image);
         // Topic requests whose records applied (or whose controller lost its place).
         let applied = image.last_applied_index();
@@ -644,9 +656,11 @@ fn controlled_shutdown_finished(
 }
 
 /// Proposes the records of a topic request on the active controller, or says why not.
+#[allow(clippy::too_many_arguments)]
 fn propose_admin(
     node: &mut QuorumNode,
     controller: Option<&Controller>,
+    planning: &mut PlanningImage,
     image: &MetadataImage,
     admin: TopicAdmin,
     proposed: &[ProposedAdmin],
@@ -668,21 +682,24 @@ fn propose_admin(
             _ => None,
         })
         .collect();
-    let (records, expected) =
-        cluster_admin::plan(controller, image, admin, &in_flight, super::random_u64);
-    for record in records {
-        if node.propose(record.encode()).is_err() {
-            let results = expected
-                .iter()
-                .map(|_| {
-                    Err((
-                        ResponseError::NotController.code(),
-                        "this node is no longer the active controller; retry".to_owned(),
-                    ))
-                })
-                .collect();
-            return Err((responder, results));
-        }
+    let (records, expected) = cluster_admin::plan(
+        controller,
+        planning.view(image),
+        admin,
+        &in_flight,
+        super::random_u64,
+    );
+    if !propose_records(node, planning, image, records) {
+        let results = expected
+            .iter()
+            .map(|_| {
+                Err((
+                    ResponseError::NotController.code(),
+                    "this node is no longer the active controller; retry".to_owned(),
+                ))
+            })
+            .collect();
+        return Err((responder, results));
     }
     Ok(ProposedAdmin {
         wait_index: node.last_index(),
@@ -690,6 +707,23 @@ fn propose_admin(
         expected,
         responder,
     })
+}
+
+/// Proposes `records` in order and puts each on top of the planning image; false when this
+/// node no longer leads the quorum (the rest is dropped: whoever asked asks again).
+fn propose_records(
+    node: &mut QuorumNode,
+    planning: &mut PlanningImage,
+    image: &MetadataImage,
+    records: Vec<MetadataRecord>,
+) -> bool {
+    for record in records {
+        if node.propose(record.encode()).is_err() {
+            return false;
+        }
+        planning.proposed(image, node.last_index(), &record);
+    }
+    true
 }
 
 /// Answers a topic request, to a shard here or to the node that forwarded it.

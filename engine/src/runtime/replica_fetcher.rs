@@ -193,13 +193,9 @@ async fn take_answer(
     leader: i32,
     answer: kafka_protocol::messages::fetch_response::PartitionData,
 ) -> Result<(), String> {
-    // The partition may have changed role while the fetch was out.
-    let still_following = partition
-        .replication_follower
-        .borrow()
-        .as_ref()
-        .is_some_and(|follower| follower.leader() == leader);
-    if !still_following {
+    // The partition may have changed role while the fetch was out. Checked again with the
+    // log held before anything is written: the role changes (take_role) while this awaits.
+    if !follows(partition, leader) {
         return Ok(());
     }
     match ResponseError::try_from_code(answer.error_code) {
@@ -233,29 +229,42 @@ async fn take_answer(
         };
         let truncated = partition
             .log
-            .with_log(async |log| log.truncate_to(offset, now).await)
+            .with_log(async |log| {
+                if !follows(partition, leader) {
+                    return Ok(None);
+                }
+                log.truncate_to(offset, now).await.map(Some)
+            })
             .await
             .map_err(|error| error.to_string())?;
-        info!(topic = %partition.topic, partition = partition.index, leader, offset = truncated, "truncated to the leader's log");
-        cap_high_watermark(partition, truncated);
+        if let Some(truncated) = truncated {
+            info!(topic = %partition.topic, partition = partition.index, leader, offset = truncated, "truncated to the leader's log");
+            cap_high_watermark(partition, truncated);
+        }
         return Ok(());
     }
     let records: Bytes = answer.records.unwrap_or_default();
     let log_end_offset = if records.is_empty() {
         partition
             .log
-            .with_log(async |log| log.log_end_offset())
+            .with_log(async |log| Some(log.log_end_offset()))
             .await
     } else {
         partition
             .log
             .with_log(async |log| {
+                if !follows(partition, leader) {
+                    return Ok(None);
+                }
                 log.append_replicated(BytesMut::from(records), now).await?;
                 log.flush(now).await?;
-                Ok::<_, StorageError>(log.log_end_offset())
+                Ok::<_, StorageError>(Some(log.log_end_offset()))
             })
             .await
             .map_err(|error| error.to_string())?
+    };
+    let Some(log_end_offset) = log_end_offset else {
+        return Ok(());
     };
     let high_watermark = partition
         .replication_follower
@@ -266,6 +275,16 @@ async fn take_answer(
         partition.high_watermark.set(high_watermark);
     }
     Ok(())
+}
+
+/// Whether `partition` still follows `leader` (the replication follower is cleared the
+/// moment the partition is to lead, before its new epoch opens).
+fn follows(partition: &Partition, leader: i32) -> bool {
+    partition
+        .replication_follower
+        .borrow()
+        .as_ref()
+        .is_some_and(|follower| follower.leader() == leader)
 }
 
 fn cap_high_watermark(partition: &Partition, log_end_offset: i64) {

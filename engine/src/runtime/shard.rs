@@ -1155,37 +1155,44 @@ impl Shard {
                 self.drain_leader_outputs(&partition);
                 return;
             }
+            // Out of the old role before the log is awaited: a replica fetcher's answer in
+            // flight must not append once the new epoch opened (its check runs with the log
+            // held), and a produce must not append at the old epoch.
+            *partition.replication_follower.borrow_mut() = None;
+            *partition.replication_leader.borrow_mut() = None;
+            partition.leading.set(false);
+            let config = ReplicationConfig {
+                replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
+            };
+            // The epoch opens and the leader takes over with the log held, so that the
+            // leader's log end is the log's and the first produce stamps the new epoch.
             let opened = partition
                 .log
                 .with_log(async |log| {
                     log.open_leader_epoch(state.leader_epoch).await?;
-                    Ok::<_, StorageError>(log.log_end_offset())
+                    let log_end_offset = log.log_end_offset();
+                    let high_watermark = partition.high_watermark.get().clamp(0, log_end_offset);
+                    let leader = PartitionLeader::new(
+                        node_id,
+                        state.clone(),
+                        log_end_offset,
+                        high_watermark,
+                        now,
+                        config,
+                    );
+                    *partition.replication_leader.borrow_mut() = Some(leader);
+                    partition.leader_epoch.set(state.leader_epoch);
+                    partition.leading.set(true);
+                    Ok::<_, StorageError>(log_end_offset)
                 })
                 .await;
             let log_end_offset = match opened {
                 Ok(log_end_offset) => log_end_offset,
                 Err(error) => {
                     error!(topic = %partition.topic, partition = index, %error, "cannot open the leader epoch; not leading");
-                    partition.leading.set(false);
                     return;
                 }
             };
-            let high_watermark = partition.high_watermark.get().clamp(0, log_end_offset);
-            let config = ReplicationConfig {
-                replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
-            };
-            let leader = PartitionLeader::new(
-                node_id,
-                state.clone(),
-                log_end_offset,
-                high_watermark,
-                now,
-                config,
-            );
-            *partition.replication_leader.borrow_mut() = Some(leader);
-            *partition.replication_follower.borrow_mut() = None;
-            partition.leader_epoch.set(state.leader_epoch);
-            partition.leading.set(true);
             info!(topic = %partition.topic, partition = index, leader_epoch = state.leader_epoch, log_end_offset, "leading");
             self.drain_leader_outputs(&partition);
         } else {
@@ -1230,6 +1237,7 @@ impl Shard {
                     partition.data_arrived.notify(usize::MAX);
                 }
                 Some(LeaderOutput::AlterIsr {
+                    request,
                     leader_epoch,
                     partition_epoch,
                     isr,
@@ -1238,7 +1246,7 @@ impl Shard {
                     let partition = Rc::clone(partition);
                     glommio::spawn_local(async move {
                         shard
-                            .alter_isr(&partition, leader_epoch, partition_epoch, isr)
+                            .alter_isr(&partition, request, leader_epoch, partition_epoch, isr)
                             .await;
                     })
                     .detach();
@@ -1251,6 +1259,7 @@ impl Shard {
     async fn alter_isr(
         self: &Rc<Self>,
         partition: &Rc<Partition>,
+        request: u64,
         leader_epoch: i32,
         partition_epoch: i32,
         isr: Vec<i32>,
@@ -1271,27 +1280,13 @@ impl Shard {
             .into_iter()
             .next()
             .unwrap_or_else(|| Err(KafkaError::new(ResponseError::UnknownServerError)));
-        let outcome = match result {
-            Ok(()) => match self
-                .catalog()
-                .partition_state(partition.topic_id, partition.index)
-            {
-                Some(state) => Ok((state.isr.clone(), state.partition_epoch)),
-                None => Err(IsrChangeError::Stale),
-            },
-            Err(error)
-                if matches!(
-                    error.code,
-                    ResponseError::InvalidUpdateVersion | ResponseError::FencedLeaderEpoch
-                ) =>
-            {
-                Err(IsrChangeError::Stale)
+        let outcome = result.map_err(|error| {
+            let outcome = isr_change_error(error.code);
+            if outcome != IsrChangeError::Stale {
+                warn!(topic = %partition.topic, partition = partition.index, error = ?error.message, code = ?error.code, ?outcome, "ISR change not made");
             }
-            Err(error) => {
-                warn!(topic = %partition.topic, partition = partition.index, error = ?error.message, code = ?error.code, "ISR change refused");
-                Err(IsrChangeError::Refused)
-            }
-        };
+            outcome
+        });
         let still_leading = partition
             .replication_leader
             .borrow()
@@ -1299,7 +1294,7 @@ impl Shard {
             .is_some_and(|leader| leader.leader_epoch() == leader_epoch);
         if still_leading {
             if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
-                leader.isr_change_completed(outcome, now_ms());
+                leader.isr_change_completed(request, outcome, now_ms());
             }
             self.drain_leader_outputs(partition);
         }
@@ -1715,25 +1710,34 @@ async fn run_partition_op(
                     Some(Ok(())) => {}
                 }
             }
-            let info = partition
+            // Leadership is checked, and the leader told of the append, while the log is
+            // held: a change of role (take_role) cannot slip between.
+            let appended = partition
                 .log
-                .append(
+                .append_if(
                     BytesMut::from(records),
-                    partition.leader_epoch.get(),
                     now_ms(),
                     Durability::Written,
+                    || {
+                        partition
+                            .leading
+                            .get()
+                            .then(|| partition.leader_epoch.get())
+                    },
+                    |info| {
+                        if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
+                            leader.appended(info.last_offset + 1);
+                        }
+                    },
                 )
                 .await?;
-            let leading = match partition.replication_leader.borrow_mut().as_mut() {
-                Some(leader) => {
-                    leader.appended(info.last_offset + 1);
-                    true
-                }
-                None => false,
+            let Some(info) = appended else {
+                return Err(KafkaError::with_message(
+                    ResponseError::NotLeaderOrFollower,
+                    "this broker no longer leads the partition",
+                ));
             };
-            if leading {
-                shard.drain_leader_outputs(partition);
-            }
+            shard.drain_leader_outputs(partition);
             partition.data_arrived.notify(usize::MAX);
             if let Some(acks_all) = acks_all {
                 wait_for_replicas(partition, info.last_offset + 1, acks_all).await?;
@@ -1813,16 +1817,27 @@ async fn run_partition_op(
             partition
                 .log
                 .with_log(async |log| {
+                    // Consumers see offsets below the high watermark only (Kafka's
+                    // `lastFetchableOffset`): the latest offset is it, and a lookup by time
+                    // finds nothing above it.
+                    let readable_end = partition.readable_end(log.log_end_offset());
+                    let readable = |(offset, timestamp): (i64, i64)| {
+                        if offset < readable_end {
+                            (offset, timestamp)
+                        } else {
+                            (-1, -1)
+                        }
+                    };
                     let (offset, timestamp) = match timestamp {
                         -2 | -4 => (log.log_start_offset(), -1),
-                        -1 => (log.log_end_offset(), -1),
-                        -3 => log
-                            .max_timestamp()
-                            .map_or((-1, -1), |(timestamp, offset)| (offset, timestamp)),
+                        -1 => (readable_end, -1),
+                        -3 => log.max_timestamp().map_or((-1, -1), |(timestamp, offset)| {
+                            readable((offset, timestamp))
+                        }),
                         t if t >= 0 => log
                             .offset_for_timestamp(t)
                             .await?
-                            .map_or((-1, -1), |(offset, timestamp)| (offset, timestamp)),
+                            .map_or((-1, -1), readable),
                         _ => {
                             return Ok(Err(KafkaError::with_message(
                                 ResponseError::InvalidRequest,
@@ -1888,15 +1903,17 @@ async fn fetch(
         high_watermark,
         log_start_offset,
     };
-    if offset == high_watermark {
-        return Ok(fetched(Bytes::new()));
-    }
-    if offset < log_start_offset || offset > high_watermark {
+    if offset < log_start_offset || offset > log_end_offset {
         return Err(StorageError::OffsetOutOfRange {
             offset,
             log_start_offset,
-            log_end_offset: high_watermark,
+            log_end_offset,
         });
+    }
+    // Between the high watermark and the log end: in the log, not yet readable (Kafka
+    // answers with no records, not an error).
+    if offset >= high_watermark {
+        return Ok(fetched(Bytes::new()));
     }
     // Taking the read-ahead out of the partition cancels it (by dropping it) unless it is the
     // one this fetch wants.
@@ -1915,11 +1932,16 @@ async fn fetch(
             .await?
             .to_bytes(),
     };
-    if records.len() >= READ_AHEAD_TRIGGER_BYTES && max_bytes <= READ_AHEAD_BYTES_MAX {
+    // A read-ahead serves consumers only, so it stops at what they may read.
+    if !to_log_end && records.len() >= READ_AHEAD_TRIGGER_BYTES && max_bytes <= READ_AHEAD_BYTES_MAX
+    {
         if let Some(next) = next_offset_after(&records).filter(|next| *next < high_watermark) {
             let reader = Rc::clone(partition);
             let task = glommio::spawn_local(async move {
-                let limit = reader.log.with_log(async |log| log.log_end_offset()).await;
+                let limit = reader
+                    .log
+                    .with_log(async |log| reader.readable_end(log.log_end_offset()))
+                    .await;
                 Ok(reader
                     .log
                     .read(next, max_bytes, Some(limit))
@@ -2068,5 +2090,22 @@ fn check_epoch(current_leader_epoch: i32, leader_epoch: i32) -> Result<(), Kafka
         epoch if epoch > leader_epoch => Err(KafkaError::new(ResponseError::UnknownLeaderEpoch)),
         epoch if epoch < leader_epoch => Err(KafkaError::new(ResponseError::FencedLeaderEpoch)),
         _ => Ok(()),
+    }
+}
+
+/// What the controller's answer to an ISR change means for the leader: a stale request, a
+/// refusal (neither committed), or no answer at all (the controller moved, the request timed
+/// out: it may have been committed).
+fn isr_change_error(code: ResponseError) -> IsrChangeError {
+    match code {
+        ResponseError::InvalidUpdateVersion | ResponseError::FencedLeaderEpoch => {
+            IsrChangeError::Stale
+        }
+        ResponseError::IneligibleReplica
+        | ResponseError::InvalidRequest
+        | ResponseError::NotLeaderOrFollower
+        | ResponseError::UnknownTopicOrPartition
+        | ResponseError::StaleBrokerEpoch => IsrChangeError::Refused,
+        _ => IsrChangeError::Unknown,
     }
 }

@@ -49,16 +49,48 @@ impl<S: Storage> SharedLog<S> {
         now_ms: i64,
         durability: Durability,
     ) -> StorageResult<AppendInfo> {
+        let appended = self
+            .append_if(
+                records,
+                now_ms,
+                durability,
+                || Some(partition_leader_epoch),
+                |_| {},
+            )
+            .await?;
+        Ok(appended.expect("the condition always holds"))
+    }
+
+    /// As [`SharedLog::append`], on a condition checked while the log is held, so that no
+    /// truncation or change of leadership can come between the check and the write:
+    /// `leader_epoch_if_allowed` gives the leader epoch to stamp the batches with, or `None`
+    /// to append nothing (the result is then `Ok(None)`). `on_appended` sees the append
+    /// before the log is released, so that what it records follows the log's order.
+    ///
+    /// # Errors
+    /// As [`SharedLog::append`].
+    pub async fn append_if(
+        &self,
+        records: BytesMut,
+        now_ms: i64,
+        durability: Durability,
+        leader_epoch_if_allowed: impl FnOnce() -> Option<i32>,
+        on_appended: impl FnOnce(&AppendInfo),
+    ) -> StorageResult<Option<AppendInfo>> {
         let (info, generation) = {
             let mut log = self.log.lock().await;
+            let Some(partition_leader_epoch) = leader_epoch_if_allowed() else {
+                return Ok(None);
+            };
             let info = log.append(records, partition_leader_epoch, now_ms).await?;
+            on_appended(&info);
             (info, log.generation)
         };
         if durability == Durability::Synced || info.sync_due {
             self.wait_until_durable(info.last_offset + 1, Some(generation), now_ms)
                 .await?;
         }
-        Ok(info)
+        Ok(Some(info))
     }
 
     /// Returns once every offset below `offset` is durable, running an fsync if no other

@@ -434,3 +434,178 @@ fn a_stopping_leader_hands_its_partitions_over_before_it_exits() {
         }
     }
 }
+
+/// A raw acks=1 produce, ListOffsets (latest) and Fetch against the partition's leader.
+mod raw {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use spate_engine::storage::batch::build::{batch, NewRecord};
+
+    use crate::broker::util::Connection;
+
+    fn name(text: &str) -> TopicName {
+        TopicName(StrBytes::from_string(text.to_owned()))
+    }
+
+    pub fn produce_acks_one(connection: &mut Connection, topic: &str, values: &[&str]) -> i64 {
+        let records: Vec<NewRecord> = values
+            .iter()
+            .map(|value| NewRecord::value(value.to_string(), 1_000))
+            .collect();
+        let request = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch(&records).freeze())),
+                ])]);
+        let ResponseKind::Produce(response) =
+            connection.call(ApiKey::Produce, 9, RequestKind::Produce(request))
+        else {
+            panic!("not a produce response")
+        };
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, 0, "{partition:?}");
+        partition.base_offset
+    }
+
+    pub fn latest_offset(connection: &mut Connection, topic: &str) -> i64 {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ])]);
+        let ResponseKind::ListOffsets(response) =
+            connection.call(ApiKey::ListOffsets, 7, RequestKind::ListOffsets(request))
+        else {
+            panic!("not a list offsets response")
+        };
+        let partition = &response.topics[0].partitions[0];
+        assert_eq!(partition.error_code, 0, "{partition:?}");
+        partition.offset
+    }
+
+    /// Error code, high watermark and record bytes of a Fetch v12 at `offset`.
+    pub fn fetch(connection: &mut Connection, topic: &str, offset: i64) -> (i16, i64, usize) {
+        let request = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let ResponseKind::Fetch(response) =
+            connection.call(ApiKey::Fetch, 12, RequestKind::Fetch(request))
+        else {
+            panic!("not a fetch response")
+        };
+        let partition = &response.responses[0].partitions[0];
+        (
+            partition.error_code,
+            partition.high_watermark,
+            partition
+                .records
+                .as_ref()
+                .map_or(0, |records| records.len()),
+        )
+    }
+}
+
+#[test]
+fn records_above_the_high_watermark_are_in_the_log_but_not_yet_readable() {
+    // Kafka's rules for consumers: a fetch between the high watermark and the log end gets no
+    // records (not OFFSET_OUT_OF_RANGE), ListOffsets' latest offset is the high watermark.
+    const TAIL: &str = "unreplicated-tail";
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    let mut nodes: Vec<Broker> = (1..=3).map(|id| start(work.path(), id, &quorum)).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TAIL.into(),
+            partitions: 1,
+            replication_factor: 3,
+            configs: BTreeMap::new(),
+        }])
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partition = loop {
+        let topics = admin(&nodes[0]).describe_topics(Some(&[TAIL.to_string()]));
+        if let Ok(topics) = topics {
+            let partition = &topics[0].partitions;
+            if partition.len() == 1 && partition[0].leader >= 0 && partition[0].isr.len() == 3 {
+                break partition[0].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{}", nodes[0].log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let leader = partition.leader as usize - 1;
+    let stopped = partition
+        .replicas
+        .iter()
+        .map(|&id| id as usize - 1)
+        .find(|&index| index != leader)
+        .unwrap();
+    let mut connection = nodes[leader].connect();
+    // Wait until every replica fetches from the leader at this epoch (the ISR was just set).
+    assert_eq!(raw::produce_acks_one(&mut connection, TAIL, &["x"]), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw::latest_offset(&mut connection, TAIL) < 1 {
+        assert!(Instant::now() < deadline, "{}", nodes[leader].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // One follower stops answering (still in the ISR for replica.lag.time.max.ms): three
+    // more records are in the leader's log, not below the high watermark.
+    let pid = nodes[stopped].child.as_ref().unwrap().id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert_eq!(
+        raw::produce_acks_one(&mut connection, TAIL, &["a", "b", "c"]),
+        1
+    );
+    assert_eq!(raw::latest_offset(&mut connection, TAIL), 1);
+    assert_eq!(raw::fetch(&mut connection, TAIL, 1), (0, 1, 0));
+    assert_eq!(raw::fetch(&mut connection, TAIL, 3), (0, 1, 0));
+    assert_eq!(
+        raw::fetch(&mut connection, TAIL, 4),
+        (0, 1, 0),
+        "at the log end"
+    );
+    assert_eq!(
+        raw::fetch(&mut connection, TAIL, 5).0,
+        1,
+        "past the log end: OFFSET_OUT_OF_RANGE"
+    );
+
+    // The silent follower leaves the ISR; the records become readable.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw::latest_offset(&mut connection, TAIL) < 4 {
+        assert!(Instant::now() < deadline, "{}", nodes[leader].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (error, high_watermark, bytes) = raw::fetch(&mut connection, TAIL, 1);
+    assert_eq!((error, high_watermark), (0, 4));
+    assert!(bytes > 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+}
