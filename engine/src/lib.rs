@@ -1,8 +1,11 @@
 //! # Spate engine
 //!
 //! Spate is an event streaming platform that speaks the Apache Kafka wire protocol. This crate
-//! holds its engine: today the durable partition log ([`storage`]) and the glommio runtime
-//! helpers ([`runtime`]); the broker, replication, consumer groups and the client build on it.
+//! holds its engine: the durable partition log ([`storage`]), the glommio runtime
+//! ([`runtime`]), and on them the broker ([`broker`]), the sans-IO replication
+//! ([`replication`]), metadata quorum ([`quorum`]) and consumer groups ([`group`]), and the
+//! client ([`client`]). [`history`] checks what producers were told against what replicas
+//! hold, for the cluster tests and the simulation.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -28,6 +31,7 @@ pub mod broker;
 pub mod client;
 pub mod error;
 pub mod group;
+pub mod history;
 pub mod limits;
 pub mod protocol;
 pub mod quorum;

@@ -261,6 +261,7 @@ async fn run(
     let mut next_rebalance_ms = shard.config.leader_imbalance_check_interval_ms;
     let cluster_id = cluster_admin::cluster_id_of(&shard.config.controller_quorum);
     let mut published_layout = None;
+    let mut registered_once = false;
     let mut proposed_admins: Vec<ProposedAdmin> = Vec::new();
     let mut forwarded_admins: BTreeMap<u64, ForwardedAdmin> = BTreeMap::new();
     let mut next_request_id = 0_u64;
@@ -620,7 +621,17 @@ async fn run(
         }
         // The shards serve the applied topics, partitions and brokers.
         let layout = cluster_admin::layout_of(&image, node.leader());
-        if published_layout.as_ref() != Some(&layout) {
+        // Not before this process is registered and unfenced: the metadata replayed from the
+        // local log may name this broker leader at an epoch its previous incarnation led, and
+        // leading it again would put different records at the same offsets and epoch as the
+        // ones the other replicas took from that incarnation (no epoch check could tell them
+        // apart). Registering moves the old incarnation's leaderships away (new epochs), so
+        // whatever this one leads it leads at an epoch of its own.
+        registered_once = registered_once
+            || image
+                .broker(shard.config.node_id)
+                .is_some_and(|broker| broker.incarnation_id == incarnation_id && !broker.fenced);
+        if registered_once && published_layout.as_ref() != Some(&layout) {
             shard.queue_cluster_metadata(applied, &cluster_id, layout.0.clone(), layout.1.clone());
             published_layout = Some(layout);
         }

@@ -1,5 +1,6 @@
 //! Several `spate serve` processes forming one cluster on loopback.
 
+mod chaos;
 mod quorum;
 mod replication;
 mod topics;

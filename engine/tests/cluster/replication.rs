@@ -435,6 +435,12 @@ fn a_stopping_leader_hands_its_partitions_over_before_it_exits() {
     }
 }
 
+/// ListOffsets' latest offset (the high watermark) of `partition` from its leader `node`,
+/// or the error code when `node` does not lead it (any more).
+pub(super) fn latest_offset(node: &Broker, topic: &str, partition: i32) -> Result<i64, i16> {
+    raw::try_latest_offset(&mut node.connect(), topic, partition)
+}
+
 /// A raw acks=1 produce, ListOffsets (latest) and Fetch against the partition's leader.
 mod raw {
     use kafka_protocol::messages::*;
@@ -447,13 +453,19 @@ mod raw {
         TopicName(StrBytes::from_string(text.to_owned()))
     }
 
-    pub fn produce_acks_one(connection: &mut Connection, topic: &str, values: &[&str]) -> i64 {
+    /// Error code and base offset of a produce with `acks` (v9).
+    pub fn produce(
+        connection: &mut Connection,
+        topic: &str,
+        acks: i16,
+        values: &[&str],
+    ) -> (i16, i64) {
         let records: Vec<NewRecord> = values
             .iter()
             .map(|value| NewRecord::value(value.to_string(), 1_000))
             .collect();
         let request = ProduceRequest::default()
-            .with_acks(1)
+            .with_acks(acks)
             .with_timeout_ms(5000)
             .with_topic_data(vec![produce_request::TopicProduceData::default()
                 .with_name(name(topic))
@@ -468,18 +480,35 @@ mod raw {
             panic!("not a produce response")
         };
         let partition = &response.responses[0].partition_responses[0];
-        assert_eq!(partition.error_code, 0, "{partition:?}");
-        partition.base_offset
+        (partition.error_code, partition.base_offset)
+    }
+
+    pub fn produce_acks_one(connection: &mut Connection, topic: &str, values: &[&str]) -> i64 {
+        let (error_code, base_offset) = produce(connection, topic, 1, values);
+        assert_eq!(error_code, 0);
+        base_offset
     }
 
     pub fn latest_offset(connection: &mut Connection, topic: &str) -> i64 {
+        latest_offset_of(connection, topic, 0)
+    }
+
+    pub fn latest_offset_of(connection: &mut Connection, topic: &str, partition: i32) -> i64 {
+        try_latest_offset(connection, topic, partition).unwrap()
+    }
+
+    pub fn try_latest_offset(
+        connection: &mut Connection,
+        topic: &str,
+        partition: i32,
+    ) -> Result<i64, i16> {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
                 .with_name(name(topic))
                 .with_partitions(vec![
                     list_offsets_request::ListOffsetsPartition::default()
-                        .with_partition_index(0)
+                        .with_partition_index(partition)
                         .with_timestamp(-1),
                 ])]);
         let ResponseKind::ListOffsets(response) =
@@ -488,8 +517,10 @@ mod raw {
             panic!("not a list offsets response")
         };
         let partition = &response.topics[0].partitions[0];
-        assert_eq!(partition.error_code, 0, "{partition:?}");
-        partition.offset
+        match partition.error_code {
+            0 => Ok(partition.offset),
+            code => Err(code),
+        }
     }
 
     /// Error code, high watermark and record bytes of a Fetch v12 at `offset`.
@@ -607,5 +638,174 @@ fn records_above_the_high_watermark_are_in_the_log_but_not_yet_readable() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     for node in &mut nodes {
         assert!(node.stop().success(), "{}", node.log());
+    }
+}
+
+/// Every value of partition 0 of `topic`, in offset order, read through `node`.
+fn read_partition(node: &Broker, topic: &str, group: &str, expected: usize) -> Vec<String> {
+    let address = node.address.to_string();
+    let mut consumer = Consumer::new(
+        ConsumerConfig::from_properties([
+            ("bootstrap.servers", address.as_str()),
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+            ("heartbeat.interval.ms", "200"),
+            ("retry.backoff.ms", "50"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    consumer.subscribe(&[topic.to_string()]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < expected {
+        assert!(Instant::now() < deadline, "read {seen:?}\n{}", node.log());
+        for record in consumer.poll(Duration::from_millis(200)).unwrap() {
+            seen.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    consumer.close();
+    seen
+}
+
+#[test]
+fn with_two_of_three_replicas_dead_acks_all_is_refused_and_nothing_acknowledged_is_lost() {
+    // Five nodes, so that the metadata quorum outlives two deaths (three controllers in
+    // combined mode would lose it with them); the topic's three replicas are on three of them.
+    const TOPIC_2: &str = "two-down";
+    let work = tempfile::tempdir().unwrap();
+    let quorum = (1..=5)
+        .map(|id| format!("{id}@127.0.0.1:{}", crate::broker::util::free_port()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Broker> = (1..=5).map(|id| start(work.path(), id, &quorum)).collect();
+    let everyone: Vec<(i32, i32)> = (1..=5)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TOPIC_2.into(),
+            partitions: 1,
+            replication_factor: 3,
+            configs: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+        }])
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let describe =
+        |node: &Broker, ready: &dyn Fn(&spate_engine::client::admin::PartitionInfo) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(topics) = admin(node).describe_topics(Some(&[TOPIC_2.to_string()])) {
+                    if let Some(partition) = topics[0].partitions.first() {
+                        if ready(partition) {
+                            return partition.clone();
+                        }
+                    }
+                }
+                assert!(Instant::now() < deadline, "{}", node.log());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+    let before = describe(&nodes[0], &|partition| {
+        partition.leader >= 0 && partition.isr.len() == 3
+    });
+
+    // 50 acknowledged acks=all records.
+    let address = nodes[before.leader as usize - 1].address.to_string();
+    let producer = Producer::new(
+        ProducerConfig::from_properties([
+            ("bootstrap.servers", address.as_str()),
+            ("acks", "all"),
+            ("linger.ms", "1"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let deliveries: Vec<_> = (0..50)
+        .map(|i| {
+            producer
+                .send(ProducerRecord {
+                    topic: TOPIC_2.into(),
+                    partition: Some(0),
+                    value: Some(Bytes::from(format!("r{i:03}"))),
+                    ..ProducerRecord::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery
+            .wait(Some(Duration::from_secs(60)))
+            .expect("answered")
+            .expect("delivered with acks=all");
+    }
+    producer.close();
+
+    // The leader and one follower die; the third replica is left alone in the ISR.
+    let survivor = *before
+        .replicas
+        .iter()
+        .find(|&&id| id != before.leader)
+        .unwrap();
+    for &dead in before.replicas.iter().filter(|&&id| id != survivor) {
+        kill(&mut nodes[dead as usize - 1]);
+    }
+    let alone = describe(&nodes[survivor as usize - 1], &|partition| {
+        partition.leader == survivor && partition.isr == [survivor]
+    });
+    assert_eq!(alone.replicas, before.replicas);
+
+    // acks=all is refused before the append; acks=1 still works.
+    let mut connection = nodes[survivor as usize - 1].connect();
+    let refused = raw::produce(&mut connection, TOPIC_2, -1, &["refused"]);
+    assert_eq!(refused.0, 19, "NOT_ENOUGH_REPLICAS: {refused:?}");
+    assert_eq!(
+        raw::produce(&mut connection, TOPIC_2, 1, &["r050"]),
+        (0, 50)
+    );
+    let mut values: Vec<String> = (0..=50).map(|i| format!("r{i:03}")).collect();
+    assert_eq!(
+        read_partition(&nodes[survivor as usize - 1], TOPIC_2, "while-down", 51),
+        values,
+        "nothing acknowledged is lost"
+    );
+
+    // One comes back, catches up and rejoins the ISR: acks=all works again.
+    let returning = *before.replicas.iter().find(|&&id| id != survivor).unwrap();
+    nodes[returning as usize - 1] = start(work.path(), returning, &quorum);
+    describe(&nodes[survivor as usize - 1], &|partition| {
+        partition.isr.len() == 2 && partition.isr.contains(&returning)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The leader may have moved to the returning (preferred) replica meanwhile.
+        let leader = describe(&nodes[survivor as usize - 1], &|partition| {
+            partition.leader >= 0
+        })
+        .leader;
+        let mut connection = nodes[leader as usize - 1].connect();
+        match raw::produce(&mut connection, TOPIC_2, -1, &["r051"]) {
+            (0, offset) => {
+                assert_eq!(offset, 51);
+                break;
+            }
+            (code, _) => assert!(Instant::now() < deadline, "acks=all refused: {code}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    values.push("r051".into());
+    assert_eq!(
+        read_partition(&nodes[survivor as usize - 1], TOPIC_2, "after", 52),
+        values
+    );
+    for node in &mut nodes {
+        if node.child.is_some() {
+            assert!(node.stop().success(), "{}", node.log());
+        }
     }
 }
