@@ -596,8 +596,19 @@ fn records_above_the_high_watermark_are_in_the_log_but_not_yet_readable() {
         .find(|&index| index != leader)
         .unwrap();
     let mut connection = nodes[leader].connect();
+    // The leader may not have taken its role yet when another node describes it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match raw::produce(&mut connection, TAIL, 1, &["x"]) {
+            (0, offset) => {
+                assert_eq!(offset, 0);
+                break;
+            }
+            (code, _) => assert!(Instant::now() < deadline, "produce refused: {code}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Wait until every replica fetches from the leader at this epoch (the ISR was just set).
-    assert_eq!(raw::produce_acks_one(&mut connection, TAIL, &["x"]), 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while raw::latest_offset(&mut connection, TAIL) < 1 {
         assert!(Instant::now() < deadline, "{}", nodes[leader].log());
