@@ -29,6 +29,21 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A partition reassignment in progress.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionReassignment {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Its replicas now: the target, then those leaving.
+    pub replicas: Vec<i32>,
+    /// Replicas being added.
+    pub adding: Vec<i32>,
+    /// Replicas to be removed.
+    pub removing: Vec<i32>,
+}
+
 /// One partition as metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionInfo {
@@ -466,6 +481,95 @@ impl Admin {
             result.error_code,
             result.error_message.as_ref().map(ToString::to_string),
         )
+    }
+
+    /// Moves partition `partition` of `topic` onto `replicas` (preferred leader first), or
+    /// with `None` cancels the move in progress (AlterPartitionReassignments, KIP-455). It
+    /// returns once the controller accepted it; the move completes when the new replicas
+    /// caught up ([`Admin::list_partition_reassignments`] no longer lists it).
+    ///
+    /// # Errors
+    /// A failure of the request, or the broker's refusal (`INVALID_REPLICA_ASSIGNMENT`,
+    /// `NO_REASSIGNMENT_IN_PROGRESS`, `UNKNOWN_TOPIC_OR_PARTITION`, ...).
+    pub fn alter_partition_reassignment(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        replicas: Option<&[i32]>,
+    ) -> Result<(), ClientError> {
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.timeout_ms())
+            .with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_partitions(vec![
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_partition_index(partition)
+                            .with_replicas(
+                                replicas.map(|ids| ids.iter().copied().map(BrokerId).collect()),
+                            ),
+                    ]),
+            ]);
+        let (_, response) = self.connection.call(
+            ApiKey::AlterPartitionReassignments,
+            RequestKind::AlterPartitionReassignments(request),
+        )?;
+        let response = response_of!(response, AlterPartitionReassignments)?;
+        ClientError::check(
+            response.error_code,
+            response.error_message.as_ref().map(ToString::to_string),
+        )?;
+        let result = response
+            .responses
+            .first()
+            .and_then(|topic| topic.partitions.first())
+            .ok_or_else(|| {
+                ClientError::Protocol("AlterPartitionReassignments without a result".into())
+            })?;
+        ClientError::check(
+            result.error_code,
+            result.error_message.as_ref().map(ToString::to_string),
+        )
+    }
+
+    /// The reassignments in progress (ListPartitionReassignments), sorted by topic and
+    /// partition.
+    ///
+    /// # Errors
+    /// A failure of the request or the broker's error.
+    pub fn list_partition_reassignments(
+        &mut self,
+    ) -> Result<Vec<PartitionReassignment>, ClientError> {
+        let request =
+            ListPartitionReassignmentsRequest::default().with_timeout_ms(self.timeout_ms());
+        let (_, response) = self.connection.call(
+            ApiKey::ListPartitionReassignments,
+            RequestKind::ListPartitionReassignments(request),
+        )?;
+        let response = response_of!(response, ListPartitionReassignments)?;
+        ClientError::check(
+            response.error_code,
+            response.error_message.as_ref().map(ToString::to_string),
+        )?;
+        let ids = |brokers: &[BrokerId]| brokers.iter().map(|broker| broker.0).collect();
+        let mut found: Vec<PartitionReassignment> = response
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |partition| PartitionReassignment {
+                        topic: topic.name.0.to_string(),
+                        partition: partition.partition_index,
+                        replicas: ids(&partition.replicas),
+                        adding: ids(&partition.adding_replicas),
+                        removing: ids(&partition.removing_replicas),
+                    })
+            })
+            .collect();
+        found.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(found)
     }
 
     /// Every group of the broker, sorted by id.

@@ -138,6 +138,13 @@ pub enum ControllerError {
     /// The ISR asked for leaves out the leader or is empty: `INVALID_REQUEST`.
     #[error("invalid ISR")]
     InvalidIsr,
+    /// A reassignment's target is empty, names a broker twice or an unknown broker:
+    /// `INVALID_REPLICA_ASSIGNMENT`.
+    #[error("invalid replica assignment")]
+    InvalidReplicaAssignment,
+    /// A cancellation where no reassignment is in progress: `NO_REASSIGNMENT_IN_PROGRESS`.
+    #[error("no reassignment in progress")]
+    NoReassignmentInProgress,
 }
 
 impl ControllerError {
@@ -154,6 +161,8 @@ impl ControllerError {
             ControllerError::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
             ControllerError::IneligibleReplica => ResponseError::IneligibleReplica,
             ControllerError::InvalidIsr => ResponseError::InvalidRequest,
+            ControllerError::InvalidReplicaAssignment => ResponseError::InvalidReplicaAssignment,
+            ControllerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
         }
     }
 }
@@ -423,13 +432,128 @@ impl Controller {
         if isr == current {
             return Ok(Vec::new());
         }
-        Ok(vec![MetadataRecord::PartitionChange {
+        let mut records = vec![MetadataRecord::PartitionChange {
             topic_id: request.topic_id,
             partition: request.partition,
-            isr: Some(isr),
+            isr: Some(isr.clone()),
             leader: None,
             replicas: None,
-        }])
+        }];
+        // The last target replica of a reassignment caught up: the reassignment completes.
+        let after = PartitionState {
+            isr,
+            ..state.clone()
+        };
+        if is_reassigning(&after) {
+            let target = reassignment_target(&after);
+            if target.iter().all(|replica| after.isr.contains(replica)) {
+                records.extend(complete_reassignment(
+                    image,
+                    request.topic_id,
+                    request.partition,
+                    &after,
+                    &target,
+                ));
+            }
+        }
+        Ok(records)
+    }
+
+    /// AlterPartitionReassignments for one partition (KIP-455): move its replicas to `target`
+    /// (preferred leader first), or with `None` cancel the reassignment in progress. While the
+    /// new replicas catch up, the partition's replicas are the target followed by those
+    /// leaving, with the adding and removing ones recorded; once every target replica is in
+    /// the ISR (now, or at the ISR expansion that gets it there, see
+    /// [`Controller::alter_partition`]) the replicas become the target, the ISR loses the
+    /// leaving ones, and leadership moves to the first target replica in sync if the leader
+    /// leaves. A new target replaces one in progress, from the replicas before it.
+    ///
+    /// # Errors
+    /// [`ControllerError::UnknownTopicOrPartition`], [`ControllerError::InvalidReplicaAssignment`]
+    /// (empty, a broker twice, an unregistered broker) or
+    /// [`ControllerError::NoReassignmentInProgress`] for a cancellation with none.
+    pub fn reassign(
+        &self,
+        image: &MetadataImage,
+        topic_id: Uuid,
+        partition: i32,
+        target: Option<&[BrokerId]>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let state = image
+            .partition(topic_id, partition)
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let original: Vec<BrokerId> = state
+            .replicas
+            .iter()
+            .copied()
+            .filter(|replica| !state.adding_replicas.contains(replica))
+            .collect();
+        let target: Vec<BrokerId> = match target {
+            None if !is_reassigning(state) => {
+                return Err(ControllerError::NoReassignmentInProgress)
+            }
+            None => original.clone(),
+            Some(target) => {
+                let mut sorted = target.to_vec();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if target.is_empty()
+                    || sorted.len() != target.len()
+                    || target.iter().any(|&broker| image.broker(broker).is_none())
+                {
+                    return Err(ControllerError::InvalidReplicaAssignment);
+                }
+                target.to_vec()
+            }
+        };
+        if target.iter().all(|replica| state.isr.contains(replica)) {
+            return Ok(complete_reassignment(
+                image, topic_id, partition, state, &target,
+            ));
+        }
+        let removing: Vec<BrokerId> = original
+            .iter()
+            .copied()
+            .filter(|replica| !target.contains(replica))
+            .collect();
+        let adding: Vec<BrokerId> = target
+            .iter()
+            .copied()
+            .filter(|replica| !original.contains(replica))
+            .collect();
+        let replicas: Vec<BrokerId> = target.iter().chain(&removing).copied().collect();
+        let mut records = Vec::new();
+        if is_reassigning(state) {
+            // A reassignment replaced: its adding replicas may leave the replica set.
+            records.push(reassignment_record(
+                topic_id,
+                partition,
+                Vec::new(),
+                Vec::new(),
+            ));
+        }
+        let isr: Vec<BrokerId> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|replica| replicas.contains(replica))
+            .collect();
+        let leader = if replicas.contains(&state.leader) {
+            None
+        } else {
+            Some(first_eligible(image, &target, &isr))
+        };
+        if replicas != state.replicas || isr != state.isr || leader.is_some() {
+            records.push(MetadataRecord::PartitionChange {
+                topic_id,
+                partition,
+                isr: (isr != state.isr).then_some(isr),
+                leader,
+                replicas: (replicas != state.replicas).then_some(replicas),
+            });
+        }
+        records.push(reassignment_record(topic_id, partition, adding, removing));
+        Ok(records)
     }
 
     /// Moves leadership back to each partition's preferred replica (the first assigned) where
@@ -507,6 +631,86 @@ impl Controller {
         }
         records
     }
+}
+
+/// Whether a reassignment is in progress.
+fn is_reassigning(state: &PartitionState) -> bool {
+    !state.adding_replicas.is_empty() || !state.removing_replicas.is_empty()
+}
+
+/// The replicas a reassignment in progress moves to: all but the removing ones.
+fn reassignment_target(state: &PartitionState) -> Vec<BrokerId> {
+    state
+        .replicas
+        .iter()
+        .copied()
+        .filter(|replica| !state.removing_replicas.contains(replica))
+        .collect()
+}
+
+fn reassignment_record(
+    topic_id: Uuid,
+    partition: i32,
+    adding: Vec<BrokerId>,
+    removing: Vec<BrokerId>,
+) -> MetadataRecord {
+    MetadataRecord::PartitionReassignment {
+        topic_id,
+        partition,
+        adding,
+        removing,
+    }
+}
+
+/// The first of `candidates` in `isr` and eligible, or -1.
+fn first_eligible(image: &MetadataImage, candidates: &[BrokerId], isr: &[BrokerId]) -> BrokerId {
+    candidates
+        .iter()
+        .copied()
+        .find(|&replica| isr.contains(&replica) && image.is_eligible(replica))
+        .unwrap_or(-1)
+}
+
+/// The records that make `state`'s replicas `target`, every one of which is in its ISR: the
+/// reassignment's lists cleared, the leaving replicas out of the replicas and the ISR, and a
+/// new leader from the target if the leader leaves.
+fn complete_reassignment(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    partition: i32,
+    state: &PartitionState,
+    target: &[BrokerId],
+) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    if is_reassigning(state) {
+        records.push(reassignment_record(
+            topic_id,
+            partition,
+            Vec::new(),
+            Vec::new(),
+        ));
+    }
+    let isr: Vec<BrokerId> = state
+        .isr
+        .iter()
+        .copied()
+        .filter(|replica| target.contains(replica))
+        .collect();
+    let leader = if target.contains(&state.leader) {
+        None
+    } else {
+        Some(first_eligible(image, target, &isr))
+    };
+    if target != state.replicas || isr != state.isr || leader.is_some() {
+        records.push(MetadataRecord::PartitionChange {
+            topic_id,
+            partition,
+            isr: (isr != state.isr).then_some(isr),
+            leader,
+            replicas: (target != state.replicas.as_slice()).then(|| target.to_vec()),
+        });
+    }
+    records
 }
 
 /// Whether `topic` (or the cluster default) allows unclean leader election.

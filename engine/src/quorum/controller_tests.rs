@@ -506,3 +506,110 @@ fn a_fencing_planned_while_another_is_in_flight_builds_on_it() {
     let state = cluster.partition(0);
     assert_eq!((state.leader, state.isr), (3, vec![3]));
 }
+
+impl Cluster {
+    fn reassign(&mut self, target: Option<&[BrokerId]>) -> Result<(), ControllerError> {
+        let records = self.controller.reassign(&self.image, TOPIC, 0, target)?;
+        self.apply(records);
+        Ok(())
+    }
+
+    /// The partition's leader asks for `isr`, as its AlterPartition would.
+    fn alter_isr(&mut self, isr: Vec<BrokerId>) {
+        let state = self.partition(0);
+        let request = AlterPartition {
+            broker_id: state.leader,
+            broker_epoch: self.epoch(state.leader),
+            topic_id: TOPIC,
+            partition: 0,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        };
+        let records = self
+            .controller
+            .alter_partition(&self.image, &request)
+            .unwrap();
+        self.apply(records);
+    }
+}
+
+#[test]
+fn a_reassignment_adds_the_new_replicas_then_drops_the_old_once_they_are_in_sync() {
+    let mut cluster = Cluster::with_brokers(4);
+    cluster.create(1, 3);
+    let before = cluster.partition(0);
+    assert_eq!((before.replicas.clone(), before.leader), (vec![1, 2, 3], 1));
+    cluster.reassign(Some(&[2, 3, 4])).unwrap();
+    let moving = cluster.partition(0);
+    assert_eq!(
+        moving.replicas,
+        [2, 3, 4, 1],
+        "the target, then the leaving"
+    );
+    assert_eq!(moving.adding_replicas, [4]);
+    assert_eq!(moving.removing_replicas, [1]);
+    assert_eq!(
+        (moving.leader, moving.leader_epoch),
+        (1, before.leader_epoch)
+    );
+    assert_eq!(moving.isr, [1, 2, 3], "broker 4 joins once it caught up");
+    let snapshot = cluster.image.to_snapshot();
+    assert_eq!(
+        MetadataImage::from_snapshot(&snapshot).unwrap(),
+        cluster.image
+    );
+
+    // The leader adds broker 4 to the ISR: every target replica is in sync, so it completes.
+    cluster.alter_isr(vec![1, 2, 3, 4]);
+    let after = cluster.partition(0);
+    assert_eq!(after.replicas, [2, 3, 4]);
+    assert_eq!(after.isr, [2, 3, 4]);
+    assert_eq!(after.leader, 2, "leadership leaves the removed broker");
+    assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+    assert!(after.adding_replicas.is_empty() && after.removing_replicas.is_empty());
+}
+
+#[test]
+fn a_reassignment_within_the_isr_completes_at_once_and_one_in_progress_can_be_cancelled() {
+    let mut cluster = Cluster::with_brokers(4);
+    cluster.create(1, 3);
+    cluster.reassign(Some(&[3, 2])).unwrap();
+    let shrunk = cluster.partition(0);
+    assert_eq!(
+        (shrunk.replicas.clone(), shrunk.isr.clone()),
+        (vec![3, 2], vec![2, 3])
+    );
+    assert_eq!(shrunk.leader, 3);
+    assert_eq!(
+        cluster.reassign(None),
+        Err(ControllerError::NoReassignmentInProgress)
+    );
+
+    cluster.reassign(Some(&[4, 1])).unwrap();
+    assert_eq!(cluster.partition(0).replicas, [4, 1, 3, 2]);
+    cluster.reassign(None).unwrap();
+    let back = cluster.partition(0);
+    assert_eq!(back.replicas, [3, 2], "back to the replicas before it");
+    assert_eq!(back.isr, [2, 3]);
+    assert!(back.adding_replicas.is_empty() && back.removing_replicas.is_empty());
+}
+
+#[test]
+fn bad_reassignments_are_refused() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    for target in [&[][..], &[1, 1], &[1, 9]] {
+        assert_eq!(
+            cluster.reassign(Some(target)),
+            Err(ControllerError::InvalidReplicaAssignment),
+            "{target:?}"
+        );
+    }
+    assert_eq!(
+        cluster
+            .controller
+            .reassign(&cluster.image, TOPIC, 7, Some(&[1])),
+        Err(ControllerError::UnknownTopicOrPartition)
+    );
+}

@@ -235,6 +235,8 @@ impl MetadataImage {
                     partition_epoch: *partition_epoch,
                     replicas: replicas.clone(),
                     isr: isr.clone(),
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 };
                 check_partition(&state)?;
                 self.topics
@@ -267,6 +269,25 @@ impl MetadataImage {
                     }
                 }
                 next.partition_epoch += 1;
+                check_partition(&next)?;
+                self.topics
+                    .get_mut(topic_id)
+                    .expect("found above")
+                    .partitions
+                    .insert(*partition, next);
+            }
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                adding,
+                removing,
+            } => {
+                let current = self.partition(*topic_id, *partition).ok_or_else(|| {
+                    ApplyError::Unknown(format!("partition {topic_id}-{partition}"))
+                })?;
+                let mut next = current.clone();
+                next.adding_replicas = adding.clone();
+                next.removing_replicas = removing.clone();
                 check_partition(&next)?;
                 self.topics
                     .get_mut(topic_id)
@@ -321,6 +342,14 @@ impl MetadataImage {
                     leader_epoch: state.leader_epoch,
                     partition_epoch: state.partition_epoch,
                 });
+                if !state.adding_replicas.is_empty() || !state.removing_replicas.is_empty() {
+                    records.push(MetadataRecord::PartitionReassignment {
+                        topic_id: *topic_id,
+                        partition: *partition,
+                        adding: state.adding_replicas.clone(),
+                        removing: state.removing_replicas.clone(),
+                    });
+                }
             }
         }
         for ((resource_type, resource_name), configs) in &self.configs {
@@ -403,6 +432,17 @@ fn check_partition(state: &PartitionState) -> Result<(), ApplyError> {
     sorted.dedup();
     if sorted.len() != state.replicas.len() {
         return invalid(format!("a replica twice: {state:?}"));
+    }
+    let moving = state.adding_replicas.iter().chain(&state.removing_replicas);
+    if moving
+        .clone()
+        .any(|replica| !state.replicas.contains(replica))
+        || state
+            .adding_replicas
+            .iter()
+            .any(|replica| state.removing_replicas.contains(replica))
+    {
+        return invalid(format!("a reassignment outside the replicas: {state:?}"));
     }
     Ok(())
 }

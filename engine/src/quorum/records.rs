@@ -87,6 +87,19 @@ pub enum MetadataRecord {
         /// New replica assignment.
         replicas: Option<Vec<BrokerId>>,
     },
+    /// A partition's reassignment (KIP-455) began, changed, or ended (both lists empty): the
+    /// replicas being added and removed. The replica set itself changes by
+    /// [`MetadataRecord::PartitionChange`]; this changes no epoch.
+    PartitionReassignment {
+        /// Its topic.
+        topic_id: Uuid,
+        /// Its index.
+        partition: i32,
+        /// Replicas being added (already among the replicas).
+        adding: Vec<BrokerId>,
+        /// Replicas to remove once the target replicas are all in sync.
+        removing: Vec<BrokerId>,
+    },
     /// A dynamic config was set (`Some`) or removed (`None`).
     Config {
         /// Kafka's resource type: 2 topic, 4 broker.

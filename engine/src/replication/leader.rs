@@ -72,6 +72,10 @@ pub struct PartitionState {
     pub replicas: Vec<BrokerId>,
     /// The in-sync replicas.
     pub isr: Vec<BrokerId>,
+    /// During a reassignment (KIP-455): replicas being added, which `replicas` includes.
+    pub adding_replicas: Vec<BrokerId>,
+    /// During a reassignment: replicas to be removed once the new ones are in sync.
+    pub removing_replicas: Vec<BrokerId>,
 }
 
 /// A follower's Fetch, as the leader needs it.

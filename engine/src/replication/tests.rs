@@ -65,6 +65,8 @@ fn state(leader: BrokerId, leader_epoch: i32, isr: &[BrokerId]) -> PartitionStat
         partition_epoch: leader_epoch,
         replicas: vec![0, 1, 2],
         isr: isr.to_vec(),
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
     }
 }
 
@@ -715,6 +717,8 @@ fn leader_for(log: &Replica, leader_id: usize, epoch: i32) -> PartitionLeader {
             partition_epoch: epoch,
             replicas: vec![0, 1, 2],
             isr: vec![leader_id as BrokerId],
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         },
         log.log_end_offset(),
         0,

@@ -54,6 +54,17 @@ pub struct IsrChange {
     pub isr: Vec<i32>,
 }
 
+/// One partition's reassignment (AlterPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    /// The topic, by name.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The replicas to move to, preferred leader first; `None` cancels the one in progress.
+    pub target: Option<Vec<i32>>,
+}
+
 /// A change for the active controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicAdmin {
@@ -63,6 +74,8 @@ pub enum TopicAdmin {
     Delete(Vec<String>),
     /// AlterPartition: one leader's ISR change.
     AlterIsr(IsrChange),
+    /// AlterPartitionReassignments.
+    Reassign(Vec<Reassignment>),
 }
 
 impl TopicAdmin {
@@ -72,6 +85,7 @@ impl TopicAdmin {
             TopicAdmin::Create(topics) => topics.len(),
             TopicAdmin::Delete(names) => names.len(),
             TopicAdmin::AlterIsr(_) => 1,
+            TopicAdmin::Reassign(partitions) => partitions.len(),
         }
     }
 
@@ -101,6 +115,12 @@ pub enum Expected {
         topic_id: Uuid,
         partition: i32,
         isr: Vec<i32>,
+    },
+    /// The partition moves to (or has moved to) `target`, or, for `None`, is not moving.
+    Reassigned {
+        topic_id: Uuid,
+        partition: i32,
+        target: Option<Vec<i32>>,
     },
     /// Refused before anything was proposed.
     Refused(i16, String),
@@ -183,6 +203,26 @@ pub fn plan(
                 Err(error) => expected.push(refused(error, format!("{}", change.partition))),
             }
         }
+        TopicAdmin::Reassign(partitions) => {
+            for item in partitions {
+                let described = format!("{}-{}", item.topic, item.partition);
+                let Some(topic_id) = image.topic_id(&item.topic) else {
+                    expected.push(refused(ControllerError::UnknownTopicOrPartition, described));
+                    continue;
+                };
+                match controller.reassign(image, topic_id, item.partition, item.target.as_deref()) {
+                    Ok(changes) => {
+                        records.extend(changes);
+                        expected.push(Expected::Reassigned {
+                            topic_id,
+                            partition: item.partition,
+                            target: item.target,
+                        });
+                    }
+                    Err(error) => expected.push(refused(error, described)),
+                }
+            }
+        }
         TopicAdmin::Delete(names) => {
             for name in names {
                 match image.topic_id(&name) {
@@ -234,6 +274,23 @@ pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> 
                     "the partition changed meanwhile".to_owned(),
                 )),
                 None => Err((
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "the partition is gone".to_owned(),
+                )),
+            },
+            Expected::Reassigned {
+                topic_id,
+                partition,
+                target,
+            } => match (image.partition(*topic_id, *partition), target) {
+                (Some(state), Some(target)) if state.replicas.starts_with(target) => Ok(()),
+                (Some(state), None)
+                    if state.adding_replicas.is_empty() && state.removing_replicas.is_empty() =>
+                {
+                    Ok(())
+                }
+                (Some(_), _) => not_controller(),
+                (None, _) => Err((
                     ResponseError::UnknownTopicOrPartition.code(),
                     "the partition is gone".to_owned(),
                 )),

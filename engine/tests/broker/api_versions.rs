@@ -340,6 +340,20 @@ fn every_api_at_every_advertised_version() {
                             ]),
                     )
                 }
+                ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
+                    AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                        alter_partition_reassignments_request::ReassignableTopic::default()
+                            .with_name(name("versions"))
+                            .with_partitions(vec![
+                                alter_partition_reassignments_request::ReassignablePartition::default()
+                                    .with_partition_index(0)
+                                    .with_replicas(Some(vec![BrokerId(1)])),
+                            ]),
+                    ]),
+                ),
+                ApiKey::ListPartitionReassignments => RequestKind::ListPartitionReassignments(
+                    ListPartitionReassignmentsRequest::default(),
+                ),
                 other => panic!("{other:?} is advertised but has no test request"),
             };
             let response = connection.call(api_key, version, request);
@@ -408,6 +422,15 @@ fn check(context: &str, response: &ResponseKind) {
         ResponseKind::CreatePartitions(r) => assert_eq!(r.results[0].error_code, 0, "{context}"),
         ResponseKind::IncrementalAlterConfigs(r) => {
             assert_eq!(r.responses[0].error_code, 0, "{context}")
+        }
+        ResponseKind::AlterPartitionReassignments(r) => {
+            // A single node: moving a partition onto the one broker it is on changes nothing.
+            assert_eq!(r.error_code, 0, "{context}");
+            assert_eq!(r.responses[0].partitions[0].error_code, 0, "{context}");
+        }
+        ResponseKind::ListPartitionReassignments(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert!(r.topics.is_empty(), "{context}");
         }
         ResponseKind::DescribeCluster(r) => {
             assert_eq!(r.error_code, 0, "{context}");

@@ -139,7 +139,7 @@ fn produce(id: u32, bootstrap: String, stop: Arc<AtomicBool>) -> History {
 }
 
 /// Every record of one partition directory, read offline (after the broker stopped).
-fn read_replica(dir: &Path, node: i32, partition: i32) -> ReplicaLog {
+pub(super) fn read_replica(dir: &Path, node: i32, partition: i32) -> ReplicaLog {
     let records = futures_lite::future::block_on(async {
         let (mut log, _) = PartitionLog::open(StdStorage, dir, LogConfig::default(), 0)
             .await

@@ -2,5 +2,6 @@
 
 mod chaos;
 mod quorum;
+mod reassignment;
 mod replication;
 mod topics;

@@ -18,7 +18,7 @@ use crate::broker::util::Broker;
 const PARTITIONS: i32 = 3;
 const TOPIC: &str = "replicated";
 
-fn start(work: &std::path::Path, id: i32, quorum: &str) -> Broker {
+pub(super) fn start(work: &std::path::Path, id: i32, quorum: &str) -> Broker {
     start_node_with(
         work,
         id,
@@ -32,7 +32,7 @@ fn start(work: &std::path::Path, id: i32, quorum: &str) -> Broker {
     )
 }
 
-fn admin(node: &Broker) -> Admin {
+pub(super) fn admin(node: &Broker) -> Admin {
     let address = node.address.to_string();
     Admin::from_properties([("bootstrap.servers", address.as_str())]).unwrap()
 }
@@ -442,7 +442,7 @@ pub(super) fn latest_offset(node: &Broker, topic: &str, partition: i32) -> Resul
 }
 
 /// A raw acks=1 produce, ListOffsets (latest) and Fetch against the partition's leader.
-mod raw {
+pub(super) mod raw {
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::StrBytes;
     use spate_engine::storage::batch::build::{batch, NewRecord};
@@ -653,7 +653,12 @@ fn records_above_the_high_watermark_are_in_the_log_but_not_yet_readable() {
 }
 
 /// Every value of partition 0 of `topic`, in offset order, read through `node`.
-fn read_partition(node: &Broker, topic: &str, group: &str, expected: usize) -> Vec<String> {
+pub(super) fn read_partition(
+    node: &Broker,
+    topic: &str,
+    group: &str,
+    expected: usize,
+) -> Vec<String> {
     let address = node.address.to_string();
     let mut consumer = Consumer::new(
         ConsumerConfig::from_properties([

@@ -273,6 +273,28 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Move a partition's replicas onto other brokers (Kafka's kafka-reassign-partitions): the
+    /// new ones catch up, then the old ones are dropped. In a cluster only.
+    Reassign {
+        /// Topic name.
+        name: String,
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// The broker ids to hold it, preferred leader first: --replicas 2,3,4
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the move in progress instead (back to the replicas before it).
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the partition moves in progress.
+    Reassignments {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -692,6 +714,53 @@ fn topic(command: TopicCommand) -> Result<(), ClientError> {
                         })
                         .collect(),
                 ),
+            }
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel,
+            client,
+        } => {
+            let target = (!cancel).then_some(replicas.as_slice());
+            admin(&client)?.alter_partition_reassignment(&name, partition, target)?;
+            let what = if cancel { "cancelled" } else { "started" };
+            match client.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "topic": name, "partition": partition, "reassignment": what,
+                })),
+                Output::Table => println!("reassignment of {name}-{partition} {what}"),
+            }
+        }
+        TopicCommand::Reassignments { client } => {
+            let moves = admin(&client)?.list_partition_reassignments()?;
+            match client.output {
+                Output::Json => print_json(&moves),
+                Output::Table => {
+                    let list = |ids: &[i32]| {
+                        ids.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let rows = moves
+                        .iter()
+                        .map(|moving| {
+                            vec![
+                                moving.topic.clone(),
+                                moving.partition.to_string(),
+                                list(&moving.replicas),
+                                list(&moving.adding),
+                                list(&moving.removing),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+                        rows,
+                    );
+                }
             }
         }
         TopicCommand::Delete { name, client } => {

@@ -10,6 +10,7 @@ mod groups;
 mod offsets;
 mod produce;
 mod quorum;
+mod reassignments;
 mod topics;
 
 use std::net::SocketAddr;
@@ -69,6 +70,14 @@ pub async fn handle(
         RequestKind::CreatePartitions(body) => {
             ResponseKind::CreatePartitions(topics::create_partitions(shard, body).await)
         }
+        RequestKind::AlterPartitionReassignments(body) => {
+            ResponseKind::AlterPartitionReassignments(
+                reassignments::alter_partition_reassignments(shard, body).await,
+            )
+        }
+        RequestKind::ListPartitionReassignments(body) => ResponseKind::ListPartitionReassignments(
+            reassignments::list_partition_reassignments(shard, body),
+        ),
         RequestKind::DescribeConfigs(body) => {
             ResponseKind::DescribeConfigs(configs::describe_configs(shard, body, version))
         }
