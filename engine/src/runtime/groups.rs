@@ -364,6 +364,7 @@ async fn load(shard: &Rc<Shard>, host: &CoordinatorHost) -> Result<GroupCoordina
             PartitionOp::ListOffset {
                 timestamp: -2,
                 current_leader_epoch: -1,
+                replica: false,
             },
         )
         .await

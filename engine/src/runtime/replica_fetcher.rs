@@ -8,7 +8,10 @@
 //! and syncs them before the next Fetch reports the new log end (the leader counts what a
 //! follower reports toward `acks=all`, and Spate's writes bypass the page cache, so unsynced
 //! data would not survive the process); truncates where the leader says the logs diverge
-//! (KIP-101/KIP-279); takes the leader's high watermark, capped at its own log end. A
+//! (KIP-101/KIP-279); takes the leader's high watermark, capped at its own log end. When the
+//! leader answers OFFSET_OUT_OF_RANGE it asks the leader's log start and end (ListOffsets with
+//! its replica id) and, as Kafka's fetcher does, cuts its log to the leader's end, or empties
+//! it and starts at the leader's start (retention removed what it lacked), or fetches again. A
 //! partition whose leader moved is left to the metadata: it follows the new leader through
 //! another fetcher. The task ends when nothing on its shard follows its leader.
 
@@ -20,19 +23,23 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tracing::{debug, info, warn};
 
 use super::now_ms;
 use super::shard::{Partition, Shard};
-use crate::replication::EpochEnd;
+use crate::replication::{EpochEnd, OutOfRangeAction};
 use crate::storage::StorageError;
 
 /// The Fetch version followers send: topic names, last fetched epoch and diverging epochs.
 const FETCH_VERSION: i16 = 12;
+/// The ListOffsets version followers send when their fetch offset is out of range.
+const LIST_OFFSETS_VERSION: i16 = 4;
 /// How long the leader may hold a follower's Fetch for new data (replica.fetch.wait.max.ms).
 const FETCH_WAIT_MAX_MS: i32 = 500;
 /// Bytes per partition per Fetch (replica.fetch.max.bytes).
@@ -91,7 +98,18 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
         correlation_id = correlation_id.wrapping_add(1);
         let stream = connection.as_mut().expect("connected above");
         let exchanged = futures_lite::future::or(
-            async { Some(exchange(stream, correlation_id, &request).await) },
+            async {
+                Some(
+                    exchange::<_, FetchResponse>(
+                        stream,
+                        ApiKey::Fetch,
+                        FETCH_VERSION,
+                        correlation_id,
+                        &request,
+                    )
+                    .await,
+                )
+            },
             async {
                 glommio::timer::sleep(EXCHANGE_TIMEOUT).await;
                 None
@@ -121,6 +139,7 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
             continue;
         }
         let mut back_off = false;
+        let mut out_of_range = Vec::new();
         for topic in response.responses {
             for answer in topic.partitions {
                 let partition = followed.iter().find(|partition| {
@@ -130,10 +149,39 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
                 let Some(partition) = partition else {
                     continue;
                 };
-                if let Err(error) = take_answer(partition, leader, answer).await {
+                if answer.error_code == ResponseError::OffsetOutOfRange.code() {
+                    out_of_range.push(Rc::clone(partition));
+                } else if let Err(error) = take_answer(partition, leader, answer).await {
                     warn!(topic = %partition.topic, partition = partition.index, leader, %error, "replication from the leader stalled");
                     back_off = true;
                 }
+            }
+        }
+        if !out_of_range.is_empty() {
+            let stream = connection.as_mut().expect("connected above");
+            let recovered = futures_lite::future::or(
+                async {
+                    Some(
+                        recover_out_of_range(
+                            &shard,
+                            stream,
+                            &mut correlation_id,
+                            leader,
+                            &out_of_range,
+                        )
+                        .await,
+                    )
+                },
+                async {
+                    glommio::timer::sleep(EXCHANGE_TIMEOUT).await;
+                    None
+                },
+            )
+            .await;
+            if !matches!(recovered, Some(Ok(()))) {
+                warn!(leader, error = ?recovered, "cannot recover out-of-range partitions");
+                connection = None;
+                back_off = true;
             }
         }
         if back_off {
@@ -244,6 +292,7 @@ async fn take_answer(
         return Ok(());
     }
     let records: Bytes = answer.records.unwrap_or_default();
+    let leader_log_start_offset = answer.log_start_offset;
     let log_end_offset = if records.is_empty() {
         partition
             .log
@@ -256,7 +305,23 @@ async fn take_answer(
                 if !follows(partition, leader) {
                     return Ok(None);
                 }
+                // The leader's log start can fall inside a batch (DeleteRecords), so the first
+                // batch an emptied log receives may start below it: the log then starts at
+                // that batch, as Kafka's follower does.
+                let first = crate::storage::batch::peek_base_offset_and_size(&records)
+                    .map(|(base_offset, _)| base_offset);
+                if let Ok(first) = first {
+                    let empty = log.log_start_offset() == log.log_end_offset();
+                    if empty && first < log.log_end_offset() && first >= 0 {
+                        log.reset_to(first, now).await?;
+                    }
+                }
                 log.append_replicated(BytesMut::from(records), now).await?;
+                // Records the leader deleted (DeleteRecords, retention) go here too.
+                let leader_log_start = leader_log_start_offset.min(log.log_end_offset());
+                if leader_log_start > log.log_start_offset() {
+                    log.delete_records(leader_log_start).await?;
+                }
                 log.flush(now).await?;
                 Ok::<_, StorageError>(Some(log.log_end_offset()))
             })
@@ -292,27 +357,140 @@ fn cap_high_watermark(partition: &Partition, log_end_offset: i64) {
     partition.high_watermark.set(high_watermark);
 }
 
-/// Sends one Fetch and reads its response.
-async fn exchange(
+/// Partitions whose fetch offset the leader refused as out of range: asks the leader where its
+/// log starts and ends, and cuts, empties or keeps each local log as
+/// [`crate::replication::PartitionFollower::out_of_range`] decides.
+async fn recover_out_of_range(
+    shard: &Shard,
     stream: &mut TcpStream,
+    correlation_id: &mut i32,
+    leader: i32,
+    partitions: &[Rc<Partition>],
+) -> Result<(), String> {
+    let mut ends = Vec::new();
+    for timestamp in [-2, -1] {
+        *correlation_id = correlation_id.wrapping_add(1);
+        let request = list_offsets_request(shard, partitions, timestamp);
+        let response: ListOffsetsResponse = exchange(
+            stream,
+            ApiKey::ListOffsets,
+            LIST_OFFSETS_VERSION,
+            *correlation_id,
+            &request,
+        )
+        .await?;
+        ends.push(response);
+    }
+    let offset_of = |response: &ListOffsetsResponse, partition: &Partition| {
+        response
+            .topics
+            .iter()
+            .filter(|topic| topic.name.0.as_str() == partition.topic)
+            .flat_map(|topic| &topic.partitions)
+            .find(|answer| answer.partition_index == partition.index && answer.error_code == 0)
+            .map(|answer| answer.offset)
+    };
+    for partition in partitions {
+        let (Some(leader_start), Some(leader_end)) = (
+            offset_of(&ends[0], partition),
+            offset_of(&ends[1], partition),
+        ) else {
+            debug!(topic = %partition.topic, partition = partition.index, "the leader did not say where its log starts and ends");
+            continue;
+        };
+        let now = now_ms();
+        let done = partition
+            .log
+            .with_log(async |log| {
+                if !follows(partition, leader) {
+                    return Ok(None);
+                }
+                let action = partition
+                    .replication_follower
+                    .borrow_mut()
+                    .as_mut()
+                    .map(|follower| {
+                        follower.out_of_range(log.log_end_offset(), leader_start, leader_end)
+                    });
+                match action {
+                    Some(OutOfRangeAction::TruncateTo(offset)) => {
+                        log.truncate_to(offset, now).await?;
+                        Ok(action)
+                    }
+                    Some(OutOfRangeAction::StartAt(offset)) => {
+                        log.reset_to(offset, now).await?;
+                        Ok(action)
+                    }
+                    Some(OutOfRangeAction::Retry) | None => Ok(None),
+                }
+            })
+            .await
+            .map_err(|error: StorageError| error.to_string())?;
+        if let Some(action) = done {
+            info!(topic = %partition.topic, partition = partition.index, leader, leader_start, leader_end, ?action, "fetch offset out of the leader's range");
+            let high_watermark = partition
+                .replication_follower
+                .borrow()
+                .as_ref()
+                .map(|follower| follower.high_watermark());
+            if let Some(high_watermark) = high_watermark {
+                partition.high_watermark.set(high_watermark);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ListOffsets at `timestamp` (-2 earliest, -1 latest: the log end, for a replica) for every
+/// partition in `partitions`.
+fn list_offsets_request(
+    shard: &Shard,
+    partitions: &[Rc<Partition>],
+    timestamp: i64,
+) -> ListOffsetsRequest {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for partition in partitions {
+        let wanted = ListOffsetsPartition::default()
+            .with_partition_index(partition.index)
+            .with_current_leader_epoch(partition.leader_epoch.get())
+            .with_timestamp(timestamp);
+        match topics
+            .iter_mut()
+            .find(|topic| topic.name.0.as_str() == partition.topic)
+        {
+            Some(topic) => topic.partitions.push(wanted),
+            None => topics.push(
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(partition.topic.clone())))
+                    .with_partitions(vec![wanted]),
+            ),
+        }
+    }
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(shard.config.node_id))
+        .with_topics(topics)
+}
+
+/// Sends one request and reads its response.
+async fn exchange<Request: Encodable, Response: Decodable>(
+    stream: &mut TcpStream,
+    api_key: ApiKey,
+    version: i16,
     correlation_id: i32,
-    request: &FetchRequest,
-) -> Result<FetchResponse, String> {
+    request: &Request,
+) -> Result<Response, String> {
     let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(FETCH_VERSION)
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_static_str("spate-replica-fetcher")));
     let mut frame = BytesMut::new();
     frame.extend_from_slice(&[0; 4]);
     header
-        .encode(
-            &mut frame,
-            ApiKey::Fetch.request_header_version(FETCH_VERSION),
-        )
+        .encode(&mut frame, api_key.request_header_version(version))
         .map_err(|error| error.to_string())?;
     request
-        .encode(&mut frame, FETCH_VERSION)
+        .encode(&mut frame, version)
         .map_err(|error| error.to_string())?;
     let size = u32::try_from(frame.len() - 4).map_err(|_| "request too large".to_string())?;
     frame[..4].copy_from_slice(&size.to_be_bytes());
@@ -335,16 +513,13 @@ async fn exchange(
         .await
         .map_err(|error| error.to_string())?;
     let mut body = Bytes::from(body);
-    let header = ResponseHeader::decode(
-        &mut body,
-        ApiKey::Fetch.response_header_version(FETCH_VERSION),
-    )
-    .map_err(|error| error.to_string())?;
+    let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
+        .map_err(|error| error.to_string())?;
     if header.correlation_id != correlation_id {
         return Err(format!(
             "response {} to request {correlation_id}",
             header.correlation_id
         ));
     }
-    FetchResponse::decode(&mut body, FETCH_VERSION).map_err(|error| error.to_string())
+    Response::decode(&mut body, version).map_err(|error| error.to_string())
 }

@@ -104,6 +104,9 @@ pub enum PartitionOp {
         timestamp: i64,
         /// The client's idea of the leader epoch, or -1.
         current_leader_epoch: i32,
+        /// Asked by a follower (a replica id): the latest offset is the log end, not the high
+        /// watermark, as Kafka answers replicas.
+        replica: bool,
     },
     /// DeleteRecords: move the log start up to `before_offset` (-1: the high watermark).
     DeleteRecords {
@@ -1812,6 +1815,7 @@ async fn run_partition_op(
         PartitionOp::ListOffset {
             timestamp,
             current_leader_epoch,
+            replica,
         } => {
             check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
             partition
@@ -1820,7 +1824,11 @@ async fn run_partition_op(
                     // Consumers see offsets below the high watermark only (Kafka's
                     // `lastFetchableOffset`): the latest offset is it, and a lookup by time
                     // finds nothing above it.
-                    let readable_end = partition.readable_end(log.log_end_offset());
+                    let readable_end = if replica {
+                        log.log_end_offset()
+                    } else {
+                        partition.readable_end(log.log_end_offset())
+                    };
                     let readable = |(offset, timestamp): (i64, i64)| {
                         if offset < readable_end {
                             (offset, timestamp)

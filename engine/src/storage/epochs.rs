@@ -287,6 +287,67 @@ impl<S: Storage> PartitionLog<S> {
         Ok(cut_offset)
     }
 
+    /// Empties the log and starts it again at `offset`: every segment is removed, the log
+    /// start and end become `offset` and the leader epoch cache is emptied (Kafka's
+    /// `truncateFullyAndStartAt`). A follower does this when its log ends before its leader's
+    /// starts (retention removed what it still lacked), so that it fetches from there.
+    ///
+    /// The new start is checkpointed first; a crash before the segments are gone reopens a
+    /// log that starts at its end, which a follower answers the same way again.
+    ///
+    /// # Errors
+    /// An I/O error, which poisons the log.
+    pub async fn reset_to(&mut self, offset: i64, now_ms: i64) -> StorageResult<()> {
+        self.check_poison()?;
+        assert!(offset >= 0, "a log starts at a non-negative offset");
+        match self.reset_on_disk(offset, now_ms).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.poison(error)),
+        }
+    }
+
+    async fn reset_on_disk(&mut self, offset: i64, now_ms: i64) -> StorageResult<()> {
+        self.flush(now_ms).await?;
+        self.log_start_offset = offset;
+        self.epochs = LeaderEpochCache::new();
+        self.epochs_dirty = true;
+        self.write_checkpoint(self.recovery_point.min(offset))
+            .await?;
+        let segments: Vec<i64> = self
+            .closed
+            .keys()
+            .copied()
+            .chain(std::iter::once(self.active.meta.base_offset))
+            .collect();
+        for base_offset in segments {
+            remove_segment_files(&self.storage, &SegmentPaths::new(&self.dir, base_offset)).await?;
+        }
+        self.sync_dir().await?;
+        let (reopened, _report) = PartitionLog::open(
+            self.storage.clone(),
+            self.dir.clone(),
+            self.config.clone(),
+            now_ms,
+        )
+        .await?;
+        let old = std::mem::replace(self, reopened);
+        self.generation = old.generation + 1;
+        old.release_handles().await;
+        if (self.log_start_offset, self.log_end_offset()) != (offset, offset) {
+            return Err(StorageError::Corrupt {
+                segment: self.dir.clone(),
+                position: 0,
+                reason: format!(
+                    "the log was reset to start at {offset} but reopened with offsets {}..{}",
+                    self.log_start_offset,
+                    self.log_end_offset()
+                ),
+            });
+        }
+        info!(dir = %self.dir.display(), offset, "log emptied and restarted");
+        Ok(())
+    }
+
     async fn sync_dir(&self) -> StorageResult<()> {
         self.storage
             .sync_dir(&self.dir)

@@ -229,3 +229,58 @@ fn a_reassigned_partition_moves_onto_a_new_broker_with_every_record() {
         .collect();
     assert_eq!(values, expected, "the new replica holds every record");
 }
+
+#[test]
+fn a_new_replica_starts_at_its_leaders_log_start() {
+    // The leader's log no longer starts at 0 (DeleteRecords here, retention in production):
+    // the new replica's first fetch is out of range, so it empties its log, starts at the
+    // leader's start (ListOffsets with its replica id) and catches up from there.
+    let work = tempfile::tempdir().unwrap();
+    let quorum = super::quorum::quorum_of_three();
+    let mut nodes: Vec<Broker> = (1..=3).map(|id| start(work.path(), id, &quorum)).collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    admin(&nodes[0])
+        .create_topics(&[NewTopic {
+            name: TOPIC.into(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: Default::default(),
+        }])
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let before = describe_until(&nodes[0], |p| p.leader >= 0);
+    let leader = before.leader;
+    let arriving = (1..=3).find(|&id| id != leader).unwrap();
+    produce(&nodes[0], 0..200);
+    let deleted = admin(&nodes[0])
+        .delete_records(&[((TOPIC.to_string(), 0), 150)].into())
+        .unwrap();
+    assert_eq!(deleted[&(TOPIC.to_string(), 0)].as_ref().unwrap(), &150);
+
+    admin(&nodes[0])
+        .alter_partition_reassignment(TOPIC, 0, Some(&[leader, arriving]))
+        .unwrap();
+    describe_until(&nodes[0], |p| {
+        p.replicas == [leader, arriving] && p.isr.len() == 2
+    });
+    produce(&nodes[0], 200..220);
+    for node in &mut nodes {
+        assert!(node.stop().success(), "{}", node.log());
+    }
+    let replica = read_replica(
+        &work
+            .path()
+            .join(format!("node-{arriving}"))
+            .join(format!("{TOPIC}-0")),
+        arriving,
+        0,
+    );
+    let expected: Vec<(i64, String)> = (150..220).map(|i| (i, format!("m{i:04}"))).collect();
+    assert_eq!(replica.records, expected);
+}

@@ -373,3 +373,73 @@ fn a_durability_wait_across_a_truncation_reports_the_records_gone() {
         assert_eq!(log.log_end_offset(), 45);
     });
 }
+
+#[test]
+fn a_reset_empties_the_log_and_starts_it_at_the_leaders_start() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = leader_log(&storage).await;
+        assert!(log.segment_count() > 1);
+        log.reset_to(500, 2_000).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+        assert_eq!(log.segment_count(), 1);
+        assert!(entries(&log).is_empty(), "no epoch covers an empty log");
+        // The leader's batches from 500 on follow.
+        let leader_storage = SimulatedStorage::new();
+        let mut leader = open(&leader_storage, &config()).await;
+        leader.delete_records(0).await.unwrap();
+        leader.reset_to(500, 2_000).await.unwrap();
+        leader.open_leader_epoch(7).await.unwrap();
+        leader
+            .append(numbered_batch(500, 3, 1_000), 7, 1_000)
+            .await
+            .unwrap();
+        log.append_replicated(batches_from(&mut leader, 500).await, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 503);
+        assert_eq!(entries(&log), [(7, 500)]);
+        log.flush(2_000).await.unwrap();
+        drop(log);
+        let (log, _) = PartitionLog::open(storage.clone(), partition_dir(), config(), 3_000)
+            .await
+            .unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 503));
+        assert_eq!(entries(&log), [(7, 500)]);
+    });
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_a_reset_leaves_a_log_to_reset_again() {
+    block_on(async {
+        let mut completed = false;
+        for budget in 0..200 {
+            let storage = SimulatedStorage::new();
+            let mut log = leader_log(&storage).await;
+            log.checkpoint(1_500).await.unwrap();
+            storage.cut_power_after(Some(budget));
+            let result = log.reset_to(500, 2_000).await;
+            drop(log);
+            storage.crash(CrashMode::DropUnsynced);
+            storage.cut_power_after(None);
+            let (log, _) = PartitionLog::open(storage.clone(), partition_dir(), config(), 3_000)
+                .await
+                .unwrap_or_else(|error| panic!("power cut after {budget} steps: {error}"));
+            let (start, end) = (log.log_start_offset(), log.log_end_offset());
+            // Either the old log, whole or with its oldest segments gone and its start at its
+            // end, or the reset log: a follower still below its leader's start resets again.
+            assert!(
+                (start, end) == (0, 66)
+                    || (start == end && end <= 66)
+                    || (start, end) == (500, 500),
+                "power cut after {budget} steps: offsets {start}..{end}"
+            );
+            if result.is_ok() {
+                assert_eq!((start, end), (500, 500));
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed, "the reset completes with enough steps");
+    });
+}

@@ -37,6 +37,8 @@ pub(super) async fn list_offsets(
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    // A follower (replica id set) is answered with the log end as the latest offset.
+    let replica = request.replica_id.0 >= 0;
     let mut topics = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -61,6 +63,7 @@ pub(super) async fn list_offsets(
                     PartitionOp::ListOffset {
                         timestamp: partition.timestamp,
                         current_leader_epoch: partition.current_leader_epoch,
+                        replica,
                     },
                 )
             })
