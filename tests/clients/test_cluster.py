@@ -105,6 +105,35 @@ def test_kcat_lists_every_broker_and_the_spread_partitions(cluster):
     assert out == b"through kcat\n"
 
 
+def test_confluent_kafka_admin_grows_a_topic_and_changes_its_configs(cluster):
+    from confluent_kafka.admin import ConfigResource, NewPartitions
+    topic = unique_topic("cluster-admin")
+    create_topic(cluster[0], topic, replication_factor=3)
+    admin = AdminClient({"bootstrap.servers": cluster[1].bootstrap})
+    admin.create_partitions([NewPartitions(topic, PARTITIONS + 2)])[topic].result(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        views = [leaders(node, topic) for node in cluster]
+        if all(len(view) == PARTITIONS + 2 and -1 not in view.values() for view in views):
+            break
+        assert time.monotonic() < deadline, views
+        time.sleep(0.2)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic,
+                              set_config={"retention.ms": "7200000"})
+    admin.alter_configs([resource])[resource].result(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        clients = [AdminClient({"bootstrap.servers": node.bootstrap}) for node in cluster]
+        values = []
+        for client in clients:
+            futures = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+            values.append(next(iter(futures.values())).result(timeout=30)["retention.ms"].value)
+        if values == ["7200000"] * 3:
+            break
+        assert time.monotonic() < deadline, values
+        time.sleep(0.2)
+
+
 def test_confluent_kafka_produces_to_every_leader_and_a_group_reads_it_all(cluster):
     topic = unique_topic("cluster-confluent")
     create_topic(cluster[0], topic)

@@ -389,6 +389,60 @@ impl Controller {
         Ok(records)
     }
 
+    /// Grows topic `topic_id` to `partitions` partitions (CreatePartitions): the new ones get
+    /// as many replicas as its first partition, spread over the eligible brokers round-robin
+    /// from `start`, as [`Controller::create_topic`] spreads them.
+    ///
+    /// # Errors
+    /// [`ControllerError::UnknownTopicOrPartition`], [`ControllerError::InvalidPartitions`]
+    /// for a count not above today's, [`ControllerError::InvalidReplicationFactor`] when fewer
+    /// brokers are eligible than a partition has replicas.
+    pub fn add_partitions(
+        &self,
+        image: &MetadataImage,
+        topic_id: Uuid,
+        partitions: i32,
+        start: usize,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = image
+            .topics()
+            .get(&topic_id)
+            .ok_or(ControllerError::UnknownTopicOrPartition)?;
+        let existing = topic.partitions.len() as i32;
+        if partitions <= existing {
+            return Err(ControllerError::InvalidPartitions);
+        }
+        let replication_factor = topic.partitions.values().next().map_or(1, |state| {
+            state.replicas.len() - state.adding_replicas.len()
+        });
+        let eligible: Vec<BrokerId> = image
+            .brokers()
+            .values()
+            .filter(|broker| broker.is_eligible())
+            .map(|broker| broker.broker_id)
+            .collect();
+        if replication_factor == 0 || replication_factor > eligible.len() {
+            return Err(ControllerError::InvalidReplicationFactor);
+        }
+        Ok((existing..partitions)
+            .map(|partition| {
+                let first = start + partition as usize;
+                let replicas: Vec<BrokerId> = (0..replication_factor)
+                    .map(|replica| eligible[(first + replica) % eligible.len()])
+                    .collect();
+                MetadataRecord::Partition {
+                    topic_id,
+                    partition,
+                    isr: replicas.clone(),
+                    leader: replicas[0],
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }
+            })
+            .collect())
+    }
+
     /// A leader's ISR change (AlterPartition, KIP-497), checked against the current state.
     ///
     /// # Errors

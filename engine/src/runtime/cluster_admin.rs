@@ -76,6 +76,16 @@ pub enum TopicAdmin {
     AlterIsr(IsrChange),
     /// AlterPartitionReassignments.
     Reassign(Vec<Reassignment>),
+    /// CreatePartitions: (topic, new partition count), already checked by the broker.
+    AddPartitions(Vec<(String, i32)>),
+    /// AlterConfigs / IncrementalAlterConfigs of a topic: its whole new set of overrides,
+    /// already checked by the broker.
+    SetTopicConfigs {
+        /// The topic.
+        topic: String,
+        /// Every override it is to have.
+        configs: BTreeMap<String, String>,
+    },
 }
 
 impl TopicAdmin {
@@ -86,6 +96,8 @@ impl TopicAdmin {
             TopicAdmin::Delete(names) => names.len(),
             TopicAdmin::AlterIsr(_) => 1,
             TopicAdmin::Reassign(partitions) => partitions.len(),
+            TopicAdmin::AddPartitions(topics) => topics.len(),
+            TopicAdmin::SetTopicConfigs { .. } => 1,
         }
     }
 
@@ -121,6 +133,13 @@ pub enum Expected {
         topic_id: Uuid,
         partition: i32,
         target: Option<Vec<i32>>,
+    },
+    /// The topic has at least this many partitions.
+    PartitionsAdded { topic_id: Uuid, partitions: i32 },
+    /// The topic's overrides are exactly these.
+    ConfigsSet {
+        topic: String,
+        configs: BTreeMap<String, String>,
     },
     /// Refused before anything was proposed.
     Refused(i16, String),
@@ -223,6 +242,54 @@ pub fn plan(
                 }
             }
         }
+        TopicAdmin::AddPartitions(topics) => {
+            for (name, partitions) in topics {
+                let Some(topic_id) = image.topic_id(&name) else {
+                    expected.push(refused(ControllerError::UnknownTopicOrPartition, name));
+                    continue;
+                };
+                let start = random() as usize;
+                match controller.add_partitions(image, topic_id, partitions, start) {
+                    Ok(added) => {
+                        records.extend(added);
+                        expected.push(Expected::PartitionsAdded {
+                            topic_id,
+                            partitions,
+                        });
+                    }
+                    Err(error) => expected.push(refused(error, name)),
+                }
+            }
+        }
+        TopicAdmin::SetTopicConfigs { topic, configs } => {
+            if image.topic_id(&topic).is_none() {
+                expected.push(refused(ControllerError::UnknownTopicOrPartition, topic));
+            } else {
+                let current = image
+                    .configs(TOPIC_RESOURCE, &topic)
+                    .cloned()
+                    .unwrap_or_default();
+                for key in current.keys().filter(|key| !configs.contains_key(*key)) {
+                    records.push(MetadataRecord::Config {
+                        resource_type: TOPIC_RESOURCE,
+                        resource_name: topic.clone(),
+                        key: key.clone(),
+                        value: None,
+                    });
+                }
+                for (key, value) in &configs {
+                    if current.get(key) != Some(value) {
+                        records.push(MetadataRecord::Config {
+                            resource_type: TOPIC_RESOURCE,
+                            resource_name: topic.clone(),
+                            key: key.clone(),
+                            value: Some(value.clone()),
+                        });
+                    }
+                }
+                expected.push(Expected::ConfigsSet { topic, configs });
+            }
+        }
         TopicAdmin::Delete(names) => {
             for name in names {
                 match image.topic_id(&name) {
@@ -278,6 +345,28 @@ pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> 
                     "the partition is gone".to_owned(),
                 )),
             },
+            Expected::PartitionsAdded {
+                topic_id,
+                partitions,
+            } => match image.topics().get(topic_id) {
+                Some(topic) if topic.partitions.len() as i32 >= *partitions => Ok(()),
+                Some(_) => not_controller(),
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "the topic is gone".to_owned(),
+                )),
+            },
+            Expected::ConfigsSet { topic, configs } => {
+                let now = image
+                    .configs(TOPIC_RESOURCE, topic)
+                    .cloned()
+                    .unwrap_or_default();
+                if &now == configs {
+                    Ok(())
+                } else {
+                    not_controller()
+                }
+            }
             Expected::Reassigned {
                 topic_id,
                 partition,

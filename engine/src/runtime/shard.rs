@@ -868,19 +868,64 @@ impl Shard {
                     })
                     .collect()
             }
-            AdminOp::CreatePartitions { topics, .. } => topics
-                .iter()
-                .map(|_| {
-                    Err(KafkaError::with_message(
-                        ResponseError::InvalidRequest,
-                        "adding partitions is not supported in a cluster yet",
-                    ))
-                })
-                .collect(),
-            AdminOp::AlterTopicConfigs { .. } => vec![Err(KafkaError::with_message(
-                ResponseError::InvalidRequest,
-                "changing topic configs is not supported in a cluster yet",
-            ))],
+            AdminOp::CreatePartitions {
+                topics,
+                validate_only,
+            } => {
+                let mut results: Vec<Option<Result<(), KafkaError>>> = Vec::new();
+                let mut to_add = Vec::new();
+                for (name, count) in &topics {
+                    match catalog.with_partitions(name, *count) {
+                        Ok(_) if validate_only => results.push(Some(Ok(()))),
+                        Ok(_) => {
+                            to_add.push((name.clone(), *count));
+                            results.push(None);
+                        }
+                        Err(error) => results.push(Some(Err(KafkaError::from(error)))),
+                    }
+                }
+                let mut made = if to_add.is_empty() {
+                    Vec::new()
+                } else {
+                    self.cluster_topic_admin(TopicAdmin::AddPartitions(to_add))
+                        .await
+                }
+                .into_iter();
+                results
+                    .into_iter()
+                    .map(|result| {
+                        result.unwrap_or_else(|| {
+                            made.next().unwrap_or_else(|| {
+                                Err(KafkaError::new(ResponseError::UnknownServerError))
+                            })
+                        })
+                    })
+                    .collect()
+            }
+            AdminOp::AlterTopicConfigs {
+                topic,
+                changes,
+                replace_all,
+                validate_only,
+            } => {
+                let checked = match catalog.topic(&topic) {
+                    None => Err(CatalogError::UnknownTopic(topic.clone())),
+                    Some(current) => {
+                        let configs = changed(&current.configs, changes, replace_all);
+                        catalog
+                            .with_topic_configs(&topic, configs.clone())
+                            .map(|_| configs)
+                    }
+                };
+                match checked {
+                    Err(error) => vec![Err(KafkaError::from(error))],
+                    Ok(_) if validate_only => vec![Ok(())],
+                    Ok(configs) => {
+                        self.cluster_topic_admin(TopicAdmin::SetTopicConfigs { topic, configs })
+                            .await
+                    }
+                }
+            }
             AdminOp::Controller(admin) => self.cluster_topic_admin(admin).await,
             AdminOp::AlterBrokerConfigs { .. } => unreachable!("run locally"),
         }

@@ -257,3 +257,122 @@ fn topics_live_in_the_cluster_metadata_and_clients_follow_their_leaders() {
         assert!(node.stop().success(), "{}", node.log());
     }
 }
+
+/// A topic config override as `node` describes it (DescribeConfigs).
+fn topic_config(node: &Broker, topic: &str, key: &str) -> Option<String> {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    let request =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.into()))
+            .with_configuration_keys(Some(vec![StrBytes::from_string(key.into())]))]);
+    let ResponseKind::DescribeConfigs(response) = node.connect().call(
+        ApiKey::DescribeConfigs,
+        4,
+        RequestKind::DescribeConfigs(request),
+    ) else {
+        panic!("not a DescribeConfigs response")
+    };
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{result:?}");
+    result
+        .configs
+        .iter()
+        .find(|config| config.name.as_str() == key && config.config_source == 1)
+        .and_then(|config| config.value.as_ref().map(ToString::to_string))
+}
+
+#[test]
+fn partitions_are_added_and_topic_configs_changed_through_the_controller() {
+    let work = tempfile::tempdir().unwrap();
+    let quorum = quorum_of_three();
+    let nodes: Vec<Broker> = (1..=3)
+        .map(|id| start_node(work.path(), id, &quorum))
+        .collect();
+    let everyone: Vec<(i32, i32)> = (1..=3)
+        .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
+        .collect();
+    for node in &nodes {
+        wait_for_brokers(node, &everyone);
+    }
+    admin(&nodes[0])
+        .create_topics(&[new_topic("growing", 2, 3)])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    // Asked of one node, seen by every node.
+    admin(&nodes[1]).create_partitions("growing", 4).unwrap();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let info = loop {
+            let info = describe(node, "growing");
+            if info.partitions.len() == 4 {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "{info:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for partition in &info.partitions {
+            assert_eq!(partition.replicas.len(), 3);
+            assert!(partition.leader > 0);
+        }
+    }
+    let shrink = admin(&nodes[0]).create_partitions("growing", 3);
+    assert_eq!(
+        kafka_code(&shrink),
+        Some(37),
+        "INVALID_PARTITIONS: {shrink:?}"
+    );
+    // The new partitions take records.
+    let address = nodes[2].address.to_string();
+    let producer = Producer::new(
+        ProducerConfig::from_properties([("bootstrap.servers", address.as_str()), ("acks", "all")])
+            .unwrap(),
+    )
+    .unwrap();
+    for partition in 0..4 {
+        producer
+            .send(ProducerRecord {
+                topic: "growing".into(),
+                partition: Some(partition),
+                value: Some(Bytes::from(format!("p{partition}-0"))),
+                ..ProducerRecord::default()
+            })
+            .unwrap()
+            .wait(Some(Duration::from_secs(30)))
+            .unwrap()
+            .unwrap();
+    }
+    producer.close();
+    assert_eq!(consume_all(&nodes[0], "growing", "grown", 4).len(), 4);
+
+    // Topic configs: set on one node, seen on every node, removed again.
+    admin(&nodes[2])
+        .alter_topic_configs("growing", &[("retention.ms".into(), "3600000".into())], &[])
+        .unwrap();
+    for node in &nodes {
+        // The node asked has it at once; the others as soon as they apply the records.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while topic_config(node, "growing", "retention.ms").as_deref() != Some("3600000") {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let refused = admin(&nodes[0]).alter_topic_configs(
+        "growing",
+        &[("retention.ms".into(), "soon".into())],
+        &[],
+    );
+    assert!(refused.is_err(), "a bad value is refused: {refused:?}");
+    admin(&nodes[0])
+        .alter_topic_configs("growing", &[], &["retention.ms".into()])
+        .unwrap();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while topic_config(node, "growing", "retention.ms").is_some() {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -248,7 +248,17 @@ pub(super) async fn create_partitions(
                     .any(|id| id.0 != shard.config.node_id)
             })
         });
-        if bad_assignment {
+        if topic
+            .assignments
+            .as_ref()
+            .is_some_and(|assignments| !assignments.is_empty())
+            && shard.in_cluster()
+        {
+            early.push(Some(KafkaError::with_message(
+                ResponseError::InvalidReplicaAssignment,
+                "manual replica assignments are not supported in a cluster yet",
+            )));
+        } else if bad_assignment {
             early.push(Some(KafkaError::with_message(
                 ResponseError::InvalidReplicaAssignment,
                 "replicas must be live brokers",
