@@ -37,6 +37,12 @@ pub struct ServeSettings {
     /// quorum].
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub controller_quorum: Option<String>,
+    /// What this node of a cluster is (Kafka's process.roles): `broker,controller` (KRaft's
+    /// combined mode), `controller` (a quorum voter that holds no partitions) or `broker` (not
+    /// a voter: it fetches the metadata from the controllers) [default: broker,controller for
+    /// a node in the quorum list, broker for one that is not].
+    #[arg(long, value_name = "ROLES")]
+    pub process_roles: Option<String>,
     /// How long the active controller waits for a broker's heartbeat before fencing it
     /// (broker.session.timeout.ms) [default: 9000].
     #[arg(long, value_name = "MS")]
@@ -191,6 +197,8 @@ pub struct BrokerConfig {
     /// The quorum's voters by node id (empty: a single-node cluster without a quorum). See
     /// [`ServeSettings::controller_quorum`].
     pub controller_quorum: Vec<(u64, SocketAddr)>,
+    /// See [`ServeSettings::process_roles`]; both on a single node.
+    pub roles: ProcessRoles,
     /// See [`ServeSettings::broker_session_timeout_ms`].
     pub broker_session_timeout_ms: i64,
     /// See [`ServeSettings::broker_heartbeat_interval_ms`].
@@ -284,6 +292,7 @@ impl ServeSettings {
             cores: self.cores.or(base.cores),
             node_id: self.node_id.or(base.node_id),
             controller_quorum: self.controller_quorum.or(base.controller_quorum),
+            process_roles: self.process_roles.or(base.process_roles),
             broker_session_timeout_ms: self
                 .broker_session_timeout_ms
                 .or(base.broker_session_timeout_ms),
@@ -429,14 +438,37 @@ impl ServeSettings {
                 parse_quorum(text).map_err(|reason| invalid("controller_quorum", reason))?
             }
         };
-        if !controller_quorum.is_empty()
-            && !controller_quorum
-                .iter()
-                .any(|&(id, _)| i64::from(node_id) == id as i64)
-        {
+        let voter = controller_quorum
+            .iter()
+            .any(|&(id, _)| i64::from(node_id) == id as i64);
+        let roles = match self.process_roles.as_deref() {
+            None if controller_quorum.is_empty() || voter => ProcessRoles::BOTH,
+            None => ProcessRoles::BROKER,
+            Some(text) => {
+                ProcessRoles::parse(text).map_err(|reason| invalid("process_roles", reason))?
+            }
+        };
+        if controller_quorum.is_empty() && roles != ProcessRoles::BOTH {
+            return Err(invalid(
+                "process_roles",
+                "a node without --controller-quorum is a single-node cluster, both broker and \
+                 controller"
+                    .into(),
+            ));
+        }
+        if roles.controller && !controller_quorum.is_empty() && !voter {
             return Err(invalid(
                 "controller_quorum",
-                format!("this node's id {node_id} (--node-id) is not one of the voters"),
+                format!(
+                    "this node's id {node_id} (--node-id) is not one of the voters, so it \
+                     cannot be a controller (--process-roles broker makes it a broker only)"
+                ),
+            ));
+        }
+        if !roles.controller && voter {
+            return Err(invalid(
+                "process_roles",
+                format!("node {node_id} is a voter of the quorum, so it must be a controller"),
             ));
         }
         let broker_session_timeout_ms = self.broker_session_timeout_ms.unwrap_or(9_000);
@@ -477,6 +509,7 @@ impl ServeSettings {
             replica_lag_time_max_ms,
             leader_imbalance_check_interval_ms,
             controller_quorum,
+            roles,
             broker_session_timeout_ms,
             broker_heartbeat_interval_ms,
             metadata_snapshot_interval_records,
@@ -620,5 +653,53 @@ mod tests {
             ..ServeSettings::default()
         };
         assert!(bad.resolve().is_err());
+    }
+}
+
+/// What a node of a cluster does (Kafka's `process.roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRoles {
+    /// It holds partitions and serves clients.
+    pub broker: bool,
+    /// It is a voter of the metadata quorum (and the active controller when it leads).
+    pub controller: bool,
+}
+
+impl ProcessRoles {
+    /// KRaft's combined mode, and a single node.
+    pub const BOTH: ProcessRoles = ProcessRoles {
+        broker: true,
+        controller: true,
+    };
+    /// A broker fetching the metadata from the controllers.
+    pub const BROKER: ProcessRoles = ProcessRoles {
+        broker: true,
+        controller: false,
+    };
+
+    /// Reads `broker`, `controller` or both, comma separated.
+    ///
+    /// # Errors
+    /// A sentence for anything else.
+    pub fn parse(text: &str) -> Result<ProcessRoles, String> {
+        let mut roles = ProcessRoles {
+            broker: false,
+            controller: false,
+        };
+        for role in text.split(',').map(str::trim) {
+            match role {
+                "broker" => roles.broker = true,
+                "controller" => roles.controller = true,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}: give broker, controller or broker,controller"
+                    ))
+                }
+            }
+        }
+        if !roles.broker && !roles.controller {
+            return Err("give broker, controller or broker,controller".into());
+        }
+        Ok(roles)
     }
 }

@@ -190,8 +190,11 @@ pub struct PartitionLeader {
     state: PartitionState,
     pending: Option<PendingIsrChange>,
     /// Replicas whose addition may have been committed (its answer was lost): counted in the
-    /// maximal ISR until a newer committed state arrives.
+    /// maximal ISR until a newer committed state arrives, or the controller refuses the
+    /// change again at the same partition epoch (which shows it was not committed).
     maybe_added: BTreeSet<BrokerId>,
+    /// An ISR change whose answer was lost, to ask again at the next tick.
+    retry: Option<Vec<BrokerId>>,
     /// The number of the next [`LeaderOutput::AlterIsr`].
     next_request: u64,
     followers: BTreeMap<BrokerId, FollowerProgress>,
@@ -248,6 +251,7 @@ impl PartitionLeader {
             state,
             pending: None,
             maybe_added: BTreeSet::new(),
+            retry: None,
             next_request: 0,
             followers,
             ineligible: BTreeSet::new(),
@@ -407,9 +411,14 @@ impl PartitionLeader {
         })
     }
 
-    /// Time passed: followers that fell behind leave the ISR.
+    /// Time passed: an ISR change whose answer was lost is asked again; followers that fell
+    /// behind leave the ISR.
     pub fn tick(&mut self, now_ms: i64) {
         if self.pending.is_some() {
+            return;
+        }
+        if let Some(isr) = self.retry.take() {
+            self.propose(isr);
             return;
         }
         let out_of_sync: BTreeSet<BrokerId> = self
@@ -458,11 +467,19 @@ impl PartitionLeader {
                     return;
                 }
             }
-            Err(IsrChangeError::Stale | IsrChangeError::Refused) => {}
+            Err(IsrChangeError::Stale) => {}
+            Err(IsrChangeError::Refused) => {
+                // Refused at this very partition epoch: nothing asked at it was committed.
+                self.maybe_added.clear();
+            }
             Err(IsrChangeError::Unknown) => {
                 let committed: BTreeSet<BrokerId> = self.state.isr.iter().copied().collect();
                 self.maybe_added
                     .extend(pending.isr.difference(&committed).copied());
+                // Asked again at the next tick, until an answer says what became of it.
+                self.retry = Some(pending.isr.iter().copied().collect());
+                self.maybe_advance_high_watermark();
+                return;
             }
         }
         self.maybe_advance_high_watermark();
@@ -498,6 +515,7 @@ impl PartitionLeader {
         // Whatever was asked is now committed or will be refused as stale.
         self.pending = None;
         self.maybe_added.clear();
+        self.retry = None;
         self.check_invariants();
         self.maybe_advance_high_watermark();
     }

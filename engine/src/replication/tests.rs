@@ -407,13 +407,19 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
         .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 3)
         .unwrap();
     assert_eq!(leader.high_watermark(), 8, "replica 2 may be in the ISR");
-    // The retry (at replica 2's next fetch) is refused as stale: the first one was committed.
-    leader
-        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 4)
-        .unwrap();
-    assert!(outputs(&mut leader)
-        .iter()
-        .any(|output| matches!(output, LeaderOutput::AlterIsr { request: 1, .. })));
+    // Asked again at the next tick; the retry is refused as stale: the first one was
+    // committed.
+    assert!(outputs(&mut leader).is_empty(), "not at once");
+    leader.tick(4);
+    assert_eq!(
+        outputs(&mut leader),
+        [LeaderOutput::AlterIsr {
+            request: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            isr: vec![0, 1, 2],
+        }]
+    );
     leader.isr_change_completed(1, Err(IsrChangeError::Stale), 5);
     assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
     // The committed state arrives.
@@ -438,6 +444,37 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     shrunk.partition_epoch = 2;
     leader.partition_changed(shrunk, 3);
     assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1]));
+    outputs(&mut leader);
+    leader.tick(4);
+    assert!(
+        !outputs(&mut leader)
+            .iter()
+            .any(|output| matches!(output, LeaderOutput::AlterIsr { .. })),
+        "nothing left to ask again"
+    );
+
+    // Or the controller refuses the retry at the same partition epoch (the replica is shutting
+    // down, say): the first was not committed either, and the high watermark moves on without
+    // the replica. A dead replica of unknown fate must not hold it back for ever.
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 0, 0, config());
+    leader
+        .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    leader
+        .follower_fetch(fetch(2, 8, Some(1)), &cache, 0, 1)
+        .unwrap();
+    outputs(&mut leader);
+    leader.isr_change_completed(0, Err(IsrChangeError::Unknown), 2);
+    leader.appended(12);
+    leader
+        .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 3)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 8);
+    leader.tick(4);
+    outputs(&mut leader);
+    leader.isr_change_completed(1, Err(IsrChangeError::Refused), 5);
+    assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1]));
+    assert_eq!(leader.high_watermark(), 12);
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod cluster_admin;
 mod connection;
 pub mod groups;
+mod metadata_observer;
 pub mod quorum;
 mod replica_fetcher;
 pub mod server;

@@ -27,7 +27,7 @@
 //! The controller port has no authentication: keep it on a network only the cluster's nodes
 //! reach.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -62,16 +62,20 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Frame kind: a raft message.
 const FRAME_RAFT: u8 = 0;
 /// Frame kind: a broker's request to the controller.
-const FRAME_CONTROLLER_REQUEST: u8 = 1;
+pub(super) const FRAME_CONTROLLER_REQUEST: u8 = 1;
 /// Frame kind: the controller's reply to a topic request.
-const FRAME_CONTROLLER_REPLY: u8 = 2;
+pub(super) const FRAME_CONTROLLER_REPLY: u8 = 2;
+/// Frame kind: a broker-only node asks for the metadata records after an index.
+pub(super) const FRAME_METADATA_FETCH: u8 = 3;
+/// Frame kind: the answer, on the same connection.
+pub(super) const FRAME_METADATA_UPDATE: u8 = 4;
 /// Heartbeat interval during a controlled shutdown.
-const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
+pub(super) const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
 /// How long a stopping broker waits for a controller to appear before it gives up moving
 /// its leaderships (the quorum may have lost its majority).
 const CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS: i64 = 1_500;
 /// How long a node waits for the controller's answer to a topic request.
-const TOPIC_REQUEST_TIMEOUT_MS: i64 = 15_000;
+pub(super) const TOPIC_REQUEST_TIMEOUT_MS: i64 = 15_000;
 
 /// A broker's request to the active controller.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -99,10 +103,37 @@ pub(crate) enum ControllerRequest {
 /// The controller's answer to [`ControllerRequest::Topics`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ControllerReply {
-    request_id: u64,
-    results: Vec<ItemResult>,
+    pub(super) request_id: u64,
+    pub(super) results: Vec<ItemResult>,
     /// The log index the results hold at: the asking node answers once it applied that far.
-    applied_index: u64,
+    pub(super) applied_index: u64,
+}
+
+/// A broker-only node's request for the metadata it lacks ([`FRAME_METADATA_FETCH`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MetadataFetch {
+    /// The node asking.
+    pub(super) node_id: NodeId,
+    /// The last record it applied.
+    pub(super) applied_index: u64,
+}
+
+/// A controller's answer ([`FRAME_METADATA_UPDATE`]): what it applied after the asker's index,
+/// as records, or as a snapshot when its recent records do not reach back that far; and the
+/// answers to the asker's topic requests.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct MetadataUpdate {
+    /// The quorum leader this controller knows of.
+    pub(super) leader: Option<NodeId>,
+    /// Its term.
+    pub(super) term: u64,
+    /// The whole image (a `MetadataSnapshot`'s JSON), to replace the asker's.
+    pub(super) snapshot: Option<String>,
+    /// `(index, record JSON)` of every record applied after the asker's index (after the
+    /// snapshot, with one).
+    pub(super) records: Vec<(u64, String)>,
+    /// Answers to the asker's topic requests.
+    pub(super) replies: Vec<ControllerReply>,
 }
 
 /// Where a shard waits for a topic request's results and the log index they hold at.
@@ -174,6 +205,11 @@ pub(crate) enum Event {
     Admin {
         admin: TopicAdmin,
         reply: AdminReply,
+    },
+    /// A broker-only node's [`MetadataFetch`], answered with the encoded [`MetadataUpdate`].
+    MetadataFetch {
+        fetch: MetadataFetch,
+        reply: oneshot::Sender<Vec<u8>>,
     },
 }
 
@@ -261,7 +297,13 @@ async fn run(
     let mut next_rebalance_ms = shard.config.leader_imbalance_check_interval_ms;
     let cluster_id = cluster_admin::cluster_id_of(&shard.config.controller_quorum);
     let mut published_layout = None;
-    let mut registered_once = false;
+    // A controller-only node never registers; it serves the metadata at once.
+    let mut registered_once = !shard.config.roles.broker;
+    // Every record applied after `recent_after`, for broker-only nodes' fetches.
+    let mut recent_records: VecDeque<(u64, String)> = VecDeque::new();
+    let mut recent_after = image.last_applied_index();
+    // Answers to broker-only nodes' topic requests, sent with their next fetch.
+    let mut observer_replies: BTreeMap<NodeId, Vec<ControllerReply>> = BTreeMap::new();
     let mut proposed_admins: Vec<ProposedAdmin> = Vec::new();
     let mut forwarded_admins: BTreeMap<u64, ForwardedAdmin> = BTreeMap::new();
     let mut next_request_id = 0_u64;
@@ -324,9 +366,26 @@ async fn run(
                 );
                 match proposed {
                     Ok(proposed) => proposed_admins.push(proposed),
-                    Err((responder, results)) => {
-                        respond(responder, results, image.last_applied_index(), &queues)
-                    }
+                    Err((responder, results)) => respond(
+                        responder,
+                        results,
+                        image.last_applied_index(),
+                        &queues,
+                        &mut observer_replies,
+                    ),
+                }
+            }
+            Some(Event::MetadataFetch { fetch, reply }) => {
+                let update = metadata_update(
+                    &node,
+                    &image,
+                    &recent_records,
+                    recent_after,
+                    fetch.applied_index,
+                    observer_replies.remove(&fetch.node_id).unwrap_or_default(),
+                );
+                if let Ok(bytes) = serde_json::to_vec(&update) {
+                    let _ = reply.send(bytes);
                 }
             }
             Some(Event::Request(request)) => {
@@ -374,9 +433,13 @@ async fn run(
                     );
                     match proposed {
                         Ok(proposed) => proposed_admins.push(proposed),
-                        Err((responder, results)) => {
-                            respond(responder, results, image.last_applied_index(), &queues)
-                        }
+                        Err((responder, results)) => respond(
+                            responder,
+                            results,
+                            image.last_applied_index(),
+                            &queues,
+                            &mut observer_replies,
+                        ),
                     }
                 } else {
                     let leader_queue = node.leader().and_then(|leader| queues.get(&leader));
@@ -460,8 +523,13 @@ async fn run(
                 next_heartbeat_ms = 0;
                 now_ms()
             });
-            if controlled_shutdown_finished(&shard, &node, &image, incarnation_id, now_ms() - began)
-            {
+            if controlled_shutdown_finished(
+                &shard,
+                node.leader().is_some(),
+                &image,
+                incarnation_id,
+                now_ms() - began,
+            ) {
                 info!(elapsed_ms = now_ms() - began, "controlled shutdown: done");
                 shard
                     .process
@@ -469,7 +537,7 @@ async fn run(
                     .store(true, Ordering::SeqCst);
             }
         }
-        if now_ms() >= next_heartbeat_ms {
+        if shard.config.roles.broker && now_ms() >= next_heartbeat_ms {
             let interval = if stopping {
                 CONTROLLED_SHUTDOWN_HEARTBEAT_MS.min(shard.config.broker_heartbeat_interval_ms)
             } else {
@@ -545,6 +613,8 @@ async fn run(
                     Ok(installed) => {
                         info!(index, "metadata snapshot installed from the leader");
                         image = installed;
+                        recent_records.clear();
+                        recent_after = image.last_applied_index();
                     }
                     Err(error) => {
                         // Going on without it would answer from a wrong image.
@@ -556,6 +626,14 @@ async fn run(
                     Ok(record) => {
                         if let Err(error) = image.apply(index, &record) {
                             warn!(index, %error, "metadata record not applied");
+                        }
+                        if let Ok(text) = String::from_utf8(data) {
+                            recent_records.push_back((index, text));
+                        }
+                        while recent_records.len() as u64 > snapshot_interval_records {
+                            if let Some((dropped, _)) = recent_records.pop_front() {
+                                recent_after = dropped;
+                            }
                         }
                     }
                     Err(error) => error!(index, %error, "unreadable metadata record"),
@@ -593,7 +671,13 @@ async fn run(
                     })
                     .collect()
             };
-            respond(proposed.responder, results, applied, &queues);
+            respond(
+                proposed.responder,
+                results,
+                applied,
+                &queues,
+                &mut observer_replies,
+            );
         }
         let (ready, held): (Vec<_>, Vec<_>) = answered_admins
             .into_iter()
@@ -641,9 +725,9 @@ async fn run(
 /// Whether this broker's controlled shutdown is over: the controller marked it shutting down
 /// and it leads no partition any more; or it never registered; or no controller is known
 /// for a while (the quorum may be gone); or it took longer than a broker session.
-fn controlled_shutdown_finished(
+pub(super) fn controlled_shutdown_finished(
     shard: &Shard,
-    node: &QuorumNode,
+    leader_known: bool,
     image: &MetadataImage,
     incarnation_id: uuid::Uuid,
     elapsed_ms: i64,
@@ -662,7 +746,7 @@ fn controlled_shutdown_finished(
             .any(|state| state.leader == broker_id)
     });
     (broker.in_controlled_shutdown && !leads_something)
-        || (node.leader().is_none() && elapsed_ms >= CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS)
+        || (!leader_known && elapsed_ms >= CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS)
         || elapsed_ms >= shard.config.broker_session_timeout_ms
 }
 
@@ -743,6 +827,7 @@ fn respond(
     results: Vec<ItemResult>,
     applied_index: u64,
     queues: &BTreeMap<NodeId, LocalSender<Vec<u8>>>,
+    observer_replies: &mut BTreeMap<NodeId, Vec<ControllerReply>>,
 ) {
     match responder {
         Responder::Local(reply) => {
@@ -754,16 +839,53 @@ fn respond(
                 results,
                 applied_index,
             };
-            if let (Some(queue), Ok(payload)) = (queues.get(&to), serde_json::to_vec(&reply)) {
-                // Lost with a full queue or a dropped connection: the asker times out.
-                drop(queue.try_send(frame(FRAME_CONTROLLER_REPLY, &payload)));
+            match queues.get(&to) {
+                Some(queue) => {
+                    if let Ok(payload) = serde_json::to_vec(&reply) {
+                        // Lost with a full queue or a dropped connection: the asker times out.
+                        drop(queue.try_send(frame(FRAME_CONTROLLER_REPLY, &payload)));
+                    }
+                }
+                // Not a voter: a broker-only node, which takes it with its next fetch.
+                None => observer_replies.entry(to).or_default().push(reply),
             }
         }
     }
 }
 
+/// What a broker-only node that applied up to `applied_index` is sent: the records applied
+/// since, when `recent` (every record applied after `recent_after`) reaches back that far, or
+/// else the whole image.
+fn metadata_update(
+    node: &QuorumNode,
+    image: &MetadataImage,
+    recent: &VecDeque<(u64, String)>,
+    recent_after: u64,
+    applied_index: u64,
+    replies: Vec<ControllerReply>,
+) -> MetadataUpdate {
+    let (snapshot, records) = if applied_index >= recent_after {
+        let records = recent
+            .iter()
+            .filter(|(index, _)| *index > applied_index)
+            .cloned()
+            .collect();
+        (None, records)
+    } else {
+        let snapshot = String::from_utf8(image.to_snapshot().encode()).ok();
+        (snapshot, Vec::new())
+    };
+    MetadataUpdate {
+        leader: node.leader(),
+        term: node.term(),
+        snapshot,
+        records,
+        replies,
+    }
+}
+
 /// The image a snapshot's data holds.
-fn image_from_snapshot(data: &[u8]) -> Result<MetadataImage, String> {
+pub(super) fn image_from_snapshot(data: &[u8]) -> Result<MetadataImage, String> {
     let snapshot = MetadataSnapshot::decode(data).map_err(|error| error.to_string())?;
     MetadataImage::from_snapshot(&snapshot).map_err(|error| error.to_string())
 }
@@ -823,6 +945,35 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
             Some((&FRAME_CONTROLLER_REPLY, payload)) => serde_json::from_slice(payload)
                 .map(Event::Reply)
                 .map_err(|error| error.to_string()),
+            Some((&FRAME_METADATA_FETCH, payload)) => {
+                // Answered on this connection, in order: the asker waits for it.
+                let fetch: MetadataFetch = match serde_json::from_slice(payload) {
+                    Ok(fetch) => fetch,
+                    Err(error) => {
+                        warn!(?peer, %error, "unreadable metadata fetch; closing");
+                        break;
+                    }
+                };
+                let (reply, answer) = oneshot::channel();
+                if events
+                    .send(Event::MetadataFetch { fetch, reply })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let Ok(update) = answer.await else {
+                    break;
+                };
+                if stream
+                    .write_all(&frame(FRAME_METADATA_UPDATE, &update))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
             _ => Err("unknown frame kind".to_string()),
         };
         if let Ok(Event::Request(ControllerRequest::Heartbeat {
@@ -889,7 +1040,7 @@ async fn send_to_peer(
 }
 
 /// A peer frame: length (of kind and payload), kind, payload.
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(5 + payload.len());
     frame.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
     frame.push(kind);
@@ -899,7 +1050,7 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 
 /// This node's request as a broker: register until the applied metadata shows this
 /// incarnation registered, then heartbeat with its epoch.
-fn broker_request(
+pub(super) fn broker_request(
     shard: &Shard,
     image: &MetadataImage,
     incarnation_id: uuid::Uuid,

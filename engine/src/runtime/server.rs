@@ -570,6 +570,8 @@ async fn run_shard(
                 config.controller_quorum.clone(),
                 controller_listener,
             );
+        } else if !config.controller_quorum.is_empty() && !config.roles.controller {
+            super::metadata_observer::spawn(&shard, config.controller_quorum.clone());
         }
         if let Some(metrics_listener) = listeners.take_metrics() {
             glommio::spawn_local(serve_metrics(Rc::clone(&shard), metrics_listener)).detach();

@@ -4,4 +4,5 @@ mod chaos;
 mod quorum;
 mod reassignment;
 mod replication;
+mod roles;
 mod topics;
