@@ -609,6 +609,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn process_roles_follow_the_quorum_list() {
+        let quorum = Some("1@127.0.0.1:19091,2@127.0.0.1:19092,3@127.0.0.1:19093".to_string());
+        let node = |id: i32, roles: Option<&str>| ServeSettings {
+            node_id: Some(id),
+            controller_quorum: quorum.clone(),
+            process_roles: roles.map(str::to_string),
+            ..ServeSettings::default()
+        };
+        assert_eq!(node(1, None).resolve().unwrap().roles, ProcessRoles::BOTH);
+        assert_eq!(node(4, None).resolve().unwrap().roles, ProcessRoles::BROKER);
+        let controller = node(2, Some("controller")).resolve().unwrap().roles;
+        assert!(controller.controller && !controller.broker);
+        assert_eq!(
+            node(3, Some(" broker , controller"))
+                .resolve()
+                .unwrap()
+                .roles,
+            ProcessRoles::BOTH
+        );
+        for (id, roles) in [(4, "controller"), (1, "broker"), (1, "observer"), (1, "")] {
+            assert!(node(id, Some(roles)).resolve().is_err(), "{id} {roles:?}");
+        }
+        let single = ServeSettings {
+            process_roles: Some("broker".into()),
+            ..ServeSettings::default()
+        };
+        assert!(single.resolve().is_err(), "a single node is both");
+        assert_eq!(
+            ServeSettings::default().resolve().unwrap().roles,
+            ProcessRoles::BOTH
+        );
+    }
+
+    #[test]
     fn defaults_file_and_flags() {
         let config = ServeSettings::default().resolve().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:9092");

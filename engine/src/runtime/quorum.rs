@@ -74,6 +74,8 @@ pub(super) const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
 /// How long a stopping broker waits for a controller to appear before it gives up moving
 /// its leaderships (the quorum may have lost its majority).
 const CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS: i64 = 1_500;
+/// Answers kept for a broker-only node until its next fetch.
+const OBSERVER_REPLIES_MAX: usize = 1024;
 /// How long a node waits for the controller's answer to a topic request.
 pub(super) const TOPIC_REQUEST_TIMEOUT_MS: i64 = 15_000;
 
@@ -846,8 +848,16 @@ fn respond(
                         drop(queue.try_send(frame(FRAME_CONTROLLER_REPLY, &payload)));
                     }
                 }
-                // Not a voter: a broker-only node, which takes it with its next fetch.
-                None => observer_replies.entry(to).or_default().push(reply),
+                // Not a voter: a broker-only node, which takes it with its next fetch. One
+                // that stopped fetching (gone, or asking another controller) does not make
+                // them pile up: the oldest go, and their askers time out.
+                None => {
+                    let waiting = observer_replies.entry(to).or_default();
+                    if waiting.len() >= OBSERVER_REPLIES_MAX {
+                        waiting.remove(0);
+                    }
+                    waiting.push(reply);
+                }
             }
         }
     }
