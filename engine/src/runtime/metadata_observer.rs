@@ -48,6 +48,8 @@ const EVENT_QUEUE: usize = 1024;
 struct Forwarded {
     reply: futures_channel::oneshot::Sender<(Vec<ItemResult>, u64)>,
     deadline_ms: i64,
+    /// Items in the request, each of which is answered.
+    items: usize,
 }
 
 /// Starts the metadata observer of this broker-only node on the current (controller) shard.
@@ -122,6 +124,7 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
                         Forwarded {
                             reply,
                             deadline_ms: now_ms() + TOPIC_REQUEST_TIMEOUT_MS,
+                            items: admin.len(),
                         },
                     );
                 }
@@ -233,13 +236,11 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
             .collect();
         for request_id in expired {
             if let Some(waiting) = forwarded.remove(&request_id) {
-                let _ = waiting.reply.send((
-                    vec![Err((
-                        ResponseError::RequestTimedOut.code(),
-                        "the controller did not answer in time".to_owned(),
-                    ))],
-                    0,
+                let timed_out = Err((
+                    ResponseError::RequestTimedOut.code(),
+                    "the controller did not answer in time".to_owned(),
                 ));
+                let _ = waiting.reply.send((vec![timed_out; waiting.items], 0));
             }
         }
         publish_status(&shard, own_id, &voters, leader, term, &image);

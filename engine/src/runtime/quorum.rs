@@ -161,6 +161,8 @@ struct ProposedAdmin {
 struct ForwardedAdmin {
     reply: AdminReply,
     deadline_ms: i64,
+    /// Items in the request, each of which is answered.
+    items: usize,
 }
 
 /// A registered broker, as DescribeCluster lists it.
@@ -464,6 +466,7 @@ async fn run(
                             ForwardedAdmin {
                                 reply,
                                 deadline_ms: now_ms() + TOPIC_REQUEST_TIMEOUT_MS,
+                                items: admin.len(),
                             },
                         );
                     } else {
@@ -696,13 +699,11 @@ async fn run(
             .collect();
         for request_id in expired {
             if let Some(forwarded) = forwarded_admins.remove(&request_id) {
-                let _ = forwarded.reply.send((
-                    vec![Err((
-                        ResponseError::RequestTimedOut.code(),
-                        "the controller did not answer in time".to_owned(),
-                    ))],
-                    0,
+                let timed_out = Err((
+                    ResponseError::RequestTimedOut.code(),
+                    "the controller did not answer in time".to_owned(),
                 ));
+                let _ = forwarded.reply.send((vec![timed_out; forwarded.items], 0));
             }
         }
         // The shards serve the applied topics, partitions and brokers.
