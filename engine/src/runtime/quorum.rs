@@ -205,6 +205,10 @@ pub(crate) enum Event {
         broker_id: i32,
         broker_epoch: i64,
     },
+    /// A connection that carried this voter's raft messages closed.
+    VoterGone {
+        voter: NodeId,
+    },
     /// A shard's topic request; answered with the results and the log index they hold at.
     Admin {
         admin: TopicAdmin,
@@ -290,6 +294,9 @@ async fn run(
     let mut last_leader = None;
     // The last leader known, kept through elections.
     let mut last_known_leader = None;
+    // Voters whose raft connection to this node closed and sent nothing since: most likely
+    // dead (the kernel closes a dead process's sockets).
+    let mut voters_gone: BTreeSet<NodeId> = BTreeSet::new();
     let incarnation_id = super::random_uuid();
     let controller_config = ControllerConfig {
         broker_session_timeout_ms: shard.config.broker_session_timeout_ms,
@@ -349,7 +356,13 @@ async fn run(
         // Ticks run on every turn: a steady stream of events must not starve raft's timers.
         node.tick(now_ms());
         match event {
-            Some(Event::Peer(message)) => node.step(message),
+            Some(Event::Peer(message)) => {
+                voters_gone.remove(&message.from);
+                node.step(message)
+            }
+            Some(Event::VoterGone { voter }) => {
+                voters_gone.insert(voter);
+            }
             Some(Event::Request(ControllerRequest::Topics {
                 request_id,
                 from,
@@ -488,16 +501,22 @@ async fn run(
             planning.reset();
             // The previous quorum leader most likely died (pre-vote and check-quorum keep a
             // live one in place), and it never heartbeated here: rather than a full session,
-            // it gets two heartbeat intervals to show up before it is fenced.
+            // it gets two heartbeat intervals to show up before it is fenced, or none when
+            // its raft connection to this node closed (its process is gone).
             let previous = last_known_leader.filter(|&previous| previous != node_id);
             if let (Some(controller), Some(previous)) = (controller.as_mut(), previous) {
+                let grace_ms = if voters_gone.contains(&previous) {
+                    0
+                } else {
+                    2 * shard.config.broker_heartbeat_interval_ms
+                };
                 let previous = i32::try_from(previous).unwrap_or(-1);
                 if let Some(broker) = image.broker(previous) {
                     controller.connection_lost(
                         &image,
                         previous,
                         broker.broker_epoch,
-                        now_ms() + 2 * shard.config.broker_heartbeat_interval_ms,
+                        now_ms() + grace_ms,
                     );
                 }
             }
@@ -933,6 +952,8 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
     let mut length = [0_u8; 4];
     // The broker whose heartbeats this connection carries, and at which registration.
     let mut heartbeats_of: Option<(i32, i64)> = None;
+    // The voter whose raft messages it carries.
+    let mut raft_of: Option<NodeId> = None;
     while !shard.shutting_down.get() {
         if stream.read_exact(&mut length).await.is_err() {
             break;
@@ -995,6 +1016,9 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
         {
             heartbeats_of = Some((*broker_id, *broker_epoch));
         }
+        if let Ok(Event::Peer(message)) = &event {
+            raft_of = Some(message.from);
+        }
         match event {
             Ok(event) => {
                 if events.send(event).await.is_err() {
@@ -1015,6 +1039,9 @@ async fn read_peer(shard: Rc<Shard>, mut stream: TcpStream, events: Rc<LocalSend
                 broker_epoch,
             })
             .await;
+    }
+    if let (Some(voter), false) = (raft_of, shard.shutting_down.get()) {
+        let _ = events.send(Event::VoterGone { voter }).await;
     }
 }
 
