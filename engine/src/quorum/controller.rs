@@ -358,34 +358,17 @@ impl Controller {
         if partitions <= 0 {
             return Err(ControllerError::InvalidPartitions);
         }
-        let eligible: Vec<BrokerId> = image
-            .brokers()
-            .values()
-            .filter(|broker| broker.is_eligible())
-            .map(|broker| broker.broker_id)
-            .collect();
-        if replication_factor == 0 || replication_factor > eligible.len() {
-            return Err(ControllerError::InvalidReplicationFactor);
-        }
         let mut records = vec![MetadataRecord::Topic {
             name: name.to_string(),
             topic_id,
         }];
-        for partition in 0..partitions {
-            let first = start + partition as usize;
-            let replicas: Vec<BrokerId> = (0..replication_factor)
-                .map(|replica| eligible[(first + replica) % eligible.len()])
-                .collect();
-            records.push(MetadataRecord::Partition {
-                topic_id,
-                partition,
-                isr: replicas.clone(),
-                leader: replicas[0],
-                replicas,
-                leader_epoch: 0,
-                partition_epoch: 0,
-            });
-        }
+        records.extend(place_partitions(
+            image,
+            topic_id,
+            0..partitions,
+            replication_factor,
+            start,
+        )?);
         Ok(records)
     }
 
@@ -415,32 +398,13 @@ impl Controller {
         let replication_factor = topic.partitions.values().next().map_or(1, |state| {
             state.replicas.len() - state.adding_replicas.len()
         });
-        let eligible: Vec<BrokerId> = image
-            .brokers()
-            .values()
-            .filter(|broker| broker.is_eligible())
-            .map(|broker| broker.broker_id)
-            .collect();
-        if replication_factor == 0 || replication_factor > eligible.len() {
-            return Err(ControllerError::InvalidReplicationFactor);
-        }
-        Ok((existing..partitions)
-            .map(|partition| {
-                let first = start + partition as usize;
-                let replicas: Vec<BrokerId> = (0..replication_factor)
-                    .map(|replica| eligible[(first + replica) % eligible.len()])
-                    .collect();
-                MetadataRecord::Partition {
-                    topic_id,
-                    partition,
-                    isr: replicas.clone(),
-                    leader: replicas[0],
-                    replicas,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                }
-            })
-            .collect())
+        place_partitions(
+            image,
+            topic_id,
+            existing..partitions,
+            replication_factor,
+            start,
+        )
     }
 
     /// A leader's ISR change (AlterPartition, KIP-497), checked against the current state.
@@ -586,26 +550,9 @@ impl Controller {
                 Vec::new(),
             ));
         }
-        let isr: Vec<BrokerId> = state
-            .isr
-            .iter()
-            .copied()
-            .filter(|replica| replicas.contains(replica))
-            .collect();
-        let leader = if replicas.contains(&state.leader) {
-            None
-        } else {
-            Some(first_eligible(image, &target, &isr))
-        };
-        if replicas != state.replicas || isr != state.isr || leader.is_some() {
-            records.push(MetadataRecord::PartitionChange {
-                topic_id,
-                partition,
-                isr: (isr != state.isr).then_some(isr),
-                leader,
-                replicas: (replicas != state.replicas).then_some(replicas),
-            });
-        }
+        records.extend(replica_change(
+            image, topic_id, partition, state, &replicas, &target,
+        ));
         records.push(reassignment_record(topic_id, partition, adding, removing));
         Ok(records)
     }
@@ -687,6 +634,43 @@ impl Controller {
     }
 }
 
+/// New partitions `indexes` of `replication_factor` replicas each, spread over the eligible
+/// brokers round-robin from `start`, the first replica preferred leader.
+fn place_partitions(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    indexes: std::ops::Range<i32>,
+    replication_factor: usize,
+    start: usize,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let eligible: Vec<BrokerId> = image
+        .brokers()
+        .values()
+        .filter(|broker| broker.is_eligible())
+        .map(|broker| broker.broker_id)
+        .collect();
+    if replication_factor == 0 || replication_factor > eligible.len() {
+        return Err(ControllerError::InvalidReplicationFactor);
+    }
+    Ok(indexes
+        .map(|partition| {
+            let first = start + partition as usize;
+            let replicas: Vec<BrokerId> = (0..replication_factor)
+                .map(|replica| eligible[(first + replica) % eligible.len()])
+                .collect();
+            MetadataRecord::Partition {
+                topic_id,
+                partition,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }
+        })
+        .collect())
+}
+
 /// Whether a reassignment is in progress.
 fn is_reassigning(state: &PartitionState) -> bool {
     !state.adding_replicas.is_empty() || !state.removing_replicas.is_empty()
@@ -744,27 +728,40 @@ fn complete_reassignment(
             Vec::new(),
         ));
     }
+    records.extend(replica_change(
+        image, topic_id, partition, state, target, target,
+    ));
+    records
+}
+
+/// The change that makes `state`'s replicas `replicas`: the ISR keeps only those, and a
+/// leader that leaves is replaced by the first of `candidates` in the ISR (or none); `None`
+/// when nothing changes.
+fn replica_change(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    partition: i32,
+    state: &PartitionState,
+    replicas: &[BrokerId],
+    candidates: &[BrokerId],
+) -> Option<MetadataRecord> {
     let isr: Vec<BrokerId> = state
         .isr
         .iter()
         .copied()
-        .filter(|replica| target.contains(replica))
+        .filter(|replica| replicas.contains(replica))
         .collect();
-    let leader = if target.contains(&state.leader) {
-        None
-    } else {
-        Some(first_eligible(image, target, &isr))
-    };
-    if target != state.replicas || isr != state.isr || leader.is_some() {
-        records.push(MetadataRecord::PartitionChange {
+    let leader =
+        (!replicas.contains(&state.leader)).then(|| first_eligible(image, candidates, &isr));
+    (replicas != state.replicas || isr != state.isr || leader.is_some()).then(|| {
+        MetadataRecord::PartitionChange {
             topic_id,
             partition,
             isr: (isr != state.isr).then_some(isr),
             leader,
-            replicas: (target != state.replicas.as_slice()).then(|| target.to_vec()),
-        });
-    }
-    records
+            replicas: (replicas != state.replicas.as_slice()).then(|| replicas.to_vec()),
+        }
+    })
 }
 
 /// Whether `topic` (or the cluster default) allows unclean leader election.

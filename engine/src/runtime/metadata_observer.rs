@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -27,10 +26,10 @@ use tracing::{debug, info, warn};
 
 use super::cluster_admin::{self, ItemResult, TopicAdmin};
 use super::quorum::{
-    broker_request, controlled_shutdown_finished, frame, image_from_snapshot, ClusterBroker,
-    ControllerRequest, Event, MetadataFetch, MetadataUpdate, QuorumStatus,
-    CONTROLLED_SHUTDOWN_HEARTBEAT_MS, FRAME_CONTROLLER_REQUEST, FRAME_METADATA_FETCH,
-    FRAME_METADATA_UPDATE, TOPIC_REQUEST_TIMEOUT_MS,
+    broker_request, controlled_shutdown_turn, frame, heartbeat_interval_ms, image_from_snapshot,
+    ClusterBroker, ControllerRequest, Event, MetadataFetch, MetadataUpdate, QuorumStatus,
+    FRAME_CONTROLLER_REQUEST, FRAME_METADATA_FETCH, FRAME_METADATA_UPDATE,
+    TOPIC_REQUEST_TIMEOUT_MS,
 };
 use super::shard::Shard;
 use crate::quorum::{MetadataImage, MetadataRecord, NodeId};
@@ -139,39 +138,17 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
             }
         }
         // Controlled shutdown, as on a combined node.
-        let stopping = shard.process.shutdown_requested.load(Ordering::SeqCst);
-        if stopping
-            && !shard
-                .process
-                .controlled_shutdown_done
-                .load(Ordering::SeqCst)
-        {
-            let began = *stopping_since_ms.get_or_insert_with(|| {
-                info!("controlled shutdown: moving leaderships away");
-                next_heartbeat_ms = 0;
-                now_ms()
-            });
-            if controlled_shutdown_finished(
-                &shard,
-                leader.is_some(),
-                &image,
-                incarnation_id,
-                now_ms() - began,
-            ) {
-                info!(elapsed_ms = now_ms() - began, "controlled shutdown: done");
-                shard
-                    .process
-                    .controlled_shutdown_done
-                    .store(true, Ordering::SeqCst);
-            }
-        }
+        let stopping = controlled_shutdown_turn(
+            &shard,
+            leader.is_some(),
+            &image,
+            incarnation_id,
+            &mut stopping_since_ms,
+            &mut next_heartbeat_ms,
+            now_ms(),
+        );
         if now_ms() >= next_heartbeat_ms && connection.is_some() {
-            let interval = if stopping {
-                CONTROLLED_SHUTDOWN_HEARTBEAT_MS.min(shard.config.broker_heartbeat_interval_ms)
-            } else {
-                shard.config.broker_heartbeat_interval_ms
-            };
-            next_heartbeat_ms = now_ms() + interval;
+            next_heartbeat_ms = now_ms() + heartbeat_interval_ms(&shard, stopping);
             let request = broker_request(&shard, &image, incarnation_id, stopping);
             if let Ok(payload) = serde_json::to_vec(&request) {
                 outgoing.push(frame(FRAME_CONTROLLER_REQUEST, &payload));

@@ -70,7 +70,7 @@ pub(super) const FRAME_METADATA_FETCH: u8 = 3;
 /// Frame kind: the answer, on the same connection.
 pub(super) const FRAME_METADATA_UPDATE: u8 = 4;
 /// Heartbeat interval during a controlled shutdown.
-pub(super) const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
+const CONTROLLED_SHUTDOWN_HEARTBEAT_MS: i64 = 100;
 /// How long a stopping broker waits for a controller to appear before it gives up moving
 /// its leaderships (the quorum may have lost its majority).
 const CONTROLLED_SHUTDOWN_NO_CONTROLLER_MS: i64 = 1_500;
@@ -535,39 +535,17 @@ async fn run(
         // Controlled shutdown: once the process is asked to stop, heartbeats ask the
         // controller to move this broker's leaderships away, and the shards stop once it leads
         // nothing (or the controller cannot be reached: see `controlled_shutdown_finished`).
-        let stopping = shard.process.shutdown_requested.load(Ordering::SeqCst);
-        if stopping
-            && !shard
-                .process
-                .controlled_shutdown_done
-                .load(Ordering::SeqCst)
-        {
-            let began = *stopping_since_ms.get_or_insert_with(|| {
-                info!("controlled shutdown: moving leaderships away");
-                next_heartbeat_ms = 0;
-                now_ms()
-            });
-            if controlled_shutdown_finished(
-                &shard,
-                node.leader().is_some(),
-                &image,
-                incarnation_id,
-                now_ms() - began,
-            ) {
-                info!(elapsed_ms = now_ms() - began, "controlled shutdown: done");
-                shard
-                    .process
-                    .controlled_shutdown_done
-                    .store(true, Ordering::SeqCst);
-            }
-        }
+        let stopping = controlled_shutdown_turn(
+            &shard,
+            node.leader().is_some(),
+            &image,
+            incarnation_id,
+            &mut stopping_since_ms,
+            &mut next_heartbeat_ms,
+            now_ms(),
+        );
         if shard.config.roles.broker && now_ms() >= next_heartbeat_ms {
-            let interval = if stopping {
-                CONTROLLED_SHUTDOWN_HEARTBEAT_MS.min(shard.config.broker_heartbeat_interval_ms)
-            } else {
-                shard.config.broker_heartbeat_interval_ms
-            };
-            next_heartbeat_ms = now_ms() + interval;
+            next_heartbeat_ms = now_ms() + heartbeat_interval_ms(&shard, stopping);
             let request = broker_request(&shard, &image, incarnation_id, stopping);
             match (controller.as_mut(), node.leader()) {
                 (Some(controller), _) => {
@@ -744,10 +722,56 @@ async fn run(
     }
 }
 
+/// A broker's side of a controlled shutdown, once per driver turn: whether the process is
+/// stopping. When it starts, the next heartbeat (which asks the controller to move this
+/// broker's leaderships) is due at once; once [`controlled_shutdown_finished`], the shards may
+/// stop.
+pub(super) fn controlled_shutdown_turn(
+    shard: &Shard,
+    leader_known: bool,
+    image: &MetadataImage,
+    incarnation_id: uuid::Uuid,
+    stopping_since_ms: &mut Option<i64>,
+    next_heartbeat_ms: &mut i64,
+    now_ms: i64,
+) -> bool {
+    let stopping = shard.process.shutdown_requested.load(Ordering::SeqCst);
+    if !stopping
+        || shard
+            .process
+            .controlled_shutdown_done
+            .load(Ordering::SeqCst)
+    {
+        return stopping;
+    }
+    let began = *stopping_since_ms.get_or_insert_with(|| {
+        info!("controlled shutdown: moving leaderships away");
+        *next_heartbeat_ms = 0;
+        now_ms
+    });
+    if controlled_shutdown_finished(shard, leader_known, image, incarnation_id, now_ms - began) {
+        info!(elapsed_ms = now_ms - began, "controlled shutdown: done");
+        shard
+            .process
+            .controlled_shutdown_done
+            .store(true, Ordering::SeqCst);
+    }
+    stopping
+}
+
+/// How often a broker heartbeats: faster while it stops, so its leaderships move soon.
+pub(super) fn heartbeat_interval_ms(shard: &Shard, stopping: bool) -> i64 {
+    if stopping {
+        CONTROLLED_SHUTDOWN_HEARTBEAT_MS.min(shard.config.broker_heartbeat_interval_ms)
+    } else {
+        shard.config.broker_heartbeat_interval_ms
+    }
+}
+
 /// Whether this broker's controlled shutdown is over: the controller marked it shutting down
 /// and it leads no partition any more; or it never registered; or no controller is known
 /// for a while (the quorum may be gone); or it took longer than a broker session.
-pub(super) fn controlled_shutdown_finished(
+fn controlled_shutdown_finished(
     shard: &Shard,
     leader_known: bool,
     image: &MetadataImage,

@@ -820,23 +820,13 @@ impl Shard {
                         Err(error) => results.push(Some(Err(error))),
                     }
                 }
-                let mut made = if to_create.is_empty() {
+                let made = if to_create.is_empty() {
                     Vec::new()
                 } else {
                     self.cluster_topic_admin(TopicAdmin::Create(to_create))
                         .await
-                }
-                .into_iter();
-                results
-                    .into_iter()
-                    .map(|result| {
-                        result.unwrap_or_else(|| {
-                            made.next().unwrap_or_else(|| {
-                                Err(KafkaError::new(ResponseError::UnknownServerError))
-                            })
-                        })
-                    })
-                    .collect()
+                };
+                merge_answers(results, made)
             }
             AdminOp::DeleteTopics { names } => {
                 let mut results: Vec<Option<Result<(), KafkaError>>> = Vec::new();
@@ -850,23 +840,13 @@ impl Shard {
                         Err(error) => results.push(Some(Err(KafkaError::from(error)))),
                     }
                 }
-                let mut made = if to_delete.is_empty() {
+                let made = if to_delete.is_empty() {
                     Vec::new()
                 } else {
                     self.cluster_topic_admin(TopicAdmin::Delete(to_delete))
                         .await
-                }
-                .into_iter();
-                results
-                    .into_iter()
-                    .map(|result| {
-                        result.unwrap_or_else(|| {
-                            made.next().unwrap_or_else(|| {
-                                Err(KafkaError::new(ResponseError::UnknownServerError))
-                            })
-                        })
-                    })
-                    .collect()
+                };
+                merge_answers(results, made)
             }
             AdminOp::CreatePartitions {
                 topics,
@@ -884,23 +864,13 @@ impl Shard {
                         Err(error) => results.push(Some(Err(KafkaError::from(error)))),
                     }
                 }
-                let mut made = if to_add.is_empty() {
+                let made = if to_add.is_empty() {
                     Vec::new()
                 } else {
                     self.cluster_topic_admin(TopicAdmin::AddPartitions(to_add))
                         .await
-                }
-                .into_iter();
-                results
-                    .into_iter()
-                    .map(|result| {
-                        result.unwrap_or_else(|| {
-                            made.next().unwrap_or_else(|| {
-                                Err(KafkaError::new(ResponseError::UnknownServerError))
-                            })
-                        })
-                    })
-                    .collect()
+                };
+                merge_answers(results, made)
             }
             AdminOp::AlterTopicConfigs {
                 topic,
@@ -2161,4 +2131,22 @@ fn isr_change_error(code: ResponseError) -> IsrChangeError {
         | ResponseError::StaleBrokerEpoch => IsrChangeError::Refused,
         _ => IsrChangeError::Unknown,
     }
+}
+
+/// Per item in request order: the answer found before asking the controller, or else the
+/// next of the controller's answers (`made`, for the items that were asked, in order).
+fn merge_answers(
+    early: Vec<Option<Result<(), KafkaError>>>,
+    made: Vec<Result<(), KafkaError>>,
+) -> Vec<Result<(), KafkaError>> {
+    let mut made = made.into_iter();
+    early
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                made.next()
+                    .unwrap_or_else(|| Err(KafkaError::new(ResponseError::UnknownServerError)))
+            })
+        })
+        .collect()
 }
