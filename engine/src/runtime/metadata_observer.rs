@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -24,14 +25,16 @@ use glommio::net::TcpStream;
 use kafka_protocol::error::ResponseError;
 use tracing::{debug, info, warn};
 
-use super::cluster_admin::{self, ItemResult, TopicAdmin};
 use super::quorum::{
-    broker_request, controlled_shutdown_turn, frame, heartbeat_interval_ms, image_from_snapshot,
-    ClusterBroker, ControllerRequest, Event, MetadataFetch, MetadataUpdate, QuorumStatus,
-    FRAME_CONTROLLER_REQUEST, FRAME_METADATA_FETCH, FRAME_METADATA_UPDATE,
-    TOPIC_REQUEST_TIMEOUT_MS,
+    frame, image_from_snapshot, ClusterBroker, ControllerRequest, Event, MetadataFetch,
+    MetadataUpdate, QuorumStatus, FRAME_CONTROLLER_REQUEST, FRAME_METADATA_FETCH,
+    FRAME_METADATA_UPDATE, TOPIC_REQUEST_TIMEOUT_MS,
 };
 use super::shard::Shard;
+use crate::quorum::admin::{self as cluster_admin, ItemResult, TopicAdmin};
+use crate::quorum::member::{
+    broker_request, heartbeat_interval_ms, BrokerEndpoint, ControlledShutdown,
+};
 use crate::quorum::{MetadataImage, MetadataRecord, NodeId};
 
 /// How often the metadata is fetched.
@@ -78,7 +81,11 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
     let mut next_voter = 0_usize;
     let mut next_fetch_ms = 0;
     let mut next_heartbeat_ms = 0;
-    let mut stopping_since_ms: Option<i64> = None;
+    let mut shutdown = ControlledShutdown::default();
+    let endpoint = BrokerEndpoint {
+        host: shard.config.advertised_host.clone(),
+        port: shard.config.advertised_port,
+    };
     let mut forwarded: BTreeMap<u64, Forwarded> = BTreeMap::new();
     let mut next_request_id = 0_u64;
     let mut answered: Vec<(u64, Vec<ItemResult>, Forwarded)> = Vec::new();
@@ -138,18 +145,26 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
             }
         }
         // Controlled shutdown, as on a combined node.
-        let stopping = controlled_shutdown_turn(
-            &shard,
+        shutdown.requested |= shard.process.shutdown_requested.load(Ordering::SeqCst);
+        let stopping = shutdown.turn(
             leader.is_some(),
             &image,
+            node_id,
             incarnation_id,
-            &mut stopping_since_ms,
+            shard.config.broker_session_timeout_ms,
             &mut next_heartbeat_ms,
             now_ms(),
         );
+        if shutdown.done {
+            shard
+                .process
+                .controlled_shutdown_done
+                .store(true, Ordering::SeqCst);
+        }
         if now_ms() >= next_heartbeat_ms && connection.is_some() {
-            next_heartbeat_ms = now_ms() + heartbeat_interval_ms(&shard, stopping);
-            let request = broker_request(&shard, &image, incarnation_id, stopping);
+            next_heartbeat_ms = now_ms()
+                + heartbeat_interval_ms(shard.config.broker_heartbeat_interval_ms, stopping);
+            let request = broker_request(&image, node_id, incarnation_id, &endpoint, stopping);
             if let Ok(payload) = serde_json::to_vec(&request) {
                 outgoing.push(frame(FRAME_CONTROLLER_REQUEST, &payload));
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod alloc;
-pub mod cluster_admin;
+
 mod connection;
 pub mod groups;
 mod metadata_observer;

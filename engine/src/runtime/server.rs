@@ -390,7 +390,7 @@ fn start_with(
         // A cluster node serves the topics of the cluster's metadata, which its quorum member
         // publishes once it has applied its log; none of its own.
         catalog = catalog.with_cluster_metadata(
-            &super::cluster_admin::cluster_id_of(&config.controller_quorum),
+            &crate::quorum::admin::cluster_id_of(&config.controller_quorum),
             Vec::new(),
             crate::broker::catalog::ClusterLayout::default(),
         );

@@ -37,9 +37,9 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
 
-use super::cluster_admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use super::groups::{self, CoordinatorHost};
 use super::now_ms;
+use crate::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use crate::replication::{
     EpochEnd, FetchAnswer, FetchRefusal, FollowerFetch, IsrChangeError, LeaderOutput,
     PartitionFollower, PartitionLeader, ReplicationConfig,

@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 
 use super::{counted, str_bytes};
 use crate::broker::errors::KafkaError;
-use crate::runtime::cluster_admin::{Reassignment, TopicAdmin};
+use crate::quorum::admin::{Reassignment, TopicAdmin};
 use crate::runtime::shard::{AdminOp, Shard};
 
 pub(super) async fn alter_partition_reassignments(
