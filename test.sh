@@ -58,7 +58,10 @@ bash bindings-c/tests/install.sh
 
 echo "== storage simulation: 300 seeds"
 cargo build --quiet -p spate-sim
-"$target_dir/debug/spate-sim" --seeds 300 --steps 2000 | tail -n 1
+"$target_dir/debug/spate-sim" storage --seeds 300 --steps 2000 | tail -n 1
+
+echo "== cluster simulation (optimized): 200 seeds, seed replay, injected bugs caught"
+cargo test --quiet -p spate-sim --release --features mutations --test cluster --test mutations -- --nocapture
 
 echo "== Python package: pip install ./bindings-python, then pytest"
 cargo build --quiet -p spate-engine --bin spate

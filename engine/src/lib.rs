@@ -33,6 +33,8 @@ pub mod error;
 pub mod group;
 pub mod history;
 pub mod limits;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod protocol;
 pub mod quorum;
 pub mod replication;

@@ -10,8 +10,11 @@
 //! every step. Replication, the metadata quorum and consumer groups join under turmoil as they
 //! land.
 
+mod cluster;
 mod rng;
 mod storage_sim;
+
+pub use cluster::{run_cluster_simulation, ClusterFailure, ClusterOptions, ClusterSummary};
 
 pub use rng::SimRng;
 pub use storage_sim::{

@@ -345,9 +345,16 @@ impl<S: Storage> QuorumLog<S> {
                     StorageError::io(format!("writing {}", log_path.display()), source)
                 })?;
             self.end_position += frames.len() as u64;
-            self.file.sync().await.map_err(|source| {
-                StorageError::io(format!("syncing {}", log_path.display()), source)
-            })?;
+            #[cfg(feature = "mutations")]
+            let skip_sync =
+                crate::mutation::is_enabled(crate::mutation::Mutation::QuorumAppendNotSynced);
+            #[cfg(not(feature = "mutations"))]
+            let skip_sync = false;
+            if !skip_sync {
+                self.file.sync().await.map_err(|source| {
+                    StorageError::io(format!("syncing {}", log_path.display()), source)
+                })?;
+            }
         }
         if let Some(hard_state) = hard_state {
             let path = self.dir.join(HARD_STATE_FILE_NAME);

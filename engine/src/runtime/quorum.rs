@@ -58,6 +58,8 @@ use crate::storage::backend::DmaStorage;
 const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MESSAGES: usize = 1024;
+/// How long one write to a peer may take before the connection is given up.
+const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt to a peer may take.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -503,7 +505,18 @@ async fn send_to_peer(
         let Some(connected) = stream.as_mut() else {
             continue;
         };
-        if connected.write_all(&message).await.is_err() {
+        // A write that cannot complete for this long (the peer's host vanished without a
+        // reset, or it stopped reading) ends the connection: a new one reaches the peer as soon
+        // as it is back, where the kernel's retransmissions could take minutes.
+        let written = futures_lite::future::or(
+            async { Some(connected.write_all(&message).await.is_ok()) },
+            async {
+                glommio::timer::sleep(PEER_WRITE_TIMEOUT).await;
+                None
+            },
+        )
+        .await;
+        if written != Some(true) {
             stream = None;
         }
     }

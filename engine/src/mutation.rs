@@ -1,0 +1,37 @@
+//! Deliberately injected bugs, for proving that the simulation catches them (the `mutations`
+//! cargo feature; absent from every normal build).
+//!
+//! A mutation is switched on for the whole process with [`enable`]; the code it breaks asks
+//! [`is_enabled`]. The simulation's mutation test switches each on in turn and counts the
+//! seeds the checker needs to notice.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static ENABLED: AtomicU32 = AtomicU32::new(0);
+
+/// The injectable bugs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mutation {
+    /// The metadata log reports raft entries durable without syncing them (an fsync reported
+    /// before it completed): a crash can lose entries the node acknowledged.
+    QuorumAppendNotSynced = 1,
+}
+
+impl Mutation {
+    /// Every mutation, for tests that try them all.
+    pub const ALL: &'static [Mutation] = &[Mutation::QuorumAppendNotSynced];
+}
+
+/// Switches `mutation` on (and every other off), or all off with `None`.
+pub fn enable(mutation: Option<Mutation>) {
+    ENABLED.store(
+        mutation.map_or(0, |mutation| mutation as u32),
+        Ordering::SeqCst,
+    );
+}
+
+/// Whether `mutation` is on.
+pub fn is_enabled(mutation: Mutation) -> bool {
+    ENABLED.load(Ordering::SeqCst) == mutation as u32
+}

@@ -1,0 +1,51 @@
+//! Frames between simulated nodes and clients: a 4-byte big-endian length (of kind and
+//! payload), a kind byte, the payload. The same shape as the broker's controller port, over
+//! `turmoil::net`.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A raft message in raft-rs's protobuf encoding.
+pub(crate) const RAFT: u8 = 0;
+/// A broker's request to the controller (JSON).
+pub(crate) const REQUEST: u8 = 1;
+/// The controller's answer to a forwarded topic request (JSON).
+pub(crate) const REPLY: u8 = 2;
+/// A client's topic creation: the topic name, then its partition count as one byte.
+pub(crate) const CREATE_TOPIC: u8 = 10;
+/// The answer: a Kafka error code, big-endian (0: created).
+pub(crate) const CREATE_TOPIC_ANSWER: u8 = 11;
+
+/// Largest frame accepted.
+const FRAME_BYTES_MAX: usize = 16 << 20;
+
+/// `kind` and `payload` as one frame.
+pub(crate) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads one frame; `None` when the connection closed or sent nonsense.
+pub(crate) async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Option<(u8, Vec<u8>)> {
+    let mut length = [0_u8; 4];
+    stream.read_exact(&mut length).await.ok()?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length == 0 || length > FRAME_BYTES_MAX {
+        return None;
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.ok()?;
+    let payload = body.split_off(1);
+    Some((body[0], payload))
+}
+
+/// Writes one frame.
+pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    kind: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(&frame(kind, payload)).await
+}

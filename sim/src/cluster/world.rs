@@ -1,0 +1,270 @@
+//! What the simulation sees of the nodes, the trace of a run, and the safety checks made as
+//! the run goes.
+//!
+//! Every node reports each turn of its [`QuorumMember`] here; the checks that need the
+//! history of the whole run (one leader per term, one metadata state per log index, one
+//! partition leader per leader epoch, epochs that never go back) are made at once, so a
+//! violation is reported with the events that led to it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use spate_engine::quorum::member::QuorumMember;
+use spate_engine::quorum::NodeId;
+use uuid::Uuid;
+
+/// Events kept for the report of a failure.
+const TRACE_TAIL_EVENTS: usize = 60;
+
+/// FNV-1a over `bytes`, continuing from `hash`.
+pub(crate) fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// FNV-1a's starting value.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The run's events: a digest of all of them, the last few in full.
+#[derive(Debug)]
+pub(crate) struct Trace {
+    pub(crate) digest: u64,
+    pub(crate) tail: VecDeque<String>,
+    pub(crate) events: u64,
+    /// Print every event as it happens.
+    pub(crate) echo: bool,
+}
+
+impl Trace {
+    fn new(echo: bool) -> Trace {
+        Trace {
+            digest: FNV_OFFSET,
+            tail: VecDeque::new(),
+            events: 0,
+            echo,
+        }
+    }
+
+    pub(crate) fn event(&mut self, now_ms: u64, text: String) {
+        let line = format!("{now_ms:>8} ms  {text}");
+        self.digest = fnv1a(self.digest, line.as_bytes());
+        self.events += 1;
+        if self.echo {
+            println!("{line}");
+        }
+        if self.tail.len() == TRACE_TAIL_EVENTS {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+}
+
+/// A node's latest view, as it reported it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct NodeView {
+    pub(crate) term: u64,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) applied_index: u64,
+    pub(crate) unfenced_brokers: BTreeSet<i32>,
+    pub(crate) topics: BTreeSet<String>,
+    /// Partitions without a leader.
+    pub(crate) leaderless: usize,
+}
+
+/// Shared state of one run: trace, views, and the history the checks need.
+#[derive(Debug)]
+pub(crate) struct World {
+    pub(crate) trace: Trace,
+    /// Simulated time, for events that do not come with their own.
+    pub(crate) now_ms: u64,
+    pub(crate) views: BTreeMap<NodeId, NodeView>,
+    /// Which node led each term.
+    leaders_by_term: BTreeMap<u64, NodeId>,
+    /// The digest of the metadata image at each applied index, and who first reported it.
+    images_by_index: BTreeMap<u64, (u64, NodeId)>,
+    /// The leader of each partition at each leader epoch.
+    partition_leaders: BTreeMap<(Uuid, i32, i32), i32>,
+    /// Per node incarnation: the last partition epoch and leader epoch seen per partition.
+    partition_epochs: BTreeMap<(NodeId, Uuid, i32), (i32, i32)>,
+    /// Topics whose creation a client saw acknowledged.
+    pub(crate) acknowledged_topics: BTreeSet<String>,
+    /// Safety violations, in the order found.
+    pub(crate) violations: Vec<String>,
+    /// Node clocks: (drift in parts per thousand, offset in ms).
+    pub(crate) clocks: BTreeMap<NodeId, (i64, i64)>,
+    /// Terms (elections) seen.
+    pub(crate) terms_seen: BTreeSet<u64>,
+    /// Per pair of nodes (smaller first), how many times the network between them broke.
+    link_breaks: BTreeMap<(NodeId, NodeId), u64>,
+}
+
+impl World {
+    pub(crate) fn new(echo: bool) -> World {
+        World {
+            trace: Trace::new(echo),
+            now_ms: 0,
+            views: BTreeMap::new(),
+            leaders_by_term: BTreeMap::new(),
+            images_by_index: BTreeMap::new(),
+            partition_leaders: BTreeMap::new(),
+            partition_epochs: BTreeMap::new(),
+            acknowledged_topics: BTreeSet::new(),
+            violations: Vec::new(),
+            clocks: BTreeMap::new(),
+            terms_seen: BTreeSet::new(),
+            link_breaks: BTreeMap::new(),
+        }
+    }
+
+    /// The network between `a` and `b` broke (a partition): TCP connections between them
+    /// are gone. turmoil drops a partitioned link's segments without retransmitting them, so
+    /// a connection that lost one would stall for ever; a real one retransmits until it
+    /// delivers or gives up. The drivers model the latter: they reconnect.
+    pub(crate) fn break_link(&mut self, a: NodeId, b: NodeId) {
+        *self.link_breaks.entry((a.min(b), a.max(b))).or_default() += 1;
+    }
+
+    /// How many times the link between `a` and `b` broke so far.
+    pub(crate) fn link_breaks(&self, a: NodeId, b: NodeId) -> u64 {
+        self.link_breaks
+            .get(&(a.min(b), a.max(b)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Records an event at the current simulated time.
+    pub(crate) fn event(&mut self, text: String) {
+        let now_ms = self.now_ms;
+        self.trace.event(now_ms, text);
+    }
+
+    /// Records a safety violation (with an event, so it shows in the trace).
+    pub(crate) fn violation(&mut self, text: String) {
+        self.event(format!("VIOLATION: {text}"));
+        self.violations.push(text);
+    }
+
+    /// A node's clock at simulated time `sim_ms`: drift and offset as the fault schedule set
+    /// them. Never before 0.
+    pub(crate) fn node_clock_ms(&self, node: NodeId, sim_ms: u64) -> i64 {
+        let (drift_permille, offset_ms) = self.clocks.get(&node).copied().unwrap_or_default();
+        let sim_ms = sim_ms as i64;
+        (sim_ms + sim_ms * drift_permille / 1000 + offset_ms).max(0)
+    }
+
+    /// A node (re)started: its per-incarnation history starts again.
+    pub(crate) fn node_started(&mut self, node: NodeId) {
+        self.partition_epochs
+            .retain(|(owner, _, _), _| *owner != node);
+        self.views.remove(&node);
+        self.event(format!("node {node} starts"));
+    }
+
+    /// A node's member after one turn: checks and the new view.
+    pub(crate) fn observe<R>(&mut self, node: NodeId, member: &QuorumMember<R>) {
+        let raft = member.node();
+        let image = member.image();
+        let applied_index = image.last_applied_index();
+        let previous = self.views.get(&node).cloned();
+        if raft.is_leader() {
+            let term = raft.term();
+            match self.leaders_by_term.get(&term) {
+                Some(&other) if other != node => self.violation(format!(
+                    "two quorum leaders in term {term}: node {other} and node {node}"
+                )),
+                Some(_) => {}
+                None => {
+                    self.leaders_by_term.insert(term, node);
+                }
+            }
+        }
+        self.terms_seen.insert(raft.term());
+        let changed = previous
+            .as_ref()
+            .is_none_or(|view| view.applied_index != applied_index);
+        let view = if changed {
+            self.check_image(node, member)
+        } else {
+            let mut view = previous.clone().unwrap_or_default();
+            view.term = raft.term();
+            view.leader = raft.leader();
+            view
+        };
+        if previous.as_ref() != Some(&view) {
+            self.event(format!(
+                "node {node}: term {} leader {:?} applied {} unfenced {:?} topics {} leaderless {}",
+                view.term,
+                view.leader,
+                view.applied_index,
+                view.unfenced_brokers,
+                view.topics.len(),
+                view.leaderless
+            ));
+        }
+        self.views.insert(node, view);
+    }
+
+    /// The checks on a newly applied image, and the view it gives.
+    fn check_image<R>(&mut self, node: NodeId, member: &QuorumMember<R>) -> NodeView {
+        let raft = member.node();
+        let image = member.image();
+        let applied_index = image.last_applied_index();
+        let digest = fnv1a(FNV_OFFSET, &image.to_snapshot().encode());
+        match self.images_by_index.get(&applied_index) {
+            Some(&(other_digest, other)) if other_digest != digest => self.violation(format!(
+                "node {node} and node {other} applied different metadata at index {applied_index}"
+            )),
+            Some(_) => {}
+            None => {
+                self.images_by_index.insert(applied_index, (digest, node));
+            }
+        }
+        let mut topics = BTreeSet::new();
+        let mut leaderless = 0;
+        for (&topic_id, topic) in image.topics() {
+            topics.insert(topic.name.clone());
+            for (&partition, state) in &topic.partitions {
+                if state.leader < 0 {
+                    leaderless += 1;
+                } else {
+                    let key = (topic_id, partition, state.leader_epoch);
+                    match self.partition_leaders.get(&key) {
+                        Some(&other) if other != state.leader => self.violation(format!(
+                            "{}-{partition} has two leaders at leader epoch {}: {other} and {}",
+                            topic.name, state.leader_epoch, state.leader
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.partition_leaders.insert(key, state.leader);
+                        }
+                    }
+                }
+                let epochs = (state.partition_epoch, state.leader_epoch);
+                let key = (node, topic_id, partition);
+                if let Some(&(partition_epoch, leader_epoch)) = self.partition_epochs.get(&key) {
+                    if epochs.0 < partition_epoch || epochs.1 < leader_epoch {
+                        self.violation(format!(
+                            "node {node} saw {}-{partition} go back from epochs \
+                             {partition_epoch}/{leader_epoch} to {}/{}",
+                            topic.name, epochs.0, epochs.1
+                        ));
+                    }
+                }
+                self.partition_epochs.insert(key, epochs);
+            }
+        }
+        NodeView {
+            term: raft.term(),
+            leader: raft.leader(),
+            applied_index,
+            unfenced_brokers: image
+                .brokers()
+                .values()
+                .filter(|broker| !broker.fenced)
+                .map(|broker| broker.broker_id)
+                .collect(),
+            topics,
+            leaderless,
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The cluster simulation over a fixed budget of seeds, and its determinism.
+
+use spate_sim::{run_cluster_simulation, ClusterOptions};
+
+/// Seeds per test run: derived from a fixed base, so the suite is deterministic. 200 in an
+/// optimized build (`./test.sh` runs `cargo test -p spate-sim --release`), 10 in a debug build
+/// (the workspace's `cargo test`, where the same seeds run ten times slower).
+/// `SPATE_SIM_SEEDS` and `SPATE_SIM_FIRST_SEED` override them (a soak, or a replay).
+fn seeds() -> std::ops::Range<u64> {
+    let read = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = read("SPATE_SIM_FIRST_SEED", 0x5eed_0000);
+    let budget = if cfg!(debug_assertions) { 10 } else { 200 };
+    first..first + read("SPATE_SIM_SEEDS", budget)
+}
+
+#[test]
+fn the_cluster_holds_its_invariants_over_the_seed_budget() {
+    let options = ClusterOptions::default();
+    let seeds: Vec<u64> = seeds().collect();
+    let count = seeds.len() as u64;
+    let jobs = std::thread::available_parallelism().map_or(1, |jobs| jobs.get());
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|job| {
+                let (seeds, options) = (&seeds, &options);
+                scope.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(job)
+                        .step_by(jobs)
+                        .map(|&seed| run_cluster_simulation(seed, options))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a simulation thread panicked"))
+            .collect()
+    });
+    let (mut crashes, mut terms, mut topics) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(summary) => {
+                crashes += summary.crashes;
+                terms += summary.terms;
+                topics += summary.topics_acknowledged;
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                failures.push(failure.seed);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    // The runs do what they are for: nodes crash, leaders change, clients get answers.
+    assert!(crashes > count, "{crashes} crashes in {count} runs");
+    assert!(terms > 2 * count as usize, "{terms} terms in {count} runs");
+    assert!(
+        topics > 5 * count as usize,
+        "{topics} topics acknowledged in {count} runs"
+    );
+}
+
+#[test]
+fn a_cluster_seed_replays_exactly() {
+    let options = ClusterOptions::default();
+    let first = run_cluster_simulation(7, &options).unwrap();
+    let second = run_cluster_simulation(7, &options).unwrap();
+    assert_eq!(first, second);
+    assert!(first.events > 100, "{first:?}");
+    let other = run_cluster_simulation(8, &options).unwrap();
+    assert_ne!(first.trace_digest, other.trace_digest);
+}
