@@ -186,6 +186,12 @@ pub enum MemberInput<R> {
         /// The voter.
         voter: NodeId,
     },
+    /// A [`MemberOutput::Request`] carrying this node's forwarded topic request could not be
+    /// sent (the connection to the controller is down or its queue full): answer at once.
+    RequestLost {
+        /// The forwarded request's number.
+        request_id: u64,
+    },
     /// A topic request of this node's own; answered with [`MemberOutput::Answer`].
     Admin {
         /// What it asks.
@@ -454,6 +460,22 @@ impl<R> QuorumMember<R> {
                         "a broker's heartbeat connection closed; ending its session"
                     );
                     controller.connection_lost(&self.image, broker_id, broker_epoch, now_ms);
+                }
+            }
+            MemberInput::RequestLost { request_id } => {
+                if let Some(forwarded) = self.forwarded_admins.remove(&request_id) {
+                    let results = vec![
+                        Err((
+                            ResponseError::NotController.code(),
+                            "the active controller could not be reached; retry".to_owned(),
+                        ));
+                        forwarded.items
+                    ];
+                    self.pending.push_back(MemberOutput::Answer {
+                        reply: forwarded.reply,
+                        results,
+                        applied_index: 0,
+                    });
                 }
             }
             MemberInput::Reply(reply) => {

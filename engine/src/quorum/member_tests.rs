@@ -46,6 +46,8 @@ struct Cluster {
     down: BTreeSet<NodeId>,
     now_ms: i64,
     trace: Vec<String>,
+    /// Topic requests a driver could not send are reported lost, not put on the network.
+    lose_topic_requests: bool,
 }
 
 fn config(node_id: NodeId) -> MemberConfig {
@@ -77,6 +79,7 @@ impl Cluster {
             down: BTreeSet::new(),
             now_ms: 0,
             trace: Vec::new(),
+            lose_topic_requests: false,
         };
         for id in VOTERS {
             cluster.disks.insert(id, Disk::default());
@@ -130,6 +133,12 @@ impl Cluster {
         let disk = self.disks.get_mut(&id).expect("every member has a disk");
         while let Some(output) = member.poll_output() {
             match output {
+                MemberOutput::Request {
+                    request: ControllerRequest::Topics { request_id, .. },
+                    ..
+                } if self.lose_topic_requests => {
+                    member.handle(self.now_ms, MemberInput::RequestLost { request_id });
+                }
                 MemberOutput::Raft(message) => {
                     self.network.push_back((message.to, Packet::Raft(message)))
                 }
@@ -322,4 +331,32 @@ fn a_run_is_reproduced_by_its_seed() {
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
+}
+
+#[test]
+fn a_topic_request_that_cannot_be_forwarded_is_answered_at_once() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_ms(3_000);
+    let leader = cluster.leader().expect("a controller");
+    let follower = VOTERS.into_iter().find(|&id| id != leader).unwrap();
+    cluster.lose_topic_requests = true;
+    cluster.handle(
+        follower,
+        MemberInput::Admin {
+            admin: create("orders", 1),
+            reply: 1,
+        },
+    );
+    let not_controller = kafka_protocol::error::ResponseError::NotController.code();
+    let answer = &cluster.answers[&1];
+    assert!(
+        matches!(answer.as_slice(), [Err((code, _))] if *code == not_controller),
+        "{answer:?}"
+    );
+    cluster.lose_topic_requests = false;
+    cluster.run_ms(500);
+    assert!(cluster.members[&leader]
+        .image()
+        .topic_id("orders")
+        .is_none());
 }

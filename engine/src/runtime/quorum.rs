@@ -58,8 +58,6 @@ use crate::storage::backend::DmaStorage;
 const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MESSAGES: usize = 1024;
-/// How long one write to a peer may take before the connection is given up.
-const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt to a peer may take.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -282,12 +280,23 @@ async fn run(
                     }
                 }
                 MemberOutput::Request { to, request } => {
-                    // Lost with a full queue or a dropped connection: a heartbeat is replaced
-                    // by the next, a topic request's asker times out.
-                    if let (Some(queue), Ok(payload)) =
-                        (queues.get(&to), serde_json::to_vec(&request))
+                    // A heartbeat that cannot be queued is replaced by the next; a topic
+                    // request is answered at once (NOT_CONTROLLER: the asker retries).
+                    let queued = match (queues.get(&to), serde_json::to_vec(&request)) {
+                        (Some(queue), Ok(payload)) => queue
+                            .try_send(frame(FRAME_CONTROLLER_REQUEST, &payload))
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if let (false, ControllerRequest::Topics { request_id, .. }) =
+                        (queued, &request)
                     {
-                        drop(queue.try_send(frame(FRAME_CONTROLLER_REQUEST, &payload)));
+                        member.handle(
+                            now_ms(),
+                            MemberInput::RequestLost {
+                                request_id: *request_id,
+                            },
+                        );
                     }
                 }
                 MemberOutput::Reply { to, reply } => {
@@ -505,18 +514,7 @@ async fn send_to_peer(
         let Some(connected) = stream.as_mut() else {
             continue;
         };
-        // A write that cannot complete for this long (the peer's host vanished without a
-        // reset, or it stopped reading) ends the connection: a new one reaches the peer as soon
-        // as it is back, where the kernel's retransmissions could take minutes.
-        let written = futures_lite::future::or(
-            async { Some(connected.write_all(&message).await.is_ok()) },
-            async {
-                glommio::timer::sleep(PEER_WRITE_TIMEOUT).await;
-                None
-            },
-        )
-        .await;
-        if written != Some(true) {
+        if connected.write_all(&message).await.is_err() {
             stream = None;
         }
     }

@@ -18,6 +18,7 @@
 //! broker registered and unfenced, every partition led, every acknowledged topic present.
 
 mod client;
+mod disk;
 mod node;
 mod wire;
 mod world;
@@ -32,6 +33,7 @@ use spate_engine::quorum::NodeId;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
 
 use crate::SimRng;
+use disk::SimDisk;
 use node::{host_name, NodeSetup};
 use world::World;
 
@@ -152,9 +154,14 @@ impl Fault {
 #[derive(Debug, Clone)]
 enum Undo {
     Restart(NodeId),
-    Repair(String, String),
-    RepairOneWay(String, String),
-    Release(String, String),
+    Repair(NodeId, NodeId),
+    RepairOneWay(NodeId, NodeId),
+    Release(NodeId, NodeId),
+}
+
+/// A pair of nodes, smaller first.
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
 }
 
 /// Runs the cluster simulation for `seed`.
@@ -176,12 +183,14 @@ pub fn run_cluster_simulation(
     let min_latency_ms = rng.below(3);
     let max_latency_ms = min_latency_ms + 1 + rng.below(40);
     let fault_every_ms = 300 + rng.below(2_700);
+    let sync_latency = Duration::from_millis(1 + rng.below(5));
 
     let world = Rc::new(RefCell::new(World::new(options.echo_trace)));
     world.borrow_mut().event(format!(
         "seed {seed}: {node_count} nodes, faults {:?} every ~{fault_every_ms} ms, latency \
-         {min_latency_ms}..{max_latency_ms} ms",
-        enabled.iter().map(|fault| fault.name()).collect::<Vec<_>>()
+         {min_latency_ms}..{max_latency_ms} ms, fsync {} ms",
+        enabled.iter().map(|fault| fault.name()).collect::<Vec<_>>(),
+        sync_latency.as_millis()
     ));
     let fault_end_ms = options.fault_secs * 1_000;
     let end_ms = fault_end_ms + options.heal_secs * 1_000;
@@ -199,7 +208,7 @@ pub fn run_cluster_simulation(
         let setup = NodeSetup {
             node,
             voters: nodes.clone(),
-            storage,
+            disk: SimDisk::new(storage, sync_latency),
             world: Rc::clone(&world),
             seed,
             starts: Rc::new(Cell::new(0)),
@@ -223,6 +232,9 @@ pub fn run_cluster_simulation(
     };
     let mut undo: Vec<(u64, Undo)> = Vec::new();
     let mut crashed: BTreeSet<NodeId> = BTreeSet::new();
+    // Pairs whose link is partitioned or held: turmoil's hold and release would undo a
+    // partition (and a partition drops held messages), so the two never overlap on a pair.
+    let mut faulted_links: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
     let mut next_fault_ms = fault_every_ms;
     let mut faults_injected = 0;
     let mut crashes = 0;
@@ -259,16 +271,19 @@ pub fn run_cluster_simulation(
                     crashed.remove(&node);
                 }
                 Undo::Repair(a, b) => {
-                    world.event(format!("repair {a} <-> {b}"));
-                    sim.repair(a, b);
+                    world.event(format!("repair node {a} <-> node {b}"));
+                    sim.repair(host_name(a), host_name(b));
+                    faulted_links.remove(&pair(a, b));
                 }
                 Undo::RepairOneWay(a, b) => {
-                    world.event(format!("repair {a} -> {b}"));
-                    sim.repair_oneway(a, b);
+                    world.event(format!("repair node {a} -> node {b}"));
+                    sim.repair_oneway(host_name(a), host_name(b));
+                    faulted_links.remove(&pair(a, b));
                 }
                 Undo::Release(a, b) => {
-                    world.event(format!("release {a} <-> {b}"));
-                    sim.release(a, b);
+                    world.event(format!("release node {a} <-> node {b}"));
+                    sim.release(host_name(a), host_name(b));
+                    faulted_links.remove(&pair(a, b));
                 }
             }
         }
@@ -282,7 +297,6 @@ pub fn run_cluster_simulation(
             let node = nodes[rng.below(node_count) as usize];
             let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != node).collect();
             let back_ms = now_ms + 200 + rng.below(5_000);
-            faults_injected += 1;
             let mut world = world.borrow_mut();
             match fault {
                 Fault::Crash | Fault::TornCrash => {
@@ -303,6 +317,7 @@ pub fn run_cluster_simulation(
                     storages[&node].crash(mode);
                     crashed.insert(node);
                     crashes += 1;
+                    faults_injected += 1;
                     undo.push((back_ms, Undo::Restart(node)));
                 }
                 Fault::Isolate | Fault::IsolateLeader => {
@@ -315,33 +330,50 @@ pub fn run_cluster_simulation(
                     } else {
                         node
                     };
+                    let links: Vec<_> = nodes
+                        .iter()
+                        .filter(|&&other| other != target)
+                        .map(|&other| pair(target, other))
+                        .collect();
+                    if links.iter().any(|link| faulted_links.contains(link)) {
+                        continue;
+                    }
                     world.event(format!("isolate node {target} ({})", fault.name()));
                     for &other in nodes.iter().filter(|&&n| n != target) {
                         world.break_link(target, other);
                         sim.partition(host_name(target), host_name(other));
-                        undo.push((back_ms, Undo::Repair(host_name(target), host_name(other))));
+                        faulted_links.insert(pair(target, other));
+                        undo.push((back_ms, Undo::Repair(target, other)));
                     }
+                    faults_injected += 1;
                 }
                 Fault::OneWay => {
                     let to = others[rng.below(others.len() as u64) as usize];
+                    if !faulted_links.insert(pair(node, to)) {
+                        continue;
+                    }
                     world.event(format!("drop messages node {node} -> node {to}"));
                     world.break_link(node, to);
                     sim.partition_oneway(host_name(node), host_name(to));
-                    undo.push((back_ms, Undo::RepairOneWay(host_name(node), host_name(to))));
+                    undo.push((back_ms, Undo::RepairOneWay(node, to)));
+                    faults_injected += 1;
                 }
                 Fault::Hold => {
                     let other = others[rng.below(others.len() as u64) as usize];
+                    if !faulted_links.insert(pair(node, other)) {
+                        continue;
+                    }
                     world.event(format!("hold messages node {node} <-> node {other}"));
                     sim.hold(host_name(node), host_name(other));
                     let release_ms = now_ms + 50 + rng.below(2_000);
-                    undo.push((release_ms, Undo::Release(host_name(node), host_name(other))));
+                    undo.push((release_ms, Undo::Release(node, other)));
+                    faults_injected += 1;
                 }
                 Fault::Clock => {
                     let drift_permille = rng.below(101) as i64 - 50;
                     let jump_ms = rng.below(3_000) as i64;
-                    let clock = world.clocks.entry(node).or_default();
-                    clock.0 = drift_permille;
-                    clock.1 += jump_ms;
+                    world.skew_clock(node, now_ms, drift_permille, jump_ms);
+                    faults_injected += 1;
                     world.event(format!(
                         "clock of node {node}: drift {drift_permille}‰, jumps {jump_ms} ms"
                     ));
@@ -410,8 +442,9 @@ fn check_liveness(world: &World, nodes: &[NodeId]) -> Result<(), String> {
         }
         if view.leaderless > 0 {
             return Err(format!(
-                "after healing node {node} has {} partitions without a leader",
-                view.leaderless
+                "after healing node {node} has {} partitions without a leader: {}",
+                view.leaderless,
+                view.leaderless_examples.join(", ")
             ));
         }
         let missing: Vec<_> = world.acknowledged_topics.difference(&view.topics).collect();

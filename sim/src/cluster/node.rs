@@ -22,9 +22,9 @@ use spate_engine::quorum::member::{
     MemberInput, MemberOutput, QuorumMember,
 };
 use spate_engine::quorum::{ControllerConfig, MetadataImage, NodeId, QuorumConfig};
-use spate_engine::storage::backend::SimulatedStorage;
 use tokio::sync::{mpsc, oneshot};
 
+use super::disk::SimDisk;
 use super::wire;
 use super::world::{fnv1a, World, FNV_OFFSET};
 
@@ -48,7 +48,7 @@ pub(crate) struct NodeSetup {
     pub(crate) node: NodeId,
     pub(crate) voters: Vec<NodeId>,
     /// Its disk: outlives the process.
-    pub(crate) storage: SimulatedStorage,
+    pub(crate) disk: SimDisk,
     pub(crate) world: Rc<RefCell<World>>,
     pub(crate) seed: u64,
     /// Starts so far, for a new seed every incarnation.
@@ -94,7 +94,7 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
     let starts = setup.starts.get();
     setup.starts.set(starts + 1);
     setup.world.borrow_mut().node_started(node);
-    let opened = QuorumLog::open(setup.storage.clone(), Path::new("/spate")).await;
+    let opened = QuorumLog::open(setup.disk.clone(), Path::new("/spate")).await;
     let (mut log, restored) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -183,10 +183,17 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
                     }
                 }
                 MemberOutput::Request { to, request } => {
-                    if let (Some(queue), Ok(bytes)) =
-                        (queues.get(&to), serde_json::to_vec(&request))
+                    let queued = match (queues.get(&to), serde_json::to_vec(&request)) {
+                        (Some(queue), Ok(bytes)) => {
+                            queue.try_send(wire::frame(wire::REQUEST, &bytes)).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if let (false, ControllerRequest::Topics { request_id, .. }) =
+                        (queued, &request)
                     {
-                        drop(queue.try_send(wire::frame(wire::REQUEST, &bytes)));
+                        let request_id = *request_id;
+                        member.handle(now_ms, MemberInput::RequestLost { request_id });
                     }
                 }
                 MemberOutput::Reply { to, reply } => {

@@ -59,6 +59,22 @@ impl Trace {
     }
 }
 
+/// A node's clock: from `base_sim_ms` of simulated time on, it reads `base_clock_ms` plus the
+/// simulated time since, sped up or slowed down by `drift_permille`.
+#[derive(Debug, Clone, Copy)]
+struct NodeClock {
+    base_sim_ms: u64,
+    base_clock_ms: i64,
+    drift_permille: i64,
+}
+
+impl NodeClock {
+    fn at(&self, sim_ms: u64) -> i64 {
+        let since = sim_ms.saturating_sub(self.base_sim_ms) as i64;
+        self.base_clock_ms + since * (1000 + self.drift_permille) / 1000
+    }
+}
+
 /// A node's latest view, as it reported it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NodeView {
@@ -69,6 +85,8 @@ pub(crate) struct NodeView {
     pub(crate) topics: BTreeSet<String>,
     /// Partitions without a leader.
     pub(crate) leaderless: usize,
+    /// The first few of them, with their replicas and ISR.
+    pub(crate) leaderless_examples: Vec<String>,
 }
 
 /// Shared state of one run: trace, views, and the history the checks need.
@@ -90,8 +108,8 @@ pub(crate) struct World {
     pub(crate) acknowledged_topics: BTreeSet<String>,
     /// Safety violations, in the order found.
     pub(crate) violations: Vec<String>,
-    /// Node clocks: (drift in parts per thousand, offset in ms).
-    pub(crate) clocks: BTreeMap<NodeId, (i64, i64)>,
+    /// Node clocks that differ from simulated time.
+    clocks: BTreeMap<NodeId, NodeClock>,
     /// Terms (elections) seen.
     pub(crate) terms_seen: BTreeSet<u64>,
     /// Per pair of nodes (smaller first), how many times the network between them broke.
@@ -144,12 +162,32 @@ impl World {
         self.violations.push(text);
     }
 
-    /// A node's clock at simulated time `sim_ms`: drift and offset as the fault schedule set
-    /// them. Never before 0.
+    /// A node's clock at simulated time `sim_ms`. Monotonic, like the `Instant` the broker
+    /// reads: drift changes its rate, jumps move it forward.
     pub(crate) fn node_clock_ms(&self, node: NodeId, sim_ms: u64) -> i64 {
-        let (drift_permille, offset_ms) = self.clocks.get(&node).copied().unwrap_or_default();
-        let sim_ms = sim_ms as i64;
-        (sim_ms + sim_ms * drift_permille / 1000 + offset_ms).max(0)
+        self.clocks
+            .get(&node)
+            .map_or(sim_ms as i64, |clock| clock.at(sim_ms))
+    }
+
+    /// From `sim_ms` on, `node`'s clock runs `drift_permille` faster (or slower), after
+    /// jumping `jump_ms` forward.
+    pub(crate) fn skew_clock(
+        &mut self,
+        node: NodeId,
+        sim_ms: u64,
+        drift_permille: i64,
+        jump_ms: i64,
+    ) {
+        let now = self.node_clock_ms(node, sim_ms);
+        self.clocks.insert(
+            node,
+            NodeClock {
+                base_sim_ms: sim_ms,
+                base_clock_ms: now + jump_ms.max(0),
+                drift_permille: drift_permille.clamp(-500, 500),
+            },
+        );
     }
 
     /// A node (re)started: its per-incarnation history starts again.
@@ -221,11 +259,18 @@ impl World {
         }
         let mut topics = BTreeSet::new();
         let mut leaderless = 0;
+        let mut leaderless_examples = Vec::new();
         for (&topic_id, topic) in image.topics() {
             topics.insert(topic.name.clone());
             for (&partition, state) in &topic.partitions {
                 if state.leader < 0 {
                     leaderless += 1;
+                    if leaderless_examples.len() < 3 {
+                        leaderless_examples.push(format!(
+                            "{}-{partition} replicas {:?} isr {:?}",
+                            topic.name, state.replicas, state.isr
+                        ));
+                    }
                 } else {
                     let key = (topic_id, partition, state.leader_epoch);
                     match self.partition_leaders.get(&key) {
@@ -265,6 +310,7 @@ impl World {
                 .collect(),
             topics,
             leaderless,
+            leaderless_examples,
         }
     }
 }
