@@ -321,6 +321,9 @@ impl Controller {
             }
             records.extend(fencing);
         }
+        // Decisions only partly committed are finished (see `finish_partial_decisions`).
+        let view = planned.as_ref().unwrap_or(image);
+        records.extend(self.finish_partial_decisions(view));
         // A broker registered before this controller became active gets a session now.
         for (&broker_id, broker) in image.brokers() {
             if !broker.fenced {
@@ -603,6 +606,58 @@ impl Controller {
                     (state.leader, None)
                 };
                 records.extend(change(topic_id, partition, state, leader, isr));
+            }
+        }
+        records
+    }
+
+    /// What an earlier decision left undone. A controller proposes a decision's records as
+    /// separate raft entries, and a change of quorum leader can commit a prefix of them: a
+    /// broker fenced (or shutting down) but still leading or in an ISR, a broker unfenced
+    /// without the elections that wait for it. Every tick finishes them from the image: such a
+    /// broker leaves its partitions, and a partition without a leader gets its first eligible
+    /// in-sync replica. Idempotent: once done (or proposed, in the planning image) there is
+    /// nothing to change.
+    fn finish_partial_decisions(&self, image: &MetadataImage) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        let mut planned: Option<MetadataImage> = None;
+        let leaving: Vec<BrokerId> = image
+            .brokers()
+            .values()
+            .filter(|broker| broker.fenced || broker.in_controlled_shutdown)
+            .map(|broker| broker.broker_id)
+            .collect();
+        for broker_id in leaving {
+            let view = planned.as_ref().unwrap_or(image);
+            let changes = self.remove_from_partitions(view, broker_id);
+            if changes.is_empty() {
+                continue;
+            }
+            let next = planned.get_or_insert_with(|| image.clone());
+            for record in &changes {
+                // Only a scratch copy: the index merely has to increase.
+                let _ = next.apply(next.last_applied_index() + 1, record);
+            }
+            records.extend(changes);
+        }
+        let view = planned.as_ref().unwrap_or(image);
+        let eligible = |broker: BrokerId| view.is_eligible(broker);
+        for (&topic_id, topic) in view.topics() {
+            let unclean = unclean_election_allowed(view, &topic.name);
+            for (&partition, state) in &topic.partitions {
+                if state.leader != -1 {
+                    continue;
+                }
+                let leader = elect(state, &state.isr, eligible, unclean);
+                if leader.0 != -1 {
+                    records.extend(change(
+                        topic_id,
+                        partition,
+                        state,
+                        leader,
+                        state.isr.clone(),
+                    ));
+                }
             }
         }
         records

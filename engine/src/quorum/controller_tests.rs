@@ -613,3 +613,67 @@ fn bad_reassignments_are_refused() {
         Err(ControllerError::UnknownTopicOrPartition)
     );
 }
+
+#[test]
+fn a_decision_only_partly_committed_is_finished_at_the_next_tick() {
+    // The simulation found it (seed 1148): a controller's unfencing of a broker committed,
+    // the elections proposed with it lost to a change of quorum leader.
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(3, 2);
+    let led_by = |cluster: &Cluster, broker: BrokerId| {
+        (0..3)
+            .filter(|&partition| cluster.partition(partition).leader == broker)
+            .count()
+    };
+    // Broker 1's partitions lose their leader with the ISR shrunk to it, as when the others
+    // had left before; then broker 1 is fenced; then unfenced with no elections.
+    let mut records = Vec::new();
+    for partition in 0..3 {
+        let state = cluster.partition(partition);
+        if state.replicas.contains(&1) {
+            records.push(MetadataRecord::PartitionChange {
+                topic_id: TOPIC,
+                partition,
+                isr: Some(vec![1]),
+                leader: Some(-1),
+                replicas: None,
+            });
+        }
+    }
+    assert!(!records.is_empty());
+    let waiting = records.len();
+    cluster.apply(records);
+    let epoch = cluster.epoch(1);
+    cluster.apply(vec![MetadataRecord::BrokerRegistrationChange {
+        broker_id: 1,
+        broker_epoch: epoch,
+        fenced: Some(false),
+        in_controlled_shutdown: None,
+    }]);
+    assert_eq!(led_by(&cluster, 1), 0);
+    cluster.tick(1_000);
+    assert_eq!(
+        led_by(&cluster, 1),
+        waiting,
+        "broker 1 leads what waited for it"
+    );
+    // The other half: broker 2 fenced, but its leaderships and ISR places left behind.
+    let epoch = cluster.epoch(2);
+    cluster.apply(vec![MetadataRecord::BrokerRegistrationChange {
+        broker_id: 2,
+        broker_epoch: epoch,
+        fenced: Some(true),
+        in_controlled_shutdown: None,
+    }]);
+    cluster.tick(2_000);
+    for partition in 0..3 {
+        let state = cluster.partition(partition);
+        assert_ne!(state.leader, 2, "{state:?}");
+        assert!(
+            !state.isr.contains(&2) || state.isr == [2],
+            "only as the last in-sync replica: {state:?}"
+        );
+    }
+    // Nothing left to do: the next tick proposes nothing.
+    assert!(cluster.controller.tick(&cluster.image, 2_050).is_empty());
+}

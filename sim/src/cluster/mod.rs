@@ -13,7 +13,8 @@
 //! # Checks
 //! Safety, all the time: one quorum leader per term; the same metadata at the same log index
 //! on every node; one leader per partition per leader epoch; partition and leader epochs never
-//! go back on a node; logs that open after every crash. Liveness, after the faults stop and
+//! go back on a node; ISRs never grow (no partition leaders ask here); logs that open after
+//! every crash. Liveness, after the faults stop and
 //! the healing phase: one leader everyone follows, every node at the same applied index, every
 //! broker registered and unfenced, every partition led, every acknowledged topic present.
 

@@ -75,6 +75,14 @@ impl NodeClock {
     }
 }
 
+/// A partition as a node last showed it.
+#[derive(Debug, Clone)]
+struct SeenPartition {
+    partition_epoch: i32,
+    leader_epoch: i32,
+    isr: Vec<i32>,
+}
+
 /// A node's latest view, as it reported it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NodeView {
@@ -102,8 +110,9 @@ pub(crate) struct World {
     images_by_index: BTreeMap<u64, (u64, NodeId)>,
     /// The leader of each partition at each leader epoch.
     partition_leaders: BTreeMap<(Uuid, i32, i32), i32>,
-    /// Per node incarnation: the last partition epoch and leader epoch seen per partition.
-    partition_epochs: BTreeMap<(NodeId, Uuid, i32), (i32, i32)>,
+    /// Per node incarnation: the last partition epoch, leader epoch and ISR seen per
+    /// partition.
+    partition_epochs: BTreeMap<(NodeId, Uuid, i32), SeenPartition>,
     /// Topics whose creation a client saw acknowledged.
     pub(crate) acknowledged_topics: BTreeSet<String>,
     /// Safety violations, in the order found.
@@ -284,18 +293,47 @@ impl World {
                         }
                     }
                 }
-                let epochs = (state.partition_epoch, state.leader_epoch);
                 let key = (node, topic_id, partition);
-                if let Some(&(partition_epoch, leader_epoch)) = self.partition_epochs.get(&key) {
-                    if epochs.0 < partition_epoch || epochs.1 < leader_epoch {
+                if let Some(SeenPartition {
+                    partition_epoch,
+                    leader_epoch,
+                    isr,
+                }) = self.partition_epochs.get(&key).cloned()
+                {
+                    if state.partition_epoch < partition_epoch || state.leader_epoch < leader_epoch
+                    {
                         self.violation(format!(
                             "node {node} saw {}-{partition} go back from epochs \
                              {partition_epoch}/{leader_epoch} to {}/{}",
-                            topic.name, epochs.0, epochs.1
+                            topic.name, state.partition_epoch, state.leader_epoch
+                        ));
+                    }
+                    // Only the partition's leader adds replicas to the ISR (AlterPartition),
+                    // once they caught up; the controller only takes them out. This
+                    // simulation has no partition leaders asking, and no unclean elections
+                    // or reassignments, so an ISR never grows.
+                    let grown: Vec<i32> = state
+                        .isr
+                        .iter()
+                        .copied()
+                        .filter(|replica| !isr.contains(replica))
+                        .collect();
+                    if !grown.is_empty() {
+                        self.violation(format!(
+                            "node {node} saw the ISR of {}-{partition} grow from {isr:?} to \
+                             {:?} with no leader asking",
+                            topic.name, state.isr
                         ));
                     }
                 }
-                self.partition_epochs.insert(key, epochs);
+                self.partition_epochs.insert(
+                    key,
+                    SeenPartition {
+                        partition_epoch: state.partition_epoch,
+                        leader_epoch: state.leader_epoch,
+                        isr: state.isr.clone(),
+                    },
+                );
             }
         }
         NodeView {
