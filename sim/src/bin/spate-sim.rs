@@ -123,12 +123,14 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                     Ok(summary) => {
                         simulated_ms.fetch_add(summary.simulated_ms, Ordering::SeqCst);
                         println!(
-                            "seed {seed}: ok, {} nodes, faults {:?}: {} injected ({} crashes), \
-                             {} terms, {} topics acknowledged, {} events, digest {:016x}",
+                            "seed {seed}: ok, {} nodes, faults {:?}: {} injected ({} crashes, \
+                             {} controlled shutdowns), {} terms, {} topics acknowledged, \
+                             {} events, digest {:016x}",
                             summary.nodes,
                             summary.faults_enabled,
                             summary.faults_injected,
                             summary.crashes,
+                            summary.controlled_shutdowns,
                             summary.terms,
                             summary.topics_acknowledged,
                             summary.events,

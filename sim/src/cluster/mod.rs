@@ -7,6 +7,7 @@
 //!
 //! # Faults (swarm testing: each seed enables its own subset)
 //! Node crashes that lose unsynced writes, or keep a torn prefix of them, and restarts;
+//! stops (SIGTERM: a controlled shutdown, then a restart);
 //! network partitions isolating a node (symmetric or one way) or the quorum leader; messages
 //! held and released (reordered); message latency ranges; clock drift and jumps per node.
 //!
@@ -76,6 +77,8 @@ pub struct ClusterSummary {
     pub faults_injected: u64,
     /// Crashes among them.
     pub crashes: u64,
+    /// Controlled shutdowns that finished (each followed by a restart).
+    pub controlled_shutdowns: u64,
     /// Raft terms seen (elections).
     pub terms: usize,
     /// Topic creations acknowledged (and found after healing).
@@ -120,6 +123,7 @@ impl std::error::Error for ClusterFailure {}
 enum Fault {
     Crash,
     TornCrash,
+    Stop,
     Isolate,
     IsolateLeader,
     OneWay,
@@ -128,9 +132,10 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 8] = [
         Fault::Crash,
         Fault::TornCrash,
+        Fault::Stop,
         Fault::Isolate,
         Fault::IsolateLeader,
         Fault::OneWay,
@@ -142,6 +147,7 @@ impl Fault {
         match self {
             Fault::Crash => "crash",
             Fault::TornCrash => "torn-crash",
+            Fault::Stop => "stop",
             Fault::Isolate => "isolate",
             Fault::IsolateLeader => "isolate-leader",
             Fault::OneWay => "one-way",
@@ -252,6 +258,19 @@ pub fn run_cluster_simulation(
         if let Some(violation) = world.borrow().violations.first() {
             return Err(fail(&world, violation.clone()));
         }
+        // A node whose controlled shutdown finished is started again a little later (at
+        // once while healing).
+        let stopped: Vec<NodeId> = std::mem::take(&mut world.borrow_mut().stopped)
+            .into_iter()
+            .collect();
+        for node in stopped {
+            let again_ms = if now_ms >= fault_end_ms {
+                now_ms
+            } else {
+                now_ms + 100 + rng.below(2_000)
+            };
+            undo.push((again_ms, Undo::Restart(node)));
+        }
         // Undo what is due (everything, once the faults stop).
         let heal_now = now_ms >= fault_end_ms && !healed;
         let (due, later): (Vec<_>, Vec<_>) = undo
@@ -320,6 +339,17 @@ pub fn run_cluster_simulation(
                     crashes += 1;
                     faults_injected += 1;
                     undo.push((back_ms, Undo::Restart(node)));
+                }
+                Fault::Stop => {
+                    // A SIGTERM: the node moves its leaderships away, then stops; counted
+                    // with the crashed ones until it is started again.
+                    if crashed.contains(&node) || (crashed.len() + 1) * 2 > nodes.len() {
+                        continue;
+                    }
+                    world.event(format!("stop node {node} (controlled shutdown)"));
+                    world.stop_requests.insert(node);
+                    crashed.insert(node);
+                    faults_injected += 1;
                 }
                 Fault::Isolate | Fault::IsolateLeader => {
                     let target = if fault == Fault::IsolateLeader {
@@ -392,6 +422,7 @@ pub fn run_cluster_simulation(
         faults_enabled: enabled.iter().map(|fault| fault.name()).collect(),
         faults_injected,
         crashes,
+        controlled_shutdowns: world.clean_stops,
         terms: world.terms_seen.len(),
         topics_acknowledged: world.acknowledged_topics.len(),
     })

@@ -171,7 +171,16 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
             }
             None => MemberInput::Tick,
         };
-        let now_ms = setup.world.borrow().node_clock_ms(node, sim_ms());
+        let (now_ms, stop_requested) = {
+            let world = setup.world.borrow();
+            (
+                world.node_clock_ms(node, sim_ms()),
+                world.stop_requests.contains(&node),
+            )
+        };
+        if stop_requested {
+            member.request_shutdown();
+        }
         member.handle(now_ms, input);
         while let Some(output) = member.poll_output() {
             match output {
@@ -244,6 +253,11 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
         // Whether the shards would get metadata now (the gate is part of what runs).
         let _ = member.layout_update();
         setup.world.borrow_mut().observe(node, &member);
+        if member.controlled_shutdown_done() {
+            // As the broker does: its shards stop once the controlled shutdown is over.
+            setup.world.borrow_mut().node_stopped(node, &member);
+            return Ok(());
+        }
     }
 }
 

@@ -123,6 +123,14 @@ pub(crate) struct World {
     pub(crate) terms_seen: BTreeSet<u64>,
     /// Per pair of nodes (smaller first), how many times the network between them broke.
     link_breaks: BTreeMap<(NodeId, NodeId), u64>,
+    /// Nodes asked to stop (SIGTERM: a controlled shutdown first).
+    pub(crate) stop_requests: BTreeSet<NodeId>,
+    /// Nodes whose controlled shutdown finished and whose software ended, not yet restarted.
+    pub(crate) stopped: BTreeSet<NodeId>,
+    /// Controlled shutdowns finished, and how many of them still led partitions then (the
+    /// controller was unreachable or too slow, and the broker gave up waiting).
+    pub(crate) clean_stops: u64,
+    pub(crate) stops_still_leading: u64,
 }
 
 impl World {
@@ -140,6 +148,10 @@ impl World {
             clocks: BTreeMap::new(),
             terms_seen: BTreeSet::new(),
             link_breaks: BTreeMap::new(),
+            stop_requests: BTreeSet::new(),
+            stopped: BTreeSet::new(),
+            clean_stops: 0,
+            stops_still_leading: 0,
         }
     }
 
@@ -197,6 +209,27 @@ impl World {
                 drift_permille: drift_permille.clamp(-500, 500),
             },
         );
+    }
+
+    /// A node's controlled shutdown finished: its software ends.
+    pub(crate) fn node_stopped<R>(&mut self, node: NodeId, member: &QuorumMember<R>) {
+        let broker_id = node as i32;
+        let leading = member
+            .image()
+            .topics()
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|state| state.leader == broker_id)
+            .count();
+        self.stop_requests.remove(&node);
+        self.stopped.insert(node);
+        self.clean_stops += 1;
+        if leading > 0 {
+            self.stops_still_leading += 1;
+        }
+        self.event(format!(
+            "node {node} stops after its controlled shutdown, leading {leading} partitions"
+        ));
     }
 
     /// A node (re)started: its per-incarnation history starts again.
