@@ -21,6 +21,7 @@
 
 mod client;
 mod disk;
+mod faults;
 mod node;
 mod wire;
 mod world;
@@ -32,10 +33,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use spate_engine::quorum::NodeId;
-use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
+use spate_engine::storage::backend::SimulatedStorage;
 
 use crate::SimRng;
 use disk::SimDisk;
+use faults::{Fault, Faults};
 use node::{host_name, NodeSetup};
 use world::World;
 
@@ -118,59 +120,6 @@ impl fmt::Display for ClusterFailure {
 
 impl std::error::Error for ClusterFailure {}
 
-/// The faults a seed may enable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    Crash,
-    TornCrash,
-    Stop,
-    Isolate,
-    IsolateLeader,
-    OneWay,
-    Hold,
-    Clock,
-}
-
-impl Fault {
-    const ALL: [Fault; 8] = [
-        Fault::Crash,
-        Fault::TornCrash,
-        Fault::Stop,
-        Fault::Isolate,
-        Fault::IsolateLeader,
-        Fault::OneWay,
-        Fault::Hold,
-        Fault::Clock,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Fault::Crash => "crash",
-            Fault::TornCrash => "torn-crash",
-            Fault::Stop => "stop",
-            Fault::Isolate => "isolate",
-            Fault::IsolateLeader => "isolate-leader",
-            Fault::OneWay => "one-way",
-            Fault::Hold => "hold",
-            Fault::Clock => "clock",
-        }
-    }
-}
-
-/// Something to undo at a simulated time.
-#[derive(Debug, Clone)]
-enum Undo {
-    Restart(NodeId),
-    Repair(NodeId, NodeId),
-    RepairOneWay(NodeId, NodeId),
-    Release(NodeId, NodeId),
-}
-
-/// A pair of nodes, smaller first.
-fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
-    (a.min(b), a.max(b))
-}
-
 /// Runs the cluster simulation for `seed`.
 ///
 /// # Errors
@@ -183,10 +132,7 @@ pub fn run_cluster_simulation(
     let mut rng = SimRng::new(seed);
     let node_count: u64 = if rng.chance(30) { 5 } else { 3 };
     let nodes: Vec<NodeId> = (1..=node_count).collect();
-    let mut enabled: Vec<Fault> = Fault::ALL.into_iter().filter(|_| rng.chance(50)).collect();
-    if enabled.is_empty() && rng.chance(80) {
-        enabled.push(Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize]);
-    }
+    let enabled = Fault::choose(&mut rng);
     let min_latency_ms = rng.below(3);
     let max_latency_ms = min_latency_ms + 1 + rng.below(40);
     let fault_every_ms = 300 + rng.below(2_700);
@@ -237,14 +183,7 @@ pub fn run_cluster_simulation(
             trace_tail: world.trace.tail.iter().cloned().collect(),
         }
     };
-    let mut undo: Vec<(u64, Undo)> = Vec::new();
-    let mut crashed: BTreeSet<NodeId> = BTreeSet::new();
-    // Pairs whose link is partitioned or held: turmoil's hold and release would undo a
-    // partition (and a partition drops held messages), so the two never overlap on a pair.
-    let mut faulted_links: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
-    let mut next_fault_ms = fault_every_ms;
-    let mut faults_injected = 0;
-    let mut crashes = 0;
+    let mut faults = Faults::new(nodes.clone(), enabled.clone(), fault_every_ms, storages);
     let mut healed = false;
     loop {
         let now_ms = sim.elapsed().as_millis() as u64;
@@ -258,158 +197,16 @@ pub fn run_cluster_simulation(
         if let Some(violation) = world.borrow().violations.first() {
             return Err(fail(&world, violation.clone()));
         }
-        // A node whose controlled shutdown finished is started again a little later (at
-        // once while healing).
-        let stopped: Vec<NodeId> = std::mem::take(&mut world.borrow_mut().stopped)
-            .into_iter()
-            .collect();
-        for node in stopped {
-            let again_ms = if now_ms >= fault_end_ms {
-                now_ms
-            } else {
-                now_ms + 100 + rng.below(2_000)
-            };
-            undo.push((again_ms, Undo::Restart(node)));
-        }
+        faults.restart_stopped(&world, &mut rng, now_ms, now_ms >= fault_end_ms);
         // Undo what is due (everything, once the faults stop).
         let heal_now = now_ms >= fault_end_ms && !healed;
-        let (due, later): (Vec<_>, Vec<_>) = undo
-            .into_iter()
-            .partition(|(at_ms, _)| heal_now || *at_ms <= now_ms);
-        undo = later;
-        for (_, action) in due {
-            let mut world = world.borrow_mut();
-            match action {
-                Undo::Restart(node) => {
-                    world.event(format!("restart node {node}"));
-                    // The new process resets connections made to the old one.
-                    for &other in nodes.iter().filter(|&&other| other != node) {
-                        world.break_link(node, other);
-                    }
-                    drop(world);
-                    sim.bounce(host_name(node));
-                    crashed.remove(&node);
-                }
-                Undo::Repair(a, b) => {
-                    world.event(format!("repair node {a} <-> node {b}"));
-                    sim.repair(host_name(a), host_name(b));
-                    faulted_links.remove(&pair(a, b));
-                }
-                Undo::RepairOneWay(a, b) => {
-                    world.event(format!("repair node {a} -> node {b}"));
-                    sim.repair_oneway(host_name(a), host_name(b));
-                    faulted_links.remove(&pair(a, b));
-                }
-                Undo::Release(a, b) => {
-                    world.event(format!("release node {a} <-> node {b}"));
-                    sim.release(host_name(a), host_name(b));
-                    faulted_links.remove(&pair(a, b));
-                }
-            }
-        }
+        faults.undo_due(&mut sim, &world, now_ms, heal_now);
         if heal_now {
             healed = true;
             world.borrow_mut().event("faults stop: healing".to_owned());
         }
-        if now_ms < fault_end_ms && now_ms >= next_fault_ms && !enabled.is_empty() {
-            next_fault_ms = now_ms + fault_every_ms / 2 + rng.below(fault_every_ms);
-            let fault = enabled[rng.below(enabled.len() as u64) as usize];
-            let node = nodes[rng.below(node_count) as usize];
-            let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != node).collect();
-            let back_ms = now_ms + 200 + rng.below(5_000);
-            let mut world = world.borrow_mut();
-            match fault {
-                Fault::Crash | Fault::TornCrash => {
-                    // At most a minority down at once, so the cluster can make progress.
-                    if crashed.contains(&node) || (crashed.len() + 1) * 2 > nodes.len() {
-                        continue;
-                    }
-                    let mode = if fault == Fault::TornCrash {
-                        CrashMode::TornTail {
-                            seed: rng.next_u64(),
-                        }
-                    } else {
-                        CrashMode::DropUnsynced
-                    };
-                    world.event(format!("crash node {node} ({})", fault.name()));
-                    drop(world);
-                    sim.crash(host_name(node));
-                    storages[&node].crash(mode);
-                    crashed.insert(node);
-                    crashes += 1;
-                    faults_injected += 1;
-                    undo.push((back_ms, Undo::Restart(node)));
-                }
-                Fault::Stop => {
-                    // A SIGTERM: the node moves its leaderships away, then stops; counted
-                    // with the crashed ones until it is started again.
-                    if crashed.contains(&node) || (crashed.len() + 1) * 2 > nodes.len() {
-                        continue;
-                    }
-                    world.event(format!("stop node {node} (controlled shutdown)"));
-                    world.stop_requests.insert(node);
-                    crashed.insert(node);
-                    faults_injected += 1;
-                }
-                Fault::Isolate | Fault::IsolateLeader => {
-                    let target = if fault == Fault::IsolateLeader {
-                        world
-                            .views
-                            .values()
-                            .find_map(|view| view.leader)
-                            .unwrap_or(node)
-                    } else {
-                        node
-                    };
-                    let links: Vec<_> = nodes
-                        .iter()
-                        .filter(|&&other| other != target)
-                        .map(|&other| pair(target, other))
-                        .collect();
-                    if links.iter().any(|link| faulted_links.contains(link)) {
-                        continue;
-                    }
-                    world.event(format!("isolate node {target} ({})", fault.name()));
-                    for &other in nodes.iter().filter(|&&n| n != target) {
-                        world.break_link(target, other);
-                        sim.partition(host_name(target), host_name(other));
-                        faulted_links.insert(pair(target, other));
-                        undo.push((back_ms, Undo::Repair(target, other)));
-                    }
-                    faults_injected += 1;
-                }
-                Fault::OneWay => {
-                    let to = others[rng.below(others.len() as u64) as usize];
-                    if !faulted_links.insert(pair(node, to)) {
-                        continue;
-                    }
-                    world.event(format!("drop messages node {node} -> node {to}"));
-                    world.break_link(node, to);
-                    sim.partition_oneway(host_name(node), host_name(to));
-                    undo.push((back_ms, Undo::RepairOneWay(node, to)));
-                    faults_injected += 1;
-                }
-                Fault::Hold => {
-                    let other = others[rng.below(others.len() as u64) as usize];
-                    if !faulted_links.insert(pair(node, other)) {
-                        continue;
-                    }
-                    world.event(format!("hold messages node {node} <-> node {other}"));
-                    sim.hold(host_name(node), host_name(other));
-                    let release_ms = now_ms + 50 + rng.below(2_000);
-                    undo.push((release_ms, Undo::Release(node, other)));
-                    faults_injected += 1;
-                }
-                Fault::Clock => {
-                    let drift_permille = rng.below(101) as i64 - 50;
-                    let jump_ms = rng.below(3_000) as i64;
-                    world.skew_clock(node, now_ms, drift_permille, jump_ms);
-                    faults_injected += 1;
-                    world.event(format!(
-                        "clock of node {node}: drift {drift_permille}‰, jumps {jump_ms} ms"
-                    ));
-                }
-            }
+        if now_ms < fault_end_ms {
+            faults.inject(&mut sim, &world, &mut rng, now_ms);
         }
     }
     check_liveness(&world.borrow(), &nodes).map_err(|what| fail(&world, what))?;
@@ -420,8 +217,8 @@ pub fn run_cluster_simulation(
         simulated_ms: end_ms,
         nodes: nodes.len(),
         faults_enabled: enabled.iter().map(|fault| fault.name()).collect(),
-        faults_injected,
-        crashes,
+        faults_injected: faults.injected,
+        crashes: faults.crashes,
         controlled_shutdowns: world.clean_stops,
         terms: world.terms_seen.len(),
         topics_acknowledged: world.acknowledged_topics.len(),

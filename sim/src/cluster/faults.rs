@@ -1,0 +1,294 @@
+//! The faults of a cluster run: which a seed enables (swarm testing), when each is injected,
+//! and when it is undone.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use spate_engine::quorum::NodeId;
+use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
+
+use super::node::host_name;
+use super::world::World;
+use crate::SimRng;
+
+/// The faults a seed may enable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Crash,
+    TornCrash,
+    Stop,
+    Isolate,
+    IsolateLeader,
+    OneWay,
+    Hold,
+    Clock,
+}
+
+impl Fault {
+    pub(crate) const ALL: [Fault; 8] = [
+        Fault::Crash,
+        Fault::TornCrash,
+        Fault::Stop,
+        Fault::Isolate,
+        Fault::IsolateLeader,
+        Fault::OneWay,
+        Fault::Hold,
+        Fault::Clock,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Fault::Crash => "crash",
+            Fault::TornCrash => "torn-crash",
+            Fault::Stop => "stop",
+            Fault::Isolate => "isolate",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::OneWay => "one-way",
+            Fault::Hold => "hold",
+            Fault::Clock => "clock",
+        }
+    }
+}
+
+/// Something to undo at a simulated time.
+#[derive(Debug, Clone)]
+enum Undo {
+    Restart(NodeId),
+    Repair(NodeId, NodeId),
+    RepairOneWay(NodeId, NodeId),
+    Release(NodeId, NodeId),
+}
+
+/// A pair of nodes, smaller first.
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
+}
+
+impl Fault {
+    /// The faults a seed enables: each with even odds; when none is, usually one anyway.
+    pub(crate) fn choose(rng: &mut SimRng) -> Vec<Fault> {
+        let mut enabled: Vec<Fault> = Fault::ALL.into_iter().filter(|_| rng.chance(50)).collect();
+        if enabled.is_empty() && rng.chance(80) {
+            enabled.push(Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize]);
+        }
+        enabled
+    }
+}
+
+/// The faults injected so far, and what is still to undo.
+pub(crate) struct Faults {
+    nodes: Vec<NodeId>,
+    enabled: Vec<Fault>,
+    every_ms: u64,
+    next_ms: u64,
+    /// Every node's disk, to crash.
+    storages: BTreeMap<NodeId, SimulatedStorage>,
+    undo: Vec<(u64, Undo)>,
+    /// Nodes crashed or stopping, until started again.
+    down: BTreeSet<NodeId>,
+    /// Pairs whose link is partitioned or held: turmoil's hold and release would undo a
+    /// partition (and a partition drops held messages), so the two never overlap on a pair.
+    faulted_links: BTreeSet<(NodeId, NodeId)>,
+    /// Faults injected.
+    pub(crate) injected: u64,
+    /// Crashes among them.
+    pub(crate) crashes: u64,
+}
+
+impl Faults {
+    pub(crate) fn new(
+        nodes: Vec<NodeId>,
+        enabled: Vec<Fault>,
+        every_ms: u64,
+        storages: BTreeMap<NodeId, SimulatedStorage>,
+    ) -> Faults {
+        Faults {
+            nodes,
+            enabled,
+            every_ms,
+            next_ms: every_ms,
+            storages,
+            undo: Vec::new(),
+            down: BTreeSet::new(),
+            faulted_links: BTreeSet::new(),
+            injected: 0,
+            crashes: 0,
+        }
+    }
+
+    /// A node whose controlled shutdown finished is started again a little later (at once
+    /// while `healing`).
+    pub(crate) fn restart_stopped(
+        &mut self,
+        world: &RefCell<World>,
+        rng: &mut SimRng,
+        now_ms: u64,
+        healing: bool,
+    ) {
+        let stopped = std::mem::take(&mut world.borrow_mut().stopped);
+        for node in stopped {
+            let again_ms = if healing {
+                now_ms
+            } else {
+                now_ms + 100 + rng.below(2_000)
+            };
+            self.undo.push((again_ms, Undo::Restart(node)));
+        }
+    }
+
+    /// Undoes what is due by `now_ms`, or everything with `all`.
+    pub(crate) fn undo_due(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        world: &RefCell<World>,
+        now_ms: u64,
+        all: bool,
+    ) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.undo)
+            .into_iter()
+            .partition(|(at_ms, _)| all || *at_ms <= now_ms);
+        self.undo = later;
+        for (_, action) in due {
+            let mut world = world.borrow_mut();
+            match action {
+                Undo::Restart(node) => {
+                    world.event(format!("restart node {node}"));
+                    // The new process resets connections made to the old one.
+                    for &other in self.nodes.iter().filter(|&&other| other != node) {
+                        world.break_link(node, other);
+                    }
+                    drop(world);
+                    sim.bounce(host_name(node));
+                    self.down.remove(&node);
+                }
+                Undo::Repair(a, b) => {
+                    world.event(format!("repair node {a} <-> node {b}"));
+                    sim.repair(host_name(a), host_name(b));
+                    self.faulted_links.remove(&pair(a, b));
+                }
+                Undo::RepairOneWay(a, b) => {
+                    world.event(format!("repair node {a} -> node {b}"));
+                    sim.repair_oneway(host_name(a), host_name(b));
+                    self.faulted_links.remove(&pair(a, b));
+                }
+                Undo::Release(a, b) => {
+                    world.event(format!("release node {a} <-> node {b}"));
+                    sim.release(host_name(a), host_name(b));
+                    self.faulted_links.remove(&pair(a, b));
+                }
+            }
+        }
+    }
+
+    /// Injects the next fault when it is due: one of the enabled kinds, on a node drawn at
+    /// random; skipped when it would take down a majority or overlap a fault on a link.
+    pub(crate) fn inject(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        world: &RefCell<World>,
+        rng: &mut SimRng,
+        now_ms: u64,
+    ) {
+        if now_ms < self.next_ms || self.enabled.is_empty() {
+            return;
+        }
+        let nodes = &self.nodes;
+        self.next_ms = now_ms + self.every_ms / 2 + rng.below(self.every_ms);
+        let fault = self.enabled[rng.below(self.enabled.len() as u64) as usize];
+        let node = nodes[rng.below(nodes.len() as u64) as usize];
+        let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != node).collect();
+        let back_ms = now_ms + 200 + rng.below(5_000);
+        let mut world = world.borrow_mut();
+        match fault {
+            Fault::Crash | Fault::TornCrash => {
+                // At most a minority down at once, so the cluster can make progress.
+                if self.down.contains(&node) || (self.down.len() + 1) * 2 > nodes.len() {
+                    return;
+                }
+                let mode = if fault == Fault::TornCrash {
+                    CrashMode::TornTail {
+                        seed: rng.next_u64(),
+                    }
+                } else {
+                    CrashMode::DropUnsynced
+                };
+                world.event(format!("crash node {node} ({})", fault.name()));
+                drop(world);
+                sim.crash(host_name(node));
+                self.storages[&node].crash(mode);
+                self.down.insert(node);
+                self.crashes += 1;
+                self.injected += 1;
+                self.undo.push((back_ms, Undo::Restart(node)));
+            }
+            Fault::Stop => {
+                // A SIGTERM: the node moves its leaderships away, then stops; counted with
+                // the crashed ones until it is started again.
+                if self.down.contains(&node) || (self.down.len() + 1) * 2 > nodes.len() {
+                    return;
+                }
+                world.event(format!("stop node {node} (controlled shutdown)"));
+                world.stop_requests.insert(node);
+                self.down.insert(node);
+                self.injected += 1;
+            }
+            Fault::Isolate | Fault::IsolateLeader => {
+                let target = if fault == Fault::IsolateLeader {
+                    world
+                        .views
+                        .values()
+                        .find_map(|view| view.leader)
+                        .unwrap_or(node)
+                } else {
+                    node
+                };
+                let overlaps = nodes
+                    .iter()
+                    .filter(|&&other| other != target)
+                    .any(|&other| self.faulted_links.contains(&pair(target, other)));
+                if overlaps {
+                    return;
+                }
+                world.event(format!("isolate node {target} ({})", fault.name()));
+                for &other in nodes.iter().filter(|&&n| n != target) {
+                    world.break_link(target, other);
+                    sim.partition(host_name(target), host_name(other));
+                    self.faulted_links.insert(pair(target, other));
+                    self.undo.push((back_ms, Undo::Repair(target, other)));
+                }
+                self.injected += 1;
+            }
+            Fault::OneWay => {
+                let to = others[rng.below(others.len() as u64) as usize];
+                if !self.faulted_links.insert(pair(node, to)) {
+                    return;
+                }
+                world.event(format!("drop messages node {node} -> node {to}"));
+                world.break_link(node, to);
+                sim.partition_oneway(host_name(node), host_name(to));
+                self.undo.push((back_ms, Undo::RepairOneWay(node, to)));
+                self.injected += 1;
+            }
+            Fault::Hold => {
+                let other = others[rng.below(others.len() as u64) as usize];
+                if !self.faulted_links.insert(pair(node, other)) {
+                    return;
+                }
+                world.event(format!("hold messages node {node} <-> node {other}"));
+                sim.hold(host_name(node), host_name(other));
+                let release_ms = now_ms + 50 + rng.below(2_000);
+                self.undo.push((release_ms, Undo::Release(node, other)));
+                self.injected += 1;
+            }
+            Fault::Clock => {
+                let drift_permille = rng.below(101) as i64 - 50;
+                let jump_ms = rng.below(3_000) as i64;
+                world.skew_clock(node, now_ms, drift_permille, jump_ms);
+                self.injected += 1;
+                world.event(format!(
+                    "clock of node {node}: drift {drift_permille}‰, jumps {jump_ms} ms"
+                ));
+            }
+        }
+    }
+}
