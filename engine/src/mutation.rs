@@ -16,11 +16,17 @@ pub enum Mutation {
     /// The metadata log reports raft entries durable without syncing them (an fsync reported
     /// before it completed): a crash can lose entries the node acknowledged.
     QuorumAppendNotSynced = 1,
+    /// The controller plans on the applied image alone, ignoring its own records in flight:
+    /// a decision taken before the previous one applied undoes it.
+    PlanOnAppliedImage = 2,
 }
 
 impl Mutation {
     /// Every mutation, for tests that try them all.
-    pub const ALL: &'static [Mutation] = &[Mutation::QuorumAppendNotSynced];
+    pub const ALL: &'static [Mutation] = &[
+        Mutation::QuorumAppendNotSynced,
+        Mutation::PlanOnAppliedImage,
+    ];
 }
 
 /// Switches `mutation` on (and every other off), or all off with `None`.

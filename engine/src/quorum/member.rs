@@ -503,7 +503,7 @@ impl<R> QuorumMember<R> {
         self.follow_leadership();
         if controller_ready {
             if let Some(controller) = self.controller.as_mut() {
-                let records = controller.tick(self.planning.view(&self.image), now_ms);
+                let records = controller.tick(planning_view(&self.planning, &self.image), now_ms);
                 self.propose_records(records);
                 // Kafka's auto.leader.rebalance: leadership goes back to preferred replicas
                 // that are in sync again.
@@ -511,8 +511,8 @@ impl<R> QuorumMember<R> {
                     self.next_rebalance_ms =
                         now_ms + self.config.leader_imbalance_check_interval_ms;
                     let controller = self.controller.as_ref().expect("checked above");
-                    let records =
-                        controller.preferred_leader_elections(self.planning.view(&self.image));
+                    let records = controller
+                        .preferred_leader_elections(planning_view(&self.planning, &self.image));
                     self.propose_records(records);
                 }
             }
@@ -603,7 +603,7 @@ impl<R> QuorumMember<R> {
         let Some(controller) = self.controller.as_mut() else {
             return;
         };
-        let image = self.planning.view(&self.image);
+        let image = planning_view(&self.planning, &self.image);
         let now_ms = self.now_ms;
         let records = match request {
             ControllerRequest::Register {
@@ -685,7 +685,7 @@ impl<R> QuorumMember<R> {
         let random = &mut self.random;
         let (records, expected) = admin::plan(
             controller,
-            self.planning.view(&self.image),
+            planning_view(&self.planning, &self.image),
             admin,
             &in_flight,
             || random.next_u64(),
@@ -993,6 +993,16 @@ impl<R> QuorumMember<R> {
             replies,
         }
     }
+}
+
+/// What the controller plans against: the applied image with its own proposed records on top
+/// (see [`PlanningImage`]).
+fn planning_view<'a>(planning: &'a PlanningImage, image: &'a MetadataImage) -> &'a MetadataImage {
+    #[cfg(feature = "mutations")]
+    if crate::mutation::is_enabled(crate::mutation::Mutation::PlanOnAppliedImage) {
+        return image;
+    }
+    planning.view(image)
 }
 
 /// A broker's controlled shutdown, as a state machine its driver turns every heartbeat
