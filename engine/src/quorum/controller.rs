@@ -641,52 +641,52 @@ impl Controller {
             records.extend(changes);
         }
         let view = planned.as_ref().unwrap_or(image);
-        let eligible = |broker: BrokerId| view.is_eligible(broker);
-        for (&topic_id, topic) in view.topics() {
-            let unclean = unclean_election_allowed(view, &topic.name);
-            for (&partition, state) in &topic.partitions {
-                if state.leader != -1 {
-                    continue;
-                }
-                let leader = elect(state, &state.isr, eligible, unclean);
-                if leader.0 != -1 {
-                    records.extend(change(
-                        topic_id,
-                        partition,
-                        state,
-                        leader,
-                        state.isr.clone(),
-                    ));
-                }
-            }
-        }
+        records.extend(elect_leaderless(
+            view,
+            |_| true,
+            |broker| view.is_eligible(broker),
+        ));
         records
     }
 
     /// Partition changes that elect `returning` (just unfenced) where a partition waits for it.
     fn elect_returning(&self, image: &MetadataImage, returning: BrokerId) -> Vec<MetadataRecord> {
-        let eligible = |broker: BrokerId| broker == returning || image.is_eligible(broker);
-        let mut records = Vec::new();
-        for (&topic_id, topic) in image.topics() {
-            let unclean = unclean_election_allowed(image, &topic.name);
-            for (&partition, state) in &topic.partitions {
-                if state.leader != -1 || !state.replicas.contains(&returning) {
-                    continue;
-                }
-                let leader = elect(state, &state.isr, eligible, unclean);
-                if leader.0 != -1 {
-                    records.extend(change(
-                        topic_id,
-                        partition,
-                        state,
-                        leader,
-                        state.isr.clone(),
-                    ));
-                }
+        elect_leaderless(
+            image,
+            |state| state.replicas.contains(&returning),
+            |broker| broker == returning || image.is_eligible(broker),
+        )
+    }
+}
+
+/// Partition changes that give a leader to every leaderless partition `wanted` picks, from
+/// its in-sync replicas that are `eligible` (any eligible replica where unclean election is
+/// allowed).
+fn elect_leaderless(
+    image: &MetadataImage,
+    wanted: impl Fn(&PartitionState) -> bool,
+    eligible: impl Fn(BrokerId) -> bool,
+) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for (&topic_id, topic) in image.topics() {
+        let unclean = unclean_election_allowed(image, &topic.name);
+        for (&partition, state) in &topic.partitions {
+            if state.leader != -1 || !wanted(state) {
+                continue;
+            }
+            let leader = elect(state, &state.isr, &eligible, unclean);
+            if leader.0 != -1 {
+                records.extend(change(
+                    topic_id,
+                    partition,
+                    state,
+                    leader,
+                    state.isr.clone(),
+                ));
             }
         }
-        records
     }
+    records
 }
 
 /// New partitions `indexes` of `replication_factor` replicas each, spread over the eligible
