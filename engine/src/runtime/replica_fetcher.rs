@@ -22,30 +22,17 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, FetchRequest, FetchResponse, ListOffsetsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tracing::{debug, info, warn};
 
 use super::now_ms;
 use super::shard::{Partition, Shard};
-use crate::replication::{EpochEnd, OutOfRangeAction};
-use crate::storage::StorageError;
+use crate::replication::wire::{self, FollowedPartition};
+use crate::replication::FetchTaken;
 
-/// The Fetch version followers send: topic names, last fetched epoch and diverging epochs.
-const FETCH_VERSION: i16 = 12;
-/// The ListOffsets version followers send when their fetch offset is out of range.
-const LIST_OFFSETS_VERSION: i16 = 4;
-/// How long the leader may hold a follower's Fetch for new data (replica.fetch.wait.max.ms).
-const FETCH_WAIT_MAX_MS: i32 = 500;
-/// Bytes per partition per Fetch (replica.fetch.max.bytes).
-const FETCH_PARTITION_MAX_BYTES: i32 = 1 << 20;
-/// Bytes per Fetch (replica.fetch.response.max.bytes).
-const FETCH_MAX_BYTES: i32 = 10 << 20;
 /// Largest response frame accepted.
 const RESPONSE_FRAME_BYTES_MAX: usize = 64 << 20;
 /// Pause after a failed connection or request (replica.fetch.backoff.ms).
@@ -95,6 +82,9 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
             }
         }
         let request = fetch_request(&shard, &followed).await;
+        let Some(request) = request else {
+            continue;
+        };
         correlation_id = correlation_id.wrapping_add(1);
         let stream = connection.as_mut().expect("connected above");
         let exchanged = futures_lite::future::or(
@@ -103,7 +93,7 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
                     exchange::<_, FetchResponse>(
                         stream,
                         ApiKey::Fetch,
-                        FETCH_VERSION,
+                        wire::FETCH_VERSION,
                         correlation_id,
                         &request,
                     )
@@ -140,19 +130,26 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
         }
         let mut back_off = false;
         let mut out_of_range = Vec::new();
-        for topic in response.responses {
-            for answer in topic.partitions {
-                let partition = followed.iter().find(|partition| {
-                    partition.topic == topic.topic.0.as_str()
-                        && partition.index == answer.partition_index
-                });
-                let Some(partition) = partition else {
-                    continue;
-                };
-                if answer.error_code == ResponseError::OffsetOutOfRange.code() {
-                    out_of_range.push(Rc::clone(partition));
-                } else if let Err(error) = take_answer(partition, leader, answer).await {
-                    warn!(topic = %partition.topic, partition = partition.index, leader, %error, "replication from the leader stalled");
+        for (followed_partition, answer) in wire::fetched_partitions(response) {
+            let partition = followed.iter().find(|partition| {
+                partition.replica.topic() == followed_partition.topic
+                    && partition.replica.index() == followed_partition.index
+            });
+            let Some(partition) = partition else {
+                continue;
+            };
+            if answer.error_code == ResponseError::OffsetOutOfRange.code() {
+                out_of_range.push(Rc::clone(partition));
+                continue;
+            }
+            let replica = &partition.replica;
+            match replica.take_fetched(leader, answer, now_ms()).await {
+                Ok(FetchTaken::Truncated(offset)) => {
+                    info!(topic = %replica.topic(), partition = replica.index(), leader, offset, "truncated to the leader's log");
+                }
+                Ok(FetchTaken::Appended { .. } | FetchTaken::Dropped) => {}
+                Err(error) => {
+                    warn!(topic = %replica.topic(), partition = replica.index(), leader, %error, "replication from the leader stalled");
                     back_off = true;
                 }
             }
@@ -192,169 +189,23 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
     info!(leader, shard = shard.id, "replica fetcher stopped");
 }
 
-/// The Fetch for every partition in `followed`, each from its log end.
-async fn fetch_request(shard: &Shard, followed: &[Rc<Partition>]) -> FetchRequest {
-    let mut topics: Vec<FetchTopic> = Vec::new();
+/// The Fetch for every partition in `followed` that still follows, each from its log end;
+/// `None` when none does.
+async fn fetch_request(shard: &Shard, followed: &[Rc<Partition>]) -> Option<FetchRequest> {
+    let mut partitions = Vec::new();
     for partition in followed {
-        let (log_end_offset, log_start_offset, last_epoch) = partition
-            .log
-            .with_log(async |log| {
-                (
-                    log.log_end_offset(),
-                    log.log_start_offset(),
-                    log.leader_epochs().latest_epoch(),
-                )
-            })
-            .await;
-        let fetch = FetchPartition::default()
-            .with_partition(partition.index)
-            .with_current_leader_epoch(partition.leader_epoch.get())
-            .with_fetch_offset(log_end_offset)
-            .with_last_fetched_epoch(last_epoch.unwrap_or(-1))
-            .with_log_start_offset(log_start_offset)
-            .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES);
-        match topics
-            .iter_mut()
-            .find(|topic| topic.topic.0.as_str() == partition.topic)
-        {
-            Some(topic) => topic.partitions.push(fetch),
-            None => topics.push(
-                FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(partition.topic.clone())))
-                    .with_partitions(vec![fetch]),
-            ),
+        if let Some(from) = partition.replica.fetch_from().await {
+            partitions.push((followed_partition(partition), from));
         }
     }
-    FetchRequest::default()
-        .with_replica_id(BrokerId(shard.config.node_id))
-        .with_max_wait_ms(FETCH_WAIT_MAX_MS)
-        .with_min_bytes(1)
-        .with_max_bytes(FETCH_MAX_BYTES)
-        .with_session_id(0)
-        .with_session_epoch(-1)
-        .with_topics(topics)
+    (!partitions.is_empty()).then(|| wire::fetch_request(shard.config.node_id, &partitions))
 }
 
-/// One partition's answer: append, truncate or wait.
-async fn take_answer(
-    partition: &Rc<Partition>,
-    leader: i32,
-    answer: kafka_protocol::messages::fetch_response::PartitionData,
-) -> Result<(), String> {
-    // The partition may have changed role while the fetch was out. Checked again with the
-    // log held before anything is written: the role changes (take_role) while this awaits.
-    if !follows(partition, leader) {
-        return Ok(());
+fn followed_partition(partition: &Partition) -> FollowedPartition {
+    FollowedPartition {
+        topic: partition.replica.topic().to_string(),
+        index: partition.replica.index(),
     }
-    match ResponseError::try_from_code(answer.error_code) {
-        None => {}
-        Some(
-            ResponseError::NotLeaderOrFollower
-            | ResponseError::FencedLeaderEpoch
-            | ResponseError::UnknownLeaderEpoch,
-        ) => {
-            // Newer metadata is on its way, here or at the leader.
-            return Err("waiting for newer metadata".into());
-        }
-        Some(error) => return Err(format!("{error:?}")),
-    }
-    let now = now_ms();
-    if answer.diverging_epoch.epoch >= 0 {
-        let diverging = EpochEnd {
-            epoch: answer.diverging_epoch.epoch,
-            end_offset: answer.diverging_epoch.end_offset,
-        };
-        let (epochs, log_end_offset) = partition
-            .log
-            .with_log(async |log| (log.leader_epochs().clone(), log.log_end_offset()))
-            .await;
-        let offset = {
-            let mut follower = partition.replication_follower.borrow_mut();
-            let Some(follower) = follower.as_mut() else {
-                return Ok(());
-            };
-            follower.diverged(diverging, &epochs, log_end_offset)
-        };
-        let truncated = partition
-            .log
-            .with_log(async |log| {
-                if !follows(partition, leader) {
-                    return Ok(None);
-                }
-                log.truncate_to(offset, now).await.map(Some)
-            })
-            .await
-            .map_err(|error| error.to_string())?;
-        if let Some(truncated) = truncated {
-            info!(topic = %partition.topic, partition = partition.index, leader, offset = truncated, "truncated to the leader's log");
-            cap_high_watermark(partition, truncated);
-        }
-        return Ok(());
-    }
-    let records: Bytes = answer.records.unwrap_or_default();
-    let leader_log_start_offset = answer.log_start_offset;
-    let log_end_offset = if records.is_empty() {
-        partition
-            .log
-            .with_log(async |log| Some(log.log_end_offset()))
-            .await
-    } else {
-        partition
-            .log
-            .with_log(async |log| {
-                if !follows(partition, leader) {
-                    return Ok(None);
-                }
-                // The leader's log start can fall inside a batch (DeleteRecords), so the first
-                // batch an emptied log receives may start below it: the log then starts at
-                // that batch, as Kafka's follower does.
-                let first = crate::storage::batch::peek_base_offset_and_size(&records)
-                    .map(|(base_offset, _)| base_offset);
-                if let Ok(first) = first {
-                    let empty = log.log_start_offset() == log.log_end_offset();
-                    if empty && first < log.log_end_offset() && first >= 0 {
-                        log.reset_to(first, now).await?;
-                    }
-                }
-                log.append_replicated(BytesMut::from(records), now).await?;
-                // Records the leader deleted (DeleteRecords, retention) go here too.
-                let leader_log_start = leader_log_start_offset.min(log.log_end_offset());
-                if leader_log_start > log.log_start_offset() {
-                    log.delete_records(leader_log_start).await?;
-                }
-                log.flush(now).await?;
-                Ok::<_, StorageError>(Some(log.log_end_offset()))
-            })
-            .await
-            .map_err(|error| error.to_string())?
-    };
-    let Some(log_end_offset) = log_end_offset else {
-        return Ok(());
-    };
-    let high_watermark = partition
-        .replication_follower
-        .borrow_mut()
-        .as_mut()
-        .map(|follower| follower.records_appended(log_end_offset, answer.high_watermark));
-    if let Some(high_watermark) = high_watermark {
-        partition.high_watermark.set(high_watermark);
-    }
-    Ok(())
-}
-
-/// Whether `partition` still follows `leader` (the replication follower is cleared the
-/// moment the partition is to lead, before its new epoch opens).
-fn follows(partition: &Partition, leader: i32) -> bool {
-    partition
-        .replication_follower
-        .borrow()
-        .as_ref()
-        .is_some_and(|follower| follower.leader() == leader)
-}
-
-fn cap_high_watermark(partition: &Partition, log_end_offset: i64) {
-    let high_watermark = partition.high_watermark.get().min(log_end_offset);
-    partition.high_watermark.set(high_watermark);
 }
 
 /// Partitions whose fetch offset the leader refused as out of range: asks the leader where its
@@ -367,108 +218,47 @@ async fn recover_out_of_range(
     leader: i32,
     partitions: &[Rc<Partition>],
 ) -> Result<(), String> {
+    let asked: Vec<(FollowedPartition, i32)> = partitions
+        .iter()
+        .map(|partition| {
+            (
+                followed_partition(partition),
+                partition.replica.leader_epoch(),
+            )
+        })
+        .collect();
     let mut ends = Vec::new();
-    for timestamp in [-2, -1] {
+    for timestamp in [wire::EARLIEST, wire::LATEST] {
         *correlation_id = correlation_id.wrapping_add(1);
-        let request = list_offsets_request(shard, partitions, timestamp);
+        let request = wire::list_offsets_request(shard.config.node_id, &asked, timestamp);
         let response: ListOffsetsResponse = exchange(
             stream,
             ApiKey::ListOffsets,
-            LIST_OFFSETS_VERSION,
+            wire::LIST_OFFSETS_VERSION,
             *correlation_id,
             &request,
         )
         .await?;
         ends.push(response);
     }
-    let offset_of = |response: &ListOffsetsResponse, partition: &Partition| {
-        response
-            .topics
-            .iter()
-            .filter(|topic| topic.name.0.as_str() == partition.topic)
-            .flat_map(|topic| &topic.partitions)
-            .find(|answer| answer.partition_index == partition.index && answer.error_code == 0)
-            .map(|answer| answer.offset)
-    };
-    for partition in partitions {
+    for (partition, (followed, _)) in partitions.iter().zip(&asked) {
+        let replica = &partition.replica;
         let (Some(leader_start), Some(leader_end)) = (
-            offset_of(&ends[0], partition),
-            offset_of(&ends[1], partition),
+            wire::listed_offset(&ends[0], followed),
+            wire::listed_offset(&ends[1], followed),
         ) else {
-            debug!(topic = %partition.topic, partition = partition.index, "the leader did not say where its log starts and ends");
+            debug!(topic = %replica.topic(), partition = replica.index(), "the leader did not say where its log starts and ends");
             continue;
         };
-        let now = now_ms();
-        let done = partition
-            .log
-            .with_log(async |log| {
-                if !follows(partition, leader) {
-                    return Ok(None);
-                }
-                let action = partition
-                    .replication_follower
-                    .borrow_mut()
-                    .as_mut()
-                    .map(|follower| {
-                        follower.out_of_range(log.log_end_offset(), leader_start, leader_end)
-                    });
-                match action {
-                    Some(OutOfRangeAction::TruncateTo(offset)) => {
-                        log.truncate_to(offset, now).await?;
-                        Ok(action)
-                    }
-                    Some(OutOfRangeAction::StartAt(offset)) => {
-                        log.reset_to(offset, now).await?;
-                        Ok(action)
-                    }
-                    Some(OutOfRangeAction::Retry) | None => Ok(None),
-                }
-            })
+        let done = replica
+            .recover_out_of_range(leader, leader_start, leader_end, now_ms())
             .await
-            .map_err(|error: StorageError| error.to_string())?;
+            .map_err(|error| error.to_string())?;
         if let Some(action) = done {
-            info!(topic = %partition.topic, partition = partition.index, leader, leader_start, leader_end, ?action, "fetch offset out of the leader's range");
-            let high_watermark = partition
-                .replication_follower
-                .borrow()
-                .as_ref()
-                .map(|follower| follower.high_watermark());
-            if let Some(high_watermark) = high_watermark {
-                partition.high_watermark.set(high_watermark);
-            }
+            info!(topic = %replica.topic(), partition = replica.index(), leader, leader_start, leader_end, ?action, "fetch offset out of the leader's range");
         }
     }
     Ok(())
-}
-
-/// ListOffsets at `timestamp` (-2 earliest, -1 latest: the log end, for a replica) for every
-/// partition in `partitions`.
-fn list_offsets_request(
-    shard: &Shard,
-    partitions: &[Rc<Partition>],
-    timestamp: i64,
-) -> ListOffsetsRequest {
-    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
-    for partition in partitions {
-        let wanted = ListOffsetsPartition::default()
-            .with_partition_index(partition.index)
-            .with_current_leader_epoch(partition.leader_epoch.get())
-            .with_timestamp(timestamp);
-        match topics
-            .iter_mut()
-            .find(|topic| topic.name.0.as_str() == partition.topic)
-        {
-            Some(topic) => topic.partitions.push(wanted),
-            None => topics.push(
-                ListOffsetsTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(partition.topic.clone())))
-                    .with_partitions(vec![wanted]),
-            ),
-        }
-    }
-    ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(shard.config.node_id))
-        .with_topics(topics)
 }
 
 /// Sends one request and reads its response.

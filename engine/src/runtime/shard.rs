@@ -35,14 +35,13 @@ use crate::broker::metrics::ShardMetrics;
 use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
-use crate::storage::{Durability, PartitionLog, SharedLog, StorageError};
+use crate::storage::{PartitionLog, SharedLog, StorageError};
 
 use super::groups::{self, CoordinatorHost};
 use super::now_ms;
 use crate::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use crate::replication::{
-    EpochEnd, FetchAnswer, FetchRefusal, FollowerFetch, IsrChangeError, LeaderOutput,
-    PartitionFollower, PartitionLeader, ReplicationConfig,
+    EpochEnd, FollowerFetch, IsrChangeAsk, IsrChangeError, Replica, ReplicationConfig, RoleTaken,
 };
 
 /// The leader epoch of every partition of a single-node broker: one broker, one epoch. In a
@@ -298,46 +297,15 @@ pub struct ProcessShared {
     pub quorum: Mutex<Option<super::quorum::QuorumStatus>>,
 }
 
-/// A partition owned by this shard.
+/// A partition owned by this shard: its replica, and what the shard keeps beside it.
 #[derive(Debug)]
 pub struct Partition {
-    /// Topic name.
-    pub topic: String,
-    /// Index.
-    pub index: i32,
-    /// The log.
-    pub log: SharedLog<DmaStorage>,
-    /// Notified after every append, for long-polling fetches.
-    pub data_arrived: Event,
-    /// The read of what a sequential consumer will fetch next, started when it fetched this.
-    read_ahead: RefCell<Option<ReadAhead>>,
-    /// The partition's leader epoch as this broker last learned it.
-    pub leader_epoch: Cell<i32>,
-    /// Whether this broker leads the partition (always, on a single node).
-    pub leading: Cell<bool>,
     /// The topic's id.
     pub topic_id: Uuid,
-    /// In a cluster, consumers read only below the high watermark; a single node has no
-    /// other replica to wait for, and they read up to the log end.
-    pub in_cluster: bool,
-    /// In a cluster: the high watermark as the leader computed it, or as a follower last
-    /// learned it from its leader.
-    pub high_watermark: Cell<i64>,
-    /// In a cluster, while leading: the leader side of replication.
-    pub(crate) replication_leader: RefCell<Option<PartitionLeader>>,
-    /// In a cluster, while following: the follower side.
-    pub(crate) replication_follower: RefCell<Option<PartitionFollower>>,
-}
-
-impl Partition {
-    /// The offset consumers may read up to: the high watermark in a cluster, else the log end.
-    pub fn readable_end(&self, log_end_offset: i64) -> i64 {
-        if self.in_cluster {
-            self.high_watermark.get().min(log_end_offset)
-        } else {
-            log_end_offset
-        }
-    }
+    /// The replica: its log and its part in replication.
+    pub replica: Replica<DmaStorage>,
+    /// The read of what a sequential consumer will fetch next, started when it fetched this.
+    read_ahead: RefCell<Option<ReadAhead>>,
 }
 
 impl Partition {
@@ -555,7 +523,7 @@ impl Shard {
             }
             return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
         };
-        if !partition_state.leading.get() {
+        if !partition_state.replica.is_leading() {
             return Err(KafkaError::with_message(
                 ResponseError::NotLeaderOrFollower,
                 "this broker does not lead the partition",
@@ -564,7 +532,7 @@ impl Shard {
         let result = run_partition_op(self, &partition_state, op).await;
         if let Err(error) = &result {
             if error.code == ResponseError::KafkaStorageError {
-                warn!(topic = %partition_state.topic, partition, error = ?error.message, "storage error");
+                warn!(topic = %partition_state.replica.topic(), partition, error = ?error.message, "storage error");
             }
         }
         result
@@ -1047,6 +1015,7 @@ impl Shard {
                         if let Some(partition) = partition {
                             let config = topic.log_config.clone();
                             let result = partition
+                                .replica
                                 .log
                                 .with_log(async |log| log.set_config(config))
                                 .await;
@@ -1104,21 +1073,30 @@ impl Shard {
                         }
                         self.failed_partitions.borrow_mut().remove(&key);
                         opened_in_cluster.push(key);
+                        let log = SharedLog::new(log);
+                        let replica = if in_cluster {
+                            Replica::in_cluster(
+                                topic.name.clone(),
+                                index,
+                                log,
+                                self.config.node_id,
+                                self.replication_config(),
+                            )
+                        } else {
+                            Replica::single_node(
+                                topic.name.clone(),
+                                index,
+                                log,
+                                self.config.node_id,
+                                leader_epoch,
+                            )
+                        };
                         self.partitions.borrow_mut().insert(
                             key,
                             Rc::new(Partition {
-                                topic: topic.name.clone(),
-                                index,
-                                log: SharedLog::new(log),
-                                data_arrived: Event::new(),
-                                read_ahead: RefCell::new(None),
-                                leader_epoch: Cell::new(if in_cluster { -1 } else { leader_epoch }),
-                                leading: Cell::new(leading && !in_cluster),
                                 topic_id: topic.id,
-                                in_cluster,
-                                high_watermark: Cell::new(0),
-                                replication_leader: RefCell::new(None),
-                                replication_follower: RefCell::new(None),
+                                replica,
+                                read_ahead: RefCell::new(None),
                             }),
                         );
                     }
@@ -1151,10 +1129,15 @@ impl Shard {
             .then_some((state.leader == node_id, state.leader_epoch))
     }
 
-    /// Brings an open partition to its part in a cluster's `catalog`: leader at a new epoch
-    /// (the epoch opens in its log, and a fresh [`PartitionLeader`] takes over), follower of a
-    /// new leader or epoch (a fetcher from that leader runs), a newer state at the same epoch
-    /// (passed to the leader), or nothing while the partition has no leader.
+    /// The replication settings of this broker's replicas.
+    fn replication_config(&self) -> ReplicationConfig {
+        ReplicationConfig {
+            replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
+        }
+    }
+
+    /// Brings an open partition to its part in a cluster's `catalog` ([`Replica::take_role`]):
+    /// a follower gets a fetcher from its leader, a leader's ISR changes go to the controller.
     async fn take_role(self: &Rc<Self>, catalog: &Catalog, topic_id: Uuid, index: i32) {
         let Some(state) = catalog.partition_state(topic_id, index).cloned() else {
             return;
@@ -1163,135 +1146,51 @@ impl Shard {
         let Some(partition) = partition else {
             return;
         };
-        let node_id = self.config.node_id;
-        let now = now_ms();
-        if state.leader == node_id {
-            if partition.leading.get() && partition.leader_epoch.get() == state.leader_epoch {
-                if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
-                    leader.partition_changed(state, now);
-                }
-                self.drain_leader_outputs(&partition);
-                return;
+        let replica = &partition.replica;
+        match replica.take_role(&state, now_ms()).await {
+            RoleTaken::Unchanged | RoleTaken::Leaderless => {}
+            RoleTaken::Leading { log_end_offset } => {
+                info!(topic = %replica.topic(), partition = index, leader_epoch = state.leader_epoch, log_end_offset, "leading");
             }
-            // Out of the old role before the log is awaited: a replica fetcher's answer in
-            // flight must not append once the new epoch opened (its check runs with the log
-            // held), and a produce must not append at the old epoch.
-            *partition.replication_follower.borrow_mut() = None;
-            *partition.replication_leader.borrow_mut() = None;
-            partition.leading.set(false);
-            let config = ReplicationConfig {
-                replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
-            };
-            // The epoch opens and the leader takes over with the log held, so that the
-            // leader's log end is the log's and the first produce stamps the new epoch.
-            let opened = partition
-                .log
-                .with_log(async |log| {
-                    log.open_leader_epoch(state.leader_epoch).await?;
-                    let log_end_offset = log.log_end_offset();
-                    let high_watermark = partition.high_watermark.get().clamp(0, log_end_offset);
-                    let leader = PartitionLeader::new(
-                        node_id,
-                        state.clone(),
-                        log_end_offset,
-                        high_watermark,
-                        now,
-                        config,
-                    );
-                    *partition.replication_leader.borrow_mut() = Some(leader);
-                    partition.leader_epoch.set(state.leader_epoch);
-                    partition.leading.set(true);
-                    Ok::<_, StorageError>(log_end_offset)
-                })
-                .await;
-            let log_end_offset = match opened {
-                Ok(log_end_offset) => log_end_offset,
-                Err(error) => {
-                    error!(topic = %partition.topic, partition = index, %error, "cannot open the leader epoch; not leading");
-                    return;
-                }
-            };
-            info!(topic = %partition.topic, partition = index, leader_epoch = state.leader_epoch, log_end_offset, "leading");
-            self.drain_leader_outputs(&partition);
-        } else {
-            let was_leading = partition.leading.replace(false);
-            *partition.replication_leader.borrow_mut() = None;
-            partition.leader_epoch.set(state.leader_epoch);
-            let following = partition
-                .replication_follower
-                .borrow()
-                .as_ref()
-                .map(|follower| (follower.leader(), follower.leader_epoch()));
-            if state.leader < 0 {
-                *partition.replication_follower.borrow_mut() = None;
-            } else if following != Some((state.leader, state.leader_epoch)) {
-                let follower = PartitionFollower::new(
-                    state.leader,
-                    state.leader_epoch,
-                    partition.high_watermark.get(),
-                );
-                *partition.replication_follower.borrow_mut() = Some(follower);
-                info!(topic = %partition.topic, partition = index, leader = state.leader, leader_epoch = state.leader_epoch, was_leading, "following");
-                self.ensure_fetcher(state.leader);
+            RoleTaken::Following {
+                leader,
+                was_leading,
+            } => {
+                info!(topic = %replica.topic(), partition = index, leader, leader_epoch = state.leader_epoch, was_leading, "following");
+                self.ensure_fetcher(leader);
+            }
+            RoleTaken::NotLeading(error) => {
+                error!(topic = %replica.topic(), partition = index, %error, "cannot open the leader epoch; not leading");
             }
         }
-        // Waiting fetches and produces re-check who leads.
-        partition.data_arrived.notify(usize::MAX);
+        self.send_isr_changes(&partition);
     }
 
-    /// Carries out what a partition's replication leader asks: a high watermark move wakes
-    /// waiting fetches and produces; an ISR change goes to the controller.
-    pub(crate) fn drain_leader_outputs(self: &Rc<Self>, partition: &Rc<Partition>) {
-        loop {
-            let output = partition
-                .replication_leader
-                .borrow_mut()
-                .as_mut()
-                .and_then(PartitionLeader::poll_output);
-            match output {
-                None => return,
-                Some(LeaderOutput::HighWatermark(high_watermark)) => {
-                    partition.high_watermark.set(high_watermark);
-                    partition.data_arrived.notify(usize::MAX);
-                }
-                Some(LeaderOutput::AlterIsr {
-                    request,
-                    leader_epoch,
-                    partition_epoch,
-                    isr,
-                }) => {
-                    let shard = Rc::clone(self);
-                    let partition = Rc::clone(partition);
-                    glommio::spawn_local(async move {
-                        shard
-                            .alter_isr(&partition, request, leader_epoch, partition_epoch, isr)
-                            .await;
-                    })
-                    .detach();
-                }
-            }
+    /// Sends the ISR changes a partition's leader asks for to the controller.
+    pub(crate) fn send_isr_changes(self: &Rc<Self>, partition: &Rc<Partition>) {
+        while let Some(ask) = partition.replica.next_isr_change() {
+            let shard = Rc::clone(self);
+            let partition = Rc::clone(partition);
+            glommio::spawn_local(async move {
+                shard.alter_isr(&partition, ask).await;
+            })
+            .detach();
         }
     }
 
     /// Sends a leader's ISR change to the controller and reports the outcome to the leader.
-    async fn alter_isr(
-        self: &Rc<Self>,
-        partition: &Rc<Partition>,
-        request: u64,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
-    ) {
+    async fn alter_isr(self: &Rc<Self>, partition: &Rc<Partition>, ask: IsrChangeAsk) {
+        let replica = &partition.replica;
         let change = IsrChange {
             broker_id: self.config.node_id,
             broker_epoch: -1,
             topic_id: partition.topic_id,
-            partition: partition.index,
-            leader_epoch,
-            partition_epoch,
-            isr: isr.clone(),
+            partition: replica.index(),
+            leader_epoch: ask.leader_epoch,
+            partition_epoch: ask.partition_epoch,
+            isr: ask.isr.clone(),
         };
-        info!(topic = %partition.topic, partition = partition.index, ?isr, "asking for an ISR change");
+        info!(topic = %replica.topic(), partition = replica.index(), isr = ?ask.isr, "asking for an ISR change");
         let result = self
             .admin(AdminOp::Controller(TopicAdmin::AlterIsr(change)))
             .await
@@ -1301,37 +1200,20 @@ impl Shard {
         let outcome = result.map_err(|error| {
             let outcome = isr_change_error(error.code);
             if outcome != IsrChangeError::Stale {
-                warn!(topic = %partition.topic, partition = partition.index, error = ?error.message, code = ?error.code, ?outcome, "ISR change not made");
+                warn!(topic = %replica.topic(), partition = replica.index(), error = ?error.message, code = ?error.code, ?outcome, "ISR change not made");
             }
             outcome
         });
-        let still_leading = partition
-            .replication_leader
-            .borrow()
-            .as_ref()
-            .is_some_and(|leader| leader.leader_epoch() == leader_epoch);
-        if still_leading {
-            if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
-                leader.isr_change_completed(request, outcome, now_ms());
-            }
-            self.drain_leader_outputs(partition);
-        }
+        replica.isr_change_completed(&ask, outcome, now_ms());
+        self.send_isr_changes(partition);
     }
 
     /// Ticks every partition leader of this shard, so that lagging followers leave the ISR.
     pub fn tick_replication(self: &Rc<Self>) {
         let now = now_ms();
         for partition in self.owned_partitions() {
-            let ticked = match partition.replication_leader.borrow_mut().as_mut() {
-                Some(leader) => {
-                    leader.tick(now);
-                    true
-                }
-                None => false,
-            };
-            if ticked {
-                self.drain_leader_outputs(&partition);
-            }
+            partition.replica.tick(now);
+            self.send_isr_changes(&partition);
         }
     }
 
@@ -1340,13 +1222,7 @@ impl Shard {
         self.partitions
             .borrow()
             .values()
-            .filter(|partition| {
-                partition
-                    .replication_follower
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|follower| follower.leader() == leader)
-            })
+            .filter(|partition| partition.replica.follows(leader))
             .cloned()
             .collect()
     }
@@ -1530,13 +1406,14 @@ impl Shard {
     async fn delete_partition(&self, partition: Rc<Partition>) {
         partition.stop_read_ahead().await;
         let dir = partition
+            .replica
             .log
             .with_log(async |log| log.dir().to_owned())
             .await;
-        partition.data_arrived.notify(usize::MAX);
+        partition.replica.data_arrived.notify(usize::MAX);
         match Rc::try_unwrap(partition) {
             Ok(partition) => {
-                if let Err(error) = partition.log.into_inner().close(now_ms()).await {
+                if let Err(error) = partition.replica.log.into_inner().close(now_ms()).await {
                     warn!(dir = %dir.display(), %error, "closing a deleted partition");
                 }
             }
@@ -1567,12 +1444,13 @@ impl Shard {
         for partition in self.owned_partitions() {
             let now = now_ms();
             let due = partition
+                .replica
                 .log
                 .with_log(async |log| log.sync_due(now).then(|| log.log_end_offset()))
                 .await;
             if let Some(end) = due {
-                if let Err(error) = partition.log.wait_durable(end, now).await {
-                    error!(topic = %partition.topic, partition = partition.index, %error, "flush failed");
+                if let Err(error) = partition.replica.log.wait_durable(end, now).await {
+                    error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "flush failed");
                 }
             }
         }
@@ -1583,16 +1461,17 @@ impl Shard {
         for partition in self.owned_partitions() {
             let now = now_ms();
             let result = partition
+                .replica
                 .log
                 .with_log(async |log| log.apply_retention(now).await)
                 .await;
             match result {
                 Ok(0) => {}
                 Ok(deleted) => {
-                    info!(topic = %partition.topic, partition = partition.index, deleted, "retention deleted segments")
+                    info!(topic = %partition.replica.topic(), partition = partition.replica.index(), deleted, "retention deleted segments")
                 }
                 Err(error) => {
-                    error!(topic = %partition.topic, partition = partition.index, %error, "retention failed")
+                    error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "retention failed")
                 }
             }
         }
@@ -1605,11 +1484,16 @@ impl Shard {
             .collect();
         for partition in partitions {
             partition.stop_read_ahead().await;
-            let name = format!("{}-{}", partition.topic, partition.index);
+            let name = format!(
+                "{}-{}",
+                partition.replica.topic(),
+                partition.replica.index()
+            );
             let result = match Rc::try_unwrap(partition) {
-                Ok(partition) => partition.log.into_inner().close(now_ms()).await,
+                Ok(partition) => partition.replica.log.into_inner().close(now_ms()).await,
                 Err(partition) => {
                     partition
+                        .replica
                         .log
                         .with_log(async |log| log.checkpoint(now_ms()).await)
                         .await
@@ -1628,7 +1512,7 @@ impl Shard {
             // Fetch long-polls waiting on this shard's partitions end now rather than at their
             // timeout: a waiting task still asleep when the executor exits is never freed.
             for partition in self.partitions.borrow().values() {
-                partition.data_arrived.notify(usize::MAX);
+                partition.replica.data_arrived.notify(usize::MAX);
             }
         }
     }
@@ -1708,57 +1592,16 @@ async fn run_partition_op(
 ) -> PartitionResult {
     match op {
         PartitionOp::Produce { records, acks_all } => {
+            let replica = &partition.replica;
             if let Some(acks_all) = acks_all {
-                let checked = partition
-                    .replication_leader
-                    .borrow()
-                    .as_ref()
-                    .map(|leader| leader.check_acks_all(acks_all.min_insync_replicas));
-                match checked {
-                    None => return Err(KafkaError::new(ResponseError::NotLeaderOrFollower)),
-                    Some(Err(_)) => {
-                        return Err(KafkaError::with_message(
-                            ResponseError::NotEnoughReplicas,
-                            format!(
-                                "fewer in-sync replicas than min.insync.replicas ({})",
-                                acks_all.min_insync_replicas
-                            ),
-                        ))
-                    }
-                    Some(Ok(())) => {}
-                }
+                replica.check_acks_all(acks_all.min_insync_replicas)?;
             }
-            // Leadership is checked, and the leader told of the append, while the log is
-            // held: a change of role (take_role) cannot slip between.
-            let appended = partition
-                .log
-                .append_if(
-                    BytesMut::from(records),
-                    now_ms(),
-                    Durability::Written,
-                    || {
-                        partition
-                            .leading
-                            .get()
-                            .then(|| partition.leader_epoch.get())
-                    },
-                    |info| {
-                        if let Some(leader) = partition.replication_leader.borrow_mut().as_mut() {
-                            leader.appended(info.last_offset + 1);
-                        }
-                    },
-                )
+            let info = replica
+                .append_as_leader(BytesMut::from(records), now_ms())
                 .await?;
-            let Some(info) = appended else {
-                return Err(KafkaError::with_message(
-                    ResponseError::NotLeaderOrFollower,
-                    "this broker no longer leads the partition",
-                ));
-            };
-            shard.drain_leader_outputs(partition);
-            partition.data_arrived.notify(usize::MAX);
+            shard.send_isr_changes(partition);
             if let Some(acks_all) = acks_all {
-                wait_for_replicas(partition, info.last_offset + 1, acks_all).await?;
+                wait_for_replicas(replica, info.last_offset + 1, acks_all).await?;
             }
             Ok(PartitionOutcome::Produced {
                 base_offset: info.base_offset,
@@ -1791,7 +1634,7 @@ async fn run_partition_op(
             max_bytes,
             current_leader_epoch,
         } => {
-            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
+            check_epoch(current_leader_epoch, partition.replica.leader_epoch())?;
             fetch(partition, offset, max_bytes, to_log_end)
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
@@ -1801,15 +1644,16 @@ async fn run_partition_op(
             timeout_ms,
             replica,
         } => {
-            let listener = partition.data_arrived.listen();
+            let listener = partition.replica.data_arrived.listen();
             let log_end_offset = partition
+                .replica
                 .log
                 .with_log(async |log| log.log_end_offset())
                 .await;
             let end = if replica {
                 log_end_offset
             } else {
-                partition.readable_end(log_end_offset)
+                partition.replica.readable_end(log_end_offset)
             };
             if end > offset {
                 return Ok(PartitionOutcome::Waited(true));
@@ -1832,8 +1676,9 @@ async fn run_partition_op(
             current_leader_epoch,
             replica,
         } => {
-            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
+            check_epoch(current_leader_epoch, partition.replica.leader_epoch())?;
             partition
+                .replica
                 .log
                 .with_log(async |log| {
                     // Consumers see offsets below the high watermark only (Kafka's
@@ -1842,7 +1687,7 @@ async fn run_partition_op(
                     let readable_end = if replica {
                         log.log_end_offset()
                     } else {
-                        partition.readable_end(log.log_end_offset())
+                        partition.replica.readable_end(log.log_end_offset())
                     };
                     let readable = |(offset, timestamp): (i64, i64)| {
                         if offset < readable_end {
@@ -1874,6 +1719,7 @@ async fn run_partition_op(
                 .map_err(|error: StorageError| KafkaError::from(&error))?
         }
         PartitionOp::DeleteRecords { before_offset } => partition
+            .replica
             .log
             .with_log(async |log| {
                 let before = if before_offset == -1 {
@@ -1890,8 +1736,9 @@ async fn run_partition_op(
             leader_epoch,
             current_leader_epoch,
         } => {
-            check_epoch(current_leader_epoch, partition.leader_epoch.get())?;
+            check_epoch(current_leader_epoch, partition.replica.leader_epoch())?;
             let end = partition
+                .replica
                 .log
                 .with_log(async |log| {
                     log.leader_epochs()
@@ -1913,13 +1760,14 @@ async fn fetch(
     to_log_end: bool,
 ) -> Result<PartitionOutcome, StorageError> {
     let (log_end_offset, log_start_offset) = partition
+        .replica
         .log
         .with_log(async |log| (log.log_end_offset(), log.log_start_offset()))
         .await;
     let high_watermark = if to_log_end {
         log_end_offset
     } else {
-        partition.readable_end(log_end_offset)
+        partition.replica.readable_end(log_end_offset)
     };
     let fetched = |records| PartitionOutcome::Fetched {
         records,
@@ -1950,6 +1798,7 @@ async fn fetch(
     let records = match prefetched {
         Some(records) => records,
         None => partition
+            .replica
             .log
             .read(offset, max_bytes, Some(high_watermark))
             .await?
@@ -1962,10 +1811,12 @@ async fn fetch(
             let reader = Rc::clone(partition);
             let task = glommio::spawn_local(async move {
                 let limit = reader
+                    .replica
                     .log
-                    .with_log(async |log| reader.readable_end(log.log_end_offset()))
+                    .with_log(async |log| reader.replica.readable_end(log.log_end_offset()))
                     .await;
                 Ok(reader
+                    .replica
                     .log
                     .read(next, max_bytes, Some(limit))
                     .await?
@@ -1984,34 +1835,17 @@ async fn fetch(
 /// Waits until the in-sync replicas have every offset below `required_offset` (the high
 /// watermark reached it), as `acks=all` asks.
 async fn wait_for_replicas(
-    partition: &Rc<Partition>,
+    replica: &Replica<DmaStorage>,
     required_offset: i64,
     acks_all: AcksAll,
 ) -> Result<(), KafkaError> {
     let deadline = std::time::Instant::now() + Duration::from_millis(acks_all.timeout_ms);
     loop {
-        let listener = partition.data_arrived.listen();
-        let outcome = partition
-            .replication_leader
-            .borrow()
-            .as_ref()
-            .map(|leader| leader.acks_all_outcome(required_offset, acks_all.min_insync_replicas));
-        match outcome {
-            None => {
-                return Err(KafkaError::with_message(
-                    ResponseError::NotLeaderOrFollower,
-                    "leadership moved before the replicas had the records",
-                ))
-            }
-            Some(Some(Ok(()))) => return Ok(()),
-            Some(Some(Err(_))) => {
-                return Err(KafkaError::with_message(
-                    ResponseError::NotEnoughReplicasAfterAppend,
-                    "the records are written, but the in-sync replicas fell below \
-                     min.insync.replicas before they had them",
-                ))
-            }
-            Some(None) => {}
+        let listener = replica.data_arrived.listen();
+        if let Some(outcome) =
+            replica.acks_all_outcome(required_offset, acks_all.min_insync_replicas)
+        {
+            return outcome;
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
@@ -2027,68 +1861,28 @@ async fn wait_for_replicas(
     }
 }
 
-/// A follower's Fetch on the leader: its progress counts toward the high watermark and the
-/// ISR, and it gets the records from its log end, or where its log diverges.
+/// A follower's Fetch on the leader ([`Replica::answer_replica_fetch`]); an ISR change it
+/// brings goes to the controller.
 async fn replica_fetch(
     shard: &Rc<Shard>,
     partition: &Rc<Partition>,
     fetch: FollowerFetch,
     max_bytes: usize,
 ) -> Result<PartitionOutcome, Result<KafkaError, StorageError>> {
-    let (epochs, log_start_offset, log_end_offset) = partition
-        .log
-        .with_log(async |log| {
-            (
-                log.leader_epochs().clone(),
-                log.log_start_offset(),
-                log.log_end_offset(),
-            )
-        })
+    let answered = partition
+        .replica
+        .answer_replica_fetch(fetch, max_bytes, now_ms())
         .await;
-    let answer = {
-        let mut leader = partition.replication_leader.borrow_mut();
-        let Some(leader) = leader.as_mut() else {
-            return Err(Ok(KafkaError::new(ResponseError::NotLeaderOrFollower)));
-        };
-        leader.follower_fetch(fetch, &epochs, log_start_offset, now_ms())
-    };
-    shard.drain_leader_outputs(partition);
-    let high_watermark = partition.high_watermark.get();
-    match answer {
-        Err(refusal) => {
-            let code = match refusal {
-                FetchRefusal::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
-                FetchRefusal::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
-                FetchRefusal::NotAReplica => ResponseError::NotLeaderOrFollower,
-                FetchRefusal::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
-            };
-            Err(Ok(KafkaError::new(code)))
-        }
-        Ok(FetchAnswer::Diverging(end)) => Ok(PartitionOutcome::ReplicaFetched {
-            records: Bytes::new(),
-            high_watermark,
-            log_start_offset,
-            diverging: Some(end),
-        }),
-        Ok(FetchAnswer::Read { .. }) => {
-            let records = if fetch.fetch_offset < log_end_offset {
-                partition
-                    .log
-                    .read(fetch.fetch_offset, max_bytes, Some(log_end_offset))
-                    .await
-                    .map_err(Err)?
-                    .to_bytes()
-            } else {
-                Bytes::new()
-            };
-            Ok(PartitionOutcome::ReplicaFetched {
-                records,
-                high_watermark,
-                log_start_offset,
-                diverging: None,
-            })
-        }
-    }
+    shard.send_isr_changes(partition);
+    let answer = answered?;
+    Ok(PartitionOutcome::ReplicaFetched {
+        records: answer
+            .records
+            .map_or_else(Bytes::new, |records| records.to_bytes()),
+        high_watermark: answer.high_watermark,
+        log_start_offset: answer.log_start_offset,
+        diverging: answer.diverging,
+    })
 }
 
 /// The offset after the last whole batch of `records`.

@@ -1,0 +1,757 @@
+//! [`Replica`]: one partition's replica bound to its log, the part of replication both
+//! drivers share.
+//!
+//! [`PartitionLeader`] and [`PartitionFollower`] decide; a `Replica` carries their decisions
+//! out on a [`SharedLog`] over any [`Storage`], with the ordering rules that make them safe:
+//! the role changes before the log is awaited, every append and truncation checks the role
+//! again with the log held, a follower syncs what it appended before its next Fetch reports
+//! the new log end. The broker's shards run it on glommio DMA files
+//! (`runtime::shard`, `runtime::replica_fetcher`), the simulation on simulated disks
+//! (`spate-sim`'s cluster nodes): the same code decides and writes in both, only the sockets,
+//! timers and tasks differ.
+//!
+//! A `Replica` is shared by the tasks of one core (produces, follower fetches, the replica
+//! fetcher, role changes), so its state sits in cells and every method takes `&self`; no
+//! borrow is held across an await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use event_listener::Event;
+use kafka_protocol::error::ResponseError;
+use tracing::info;
+
+use super::epoch_cache::EpochEnd;
+use super::follower::{OutOfRangeAction, PartitionFollower};
+use super::leader::{
+    FetchAnswer, FetchRefusal, FollowerFetch, IsrChangeError, LeaderOutput, PartitionLeader,
+    PartitionState, ReplicationConfig,
+};
+use super::BrokerId;
+use crate::broker::errors::KafkaError;
+use crate::storage::backend::{Storage, StorageFile};
+use crate::storage::{AppendInfo, Durability, Fetched, SharedLog, StorageError};
+
+/// What [`Replica::take_role`] did.
+#[derive(Debug)]
+pub enum RoleTaken {
+    /// Nothing changed but, when leading, the committed state the leader works under.
+    Unchanged,
+    /// Leads from now on, at the state's epoch, its log ending here.
+    Leading {
+        /// The log end offset the new epoch starts at.
+        log_end_offset: i64,
+    },
+    /// Follows `leader` from now on: the driver fetches from it.
+    Following {
+        /// The leader to fetch from.
+        leader: BrokerId,
+        /// Whether it led before.
+        was_leading: bool,
+    },
+    /// The partition has no leader: neither leads nor fetches.
+    Leaderless,
+    /// Should lead, but the new epoch could not be written: leads nothing.
+    NotLeading(StorageError),
+}
+
+/// An ISR change the leader asks the controller for (AlterPartition); its outcome goes back
+/// through [`Replica::isr_change_completed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChangeAsk {
+    /// The leader's number for the request.
+    pub request: u64,
+    /// The leader epoch it is asked under.
+    pub leader_epoch: i32,
+    /// The partition epoch it is based on.
+    pub partition_epoch: i32,
+    /// The ISR wanted, sorted.
+    pub isr: Vec<BrokerId>,
+}
+
+/// The leader's answer to a follower's Fetch.
+#[derive(Debug)]
+pub struct ReplicaFetched<B> {
+    /// Whole batches from the fetch offset up to the log end; empty when diverging.
+    pub records: Option<Fetched<B>>,
+    /// The leader's high watermark.
+    pub high_watermark: i64,
+    /// The leader's log start offset.
+    pub log_start_offset: i64,
+    /// Set when the follower's log diverges: it truncates and fetches again.
+    pub diverging: Option<EpochEnd>,
+}
+
+/// Where a follower's next Fetch reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchFrom {
+    /// The leader epoch followed.
+    pub current_leader_epoch: i32,
+    /// The local log end.
+    pub fetch_offset: i64,
+    /// The newest epoch in the local log, or -1.
+    pub last_fetched_epoch: i32,
+    /// The local log start.
+    pub log_start_offset: i64,
+}
+
+/// One partition's answer to a follower's Fetch, as the follower takes it.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedPartition {
+    /// The Kafka error code, 0 for none.
+    pub error_code: i16,
+    /// The leader's diverging epoch, when the logs diverge.
+    pub diverging: Option<EpochEnd>,
+    /// Whole batches, offsets and epochs as the leader wrote them.
+    pub records: Bytes,
+    /// The leader's log start offset.
+    pub log_start_offset: i64,
+    /// The leader's high watermark.
+    pub high_watermark: i64,
+}
+
+/// What a follower did with an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchTaken {
+    /// Records appended (or none came); the local log ends here.
+    Appended {
+        /// The local log end after the append.
+        log_end_offset: i64,
+    },
+    /// The logs diverged: the local log was cut to this offset.
+    Truncated(i64),
+    /// The partition no longer follows that leader: the answer was dropped.
+    Dropped,
+}
+
+/// Why a follower could not take an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchTakeError {
+    /// The leader answered an error meaning newer metadata is on its way (here or there).
+    #[error("waiting for newer metadata ({0:?})")]
+    StaleMetadata(ResponseError),
+    /// The leader answered another error.
+    #[error("the leader answered {0:?}")]
+    Leader(Option<ResponseError>),
+    /// The local log could not be written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// One partition's replica on this broker. See the module docs.
+#[derive(Debug)]
+pub struct Replica<S: Storage> {
+    node_id: BrokerId,
+    config: ReplicationConfig,
+    /// The topic's name, for logs.
+    topic: String,
+    /// The partition's index, for logs.
+    index: i32,
+    /// The log.
+    pub log: SharedLog<S>,
+    /// Notified after every append, high watermark move and change of role, for long-polling
+    /// fetches and `acks=all` produces.
+    pub data_arrived: Event,
+    /// In a cluster, consumers read only below the high watermark; a single node has no other
+    /// replica to wait for, and they read up to the log end.
+    in_cluster: bool,
+    leader_epoch: Cell<i32>,
+    leading: Cell<bool>,
+    high_watermark: Cell<i64>,
+    leader: RefCell<Option<PartitionLeader>>,
+    follower: RefCell<Option<PartitionFollower>>,
+    isr_asks: RefCell<VecDeque<IsrChangeAsk>>,
+}
+
+impl<S: Storage> Replica<S> {
+    /// The only replica of a single-node broker's partition: it leads at `leader_epoch`
+    /// (already open in `log`) and consumers read up to the log end.
+    pub fn single_node(
+        topic: String,
+        index: i32,
+        log: SharedLog<S>,
+        node_id: BrokerId,
+        leader_epoch: i32,
+    ) -> Replica<S> {
+        Replica::new(
+            topic,
+            index,
+            log,
+            node_id,
+            ReplicationConfig::default(),
+            false,
+            leader_epoch,
+            true,
+        )
+    }
+
+    /// A replica in a cluster: neither leader nor follower until [`Replica::take_role`].
+    pub fn in_cluster(
+        topic: String,
+        index: i32,
+        log: SharedLog<S>,
+        node_id: BrokerId,
+        config: ReplicationConfig,
+    ) -> Replica<S> {
+        Replica::new(topic, index, log, node_id, config, true, -1, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        topic: String,
+        index: i32,
+        log: SharedLog<S>,
+        node_id: BrokerId,
+        config: ReplicationConfig,
+        in_cluster: bool,
+        leader_epoch: i32,
+        leading: bool,
+    ) -> Replica<S> {
+        Replica {
+            node_id,
+            config,
+            topic,
+            index,
+            log,
+            data_arrived: Event::new(),
+            in_cluster,
+            leader_epoch: Cell::new(leader_epoch),
+            leading: Cell::new(leading),
+            high_watermark: Cell::new(0),
+            leader: RefCell::new(None),
+            follower: RefCell::new(None),
+            isr_asks: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition's index.
+    pub fn index(&self) -> i32 {
+        self.index
+    }
+
+    /// The partition's leader epoch as this broker last learned it.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    /// Whether this broker leads the partition (always, on a single node).
+    pub fn is_leading(&self) -> bool {
+        self.leading.get()
+    }
+
+    /// In a cluster: the high watermark as the leader computed it, or as a follower last
+    /// learned it from its leader.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.get()
+    }
+
+    /// The offset consumers may read up to: the high watermark in a cluster, else the log end.
+    pub fn readable_end(&self, log_end_offset: i64) -> i64 {
+        if self.in_cluster {
+            self.high_watermark.get().min(log_end_offset)
+        } else {
+            log_end_offset
+        }
+    }
+
+    /// The leader followed, if following.
+    pub fn followed_leader(&self) -> Option<BrokerId> {
+        self.follower
+            .borrow()
+            .as_ref()
+            .map(PartitionFollower::leader)
+    }
+
+    /// Whether this replica still follows `leader` (the follower is dropped the moment the
+    /// replica is to lead, before its new epoch opens).
+    pub fn follows(&self, leader: BrokerId) -> bool {
+        self.followed_leader() == Some(leader)
+    }
+
+    /// Brings the replica to its part in the committed `state`: leader at a new epoch (the
+    /// epoch opens in its log, and a fresh [`PartitionLeader`] takes over), follower of a new
+    /// leader or epoch, a newer state at the same epoch (passed to the leader), or nothing
+    /// while the partition has no leader. Waiting fetches and produces are woken to check.
+    pub async fn take_role(&self, state: &PartitionState, now_ms: i64) -> RoleTaken {
+        let taken = self.change_role(state, now_ms).await;
+        self.drain_leader_outputs();
+        self.data_arrived.notify(usize::MAX);
+        taken
+    }
+
+    async fn change_role(&self, state: &PartitionState, now_ms: i64) -> RoleTaken {
+        if state.leader == self.node_id {
+            if self.leading.get() && self.leader_epoch.get() == state.leader_epoch {
+                if let Some(leader) = self.leader.borrow_mut().as_mut() {
+                    leader.partition_changed(state.clone(), now_ms);
+                }
+                return RoleTaken::Unchanged;
+            }
+            // Out of the old role before the log is awaited: a replica fetcher's answer in
+            // flight must not append once the new epoch opened (its check runs with the log
+            // held), and a produce must not append at the old epoch.
+            *self.follower.borrow_mut() = None;
+            *self.leader.borrow_mut() = None;
+            self.leading.set(false);
+            // The epoch opens and the leader takes over with the log held, so that the
+            // leader's log end is the log's and the first produce stamps the new epoch.
+            let opened = self
+                .log
+                .with_log(async |log| {
+                    log.open_leader_epoch(state.leader_epoch).await?;
+                    let log_end_offset = log.log_end_offset();
+                    let high_watermark = self.high_watermark.get().clamp(0, log_end_offset);
+                    let leader = PartitionLeader::new(
+                        self.node_id,
+                        state.clone(),
+                        log_end_offset,
+                        high_watermark,
+                        now_ms,
+                        self.config,
+                    );
+                    *self.leader.borrow_mut() = Some(leader);
+                    self.leader_epoch.set(state.leader_epoch);
+                    self.leading.set(true);
+                    Ok::<_, StorageError>(log_end_offset)
+                })
+                .await;
+            return match opened {
+                Ok(log_end_offset) => RoleTaken::Leading { log_end_offset },
+                Err(error) => RoleTaken::NotLeading(error),
+            };
+        }
+        let was_leading = self.leading.replace(false);
+        *self.leader.borrow_mut() = None;
+        self.leader_epoch.set(state.leader_epoch);
+        if state.leader < 0 {
+            *self.follower.borrow_mut() = None;
+            return RoleTaken::Leaderless;
+        }
+        let following = self
+            .follower
+            .borrow()
+            .as_ref()
+            .map(|follower| (follower.leader(), follower.leader_epoch()));
+        if following == Some((state.leader, state.leader_epoch)) {
+            return RoleTaken::Unchanged;
+        }
+        let follower =
+            PartitionFollower::new(state.leader, state.leader_epoch, self.high_watermark.get());
+        *self.follower.borrow_mut() = Some(follower);
+        RoleTaken::Following {
+            leader: state.leader,
+            was_leading,
+        }
+    }
+
+    /// The next ISR change the leader asks for, to send to the controller.
+    pub fn next_isr_change(&self) -> Option<IsrChangeAsk> {
+        self.isr_asks.borrow_mut().pop_front()
+    }
+
+    /// Takes the leader's outputs: a high watermark move wakes waiting fetches and produces;
+    /// an ISR change is queued for [`Replica::next_isr_change`].
+    fn drain_leader_outputs(&self) {
+        loop {
+            let output = self
+                .leader
+                .borrow_mut()
+                .as_mut()
+                .and_then(PartitionLeader::poll_output);
+            match output {
+                None => return,
+                Some(LeaderOutput::HighWatermark(high_watermark)) => {
+                    self.high_watermark.set(high_watermark);
+                    self.data_arrived.notify(usize::MAX);
+                }
+                Some(LeaderOutput::AlterIsr {
+                    request,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                }) => self.isr_asks.borrow_mut().push_back(IsrChangeAsk {
+                    request,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                }),
+            }
+        }
+    }
+
+    /// The controller's answer to an ISR change asked under `leader_epoch`; ignored once the
+    /// replica no longer leads at that epoch.
+    pub fn isr_change_completed(
+        &self,
+        ask: &IsrChangeAsk,
+        outcome: Result<(), IsrChangeError>,
+        now_ms: i64,
+    ) {
+        if let Some(leader) = self
+            .leader
+            .borrow_mut()
+            .as_mut()
+            .filter(|leader| leader.leader_epoch() == ask.leader_epoch)
+        {
+            leader.isr_change_completed(ask.request, outcome, now_ms);
+        }
+        self.drain_leader_outputs();
+    }
+
+    /// Time passed: while leading, lagging followers leave the ISR and lost ISR changes are
+    /// asked again.
+    pub fn tick(&self, now_ms: i64) {
+        if let Some(leader) = self.leader.borrow_mut().as_mut() {
+            leader.tick(now_ms);
+        }
+        self.drain_leader_outputs();
+    }
+
+    /// Whether an `acks=all` produce may be appended: this replica leads and the ISR holds at
+    /// least `min_insync_replicas` replicas.
+    ///
+    /// # Errors
+    /// `NOT_LEADER_OR_FOLLOWER` or `NOT_ENOUGH_REPLICAS`.
+    pub fn check_acks_all(&self, min_insync_replicas: usize) -> Result<(), KafkaError> {
+        match self
+            .leader
+            .borrow()
+            .as_ref()
+            .map(|leader| leader.check_acks_all(min_insync_replicas))
+        {
+            None => Err(KafkaError::new(ResponseError::NotLeaderOrFollower)),
+            Some(Err(_)) => Err(KafkaError::with_message(
+                ResponseError::NotEnoughReplicas,
+                format!("fewer in-sync replicas than min.insync.replicas ({min_insync_replicas})"),
+            )),
+            Some(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Appends a producer's batches while leading. Leadership is checked, and the leader told
+    /// of the append, while the log is held: a change of role cannot slip between.
+    ///
+    /// # Errors
+    /// `NOT_LEADER_OR_FOLLOWER` when this replica does not lead; the log's errors.
+    pub async fn append_as_leader(
+        &self,
+        records: BytesMut,
+        now_ms: i64,
+    ) -> Result<AppendInfo, KafkaError> {
+        let appended = self
+            .log
+            .append_if(
+                records,
+                now_ms,
+                Durability::Written,
+                || self.leading.get().then(|| self.leader_epoch.get()),
+                |info| {
+                    if let Some(leader) = self.leader.borrow_mut().as_mut() {
+                        leader.appended(info.last_offset + 1);
+                    }
+                },
+            )
+            .await?;
+        let Some(info) = appended else {
+            return Err(KafkaError::with_message(
+                ResponseError::NotLeaderOrFollower,
+                "this broker no longer leads the partition",
+            ));
+        };
+        self.drain_leader_outputs();
+        self.data_arrived.notify(usize::MAX);
+        Ok(info)
+    }
+
+    /// Whether an `acks=all` produce whose records end before `required_offset` is done:
+    /// `None` while the in-sync replicas lack some of them.
+    ///
+    /// # Errors
+    /// `NOT_LEADER_OR_FOLLOWER` once leadership moved, `NOT_ENOUGH_REPLICAS_AFTER_APPEND` once
+    /// the ISR shrank below `min_insync_replicas` before the replicas had the records.
+    pub fn acks_all_outcome(
+        &self,
+        required_offset: i64,
+        min_insync_replicas: usize,
+    ) -> Option<Result<(), KafkaError>> {
+        let outcome = self
+            .leader
+            .borrow()
+            .as_ref()
+            .map(|leader| leader.acks_all_outcome(required_offset, min_insync_replicas));
+        match outcome {
+            None => Some(Err(KafkaError::with_message(
+                ResponseError::NotLeaderOrFollower,
+                "leadership moved before the replicas had the records",
+            ))),
+            Some(Some(Ok(()))) => Some(Ok(())),
+            Some(Some(Err(_))) => Some(Err(KafkaError::with_message(
+                ResponseError::NotEnoughReplicasAfterAppend,
+                "the records are written, but the in-sync replicas fell below \
+                 min.insync.replicas before they had them",
+            ))),
+            Some(None) => None,
+        }
+    }
+
+    /// A follower's Fetch on the leader: its progress counts toward the high watermark and the
+    /// ISR, and it gets the records from its log end, or where its log diverges.
+    ///
+    /// # Errors
+    /// The Kafka error to answer (`Ok`), or the log's (`Err`).
+    pub async fn answer_replica_fetch(
+        &self,
+        fetch: FollowerFetch,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<ReplicaFetched<<S::File as StorageFile>::Buf>, Result<KafkaError, StorageError>>
+    {
+        let (epochs, log_start_offset, log_end_offset) = self
+            .log
+            .with_log(async |log| {
+                (
+                    log.leader_epochs().clone(),
+                    log.log_start_offset(),
+                    log.log_end_offset(),
+                )
+            })
+            .await;
+        let answer = {
+            let mut leader = self.leader.borrow_mut();
+            let Some(leader) = leader.as_mut() else {
+                return Err(Ok(KafkaError::new(ResponseError::NotLeaderOrFollower)));
+            };
+            leader.follower_fetch(fetch, &epochs, log_start_offset, now_ms)
+        };
+        self.drain_leader_outputs();
+        let high_watermark = self.high_watermark.get();
+        match answer {
+            Err(refusal) => {
+                let code = match refusal {
+                    FetchRefusal::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+                    FetchRefusal::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+                    FetchRefusal::NotAReplica => ResponseError::NotLeaderOrFollower,
+                    FetchRefusal::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+                };
+                Err(Ok(KafkaError::new(code)))
+            }
+            Ok(FetchAnswer::Diverging(end)) => Ok(ReplicaFetched {
+                records: None,
+                high_watermark,
+                log_start_offset,
+                diverging: Some(end),
+            }),
+            Ok(FetchAnswer::Read { .. }) => {
+                let records = if fetch.fetch_offset < log_end_offset {
+                    Some(
+                        self.log
+                            .read(fetch.fetch_offset, max_bytes, Some(log_end_offset))
+                            .await
+                            .map_err(Err)?,
+                    )
+                } else {
+                    None
+                };
+                Ok(ReplicaFetched {
+                    records,
+                    high_watermark,
+                    log_start_offset,
+                    diverging: None,
+                })
+            }
+        }
+    }
+
+    /// Where the next Fetch from the followed leader reads from; `None` when not following.
+    pub async fn fetch_from(&self) -> Option<FetchFrom> {
+        self.follower.borrow().as_ref()?;
+        let (fetch_offset, log_start_offset, last_epoch) = self
+            .log
+            .with_log(async |log| {
+                (
+                    log.log_end_offset(),
+                    log.log_start_offset(),
+                    log.leader_epochs().latest_epoch(),
+                )
+            })
+            .await;
+        Some(FetchFrom {
+            current_leader_epoch: self.leader_epoch.get(),
+            fetch_offset,
+            last_fetched_epoch: last_epoch.unwrap_or(-1),
+            log_start_offset,
+        })
+    }
+
+    /// Takes `leader`'s answer to a Fetch (other than OFFSET_OUT_OF_RANGE, which goes to
+    /// [`Replica::recover_out_of_range`]): appends its batches unchanged and syncs them, or
+    /// truncates where the logs diverge, and takes its high watermark, capped at the local log
+    /// end. An answer for a leader no longer followed is dropped.
+    ///
+    /// # Errors
+    /// [`FetchTakeError`]: a leader's error, or the local log's.
+    pub async fn take_fetched(
+        &self,
+        leader: BrokerId,
+        answer: FetchedPartition,
+        now_ms: i64,
+    ) -> Result<FetchTaken, FetchTakeError> {
+        // The replica may have changed role while the fetch was out. Checked again with the
+        // log held before anything is written: the role changes (take_role) while this awaits.
+        if !self.follows(leader) {
+            return Ok(FetchTaken::Dropped);
+        }
+        match ResponseError::try_from_code(answer.error_code) {
+            None if answer.error_code == 0 => {}
+            None => return Err(FetchTakeError::Leader(None)),
+            Some(
+                code @ (ResponseError::NotLeaderOrFollower
+                | ResponseError::FencedLeaderEpoch
+                | ResponseError::UnknownLeaderEpoch),
+            ) => return Err(FetchTakeError::StaleMetadata(code)),
+            Some(code) => return Err(FetchTakeError::Leader(Some(code))),
+        }
+        if let Some(diverging) = answer.diverging {
+            return self.truncate_diverging(leader, diverging, now_ms).await;
+        }
+        let records = answer.records;
+        let leader_log_start_offset = answer.log_start_offset;
+        let log_end_offset = if records.is_empty() {
+            self.log
+                .with_log(async |log| Some(log.log_end_offset()))
+                .await
+        } else {
+            self.log
+                .with_log(async |log| {
+                    if !self.follows(leader) {
+                        return Ok(None);
+                    }
+                    // The leader's log start can fall inside a batch (DeleteRecords), so the
+                    // first batch an emptied log receives may start below it: the log then
+                    // starts at that batch, as Kafka's follower does.
+                    let first = crate::storage::batch::peek_base_offset_and_size(&records)
+                        .map(|(base_offset, _)| base_offset);
+                    if let Ok(first) = first {
+                        let empty = log.log_start_offset() == log.log_end_offset();
+                        if empty && first < log.log_end_offset() && first >= 0 {
+                            log.reset_to(first, now_ms).await?;
+                        }
+                    }
+                    log.append_replicated(BytesMut::from(records), now_ms)
+                        .await?;
+                    // Records the leader deleted (DeleteRecords, retention) go here too.
+                    let leader_log_start = leader_log_start_offset.min(log.log_end_offset());
+                    if leader_log_start > log.log_start_offset() {
+                        log.delete_records(leader_log_start).await?;
+                    }
+                    // Synced before the next Fetch reports the new log end: the leader counts
+                    // it toward `acks=all`.
+                    log.flush(now_ms).await?;
+                    Ok::<_, StorageError>(Some(log.log_end_offset()))
+                })
+                .await?
+        };
+        let Some(log_end_offset) = log_end_offset else {
+            return Ok(FetchTaken::Dropped);
+        };
+        let high_watermark = self
+            .follower
+            .borrow_mut()
+            .as_mut()
+            .filter(|follower| follower.leader() == leader)
+            .map(|follower| follower.records_appended(log_end_offset, answer.high_watermark));
+        if let Some(high_watermark) = high_watermark {
+            self.high_watermark.set(high_watermark);
+        }
+        self.data_arrived.notify(usize::MAX);
+        Ok(FetchTaken::Appended { log_end_offset })
+    }
+
+    async fn truncate_diverging(
+        &self,
+        leader: BrokerId,
+        diverging: EpochEnd,
+        now_ms: i64,
+    ) -> Result<FetchTaken, FetchTakeError> {
+        let truncated = self
+            .log
+            .with_log(async |log| {
+                let offset = {
+                    let mut follower = self.follower.borrow_mut();
+                    let Some(follower) = follower.as_mut().filter(|f| f.leader() == leader) else {
+                        return Ok(None);
+                    };
+                    follower.diverged(diverging, log.leader_epochs(), log.log_end_offset())
+                };
+                log.truncate_to(offset, now_ms).await.map(Some)
+            })
+            .await?;
+        let Some(truncated) = truncated else {
+            return Ok(FetchTaken::Dropped);
+        };
+        info!(topic = %self.topic, partition = self.index, leader, offset = truncated, "truncated to the leader's log");
+        self.high_watermark
+            .set(self.high_watermark.get().min(truncated));
+        Ok(FetchTaken::Truncated(truncated))
+    }
+
+    /// The leader refused the fetch offset as out of range and said its log spans
+    /// `leader_log_start_offset..leader_log_end_offset`: cuts, empties or keeps the local log
+    /// as [`PartitionFollower::out_of_range`] decides. `None` when nothing was done.
+    ///
+    /// # Errors
+    /// The local log's.
+    pub async fn recover_out_of_range(
+        &self,
+        leader: BrokerId,
+        leader_log_start_offset: i64,
+        leader_log_end_offset: i64,
+        now_ms: i64,
+    ) -> Result<Option<OutOfRangeAction>, StorageError> {
+        let done = self
+            .log
+            .with_log(async |log| {
+                let action = self
+                    .follower
+                    .borrow_mut()
+                    .as_mut()
+                    .filter(|follower| follower.leader() == leader)
+                    .map(|follower| {
+                        follower.out_of_range(
+                            log.log_end_offset(),
+                            leader_log_start_offset,
+                            leader_log_end_offset,
+                        )
+                    });
+                match action {
+                    Some(OutOfRangeAction::TruncateTo(offset)) => {
+                        log.truncate_to(offset, now_ms).await?;
+                        Ok(action)
+                    }
+                    Some(OutOfRangeAction::StartAt(offset)) => {
+                        log.reset_to(offset, now_ms).await?;
+                        Ok(action)
+                    }
+                    Some(OutOfRangeAction::Retry) | None => Ok(None),
+                }
+            })
+            .await?;
+        if done.is_some() {
+            let high_watermark = self
+                .follower
+                .borrow()
+                .as_ref()
+                .map(PartitionFollower::high_watermark);
+            if let Some(high_watermark) = high_watermark {
+                self.high_watermark.set(high_watermark);
+            }
+        }
+        Ok(done)
+    }
+}
