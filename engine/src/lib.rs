@@ -27,6 +27,18 @@
 //! .unwrap();
 //! ```
 
+/// Whether the injected bug `Mutation::$name` is on: always `false` unless the `mutations`
+/// feature is built in ([`mutation`] then says).
+macro_rules! mutated {
+    ($name:ident) => {{
+        #[cfg(feature = "mutations")]
+        let on = crate::mutation::is_enabled(crate::mutation::Mutation::$name);
+        #[cfg(not(feature = "mutations"))]
+        let on = false;
+        on
+    }};
+}
+
 pub mod broker;
 pub mod client;
 pub mod error;

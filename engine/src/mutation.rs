@@ -19,6 +19,18 @@ pub enum Mutation {
     /// The controller plans on the applied image alone, ignoring its own records in flight:
     /// a decision taken before the previous one applied undoes it.
     PlanOnAppliedImage = 2,
+    /// A partition leader counts its own log as synced without syncing it (an fsync reported
+    /// before it completed): a leader left alone in its ISR loses acknowledged records in a
+    /// crash, and is elected again without them.
+    LeaderSyncSkipped = 3,
+    /// The high watermark advances on the leader's log alone, before the in-sync replicas
+    /// have the records.
+    HighWatermarkBeforeIsr = 4,
+    /// A follower fetches without its last fetched epoch, so the leader never tells it where
+    /// its log diverges from the new leader's and it skips the truncation.
+    FollowerSkipsTruncation = 5,
+    /// A leader's ISR shrink takes effect in the leader before the controller commits it.
+    IsrShrinkBeforeCommit = 6,
 }
 
 impl Mutation {
@@ -26,6 +38,10 @@ impl Mutation {
     pub const ALL: &'static [Mutation] = &[
         Mutation::QuorumAppendNotSynced,
         Mutation::PlanOnAppliedImage,
+        Mutation::LeaderSyncSkipped,
+        Mutation::HighWatermarkBeforeIsr,
+        Mutation::FollowerSkipsTruncation,
+        Mutation::IsrShrinkBeforeCommit,
     ];
 }
 

@@ -43,7 +43,7 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
             .flat_map(|worker| worker.join().expect("a simulation thread panicked"))
             .collect()
     });
-    let (mut crashes, mut terms, mut topics) = (0, 0, 0);
+    let (mut crashes, mut terms, mut topics, mut acknowledged) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     for result in results {
         match result {
@@ -51,6 +51,7 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
                 crashes += summary.crashes;
                 terms += summary.terms;
                 topics += summary.topics_acknowledged;
+                acknowledged += summary.records_acknowledged;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -65,6 +66,11 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
     assert!(
         topics > 5 * count as usize,
         "{topics} topics acknowledged in {count} runs"
+    );
+    // Producers get `acks=all` acknowledgements to hold the replicas to.
+    assert!(
+        acknowledged > 50 * count as usize,
+        "{acknowledged} records acknowledged in {count} runs"
     );
 }
 

@@ -293,6 +293,9 @@ pub struct QuorumMember<R> {
     /// A controller-only node never registers; it serves the metadata at once.
     registered_once: bool,
     published_layout: Option<(Vec<MetadataTopic>, ClusterLayout)>,
+    /// The applied index and quorum leader the published layout was computed from: the layout
+    /// is a function of the two, so it is computed again only when one changed.
+    layout_inputs: Option<(u64, Option<NodeId>)>,
     /// Every record applied after `recent_after`, for broker-only nodes' fetches.
     recent_records: VecDeque<(u64, String)>,
     recent_after: u64,
@@ -352,6 +355,7 @@ impl<R> QuorumMember<R> {
             next_heartbeat_ms: 0,
             shutdown: ControlledShutdown::default(),
             published_layout: None,
+            layout_inputs: None,
             recent_records: VecDeque::new(),
             recent_after,
             observer_replies: BTreeMap::new(),
@@ -957,6 +961,11 @@ impl<R> QuorumMember<R> {
         if !self.registered_once {
             return None;
         }
+        let inputs = (self.image.last_applied_index(), self.node.leader());
+        if self.layout_inputs == Some(inputs) {
+            return None;
+        }
+        self.layout_inputs = Some(inputs);
         let layout = admin::layout_of(&self.image, self.node.leader());
         if self.published_layout.as_ref() == Some(&layout) {
             return None;

@@ -8,7 +8,9 @@
 //! 1. creates it with [`PartitionLeader::new`] when the metadata makes this broker the leader
 //!    at a new leader epoch, after adding `(leader_epoch, log_end_offset)` to the log's leader
 //!    epoch cache;
-//! 2. reports each local append with [`PartitionLeader::appended`];
+//! 2. reports each local append with [`PartitionLeader::appended`], and each sync of the local
+//!    log with [`PartitionLeader::synced`]; when [`PartitionLeader::sync_wanted`] names an
+//!    offset, syncing the log up to it lets the high watermark advance;
 //! 3. hands it each follower Fetch with [`PartitionLeader::follower_fetch`], which says whether
 //!    to read records for it (from its fetch offset up to the log end) or to answer with a
 //!    diverging epoch;
@@ -25,7 +27,12 @@
 //! # Rules (Kafka's `Partition.scala`)
 //! - The high watermark is the lowest log end offset over the *maximal* ISR: the committed ISR
 //!   plus a replica whose addition is in flight (KIP-497), so the ISR the controller commits
-//!   never holds a replica missing data below the high watermark. It never moves back. An
+//!   never holds a replica missing data below the high watermark. It never moves back.
+//! - The leader's own part of that minimum is its *durable* offset, not its log end: Spate's
+//!   crashes lose what was not synced (its writes bypass the page cache Kafka relies on), and
+//!   a leader left alone in its ISR that lost acknowledged records in a crash would be elected
+//!   again without them (found by the simulation: seed 1). Followers sync before they report
+//!   their log end, so everything below the high watermark is on disk in every ISR member. An
 //!   addition whose fate is unknown (the controller moved or the answer was lost) stays in the
 //!   maximal ISR until newer committed state says what became of it; an accepted change stays
 //!   pending until that state arrives, and an answer to an older request is ignored.
@@ -35,10 +42,12 @@
 //!   effect only once the controller commits it.
 //!
 //! # Invariants (asserted)
-//! `high_watermark <= log_end_offset`; the leader is in its ISR; the high watermark never
-//! decreases.
+//! `high_watermark <= log_end_offset`, `durable_offset <= log_end_offset`; the leader is in
+//! its ISR; the high watermark never decreases.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use kafka_protocol::error::ResponseError;
 
 use super::epoch_cache::{EpochEnd, LeaderEpochCache};
 use super::BrokerId;
@@ -143,6 +152,25 @@ pub enum IsrChangeError {
     Unknown,
 }
 
+impl IsrChangeError {
+    /// What the controller's answer to an ISR change means for the leader: a stale request,
+    /// a refusal (neither committed), or no answer at all (the controller moved, the request
+    /// timed out: it may have been committed).
+    pub fn from_controller_error(code: ResponseError) -> IsrChangeError {
+        match code {
+            ResponseError::InvalidUpdateVersion | ResponseError::FencedLeaderEpoch => {
+                IsrChangeError::Stale
+            }
+            ResponseError::IneligibleReplica
+            | ResponseError::InvalidRequest
+            | ResponseError::NotLeaderOrFollower
+            | ResponseError::UnknownTopicOrPartition
+            | ResponseError::StaleBrokerEpoch => IsrChangeError::Refused,
+            _ => IsrChangeError::Unknown,
+        }
+    }
+}
+
 /// What the leader asks its driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaderOutput {
@@ -200,6 +228,8 @@ pub struct PartitionLeader {
     followers: BTreeMap<BrokerId, FollowerProgress>,
     ineligible: BTreeSet<BrokerId>,
     log_end_offset: i64,
+    /// How far the local log is synced.
+    durable_offset: i64,
     high_watermark: i64,
     epoch_start_offset: i64,
     outputs: VecDeque<LeaderOutput>,
@@ -207,8 +237,8 @@ pub struct PartitionLeader {
 
 impl PartitionLeader {
     /// Becomes the leader of a partition whose committed state is `state` (naming `local` as
-    /// leader), with the local log ending at `log_end_offset` and its high watermark (as known
-    /// from the previous leader) at `high_watermark`.
+    /// leader), with the local log ending at `log_end_offset`, synced up to `durable_offset`,
+    /// and its high watermark (as known from the previous leader) at `high_watermark`.
     ///
     /// # Panics
     /// When `state` does not name `local` as leader in its ISR, or the offsets disagree.
@@ -216,6 +246,7 @@ impl PartitionLeader {
         local: BrokerId,
         state: PartitionState,
         log_end_offset: i64,
+        durable_offset: i64,
         high_watermark: i64,
         now_ms: i64,
         config: ReplicationConfig,
@@ -228,6 +259,10 @@ impl PartitionLeader {
         assert!(
             0 <= high_watermark && high_watermark <= log_end_offset,
             "high watermark {high_watermark} within the log end {log_end_offset}"
+        );
+        assert!(
+            durable_offset <= log_end_offset,
+            "durable offset {durable_offset} within the log end {log_end_offset}"
         );
         let followers = state
             .replicas
@@ -256,6 +291,7 @@ impl PartitionLeader {
             followers,
             ineligible: BTreeSet::new(),
             log_end_offset,
+            durable_offset,
             high_watermark,
             epoch_start_offset: log_end_offset,
             outputs: VecDeque::new(),
@@ -321,6 +357,28 @@ impl PartitionLeader {
         );
         self.log_end_offset = log_end_offset;
         self.maybe_advance_high_watermark();
+    }
+
+    /// The local log is synced up to `durable_offset`.
+    ///
+    /// # Panics
+    /// When `durable_offset` is beyond the log end.
+    pub fn synced(&mut self, durable_offset: i64) {
+        assert!(
+            durable_offset <= self.log_end_offset,
+            "synced to {durable_offset}, beyond the log end {}",
+            self.log_end_offset
+        );
+        self.durable_offset = self.durable_offset.max(durable_offset);
+        self.maybe_advance_high_watermark();
+    }
+
+    /// The offset to sync the local log up to so that the high watermark can advance: the
+    /// in-sync replicas have everything below it, but the leader has not synced it. `None`
+    /// when a sync would not move the high watermark.
+    pub fn sync_wanted(&self) -> Option<i64> {
+        let target = self.lowest_isr_log_end_offset();
+        (target > self.durable_offset && target > self.high_watermark).then_some(target)
     }
 
     /// Whether an `acks=all` produce may be appended now: the ISR must hold at least
@@ -556,16 +614,27 @@ impl PartitionLeader {
             partition_epoch: self.state.partition_epoch,
             isr: isr.iter().copied().collect(),
         });
+        if mutated!(IsrShrinkBeforeCommit) && isr.len() < self.state.isr.len() {
+            self.state.isr = isr.iter().copied().collect();
+        }
         self.pending = Some(PendingIsrChange { request, isr });
     }
 
-    fn maybe_advance_high_watermark(&mut self) {
-        let lowest = self
-            .maximal_isr()
+    /// The lowest log end offset over the maximal ISR, the leader's own included.
+    fn lowest_isr_log_end_offset(&self) -> i64 {
+        self.maximal_isr()
             .iter()
             .filter(|&&replica| replica != self.local)
             .map(|replica| self.followers.get(replica).map_or(-1, |p| p.log_end_offset))
-            .fold(self.log_end_offset, i64::min);
+            .fold(self.log_end_offset, i64::min)
+    }
+
+    fn maybe_advance_high_watermark(&mut self) {
+        let lowest = if mutated!(HighWatermarkBeforeIsr) {
+            self.durable_offset
+        } else {
+            self.lowest_isr_log_end_offset().min(self.durable_offset)
+        };
         if lowest > self.high_watermark {
             self.high_watermark = lowest;
             self.outputs
@@ -575,6 +644,12 @@ impl PartitionLeader {
     }
 
     fn check_invariants(&self) {
+        assert!(
+            self.durable_offset <= self.log_end_offset,
+            "durable offset {} above the log end {}",
+            self.durable_offset,
+            self.log_end_offset
+        );
         assert!(
             self.high_watermark <= self.log_end_offset,
             "high watermark {} above the log end {}",

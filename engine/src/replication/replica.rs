@@ -311,6 +311,7 @@ impl<S: Storage> Replica<S> {
                         self.node_id,
                         state.clone(),
                         log_end_offset,
+                        log.durable_offset(),
                         high_watermark,
                         now_ms,
                         self.config,
@@ -466,7 +467,37 @@ impl<S: Storage> Replica<S> {
         };
         self.drain_leader_outputs();
         self.data_arrived.notify(usize::MAX);
+        // Alone in its ISR, the leader's own sync is all the high watermark waits for.
+        self.sync_for_high_watermark(now_ms).await?;
         Ok(info)
+    }
+
+    /// Syncs the log as far as the leader wants it synced for its high watermark to advance
+    /// ([`PartitionLeader::sync_wanted`]), sharing the fsync with other waiters.
+    async fn sync_for_high_watermark(&self, now_ms: i64) -> Result<(), StorageError> {
+        let wanted = self
+            .leader
+            .borrow()
+            .as_ref()
+            .and_then(PartitionLeader::sync_wanted);
+        let Some(offset) = wanted else {
+            return Ok(());
+        };
+        let skip_sync = mutated!(LeaderSyncSkipped);
+        if !skip_sync {
+            self.log.wait_durable(offset, now_ms).await?;
+        }
+        let durable_offset = self.log.with_log(async |log| log.durable_offset()).await;
+        if let Some(leader) = self.leader.borrow_mut().as_mut() {
+            let durable_offset = if skip_sync {
+                offset.min(leader.log_end_offset())
+            } else {
+                durable_offset.min(leader.log_end_offset())
+            };
+            leader.synced(durable_offset);
+        }
+        self.drain_leader_outputs();
+        Ok(())
     }
 
     /// Whether an `acks=all` produce whose records end before `required_offset` is done:
@@ -530,6 +561,11 @@ impl<S: Storage> Replica<S> {
             leader.follower_fetch(fetch, &epochs, log_start_offset, now_ms)
         };
         self.drain_leader_outputs();
+        if answer.is_ok() {
+            // What the followers now have counts toward the high watermark once the leader
+            // has it on disk too.
+            self.sync_for_high_watermark(now_ms).await.map_err(Err)?;
+        }
         let high_watermark = self.high_watermark.get();
         match answer {
             Err(refusal) => {
@@ -584,7 +620,12 @@ impl<S: Storage> Replica<S> {
         Some(FetchFrom {
             current_leader_epoch: self.leader_epoch.get(),
             fetch_offset,
-            last_fetched_epoch: last_epoch.unwrap_or(-1),
+            // Without the epoch the leader cannot tell the logs diverge (the injected bug).
+            last_fetched_epoch: if mutated!(FollowerSkipsTruncation) {
+                -1
+            } else {
+                last_epoch.unwrap_or(-1)
+            },
             log_start_offset,
         })
     }

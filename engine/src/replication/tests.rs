@@ -148,8 +148,9 @@ fn catch_up(
 
 #[test]
 fn high_watermark_is_the_lowest_log_end_over_the_isr() {
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1, 2]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1, 2]), 0, 0, 0, 0, config());
     leader.appended(10);
+    leader.synced(leader.log_end_offset());
     assert_eq!(leader.high_watermark(), 0, "followers have nothing yet");
     assert!(outputs(&mut leader).is_empty());
     leader
@@ -173,9 +174,37 @@ fn high_watermark_is_the_lowest_log_end_over_the_isr() {
 }
 
 #[test]
+fn the_high_watermark_waits_for_the_leaders_own_sync() {
+    // Found by the cluster simulation (seed 1): a leader left alone in its ISR that crashed
+    // lost the records it had not synced, and was elected again without them.
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
+    leader.appended(10);
+    assert_eq!(leader.sync_wanted(), None, "the follower has nothing yet");
+    leader
+        .follower_fetch(fetch(1, 10, None), &LeaderEpochCache::new(), 0, 1)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 0, "the leader has not synced");
+    assert_eq!(leader.sync_wanted(), Some(10));
+    leader.synced(7);
+    assert_eq!(leader.high_watermark(), 7);
+    assert_eq!(leader.sync_wanted(), Some(10));
+    leader.synced(10);
+    assert_eq!(leader.high_watermark(), 10);
+    assert_eq!(leader.sync_wanted(), None);
+    // Alone in its ISR, the leader's sync is all the high watermark waits for.
+    let mut alone = PartitionLeader::new(0, state(0, 1, &[0]), 4, 2, 2, 0, config());
+    assert_eq!(alone.high_watermark(), 2);
+    alone.appended(6);
+    assert_eq!(alone.sync_wanted(), Some(6));
+    alone.synced(6);
+    assert_eq!(alone.high_watermark(), 6);
+}
+
+#[test]
 fn a_lone_leader_commits_at_once() {
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0]), 3, 3, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0]), 3, 3, 3, 0, config());
     leader.appended(5);
+    leader.synced(leader.log_end_offset());
     assert_eq!(leader.high_watermark(), 5);
     assert_eq!(leader.acks_all_outcome(5, 1), Some(Ok(())));
     assert_eq!(
@@ -187,8 +216,9 @@ fn a_lone_leader_commits_at_once() {
 #[test]
 fn a_lagging_follower_leaves_the_isr_only_once_the_controller_commits_it() {
     let cache = LeaderEpochCache::new();
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1, 2]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1, 2]), 0, 0, 0, 0, config());
     leader.appended(10);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 10, None), &cache, 0, 100)
         .unwrap();
@@ -198,6 +228,7 @@ fn a_lagging_follower_leaves_the_isr_only_once_the_controller_commits_it() {
     assert_eq!(leader.high_watermark(), 10);
     outputs(&mut leader);
     leader.appended(20);
+    leader.synced(leader.log_end_offset());
     // Replica 1 keeps up; replica 2 stops fetching.
     leader
         .follower_fetch(fetch(1, 20, None), &cache, 0, 5_000)
@@ -259,11 +290,12 @@ fn a_follower_behind_but_catching_up_stays_in_sync() {
     // Kafka's rule: a follower that reaches the leader's log end as of its previous fetch was
     // caught up at that fetch, even if the leader has moved on since.
     let cache = LeaderEpochCache::new();
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
     let mut now_ms = 0;
     let mut follower_offset = 0;
     for _ in 0..20 {
         leader.appended(leader.log_end_offset() + 5);
+        leader.synced(leader.log_end_offset());
         leader
             .follower_fetch(fetch(1, follower_offset, None), &cache, 0, now_ms)
             .unwrap();
@@ -283,8 +315,9 @@ fn a_follower_behind_but_catching_up_stays_in_sync() {
 fn a_caught_up_follower_joins_the_isr_and_counts_at_once() {
     let mut cache = LeaderEpochCache::new();
     cache.assign(1, 0);
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
     leader.appended(8);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -315,6 +348,7 @@ fn a_caught_up_follower_joins_the_isr_and_counts_at_once() {
     assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
     // While the expansion is in flight, replica 2 already holds the high watermark back.
     leader.appended(12);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 4)
         .unwrap();
@@ -348,8 +382,9 @@ fn an_answer_to_an_older_isr_request_is_ignored() {
     // commit it, and the high watermark would pass data replica 2 lacks.
     let mut cache = LeaderEpochCache::new();
     cache.assign(1, 0);
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
     leader.appended(8);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -380,6 +415,7 @@ fn an_answer_to_an_older_isr_request_is_ignored() {
     assert!(leader.has_pending_isr_change(), "request 1 is still out");
     assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
     leader.appended(12);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 5)
         .unwrap();
@@ -390,8 +426,9 @@ fn an_answer_to_an_older_isr_request_is_ignored() {
 fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     let mut cache = LeaderEpochCache::new();
     cache.assign(1, 0);
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
     leader.appended(8);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -403,6 +440,7 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     leader.isr_change_completed(0, Err(IsrChangeError::Unknown), 2);
     assert_eq!(leader.maximal_isr(), BTreeSet::from([0, 1, 2]));
     leader.appended(12);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 3)
         .unwrap();
@@ -432,7 +470,7 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
         .unwrap();
     assert_eq!(leader.high_watermark(), 12);
     // Had it not been committed, newer state without replica 2 would have ended the doubt.
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 8, 0, 0, config());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -456,7 +494,7 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     // Or the controller refuses the retry at the same partition epoch (the replica is shutting
     // down, say): the first was not committed either, and the high watermark moves on without
     // the replica. A dead replica of unknown fate must not hold it back for ever.
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 8, 8, 0, 0, config());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -466,6 +504,7 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     outputs(&mut leader);
     leader.isr_change_completed(0, Err(IsrChangeError::Unknown), 2);
     leader.appended(12);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 12, Some(1)), &cache, 0, 3)
         .unwrap();
@@ -481,8 +520,9 @@ fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
 fn an_answer_after_the_committed_state_leaves_nothing_pending() {
     let mut cache = LeaderEpochCache::new();
     cache.assign(1, 0);
-    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, config());
     leader.appended(8);
+    leader.synced(leader.log_end_offset());
     leader
         .follower_fetch(fetch(1, 8, Some(1)), &cache, 0, 1)
         .unwrap();
@@ -504,14 +544,14 @@ fn a_follower_must_reach_the_start_of_the_leaders_epoch_to_join() {
     cache.assign(0, 0);
     // Becomes leader at epoch 3 with 10 records and a high watermark of 4.
     cache.assign(3, 10);
-    let mut leader = PartitionLeader::new(0, state(0, 3, &[0]), 10, 4, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 3, &[0]), 10, 10, 4, 0, config());
     assert_eq!(
         leader.high_watermark(),
         10,
         "alone in the ISR: everything is replicated"
     );
     assert_eq!(outputs(&mut leader), [LeaderOutput::HighWatermark(10)]);
-    let mut leader_of_three = PartitionLeader::new(0, state(0, 3, &[0, 1]), 10, 4, 0, config());
+    let mut leader_of_three = PartitionLeader::new(0, state(0, 3, &[0, 1]), 10, 10, 4, 0, config());
     leader_of_three
         .follower_fetch(fetch(2, 6, Some(0)), &cache, 0, 1)
         .unwrap();
@@ -531,7 +571,7 @@ fn a_follower_must_reach_the_start_of_the_leaders_epoch_to_join() {
 #[test]
 fn stale_and_foreign_fetches_are_refused() {
     let cache = LeaderEpochCache::new();
-    let mut leader = PartitionLeader::new(0, state(0, 5, &[0, 1]), 10, 10, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 5, &[0, 1]), 10, 10, 10, 0, config());
     let with_epoch = |epoch| FollowerFetch {
         current_leader_epoch: Some(epoch),
         ..fetch(1, 10, None)
@@ -568,12 +608,12 @@ fn kip_101_stale_high_watermark_loses_nothing() {
     a.high_watermark = 2;
     let mut b = Replica::with_records(&[0, 0]);
     b.high_watermark = 1;
-    let mut leader_a = PartitionLeader::new(0, state(0, 0, &[0, 1]), 2, 2, 0, config());
+    let mut leader_a = PartitionLeader::new(0, state(0, 0, &[0, 1]), 2, 2, 2, 0, config());
     catch_up(&mut leader_a, &a, 1, &mut b, 10, 1);
     assert_eq!(b.epochs_of_records, [0, 0]);
     // A dies; B leads at epoch 1; A comes back as a follower.
     b.become_leader(1);
-    let mut leader_b = PartitionLeader::new(1, state(1, 1, &[1]), 2, 1, 2, config());
+    let mut leader_b = PartitionLeader::new(1, state(1, 1, &[1]), 2, 2, 1, 2, config());
     catch_up(&mut leader_b, &b, 0, &mut a, 10, 3);
     assert_eq!(a.epochs_of_records, [0, 0]);
 }
@@ -587,7 +627,7 @@ fn kip_101_divergent_logs_converge_on_the_leaders() {
     let mut b = Replica::with_records(&[0]);
     b.become_leader(1);
     b.append(1);
-    let mut leader_b = PartitionLeader::new(1, state(1, 1, &[1]), 2, 1, 0, config());
+    let mut leader_b = PartitionLeader::new(1, state(1, 1, &[1]), 2, 2, 1, 0, config());
     let fetches = catch_up(&mut leader_b, &b, 0, &mut a, 10, 1);
     assert_eq!(a.epochs_of_records, [0, 1]);
     assert_eq!(a.cache, b.cache_without_empty_epochs());
@@ -604,7 +644,7 @@ fn kip_279_follower_with_epochs_the_leader_lacks_truncates_step_by_step() {
     l.become_leader(4);
     // Follower F: 0 then 1,1 (led epoch 1), then 3 (led epoch 3).
     let mut f = Replica::with_records(&[0, 1, 1, 3]);
-    let mut leader = PartitionLeader::new(0, state(0, 4, &[0]), 4, 1, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 4, &[0]), 4, 4, 1, 0, config());
     catch_up(&mut leader, &l, 1, &mut f, 10, 1);
     assert_eq!(f.epochs_of_records, [0, 0, 2, 2]);
 }
@@ -616,7 +656,7 @@ fn kip_279_repeated_answers_converge() {
     let mut l = Replica::with_records(&[0, 0, 0, 2]);
     l.become_leader(4);
     let mut f = Replica::with_records(&[0, 1, 3, 3, 3]);
-    let mut leader = PartitionLeader::new(0, state(0, 4, &[0]), 4, 1, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 4, &[0]), 4, 4, 1, 0, config());
     catch_up(&mut leader, &l, 1, &mut f, 1, 1);
     assert_eq!(f.epochs_of_records, l.epochs_of_records);
 }
@@ -629,7 +669,7 @@ fn an_empty_epoch_in_the_followers_cache_is_dropped() {
     let mut l = Replica::with_records(&[0, 0]);
     l.become_leader(2);
     l.append(2);
-    let mut leader = PartitionLeader::new(0, state(0, 2, &[0]), 3, 2, 0, config());
+    let mut leader = PartitionLeader::new(0, state(0, 2, &[0]), 3, 3, 2, 0, config());
     catch_up(&mut leader, &l, 1, &mut old_leader, 10, 1);
     assert_eq!(old_leader.epochs_of_records, [0, 0, 2]);
     assert_eq!(old_leader.cache.latest_epoch(), Some(2));
@@ -757,6 +797,7 @@ fn leader_for(log: &Replica, leader_id: usize, epoch: i32) -> PartitionLeader {
             adding_replicas: Vec::new(),
             removing_replicas: Vec::new(),
         },
+        log.log_end_offset(),
         log.log_end_offset(),
         0,
         0,

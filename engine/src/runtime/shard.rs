@@ -1198,7 +1198,7 @@ impl Shard {
             .next()
             .unwrap_or_else(|| Err(KafkaError::new(ResponseError::UnknownServerError)));
         let outcome = result.map_err(|error| {
-            let outcome = isr_change_error(error.code);
+            let outcome = IsrChangeError::from_controller_error(error.code);
             if outcome != IsrChangeError::Stale {
                 warn!(topic = %replica.topic(), partition = replica.index(), error = ?error.message, code = ?error.code, ?outcome, "ISR change not made");
             }
@@ -1907,23 +1907,6 @@ fn check_epoch(current_leader_epoch: i32, leader_epoch: i32) -> Result<(), Kafka
         epoch if epoch > leader_epoch => Err(KafkaError::new(ResponseError::UnknownLeaderEpoch)),
         epoch if epoch < leader_epoch => Err(KafkaError::new(ResponseError::FencedLeaderEpoch)),
         _ => Ok(()),
-    }
-}
-
-/// What the controller's answer to an ISR change means for the leader: a stale request, a
-/// refusal (neither committed), or no answer at all (the controller moved, the request timed
-/// out: it may have been committed).
-fn isr_change_error(code: ResponseError) -> IsrChangeError {
-    match code {
-        ResponseError::InvalidUpdateVersion | ResponseError::FencedLeaderEpoch => {
-            IsrChangeError::Stale
-        }
-        ResponseError::IneligibleReplica
-        | ResponseError::InvalidRequest
-        | ResponseError::NotLeaderOrFollower
-        | ResponseError::UnknownTopicOrPartition
-        | ResponseError::StaleBrokerEpoch => IsrChangeError::Refused,
-        _ => IsrChangeError::Unknown,
     }
 }
 

@@ -125,7 +125,8 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                         println!(
                             "seed {seed}: ok, {} nodes, faults {:?}: {} injected ({} crashes, \
                              {} controlled shutdowns), {} terms, {} topics acknowledged, \
-                             {} events, digest {:016x}",
+                             {} records sent, {} acknowledged (acks=all), {} events, digest \
+                             {:016x}",
                             summary.nodes,
                             summary.faults_enabled,
                             summary.faults_injected,
@@ -133,6 +134,8 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                             summary.controlled_shutdowns,
                             summary.terms,
                             summary.topics_acknowledged,
+                            summary.records_sent,
+                            summary.records_acknowledged,
                             summary.events,
                             summary.trace_digest
                         );

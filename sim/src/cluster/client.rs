@@ -40,7 +40,14 @@ pub(crate) async fn run(
         world
             .borrow_mut()
             .event(format!("client asks node {node} to create {topic}"));
-        let outcome = tokio::time::timeout(ANSWER_TIMEOUT, create(node, &topic, partitions)).await;
+        // Two replicas on three nodes (a topic is still created with one node down), three on
+        // more.
+        let replication_factor = if nodes.len() >= 4 { 3 } else { 2 };
+        let outcome = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            create(node, &topic, partitions, replication_factor),
+        )
+        .await;
         let mut world = world.borrow_mut();
         match outcome {
             Ok(Some(0)) => {
@@ -55,12 +62,17 @@ pub(crate) async fn run(
 }
 
 /// One creation; the error code answered, or `None` when the connection failed.
-async fn create(node: NodeId, topic: &str, partitions: u8) -> Option<i16> {
+pub(crate) async fn create(
+    node: NodeId,
+    topic: &str,
+    partitions: u8,
+    replication_factor: u8,
+) -> Option<i16> {
     let mut stream = turmoil::net::TcpStream::connect((host_name(node), CLIENT_PORT))
         .await
         .ok()?;
-    let mut payload = topic.as_bytes().to_vec();
-    payload.push(partitions);
+    let mut payload = vec![partitions, replication_factor];
+    payload.extend_from_slice(topic.as_bytes());
     wire::write_frame(&mut stream, wire::CREATE_TOPIC, &payload)
         .await
         .ok()?;

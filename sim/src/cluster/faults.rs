@@ -19,18 +19,20 @@ pub(crate) enum Fault {
     Stop,
     Isolate,
     IsolateLeader,
+    Cut,
     OneWay,
     Hold,
     Clock,
 }
 
 impl Fault {
-    pub(crate) const ALL: [Fault; 8] = [
+    pub(crate) const ALL: [Fault; 9] = [
         Fault::Crash,
         Fault::TornCrash,
         Fault::Stop,
         Fault::Isolate,
         Fault::IsolateLeader,
+        Fault::Cut,
         Fault::OneWay,
         Fault::Hold,
         Fault::Clock,
@@ -43,6 +45,7 @@ impl Fault {
             Fault::Stop => "stop",
             Fault::Isolate => "isolate",
             Fault::IsolateLeader => "isolate-leader",
+            Fault::Cut => "cut",
             Fault::OneWay => "one-way",
             Fault::Hold => "hold",
             Fault::Clock => "clock",
@@ -256,6 +259,19 @@ impl Faults {
                     self.faulted_links.insert(pair(target, other));
                     self.undo.push((back_ms, Undo::Repair(target, other)));
                 }
+                self.injected += 1;
+            }
+            Fault::Cut => {
+                // One link down both ways, the rest of the network up: the two nodes still
+                // reach each other's peers (a partial partition).
+                let other = others[rng.below(others.len() as u64) as usize];
+                if !self.faulted_links.insert(pair(node, other)) {
+                    return;
+                }
+                world.event(format!("cut node {node} <-> node {other}"));
+                world.break_link(node, other);
+                sim.partition(host_name(node), host_name(other));
+                self.undo.push((back_ms, Undo::Repair(node, other)));
                 self.injected += 1;
             }
             Fault::OneWay => {

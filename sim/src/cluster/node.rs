@@ -15,16 +15,17 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use spate_engine::quorum::admin::{ItemResult, TopicAdmin, TopicToCreate};
+use spate_engine::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use spate_engine::quorum::log::QuorumLog;
 use spate_engine::quorum::member::{
     image_from_snapshot, BrokerEndpoint, ControllerReply, ControllerRequest, MemberConfig,
     MemberInput, MemberOutput, QuorumMember,
 };
 use spate_engine::quorum::{ControllerConfig, MetadataImage, NodeId, QuorumConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::disk::SimDisk;
+use super::replicas;
 use super::wire;
 use super::world::{fnv1a, World, FNV_OFFSET};
 
@@ -56,11 +57,17 @@ pub(crate) struct NodeSetup {
 }
 
 /// What the member's loop takes in.
-enum Event {
+pub(crate) enum Event {
     Input(MemberInput<u64>),
     Create {
         topic: String,
         partitions: i32,
+        replication_factor: usize,
+        answer: oneshot::Sender<i16>,
+    },
+    /// A partition leader's ISR change, for the controller; answered with a Kafka error code.
+    AlterIsr {
+        change: IsrChange,
         answer: oneshot::Sender<i16>,
     },
 }
@@ -84,7 +91,7 @@ fn member_config(setup: &NodeSetup) -> MemberConfig {
     }
 }
 
-fn sim_ms() -> u64 {
+pub(crate) fn sim_ms() -> u64 {
     turmoil::sim_elapsed().map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
@@ -132,6 +139,14 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
     tokio::task::spawn_local(accept_peers(peer_listener, events.clone()));
     let client_listener = turmoil::net::TcpListener::bind(("0.0.0.0", CLIENT_PORT)).await?;
     tokio::task::spawn_local(accept_clients(client_listener, events.clone()));
+    let (images, published) = watch::channel(None);
+    tokio::task::spawn_local(replicas::run(
+        node as i32,
+        setup.disk.clone(),
+        Rc::clone(&setup.world),
+        events.clone(),
+        published,
+    ));
     let mut queues = BTreeMap::new();
     for &peer in setup.voters.iter().filter(|&&peer| peer != node) {
         let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
@@ -152,13 +167,11 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
             Some(Event::Create {
                 topic,
                 partitions,
+                replication_factor,
                 answer,
             }) => {
                 next_answer += 1;
                 answers.insert(next_answer, answer);
-                // Two replicas on three nodes (a topic is still created with one node down),
-                // three on more.
-                let replication_factor = if setup.voters.len() >= 4 { 3 } else { 2 };
                 MemberInput::Admin {
                     admin: TopicAdmin::Create(vec![TopicToCreate {
                         name: topic,
@@ -166,6 +179,14 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
                         replication_factor,
                         configs: BTreeMap::new(),
                     }]),
+                    reply: next_answer,
+                }
+            }
+            Some(Event::AlterIsr { change, answer }) => {
+                next_answer += 1;
+                answers.insert(next_answer, answer);
+                MemberInput::Admin {
+                    admin: TopicAdmin::AlterIsr(change),
                     reply: next_answer,
                 }
             }
@@ -250,8 +271,11 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
                 }
             }
         }
-        // Whether the shards would get metadata now (the gate is part of what runs).
-        let _ = member.layout_update();
+        // The replicas get metadata when the broker's shards would (the gate is part of what
+        // runs): registered and unfenced.
+        if member.layout_update().is_some() {
+            images.send_replace(Some(member.image().clone()));
+        }
         setup.world.borrow_mut().observe(node, &member);
         if member.controlled_shutdown_done() {
             // As the broker does: its shards stop once the controlled shutdown is over.
@@ -372,7 +396,7 @@ async fn accept_clients(listener: turmoil::net::TcpListener, events: mpsc::Unbou
 /// A client's topic creations, one at a time.
 async fn serve_client(mut stream: turmoil::net::TcpStream, events: mpsc::UnboundedSender<Event>) {
     while let Some((kind, payload)) = wire::read_frame(&mut stream).await {
-        let Some((&partitions, name)) = payload.split_last() else {
+        let [partitions, replication_factor, name @ ..] = payload.as_slice() else {
             return;
         };
         let Ok(topic) = String::from_utf8(name.to_vec()) else {
@@ -384,7 +408,8 @@ async fn serve_client(mut stream: turmoil::net::TcpStream, events: mpsc::Unbound
         let (answer, answered) = oneshot::channel();
         let create = Event::Create {
             topic,
-            partitions: i32::from(partitions),
+            partitions: i32::from(*partitions),
+            replication_factor: usize::from(*replication_factor),
             answer,
         };
         if events.send(create).is_err() {

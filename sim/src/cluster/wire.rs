@@ -10,10 +10,28 @@ pub(crate) const RAFT: u8 = 0;
 pub(crate) const REQUEST: u8 = 1;
 /// The controller's answer to a forwarded topic request (JSON).
 pub(crate) const REPLY: u8 = 2;
-/// A client's topic creation: the topic name, then its partition count as one byte.
+/// A client's topic creation: its partition count and replication factor as one byte each,
+/// then the topic name.
 pub(crate) const CREATE_TOPIC: u8 = 10;
 /// The answer: a Kafka error code, big-endian (0: created).
 pub(crate) const CREATE_TOPIC_ANSWER: u8 = 11;
+
+/// A follower's Fetch (v12), as the `kafka-protocol` crate encodes it.
+pub(crate) const FETCH: u8 = 20;
+/// The leader's FetchResponse (v12).
+pub(crate) const FETCH_ANSWER: u8 = 21;
+/// A follower's ListOffsets (v4).
+pub(crate) const LIST_OFFSETS: u8 = 22;
+/// The leader's ListOffsetsResponse (v4).
+pub(crate) const LIST_OFFSETS_ANSWER: u8 = 23;
+/// A producer's record (JSON `ProduceRequest`).
+pub(crate) const PRODUCE: u8 = 30;
+/// Its answer (JSON `ProduceAnswer`).
+pub(crate) const PRODUCE_ANSWER: u8 = 31;
+/// The checker asks a node for its replicas' records.
+pub(crate) const DUMP: u8 = 40;
+/// The records (JSON `Vec<ReplicaDump>`).
+pub(crate) const DUMP_ANSWER: u8 = 41;
 
 /// Largest frame accepted.
 const FRAME_BYTES_MAX: usize = 16 << 20;

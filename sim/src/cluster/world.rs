@@ -8,9 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use spate_engine::history::History;
 use spate_engine::quorum::member::QuorumMember;
 use spate_engine::quorum::NodeId;
 use uuid::Uuid;
+
+use super::replicas::ReplicaDump;
 
 /// Events kept for the report of a failure.
 const TRACE_TAIL_EVENTS: usize = 60;
@@ -83,6 +86,10 @@ struct SeenPartition {
     isr: Vec<i32>,
 }
 
+/// An ISR change a partition leader asked for: the partition epoch it was based on, and the
+/// ISR asked.
+type IsrAsk = (i32, Vec<i32>);
+
 /// A node's latest view, as it reported it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NodeView {
@@ -131,6 +138,15 @@ pub(crate) struct World {
     /// controller was unreachable or too slow, and the broker gave up waiting).
     pub(crate) clean_stops: u64,
     pub(crate) stops_still_leading: u64,
+    /// What the producers sent and were told.
+    pub(crate) history: History,
+    /// ISR changes partition leaders asked for: per partition, the partition epoch each was
+    /// based on and the ISR asked.
+    isr_asks: BTreeMap<(Uuid, i32), Vec<IsrAsk>>,
+    /// The highest high watermark each partition's leader reported at each leader epoch.
+    leader_high_watermarks: BTreeMap<(String, i32, i32), i64>,
+    /// Every node's replicas, collected after healing.
+    pub(crate) dumps: BTreeMap<NodeId, Vec<ReplicaDump>>,
 }
 
 impl World {
@@ -152,6 +168,54 @@ impl World {
             stopped: BTreeSet::new(),
             clean_stops: 0,
             stops_still_leading: 0,
+            history: History::new(),
+            isr_asks: BTreeMap::new(),
+            leader_high_watermarks: BTreeMap::new(),
+            dumps: BTreeMap::new(),
+        }
+    }
+
+    /// A partition leader asked the controller for `isr`, based on `partition_epoch`.
+    pub(crate) fn isr_asked(
+        &mut self,
+        node: i32,
+        topic_id: Uuid,
+        partition: i32,
+        partition_epoch: i32,
+        isr: &[i32],
+    ) {
+        self.event(format!(
+            "node {node}: asks ISR {isr:?} for {topic_id}-{partition} at partition epoch \
+             {partition_epoch}"
+        ));
+        self.isr_asks
+            .entry((topic_id, partition))
+            .or_default()
+            .push((partition_epoch, isr.to_vec()));
+    }
+
+    /// A partition leader's high watermark: never back at one leader epoch.
+    pub(crate) fn leader_high_watermark(
+        &mut self,
+        node: i32,
+        topic: &str,
+        partition: i32,
+        leader_epoch: i32,
+        high_watermark: i64,
+    ) {
+        let key = (topic.to_owned(), partition, leader_epoch);
+        let highest = self
+            .leader_high_watermarks
+            .entry(key)
+            .or_insert(high_watermark);
+        if high_watermark < *highest {
+            let highest = *highest;
+            self.violation(format!(
+                "the high watermark of {topic}-{partition} went back from {highest} to \
+                 {high_watermark} at leader epoch {leader_epoch} (leader {node})"
+            ));
+        } else {
+            *highest = high_watermark;
         }
     }
 
@@ -342,19 +406,27 @@ impl World {
                         ));
                     }
                     // Only the partition's leader adds replicas to the ISR (AlterPartition),
-                    // once they caught up; the controller only takes them out. This
-                    // simulation has no partition leaders asking, and no unclean elections
-                    // or reassignments, so an ISR never grows.
-                    let grown: Vec<i32> = state
+                    // once they caught up; the controller only takes them out. With no unclean
+                    // elections or reassignments here, a replica joins the ISR only when a
+                    // leader asked for an ISR holding it, based on a state between the one
+                    // seen before and this one.
+                    let asks = self.isr_asks.get(&(topic_id, partition));
+                    let unasked: Vec<i32> = state
                         .isr
                         .iter()
                         .copied()
                         .filter(|replica| !isr.contains(replica))
+                        .filter(|replica| {
+                            !asks.into_iter().flatten().any(|(based_on, asked)| {
+                                (partition_epoch..state.partition_epoch).contains(based_on)
+                                    && asked.contains(replica)
+                            })
+                        })
                         .collect();
-                    if !grown.is_empty() {
+                    if !unasked.is_empty() {
                         self.violation(format!(
                             "node {node} saw the ISR of {}-{partition} grow from {isr:?} to \
-                             {:?} with no leader asking",
+                             {:?} with no leader asking for {unasked:?}",
                             topic.name, state.isr
                         ));
                     }
