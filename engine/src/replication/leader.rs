@@ -524,7 +524,13 @@ impl PartitionLeader {
                     self.pending = Some(pending);
                     return;
                 }
+                self.maybe_advance_high_watermark();
+                self.tick(now_ms);
+                return;
             }
+            // Not asked again at once: the controller would answer the same until newer
+            // metadata arrives, and asking in a loop starves everything else (the simulation
+            // froze its clock on it, seed 1270). The next tick, fetch or state asks again.
             Err(IsrChangeError::Stale) => {}
             Err(IsrChangeError::Refused) => {
                 // Refused at this very partition epoch: nothing asked at it was committed.
@@ -541,7 +547,6 @@ impl PartitionLeader {
             }
         }
         self.maybe_advance_high_watermark();
-        self.tick(now_ms);
     }
 
     /// Newer committed state from the metadata, under the same leader epoch (the controller

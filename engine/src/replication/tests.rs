@@ -423,6 +423,33 @@ fn an_answer_to_an_older_isr_request_is_ignored() {
 }
 
 #[test]
+fn a_stale_or_refused_isr_change_is_asked_again_at_the_next_tick_not_at_once() {
+    // Found by the cluster simulation (seed 1270): asking again inside the answer made a loop
+    // with a controller whose metadata was newer, which answered at once every time.
+    let cache = LeaderEpochCache::new();
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1, 2]), 0, 0, 0, 0, config());
+    leader
+        .follower_fetch(fetch(1, 0, None), &cache, 0, 0)
+        .unwrap();
+    leader.tick(LAG_MS + 1);
+    let asked = outputs(&mut leader);
+    assert!(
+        matches!(asked.as_slice(), [LeaderOutput::AlterIsr { request: 0, isr, .. }] if *isr == vec![0, 1]),
+        "{asked:?}"
+    );
+    for (request, answer) in [(0, IsrChangeError::Stale), (1, IsrChangeError::Refused)] {
+        leader.isr_change_completed(request, Err(answer), LAG_MS + 2);
+        assert!(outputs(&mut leader).is_empty(), "not asked again at once");
+        assert!(!leader.has_pending_isr_change());
+        leader.tick(LAG_MS + 3);
+        assert!(
+            matches!(outputs(&mut leader).as_slice(), [LeaderOutput::AlterIsr { request: r, .. }] if *r == request + 1),
+            "asked again at the tick"
+        );
+    }
+}
+
+#[test]
 fn an_addition_of_unknown_fate_counts_until_the_metadata_tells() {
     let mut cache = LeaderEpochCache::new();
     cache.assign(1, 0);

@@ -3,11 +3,13 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use spate_engine::quorum::NodeId;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
 
 use super::node::host_name;
+use super::replicas::DATA_DIR;
 use super::world::World;
 use crate::SimRng;
 
@@ -16,6 +18,7 @@ use crate::SimRng;
 pub(crate) enum Fault {
     Crash,
     TornCrash,
+    DiskLoss,
     Stop,
     Isolate,
     IsolateLeader,
@@ -26,9 +29,10 @@ pub(crate) enum Fault {
 }
 
 impl Fault {
-    pub(crate) const ALL: [Fault; 9] = [
+    pub(crate) const ALL: [Fault; 10] = [
         Fault::Crash,
         Fault::TornCrash,
+        Fault::DiskLoss,
         Fault::Stop,
         Fault::Isolate,
         Fault::IsolateLeader,
@@ -42,6 +46,7 @@ impl Fault {
         match self {
             Fault::Crash => "crash",
             Fault::TornCrash => "torn-crash",
+            Fault::DiskLoss => "disk-loss",
             Fault::Stop => "stop",
             Fault::Isolate => "isolate",
             Fault::IsolateLeader => "isolate-leader",
@@ -203,9 +208,17 @@ impl Faults {
         let back_ms = now_ms + 200 + rng.below(5_000);
         let mut world = world.borrow_mut();
         match fault {
-            Fault::Crash | Fault::TornCrash => {
+            Fault::Crash | Fault::TornCrash | Fault::DiskLoss => {
                 // At most a minority down at once, so the cluster can make progress.
                 if self.down.contains(&node) || (self.down.len() + 1) * 2 > nodes.len() {
+                    return;
+                }
+                // A lost disk loses synced data too: `acks=all` promises to survive a minority
+                // of each partition's replicas failing, and a replica still catching up
+                // (outside the ISR) is not yet a whole copy, so it counts as faulty. This
+                // keeps the last in-sync copies of a partition from being destroyed (Kafka
+                // promises no more: as long as one in-sync replica survives).
+                if fault == Fault::DiskLoss && world.disk_loss_exceeds_minority(node, &self.down) {
                     return;
                 }
                 let mode = if fault == Fault::TornCrash {
@@ -219,6 +232,11 @@ impl Faults {
                 drop(world);
                 sim.crash(host_name(node));
                 self.storages[&node].crash(mode);
+                if fault == Fault::DiskLoss {
+                    // The partitions' disk is replaced by an empty one; the metadata log
+                    // lives on a disk of its own (as Kafka's `metadata.log.dir` allows).
+                    self.storages[&node].lose_tree(Path::new(DATA_DIR));
+                }
                 self.down.insert(node);
                 self.crashes += 1;
                 self.injected += 1;

@@ -54,6 +54,8 @@ use super::node::{host_name, sim_ms, Event};
 use super::wire as frames;
 use super::world::World;
 
+/// Where a node keeps its partitions (on a disk of their own: see the disk-loss fault).
+pub(crate) const DATA_DIR: &str = "/spate/data";
 /// The port followers fetch from and producers produce to.
 pub(crate) const DATA_PORT: u16 = 9094;
 /// The topics' `min.insync.replicas` for `acks=all`.
@@ -215,7 +217,7 @@ impl Replicas {
     }
 
     async fn open(&self, topic: &str, partition: i32) -> Option<Rc<SimReplica>> {
-        let dir = PathBuf::from(format!("/spate/data/{topic}-{partition}"));
+        let dir = PathBuf::from(format!("{DATA_DIR}/{topic}-{partition}"));
         let config = LogConfig {
             // Small, so that runs roll segments.
             segment_bytes: 16 << 10,

@@ -90,6 +90,9 @@ struct SeenPartition {
 /// ISR asked.
 type IsrAsk = (i32, Vec<i32>);
 
+/// A partition in the newest metadata: the applied index, the replicas, the ISR.
+type LatestPartition = (u64, Vec<i32>, Vec<i32>);
+
 /// A node's latest view, as it reported it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct NodeView {
@@ -147,6 +150,9 @@ pub(crate) struct World {
     leader_high_watermarks: BTreeMap<(String, i32, i32), i64>,
     /// Every node's replicas, collected after healing.
     pub(crate) dumps: BTreeMap<NodeId, Vec<ReplicaDump>>,
+    /// Each partition's replicas and ISR in the newest metadata any node applied, with its
+    /// applied index.
+    latest_partitions: BTreeMap<(Uuid, i32), LatestPartition>,
 }
 
 impl World {
@@ -172,7 +178,29 @@ impl World {
             isr_asks: BTreeMap::new(),
             leader_high_watermarks: BTreeMap::new(),
             dumps: BTreeMap::new(),
+            latest_partitions: BTreeMap::new(),
         }
+    }
+
+    /// Whether losing `node`'s disk would leave some partition with a majority of its
+    /// replicas faulty: down (`down`), or outside the ISR in the newest metadata (still
+    /// catching up, so not yet a whole copy), `node` included.
+    pub(crate) fn disk_loss_exceeds_minority(&self, node: NodeId, down: &BTreeSet<NodeId>) -> bool {
+        self.latest_partitions.values().any(|(_, replicas, isr)| {
+            let node = node as i32;
+            if !replicas.contains(&node) {
+                return false;
+            }
+            let faulty = replicas
+                .iter()
+                .filter(|&&replica| {
+                    replica == node
+                        || !isr.contains(&replica)
+                        || down.contains(&(replica as NodeId))
+                })
+                .count();
+            faulty * 2 > replicas.len()
+        })
     }
 
     /// A partition leader asked the controller for `isr`, based on `partition_epoch`.
@@ -389,6 +417,16 @@ impl World {
                             self.partition_leaders.insert(key, state.leader);
                         }
                     }
+                }
+                let newest = self
+                    .latest_partitions
+                    .get(&(topic_id, partition))
+                    .is_none_or(|(index, _, _)| *index <= applied_index);
+                if newest {
+                    self.latest_partitions.insert(
+                        (topic_id, partition),
+                        (applied_index, state.replicas.clone(), state.isr.clone()),
+                    );
                 }
                 let key = (node, topic_id, partition);
                 if let Some(SeenPartition {

@@ -123,6 +123,14 @@ impl SimulatedStorage {
         data.durable.truncate(len);
     }
 
+    /// Loses every file and directory under `root`, as when the disk holding them is replaced
+    /// by an empty one. Open handles must not be used afterwards (crash first).
+    pub fn lose_tree(&self, root: &Path) {
+        let mut state = self.state.borrow_mut();
+        state.files.retain(|path, _| !path.starts_with(root));
+        state.dirs.retain(|dir| !dir.starts_with(root));
+    }
+
     /// Makes every later sync fail with an I/O error (or succeed again).
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state.borrow_mut().fail_syncs = fail;
