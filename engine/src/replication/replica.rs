@@ -604,19 +604,24 @@ impl<S: Storage> Replica<S> {
         }
     }
 
-    /// Where the next Fetch from the followed leader reads from; `None` when not following.
+    /// Where the next Fetch from the followed leader reads from; `None` when not following,
+    /// or when the log is poisoned (a sync failed): its log end may hold records that are not
+    /// on disk, and the leader would count them toward `acks=all`, so the replica stops
+    /// fetching and drops out of the ISR instead.
     pub async fn fetch_from(&self) -> Option<FetchFrom> {
         self.follower.borrow().as_ref()?;
         let (fetch_offset, log_start_offset, last_epoch) = self
             .log
             .with_log(async |log| {
-                (
-                    log.log_end_offset(),
-                    log.log_start_offset(),
-                    log.leader_epochs().latest_epoch(),
-                )
+                (!log.is_poisoned()).then(|| {
+                    (
+                        log.log_end_offset(),
+                        log.log_start_offset(),
+                        log.leader_epochs().latest_epoch(),
+                    )
+                })
             })
-            .await;
+            .await?;
         Some(FetchFrom {
             current_leader_epoch: self.leader_epoch.get(),
             fetch_offset,
@@ -794,5 +799,107 @@ impl<S: Storage> Replica<S> {
             }
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::backend::SimulatedStorage;
+    use crate::storage::batch::build::{batch, NewRecord};
+    use crate::storage::batch::set_partition_leader_epoch;
+    use crate::storage::{LogConfig, PartitionLog};
+
+    fn state(leader: BrokerId, leader_epoch: i32) -> PartitionState {
+        PartitionState {
+            leader,
+            leader_epoch,
+            partition_epoch: leader_epoch,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        }
+    }
+
+    async fn replica_on(storage: &SimulatedStorage) -> Replica<SimulatedStorage> {
+        let (log, _) = PartitionLog::open(storage.clone(), "/data/t-0", LogConfig::default(), 0)
+            .await
+            .expect("opens");
+        Replica::in_cluster(
+            "t".into(),
+            0,
+            SharedLog::new(log),
+            1,
+            ReplicationConfig::default(),
+        )
+    }
+
+    #[test]
+    fn the_leaders_high_watermark_moves_only_once_its_own_log_is_synced() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            assert!(matches!(
+                replica.take_role(&state(1, 0), 0).await,
+                RoleTaken::Leading { log_end_offset: 0 }
+            ));
+            replica
+                .append_as_leader(batch(&[NewRecord::value("a", 0)]), 0)
+                .await
+                .expect("appends");
+            assert_eq!(replica.high_watermark(), 0, "the follower has nothing yet");
+            let syncs = storage.sync_count();
+            let fetch = FollowerFetch {
+                replica: 2,
+                fetch_offset: 1,
+                last_fetched_epoch: Some(0),
+                current_leader_epoch: Some(0),
+            };
+            let answer = replica
+                .answer_replica_fetch(fetch, 1 << 20, 1)
+                .await
+                .expect("answers");
+            assert!(storage.sync_count() > syncs, "the leader synced first");
+            assert_eq!(answer.high_watermark, 1);
+            assert_eq!(replica.high_watermark(), 1);
+            let segment = std::path::Path::new("/data/t-0/00000000000000000000.log");
+            assert!(
+                storage.durable_len(segment).is_some_and(|len| len > 0),
+                "the record is on disk"
+            );
+        });
+    }
+
+    #[test]
+    fn a_follower_whose_sync_failed_stops_fetching() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            assert!(matches!(
+                replica.take_role(&state(2, 3), 0).await,
+                RoleTaken::Following { leader: 2, .. }
+            ));
+            assert_eq!(
+                replica.fetch_from().await.map(|from| from.fetch_offset),
+                Some(0)
+            );
+            let mut records = batch(&[NewRecord::value("a", 0)]);
+            set_partition_leader_epoch(&mut records, 3);
+            storage.set_fail_syncs(true);
+            let answer = FetchedPartition {
+                records: records.freeze(),
+                log_start_offset: 0,
+                high_watermark: 1,
+                ..FetchedPartition::default()
+            };
+            assert!(matches!(
+                replica.take_fetched(2, answer, 0).await,
+                Err(FetchTakeError::Storage(_))
+            ));
+            // Its log end holds a record that is not on disk: reporting it would count it
+            // toward acks=all.
+            assert_eq!(replica.fetch_from().await, None);
+        });
     }
 }

@@ -83,6 +83,8 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
         }
         let request = fetch_request(&shard, &followed).await;
         let Some(request) = request else {
+            // Nothing to fetch now (a poisoned log, or a role changing).
+            glommio::timer::sleep(BACKOFF).await;
             continue;
         };
         correlation_id = correlation_id.wrapping_add(1);

@@ -32,7 +32,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use spate_engine::history;
 use spate_engine::quorum::NodeId;
@@ -136,6 +138,7 @@ pub fn run_cluster_simulation(
     seed: u64,
     options: &ClusterOptions,
 ) -> Result<ClusterSummary, ClusterFailure> {
+    let _watchdog = Watchdog::start(seed);
     let mut rng = SimRng::new(seed);
     let node_count: u64 = if rng.chance(30) { 5 } else { 3 };
     let nodes: Vec<NodeId> = (1..=node_count).collect();
@@ -315,6 +318,47 @@ fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, S
             shown.join("; ")
         )
     })
+}
+
+/// Wall time a seed may take before the run is declared stuck (a seed takes well under a
+/// second in an optimized build, ten in a debug one).
+const SEED_WALL_LIMIT: Duration = Duration::from_secs(300);
+
+/// Ends the process when a seed runs past [`SEED_WALL_LIMIT`] of wall time: a host that never
+/// yields (a livelock) keeps turmoil from ever advancing simulated time, so the seed would
+/// otherwise hang its test run for good. Wall time decides only whether to give up, never
+/// what the simulation does.
+struct Watchdog {
+    done: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(seed: u64) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let watched = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !watched.load(Ordering::SeqCst) {
+                if started.elapsed() > SEED_WALL_LIMIT {
+                    eprintln!(
+                        "cluster simulation seed {seed} did not finish in {} s of wall time: a \
+                         host that never yields freezes simulated time; replay: cargo run -p \
+                         spate-sim --release -- --seed {seed} --trace",
+                        SEED_WALL_LIMIT.as_secs()
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
 }
 
 /// After healing: one leader everyone follows, one applied index, every broker unfenced,

@@ -393,6 +393,8 @@ async fn fetch_from(replicas: Rc<Replicas>, leader: i32) {
             }
         }
         if partitions.is_empty() {
+            // Nothing to fetch now (a poisoned log, or a role changing).
+            tokio::time::sleep(BACKOFF).await;
             continue;
         }
         let request = wire::fetch_request(node, &partitions);
