@@ -670,8 +670,19 @@ impl<S: Storage> Replica<S> {
         let leader_log_start_offset = answer.log_start_offset;
         let log_end_offset = if records.is_empty() {
             self.log
-                .with_log(async |log| Some(log.log_end_offset()))
-                .await
+                .with_log(async |log| {
+                    if !self.follows(leader) {
+                        return Ok(None);
+                    }
+                    // The leader's log start moves on without new records too (DeleteRecords,
+                    // retention), as Kafka's follower takes it from every answer.
+                    let leader_log_start = leader_log_start_offset.min(log.log_end_offset());
+                    if leader_log_start > log.log_start_offset() {
+                        log.delete_records(leader_log_start).await?;
+                    }
+                    Ok::<_, StorageError>(Some(log.log_end_offset()))
+                })
+                .await?
         } else {
             self.log
                 .with_log(async |log| {
@@ -868,6 +879,45 @@ mod tests {
                 storage.durable_len(segment).is_some_and(|len| len > 0),
                 "the record is on disk"
             );
+        });
+    }
+
+    #[test]
+    fn a_follower_takes_the_leaders_log_start_from_an_answer_without_records() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            replica.take_role(&state(2, 3), 0).await;
+            let mut records = batch(&[
+                NewRecord::value("a", 0),
+                NewRecord::value("b", 0),
+                NewRecord::value("c", 0),
+            ]);
+            set_partition_leader_epoch(&mut records, 3);
+            let appended = FetchedPartition {
+                records: records.freeze(),
+                log_start_offset: 0,
+                high_watermark: 3,
+                ..FetchedPartition::default()
+            };
+            assert_eq!(
+                replica.take_fetched(2, appended, 0).await.expect("appends"),
+                FetchTaken::Appended { log_end_offset: 3 }
+            );
+            let moved_start = FetchedPartition {
+                log_start_offset: 2,
+                high_watermark: 3,
+                ..FetchedPartition::default()
+            };
+            replica
+                .take_fetched(2, moved_start, 1)
+                .await
+                .expect("takes it");
+            let start = replica
+                .log
+                .with_log(async |log| log.log_start_offset())
+                .await;
+            assert_eq!(start, 2, "DeleteRecords on the leader reached the follower");
         });
     }
 
