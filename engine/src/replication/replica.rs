@@ -15,7 +15,7 @@
 //! borrow is held across an await.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
@@ -348,6 +348,14 @@ impl<S: Storage> Replica<S> {
         RoleTaken::Following {
             leader: state.leader,
             was_leading,
+        }
+    }
+
+    /// Brokers the metadata says must not join the ISR (fenced, or shutting down): while
+    /// leading, followers among them are not asked into it (the controller would refuse).
+    pub fn set_ineligible(&self, brokers: BTreeSet<BrokerId>) {
+        if let Some(leader) = self.leader.borrow_mut().as_mut() {
+            leader.set_ineligible(brokers);
         }
     }
 
@@ -918,6 +926,38 @@ mod tests {
                 .with_log(async |log| log.log_start_offset())
                 .await;
             assert_eq!(start, 2, "DeleteRecords on the leader reached the follower");
+        });
+    }
+
+    #[test]
+    fn a_leader_does_not_ask_an_ineligible_follower_into_the_isr() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            let mut alone = state(1, 0);
+            alone.isr = vec![1];
+            replica.take_role(&alone, 0).await;
+            replica.set_ineligible(BTreeSet::from([2]));
+            let fetch = FollowerFetch {
+                replica: 2,
+                fetch_offset: 0,
+                last_fetched_epoch: None,
+                current_leader_epoch: Some(0),
+            };
+            replica
+                .answer_replica_fetch(fetch, 1 << 20, 1)
+                .await
+                .expect("answers");
+            assert_eq!(replica.next_isr_change(), None, "broker 2 is fenced");
+            replica.set_ineligible(BTreeSet::new());
+            replica
+                .answer_replica_fetch(fetch, 1 << 20, 2)
+                .await
+                .expect("answers");
+            assert_eq!(
+                replica.next_isr_change().map(|ask| ask.isr),
+                Some(vec![1, 2])
+            );
         });
     }
 

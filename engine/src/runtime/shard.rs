@@ -1147,7 +1147,18 @@ impl Shard {
             return;
         };
         let replica = &partition.replica;
-        match replica.take_role(&state, now_ms()).await {
+        let taken = replica.take_role(&state, now_ms()).await;
+        // Fenced brokers (absent from the layout) are not asked into the ISR.
+        if let Some(layout) = catalog.layout() {
+            let fenced = state
+                .replicas
+                .iter()
+                .copied()
+                .filter(|replica| !layout.brokers.contains_key(replica))
+                .collect();
+            replica.set_ineligible(fenced);
+        }
+        match taken {
             RoleTaken::Unchanged | RoleTaken::Leaderless => {}
             RoleTaken::Leading { log_end_offset } => {
                 info!(topic = %replica.topic(), partition = index, leader_epoch = state.leader_epoch, log_end_offset, "leading");

@@ -194,6 +194,14 @@ impl Replicas {
                 },
             };
             let taken = replica.take_role(&state, self.now_ms()).await;
+            // Fenced or shutting-down brokers are not asked into the ISR.
+            let ineligible = state
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&broker| !self.image.borrow().is_eligible(broker))
+                .collect();
+            replica.set_ineligible(ineligible);
             match taken {
                 RoleTaken::Unchanged | RoleTaken::Leaderless => {}
                 RoleTaken::Leading { log_end_offset } => self.world.borrow_mut().event(format!(
