@@ -31,7 +31,6 @@ use tracing::{debug, info, warn};
 use super::now_ms;
 use super::shard::{Partition, Shard};
 use crate::replication::wire::{self, FollowedPartition};
-use crate::replication::FetchTaken;
 
 /// Largest response frame accepted.
 const RESPONSE_FRAME_BYTES_MAX: usize = 64 << 20;
@@ -145,15 +144,10 @@ pub(crate) async fn run(shard: Rc<Shard>, leader: i32) {
                 continue;
             }
             let replica = &partition.replica;
-            match replica.take_fetched(leader, answer, now_ms()).await {
-                Ok(FetchTaken::Truncated(offset)) => {
-                    info!(topic = %replica.topic(), partition = replica.index(), leader, offset, "truncated to the leader's log");
-                }
-                Ok(FetchTaken::Appended { .. } | FetchTaken::Dropped) => {}
-                Err(error) => {
-                    warn!(topic = %replica.topic(), partition = replica.index(), leader, %error, "replication from the leader stalled");
-                    back_off = true;
-                }
+            // A truncation is logged by the replica itself.
+            if let Err(error) = replica.take_fetched(leader, answer, now_ms()).await {
+                warn!(topic = %replica.topic(), partition = replica.index(), leader, %error, "replication from the leader stalled");
+                back_off = true;
             }
         }
         if !out_of_range.is_empty() {
