@@ -31,6 +31,9 @@ pub enum Mutation {
     FollowerSkipsTruncation = 5,
     /// A leader's ISR shrink takes effect in the leader before the controller commits it.
     IsrShrinkBeforeCommit = 6,
+    /// The group coordinator accepts an offset commit without checking its member and
+    /// generation: a member that lost its partitions in a rebalance still commits them.
+    StaleGenerationCommit = 7,
 }
 
 impl Mutation {
@@ -42,6 +45,7 @@ impl Mutation {
         Mutation::HighWatermarkBeforeIsr,
         Mutation::FollowerSkipsTruncation,
         Mutation::IsrShrinkBeforeCommit,
+        Mutation::StaleGenerationCommit,
     ];
 }
 

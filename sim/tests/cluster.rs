@@ -44,6 +44,7 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
             .collect()
     });
     let (mut crashes, mut terms, mut topics, mut acknowledged) = (0, 0, 0, 0);
+    let (mut consumed, mut generations, mut commits) = (0, 0, 0);
     let mut failures = Vec::new();
     for result in results {
         match result {
@@ -52,6 +53,9 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
                 terms += summary.terms;
                 topics += summary.topics_acknowledged;
                 acknowledged += summary.records_acknowledged;
+                consumed += summary.records_consumed;
+                generations += summary.group_generations;
+                commits += summary.commits_acknowledged;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -72,6 +76,16 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
         acknowledged > 50 * count as usize,
         "{acknowledged} records acknowledged in {count} runs"
     );
+    // The consumer group consumes them, rebalances and commits.
+    assert!(
+        consumed > acknowledged,
+        "{consumed} records consumed, {acknowledged} acknowledged, in {count} runs"
+    );
+    assert!(
+        generations > 2 * count as usize,
+        "{generations} group generations in {count} runs"
+    );
+    assert!(commits > 50 * count, "{commits} commits in {count} runs");
 }
 
 #[test]

@@ -1224,7 +1224,9 @@ impl GroupCoordinator {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         if managed {
-            self.check_member(who)?;
+            if !mutated!(StaleGenerationCommit) {
+                self.check_member(who)?;
+            }
         } else if !group.is(GroupState::Empty) {
             // A consumer without a group may commit only while no group uses the id.
             return Err(ResponseError::UnknownMemberId);

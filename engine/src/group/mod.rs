@@ -3,12 +3,14 @@
 //! [`coordinator::GroupCoordinator`] is a sans-IO state machine (Kafka's classic group
 //! protocol: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, offset commits), one per partition of
 //! `__consumer_offsets`. It takes time and randomness as inputs and asks for appends as
-//! outputs; the broker drives it with glommio (`runtime::groups`), the simulation with turmoil.
+//! outputs; [`host`] runs it over an [`host::OffsetsPartition`], which the broker implements
+//! with glommio (`runtime::groups`) and the simulation with turmoil.
 //! A group lives on the partition [`offsets_partition_for`] picks, as in Kafka, so that any
 //! Kafka client's idea of its coordinator holds.
 
 pub mod calls;
 pub mod coordinator;
+pub mod host;
 pub mod records;
 pub mod state;
 

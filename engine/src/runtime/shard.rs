@@ -37,7 +37,7 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::storage::backend::DmaStorage;
 use crate::storage::{PartitionLog, SharedLog, StorageError};
 
-use super::groups::{self, CoordinatorHost};
+use super::groups::{self, CoordinatorHost, GlommioClock};
 use super::now_ms;
 use crate::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use crate::replication::{
@@ -1287,7 +1287,7 @@ impl Shard {
                 && leading
                 && !self.coordinators.borrow().contains_key(&index)
             {
-                let host = Rc::new(CoordinatorHost::new(topic.id, index));
+                let host = Rc::new(CoordinatorHost::new(index, self.config.groups.clone()));
                 self.coordinators.borrow_mut().insert(index, host);
             }
         }
@@ -1310,7 +1310,7 @@ impl Shard {
                 .borrow()
                 .contains_key(&(topic.id, host.partition))
             {
-                glommio::spawn_local(groups::drive(Rc::clone(self), host)).detach();
+                glommio::spawn_local(groups::drive(Rc::clone(self), topic.id, host)).detach();
             } else {
                 host.stop("its partition is offline");
             }
@@ -1361,7 +1361,7 @@ impl Shard {
     async fn local_group_call(&self, partition: i32, call: Call) -> Reply {
         let host = self.coordinators.borrow().get(&partition).cloned();
         match host {
-            Some(host) => host.call(call).await,
+            Some(host) => host.call(&GlommioClock, call).await,
             // Not started yet: the catalog has the topic but the partition is still opening.
             None => Reply::unavailable(&call, ResponseError::CoordinatorLoadInProgress),
         }

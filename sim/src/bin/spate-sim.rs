@@ -125,8 +125,8 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                         println!(
                             "seed {seed}: ok, {} nodes, faults {:?}: {} injected ({} crashes, \
                              {} controlled shutdowns), {} terms, {} topics acknowledged, \
-                             {} records sent, {} acknowledged (acks=all), {} events, digest \
-                             {:016x}",
+                             {} records sent, {} acknowledged (acks=all), {} consumed by the \
+                             group in {} generations with {} commits, {} events, digest {:016x}",
                             summary.nodes,
                             summary.faults_enabled,
                             summary.faults_injected,
@@ -136,6 +136,9 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                             summary.topics_acknowledged,
                             summary.records_sent,
                             summary.records_acknowledged,
+                            summary.records_consumed,
+                            summary.group_generations,
+                            summary.commits_acknowledged,
                             summary.events,
                             summary.trace_digest
                         );

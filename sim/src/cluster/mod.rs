@@ -1,27 +1,35 @@
 //! The cluster simulation: 3 or 5 Spate nodes as turmoil hosts, each running the real
 //! metadata-quorum member ([`spate_engine::quorum::member::QuorumMember`]: raft, the
 //! controller, broker registration and heartbeats, topic requests) through a turmoil driver
-//! ([`node`]), with its metadata log on simulated storage; an admin client creating topics;
-//! faults chosen per seed; safety checked as the run goes ([`world`]) and liveness after a
-//! healing phase.
+//! ([`node`]), with its metadata log on simulated storage; the engine's partition replicas
+//! ([`replicas`]) and group coordinators ([`groups`]) on each node; an admin client creating
+//! topics, producers ([`producer`]) and a consumer group ([`consumer`]); faults chosen per
+//! seed; safety checked as the run goes ([`world`], [`consumer`]) and liveness after a healing
+//! phase.
 //!
 //! # Faults (swarm testing: each seed enables its own subset)
 //! Node crashes that lose unsynced writes, or keep a torn prefix of them, and restarts;
-//! stops (SIGTERM: a controlled shutdown, then a restart);
-//! network partitions isolating a node (symmetric or one way) or the quorum leader; messages
-//! held and released (reordered); message latency ranges; clock drift and jumps per node.
+//! stops (SIGTERM: a controlled shutdown, then a restart); the loss of a node's partition
+//! disk; network partitions isolating a node (symmetric or one way) or the quorum leader, and
+//! cut links; messages held and released (reordered); message latency ranges; clock drift and
+//! jumps per node; consumers killed (some mid-rebalance) and stalled past their session.
 //!
 //! # Checks
 //! Safety, all the time: one quorum leader per term; the same metadata at the same log index
 //! on every node; one leader per partition per leader epoch; partition and leader epochs never
-//! go back on a node; ISRs never grow (no partition leaders ask here); logs that open after
-//! every crash. Liveness, after the faults stop and
-//! the healing phase: one leader everyone follows, every node at the same applied index, every
-//! broker registered and unfenced, every partition led, every acknowledged topic present.
+//! go back on a node; ISRs grow only as leaders ask; high watermarks never go back within a
+//! leader epoch; logs that open after every crash; the group checks of [`consumer`]; no task
+//! panics. Liveness, after the faults stop and the healing phase: one leader everyone follows,
+//! every node at the same applied index, every broker registered and unfenced, every partition
+//! led, every acknowledged topic present; every replica caught up and holding what the
+//! producers were told; the group Stable, its offsets committed to the log ends, every
+//! acknowledged record consumed.
 
 mod client;
+mod consumer;
 mod disk;
 mod faults;
+mod groups;
 mod node;
 mod producer;
 mod replicas;
@@ -94,6 +102,12 @@ pub struct ClusterSummary {
     pub records_sent: usize,
     /// Records acknowledged with `acks=all` (and found in every replica after healing).
     pub records_acknowledged: usize,
+    /// Generations of the consumer group that handed out partitions (rebalances).
+    pub group_generations: usize,
+    /// Distinct records the consumer group consumed.
+    pub records_consumed: usize,
+    /// Offset commits acknowledged to the group's members.
+    pub commits_acknowledged: u64,
 }
 
 /// A failed run: the seed that replays it, what broke, and the events before it.
@@ -139,6 +153,8 @@ pub fn run_cluster_simulation(
     options: &ClusterOptions,
 ) -> Result<ClusterSummary, ClusterFailure> {
     let _watchdog = Watchdog::start(seed);
+    record_panics();
+    PANIC.with(|panic| panic.borrow_mut().take());
     let mut rng = SimRng::new(seed);
     let node_count: u64 = if rng.chance(30) { 5 } else { 3 };
     let nodes: Vec<NodeId> = (1..=node_count).collect();
@@ -197,6 +213,17 @@ pub fn run_cluster_simulation(
         ),
     );
 
+    sim.client(
+        "consumers",
+        consumer::run_all(
+            nodes.clone(),
+            Rc::clone(&world),
+            seed ^ 0xc0_5e,
+            fault_end_ms,
+            end_ms - 2_000,
+        ),
+    );
+
     let fail = |world: &RefCell<World>, what: String| {
         let world = world.borrow();
         ClusterFailure {
@@ -216,6 +243,9 @@ pub fn run_cluster_simulation(
         if let Err(error) = sim.step() {
             return Err(fail(&world, format!("a host failed: {error}")));
         }
+        if let Some(panic) = PANIC.with(|panic| panic.borrow_mut().take()) {
+            return Err(fail(&world, format!("a task panicked: {panic}")));
+        }
         if let Some(violation) = world.borrow().violations.first() {
             return Err(fail(&world, violation.clone()));
         }
@@ -233,6 +263,7 @@ pub fn run_cluster_simulation(
     }
     check_liveness(&world.borrow(), &nodes).map_err(|what| fail(&world, what))?;
     let produced = check_replicas(&world.borrow(), &nodes).map_err(|what| fail(&world, what))?;
+    check_group(&world.borrow()).map_err(|what| fail(&world, what))?;
     let world = world.borrow();
     Ok(ClusterSummary {
         trace_digest: world.trace.digest,
@@ -247,7 +278,76 @@ pub fn run_cluster_simulation(
         topics_acknowledged: world.acknowledged_topics.len(),
         records_sent: produced.sent,
         records_acknowledged: produced.acknowledged,
+        group_generations: world.groups.generations.len(),
+        records_consumed: world.groups.consumed.len(),
+        commits_acknowledged: world.groups.commits_acknowledged,
     })
+}
+
+/// After healing, the consumer group against the producers' topic: Stable with every member,
+/// each partition's committed offset at its log end (everything consumed and committed), and
+/// every acknowledged record consumed.
+fn check_group(world: &World) -> Result<(), String> {
+    let group = consumer::GROUP;
+    let view = world
+        .groups
+        .final_view
+        .as_ref()
+        .ok_or_else(|| format!("after healing the coordinator of {group} did not answer"))?;
+    if view.state != "Stable" || view.members != consumer::MEMBERS {
+        return Err(format!(
+            "after healing {group} is {} with {} members, not Stable with {}",
+            view.state,
+            view.members,
+            consumer::MEMBERS
+        ));
+    }
+    let mut log_ends = BTreeMap::new();
+    for dump in world.dumps.values().flatten() {
+        if dump.topic == producer::TOPIC && dump.leading {
+            log_ends.insert(dump.partition, dump.log_end_offset);
+        }
+    }
+    for (partition, log_end) in log_ends {
+        let committed = view.committed.get(&partition).copied().unwrap_or(-1);
+        if committed != log_end {
+            return Err(format!(
+                "after healing {group} committed {committed} for {}-{partition}, whose log ends \
+                 at {log_end}",
+                producer::TOPIC
+            ));
+        }
+    }
+    let mut values = BTreeMap::new();
+    let mut missing = Vec::new();
+    for operation in &world.history.operations {
+        match operation {
+            history::Operation::Send {
+                producer,
+                seq,
+                value,
+                ..
+            } => {
+                values.insert((*producer, *seq), value);
+            }
+            history::Operation::Acked { producer, seq, .. } => {
+                if let Some(value) = values.get(&(*producer, *seq)) {
+                    if !world.groups.consumed.contains(*value) {
+                        missing.push((*value).clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} acknowledged records were never consumed by {group}, first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    Ok(())
 }
 
 /// After healing, the replicas of the producers' topic against what the producers were told
@@ -318,6 +418,30 @@ fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, S
             shown.join("; ")
         )
     })
+}
+
+thread_local! {
+    /// The first panic on this thread since the last step: a task of a simulated host that
+    /// panics ends only that task (tokio catches it), so the run checks for one after every
+    /// step.
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once per process, a panic hook that records each panic for [`PANIC`] before
+/// printing it as the default hook does.
+fn record_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANIC.with(|panic| {
+                if let Ok(mut panic) = panic.try_borrow_mut() {
+                    panic.get_or_insert_with(|| info.to_string());
+                }
+            });
+            print(info);
+        }));
+    });
 }
 
 /// Wall time a seed may take before the run is declared stuck (a seed takes well under a

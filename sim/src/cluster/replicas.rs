@@ -16,7 +16,7 @@
 //!   broker's shards send them through its quorum driver.
 //! - After healing the checker asks every node for its replicas' records ([`ReplicaDump`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
@@ -39,6 +39,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use serde::{Deserialize, Serialize};
+use spate_engine::group::host::CoordinatorHost;
+use spate_engine::group::OFFSETS_TOPIC;
 use spate_engine::quorum::admin::IsrChange;
 use spate_engine::quorum::MetadataImage;
 use spate_engine::replication::wire::{self, FollowedPartition};
@@ -50,6 +52,7 @@ use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::disk::SimDisk;
+use super::groups::{self, GroupRequest};
 use super::node::{host_name, sim_ms, Event};
 use super::wire as frames;
 use super::world::World;
@@ -104,18 +107,42 @@ pub(crate) struct ProduceAnswer {
     pub(crate) leader_hint: i32,
 }
 
-type SimReplica = Replica<SimDisk>;
+pub(crate) type SimReplica = Replica<SimDisk>;
 
 /// One node's replicas. See the module docs.
 pub(crate) struct Replicas {
-    node: i32,
+    pub(crate) node: i32,
     disk: SimDisk,
-    world: Rc<RefCell<World>>,
+    pub(crate) world: Rc<RefCell<World>>,
     /// The member's loop, for ISR changes.
     events: mpsc::UnboundedSender<Event>,
-    image: RefCell<MetadataImage>,
+    pub(crate) image: RefCell<MetadataImage>,
     replicas: RefCell<BTreeMap<(String, i32), Rc<SimReplica>>>,
     fetchers: RefCell<BTreeSet<i32>>,
+    /// The group coordinators of the offsets partitions this node leads, by partition.
+    pub(crate) coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
+    /// Numbers the member ids this node hands out.
+    pub(crate) next_member_serial: Cell<u64>,
+    /// When this node last asked the controller to create `__consumer_offsets`.
+    offsets_topic_asked_ms: Cell<Option<u64>>,
+}
+
+/// A consumer's read of one partition, up to its high watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConsumeRequest {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+/// The answer: a Kafka error code, `(offset, value)` of the records read, and who this node
+/// thinks leads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConsumeAnswer {
+    pub(crate) error_code: i16,
+    pub(crate) records: Vec<(i64, String)>,
+    pub(crate) high_watermark: i64,
+    pub(crate) leader_hint: i32,
 }
 
 /// Runs the node's replicas until the node's software ends: applies every image `images`
@@ -135,6 +162,9 @@ pub(crate) async fn run(
         image: RefCell::new(MetadataImage::new()),
         replicas: RefCell::new(BTreeMap::new()),
         fetchers: RefCell::new(BTreeSet::new()),
+        coordinators: RefCell::new(BTreeMap::new()),
+        next_member_serial: Cell::new(0),
+        offsets_topic_asked_ms: Cell::new(None),
     });
     match turmoil::net::TcpListener::bind(("0.0.0.0", DATA_PORT)).await {
         Ok(listener) => {
@@ -157,7 +187,7 @@ pub(crate) async fn run(
 }
 
 impl Replicas {
-    fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         self.world
             .borrow()
             .node_clock_ms(self.node as u64, sim_ms())
@@ -202,6 +232,10 @@ impl Replicas {
                 .filter(|&broker| !self.image.borrow().is_eligible(broker))
                 .collect();
             replica.set_ineligible(ineligible);
+            if topic == OFFSETS_TOPIC {
+                let took_lead = matches!(taken, RoleTaken::Leading { .. });
+                groups::place_coordinator(self, &replica, took_lead);
+            }
             match taken {
                 RoleTaken::Unchanged | RoleTaken::Leaderless => {}
                 RoleTaken::Leading { log_end_offset } => self.world.borrow_mut().event(format!(
@@ -264,6 +298,29 @@ impl Replicas {
         }
     }
 
+    /// Asks the controller to create `__consumer_offsets`, as a broker does on the first
+    /// group request (`Shard::ensure_offsets_topic`), at most once a second; the group request
+    /// itself is answered COORDINATOR_NOT_AVAILABLE and retried.
+    pub(crate) fn ensure_offsets_topic(&self) {
+        let now_ms = sim_ms();
+        if self
+            .offsets_topic_asked_ms
+            .get()
+            .is_some_and(|asked_ms| now_ms < asked_ms + 1_000)
+        {
+            return;
+        }
+        self.offsets_topic_asked_ms.set(Some(now_ms));
+        let (answer, _) = oneshot::channel();
+        let _ = self.events.send(Event::Create {
+            topic: OFFSETS_TOPIC.to_owned(),
+            partitions: groups::OFFSETS_PARTITIONS,
+            // Kafka's offsets.topic.replication.factor.
+            replication_factor: 3,
+            answer,
+        });
+    }
+
     fn ensure_fetcher(self: &Rc<Self>, leader: i32) {
         if self.fetchers.borrow_mut().insert(leader) {
             tokio::task::spawn_local(fetch_from(Rc::clone(self), leader));
@@ -272,7 +329,7 @@ impl Replicas {
 
     /// Sends the ISR changes `replica`'s leader asks for to the controller, through the
     /// member.
-    fn send_isr_changes(self: &Rc<Self>, replica: &Rc<SimReplica>) {
+    pub(crate) fn send_isr_changes(self: &Rc<Self>, replica: &Rc<SimReplica>) {
         while let Some(ask) = replica.next_isr_change() {
             let topic_id = self.image.borrow().topic_id(replica.topic());
             let Some(topic_id) = topic_id else {
@@ -595,6 +652,24 @@ async fn serve(mut stream: turmoil::net::TcpStream, replicas: Rc<Replicas>) {
                     .ok()
                     .map(|body| (frames::PRODUCE_ANSWER, body))
             }
+            frames::CONSUME => {
+                let Ok(request) = serde_json::from_slice::<ConsumeRequest>(&payload) else {
+                    return;
+                };
+                let answer = consume(&replicas, request).await;
+                serde_json::to_vec(&answer)
+                    .ok()
+                    .map(|body| (frames::CONSUME_ANSWER, body))
+            }
+            frames::GROUP_CALL => {
+                let Ok(request) = serde_json::from_slice::<GroupRequest>(&payload) else {
+                    return;
+                };
+                let answer = groups::answer(&replicas, request).await;
+                serde_json::to_vec(&answer)
+                    .ok()
+                    .map(|body| (frames::GROUP_ANSWER, body))
+            }
             frames::DUMP => {
                 let dump = dump(&replicas).await;
                 serde_json::to_vec(&dump)
@@ -806,20 +881,16 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
     };
     replicas.send_isr_changes(&replica);
     if request.acks_all {
-        let deadline = now_ms + ACKS_ALL_TIMEOUT_MS;
-        loop {
-            let listener = replica.data_arrived.listen();
-            match replica.acks_all_outcome(info.last_offset + 1, MIN_INSYNC_REPLICAS) {
-                Some(Ok(())) => break,
-                Some(Err(error)) => return failed(error.code),
-                None => {}
-            }
-            let left = deadline - replicas.now_ms();
-            if left <= 0 {
-                return failed(ResponseError::RequestTimedOut);
-            }
-            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
-            let _ = tokio::time::timeout(left, listener).await;
+        let replicated = wait_acks_all(
+            replicas,
+            &replica,
+            info.last_offset + 1,
+            MIN_INSYNC_REPLICAS,
+            ACKS_ALL_TIMEOUT_MS,
+        )
+        .await;
+        if let Err(code) = replicated {
+            return failed(code);
         }
     }
     ProduceAnswer {
@@ -827,6 +898,108 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
         offset: info.base_offset,
         leader_hint,
     }
+}
+
+/// Waits until the in-sync replicas (at least `min_insync_replicas`) have everything below
+/// `required_offset`, as an `acks=all` produce does, for at most `timeout_ms`.
+pub(crate) async fn wait_acks_all(
+    replicas: &Replicas,
+    replica: &SimReplica,
+    required_offset: i64,
+    min_insync_replicas: usize,
+    timeout_ms: i64,
+) -> Result<(), ResponseError> {
+    let deadline = replicas.now_ms() + timeout_ms;
+    loop {
+        let listener = replica.data_arrived.listen();
+        match replica.acks_all_outcome(required_offset, min_insync_replicas) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(error)) => return Err(error.code),
+            None => {}
+        }
+        let left = deadline - replicas.now_ms();
+        if left <= 0 {
+            return Err(ResponseError::RequestTimedOut);
+        }
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        let _ = tokio::time::timeout(left, listener).await;
+    }
+}
+
+/// Most records one consumer read returns.
+const CONSUME_RECORDS_MAX: usize = 200;
+
+/// A consumer's read on this node: records of a partition it leads from `offset` up to the
+/// high watermark, as the broker's Fetch answers consumers.
+async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAnswer {
+    let leader_hint = replicas
+        .image
+        .borrow()
+        .topic_id(&request.topic)
+        .and_then(|id| {
+            replicas
+                .image
+                .borrow()
+                .partition(id, request.partition)
+                .map(|state| state.leader)
+        })
+        .unwrap_or(-1);
+    let failed = |code: ResponseError| ConsumeAnswer {
+        error_code: code.code(),
+        records: Vec::new(),
+        high_watermark: -1,
+        leader_hint,
+    };
+    let Some(replica) = replicas
+        .replica(&request.topic, request.partition)
+        .filter(|replica| replica.is_leading())
+    else {
+        return failed(ResponseError::NotLeaderOrFollower);
+    };
+    let (start, end) = replica
+        .log
+        .with_log(async |log| (log.log_start_offset(), log.log_end_offset()))
+        .await;
+    if request.offset < start || request.offset > end {
+        return failed(ResponseError::OffsetOutOfRange);
+    }
+    let readable = replica.readable_end(end);
+    let mut records = read_values(&replica, request.offset, readable).await;
+    records.truncate(CONSUME_RECORDS_MAX);
+    ConsumeAnswer {
+        error_code: 0,
+        records,
+        high_watermark: readable,
+        leader_hint,
+    }
+}
+
+/// `(offset, value)` of the records of `replica` from `from` to `end`.
+async fn read_values(replica: &SimReplica, from: i64, end: i64) -> Vec<(i64, String)> {
+    let mut records = Vec::new();
+    let mut offset = from;
+    while offset < end {
+        let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(end)).await else {
+            break;
+        };
+        let mut bytes = fetched.to_bytes();
+        let Ok(batches) = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes)
+        else {
+            break;
+        };
+        let before = offset;
+        for record in batches.iter().flat_map(|batch| &batch.records) {
+            if record.offset >= offset && record.offset < end {
+                let value = record.value.as_deref().unwrap_or_default();
+                records.push((record.offset, String::from_utf8_lossy(value).into_owned()));
+                offset = record.offset + 1;
+            }
+        }
+        if offset == before {
+            break;
+        }
+    }
+    records
 }
 
 /// Every replica's records, for the checker.
@@ -837,29 +1010,7 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             .log
             .with_log(async |log| (log.log_start_offset(), log.log_end_offset()))
             .await;
-        let mut records = Vec::new();
-        let mut offset = start;
-        while offset < end {
-            let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(end)).await else {
-                break;
-            };
-            let mut bytes = fetched.to_bytes();
-            let Ok(batches) = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes)
-            else {
-                break;
-            };
-            let before = offset;
-            for record in batches.iter().flat_map(|batch| &batch.records) {
-                if record.offset >= offset {
-                    let value = record.value.as_deref().unwrap_or_default();
-                    records.push((record.offset, String::from_utf8_lossy(value).into_owned()));
-                    offset = record.offset + 1;
-                }
-            }
-            if offset == before {
-                break;
-            }
-        }
+        let records = read_values(&replica, start, end).await;
         dumps.push(ReplicaDump {
             topic: replica.topic().to_owned(),
             partition: replica.index(),

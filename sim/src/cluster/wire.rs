@@ -28,6 +28,14 @@ pub(crate) const LIST_OFFSETS_ANSWER: u8 = 23;
 pub(crate) const PRODUCE: u8 = 30;
 /// Its answer (JSON `ProduceAnswer`).
 pub(crate) const PRODUCE_ANSWER: u8 = 31;
+/// A consumer's read (JSON `ConsumeRequest`).
+pub(crate) const CONSUME: u8 = 32;
+/// Its answer (JSON `ConsumeAnswer`).
+pub(crate) const CONSUME_ANSWER: u8 = 33;
+/// A consumer's request to its group's coordinator (JSON `GroupRequest`).
+pub(crate) const GROUP_CALL: u8 = 34;
+/// Its answer (JSON `GroupAnswer`).
+pub(crate) const GROUP_ANSWER: u8 = 35;
 /// The checker asks a node for its replicas' records.
 pub(crate) const DUMP: u8 = 40;
 /// The records (JSON `Vec<ReplicaDump>`).

@@ -13,6 +13,7 @@ use spate_engine::quorum::member::QuorumMember;
 use spate_engine::quorum::NodeId;
 use uuid::Uuid;
 
+use super::consumer::GroupLedger;
 use super::replicas::ReplicaDump;
 
 /// Events kept for the report of a failure.
@@ -153,6 +154,8 @@ pub(crate) struct World {
     /// Each partition's replicas and ISR in the newest metadata any node applied, with its
     /// applied index.
     latest_partitions: BTreeMap<(Uuid, i32), LatestPartition>,
+    /// What the consumer group did.
+    pub(crate) groups: GroupLedger,
 }
 
 impl World {
@@ -179,6 +182,7 @@ impl World {
             leader_high_watermarks: BTreeMap::new(),
             dumps: BTreeMap::new(),
             latest_partitions: BTreeMap::new(),
+            groups: GroupLedger::default(),
         }
     }
 
