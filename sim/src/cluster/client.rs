@@ -1,15 +1,22 @@
 //! A simulated admin client: creates topics one after another, each through a node chosen at
 //! random, and records which creations were acknowledged. A creation that times out or whose
 //! connection breaks has an unknown outcome (it may still happen); only acknowledged ones are
-//! checked.
+//! checked. In half the seeds it also moves the replicas of the producers' topic and of
+//! `__consumer_offsets` to three nodes chosen at random, preferred leader first
+//! (AlterPartitionReassignments): with five nodes, replicas move to nodes that must catch up;
+//! with three, the preferred leader changes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use spate_engine::group::OFFSETS_TOPIC;
+use spate_engine::quorum::admin::Reassignment;
 use spate_engine::quorum::NodeId;
 
+use super::groups;
 use super::node::{host_name, CLIENT_PORT};
+use super::producer;
 use super::wire;
 use super::world::World;
 use crate::SimRng;
@@ -26,6 +33,7 @@ pub(crate) async fn run(
 ) -> turmoil::Result {
     let mut rng = SimRng::new(seed);
     let mut next_topic = 0_u64;
+    let reassigning = rng.chance(50);
     loop {
         let pause = Duration::from_millis(100 + rng.below(900));
         tokio::time::sleep(pause).await;
@@ -34,6 +42,10 @@ pub(crate) async fn run(
             return Ok(());
         }
         let node = nodes[rng.below(nodes.len() as u64) as usize];
+        if reassigning && rng.chance(40) {
+            reassign_one(&nodes, node, &world, &mut rng).await;
+            continue;
+        }
         let topic = format!("topic-{next_topic}");
         next_topic += 1;
         let partitions = 1 + rng.below(4) as u8;
@@ -78,5 +90,53 @@ pub(crate) async fn create(
         .ok()?;
     let (kind, answer) = wire::read_frame(&mut stream).await?;
     let code: [u8; 2] = answer.try_into().ok()?;
-    (kind == wire::CREATE_TOPIC_ANSWER).then(|| i16::from_be_bytes(code))
+    (kind == wire::ADMIN_ANSWER).then(|| i16::from_be_bytes(code))
+}
+
+/// Moves one partition of the producers' topic or of `__consumer_offsets` to three nodes
+/// chosen at random, through `node`.
+async fn reassign_one(nodes: &[NodeId], node: NodeId, world: &RefCell<World>, rng: &mut SimRng) {
+    let (topic, partitions) = if rng.chance(70) {
+        (producer::TOPIC, i32::from(producer::PARTITIONS))
+    } else {
+        (OFFSETS_TOPIC, groups::OFFSETS_PARTITIONS)
+    };
+    let partition = rng.below(partitions as u64) as i32;
+    let mut shuffled = nodes.to_vec();
+    for index in (1..shuffled.len()).rev() {
+        shuffled.swap(index, rng.below(index as u64 + 1) as usize);
+    }
+    let target: Vec<i32> = shuffled.iter().take(3).map(|&node| node as i32).collect();
+    world.borrow_mut().event(format!(
+        "client asks node {node} to move {topic}-{partition} to {target:?}"
+    ));
+    let reassignment = Reassignment {
+        topic: topic.to_owned(),
+        partition,
+        target: Some(target),
+    };
+    let outcome = tokio::time::timeout(ANSWER_TIMEOUT, reassign(node, &reassignment)).await;
+    world.borrow_mut().event(format!(
+        "client: moving {topic}-{partition}: {}",
+        match outcome {
+            Ok(Some(0)) => "accepted".to_owned(),
+            Ok(Some(code)) => format!("refused with error {code}"),
+            Ok(None) => "outcome unknown (connection lost)".to_owned(),
+            Err(_) => "outcome unknown (timed out)".to_owned(),
+        }
+    ));
+}
+
+/// One reassignment; the error code answered, or `None` when the connection failed.
+async fn reassign(node: NodeId, reassignment: &Reassignment) -> Option<i16> {
+    let mut stream = turmoil::net::TcpStream::connect((host_name(node), CLIENT_PORT))
+        .await
+        .ok()?;
+    let payload = serde_json::to_vec(reassignment).ok()?;
+    wire::write_frame(&mut stream, wire::REASSIGN, &payload)
+        .await
+        .ok()?;
+    let (kind, answer) = wire::read_frame(&mut stream).await?;
+    let code: [u8; 2] = answer.try_into().ok()?;
+    (kind == wire::ADMIN_ANSWER).then(|| i16::from_be_bytes(code))
 }

@@ -305,13 +305,7 @@ pub(crate) fn place_coordinator(
 ) {
     let index = replica.index();
     if took_lead || !replica.is_leading() {
-        if let Some(old) = replicas.coordinators.borrow_mut().remove(&index) {
-            old.stop("its partition's leadership moved");
-            replicas.world.borrow_mut().event(format!(
-                "node {}: group coordinator of {OFFSETS_TOPIC}-{index} stopped",
-                replicas.node
-            ));
-        }
+        stop_coordinator(replicas, index);
     }
     if took_lead {
         let host = Rc::new(CoordinatorHost::new(index, coordinator_config()));
@@ -329,6 +323,17 @@ pub(crate) fn place_coordinator(
             replica: Rc::clone(replica),
         };
         tokio::task::spawn_local(host::drive(host, partition));
+    }
+}
+
+/// Stops the coordinator of offsets partition `index`, if this node runs one.
+pub(crate) fn stop_coordinator(replicas: &Replicas, index: i32) {
+    if let Some(old) = replicas.coordinators.borrow_mut().remove(&index) {
+        old.stop("its partition's leadership moved");
+        replicas.world.borrow_mut().event(format!(
+            "node {}: group coordinator of {OFFSETS_TOPIC}-{index} stopped",
+            replicas.node
+        ));
     }
 }
 

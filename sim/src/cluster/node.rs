@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use spate_engine::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
+use spate_engine::quorum::admin::{ItemResult, Reassignment, TopicAdmin, TopicToCreate};
 use spate_engine::quorum::log::QuorumLog;
 use spate_engine::quorum::member::{
     image_from_snapshot, BrokerEndpoint, ControllerReply, ControllerRequest, MemberConfig,
@@ -59,15 +59,10 @@ pub(crate) struct NodeSetup {
 /// What the member's loop takes in.
 pub(crate) enum Event {
     Input(MemberInput<u64>),
-    Create {
-        topic: String,
-        partitions: i32,
-        replication_factor: usize,
-        answer: oneshot::Sender<i16>,
-    },
-    /// A partition leader's ISR change, for the controller; answered with a Kafka error code.
-    AlterIsr {
-        change: IsrChange,
+    /// A topic request for the controller (a client's creation or reassignment, a leader's
+    /// ISR change); answered with a Kafka error code.
+    Admin {
+        admin: TopicAdmin,
         answer: oneshot::Sender<i16>,
     },
 }
@@ -164,29 +159,11 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
         };
         let input = match event {
             Some(Event::Input(input)) => input,
-            Some(Event::Create {
-                topic,
-                partitions,
-                replication_factor,
-                answer,
-            }) => {
+            Some(Event::Admin { admin, answer }) => {
                 next_answer += 1;
                 answers.insert(next_answer, answer);
                 MemberInput::Admin {
-                    admin: TopicAdmin::Create(vec![TopicToCreate {
-                        name: topic,
-                        partitions,
-                        replication_factor,
-                        configs: BTreeMap::new(),
-                    }]),
-                    reply: next_answer,
-                }
-            }
-            Some(Event::AlterIsr { change, answer }) => {
-                next_answer += 1;
-                answers.insert(next_answer, answer);
-                MemberInput::Admin {
-                    admin: TopicAdmin::AlterIsr(change),
+                    admin,
                     reply: next_answer,
                 }
             }
@@ -393,33 +370,40 @@ async fn accept_clients(listener: turmoil::net::TcpListener, events: mpsc::Unbou
     }
 }
 
-/// A client's topic creations, one at a time.
+/// A client's topic creations and reassignments, one at a time.
 async fn serve_client(mut stream: turmoil::net::TcpStream, events: mpsc::UnboundedSender<Event>) {
     while let Some((kind, payload)) = wire::read_frame(&mut stream).await {
-        let [partitions, replication_factor, name @ ..] = payload.as_slice() else {
-            return;
+        let admin = match kind {
+            wire::CREATE_TOPIC => {
+                let [partitions, replication_factor, name @ ..] = payload.as_slice() else {
+                    return;
+                };
+                let Ok(name) = String::from_utf8(name.to_vec()) else {
+                    return;
+                };
+                TopicAdmin::Create(vec![TopicToCreate {
+                    name,
+                    partitions: i32::from(*partitions),
+                    replication_factor: usize::from(*replication_factor),
+                    configs: BTreeMap::new(),
+                }])
+            }
+            wire::REASSIGN => {
+                let Ok(reassignment) = serde_json::from_slice::<Reassignment>(&payload) else {
+                    return;
+                };
+                TopicAdmin::Reassign(vec![reassignment])
+            }
+            _ => return,
         };
-        let Ok(topic) = String::from_utf8(name.to_vec()) else {
-            return;
-        };
-        if kind != wire::CREATE_TOPIC {
-            return;
-        }
         let (answer, answered) = oneshot::channel();
-        let create = Event::Create {
-            topic,
-            partitions: i32::from(*partitions),
-            replication_factor: usize::from(*replication_factor),
-            answer,
-        };
-        if events.send(create).is_err() {
+        if events.send(Event::Admin { admin, answer }).is_err() {
             return;
         }
         let Ok(code) = answered.await else {
             return;
         };
-        let written =
-            wire::write_frame(&mut stream, wire::CREATE_TOPIC_ANSWER, &code.to_be_bytes()).await;
+        let written = wire::write_frame(&mut stream, wire::ADMIN_ANSWER, &code.to_be_bytes()).await;
         if written.is_err() {
             return;
         }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,11 +41,12 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use serde::{Deserialize, Serialize};
 use spate_engine::group::host::CoordinatorHost;
 use spate_engine::group::OFFSETS_TOPIC;
-use spate_engine::quorum::admin::IsrChange;
+use spate_engine::quorum::admin::{IsrChange, TopicAdmin, TopicToCreate};
 use spate_engine::quorum::MetadataImage;
 use spate_engine::replication::wire::{self, FollowedPartition};
 use spate_engine::replication::{
-    FetchTaken, FollowerFetch, IsrChangeAsk, IsrChangeError, Replica, ReplicationConfig, RoleTaken,
+    FetchTaken, FollowerFetch, IsrChangeAsk, IsrChangeError, PartitionState, Replica,
+    ReplicationConfig, RoleTaken,
 };
 use spate_engine::storage::batch::build::{batch, NewRecord};
 use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
@@ -73,6 +74,9 @@ const ACKS_ALL_TIMEOUT_MS: i64 = 5_000;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed exchange (replica.fetch.backoff.ms).
 const BACKOFF: Duration = Duration::from_millis(200);
+/// Longest a replica moved back to a node waits for the tasks still holding its old
+/// incarnation (produce waits end after `ACKS_ALL_TIMEOUT_MS`, long polls sooner).
+const RETIRED_WAIT_MS: u64 = 15_000;
 /// How long the controller may take to answer an ISR change.
 const ISR_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -125,6 +129,8 @@ pub(crate) struct Replicas {
     pub(crate) next_member_serial: Cell<u64>,
     /// When this node last asked the controller to create `__consumer_offsets`.
     offsets_topic_asked_ms: Cell<Option<u64>>,
+    /// Replicas moved away from this node, until every task let go of them.
+    retired: RefCell<BTreeMap<(String, i32), Weak<SimReplica>>>,
 }
 
 /// A consumer's read of one partition, up to its high watermark.
@@ -165,6 +171,7 @@ pub(crate) async fn run(
         coordinators: RefCell::new(BTreeMap::new()),
         next_member_serial: Cell::new(0),
         offsets_topic_asked_ms: Cell::new(None),
+        retired: RefCell::new(BTreeMap::new()),
     });
     match turmoil::net::TcpListener::bind(("0.0.0.0", DATA_PORT)).await {
         Ok(listener) => {
@@ -215,6 +222,7 @@ impl Replicas {
             }
         }
         *self.image.borrow_mut() = image;
+        self.retire_unassigned(&assigned);
         for (topic, partition, state) in assigned {
             let replica = match self.replica(&topic, partition) {
                 Some(replica) => replica,
@@ -258,7 +266,60 @@ impl Replicas {
         }
     }
 
+    /// Drops the replicas the metadata no longer gives this node (moved away by a
+    /// reassignment): they stop leading, answering and fetching. Their logs stay on the disk,
+    /// so a replica moved back opens its old log and truncates it as a follower must (the
+    /// broker deletes the directory; a broker that was down while the replica moved away and
+    /// back opens its old log the same way).
+    fn retire_unassigned(self: &Rc<Self>, assigned: &[(String, i32, PartitionState)]) {
+        let kept: BTreeSet<(String, i32)> = assigned
+            .iter()
+            .map(|(topic, partition, _)| (topic.clone(), *partition))
+            .collect();
+        let gone: Vec<(String, i32)> = self
+            .replicas
+            .borrow()
+            .keys()
+            .filter(|key| !kept.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            let Some(replica) = self.replicas.borrow_mut().remove(&key) else {
+                continue;
+            };
+            if key.0 == OFFSETS_TOPIC {
+                groups::stop_coordinator(self, key.1);
+            }
+            replica.data_arrived.notify(usize::MAX);
+            self.world.borrow_mut().event(format!(
+                "node {}: no longer a replica of {}-{}",
+                self.node, key.0, key.1
+            ));
+            self.retired
+                .borrow_mut()
+                .insert(key, Rc::downgrade(&replica));
+        }
+    }
+
     async fn open(&self, topic: &str, partition: i32) -> Option<Rc<SimReplica>> {
+        let key = (topic.to_owned(), partition);
+        // A replica moved away and back: its old log is opened once every request that held
+        // the old one let go (a produce waits for its replicas at most its timeout).
+        let retired = self.retired.borrow_mut().remove(&key);
+        if let Some(retired) = retired {
+            let deadline = sim_ms() + RETIRED_WAIT_MS;
+            while retired.strong_count() > 0 {
+                if sim_ms() >= deadline {
+                    self.world.borrow_mut().violation(format!(
+                        "node {}: the retired replica of {topic}-{partition} is still in use \
+                         after {RETIRED_WAIT_MS} ms",
+                        self.node
+                    ));
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let dir = PathBuf::from(format!("{DATA_DIR}/{topic}-{partition}"));
         let config = LogConfig {
             // Small, so that runs roll segments.
@@ -312,11 +373,14 @@ impl Replicas {
         }
         self.offsets_topic_asked_ms.set(Some(now_ms));
         let (answer, _) = oneshot::channel();
-        let _ = self.events.send(Event::Create {
-            topic: OFFSETS_TOPIC.to_owned(),
-            partitions: groups::OFFSETS_PARTITIONS,
-            // Kafka's offsets.topic.replication.factor.
-            replication_factor: 3,
+        let _ = self.events.send(Event::Admin {
+            admin: TopicAdmin::Create(vec![TopicToCreate {
+                name: OFFSETS_TOPIC.to_owned(),
+                partitions: groups::OFFSETS_PARTITIONS,
+                // Kafka's offsets.topic.replication.factor.
+                replication_factor: 3,
+                configs: BTreeMap::new(),
+            }]),
             answer,
         });
     }
@@ -370,7 +434,10 @@ async fn alter_isr(
     let (answer, answered) = oneshot::channel();
     let outcome = if replicas
         .events
-        .send(Event::AlterIsr { change, answer })
+        .send(Event::Admin {
+            admin: TopicAdmin::AlterIsr(change),
+            answer,
+        })
         .is_err()
     {
         Err(IsrChangeError::Unknown)
@@ -912,6 +979,14 @@ pub(crate) async fn wait_acks_all(
     let deadline = replicas.now_ms() + timeout_ms;
     loop {
         let listener = replica.data_arrived.listen();
+        // A replica moved away from this node answers what is waiting at once, as a broker
+        // completes the requests in purgatory when it loses a partition.
+        let current = replicas
+            .replica(replica.topic(), replica.index())
+            .is_some_and(|current| std::ptr::eq(current.as_ref(), replica));
+        if !current {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
         match replica.acks_all_outcome(required_offset, min_insync_replicas) {
             Some(Ok(())) => return Ok(()),
             Some(Err(error)) => return Err(error.code),

@@ -13,8 +13,10 @@ pub(crate) const REPLY: u8 = 2;
 /// A client's topic creation: its partition count and replication factor as one byte each,
 /// then the topic name.
 pub(crate) const CREATE_TOPIC: u8 = 10;
-/// The answer: a Kafka error code, big-endian (0: created).
-pub(crate) const CREATE_TOPIC_ANSWER: u8 = 11;
+/// The answer to a topic creation or reassignment: a Kafka error code, big-endian (0: done).
+pub(crate) const ADMIN_ANSWER: u8 = 11;
+/// A client's partition reassignment (JSON `Reassignment`).
+pub(crate) const REASSIGN: u8 = 12;
 
 /// A follower's Fetch (v12), as the `kafka-protocol` crate encodes it.
 pub(crate) const FETCH: u8 = 20;
