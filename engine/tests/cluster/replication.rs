@@ -821,9 +821,17 @@ fn with_two_of_three_replicas_dead_acks_all_is_refused_and_nothing_acknowledged_
     // One comes back, catches up and rejoins the ISR: acks=all works again.
     let returning = *before.replicas.iter().find(|&&id| id != survivor).unwrap();
     nodes[returning as usize - 1] = start(work.path(), returning, &quorum);
-    describe(&nodes[survivor as usize - 1], &|partition| {
-        partition.isr.len() == 2 && partition.isr.contains(&returning)
-    });
+    let rejoined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        describe(&nodes[survivor as usize - 1], &|partition| {
+            partition.isr.len() == 2 && partition.isr.contains(&returning)
+        })
+    }));
+    // The survivor's log is in the panic; the returning replica's says why it did not rejoin.
+    assert!(
+        rejoined.is_ok(),
+        "replica {returning} did not rejoin the ISR; its log:\n{}",
+        nodes[returning as usize - 1].log()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The leader may have moved to the returning (preferred) replica meanwhile.
