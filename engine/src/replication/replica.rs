@@ -285,6 +285,17 @@ impl<S: Storage> Replica<S> {
         taken
     }
 
+    /// This broker is no longer a replica of the partition (moved away by a reassignment, or
+    /// its topic deleted): it stops leading and following, and an `acks=all` produce still
+    /// waiting is answered NOT_LEADER_OR_FOLLOWER at once, as Kafka completes the requests
+    /// waiting on a partition it loses.
+    pub fn retire(&self) {
+        *self.follower.borrow_mut() = None;
+        *self.leader.borrow_mut() = None;
+        self.leading.set(false);
+        self.data_arrived.notify(usize::MAX);
+    }
+
     async fn change_role(&self, state: &PartitionState, now_ms: i64) -> RoleTaken {
         if state.leader == self.node_id {
             if self.leading.get() && self.leader_epoch.get() == state.leader_epoch {
@@ -887,6 +898,37 @@ mod tests {
                 storage.durable_len(segment).is_some_and(|len| len > 0),
                 "the record is on disk"
             );
+        });
+    }
+
+    #[test]
+    fn a_retired_leader_answers_waiting_acks_all_produces_at_once() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            replica.take_role(&state(1, 0), 0).await;
+            let appended = replica
+                .append_as_leader(batch(&[NewRecord::value("a", 0)]), 0)
+                .await
+                .expect("appends");
+            let required = appended.last_offset + 1;
+            assert!(
+                replica.acks_all_outcome(required, 2).is_none(),
+                "waits for the follower"
+            );
+            let woken = replica.data_arrived.listen();
+            replica.retire();
+            woken.await;
+            let outcome = replica.acks_all_outcome(required, 2);
+            assert!(
+                matches!(&outcome, Some(Err(error)) if error.code == ResponseError::NotLeaderOrFollower),
+                "{outcome:?}"
+            );
+            assert!(!replica.is_leading());
+            assert!(replica
+                .append_as_leader(batch(&[NewRecord::value("b", 0)]), 0)
+                .await
+                .is_err());
         });
     }
 

@@ -1415,6 +1415,7 @@ impl Shard {
     }
 
     async fn delete_partition(&self, partition: Rc<Partition>) {
+        partition.replica.retire();
         partition.stop_read_ahead().await;
         let dir = partition
             .replica

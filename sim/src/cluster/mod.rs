@@ -395,7 +395,24 @@ fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, S
                 leading.high_watermark, leading.log_end_offset
             ));
         }
+        let leader_batches: BTreeMap<i64, (i64, u64)> = leading
+            .batches
+            .iter()
+            .map(|&(base, last, digest)| (base, (last, digest)))
+            .collect();
         for (node, dump) in replicas {
+            for &(base, last, digest) in &dump.batches {
+                if last >= leading.high_watermark {
+                    break;
+                }
+                if leader_batches.get(&base) != Some(&(last, digest)) {
+                    return Err(format!(
+                        "after healing the batch of {name} at offset {base} on node {node} \
+                         differs from its leader {leader}'s below the high watermark {}",
+                        leading.high_watermark
+                    ));
+                }
+            }
             if dump.log_end_offset != leading.log_end_offset {
                 return Err(format!(
                     "after healing the replica of {name} on node {node} ends at {}, its leader \

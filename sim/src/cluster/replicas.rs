@@ -14,6 +14,11 @@
 //!   `min.insync.replicas` 2), each one record in a real v2 batch.
 //! - A tick shrinks lagging ISRs; ISR changes go to the controller through the member, as the
 //!   broker's shards send them through its quorum driver.
+//! - Leaders answer the simulated consumers' reads up to the high watermark
+//!   ([`ConsumeRequest`]) and pass their group requests to the node's coordinators
+//!   (`super::groups`).
+//! - A replica the metadata moves away (a reassignment) is dropped; one moved back reopens
+//!   its old log once the old incarnation is released.
 //! - After healing the checker asks every node for its replicas' records ([`ReplicaDump`]).
 
 use std::cell::{Cell, RefCell};
@@ -49,6 +54,7 @@ use spate_engine::replication::{
     ReplicationConfig, RoleTaken,
 };
 use spate_engine::storage::batch::build::{batch, NewRecord};
+use spate_engine::storage::batch::BatchHeader;
 use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -56,7 +62,7 @@ use super::disk::SimDisk;
 use super::groups::{self, GroupRequest};
 use super::node::{host_name, sim_ms, Event};
 use super::wire as frames;
-use super::world::World;
+use super::world::{fnv1a, World, FNV_OFFSET};
 
 /// Where a node keeps its partitions (on a disk of their own: see the disk-loss fault).
 pub(crate) const DATA_DIR: &str = "/spate/data";
@@ -92,6 +98,9 @@ pub(crate) struct ReplicaDump {
     pub(crate) log_end_offset: i64,
     /// `(offset, value)` of every record.
     pub(crate) records: Vec<(i64, String)>,
+    /// `(base offset, last offset, FNV-1a of its bytes)` of every batch: replicas are
+    /// byte-identical below the high watermark, leader epochs and all.
+    pub(crate) batches: Vec<(i64, i64, u64)>,
 }
 
 /// A produce request from a simulated producer.
@@ -290,7 +299,7 @@ impl Replicas {
             if key.0 == OFFSETS_TOPIC {
                 groups::stop_coordinator(self, key.1);
             }
-            replica.data_arrived.notify(usize::MAX);
+            replica.retire();
             self.world.borrow_mut().event(format!(
                 "node {}: no longer a replica of {}-{}",
                 self.node, key.0, key.1
@@ -979,14 +988,6 @@ pub(crate) async fn wait_acks_all(
     let deadline = replicas.now_ms() + timeout_ms;
     loop {
         let listener = replica.data_arrived.listen();
-        // A replica moved away from this node answers what is waiting at once, as a broker
-        // completes the requests in purgatory when it loses a partition.
-        let current = replicas
-            .replica(replica.topic(), replica.index())
-            .is_some_and(|current| std::ptr::eq(current.as_ref(), replica));
-        if !current {
-            return Err(ResponseError::NotLeaderOrFollower);
-        }
         match replica.acks_all_outcome(required_offset, min_insync_replicas) {
             Some(Ok(())) => return Ok(()),
             Some(Err(error)) => return Err(error.code),
@@ -1077,6 +1078,38 @@ async fn read_values(replica: &SimReplica, from: i64, end: i64) -> Vec<(i64, Str
     records
 }
 
+/// `(base offset, last offset, FNV-1a of its bytes)` of the batches of `replica` from `from`
+/// to `end`.
+async fn batch_digests(replica: &SimReplica, from: i64, end: i64) -> Vec<(i64, i64, u64)> {
+    let mut digests = Vec::new();
+    let mut offset = from;
+    while offset < end {
+        let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(end)).await else {
+            break;
+        };
+        let mut bytes = fetched.to_bytes();
+        let before = offset;
+        while let Ok(header) = BatchHeader::parse(&bytes) {
+            if header.size_bytes() > bytes.len() {
+                break;
+            }
+            let batch = bytes.split_to(header.size_bytes());
+            if header.base_offset >= offset {
+                digests.push((
+                    header.base_offset,
+                    header.last_offset(),
+                    fnv1a(FNV_OFFSET, &batch),
+                ));
+                offset = header.next_offset();
+            }
+        }
+        if offset == before {
+            break;
+        }
+    }
+    digests
+}
+
 /// Every replica's records, for the checker.
 async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
     let mut dumps = Vec::new();
@@ -1086,6 +1119,7 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             .with_log(async |log| (log.log_start_offset(), log.log_end_offset()))
             .await;
         let records = read_values(&replica, start, end).await;
+        let batches = batch_digests(&replica, start, end).await;
         dumps.push(ReplicaDump {
             topic: replica.topic().to_owned(),
             partition: replica.index(),
@@ -1095,6 +1129,7 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             log_start_offset: start,
             log_end_offset: end,
             records,
+            batches,
         });
     }
     dumps
