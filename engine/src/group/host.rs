@@ -342,14 +342,16 @@ async fn append(
     let mut batch_appends = 0;
     for (index, (_, records)) in appends.iter().enumerate() {
         for record in records {
+            let key = record.key();
+            let value = record.value();
+            batch_bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + RECORD_OVERHEAD_BYTES;
             batch_records.push(NewRecord {
-                key: Some(record.key()),
-                value: record.value(),
+                key: Some(key),
+                value,
                 timestamp_ms: now,
                 headers: Vec::new(),
             });
         }
-        batch_bytes += approximate_size(records);
         batch_appends += 1;
         let next_fits = appends.get(index + 1).is_some_and(|(_, next)| {
             batch_bytes + approximate_size(next) <= APPEND_BATCH_BYTES_MAX
@@ -441,6 +443,7 @@ async fn load(
 mod tests {
     use super::*;
     use crate::group::calls::{CommitRequest, FetchedOffset, MemberRef};
+    use crate::runtime::groups::GlommioClock;
     use crate::runtime::run_local;
     use crate::storage::backend::{CrashMode, SimulatedStorage};
     use crate::storage::{LogConfig, PartitionLog};
@@ -474,11 +477,11 @@ mod tests {
 
     impl HostClock for MemoryOffsets {
         fn now_ms(&self) -> i64 {
-            crate::runtime::now_ms()
+            GlommioClock.now_ms()
         }
 
         async fn sleep(&self, duration: Duration) {
-            glommio::timer::sleep(duration).await;
+            GlommioClock.sleep(duration).await;
         }
     }
 
@@ -598,18 +601,6 @@ mod tests {
             loaded.stop("test");
         })
         .unwrap();
-    }
-
-    struct GlommioClock;
-
-    impl HostClock for GlommioClock {
-        fn now_ms(&self) -> i64 {
-            crate::runtime::now_ms()
-        }
-
-        async fn sleep(&self, duration: Duration) {
-            glommio::timer::sleep(duration).await;
-        }
     }
 
     fn heartbeat() -> Call {

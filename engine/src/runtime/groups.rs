@@ -53,11 +53,11 @@ impl ShardOffsets {
 
 impl HostClock for ShardOffsets {
     fn now_ms(&self) -> i64 {
-        now_ms()
+        GlommioClock.now_ms()
     }
 
     async fn sleep(&self, duration: Duration) {
-        glommio::timer::sleep(duration).await;
+        GlommioClock.sleep(duration).await;
     }
 }
 

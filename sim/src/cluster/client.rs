@@ -80,14 +80,18 @@ pub(crate) async fn create(
     partitions: u8,
     replication_factor: u8,
 ) -> Option<i16> {
+    let mut payload = vec![partitions, replication_factor];
+    payload.extend_from_slice(topic.as_bytes());
+    admin_request(node, wire::CREATE_TOPIC, &payload).await
+}
+
+/// One topic request of `kind` to `node`'s client port; the error code answered, or `None`
+/// when the connection failed.
+async fn admin_request(node: NodeId, kind: u8, payload: &[u8]) -> Option<i16> {
     let mut stream = turmoil::net::TcpStream::connect((host_name(node), CLIENT_PORT))
         .await
         .ok()?;
-    let mut payload = vec![partitions, replication_factor];
-    payload.extend_from_slice(topic.as_bytes());
-    wire::write_frame(&mut stream, wire::CREATE_TOPIC, &payload)
-        .await
-        .ok()?;
+    wire::write_frame(&mut stream, kind, payload).await.ok()?;
     let (kind, answer) = wire::read_frame(&mut stream).await?;
     let code: [u8; 2] = answer.try_into().ok()?;
     (kind == wire::ADMIN_ANSWER).then(|| i16::from_be_bytes(code))
@@ -129,14 +133,6 @@ async fn reassign_one(nodes: &[NodeId], node: NodeId, world: &RefCell<World>, rn
 
 /// One reassignment; the error code answered, or `None` when the connection failed.
 async fn reassign(node: NodeId, reassignment: &Reassignment) -> Option<i16> {
-    let mut stream = turmoil::net::TcpStream::connect((host_name(node), CLIENT_PORT))
-        .await
-        .ok()?;
     let payload = serde_json::to_vec(reassignment).ok()?;
-    wire::write_frame(&mut stream, wire::REASSIGN, &payload)
-        .await
-        .ok()?;
-    let (kind, answer) = wire::read_frame(&mut stream).await?;
-    let code: [u8; 2] = answer.try_into().ok()?;
-    (kind == wire::ADMIN_ANSWER).then(|| i16::from_be_bytes(code))
+    admin_request(node, wire::REASSIGN, &payload).await
 }

@@ -267,10 +267,7 @@ pub(crate) async fn answer(replicas: &Rc<Replicas>, request: GroupRequest) -> Gr
             return GroupAnswer::failed(ResponseError::CoordinatorNotAvailable, -1);
         }
         let partition = offsets_partition_for(request.group(), partitions as i32);
-        let hint = image
-            .partition(topic_id, partition)
-            .map_or(-1, |state| state.leader);
-        (partition, hint)
+        (partition, replicas.leader_of(OFFSETS_TOPIC, partition))
     };
     let host = replicas.coordinators.borrow().get(&partition).cloned();
     let Some(host) = host.filter(|host| !host.is_stopped()) else {
@@ -359,7 +356,7 @@ impl HostClock for SimOffsets {
     }
 
     async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
+        HostClock::sleep(self.replicas.as_ref(), duration).await;
     }
 }
 

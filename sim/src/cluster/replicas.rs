@@ -216,6 +216,15 @@ impl Replicas {
             .cloned()
     }
 
+    /// The leader of a partition in this node's metadata, -1 when unknown.
+    pub(crate) fn leader_of(&self, topic: &str, partition: i32) -> i32 {
+        let image = self.image.borrow();
+        image
+            .topic_id(topic)
+            .and_then(|id| image.partition(id, partition))
+            .map_or(-1, |state| state.leader)
+    }
+
     fn all(&self) -> Vec<Rc<SimReplica>> {
         self.replicas.borrow().values().cloned().collect()
     }
@@ -924,18 +933,7 @@ async fn answer_list_offsets(
 /// A producer's record, appended by the leader as the broker's Produce does, and for
 /// `acks=all` held until the in-sync replicas have it.
 async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAnswer {
-    let leader_hint = replicas
-        .image
-        .borrow()
-        .topic_id(&request.topic)
-        .and_then(|id| {
-            replicas
-                .image
-                .borrow()
-                .partition(id, request.partition)
-                .map(|state| state.leader)
-        })
-        .unwrap_or(-1);
+    let leader_hint = replicas.leader_of(&request.topic, request.partition);
     let failed = |code: ResponseError| ProduceAnswer {
         error_code: code.code(),
         offset: -1,
@@ -1008,18 +1006,7 @@ const CONSUME_RECORDS_MAX: usize = 200;
 /// A consumer's read on this node: records of a partition it leads from `offset` up to the
 /// high watermark, as the broker's Fetch answers consumers.
 async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAnswer {
-    let leader_hint = replicas
-        .image
-        .borrow()
-        .topic_id(&request.topic)
-        .and_then(|id| {
-            replicas
-                .image
-                .borrow()
-                .partition(id, request.partition)
-                .map(|state| state.leader)
-        })
-        .unwrap_or(-1);
+    let leader_hint = replicas.leader_of(&request.topic, request.partition);
     let failed = |code: ResponseError| ConsumeAnswer {
         error_code: code.code(),
         records: Vec::new(),
@@ -1040,8 +1027,7 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
         return failed(ResponseError::OffsetOutOfRange);
     }
     let readable = replica.readable_end(end);
-    let mut records = read_values(&replica, request.offset, readable).await;
-    records.truncate(CONSUME_RECORDS_MAX);
+    let records = read_values(&replica, request.offset, readable, CONSUME_RECORDS_MAX).await;
     ConsumeAnswer {
         error_code: 0,
         records,
@@ -1050,11 +1036,17 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
     }
 }
 
-/// `(offset, value)` of the records of `replica` from `from` to `end`.
-async fn read_values(replica: &SimReplica, from: i64, end: i64) -> Vec<(i64, String)> {
+/// `(offset, value)` of the records of `replica` from `from` to `end`, at most
+/// `records_max` of them.
+async fn read_values(
+    replica: &SimReplica,
+    from: i64,
+    end: i64,
+    records_max: usize,
+) -> Vec<(i64, String)> {
     let mut records = Vec::new();
     let mut offset = from;
-    while offset < end {
+    while offset < end && records.len() < records_max {
         let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(end)).await else {
             break;
         };
@@ -1065,7 +1057,7 @@ async fn read_values(replica: &SimReplica, from: i64, end: i64) -> Vec<(i64, Str
         };
         let before = offset;
         for record in batches.iter().flat_map(|batch| &batch.records) {
-            if record.offset >= offset && record.offset < end {
+            if record.offset >= offset && record.offset < end && records.len() < records_max {
                 let value = record.value.as_deref().unwrap_or_default();
                 records.push((record.offset, String::from_utf8_lossy(value).into_owned()));
                 offset = record.offset + 1;
@@ -1118,7 +1110,7 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             .log
             .with_log(async |log| (log.log_start_offset(), log.log_end_offset()))
             .await;
-        let records = read_values(&replica, start, end).await;
+        let records = read_values(&replica, start, end, usize::MAX).await;
         let batches = batch_digests(&replica, start, end).await;
         dumps.push(ReplicaDump {
             topic: replica.topic().to_owned(),
