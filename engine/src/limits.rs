@@ -14,6 +14,8 @@ pub const SEGMENT_INDEX_BYTES_DEFAULT: u32 = 10 << 20;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 /// Kafka's `retention.ms` default: 7 days.
 pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `producer.id.expiration.ms`: one day.
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
 /// Kafka's `max.message.bytes` default (1 MiB plus the batch overhead Kafka allows).
 pub const MAX_MESSAGE_BYTES_DEFAULT: u32 = 1_048_588;
 /// Newest bytes per partition kept in memory for tailing consumers. Bounded so that memory does

@@ -34,6 +34,9 @@ pub enum Mutation {
     /// The group coordinator accepts an offset commit without checking its member and
     /// generation: a member that lost its partitions in a rebalance still commits them.
     StaleGenerationCommit = 7,
+    /// The partition log does not recognise an idempotent producer's retry of a batch it
+    /// holds, and appends it again.
+    ProducerRetryAppended = 8,
 }
 
 impl Mutation {
@@ -46,6 +49,7 @@ impl Mutation {
         Mutation::FollowerSkipsTruncation,
         Mutation::IsrShrinkBeforeCommit,
         Mutation::StaleGenerationCommit,
+        Mutation::ProducerRetryAppended,
     ];
 }
 

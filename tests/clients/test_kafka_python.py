@@ -1,9 +1,8 @@
 """kafka-python against Spate: the 100,000-record round trip with every codec, reads by offset
 and by timestamp, and the errors clients act on.
 
-kafka-python 3 turns idempotence on by default, which needs InitProducerId (the exactly-once
-issue); until Spate has it, these producers set enable_idempotence=False, as against a Kafka
-broker that refuses idempotent writes."""
+kafka-python 3 turns idempotence on by default (InitProducerId, sequenced batches): the round
+trip keeps that default; the other tests turn it off where they test something else."""
 
 import time
 
@@ -56,7 +55,7 @@ def test_round_trip_of_100000_records_with_every_codec(strict_broker):
     delivered = {}
     per_codec = RECORDS // len(CODECS)
     for n, codec in enumerate(CODECS):
-        producer = KafkaProducer(bootstrap_servers=strict_broker.bootstrap, enable_idempotence=False,
+        producer = KafkaProducer(bootstrap_servers=strict_broker.bootstrap,
                                  compression_type=codec, linger_ms=5, acks="all")
         futures = []
         for i in range(n * per_codec, (n + 1) * per_codec):

@@ -115,6 +115,8 @@ pub struct ClusterLayout {
     pub brokers: BTreeMap<i32, LayoutBroker>,
     /// Every partition's replicas, leader, epochs and ISR.
     pub partitions: BTreeMap<(Uuid, i32), PartitionState>,
+    /// Each registered broker's latest producer id block: (the request it answered, first id).
+    pub producer_id_blocks: BTreeMap<i32, (u64, i64)>,
 }
 
 /// A broker clients can reach.

@@ -3,6 +3,7 @@
 use kafka_protocol::error::ResponseError;
 
 use super::catalog::CatalogError;
+use crate::storage::producers::ProducerError;
 use crate::storage::StorageError;
 
 /// A Kafka error code with the message sent where the response has room for one.
@@ -49,6 +50,15 @@ impl From<&StorageError> for KafkaError {
             // The records were cut because another replica leads the partition now.
             StorageError::Truncated { .. } => ResponseError::NotLeaderOrFollower,
             StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
+            StorageError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
+                ResponseError::OutOfOrderSequenceNumber
+            }
+            StorageError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
+                ResponseError::InvalidProducerEpoch
+            }
+            StorageError::Producer(ProducerError::MissingSequence { .. }) => {
+                ResponseError::InvalidRecord
+            }
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }
             | StorageError::Poisoned { .. } => ResponseError::KafkaStorageError,

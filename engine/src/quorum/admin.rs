@@ -86,6 +86,14 @@ pub enum TopicAdmin {
         /// Every override it is to have.
         configs: BTreeMap<String, String>,
     },
+    /// AllocateProducerIds: a block of producer ids for a broker; the broker reads it from the
+    /// applied metadata by `request_id`.
+    AllocateProducerIds {
+        /// The broker.
+        broker_id: i32,
+        /// Unique among the broker's requests.
+        request_id: u64,
+    },
 }
 
 impl TopicAdmin {
@@ -98,6 +106,7 @@ impl TopicAdmin {
             TopicAdmin::Reassign(partitions) => partitions.len(),
             TopicAdmin::AddPartitions(topics) => topics.len(),
             TopicAdmin::SetTopicConfigs { .. } => 1,
+            TopicAdmin::AllocateProducerIds { .. } => 1,
         }
     }
 
@@ -141,6 +150,8 @@ pub enum Expected {
         topic: String,
         configs: BTreeMap<String, String>,
     },
+    /// The broker's latest producer id block answers this request.
+    ProducerIdsAllocated { broker_id: i32, request_id: u64 },
     /// Refused before anything was proposed.
     Refused(i16, String),
 }
@@ -290,6 +301,19 @@ pub fn plan(
                 expected.push(Expected::ConfigsSet { topic, configs });
             }
         }
+        TopicAdmin::AllocateProducerIds {
+            broker_id,
+            request_id,
+        } => {
+            records.push(MetadataRecord::AllocateProducerIds {
+                broker_id,
+                request_id,
+            });
+            expected.push(Expected::ProducerIdsAllocated {
+                broker_id,
+                request_id,
+            });
+        }
         TopicAdmin::Delete(names) => {
             for name in names {
                 match image.topic_id(&name) {
@@ -318,6 +342,13 @@ pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> 
         .iter()
         .map(|expected| match expected {
             Expected::Refused(code, message) => Err((*code, message.clone())),
+            Expected::ProducerIdsAllocated {
+                broker_id,
+                request_id,
+            } => match image.producer_id_block(*broker_id) {
+                Some((answered, _)) if answered == *request_id => Ok(()),
+                _ => not_controller(),
+            },
             Expected::Created { name, topic_id } => match image.topic_id(name) {
                 Some(id) if id == *topic_id => Ok(()),
                 Some(_) => Err((
@@ -436,6 +467,11 @@ pub fn layout_of(
             .unwrap_or(-1),
         brokers,
         partitions,
+        producer_id_blocks: image
+            .brokers()
+            .keys()
+            .filter_map(|&broker_id| Some((broker_id, image.producer_id_block(broker_id)?)))
+            .collect(),
     };
     (topics, layout)
 }

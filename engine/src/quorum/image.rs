@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::records::{decode_versioned, encode_versioned, MetadataRecord, RecordError};
+use super::records::{
+    decode_versioned, encode_versioned, MetadataRecord, RecordError, PRODUCER_ID_BLOCK_SIZE,
+};
 use crate::replication::{BrokerId, PartitionState};
 
 /// A registered broker.
@@ -83,6 +85,10 @@ pub struct MetadataImage {
     configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
     /// The log index of the last record applied.
     last_applied_index: u64,
+    /// The first producer id no broker has been given.
+    next_producer_id: i64,
+    /// Each broker's latest producer id block: (its request id, first id).
+    producer_id_blocks: BTreeMap<BrokerId, (u64, i64)>,
 }
 
 impl MetadataImage {
@@ -136,6 +142,11 @@ impl MetadataImage {
     ) -> Option<&BTreeMap<String, String>> {
         self.configs
             .get(&(resource_type, resource_name.to_string()))
+    }
+
+    /// The latest producer id block of `broker_id`: the request it answered and its first id.
+    pub fn producer_id_block(&self, broker_id: BrokerId) -> Option<(u64, i64)> {
+        self.producer_id_blocks.get(&broker_id).copied()
     }
 
     /// Applies the record at log `index`.
@@ -295,6 +306,27 @@ impl MetadataImage {
                     .partitions
                     .insert(*partition, next);
             }
+            MetadataRecord::AllocateProducerIds {
+                broker_id,
+                request_id,
+            } => {
+                let start = self.next_producer_id;
+                self.next_producer_id = start
+                    .checked_add(PRODUCER_ID_BLOCK_SIZE)
+                    .ok_or_else(|| ApplyError::Invalid("producer ids exhausted".into()))?;
+                self.producer_id_blocks
+                    .insert(*broker_id, (*request_id, start));
+            }
+            MetadataRecord::ProducerIds {
+                next_producer_id,
+                blocks,
+            } => {
+                self.next_producer_id = self.next_producer_id.max(*next_producer_id);
+                for &(broker_id, request_id, start) in blocks {
+                    self.producer_id_blocks
+                        .insert(broker_id, (request_id, start));
+                }
+            }
             MetadataRecord::Config {
                 resource_type,
                 resource_name,
@@ -361,6 +393,16 @@ impl MetadataImage {
                     value: Some(value.clone()),
                 });
             }
+        }
+        if self.next_producer_id > 0 {
+            records.push(MetadataRecord::ProducerIds {
+                next_producer_id: self.next_producer_id,
+                blocks: self
+                    .producer_id_blocks
+                    .iter()
+                    .map(|(&broker_id, &(request_id, start))| (broker_id, request_id, start))
+                    .collect(),
+            });
         }
         MetadataSnapshot {
             last_applied_index: self.last_applied_index,

@@ -111,7 +111,27 @@ pub enum MetadataRecord {
         /// The value.
         value: Option<String>,
     },
+    /// A broker asked for producer ids (Kafka's `ProducerIdsRecord`): applying the record
+    /// gives it the next [`PRODUCER_ID_BLOCK_SIZE`] ids. The block is chosen when the record
+    /// applies, not when it is proposed, so two allocations in flight never get the same one.
+    AllocateProducerIds {
+        /// The broker.
+        broker_id: BrokerId,
+        /// The broker's request, which it finds its block by.
+        request_id: u64,
+    },
+    /// Producer id allocation as a snapshot writes it: the next free id and each broker's
+    /// latest block.
+    ProducerIds {
+        /// The first id no broker has.
+        next_producer_id: i64,
+        /// (broker, request id, first id of its block).
+        blocks: Vec<(BrokerId, u64, i64)>,
+    },
 }
+
+/// Producer ids a broker gets at a time (Kafka's block size).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
 /// How a record is stored: its format version and the record.
 #[derive(Debug, Serialize, Deserialize)]

@@ -472,6 +472,10 @@ impl<S: Storage> Replica<S> {
                 Durability::Written,
                 || self.leading.get().then(|| self.leader_epoch.get()),
                 |info| {
+                    // A producer's retry of a batch already in the log wrote nothing.
+                    if info.duplicate {
+                        return;
+                    }
                     if let Some(leader) = self.leader.borrow_mut().as_mut() {
                         leader.appended(info.last_offset + 1);
                     }

@@ -12,6 +12,7 @@ pub mod alloc;
 mod connection;
 pub mod groups;
 mod metadata_observer;
+mod producer_ids;
 pub mod quorum;
 mod replica_fetcher;
 pub mod server;

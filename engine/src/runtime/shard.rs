@@ -34,11 +34,13 @@ use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
 use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
+use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
 use crate::storage::{PartitionLog, SharedLog, StorageError};
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
 use super::now_ms;
+use super::producer_ids::{claim_local_block, ProducerIdAllocator};
 use crate::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
 use crate::replication::{
     EpochEnd, FollowerFetch, IsrChangeAsk, IsrChangeError, Replica, ReplicationConfig, RoleTaken,
@@ -273,6 +275,11 @@ pub enum ShardMessage {
         /// Where the copy goes.
         reply: oneshot::Sender<ShardMetrics>,
     },
+    /// Give out a producer id (sent to shard 0, which holds the block).
+    ProducerId {
+        /// Where the id goes.
+        reply: oneshot::Sender<Result<i64, KafkaError>>,
+    },
 }
 
 /// State shared by all shards of the process: only counters and flags touched when
@@ -385,6 +392,8 @@ pub struct Shard {
     metadata_published: Event,
     /// Leaders this shard runs a replica fetcher for.
     fetchers: RefCell<BTreeSet<i32>>,
+    /// On shard 0: the producer id block InitProducerId takes from.
+    producer_ids: ProducerIdAllocator,
 }
 
 /// Applied cluster metadata, as the quorum driver hands it to the shards.
@@ -436,6 +445,7 @@ impl Shard {
             published_metadata_index: Cell::new(0),
             metadata_published: Event::new(),
             fetchers: RefCell::new(BTreeSet::new()),
+            producer_ids: ProducerIdAllocator::default(),
         }
     }
 
@@ -569,6 +579,86 @@ impl Shard {
             ShardMessage::Metrics { reply } => {
                 let _ = reply.send(self.metrics_snapshot());
             }
+            ShardMessage::ProducerId { reply } => {
+                let _ = reply.send(self.allocate_producer_id().await);
+            }
+        }
+    }
+
+    /// A producer id never given out before, by this broker or another of its cluster
+    /// (InitProducerId). Shard 0 hands them out from a block; see [`super::producer_ids`].
+    ///
+    /// # Errors
+    /// `COORDINATOR_NOT_AVAILABLE` (which clients retry) when no block could be claimed.
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, KafkaError> {
+        let unavailable = |message: String| {
+            KafkaError::with_message(ResponseError::CoordinatorNotAvailable, message)
+        };
+        if self.id != 0 {
+            let (reply, receiver) = oneshot::channel();
+            if self
+                .peers
+                .send_to(0, ShardMessage::ProducerId { reply })
+                .await
+                .is_err()
+            {
+                return Err(unavailable("shard 0 is stopping".into()));
+            }
+            return receiver
+                .await
+                .unwrap_or_else(|_| Err(unavailable("shard 0 is stopping".into())));
+        }
+        let _turn = self.producer_ids.turn.lock().await;
+        if let Some(id) = self.producer_ids.take() {
+            return Ok(id);
+        }
+        let start = if self.in_cluster() {
+            self.cluster_producer_id_block().await?
+        } else {
+            claim_local_block(&self.config.data_dir).map_err(|error| {
+                unavailable(format!("claiming a block of producer ids failed: {error}"))
+            })?
+        };
+        self.producer_ids.refill(start);
+        Ok(self.producer_ids.take().expect("a fresh block has ids"))
+    }
+
+    /// Asks the active controller for a block of producer ids and returns its first id, once
+    /// this broker's metadata holds it.
+    async fn cluster_producer_id_block(self: &Rc<Self>) -> Result<i64, KafkaError> {
+        let broker_id = self.config.node_id;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let request_id = SplitMix64::new(nanos ^ (broker_id as u64).rotate_left(32)).next_u64();
+        let results = self
+            .cluster_topic_admin(TopicAdmin::AllocateProducerIds {
+                broker_id,
+                request_id,
+            })
+            .await;
+        let unavailable = |message: String| {
+            KafkaError::with_message(ResponseError::CoordinatorNotAvailable, message)
+        };
+        match results.into_iter().next() {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                return Err(unavailable(format!(
+                    "the controller gave no producer ids: {}",
+                    error.message.unwrap_or_else(|| format!("{:?}", error.code))
+                )))
+            }
+            None => return Err(unavailable("the controller gave no answer".into())),
+        }
+        let block = self
+            .catalog()
+            .layout()
+            .and_then(|layout| layout.producer_id_blocks.get(&broker_id).copied());
+        match block {
+            Some((answered, start)) if answered == request_id => Ok(start),
+            _ => Err(unavailable(
+                "the producer id block is not in this broker's metadata yet".into(),
+            )),
         }
     }
 

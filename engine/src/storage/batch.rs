@@ -615,6 +615,31 @@ pub mod build {
     /// # Panics
     /// If `records` is empty (a batch holds at least one record).
     pub fn batch(records: &[NewRecord]) -> BytesMut {
+        encode(records, -1, -1, -1)
+    }
+
+    /// Encodes `records` as one uncompressed v2 batch of an idempotent producer: producer id,
+    /// epoch and the sequence number of its first record (the others follow it).
+    ///
+    /// # Panics
+    /// If `records` is empty, or `producer_id`, `producer_epoch` or `base_sequence` is
+    /// negative.
+    pub fn producer_batch(
+        records: &[NewRecord],
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> BytesMut {
+        assert!(producer_id >= 0 && producer_epoch >= 0 && base_sequence >= 0);
+        encode(records, producer_id, producer_epoch, base_sequence)
+    }
+
+    fn encode(
+        records: &[NewRecord],
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> BytesMut {
         assert!(!records.is_empty(), "a batch holds at least one record");
         let records: Vec<Record> = records
             .iter()
@@ -624,13 +649,18 @@ pub mod build {
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: index as i64,
-                // The encoder starts a new batch where `offset - sequence` changes; -1 for the
-                // first record gives the base sequence -1 of a non-idempotent producer.
-                sequence: index as i32 - 1,
+                // The encoder starts a new batch where `offset - sequence` changes, and takes
+                // the first record's sequence as the base: -1 for a producer without
+                // idempotence (then `-1 + index`, as the encoder wants the difference kept).
+                sequence: if base_sequence < 0 {
+                    index as i32 - 1
+                } else {
+                    super::super::producers::last_sequence(base_sequence, index as i32)
+                },
                 timestamp: record.timestamp_ms,
                 key: record.key.clone(),
                 value: record.value.clone(),

@@ -35,6 +35,9 @@ pub struct LogConfig {
     pub tail_cache_bytes: usize,
     /// Closed segments kept open with their offset index loaded (Spate only).
     pub closed_segment_handles_max: usize,
+    /// Forget an idempotent producer whose last batch is this old (Kafka's broker setting
+    /// `producer.id.expiration.ms`); its next batch may then start at any sequence.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -52,6 +55,7 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             tail_cache_bytes: limits::TAIL_CACHE_BYTES_DEFAULT,
             closed_segment_handles_max: limits::CLOSED_SEGMENT_HANDLES_DEFAULT,
+            producer_id_expiration_ms: limits::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
         }
     }
 }
@@ -96,6 +100,9 @@ impl LogConfig {
         }
         if self.max_message_bytes as usize <= super::batch::BATCH_HEADER_BYTES {
             return Err("max_message_bytes must exceed a batch header".into());
+        }
+        if self.producer_id_expiration_ms <= 0 {
+            return Err("producer_id_expiration_ms must be positive".into());
         }
         if self.closed_segment_handles_max == 0 {
             return Err("closed_segment_handles_max must be at least 1".into());

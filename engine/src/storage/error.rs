@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::batch::BatchError;
+use super::producers::ProducerError;
 
 /// What went wrong in a partition log. Three kinds, handled three ways: operating errors (`Io`,
 /// `OffsetOutOfRange`, refused input) are returned; corruption (`Corrupt`) names the file and
@@ -93,6 +94,10 @@ pub enum StorageError {
         /// The log end offset after the truncation.
         log_end_offset: i64,
     },
+    /// An idempotent producer's batch is out of sequence or of a fenced epoch; nothing of the
+    /// append was written.
+    #[error(transparent)]
+    Producer(ProducerError),
     /// The configuration is invalid.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),

@@ -25,7 +25,7 @@
 //! log_end_offset`, segments are contiguous (each one's `next_offset` is the next one's base),
 //! and index entries strictly increase.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,7 @@ use super::config::LogConfig;
 use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
 use super::index::OffsetIndex;
+use super::producers::{ProducerAppend, ProducerBatch, ProducerStates, StagedProducers, Verdict};
 use super::recovery::{relative, walk_segment, IndexBuilder};
 use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
@@ -64,6 +65,9 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// The flush policy (`flush_messages`, `flush_ms`) asks for a sync now.
     pub sync_due: bool,
+    /// A producer's retry of a batch already in the log: nothing was written, and the offsets
+    /// are the ones the batch got first.
+    pub duplicate: bool,
 }
 
 /// A run of whole batches returned by a read: either shared memory from the tail cache or a
@@ -230,6 +234,10 @@ pub struct PartitionLog<S: Storage> {
     /// How many times the log was truncated since it was opened: a [`SyncTicket`] taken before
     /// a truncation covers files and offsets that are gone.
     pub(super) generation: u64,
+    /// Idempotent producers' sequence state; see [`super::producers`].
+    pub(super) producers: ProducerStates,
+    /// Offsets of the producer state snapshots on disk.
+    pub(super) producer_snapshots: BTreeSet<i64>,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -442,11 +450,33 @@ impl<S: Storage> PartitionLog<S> {
             .iter()
             .map(|batch| batch.validated.header.records_count as u64)
             .sum();
-        let incoming_max_timestamp = batches
+        let max_timestamps: Vec<i64> = batches
             .iter()
-            .map(|batch| batch.validated.header.max_timestamp)
-            .max()
-            .unwrap_or(-1);
+            .map(|batch| self.stored_max_timestamp(batch, mode, now_ms))
+            .collect();
+        let mut staged_producers = StagedProducers::new();
+        if let AppendMode::Leader { .. } = mode {
+            let mut next_offset = self.log_end_offset();
+            for (batch, &max_timestamp) in batches.iter().zip(&max_timestamps) {
+                let header = &batch.validated.header;
+                if let Some(append) = ProducerAppend::of(header, next_offset, max_timestamp) {
+                    let verdict = self
+                        .producers
+                        .check(&mut staged_producers, &append)
+                        .map_err(StorageError::Producer)?;
+                    let verdict = match verdict {
+                        Verdict::Duplicate(_) if mutated!(ProducerRetryAppended) => Verdict::New,
+                        verdict => verdict,
+                    };
+                    if let Verdict::Duplicate(original) = verdict {
+                        // As Kafka: the append is answered as the retry of that batch.
+                        return Ok(self.duplicate_info(original, now_ms));
+                    }
+                }
+                next_offset += i64::from(header.last_offset_delta) + 1;
+            }
+        }
+        let incoming_max_timestamp = max_timestamps.iter().copied().max().unwrap_or(-1);
         self.maybe_roll(
             now_ms,
             records.len() as u64,
@@ -461,39 +491,24 @@ impl<S: Storage> PartitionLog<S> {
             TimestampType::CreateTime => -1,
         };
         let mut next_offset = base_offset;
-        let mut max_timestamps = Vec::with_capacity(batches.len());
-        for batch in &batches {
+        for (batch, &max_timestamp) in batches.iter().zip(&max_timestamps) {
             let header = &batch.validated.header;
             let AppendMode::Leader {
                 partition_leader_epoch,
             } = mode
             else {
                 // The leader already stamped offsets, epochs and timestamps.
-                max_timestamps.push(header.max_timestamp);
                 next_offset += i64::from(header.last_offset_delta) + 1;
                 continue;
             };
             let bytes = &mut records[batch.position..batch.position + batch.size];
             batch::set_base_offset(bytes, next_offset);
             batch::set_partition_leader_epoch(bytes, partition_leader_epoch);
-            let max_timestamp = match self.config.message_timestamp_type {
-                TimestampType::LogAppendTime => {
-                    batch::set_max_timestamp(bytes, TimestampType::LogAppendTime, now_ms);
-                    now_ms
-                }
-                TimestampType::CreateTime => {
-                    let of_records = batch.validated.max_timestamp_of_records;
-                    if batch.validated.codec == Codec::None && of_records != header.max_timestamp {
-                        batch::set_max_timestamp(bytes, TimestampType::CreateTime, of_records);
-                    }
-                    if batch.validated.codec == Codec::None {
-                        of_records
-                    } else {
-                        header.max_timestamp
-                    }
-                }
-            };
-            max_timestamps.push(max_timestamp);
+            if max_timestamp != header.max_timestamp
+                || self.config.message_timestamp_type == TimestampType::LogAppendTime
+            {
+                batch::set_max_timestamp(bytes, self.config.message_timestamp_type, max_timestamp);
+            }
             next_offset += i64::from(header.last_offset_delta) + 1;
         }
         let records = records.freeze();
@@ -538,7 +553,13 @@ impl<S: Storage> PartitionLog<S> {
                 AppendMode::Replicated => header.partition_leader_epoch,
             };
             self.epochs_dirty |= observe_batch_epoch(&mut self.epochs, epoch, batch_base);
+            if mode == AppendMode::Replicated {
+                if let Some(append) = ProducerAppend::of(header, batch_base, max_timestamp) {
+                    self.producers.observe(&append);
+                }
+            }
         }
+        self.producers.apply(staged_producers);
         assert_eq!(
             self.active.meta.next_offset, next_offset,
             "offsets assigned densely"
@@ -552,7 +573,42 @@ impl<S: Storage> PartitionLog<S> {
             batches_count: batches.len(),
             log_start_offset: self.log_start_offset,
             sync_due: self.sync_due(now_ms),
+            duplicate: false,
         })
+    }
+
+    /// The max timestamp a batch has once appended: the broker's time for `LogAppendTime`
+    /// topics, else the producer's, taken from the records of an uncompressed batch whose
+    /// header disagrees with them. A follower keeps the leader's.
+    fn stored_max_timestamp(&self, batch: &IncomingBatch, mode: AppendMode, now_ms: i64) -> i64 {
+        let header = &batch.validated.header;
+        if mode == AppendMode::Replicated {
+            return header.max_timestamp;
+        }
+        match self.config.message_timestamp_type {
+            TimestampType::LogAppendTime => now_ms,
+            TimestampType::CreateTime if batch.validated.codec == Codec::None => {
+                batch.validated.max_timestamp_of_records
+            }
+            TimestampType::CreateTime => header.max_timestamp,
+        }
+    }
+
+    /// What an append that retries `original` answers.
+    fn duplicate_info(&self, original: ProducerBatch, now_ms: i64) -> AppendInfo {
+        AppendInfo {
+            base_offset: original.first_offset,
+            last_offset: original.last_offset,
+            log_append_time_ms: match self.config.message_timestamp_type {
+                TimestampType::LogAppendTime => original.max_timestamp,
+                TimestampType::CreateTime => -1,
+            },
+            records_count: 0,
+            batches_count: 0,
+            log_start_offset: self.log_start_offset,
+            sync_due: self.sync_due(now_ms),
+            duplicate: true,
+        }
     }
 
     fn validate_batches(&self, records: &[u8]) -> StorageResult<Vec<IncomingBatch>> {
@@ -806,6 +862,9 @@ impl<S: Storage> PartitionLog<S> {
         );
         // The epoch cache first, so that it covers every epoch below the recovery point.
         self.write_epochs().await?;
+        if recovery_point == self.log_end_offset() {
+            self.write_producer_snapshot().await?;
+        }
         let checkpoint = Checkpoint {
             recovery_point,
             log_start_offset: self.log_start_offset,
@@ -853,6 +912,11 @@ impl<S: Storage> PartitionLog<S> {
         }
         assert!(self.log_start_offset <= self.log_end_offset());
         self.epochs_dirty |= self.epochs.truncate_from_start(self.log_start_offset);
+        self.producers.evict_below(self.log_start_offset);
+        if now_ms != i64::MIN {
+            self.producers
+                .expire(now_ms, self.config.producer_id_expiration_ms);
+        }
         Ok(deleted)
     }
 

@@ -19,6 +19,8 @@ mod error;
 pub mod index;
 mod log;
 mod open;
+mod producer_snapshots;
+pub mod producers;
 mod read;
 mod recovery;
 pub mod segment;

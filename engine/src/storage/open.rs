@@ -5,7 +5,7 @@
 //! index entry before it; everything from the recovery point on is CRC-checked, and a torn or
 //! corrupt tail is cut and reported; damage below the recovery point refuses to open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
@@ -21,6 +21,7 @@ use super::log::{
     io_error, remove_segment_files, write_index_files, ActiveSegment, OpenReport, PartitionLog,
     Truncation,
 };
+use super::producers::ProducerStates;
 use super::recovery::{walk_segment, IndexBuilder, WalkStop};
 use super::segment::{
     parse_file_name, SegmentMeta, SegmentPaths, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
@@ -277,6 +278,8 @@ impl<S: Storage> PartitionLog<S> {
             epochs,
             epochs_dirty: false,
             generation: 0,
+            producers: ProducerStates::new(),
+            producer_snapshots: BTreeSet::new(),
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;
@@ -288,6 +291,7 @@ impl<S: Storage> PartitionLog<S> {
         // A rebuilt cache is written even when it came out empty, so the next open reads it
         // instead of scanning the log again.
         log.epochs_dirty = rebuild_epochs || log.epochs != epochs_as_loaded;
+        log.load_producers(&names).await?;
         log.checkpoint(now_ms).await?;
         info!(
             dir = %log.dir.display(),

@@ -143,6 +143,13 @@ fn every_api_at_every_advertised_version() {
                             ]),
                     ]))
                 }
+                ApiKey::InitProducerId => RequestKind::InitProducerId(
+                    InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(60_000)
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                ),
                 ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
                     OffsetForLeaderEpochRequest::default().with_topics(vec![
                         offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
@@ -402,6 +409,11 @@ fn check(context: &str, response: &ResponseKind) {
         ResponseKind::DeleteTopics(r) => assert_eq!(r.responses[0].error_code, 0, "{context}"),
         ResponseKind::DeleteRecords(r) => {
             assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}")
+        }
+        ResponseKind::InitProducerId(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            assert!(r.producer_id.0 >= 0, "{context}");
+            assert_eq!(r.producer_epoch, 0, "{context}");
         }
         ResponseKind::OffsetForLeaderEpoch(r) => {
             let partition = &r.topics[0].partitions[0];

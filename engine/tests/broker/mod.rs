@@ -3,6 +3,7 @@
 mod api_versions;
 mod bad_input;
 mod fuzz;
+pub mod idempotence;
 mod lifecycle;
 mod read_ahead;
 mod slow_client;

@@ -5,6 +5,7 @@ mod dma;
 mod dump;
 mod group_commit;
 mod model;
+mod producers;
 mod regressions;
 mod replication;
 mod util;

@@ -8,6 +8,11 @@
 //! cluster to; an `acks=1` one is not (the leader alone had the record), so it goes into the
 //! history as an outcome unknown, like a timeout or a lost connection.
 //!
+//! The idempotent producer retries a record whose outcome it does not know (timeout, lost
+//! connection, any error) with the same sequence number until it is acknowledged: each retry
+//! is a new `Send` of the same value in the history, and the checker's "no value twice in a
+//! partition" is then Kafka's idempotence guarantee.
+//!
 //! After healing the checker asks every node for its replicas ([`collect_replicas`]).
 
 use std::cell::RefCell;
@@ -37,8 +42,28 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
 /// Kafka's TOPIC_ALREADY_EXISTS.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 
+/// The idempotent producer's id. The simulated nodes run the storage and replication cores,
+/// which check sequences; the id allocator (InitProducerId) is the broker's, not simulated.
+const IDEMPOTENT_PRODUCER_ID: i64 = 4_000;
+/// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER and INVALID_PRODUCER_EPOCH: a producer that sends one
+/// record at a time and retries it until acknowledged never gets these from a correct broker.
+const SEQUENCE_ERRORS: [i16; 2] = [45, 47];
+
+/// How a producer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `acks=all`; a failed send is not retried.
+    AcksAll,
+    /// `acks=1`; a failed send is not retried.
+    AcksOne,
+    /// `acks=all`, idempotent: a failed send (timeout, lost connection, error) is retried with
+    /// the same sequence number until acknowledged, so the log must hold it once.
+    Idempotent,
+}
+
 /// The producers and the checker, as tasks of one simulated client host (fewer hosts make
-/// faster steps): producers 0 and 1 with `acks=all`, producer 2 with `acks=1`.
+/// faster steps): producers 0 and 1 with `acks=all`, producer 2 with `acks=1`, producer 3
+/// idempotent with retries.
 pub(crate) async fn run_all(
     nodes: Vec<NodeId>,
     world: Rc<RefCell<World>>,
@@ -47,10 +72,16 @@ pub(crate) async fn run_all(
     collect_at_ms: u64,
 ) -> turmoil::Result {
     let mut tasks = Vec::new();
-    for (producer, acks_all) in [(0, true), (1, true), (2, false)] {
+    let modes = [
+        (0, Mode::AcksAll),
+        (1, Mode::AcksAll),
+        (2, Mode::AcksOne),
+        (3, Mode::Idempotent),
+    ];
+    for (producer, mode) in modes {
         tasks.push(tokio::task::spawn_local(run(
             producer,
-            acks_all,
+            mode,
             nodes.clone(),
             Rc::clone(&world),
             seed ^ (0x9e0d_0000 + u64::from(producer)),
@@ -66,7 +97,7 @@ pub(crate) async fn run_all(
 /// A producer: creates the topic unless it exists, then sends until `stop_ms`.
 async fn run(
     producer: u32,
-    acks_all: bool,
+    mode: Mode,
     nodes: Vec<NodeId>,
     world: Rc<RefCell<World>>,
     seed: u64,
@@ -91,9 +122,14 @@ async fn run(
     }
     let mut leaders: Vec<Option<NodeId>> = vec![None; usize::from(PARTITIONS)];
     let mut connections: BTreeMap<NodeId, turmoil::net::TcpStream> = BTreeMap::new();
+    let acks_all = mode != Mode::AcksOne;
     let mut seq = 0_u64;
+    // The idempotent producer's next sequence number per partition, and the record it is
+    // retrying, if any.
+    let mut sequences = vec![0_i32; usize::from(PARTITIONS)];
+    let mut retrying: Option<i32> = None;
     while sim_ms() < stop_ms {
-        let partition = rng.below(u64::from(PARTITIONS)) as i32;
+        let partition = retrying.unwrap_or_else(|| rng.below(u64::from(PARTITIONS)) as i32);
         let value = format!("p{producer}-{seq}");
         let node = leaders[partition as usize].unwrap_or_else(|| pick(&mut rng));
         world.borrow_mut().history.push(Operation::Send {
@@ -107,12 +143,18 @@ async fn run(
             partition,
             acks_all,
             value,
+            idempotent: (mode == Mode::Idempotent)
+                .then(|| (IDEMPOTENT_PRODUCER_ID, 0, sequences[partition as usize])),
         };
         let answer =
             tokio::time::timeout(ANSWER_TIMEOUT, produce(&mut connections, node, &request)).await;
         if !matches!(answer, Ok(Some(_))) {
             connections.remove(&node);
         }
+        let error_code = match &answer {
+            Ok(Some(answer)) => Some(answer.error_code),
+            _ => None,
+        };
         let outcome = match answer {
             Ok(Some(answer)) => {
                 leaders[partition as usize] =
@@ -154,10 +196,30 @@ async fn run(
                 }
             }
         };
+        let acknowledged = matches!(outcome, Operation::Acked { .. });
         {
             let mut world = world.borrow_mut();
+            if let Some(code) = error_code.filter(|code| SEQUENCE_ERRORS.contains(code)) {
+                if mode == Mode::Idempotent {
+                    world.violation(format!(
+                        "idempotent producer {producer} got error {code} for its record {seq} \
+                         (sequence {} of partition {partition}) from node {node}",
+                        sequences[partition as usize]
+                    ));
+                }
+            }
             world.event(format!("producer {producer} to node {node}: {outcome:?}"));
             world.history.push(outcome);
+        }
+        if mode == Mode::Idempotent && !acknowledged {
+            // The same record again, with the same sequence number.
+            retrying = Some(partition);
+            tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
+            continue;
+        }
+        if mode == Mode::Idempotent {
+            sequences[partition as usize] += 1;
+            retrying = None;
         }
         seq += 1;
         tokio::time::sleep(Duration::from_millis(5 + rng.below(40))).await;

@@ -53,7 +53,7 @@ use spate_engine::replication::{
     FetchTaken, FollowerFetch, IsrChangeAsk, IsrChangeError, PartitionState, Replica,
     ReplicationConfig, RoleTaken,
 };
-use spate_engine::storage::batch::build::{batch, NewRecord};
+use spate_engine::storage::batch::build::{batch, producer_batch, NewRecord};
 use spate_engine::storage::batch::BatchHeader;
 use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -110,6 +110,9 @@ pub(crate) struct ProduceRequest {
     pub(crate) partition: i32,
     pub(crate) acks_all: bool,
     pub(crate) value: String,
+    /// An idempotent producer's (producer id, epoch, sequence) for the record.
+    #[serde(default)]
+    pub(crate) idempotent: Option<(i64, i16, i32)>,
 }
 
 /// The answer: a Kafka error code, the offset when appended, and who this node thinks leads.
@@ -948,7 +951,13 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
         }
     }
     let now_ms = replicas.now_ms();
-    let records = batch(&[NewRecord::value(request.value.clone().into_bytes(), now_ms)]);
+    let record = NewRecord::value(request.value.clone().into_bytes(), now_ms);
+    let records = match request.idempotent {
+        Some((producer_id, epoch, sequence)) => {
+            producer_batch(&[record], producer_id, epoch, sequence)
+        }
+        None => batch(&[record]),
+    };
     let info = match replica.append_as_leader(records, now_ms).await {
         Ok(info) => info,
         Err(error) => return failed(error.code),

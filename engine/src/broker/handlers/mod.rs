@@ -9,6 +9,7 @@ mod fetch;
 mod groups;
 mod offsets;
 mod produce;
+mod producers;
 mod quorum;
 mod reassignments;
 mod topics;
@@ -116,6 +117,9 @@ pub async fn handle(
         }
         RequestKind::DeleteGroups(body) => {
             ResponseKind::DeleteGroups(groups::delete_groups(shard, body).await)
+        }
+        RequestKind::InitProducerId(body) => {
+            ResponseKind::InitProducerId(producers::init_producer_id(shard, body).await)
         }
         RequestKind::OffsetDelete(body) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, body).await)

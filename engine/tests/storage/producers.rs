@@ -1,0 +1,404 @@
+//! Idempotent producers in the partition log: retries answered with their first offsets and
+//! never appended twice, sequence and epoch checks, and producer state that survives reopening,
+//! crashes (snapshot plus replay), follower appends, truncation and retention.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use spate_engine::storage::backend::{CrashMode, SimulatedStorage, Storage};
+use spate_engine::storage::batch::build::{producer_batch, NewRecord};
+use spate_engine::storage::producers::ProducerError;
+use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
+
+use super::util::{block_on, open, partition_dir, read_all, small_config};
+
+/// `count` records of producer `producer_id`, values naming their sequence numbers.
+fn sequenced(producer_id: i64, epoch: i16, first_sequence: i32, count: i32) -> BytesMut {
+    let records: Vec<NewRecord> = (first_sequence..first_sequence + count)
+        .map(|sequence| NewRecord::value(format!("p{producer_id}-s{sequence}"), 1_000))
+        .collect();
+    producer_batch(&records, producer_id, epoch, first_sequence)
+}
+
+fn snapshot_offsets(storage: &SimulatedStorage) -> Vec<i64> {
+    let names = block_on(storage.list(&partition_dir())).unwrap();
+    let mut offsets: Vec<i64> = names
+        .iter()
+        .filter_map(|name| name.strip_suffix(".snapshot")?.parse().ok())
+        .collect();
+    offsets.sort_unstable();
+    offsets
+}
+
+/// The values of every record in the log, in order.
+async fn values(log: &mut PartitionLog<SimulatedStorage>) -> Vec<String> {
+    read_all(log, log.log_start_offset(), 1 << 20)
+        .await
+        .into_iter()
+        .map(|(_, _, value)| String::from_utf8(value.unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_retried_batch_gets_its_first_offsets_and_is_not_appended_again() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &small_config()).await;
+        let first = log.append(sequenced(7, 0, 0, 3), 0, 1_000).await.unwrap();
+        let second = log.append(sequenced(7, 0, 3, 2), 0, 1_000).await.unwrap();
+        assert_eq!((first.base_offset, second.base_offset), (0, 3));
+        for (batch, original) in [
+            (sequenced(7, 0, 0, 3), first),
+            (sequenced(7, 0, 3, 2), second),
+        ] {
+            let retried = log.append(batch, 0, 1_000).await.unwrap();
+            assert!(retried.duplicate);
+            assert_eq!(
+                (retried.base_offset, retried.last_offset),
+                (original.base_offset, original.last_offset)
+            );
+        }
+        assert_eq!(log.log_end_offset(), 5, "retries append nothing");
+        // Another producer, and one without idempotence, are independent.
+        log.append(sequenced(8, 0, 0, 1), 0, 1_000).await.unwrap();
+        log.append(super::util::numbered_batch(0, 1, 1_000), 0, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 7);
+    });
+}
+
+#[test]
+fn gaps_and_fenced_epochs_are_refused_and_write_nothing() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &small_config()).await;
+        log.append(sequenced(1, 2, 0, 2), 0, 1_000).await.unwrap();
+        let gap = log.append(sequenced(1, 2, 5, 1), 0, 1_000).await;
+        assert!(matches!(
+            gap,
+            Err(StorageError::Producer(ProducerError::OutOfOrderSequence {
+                expected: 2,
+                found: 5,
+                ..
+            }))
+        ));
+        let fenced = log.append(sequenced(1, 1, 2, 1), 0, 1_000).await;
+        assert!(matches!(
+            fenced,
+            Err(StorageError::Producer(
+                ProducerError::InvalidProducerEpoch {
+                    current: 2,
+                    found: 1,
+                    ..
+                }
+            ))
+        ));
+        // A request whose second batch is out of order writes neither.
+        let mut both = sequenced(1, 2, 2, 1);
+        both.extend_from_slice(&sequenced(1, 2, 9, 1));
+        assert!(log.append(both, 0, 1_000).await.is_err());
+        assert_eq!(log.log_end_offset(), 2);
+        assert!(!log.is_poisoned(), "refused input does not poison the log");
+        // A new epoch starts again at 0.
+        log.append(sequenced(1, 3, 0, 1), 0, 1_000).await.unwrap();
+        assert_eq!(values(&mut log).await, ["p1-s0", "p1-s1", "p1-s0"]);
+    });
+}
+
+#[test]
+fn producer_state_survives_reopening_and_crashes() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        let mut sequence = 0;
+        // Enough to roll several segments: each roll writes a snapshot.
+        while log.segment_count() < 4 {
+            log.append(sequenced(3, 0, sequence, 4), 0, 1_000)
+                .await
+                .unwrap();
+            sequence += 4;
+        }
+        let last = sequence - 4;
+        log.close(2_000).await.unwrap();
+        let snapshots = snapshot_offsets(&storage);
+        assert!(
+            !snapshots.is_empty() && snapshots.len() <= 3,
+            "{snapshots:?}"
+        );
+
+        // A clean reopen loads the snapshot at the log end.
+        let mut log = open(&storage, &config).await;
+        let retried = log
+            .append(sequenced(3, 0, last, 4), 0, 3_000)
+            .await
+            .unwrap();
+        assert!(retried.duplicate);
+        // Unsynced appends after the last snapshot are lost in a crash, and so is their state:
+        // their retry is appended again, exactly once.
+        let lost = log
+            .append(sequenced(3, 0, sequence, 4), 0, 3_000)
+            .await
+            .unwrap();
+        assert!(!lost.duplicate);
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let mut log = open(&storage, &config).await;
+        assert_eq!(log.log_end_offset(), lost.base_offset);
+        let again = log
+            .append(sequenced(3, 0, sequence, 4), 0, 4_000)
+            .await
+            .unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(again.base_offset, lost.base_offset);
+        assert!(
+            log.append(sequenced(3, 0, sequence, 4), 0, 4_000)
+                .await
+                .unwrap()
+                .duplicate
+        );
+        log.flush(4_000).await.unwrap();
+
+        // Synced appends after the last snapshot are replayed from the log after a crash.
+        let synced = log
+            .append(sequenced(3, 0, sequence + 4, 2), 0, 5_000)
+            .await
+            .unwrap();
+        log.flush(5_000).await.unwrap();
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let mut log = open(&storage, &config).await;
+        let retried = log
+            .append(sequenced(3, 0, sequence + 4, 2), 0, 6_000)
+            .await
+            .unwrap();
+        assert!(retried.duplicate);
+        assert_eq!(retried.base_offset, synced.base_offset);
+        let expected: Vec<String> = (0..sequence + 6).map(|s| format!("p3-s{s}")).collect();
+        assert_eq!(values(&mut log).await, expected);
+    });
+}
+
+#[test]
+fn a_damaged_snapshot_is_dropped_and_the_state_rebuilt_from_the_log() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        for sequence in (0..40).step_by(4) {
+            log.append(sequenced(4, 0, sequence, 4), 0, 1_000)
+                .await
+                .unwrap();
+        }
+        log.close(2_000).await.unwrap();
+        for offset in snapshot_offsets(&storage) {
+            let path = partition_dir().join(format!("{offset:020}.snapshot"));
+            let file = storage
+                .open(&path, spate_engine::storage::backend::OpenMode::Existing)
+                .await
+                .unwrap();
+            use spate_engine::storage::backend::StorageFile;
+            file.write_at(10, b"garbage").await.unwrap();
+            file.sync().await.unwrap();
+        }
+        let mut log = open(&storage, &config).await;
+        assert!(
+            log.append(sequenced(4, 0, 36, 4), 0, 3_000)
+                .await
+                .unwrap()
+                .duplicate
+        );
+        assert!(log.append(sequenced(4, 0, 40, 1), 0, 3_000).await.is_ok());
+    });
+}
+
+#[test]
+fn followers_derive_the_same_state_and_truncation_forgets_what_it_cut() {
+    block_on(async {
+        let leader_storage = SimulatedStorage::new();
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..small_config()
+        };
+        let mut leader = open(&leader_storage, &config).await;
+        for sequence in (0..30).step_by(3) {
+            leader
+                .append(sequenced(5, 0, sequence, 3), 0, 1_000)
+                .await
+                .unwrap();
+        }
+        let follower_storage = SimulatedStorage::new();
+        let mut follower = open(&follower_storage, &config).await;
+        let mut offset = 0;
+        while offset < leader.log_end_offset() {
+            let bytes = leader.read(offset, 1 << 20, None).await.unwrap().to_bytes();
+            let info = follower
+                .append_replicated(BytesMut::from(&bytes[..]), 1_000)
+                .await
+                .unwrap();
+            offset = info.last_offset + 1;
+        }
+        assert_eq!(follower.producer_states(), leader.producer_states());
+
+        // The follower becomes leader: a retry of the last batch is recognised there.
+        let retried = follower
+            .append(sequenced(5, 0, 27, 3), 1, 2_000)
+            .await
+            .unwrap();
+        assert!(retried.duplicate);
+        assert_eq!(retried.base_offset, 27);
+
+        // Cutting the last two batches forgets them: their retries are new again.
+        follower.truncate_to(24, 3_000).await.unwrap();
+        assert!(matches!(
+            follower.append(sequenced(5, 0, 27, 3), 1, 3_000).await,
+            Err(StorageError::Producer(ProducerError::OutOfOrderSequence {
+                expected: 24,
+                ..
+            }))
+        ));
+        let appended = follower
+            .append(sequenced(5, 0, 24, 3), 1, 3_000)
+            .await
+            .unwrap();
+        assert!(!appended.duplicate);
+        assert_eq!(appended.base_offset, 24);
+    });
+}
+
+#[test]
+fn retention_and_expiry_forget_producers() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            producer_id_expiration_ms: 10_000,
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        log.append(sequenced(1, 0, 0, 1), 0, 1_000).await.unwrap();
+        for sequence in (0..60).step_by(4) {
+            log.append(sequenced(2, 0, sequence, 4), 0, 1_000)
+                .await
+                .unwrap();
+        }
+        let new_start = log.log_end_offset() - 1;
+        log.delete_records(new_start).await.unwrap();
+        assert!(
+            log.producer_states().get(1).is_none(),
+            "its batches are gone"
+        );
+        assert!(log.producer_states().get(2).is_some());
+        // The batches carry timestamp 1000: expired once 10 s older.
+        log.apply_retention(10_999).await.unwrap();
+        assert!(log.producer_states().get(2).is_some());
+        log.apply_retention(11_000).await.unwrap();
+        assert!(log.producer_states().is_empty());
+        // A forgotten producer may start at any sequence.
+        assert!(log
+            .append(sequenced(2, 0, 1_000, 1), 0, 11_000)
+            .await
+            .is_ok());
+    });
+}
+
+/// What a producer does next in the model test.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Send the next batch of this many records.
+    Send(i32),
+    /// Retry the batch sent this many batches ago (0 = the last one), as after a lost answer;
+    /// at most 4 back, since Kafka's producers keep at most 5 batches in flight.
+    Retry(usize),
+    /// Sync everything.
+    Flush,
+    /// Crash, losing unsynced writes, and reopen.
+    Crash,
+    /// Close cleanly and reopen.
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (1..5i32).prop_map(Step::Send),
+        4 => (0..5usize).prop_map(Step::Retry),
+        1 => Just(Step::Flush),
+        1 => Just(Step::Crash),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// An idempotent producer that retries any of its last five batches, across crashes and
+    /// reopens: every sequence number the log holds is there once, in order, and a retry of a
+    /// batch still in the log is answered with its offsets.
+    #[test]
+    fn retries_never_duplicate(steps in proptest::collection::vec(step(), 1..60)) {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            let config = LogConfig { segment_bytes: 1024, ..small_config() };
+            let mut log = open(&storage, &config).await;
+            // (first sequence, count, (first offset, last offset)) of every batch in the log.
+            let mut sent: Vec<(i32, i32, (i64, i64))> = Vec::new();
+            let mut next_sequence = 0;
+            let mut now_ms = 1_000;
+            for step in steps {
+                now_ms += 10;
+                match step {
+                    Step::Send(count) => {
+                        let info = log
+                            .append(sequenced(9, 0, next_sequence, count), 0, now_ms)
+                            .await
+                            .unwrap();
+                        prop_assert!(!info.duplicate);
+                        sent.push((next_sequence, count, (info.base_offset, info.last_offset)));
+                        next_sequence += count;
+                    }
+                    Step::Retry(back) if back < sent.len() => {
+                        let index = sent.len() - 1 - back;
+                        let (first, count, offsets) = sent[index];
+                        let result = log.append(sequenced(9, 0, first, count), 0, now_ms).await;
+                        match result {
+                            Ok(info) if info.duplicate => {
+                                prop_assert_eq!((info.base_offset, info.last_offset), offsets);
+                            }
+                            Ok(_) => prop_assert!(false, "{:?} appended twice", sent[index]),
+                            Err(StorageError::Producer(ProducerError::OutOfOrderSequence { .. })) => {
+                                prop_assert!(index + 5 <= sent.len(), "retry of a kept batch refused");
+                            }
+                            Err(error) => prop_assert!(false, "{error}"),
+                        }
+                    }
+                    Step::Retry(_) => {}
+                    Step::Flush => log.flush(now_ms).await.unwrap(),
+                    Step::Crash => {
+                        drop(log);
+                        storage.crash(CrashMode::DropUnsynced);
+                        log = open(&storage, &config).await;
+                        let end = log.log_end_offset();
+                        // The producer goes on after what survived, as a client whose
+                        // unanswered batches are retried in order.
+                        sent.retain(|(_, _, (_, last))| *last < end);
+                        next_sequence = sent.last().map_or(0, |(first, count, _)| first + count);
+                        if sent.is_empty() {
+                            // Nothing of the producer survived: it is unknown, and must not
+                            // restart below what an earlier incarnation of the log held.
+                            prop_assert_eq!(end, 0);
+                        }
+                    }
+                    Step::Reopen => {
+                        log.close(now_ms).await.unwrap();
+                        log = open(&storage, &config).await;
+                    }
+                }
+            }
+            let expected: Vec<String> = sent
+                .iter()
+                .flat_map(|(first, count, _)| (*first..first + count).map(|s| format!("p9-s{s}")))
+                .collect();
+            prop_assert_eq!(values(&mut log).await, expected);
+            Ok(())
+        })?;
+    }
+}
