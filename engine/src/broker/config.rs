@@ -92,6 +92,10 @@ pub struct ServeSettings {
     /// [default: 300000].
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// How long an idempotent producer that sent nothing is remembered
+    /// (producer.id.expiration.ms); checked with retention [default: 86400000, 1 day].
+    #[arg(long, value_name = "MS")]
+    pub producer_id_expiration_ms: Option<i64>,
     /// How long an empty group's first rebalance waits for more members to join
     /// (group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, value_name = "MS")]
@@ -225,6 +229,8 @@ pub struct BrokerConfig {
     pub max_inflight_requests_per_connection: usize,
     /// See [`ServeSettings::log_retention_check_interval_ms`].
     pub log_retention_check_interval_ms: u64,
+    /// See [`ServeSettings::producer_id_expiration_ms`].
+    pub producer_id_expiration_ms: i64,
     /// Static topic defaults by broker-level name.
     pub topic_defaults: BTreeMap<String, String>,
     /// The group coordinators' settings.
@@ -322,6 +328,9 @@ impl ServeSettings {
             log_retention_check_interval_ms: self
                 .log_retention_check_interval_ms
                 .or(base.log_retention_check_interval_ms),
+            producer_id_expiration_ms: self
+                .producer_id_expiration_ms
+                .or(base.producer_id_expiration_ms),
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(base.group_initial_rebalance_delay_ms),
@@ -504,6 +513,15 @@ impl ServeSettings {
                 "must be at least 1".into(),
             ));
         }
+        let producer_id_expiration_ms = self
+            .producer_id_expiration_ms
+            .unwrap_or(limits::PRODUCER_ID_EXPIRATION_MS_DEFAULT);
+        if producer_id_expiration_ms < 1 {
+            return Err(invalid(
+                "producer_id_expiration_ms",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(BrokerConfig {
             groups,
             replica_lag_time_max_ms,
@@ -537,6 +555,7 @@ impl ServeSettings {
                 .log_retention_check_interval_ms
                 .unwrap_or(limits::LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT)
                 .max(100),
+            producer_id_expiration_ms,
             topic_defaults,
         })
     }

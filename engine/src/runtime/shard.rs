@@ -36,7 +36,7 @@ use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
-use crate::storage::{PartitionLog, SharedLog, StorageError};
+use crate::storage::{LogConfig, PartitionLog, SharedLog, StorageError};
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
 use super::now_ms;
@@ -720,6 +720,15 @@ impl Shard {
         }
     }
 
+    /// The log settings of `topic`'s partitions: its configs, with the broker's own settings
+    /// for what is not a topic config.
+    fn log_config_of(&self, topic: &crate::broker::catalog::Topic) -> LogConfig {
+        LogConfig {
+            producer_id_expiration_ms: self.config.producer_id_expiration_ms,
+            ..topic.log_config.clone()
+        }
+    }
+
     /// Whether this broker is a node of a cluster (started with a controller quorum).
     pub fn in_cluster(&self) -> bool {
         !self.config.controller_quorum.is_empty()
@@ -1103,7 +1112,7 @@ impl Shard {
                     if !unchanged {
                         let partition = self.partitions.borrow().get(&key).cloned();
                         if let Some(partition) = partition {
-                            let config = topic.log_config.clone();
+                            let config = self.log_config_of(topic);
                             let result = partition
                                 .replica
                                 .log
@@ -1140,7 +1149,7 @@ impl Shard {
                 let opened = match PartitionLog::open(
                     DmaStorage,
                     dir.clone(),
-                    topic.log_config.clone(),
+                    self.log_config_of(&topic),
                     now_ms(),
                 )
                 .await
