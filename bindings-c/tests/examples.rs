@@ -211,7 +211,7 @@ fn error_paths_return_their_status_and_message() {
     let address = broker.address();
     let output = stdout(&run(&errors, &[&address]));
     assert!(!output.contains("FAILED"), "{output}");
-    assert_eq!(output.lines().count(), 31, "{output}");
+    assert_eq!(output.lines().count(), 32, "{output}");
     let output = stdout(&run_under_valgrind(&errors, &[&address]));
     assert!(!output.contains("FAILED"), "{output}");
 }

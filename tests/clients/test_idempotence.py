@@ -155,3 +155,31 @@ def test_librdkafka_idempotent_producer_across_a_broker_restart(tmp_path):
         check_exactly_once_in_order(read_all(broker, topic, count), count)
     finally:
         assert broker.stop() == 0, broker.log()
+
+
+def test_spates_own_clients_are_idempotent_by_default(strict_broker):
+    """The `spate` command line and the `spate` Python package produce through Spate's client
+    library, which turns idempotence on by default with acks=all (as the Java client)."""
+    import subprocess
+
+    from conftest import SPATE_BIN
+
+    topic = unique_topic("idempotent-spate")
+    create_topic(strict_broker, topic)
+    before = init_producer_id_requests(strict_broker)
+    produced = subprocess.run(
+        [SPATE_BIN, "produce", topic, "--bootstrap-server", strict_broker.bootstrap],
+        input="".join(f"v-{i}\n" for i in range(100)), capture_output=True, text=True,
+        timeout=120)
+    assert produced.returncode == 0, produced.stderr
+    after_cli = init_producer_id_requests(strict_broker)
+    assert after_cli > before, "spate produce asked for a producer id"
+
+    spate = pytest.importorskip("spate")
+    with spate.Producer(strict_broker.bootstrap) as producer:
+        for i in range(100, 200):
+            producer.send(topic, f"v-{i}", key=f"key-{i % 7}".encode())
+        producer.flush(timeout=30)
+    assert init_producer_id_requests(strict_broker) > after_cli, "spate.Producer asked too"
+    with pytest.raises(spate.ConfigError):
+        spate.Producer(strict_broker.bootstrap, acks="1", enable_idempotence=True)

@@ -42,6 +42,17 @@ int main(int argc, char **argv) {
                mentions("name is NULL"),
            "NULL name");
 
+    /* Idempotence (on by default with acks=all) asked for with settings it cannot work with. */
+    spate_config *conflicting = spate_config_new();
+    spate_config_set(conflicting, "bootstrap.servers", argv[1]);
+    spate_config_set(conflicting, "acks", "1");
+    spate_config_set(conflicting, "enable.idempotence", "true");
+    spate_producer *refused = NULL;
+    expect(spate_producer_new(conflicting, &refused) == SPATE_STATUS_CONFIG && refused == NULL &&
+               mentions("enable.idempotence"),
+           "idempotence with acks=1");
+    spate_config_free(conflicting);
+
     /* No broker there. */
     spate_config *nowhere = spate_config_new();
     spate_config_set(nowhere, "bootstrap.servers", "127.0.0.1:1");

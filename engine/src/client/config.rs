@@ -136,7 +136,9 @@ pub struct ProducerConfig {
     pub buffer_memory: usize,
     /// `max.request.size`.
     pub max_request_size: usize,
-    /// `enable.idempotence`: refused until the broker has idempotent producers.
+    /// `enable.idempotence` (default on, as the Java client 3.0+, unless `acks`,
+    /// `max.in.flight.requests.per.connection` or `retries` were set to values it cannot work
+    /// with): producer id and sequence numbers, so a retried batch is stored once.
     pub enable_idempotence: bool,
 }
 
@@ -354,15 +356,15 @@ impl ProducerConfig {
                 }
             },
         };
-        let enable_idempotence = properties.boolean("enable.idempotence", false)?;
-        if enable_idempotence {
-            return Err(ConfigError::Invalid {
-                name: "enable.idempotence".into(),
-                value: "true".into(),
-                reason: "the idempotent producer is not available yet; set it to false".into(),
-            });
-        }
-        let config = ProducerConfig {
+        let idempotence_asked = match properties.take("enable.idempotence") {
+            None => None,
+            Some(value) => match value.to_ascii_lowercase().as_str() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => return Err(invalid("enable.idempotence", &value, "true or false")),
+            },
+        };
+        let mut config = ProducerConfig {
             common,
             acks,
             linger_ms: properties.parse("linger.ms", 5, |_| true, "a number of ms")?,
@@ -398,9 +400,31 @@ impl ProducerConfig {
                 |bytes| *bytes > 0,
                 "a positive number of bytes",
             )?,
-            enable_idempotence,
+            enable_idempotence: false,
         };
         properties.finish()?;
+        // As the Java client 3.2+: idempotence is on unless turned off or unless settings it
+        // cannot work with were given (then it is off when not asked for, refused when asked).
+        let conflict = if config.acks != Acks::All {
+            Some(("acks", "all"))
+        } else if config.max_in_flight_requests_per_connection > 5 {
+            Some(("max.in.flight.requests.per.connection", "at most 5"))
+        } else if config.retries == 0 {
+            Some(("retries", "above 0"))
+        } else {
+            None
+        };
+        config.enable_idempotence = match (idempotence_asked, conflict) {
+            (Some(true), Some((name, wanted))) => {
+                return Err(ConfigError::Invalid {
+                    name: "enable.idempotence".into(),
+                    value: "true".into(),
+                    reason: format!("idempotence needs {name} {wanted}"),
+                })
+            }
+            (Some(asked), _) => asked,
+            (None, conflict) => conflict.is_none(),
+        };
         Ok(config)
     }
 }
@@ -586,8 +610,23 @@ mod tests {
             Err(ConfigError::Missing("bootstrap.servers"))
         );
         assert!(ProducerConfig::from_properties([("bootstrap.servers", "nohost")]).is_err());
-        assert!(ProducerConfig::from_properties([
-            ("bootstrap.servers", "h:1"),
+        let idempotence = |properties: &[(&str, &str)]| {
+            let mut all = vec![("bootstrap.servers", "h:1")];
+            all.extend_from_slice(properties);
+            ProducerConfig::from_properties(all.iter().copied())
+                .map(|config| config.enable_idempotence)
+        };
+        assert_eq!(idempotence(&[]), Ok(true), "on by default");
+        assert_eq!(idempotence(&[("enable.idempotence", "false")]), Ok(false));
+        assert_eq!(
+            idempotence(&[("acks", "1")]),
+            Ok(false),
+            "off when acks says so"
+        );
+        assert_eq!(idempotence(&[("acks", "all"), ("retries", "0")]), Ok(false));
+        assert!(idempotence(&[("acks", "1"), ("enable.idempotence", "true")]).is_err());
+        assert!(idempotence(&[
+            ("max.in.flight.requests.per.connection", "6"),
             ("enable.idempotence", "true")
         ])
         .is_err());

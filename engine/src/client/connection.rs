@@ -45,6 +45,7 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::LeaveGroup => (0, 5),
         ApiKey::OffsetCommit => (2, 8),
         ApiKey::DeleteRecords => (0, 2),
+        ApiKey::InitProducerId => (0, 4),
         ApiKey::AlterPartitionReassignments => (0, 1),
         ApiKey::ListPartitionReassignments => (0, 0),
         _ => return None,

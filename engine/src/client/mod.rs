@@ -26,5 +26,6 @@ pub mod group;
 pub mod membership;
 pub mod partitioner;
 pub mod producer;
+mod sequencer;
 
 pub use error::ClientError;

@@ -12,10 +12,12 @@
 //! ```
 //!
 //! Order within a partition: batches are sent in order, and a batch queued for retry holds
-//! back the partition's later batches not yet sent. Batches already in flight behind a failed
-//! one may still land before its retry, as in Kafka without idempotence; with
-//! `max.in.flight.requests.per.connection=1` order always holds. (Idempotence, which keeps
-//! order with several in flight, arrives with exactly-once, issue 10.)
+//! back the partition's later batches not yet sent. With idempotence (`enable.idempotence`,
+//! on by default with `acks=all`, as in the Java client) each batch carries a producer id and
+//! sequence numbers (see [`super::sequencer`]): a retried batch is stored once, and batches in
+//! flight behind a failed one are refused by the broker until it is retried, so order holds
+//! with up to five in flight. Without it a batch in flight behind a failed one may land before
+//! the retry, as in Kafka; `max.in.flight.requests.per.connection=1` then keeps order.
 //!
 //! Each record's result arrives through its [`Delivery`] (wait for it like a future) or a
 //! callback. Memory waiting to be sent is bounded by `buffer.memory`: `send` blocks for room.
@@ -39,6 +41,8 @@ use super::config::{Acks, Compression, ProducerConfig};
 use super::connection::{Connection, InFlight, RequestSender, ResponseReader};
 use super::error::ClientError;
 use super::partitioner::Partitioner;
+use super::sequencer::{Assignment, ProducerIdentity, Sequenced, Sequencer};
+use crate::storage::producers::last_sequence;
 
 /// How long `send` waits for metadata or for room in `buffer.memory` (Kafka's `max.block.ms`).
 const MAX_BLOCK: Duration = Duration::from_secs(60);
@@ -163,6 +167,9 @@ struct Batch {
     retry_at: Option<Instant>,
     /// Order of creation, producer-wide: a partition's batches are sent in this order.
     sequence: u64,
+    /// With idempotence: the producer id and sequence numbers, given at the first send and
+    /// kept through every retry.
+    sequenced: Option<Sequenced>,
 }
 
 /// Topics' partition counts and leaders, and the brokers' addresses.
@@ -190,6 +197,11 @@ struct State {
     stale_topics: BTreeSet<String>,
     /// The next batch's `sequence`.
     next_batch_sequence: u64,
+    /// With idempotence: producer ids and each partition's sequence numbers.
+    sequencer: Sequencer,
+    /// With idempotence: why no producer id can be had (the broker does not support
+    /// InitProducerId, or refuses it for good); batches waiting for one fail with it.
+    producer_id_refused: Option<DeliveryError>,
 }
 
 impl State {
@@ -430,6 +442,7 @@ impl Producer {
             attempts: 0,
             retry_at: None,
             sequence,
+            sequenced: None,
         });
         let offset = batch.records.len() as i64;
         batch.records.push(PendingRecord {
@@ -444,7 +457,7 @@ impl Producer {
                 offset,
                 // The encoder starts a new batch where `offset - sequence` changes: -1 for the
                 // first record keeps one batch with the base sequence -1 of a producer
-                // without idempotence (which will set real sequences).
+                // without idempotence; with it, `stamp` sets real ones at the first send.
                 sequence: offset as i32 - 1,
                 timestamp: record.timestamp_ms.unwrap_or_else(now_ms),
                 key: record.key,
@@ -769,6 +782,14 @@ fn run_sender(shared: &Arc<Shared>) {
         if !stale.is_empty() {
             refresh_metadata(shared, &stale);
         }
+        let wants_producer_id = config.enable_idempotence && {
+            let state = shared.state.lock().expect("not poisoned");
+            state.sequencer.wants_new_producer() && state.producer_id_refused.is_none()
+        };
+        if wants_producer_id {
+            // Without one the batches are held (retried after retry.backoff.ms).
+            init_producer_id(shared);
+        }
         send_batches(shared, &mut links, batches);
         shared.progress.notify_all();
     }
@@ -781,10 +802,35 @@ fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: 
     // partition once), so a partition's second batch goes in the next request to that leader,
     // keeping the partition's order.
     let mut requests: BTreeMap<(usize, i32), Vec<Batch>> = BTreeMap::new();
+    let mut orphaned = Vec::new();
     {
-        let state = shared.state.lock().expect("not poisoned");
+        let mut state = shared.state.lock().expect("not poisoned");
         let mut seen: BTreeMap<(String, i32), usize> = BTreeMap::new();
-        for batch in batches {
+        let mut held = Vec::new();
+        for mut batch in batches {
+            if config.enable_idempotence {
+                let key = (batch.topic.clone(), batch.partition);
+                match batch.sequenced {
+                    None => match state.sequencer.assign(&key, batch.records.len()) {
+                        Assignment::Assigned(sequenced) => stamp(&mut batch, sequenced),
+                        Assignment::Hold => {
+                            match &state.producer_id_refused {
+                                Some(_) if batch.sequenced.is_none() => orphaned.push(batch),
+                                _ => held.push(batch),
+                            }
+                            continue;
+                        }
+                    },
+                    Some(sequenced) if state.sequencer.is_broken(&key) => {
+                        // An earlier batch of its partition failed for good: the broker would
+                        // refuse this one's sequence.
+                        state.sequencer.resolved(&key, &sequenced, false);
+                        orphaned.push(batch);
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
             let leader = state
                 .metadata
                 .partitions
@@ -798,6 +844,29 @@ fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: 
             requests.entry((*round, leader)).or_default().push(batch);
             *round += 1;
         }
+        let retry_at = Instant::now() + Duration::from_millis(config.common.retry_backoff_ms);
+        for mut batch in held {
+            batch.retry_at = Some(retry_at);
+            state.requeue(batch);
+        }
+    }
+    let refused = shared
+        .state
+        .lock()
+        .expect("not poisoned")
+        .producer_id_refused
+        .clone();
+    for batch in orphaned {
+        let failure = match (&batch.sequenced, &refused) {
+            (None, Some(refused)) => refused.clone(),
+            _ => DeliveryError {
+                code: Some(ResponseError::OutOfOrderSequenceNumber.code()),
+                message: "an earlier batch of this partition failed, so this one was not sent \
+                          again (it may or may not have been written)"
+                    .into(),
+            },
+        };
+        deliver(shared, batch, |_, _| Err(failure.clone()));
     }
     for ((_, leader), batches) in requests {
         let batches = wait_for_room(shared, leader, batches);
@@ -979,13 +1048,67 @@ fn finish_request(
     shared.work.notify_all();
 }
 
+/// A batch's end: its (base offset, log-append time), or why it failed.
+type Finished = Result<(i64, i64), DeliveryError>;
+
 /// Delivers successes; queues retriable failures at the front of the ready queue (after
-/// `retry.backoff.ms`, with their topics' metadata to refresh); fails the rest.
+/// `retry.backoff.ms`, with their topics' metadata to refresh); fails the rest. With
+/// idempotence, tells the sequencer which batches are resolved.
 fn complete_batches(shared: &Shared, outcomes: Vec<(Batch, PartitionOutcome)>) {
     let config = &shared.config;
     let mut retry = Vec::new();
-    for (mut batch, outcome) in outcomes {
-        match outcome {
+    let mut finished: Vec<(Batch, Finished)> = Vec::new();
+    {
+        let mut state = shared.state.lock().expect("not poisoned");
+        for (mut batch, outcome) in outcomes {
+            let key = (batch.topic.clone(), batch.partition);
+            match outcome {
+                Ok(answer) => {
+                    if let Some(sequenced) = batch.sequenced {
+                        state.sequencer.resolved(&key, &sequenced, true);
+                    }
+                    finished.push((batch, Ok(answer)));
+                }
+                Err(error) => {
+                    let mut retriable =
+                        matches!(&error, ClientError::Kafka { code, .. } if is_retriable(*code));
+                    if let Some(sequenced) = batch.sequenced {
+                        // Refused only because an earlier batch is missing, which goes first.
+                        retriable |= error.is(ResponseError::OutOfOrderSequenceNumber)
+                            && state.sequencer.out_of_order_is_transient(&key, &sequenced);
+                        retriable &= !state.sequencer.is_broken(&key);
+                    }
+                    let within_time =
+                        batch.created.elapsed() < Duration::from_millis(config.delivery_timeout_ms);
+                    if retriable && batch.attempts < config.retries && within_time {
+                        batch.attempts += 1;
+                        batch.retry_at = Some(
+                            Instant::now() + Duration::from_millis(config.common.retry_backoff_ms),
+                        );
+                        retry.push(batch);
+                    } else {
+                        if let Some(sequenced) = batch.sequenced {
+                            state.sequencer.resolved(&key, &sequenced, false);
+                        }
+                        let failure = DeliveryError {
+                            code: error.code(),
+                            message: error.to_string(),
+                        };
+                        finished.push((batch, Err(failure)));
+                    }
+                }
+            }
+        }
+        for batch in &retry {
+            state.stale_topics.insert(batch.topic.clone());
+        }
+        for batch in retry {
+            state.requeue(batch);
+        }
+    }
+    shared.work.notify_all();
+    for (batch, result) in finished {
+        match result {
             Ok((base_offset, timestamp)) => deliver(shared, batch, |index, record| {
                 Ok(RecordMetadata {
                     topic: String::new(),
@@ -1002,37 +1125,81 @@ fn complete_batches(shared: &Shared, outcomes: Vec<(Batch, PartitionOutcome)>) {
                     },
                 })
             }),
-            Err(error) => {
-                let retriable =
-                    matches!(&error, ClientError::Kafka { code, .. } if is_retriable(*code));
-                let within_time =
-                    batch.created.elapsed() < Duration::from_millis(config.delivery_timeout_ms);
-                if retriable && batch.attempts < config.retries && within_time {
-                    batch.attempts += 1;
-                    batch.retry_at = Some(
-                        Instant::now() + Duration::from_millis(config.common.retry_backoff_ms),
-                    );
-                    retry.push(batch);
-                } else {
-                    let failure = DeliveryError {
-                        code: error.code(),
-                        message: error.to_string(),
-                    };
-                    deliver(shared, batch, |_, _| Err(failure.clone()));
-                }
-            }
+            Err(failure) => deliver(shared, batch, |_, _| Err(failure.clone())),
         }
     }
-    if retry.is_empty() {
-        return;
+}
+
+/// Gives `batch`'s records the producer id, epoch and consecutive sequence numbers.
+fn stamp(batch: &mut Batch, sequenced: Sequenced) {
+    for (index, pending) in batch.records.iter_mut().enumerate() {
+        pending.record.producer_id = sequenced.identity.producer_id;
+        pending.record.producer_epoch = sequenced.identity.epoch;
+        pending.record.sequence = last_sequence(sequenced.base_sequence, index as i32);
     }
-    let mut state = shared.state.lock().expect("not poisoned");
-    for batch in retry {
-        state.stale_topics.insert(batch.topic.clone());
-        state.requeue(batch);
+    batch.sequenced = Some(sequenced);
+}
+
+/// Asks a broker for a producer id (InitProducerId) and hands it to the sequencer; on failure
+/// the batches wait and the next round asks again.
+fn init_producer_id(shared: &Shared) {
+    let mut connection = shared.metadata_connection.lock().expect("not poisoned");
+    if connection.is_none() {
+        match connect_any(&shared.config) {
+            Ok(fresh) => *connection = Some(fresh),
+            Err(_) => return,
+        }
     }
-    drop(state);
-    shared.work.notify_all();
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let answer = connection
+        .as_mut()
+        .expect("connected")
+        .call(ApiKey::InitProducerId, RequestKind::InitProducerId(request));
+    match answer {
+        Ok((_, ResponseKind::InitProducerId(response))) if response.error_code == 0 => {
+            drop(connection);
+            shared
+                .state
+                .lock()
+                .expect("not poisoned")
+                .sequencer
+                .adopt(ProducerIdentity {
+                    producer_id: response.producer_id.0,
+                    epoch: response.producer_epoch,
+                });
+        }
+        Ok((_, ResponseKind::InitProducerId(response))) if !is_retriable(response.error_code) => {
+            drop(connection);
+            let error = ClientError::from_code(response.error_code, None);
+            shared
+                .state
+                .lock()
+                .expect("not poisoned")
+                .producer_id_refused = Some(DeliveryError {
+                code: error.code(),
+                message: format!("no producer id for idempotence: {error}"),
+            });
+        }
+        Ok(_) => {}
+        Err(error @ ClientError::Unsupported(_)) => {
+            drop(connection);
+            shared
+                .state
+                .lock()
+                .expect("not poisoned")
+                .producer_id_refused = Some(DeliveryError {
+                code: None,
+                message: format!(
+                    "the broker has no idempotent producer ({error}): set enable.idempotence=false"
+                ),
+            });
+        }
+        Err(_) => *connection = None,
+    }
 }
 
 fn is_retriable(code: i16) -> bool {

@@ -269,6 +269,99 @@ fn one_request_in_flight_keeps_a_partitions_order_through_a_restart() {
     drop(broker);
 }
 
+/// With idempotence (the default) and five requests in flight, a producer keeps sending
+/// while the broker is killed (SIGKILL: answers to requests it wrote are lost) and restarted:
+/// retried batches are stored once and in order, so the record sent n-th lands at offset n,
+/// and the log holds nothing else.
+#[test]
+fn idempotence_keeps_order_and_stores_retries_once_through_a_kill() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    // Every append synced before it is answered: what was acknowledged survives the kill,
+    // and so may batches whose answers the kill lost, which the producer then retries.
+    let durable = ["--topic-default", "log.flush.interval.messages=1"];
+    let mut broker = Broker::start(&data, &durable);
+    let address = broker.address;
+    let producer = std::sync::Arc::new(producer(
+        &broker,
+        &[
+            ("batch.size", "200"),
+            ("linger.ms", "0"),
+            ("retry.backoff.ms", "50"),
+            ("request.timeout.ms", "5000"),
+        ],
+    ));
+    let sending = {
+        let producer = std::sync::Arc::clone(&producer);
+        std::thread::spawn(move || {
+            (0..3000)
+                .map(|i| {
+                    if i % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    producer.send(record("exactly", format!("{i}"))).unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut child = broker.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let broker = Broker::start_at(&data, address, &durable);
+    let deliveries = sending.join().unwrap();
+    let offsets: Vec<i64> = deliveries
+        .iter()
+        .map(|delivery| {
+            delivery
+                .wait(Some(Duration::from_secs(60)))
+                .expect("answered")
+                .expect("delivered")
+                .offset
+        })
+        .collect();
+    let misplaced = offsets
+        .iter()
+        .enumerate()
+        .find(|(index, offset)| **offset != *index as i64);
+    assert_eq!(
+        misplaced, None,
+        "the record sent n-th must land at offset n"
+    );
+    assert_eq!(end_offset(&broker, "exactly"), 3000, "nothing stored twice");
+    assert!(
+        first_batch_producer_id(&broker, "exactly") >= 0,
+        "the batches carry a producer id"
+    );
+}
+
+/// The producer id in the header of partition 0's first batch, from a Fetch.
+fn first_batch_producer_id(broker: &Broker, topic: &str) -> i64 {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let ResponseKind::Fetch(response) =
+        broker
+            .connect()
+            .call(ApiKey::Fetch, 12, RequestKind::Fetch(request))
+    else {
+        panic!()
+    };
+    let records = response.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    spate_engine::storage::batch::BatchHeader::parse(&records)
+        .expect("a batch")
+        .producer_id
+}
+
 /// The broker restarts under a running consumer: it reconnects and resumes where it was,
 /// missing nothing and repeating nothing.
 #[test]
