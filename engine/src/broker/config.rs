@@ -92,7 +92,7 @@ pub struct ServeSettings {
     /// [default: 300000].
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
-    /// How long an idempotent producer that sent nothing is remembered
+    /// Forget an idempotent producer whose last batch's timestamp is this old
     /// (producer.id.expiration.ms); checked with retention [default: 86400000, 1 day].
     #[arg(long, value_name = "MS")]
     pub producer_id_expiration_ms: Option<i64>,

@@ -56,9 +56,9 @@ impl From<&StorageError> for KafkaError {
             StorageError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
                 ResponseError::InvalidProducerEpoch
             }
-            StorageError::Producer(ProducerError::MissingSequence { .. }) => {
-                ResponseError::InvalidRecord
-            }
+            StorageError::Producer(
+                ProducerError::MissingSequence { .. } | ProducerError::SeveralBatches { .. },
+            ) => ResponseError::InvalidRecord,
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }
             | StorageError::Poisoned { .. } => ResponseError::KafkaStorageError,

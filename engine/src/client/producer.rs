@@ -14,9 +14,10 @@
 //! Order within a partition: batches are sent in order, and a batch queued for retry holds
 //! back the partition's later batches not yet sent. With idempotence (`enable.idempotence`,
 //! on by default with `acks=all`, as in the Java client) each batch carries a producer id and
-//! sequence numbers (see [`super::sequencer`]): a retried batch is stored once, and batches in
-//! flight behind a failed one are refused by the broker until it is retried, so order holds
-//! with up to five in flight. Without it a batch in flight behind a failed one may land before
+//! sequence numbers (see [`super::sequencer`]): a retried batch is stored once, batches in
+//! flight behind a failed one are refused by the broker until it is retried, and a partition's
+//! batches go to one leader at a time (after a leader change, new ones wait until those in
+//! flight to the old leader are answered), so order holds with up to five in flight. Without it a batch in flight behind a failed one may land before
 //! the retry, as in Kafka; `max.in.flight.requests.per.connection=1` then keeps order.
 //!
 //! Each record's result arrives through its [`Delivery`] (wait for it like a future) or a
@@ -202,6 +203,9 @@ struct State {
     /// With idempotence: why no producer id can be had (the broker does not support
     /// InitProducerId, or refuses it for good); batches waiting for one fail with it.
     producer_id_refused: Option<DeliveryError>,
+    /// With idempotence: why the last InitProducerId failed, for batches that time out
+    /// waiting for a producer id.
+    producer_id_last_error: Option<String>,
 }
 
 impl State {
@@ -808,15 +812,40 @@ fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: 
         let mut seen: BTreeMap<(String, i32), usize> = BTreeMap::new();
         let mut held = Vec::new();
         for mut batch in batches {
+            let key = (batch.topic.clone(), batch.partition);
+            let leader = state
+                .metadata
+                .partitions
+                .get(&batch.topic)
+                .and_then(|leaders| leaders.get(batch.partition as usize))
+                .copied()
+                .unwrap_or(-1);
             if config.enable_idempotence {
-                let key = (batch.topic.clone(), batch.partition);
+                if !state.sequencer.may_send_to(&key, leader) {
+                    held.push(batch);
+                    continue;
+                }
                 match batch.sequenced {
                     None => match state.sequencer.assign(&key, batch.records.len()) {
                         Assignment::Assigned(sequenced) => stamp(&mut batch, sequenced),
                         Assignment::Hold => {
-                            match &state.producer_id_refused {
-                                Some(_) if batch.sequenced.is_none() => orphaned.push(batch),
-                                _ => held.push(batch),
+                            let waited = batch.created.elapsed();
+                            if let Some(refused) = &state.producer_id_refused {
+                                orphaned.push((batch, refused.clone()));
+                            } else if waited >= Duration::from_millis(config.delivery_timeout_ms) {
+                                let last = state.producer_id_last_error.as_deref();
+                                let failure = DeliveryError {
+                                    code: Some(ResponseError::RequestTimedOut.code()),
+                                    message: format!(
+                                        "no producer id for idempotence within \
+                                         delivery.timeout.ms ({} ms){}",
+                                        config.delivery_timeout_ms,
+                                        last.map(|last| format!(": {last}")).unwrap_or_default()
+                                    ),
+                                };
+                                orphaned.push((batch, failure));
+                            } else {
+                                held.push(batch);
                             }
                             continue;
                         }
@@ -825,19 +854,19 @@ fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: 
                         // An earlier batch of its partition failed for good: the broker would
                         // refuse this one's sequence.
                         state.sequencer.resolved(&key, &sequenced, false);
-                        orphaned.push(batch);
+                        let failure = DeliveryError {
+                            code: Some(ResponseError::OutOfOrderSequenceNumber.code()),
+                            message: "an earlier batch of this partition failed, so this one \
+                                      was not sent again (it may or may not have been written)"
+                                .into(),
+                        };
+                        orphaned.push((batch, failure));
                         continue;
                     }
                     Some(_) => {}
                 }
+                state.sequencer.sent(&key, leader);
             }
-            let leader = state
-                .metadata
-                .partitions
-                .get(&batch.topic)
-                .and_then(|leaders| leaders.get(batch.partition as usize))
-                .copied()
-                .unwrap_or(-1);
             let round = seen
                 .entry((batch.topic.clone(), batch.partition))
                 .or_default();
@@ -850,22 +879,7 @@ fn send_batches(shared: &Arc<Shared>, links: &mut BTreeMap<i32, Link>, batches: 
             state.requeue(batch);
         }
     }
-    let refused = shared
-        .state
-        .lock()
-        .expect("not poisoned")
-        .producer_id_refused
-        .clone();
-    for batch in orphaned {
-        let failure = match (&batch.sequenced, &refused) {
-            (None, Some(refused)) => refused.clone(),
-            _ => DeliveryError {
-                code: Some(ResponseError::OutOfOrderSequenceNumber.code()),
-                message: "an earlier batch of this partition failed, so this one was not sent \
-                          again (it may or may not have been written)"
-                    .into(),
-            },
-        };
+    for (batch, failure) in orphaned {
         deliver(shared, batch, |_, _| Err(failure.clone()));
     }
     for ((_, leader), batches) in requests {
@@ -985,6 +999,12 @@ fn wait_for_room(shared: &Shared, leader: i32, batches: Vec<Batch>) -> Vec<Batch
         .into_iter()
         .partition(|batch| state.has_older(batch));
     for batch in held {
+        if batch.sequenced.is_some() {
+            // Counted as sent to its leader when the requests were formed.
+            state
+                .sequencer
+                .returned(&(batch.topic.clone(), batch.partition));
+        }
         state.requeue(batch);
     }
     go
@@ -1062,6 +1082,9 @@ fn complete_batches(shared: &Shared, outcomes: Vec<(Batch, PartitionOutcome)>) {
         let mut state = shared.state.lock().expect("not poisoned");
         for (mut batch, outcome) in outcomes {
             let key = (batch.topic.clone(), batch.partition);
+            if batch.sequenced.is_some() {
+                state.sequencer.returned(&key);
+            }
             match outcome {
                 Ok(answer) => {
                     if let Some(sequenced) = batch.sequenced {
@@ -1184,6 +1207,15 @@ fn init_producer_id(shared: &Shared) {
                 message: format!("no producer id for idempotence: {error}"),
             });
         }
+        Ok((_, ResponseKind::InitProducerId(response))) => {
+            drop(connection);
+            let error = ClientError::from_code(response.error_code, None);
+            shared
+                .state
+                .lock()
+                .expect("not poisoned")
+                .producer_id_last_error = Some(error.to_string());
+        }
         Ok(_) => {}
         Err(error @ ClientError::Unsupported(_)) => {
             drop(connection);
@@ -1198,7 +1230,15 @@ fn init_producer_id(shared: &Shared) {
                 ),
             });
         }
-        Err(_) => *connection = None,
+        Err(error) => {
+            *connection = None;
+            drop(connection);
+            shared
+                .state
+                .lock()
+                .expect("not poisoned")
+                .producer_id_last_error = Some(error.to_string());
+        }
     }
 }
 

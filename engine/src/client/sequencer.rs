@@ -53,7 +53,28 @@ struct PartitionSequence {
     next: i32,
     /// Base sequences of batches sent and not yet delivered or failed, oldest first.
     unresolved: VecDeque<i32>,
+    /// A batch failed for good: the sequence has a hole.
     broken: bool,
+    /// The next batch would cross `i32::MAX`: the partition restarts under a new producer
+    /// id once its batches are resolved (a batch must not wrap, or it is encoded as two).
+    exhausted: bool,
+    /// Requests in flight carrying a batch of the partition, and the leader they went to.
+    in_flight: usize,
+    leader: i32,
+}
+
+impl PartitionSequence {
+    fn new(identity: ProducerIdentity) -> Self {
+        PartitionSequence {
+            identity,
+            next: 0,
+            unresolved: VecDeque::new(),
+            broken: false,
+            exhausted: false,
+            in_flight: 0,
+            leader: -1,
+        }
+    }
 }
 
 /// Every partition's sequence. See the module docs.
@@ -91,13 +112,12 @@ impl Sequencer {
         let entry = self
             .partitions
             .entry(partition.clone())
-            .or_insert_with(|| PartitionSequence {
-                identity: current,
-                next: 0,
-                unresolved: VecDeque::new(),
-                broken: false,
-            });
-        if entry.broken {
+            .or_insert_with(|| PartitionSequence::new(current));
+        let delta = i32::try_from(records - 1).expect("a batch holds fewer than 2^31 records");
+        if i64::from(entry.next) + i64::from(delta) > i64::from(i32::MAX) {
+            entry.exhausted = true;
+        }
+        if entry.broken || entry.exhausted {
             if !entry.unresolved.is_empty() {
                 return Assignment::Hold;
             }
@@ -105,15 +125,14 @@ impl Sequencer {
                 self.wants_new = true;
                 return Assignment::Hold;
             }
+            let (in_flight, leader) = (entry.in_flight, entry.leader);
             *entry = PartitionSequence {
-                identity: current,
-                next: 0,
-                unresolved: VecDeque::new(),
-                broken: false,
+                in_flight,
+                leader,
+                ..PartitionSequence::new(current)
             };
         }
         let base_sequence = entry.next;
-        let delta = i32::try_from(records - 1).expect("a batch holds fewer than 2^31 records");
         entry.next = last_sequence(base_sequence, delta)
             .checked_add(1)
             .unwrap_or(0);
@@ -122,6 +141,31 @@ impl Sequencer {
             identity: entry.identity,
             base_sequence,
         })
+    }
+
+    /// Whether a batch of `partition` may go to `leader` now: not while requests carrying its
+    /// batches are in flight to another broker (a leader change), since a leader that never
+    /// saw the producer accepts any sequence and could take a later batch before an earlier
+    /// one that the old leader fails.
+    pub fn may_send_to(&self, partition: &(String, i32), leader: i32) -> bool {
+        self.partitions
+            .get(partition)
+            .is_none_or(|entry| entry.in_flight == 0 || entry.leader == leader)
+    }
+
+    /// A request carrying a batch of `partition` goes to `leader`.
+    pub fn sent(&mut self, partition: &(String, i32), leader: i32) {
+        if let Some(entry) = self.partitions.get_mut(partition) {
+            entry.in_flight += 1;
+            entry.leader = leader;
+        }
+    }
+
+    /// A request carrying a batch of `partition` was answered, failed, or not sent after all.
+    pub fn returned(&mut self, partition: &(String, i32)) {
+        if let Some(entry) = self.partitions.get_mut(partition) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
     }
 
     /// Whether `partition` is broken: a batch of it with sequence numbers must fail instead of
@@ -237,13 +281,53 @@ mod tests {
     }
 
     #[test]
-    fn sequences_wrap_to_zero() {
+    fn a_batch_never_crosses_the_end_of_the_sequence_space() {
+        let mut sequencer = Sequencer::default();
+        sequencer.adopt(FIRST);
+        let first = assigned(sequencer.assign(&key(), 1));
+        sequencer.partitions.get_mut(&key()).unwrap().next = i32::MAX - 2;
+        let last = assigned(sequencer.assign(&key(), 2));
+        assert_eq!(last.base_sequence, i32::MAX - 2);
+        // Three records from i32::MAX would wrap inside the batch: held until the
+        // partition's batches are resolved, then a new id.
+        assert_eq!(sequencer.assign(&key(), 3), Assignment::Hold);
+        sequencer.resolved(&key(), &first, true);
+        sequencer.resolved(&key(), &last, true);
+        assert_eq!(sequencer.assign(&key(), 3), Assignment::Hold);
+        assert!(sequencer.wants_new_producer());
+        sequencer.adopt(SECOND);
+        let restarted = assigned(sequencer.assign(&key(), 3));
+        assert_eq!((restarted.identity, restarted.base_sequence), (SECOND, 0));
+        assert!(!sequencer.is_broken(&key()));
+    }
+
+    #[test]
+    fn sequences_wrap_to_zero_between_batches() {
         let mut sequencer = Sequencer::default();
         sequencer.adopt(FIRST);
         assigned(sequencer.assign(&key(), 1));
         sequencer.partitions.get_mut(&key()).unwrap().next = i32::MAX - 1;
-        let near_end = assigned(sequencer.assign(&key(), 3));
-        assert_eq!(near_end.base_sequence, i32::MAX - 1);
-        assert_eq!(assigned(sequencer.assign(&key(), 1)).base_sequence, 1);
+        assert_eq!(
+            assigned(sequencer.assign(&key(), 2)).base_sequence,
+            i32::MAX - 1
+        );
+        let wrapped = assigned(sequencer.assign(&key(), 1));
+        assert_eq!((wrapped.identity, wrapped.base_sequence), (FIRST, 0));
+    }
+
+    #[test]
+    fn a_partition_sends_to_one_leader_at_a_time() {
+        let mut sequencer = Sequencer::default();
+        sequencer.adopt(FIRST);
+        assert!(sequencer.may_send_to(&key(), 1));
+        assigned(sequencer.assign(&key(), 1));
+        sequencer.sent(&key(), 1);
+        sequencer.sent(&key(), 1);
+        assert!(sequencer.may_send_to(&key(), 1));
+        assert!(!sequencer.may_send_to(&key(), 2), "the leader moved: wait");
+        sequencer.returned(&key());
+        assert!(!sequencer.may_send_to(&key(), 2));
+        sequencer.returned(&key());
+        assert!(sequencer.may_send_to(&key(), 2));
     }
 }

@@ -37,16 +37,20 @@ impl ProducerIdAllocator {
     }
 
     /// Starts handing out the block that begins at `start`.
-    pub fn refill(&self, start: i64) {
-        assert!(start >= 0, "producer ids are non-negative");
-        if let Some((next, _)) = self.block.get() {
-            assert!(
-                start >= next,
-                "a new block never goes back ({start} < {next})"
-            );
+    ///
+    /// # Errors
+    /// A sentence when `start` is negative or before ids already given (a block handed out
+    /// twice: the file or the metadata went back), which would give an id twice.
+    pub fn refill(&self, start: i64) -> Result<(), String> {
+        let given = self.block.get().map_or(0, |(next, _)| next);
+        if start < given {
+            return Err(format!(
+                "the new producer id block starts at {start}, below ids already given ({given})"
+            ));
         }
         self.block
             .set(Some((start, start + PRODUCER_ID_BLOCK_SIZE)));
+        Ok(())
     }
 }
 
@@ -95,10 +99,12 @@ mod tests {
     fn blocks_are_used_up_then_refilled() {
         let allocator = ProducerIdAllocator::default();
         assert_eq!(allocator.take(), None);
-        allocator.refill(2000);
+        allocator.refill(2000).unwrap();
         let ids: Vec<i64> = std::iter::from_fn(|| allocator.take()).collect();
         assert_eq!(ids, (2000..3000).collect::<Vec<_>>());
-        allocator.refill(5000);
+        assert!(allocator.refill(2500).is_err(), "never an id twice");
+        assert!(allocator.refill(-1).is_err());
+        allocator.refill(5000).unwrap();
         assert_eq!(allocator.take(), Some(5000));
     }
 

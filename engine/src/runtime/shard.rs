@@ -619,7 +619,7 @@ impl Shard {
                 unavailable(format!("claiming a block of producer ids failed: {error}"))
             })?
         };
-        self.producer_ids.refill(start);
+        self.producer_ids.refill(start).map_err(unavailable)?;
         Ok(self.producer_ids.take().expect("a fresh block has ids"))
     }
 

@@ -42,7 +42,9 @@ use super::config::LogConfig;
 use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
 use super::index::OffsetIndex;
-use super::producers::{ProducerAppend, ProducerBatch, ProducerStates, StagedProducers, Verdict};
+use super::producers::{
+    ProducerAppend, ProducerBatch, ProducerError, ProducerStates, StagedProducers, Verdict,
+};
 use super::recovery::{relative, walk_segment, IndexBuilder};
 use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
@@ -238,6 +240,8 @@ pub struct PartitionLog<S: Storage> {
     pub(super) producers: ProducerStates,
     /// Offsets of the producer state snapshots on disk.
     pub(super) producer_snapshots: BTreeSet<i64>,
+    /// Snapshots found unusable at open, removed once a new one is written.
+    pub(super) stale_producer_snapshots: Vec<i64>,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -456,6 +460,16 @@ impl<S: Storage> PartitionLog<S> {
             .collect();
         let mut staged_producers = StagedProducers::new();
         if let AppendMode::Leader { .. } = mode {
+            let producer_batch = batches
+                .iter()
+                .map(|batch| batch.validated.header.producer_id)
+                .find(|producer_id| *producer_id >= 0);
+            if let (Some(producer_id), true) = (producer_batch, batches.len() > 1) {
+                return Err(StorageError::Producer(ProducerError::SeveralBatches {
+                    producer_id,
+                    batches: batches.len(),
+                }));
+            }
             let mut next_offset = self.log_end_offset();
             for (batch, &max_timestamp) in batches.iter().zip(&max_timestamps) {
                 let header = &batch.validated.header;

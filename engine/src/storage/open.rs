@@ -280,6 +280,7 @@ impl<S: Storage> PartitionLog<S> {
             generation: 0,
             producers: ProducerStates::new(),
             producer_snapshots: BTreeSet::new(),
+            stale_producer_snapshots: Vec::new(),
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;
@@ -292,6 +293,8 @@ impl<S: Storage> PartitionLog<S> {
         // instead of scanning the log again.
         log.epochs_dirty = rebuild_epochs || log.epochs != epochs_as_loaded;
         log.load_producers(&names).await?;
+        log.producers
+            .expire(now_ms, log.config.producer_id_expiration_ms);
         log.checkpoint(now_ms).await?;
         info!(
             dir = %log.dir.display(),

@@ -5,12 +5,16 @@
 //! with the log's checkpoint when the checkpoint covers the whole log (at a roll, at a
 //! checkpoint, at close), so it never covers offsets a crash can take away; the
 //! [`SNAPSHOTS_KEPT`] newest are kept, so that a follower's truncation below the newest one
-//! still finds one to start from. Opening drops the snapshots past the log end (cut by a
+//! still finds one to start from. Opening ignores the snapshots past the log end (cut by a
 //! truncation or a torn tail), loads the newest one that decodes, and replays the batch headers
-//! from its offset to the log end. A log with no snapshot file never had producer state at a
-//! checkpoint, so it replays from its recovery point only (opening a log without idempotent
-//! producers reads nothing more than recovery does); one whose snapshots were all unusable
-//! replays from the log start.
+//! from its offset to the log end. Snapshots it cannot use (past the log end, or damaged) stay
+//! on disk until the snapshot written by the checkpoint that ends the open replaces them, so a
+//! directory is never left without one once it had producers. A log with no snapshot file
+//! thus never had producer state at a checkpoint, and replays from its recovery point only
+//! (opening a log without idempotent producers reads nothing more than recovery does); one
+//! whose snapshots were all unusable replays from the log start. A damaged batch that stops
+//! the replay makes the log forget every producer (their next batches are accepted at any
+//! sequence) rather than keep stale sequences.
 
 use bytes::Buf;
 use tracing::{info, warn};
@@ -51,9 +55,12 @@ impl<S: Storage> PartitionLog<S> {
         let mut loaded = None;
         while let Some(offset) = offsets.pop() {
             let path = self.dir.join(snapshot_name(offset));
+            // Unusable snapshots stay on disk until a new one replaces them (at the
+            // checkpoint that ends the open): a crash before that must not leave the
+            // directory without a snapshot, which would read as "never had producers".
             if offset > log_end_offset {
-                info!(path = %path.display(), log_end_offset, "removing a producer snapshot past the log end");
-                remove_if_present(&self.storage, &path).await?;
+                info!(path = %path.display(), log_end_offset, "ignoring a producer snapshot past the log end");
+                self.stale_producer_snapshots.push(offset);
                 continue;
             }
             let decoded = match read_whole_file(&self.storage, &path).await {
@@ -74,8 +81,8 @@ impl<S: Storage> PartitionLog<S> {
                     break;
                 }
                 Err(reason) => {
-                    warn!(path = %path.display(), %reason, "removing a damaged producer snapshot");
-                    remove_if_present(&self.storage, &path).await?;
+                    warn!(path = %path.display(), %reason, "ignoring a damaged producer snapshot");
+                    self.stale_producer_snapshots.push(offset);
                 }
             }
         }
@@ -90,9 +97,11 @@ impl<S: Storage> PartitionLog<S> {
         };
         self.producers = states;
         if let Err(error) = self.replay_producers(from.max(self.log_start_offset)).await {
-            // Unreadable batches are reported to whoever reads them; the producers they held
-            // are unknown here, so their next batches are accepted at any sequence.
-            warn!(dir = %self.dir.display(), %error, "producer state rebuilt only up to a damaged batch");
+            // Unreadable batches are reported to whoever reads them. What they held is
+            // unknown, so every producer is forgotten (their next batches are accepted at any
+            // sequence, as after expiry) rather than kept with a stale last sequence.
+            warn!(dir = %self.dir.display(), %error, "a damaged batch stopped the producer state replay; forgetting every producer");
+            self.producers.clear();
         }
         self.producers.evict_below(self.log_start_offset);
         Ok(())
@@ -143,10 +152,13 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Writes the producer state as a snapshot at the log end, when the checkpoint being
     /// written covers the whole log, and removes snapshots beyond the newest
-    /// [`SNAPSHOTS_KEPT`]. A log that never saw a producer id writes none.
+    /// [`SNAPSHOTS_KEPT`], and the unusable ones found at open. A log that never saw a producer
+    /// id writes none.
     pub(super) async fn write_producer_snapshot(&mut self) -> StorageResult<()> {
         let offset = self.log_end_offset();
-        if self.producers.is_empty() && self.producer_snapshots.is_empty() {
+        let had_files =
+            !self.producer_snapshots.is_empty() || !self.stale_producer_snapshots.is_empty();
+        if self.producers.is_empty() && !had_files {
             return Ok(());
         }
         let path = self.dir.join(snapshot_name(offset));
@@ -158,6 +170,13 @@ impl<S: Storage> PartitionLog<S> {
         .await
         .map_err(io_error(|| format!("writing {}", path.display())))?;
         self.producer_snapshots.insert(offset);
+        // The new snapshot covers the durable log up to here on its own: older and unusable
+        // ones may go.
+        for stale in std::mem::take(&mut self.stale_producer_snapshots) {
+            if stale != offset {
+                remove_if_present(&self.storage, &self.dir.join(snapshot_name(stale))).await?;
+            }
+        }
         while self.producer_snapshots.len() > SNAPSHOTS_KEPT {
             let oldest = self.producer_snapshots.pop_first().expect("not empty");
             remove_if_present(&self.storage, &self.dir.join(snapshot_name(oldest))).await?;

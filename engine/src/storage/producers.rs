@@ -109,6 +109,15 @@ pub enum ProducerError {
         /// The batch's epoch.
         found: i16,
     },
+    /// A producer's batch among several for one partition in one request (`INVALID_RECORD`,
+    /// as Kafka, which takes one batch per partition from a producer).
+    #[error("producer {producer_id} sent {batches} batches for one partition in one request")]
+    SeveralBatches {
+        /// The producer.
+        producer_id: i64,
+        /// Batches in the request's records for the partition.
+        batches: usize,
+    },
     /// A batch with a producer id but no epoch or sequence (`INVALID_RECORD`).
     #[error("producer {producer_id} sent a batch with epoch {epoch} and base sequence {sequence}")]
     MissingSequence {
@@ -242,10 +251,18 @@ impl ProducerStates {
                 });
             }
             if epoch == current.epoch {
-                let retried = current.batches.iter().find(|kept| {
-                    (kept.first_sequence, kept.last_sequence)
-                        == (batch.first_sequence, batch.last_sequence)
-                });
+                // Retries are of batches in the log, never of earlier batches of this append.
+                let in_log = self
+                    .entries
+                    .get(&producer_id)
+                    .filter(|kept| kept.epoch == epoch);
+                let retried = in_log
+                    .into_iter()
+                    .flat_map(|kept| &kept.batches)
+                    .find(|kept| {
+                        (kept.first_sequence, kept.last_sequence)
+                            == (batch.first_sequence, batch.last_sequence)
+                    });
                 if let Some(retried) = retried {
                     return Ok(Verdict::Duplicate(*retried));
                 }
@@ -287,7 +304,9 @@ impl ProducerStates {
     }
 
     /// Records a batch already in the log (a follower's append, recovery) without checking
-    /// it: the leader checked it. A batch of an older epoch than the producer's is ignored.
+    /// it: the leader checked it against its state, which may have forgotten the producer
+    /// (expired, or evicted) where this one did not, so the batch's epoch is taken as it is,
+    /// as Kafka's replication path does.
     pub fn observe(&mut self, append: &ProducerAppend) {
         let entry = self
             .entries
@@ -296,14 +315,16 @@ impl ProducerStates {
                 epoch: append.epoch,
                 batches: VecDeque::with_capacity(BATCHES_KEPT),
             });
-        if append.epoch < entry.epoch {
-            return;
-        }
-        if append.epoch > entry.epoch {
+        if append.epoch != entry.epoch {
             entry.epoch = append.epoch;
             entry.batches.clear();
         }
         entry.push(append.batch);
+    }
+
+    /// Forgets every producer: their next batches are accepted at any sequence.
+    pub fn clear(&mut self) {
+        self.entries.clear();
     }
 
     /// Forgets producers whose last batch lies below `log_start_offset` (removed by retention
@@ -560,10 +581,14 @@ mod tests {
     fn observe_follows_the_log_without_checks() {
         let mut states = ProducerStates::new();
         states.observe(&append(1, 1, 7, 1, 0));
-        states.observe(&append(1, 0, 0, 1, 1));
+        states.observe(&append(1, 1, 8, 1, 1));
         states.observe(&append(1, 2, 0, 1, 2));
         let entry = states.get(1).unwrap();
         assert_eq!((entry.epoch, entry.batches.len()), (2, 1));
+        // An older epoch the leader accepted (it had forgotten the producer) is taken as is.
+        states.observe(&append(1, 0, 5, 1, 3));
+        let entry = states.get(1).unwrap();
+        assert_eq!((entry.epoch, entry.batches[0].first_sequence), (0, 5));
     }
 
     #[test]

@@ -42,8 +42,14 @@ pub fn produce(
     first_sequence: i32,
     count: i32,
 ) -> (i16, i64) {
+    // Timestamps of now: a producer whose last batch is older than producer.id.expiration.ms
+    // (a day) is forgotten, on the batch's timestamp, as Kafka does.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let records: Vec<NewRecord> = (first_sequence..first_sequence + count)
-        .map(|sequence| NewRecord::value(format!("s{sequence}"), 1_000))
+        .map(|sequence| NewRecord::value(format!("s{sequence}"), now_ms))
         .collect();
     let request = ProduceRequest::default()
         .with_acks(-1)

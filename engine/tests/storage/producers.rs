@@ -93,10 +93,21 @@ fn gaps_and_fenced_epochs_are_refused_and_write_nothing() {
                 }
             ))
         ));
-        // A request whose second batch is out of order writes neither.
+        // Two batches of a producer in one append are refused whole (Kafka takes one batch
+        // per partition from a producer), even when both are in order, and so is a new batch
+        // followed by a retry, which would otherwise be answered as the retry alone.
         let mut both = sequenced(1, 2, 2, 1);
-        both.extend_from_slice(&sequenced(1, 2, 9, 1));
-        assert!(log.append(both, 0, 1_000).await.is_err());
+        both.extend_from_slice(&sequenced(1, 2, 3, 1));
+        assert!(matches!(
+            log.append(both, 0, 1_000).await,
+            Err(StorageError::Producer(ProducerError::SeveralBatches {
+                batches: 2,
+                ..
+            }))
+        ));
+        let mut new_then_retry = sequenced(1, 2, 2, 1);
+        new_then_retry.extend_from_slice(&sequenced(1, 2, 1, 1));
+        assert!(log.append(new_then_retry, 0, 1_000).await.is_err());
         assert_eq!(log.log_end_offset(), 2);
         assert!(!log.is_poisoned(), "refused input does not poison the log");
         // A new epoch starts again at 0.
@@ -212,6 +223,93 @@ fn a_damaged_snapshot_is_dropped_and_the_state_rebuilt_from_the_log() {
     });
 }
 
+/// A follower truncates below every snapshot, and the power goes at each step of the
+/// truncation in turn (its reopen included, which replaces the snapshots past the cut): every
+/// time, the reopened log knows the producer's batches it holds.
+#[test]
+fn a_power_cut_at_any_step_of_a_truncation_below_every_snapshot_keeps_the_producers() {
+    block_on(async {
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..small_config()
+        };
+        let mut completed = false;
+        for budget in 0..400 {
+            let storage = SimulatedStorage::new();
+            let mut log = open(&storage, &config).await;
+            for round in 0..12 {
+                log.append(sequenced(6, 0, round * 3, 3), 0, 1_000)
+                    .await
+                    .unwrap();
+                if round % 4 == 3 {
+                    log.checkpoint(1_000).await.unwrap();
+                }
+            }
+            log.checkpoint(1_500).await.unwrap();
+            let snapshots = snapshot_offsets(&storage);
+            assert!(!snapshots.is_empty() && snapshots.iter().all(|&offset| offset > 6));
+            storage.cut_power_after(Some(budget));
+            let result = log.truncate_to(6, 2_000).await;
+            drop(log);
+            storage.crash(CrashMode::DropUnsynced);
+            storage.cut_power_after(None);
+            let mut log = open(&storage, &config).await;
+            let end = log.log_end_offset();
+            assert!(
+                (6..=36).contains(&end) && end % 3 == 0,
+                "power cut after {budget}: {end}"
+            );
+            // The last batch in the log (3 records, sequence = offset) is recognised.
+            let last = i32::try_from(end - 3).unwrap();
+            let retried = log.append(sequenced(6, 0, last, 3), 0, 3_000).await;
+            let retried = retried.unwrap_or_else(|error| {
+                panic!("power cut after {budget} steps, log end {end}: {error}")
+            });
+            assert!(
+                retried.duplicate,
+                "power cut after {budget} steps, log end {end}"
+            );
+            assert_eq!(retried.base_offset, end - 3);
+            if result.is_ok() {
+                assert_eq!(end, 6);
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed, "the truncation completes with enough steps");
+    });
+}
+
+/// No usable snapshot and a damaged batch in the log: the open still succeeds (the damage is
+/// reported to whoever reads it), and the producers are forgotten rather than kept with
+/// stale sequences, so the producer's next batch is accepted.
+#[test]
+fn a_damaged_batch_during_the_replay_forgets_the_producers() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        for sequence in (0..40).step_by(4) {
+            log.append(sequenced(4, 0, sequence, 4), 0, 1_000)
+                .await
+                .unwrap();
+        }
+        log.close(2_000).await.unwrap();
+        for offset in snapshot_offsets(&storage) {
+            let path = partition_dir().join(format!("{offset:020}.snapshot"));
+            storage.corrupt_byte(&path, 8, 0x01);
+        }
+        storage.corrupt_byte(
+            &super::util::segment_log_path(&partition_dir(), 0),
+            100,
+            0x80,
+        );
+        let mut log = open(&storage, &config).await;
+        assert!(log.producer_states().is_empty());
+        assert!(log.append(sequenced(4, 0, 40, 1), 0, 3_000).await.is_ok());
+    });
+}
+
 #[test]
 fn followers_derive_the_same_state_and_truncation_forgets_what_it_cut() {
     block_on(async {
@@ -298,6 +396,27 @@ fn retention_and_expiry_forget_producers() {
             .append(sequenced(2, 0, 1_000, 1), 0, 11_000)
             .await
             .is_ok());
+    });
+}
+
+#[test]
+fn producers_idle_past_the_expiration_are_forgotten_when_the_log_opens() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            producer_id_expiration_ms: 10_000,
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        log.append(sequenced(1, 0, 0, 1), 0, 1_000).await.unwrap();
+        log.close(2_000).await.unwrap();
+        let reopen =
+            |now_ms| PartitionLog::open(storage.clone(), partition_dir(), config.clone(), now_ms);
+        let (log, _) = reopen(10_999).await.unwrap();
+        assert!(log.producer_states().get(1).is_some());
+        log.close(10_999).await.unwrap();
+        let (log, _) = reopen(11_000).await.unwrap();
+        assert!(log.producer_states().is_empty(), "its batch is 10 s old");
     });
 }
 
