@@ -46,7 +46,9 @@ const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// which check sequences; the id allocator (InitProducerId) is the broker's, not simulated.
 const IDEMPOTENT_PRODUCER_ID: i64 = 4_000;
 /// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER and INVALID_PRODUCER_EPOCH: a producer that sends one
-/// record at a time and retries it until acknowledged never gets these from a correct broker.
+/// record at a time and retries it until acknowledged never gets these from the partition's
+/// current leader (a deposed leader that has not yet heard of its successor answers from its
+/// older log, and may).
 const SEQUENCE_ERRORS: [i16; 2] = [45, 47];
 
 /// How a producer sends.
@@ -200,7 +202,9 @@ async fn run(
         {
             let mut world = world.borrow_mut();
             if let Some(code) = error_code.filter(|code| SEQUENCE_ERRORS.contains(code)) {
-                if mode == Mode::Idempotent {
+                if mode == Mode::Idempotent
+                    && world.leads_newest_epoch(TOPIC, partition, node as i32)
+                {
                     world.violation(format!(
                         "idempotent producer {producer} got error {code} for its record {seq} \
                          (sequence {} of partition {partition}) from node {node}",

@@ -121,6 +121,8 @@ pub(crate) struct World {
     images_by_index: BTreeMap<u64, (u64, NodeId)>,
     /// The leader of each partition at each leader epoch.
     partition_leaders: BTreeMap<(Uuid, i32, i32), i32>,
+    /// Topic ids by name, as the nodes applied them.
+    topic_ids: BTreeMap<String, Uuid>,
     /// Per node incarnation: the last partition epoch, leader epoch and ISR seen per
     /// partition.
     partition_epochs: BTreeMap<(NodeId, Uuid, i32), SeenPartition>,
@@ -167,6 +169,7 @@ impl World {
             leaders_by_term: BTreeMap::new(),
             images_by_index: BTreeMap::new(),
             partition_leaders: BTreeMap::new(),
+            topic_ids: BTreeMap::new(),
             partition_epochs: BTreeMap::new(),
             acknowledged_topics: BTreeSet::new(),
             violations: Vec::new(),
@@ -274,6 +277,18 @@ impl World {
     }
 
     /// Records a safety violation (with an event, so it shows in the trace).
+    /// Whether `node` leads `topic`-`partition` at the newest leader epoch any node applied
+    /// (a deposed leader that has not heard of its successor answers from an old log).
+    pub(crate) fn leads_newest_epoch(&self, topic: &str, partition: i32, node: i32) -> bool {
+        let Some(&topic_id) = self.topic_ids.get(topic) else {
+            return false;
+        };
+        self.partition_leaders
+            .range((topic_id, partition, i32::MIN)..=(topic_id, partition, i32::MAX))
+            .next_back()
+            .is_some_and(|(_, &leader)| leader == node)
+    }
+
     pub(crate) fn violation(&mut self, text: String) {
         self.event(format!("VIOLATION: {text}"));
         self.violations.push(text);
@@ -400,6 +415,7 @@ impl World {
         let mut leaderless_examples = Vec::new();
         for (&topic_id, topic) in image.topics() {
             topics.insert(topic.name.clone());
+            self.topic_ids.insert(topic.name.clone(), topic_id);
             for (&partition, state) in &topic.partitions {
                 if state.leader < 0 {
                     leaderless += 1;
