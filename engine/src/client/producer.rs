@@ -1182,63 +1182,48 @@ fn init_producer_id(shared: &Shared) {
         .as_mut()
         .expect("connected")
         .call(ApiKey::InitProducerId, RequestKind::InitProducerId(request));
-    match answer {
+    /// What the answer leaves the producer with.
+    enum Outcome {
+        Adopted(ProducerIdentity),
+        Refused(DeliveryError),
+        Failed(String),
+    }
+    let outcome = match answer {
         Ok((_, ResponseKind::InitProducerId(response))) if response.error_code == 0 => {
-            drop(connection);
-            shared
-                .state
-                .lock()
-                .expect("not poisoned")
-                .sequencer
-                .adopt(ProducerIdentity {
-                    producer_id: response.producer_id.0,
-                    epoch: response.producer_epoch,
-                });
-        }
-        Ok((_, ResponseKind::InitProducerId(response))) if !is_retriable(response.error_code) => {
-            drop(connection);
-            let error = ClientError::from_code(response.error_code, None);
-            shared
-                .state
-                .lock()
-                .expect("not poisoned")
-                .producer_id_refused = Some(DeliveryError {
-                code: error.code(),
-                message: format!("no producer id for idempotence: {error}"),
-            });
+            Outcome::Adopted(ProducerIdentity {
+                producer_id: response.producer_id.0,
+                epoch: response.producer_epoch,
+            })
         }
         Ok((_, ResponseKind::InitProducerId(response))) => {
-            drop(connection);
             let error = ClientError::from_code(response.error_code, None);
-            shared
-                .state
-                .lock()
-                .expect("not poisoned")
-                .producer_id_last_error = Some(error.to_string());
+            if is_retriable(response.error_code) {
+                Outcome::Failed(error.to_string())
+            } else {
+                Outcome::Refused(DeliveryError {
+                    code: error.code(),
+                    message: format!("no producer id for idempotence: {error}"),
+                })
+            }
         }
-        Ok(_) => {}
-        Err(error @ ClientError::Unsupported(_)) => {
-            drop(connection);
-            shared
-                .state
-                .lock()
-                .expect("not poisoned")
-                .producer_id_refused = Some(DeliveryError {
-                code: None,
-                message: format!(
-                    "the broker has no idempotent producer ({error}): set enable.idempotence=false"
-                ),
-            });
-        }
+        Ok(_) => return,
+        Err(error @ ClientError::Unsupported(_)) => Outcome::Refused(DeliveryError {
+            code: None,
+            message: format!(
+                "the broker has no idempotent producer ({error}): set enable.idempotence=false"
+            ),
+        }),
         Err(error) => {
             *connection = None;
-            drop(connection);
-            shared
-                .state
-                .lock()
-                .expect("not poisoned")
-                .producer_id_last_error = Some(error.to_string());
+            Outcome::Failed(error.to_string())
         }
+    };
+    drop(connection);
+    let mut state = shared.state.lock().expect("not poisoned");
+    match outcome {
+        Outcome::Adopted(identity) => state.sequencer.adopt(identity),
+        Outcome::Refused(refused) => state.producer_id_refused = Some(refused),
+        Outcome::Failed(error) => state.producer_id_last_error = Some(error),
     }
 }
 

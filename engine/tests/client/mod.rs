@@ -7,7 +7,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use spate_engine::client::config::ProducerConfig;
-use spate_engine::client::producer::{Producer, ProducerRecord};
+use spate_engine::client::producer::{Delivery, Producer, ProducerRecord};
 
 use crate::broker::util::Broker;
 
@@ -211,6 +211,48 @@ fn the_producer_retries_across_a_broker_restart() {
     assert_eq!(end_offset(&broker, "restart"), 400);
 }
 
+/// Sends the values 0..3000 to partition 0 of `topic` from a thread of its own, pausing now
+/// and then, so that a broker restart falls in the middle; the thread returns the deliveries.
+fn send_numbered_in_background(
+    producer: &std::sync::Arc<Producer>,
+    topic: &'static str,
+) -> std::thread::JoinHandle<Vec<Delivery>> {
+    let producer = std::sync::Arc::clone(producer);
+    std::thread::spawn(move || {
+        (0..3000)
+            .map(|i| {
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                producer.send(record(topic, format!("{i}"))).unwrap()
+            })
+            .collect()
+    })
+}
+
+/// Every record of [`send_numbered_in_background`] was delivered, the n-th at offset n.
+fn assert_sent_order_is_offset_order(sending: std::thread::JoinHandle<Vec<Delivery>>) {
+    let deliveries = sending.join().unwrap();
+    let offsets: Vec<i64> = deliveries
+        .iter()
+        .map(|delivery| {
+            delivery
+                .wait(Some(Duration::from_secs(60)))
+                .expect("answered")
+                .expect("delivered")
+                .offset
+        })
+        .collect();
+    let misplaced = offsets
+        .iter()
+        .enumerate()
+        .find(|(index, offset)| **offset != *index as i64);
+    assert_eq!(
+        misplaced, None,
+        "the record sent n-th must land at offset n"
+    );
+}
+
 /// A producer keeps sending small batches while the broker restarts under it: with one
 /// request in flight, whatever fails and is retried keeps its place, so the offsets follow
 /// the order of the sends.
@@ -231,41 +273,11 @@ fn one_request_in_flight_keeps_a_partitions_order_through_a_restart() {
             ("request.timeout.ms", "5000"),
         ],
     ));
-    let sending = {
-        let producer = std::sync::Arc::clone(&producer);
-        std::thread::spawn(move || {
-            (0..3000)
-                .map(|i| {
-                    if i % 100 == 0 {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    producer.send(record("ordered", format!("{i}"))).unwrap()
-                })
-                .collect::<Vec<_>>()
-        })
-    };
+    let sending = send_numbered_in_background(&producer, "ordered");
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(broker.stop().code(), Some(0));
     let broker = Broker::start_at(&data, address, &[]);
-    let deliveries = sending.join().unwrap();
-    let offsets: Vec<i64> = deliveries
-        .iter()
-        .map(|delivery| {
-            delivery
-                .wait(Some(Duration::from_secs(60)))
-                .expect("answered")
-                .expect("delivered")
-                .offset
-        })
-        .collect();
-    let misplaced = offsets
-        .iter()
-        .enumerate()
-        .find(|(index, offset)| **offset != *index as i64);
-    assert_eq!(
-        misplaced, None,
-        "the record sent n-th must land at offset n"
-    );
+    assert_sent_order_is_offset_order(sending);
     drop(broker);
 }
 
@@ -291,43 +303,13 @@ fn idempotence_keeps_order_and_stores_retries_once_through_a_kill() {
             ("request.timeout.ms", "5000"),
         ],
     ));
-    let sending = {
-        let producer = std::sync::Arc::clone(&producer);
-        std::thread::spawn(move || {
-            (0..3000)
-                .map(|i| {
-                    if i % 100 == 0 {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    producer.send(record("exactly", format!("{i}"))).unwrap()
-                })
-                .collect::<Vec<_>>()
-        })
-    };
+    let sending = send_numbered_in_background(&producer, "exactly");
     std::thread::sleep(Duration::from_millis(100));
     let mut child = broker.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let broker = Broker::start_at(&data, address, &durable);
-    let deliveries = sending.join().unwrap();
-    let offsets: Vec<i64> = deliveries
-        .iter()
-        .map(|delivery| {
-            delivery
-                .wait(Some(Duration::from_secs(60)))
-                .expect("answered")
-                .expect("delivered")
-                .offset
-        })
-        .collect();
-    let misplaced = offsets
-        .iter()
-        .enumerate()
-        .find(|(index, offset)| **offset != *index as i64);
-    assert_eq!(
-        misplaced, None,
-        "the record sent n-th must land at offset n"
-    );
+    assert_sent_order_is_offset_order(sending);
     assert_eq!(end_offset(&broker, "exactly"), 3000, "nothing stored twice");
     assert!(
         first_batch_producer_id(&broker, "exactly") >= 0,

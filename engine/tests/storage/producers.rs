@@ -190,18 +190,23 @@ fn producer_state_survives_reopening_and_crashes() {
     });
 }
 
+/// A log with ten batches of producer 4 (sequences 0..40), closed, so snapshotted.
+async fn closed_log_of_producer_4(storage: &SimulatedStorage, config: &LogConfig) {
+    let mut log = open(storage, config).await;
+    for sequence in (0..40).step_by(4) {
+        log.append(sequenced(4, 0, sequence, 4), 0, 1_000)
+            .await
+            .unwrap();
+    }
+    log.close(2_000).await.unwrap();
+}
+
 #[test]
 fn a_damaged_snapshot_is_dropped_and_the_state_rebuilt_from_the_log() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let config = small_config();
-        let mut log = open(&storage, &config).await;
-        for sequence in (0..40).step_by(4) {
-            log.append(sequenced(4, 0, sequence, 4), 0, 1_000)
-                .await
-                .unwrap();
-        }
-        log.close(2_000).await.unwrap();
+        closed_log_of_producer_4(&storage, &config).await;
         for offset in snapshot_offsets(&storage) {
             let path = partition_dir().join(format!("{offset:020}.snapshot"));
             let file = storage
@@ -288,13 +293,7 @@ fn a_damaged_batch_during_the_replay_forgets_the_producers() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let config = small_config();
-        let mut log = open(&storage, &config).await;
-        for sequence in (0..40).step_by(4) {
-            log.append(sequenced(4, 0, sequence, 4), 0, 1_000)
-                .await
-                .unwrap();
-        }
-        log.close(2_000).await.unwrap();
+        closed_log_of_producer_4(&storage, &config).await;
         for offset in snapshot_offsets(&storage) {
             let path = partition_dir().join(format!("{offset:020}.snapshot"));
             storage.corrupt_byte(&path, 8, 0x01);
