@@ -3,6 +3,7 @@ data directory, started from the binary named by $SPATE_BIN (default: target/deb
 
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -14,10 +15,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPATE_BIN = os.environ.get("SPATE_BIN") or str(ROOT / "target" / "debug" / "spate")
 
 
+_PORTS = iter(random.Random(os.getpid()).sample(range(20000, 32000), 12000))
+
+
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port, distinct from every other this run asked for, below Linux's ephemeral range
+    (32768..): outgoing connections (a client reconnecting to a stopped broker can even connect
+    to itself) and port-0 binds take theirs from that range, never this one."""
+    for port in _PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 class Broker:

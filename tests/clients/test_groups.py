@@ -4,9 +4,7 @@ offsets; the admin clients list, describe, alter and delete groups and their off
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -517,22 +515,8 @@ def test_kcat_balanced_consumer_joins_and_commits(groups_broker):
     assert total == 10, "kcat commits what it consumed when it leaves"
 
 
-def port_outside_the_ephemeral_range():
-    """A free port below Linux's ephemeral range: clients reconnecting to a stopped broker on
-    an ephemeral port can connect to themselves and hold the port the restart needs."""
-    for port in random.sample(range(20000, 30000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
-
-
 def test_offsets_and_membership_survive_a_broker_restart(tmp_path):
     spate = Broker(tmp_path / "data", "--group-initial-rebalance-delay-ms", "0")
-    spate.port = port_outside_the_ephemeral_range()
     spate.start()
     try:
         topic = create_topic(spate.bootstrap, partitions=2)
@@ -614,7 +598,6 @@ def test_a_restarted_static_member_keeps_its_partitions_without_a_rebalance(grou
 
 def test_an_acknowledged_commit_survives_a_broker_crash(tmp_path):
     spate = Broker(tmp_path / "data")
-    spate.port = port_outside_the_ephemeral_range()
     spate.start()
     try:
         topic = create_topic(spate.bootstrap, partitions=1)

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -14,13 +15,26 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-/// A free port on localhost (racy, as every such helper is, but fine for tests).
+/// A free port on localhost, distinct from every other this process asked for, below Linux's
+/// ephemeral range (32768..): a port-0 bind or an outgoing connection of a test running beside
+/// this one takes its port from that range, so it cannot take this one before the broker binds
+/// it. (CI once lost a controller's quorum port to exactly that.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % COUNT;
+    loop {
+        let attempt = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            attempt < COUNT,
+            "no free port left below the ephemeral range"
+        );
+        let port = (FIRST + (start + attempt) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A broker process.
