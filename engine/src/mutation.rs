@@ -37,6 +37,9 @@ pub enum Mutation {
     /// The partition log does not recognise an idempotent producer's retry of a batch it
     /// holds, and appends it again.
     ProducerRetryAppended = 8,
+    /// The high watermark advances while the ISR is below `min.insync.replicas`, so records
+    /// get committed without the eligible leader replicas the controller may elect.
+    HighWatermarkUnderMinIsr = 9,
 }
 
 impl Mutation {
@@ -50,6 +53,7 @@ impl Mutation {
         Mutation::IsrShrinkBeforeCommit,
         Mutation::StaleGenerationCommit,
         Mutation::ProducerRetryAppended,
+        Mutation::HighWatermarkUnderMinIsr,
     ];
 }
 

@@ -18,19 +18,6 @@ fn seeds() -> std::ops::Range<u64> {
     first..first + read("SPATE_SIM_SEEDS", budget)
 }
 
-/// Seeds of the budget that fail for a known, not yet fixed, bug, with what their failure must
-/// say. Each is checked to fail exactly so: a known seed that passes (fixed: remove it) or
-/// fails otherwise fails the test, so the list can only shrink.
-///
-/// - 1592590385: acks=all records lost after a disk loss. Node 3 loses its disk and stays
-///   unfenced (its old session) while the controller, isolated, fences the two other
-///   replicas of `events-2`: the ISR shrinks to node 3 alone, which comes back empty and is
-///   elected as the last ISR member. Kafka before KIP-966 loses data the same way; the fix is
-///   KIP-966's eligible leader replicas (replicas fenced out of an ISR below
-///   `min.insync.replicas` stay electable) and a registration that says the disk was lost.
-const KNOWN_FAILURES: &[(u64, &str)] =
-    &[(1_592_590_385, "Lost { producer: 3, seq: 1, partition: 2")];
-
 #[test]
 fn the_cluster_holds_its_invariants_over_the_seed_budget() {
     let options = ClusterOptions::default();
@@ -59,7 +46,6 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
     let (mut crashes, mut terms, mut topics, mut acknowledged) = (0, 0, 0, 0);
     let (mut consumed, mut generations, mut commits) = (0, 0, 0);
     let mut failures = Vec::new();
-    let mut known_failed = Vec::new();
     for result in results {
         match result {
             Ok(summary) => {
@@ -72,27 +58,12 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
                 commits += summary.commits_acknowledged;
             }
             Err(failure) => {
-                let known = KNOWN_FAILURES
-                    .iter()
-                    .find(|(seed, _)| *seed == failure.seed)
-                    .is_some_and(|(_, what)| failure.what.contains(what));
-                if known {
-                    eprintln!("known failure of seed {}: {}", failure.seed, failure.what);
-                    known_failed.push(failure.seed);
-                } else {
-                    eprintln!("{failure}");
-                    failures.push(failure.seed);
-                }
+                eprintln!("{failure}");
+                failures.push(failure.seed);
             }
         }
     }
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
-    for (seed, _) in KNOWN_FAILURES {
-        assert!(
-            !seeds.contains(seed) || known_failed.contains(seed),
-            "seed {seed} no longer fails as known: remove it from KNOWN_FAILURES"
-        );
-    }
     // The runs do what they are for: nodes crash, leaders change, clients get answers.
     assert!(crashes > count, "{crashes} crashes in {count} runs");
     assert!(terms > 2 * count as usize, "{terms} terms in {count} runs");

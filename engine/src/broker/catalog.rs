@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::names::{collision_key, validate_topic_name, TopicNameError};
 use super::topic_config::{
-    broker_key, check_topic_overrides, check_value, ConfigError, ConfigLayers,
+    broker_key, check_topic_overrides, check_value, topic_key, ConfigError, ConfigLayers,
 };
 use crate::limits::PARTITIONS_PER_TOPIC_MAX;
 use crate::replication::PartitionState;
@@ -309,6 +309,15 @@ impl Catalog {
             dynamic_broker: &self.dynamic_broker_configs,
             static_broker: &self.static_broker_configs,
         }
+    }
+
+    /// The topic's `min.insync.replicas` (at least 1): acks=all writes are refused
+    /// (NOT_ENOUGH_REPLICAS, as Kafka) while fewer replicas are in sync, and a partition
+    /// leader's high watermark stands still.
+    pub fn min_insync_replicas(&self, topic: &Topic) -> usize {
+        let key = topic_key("min.insync.replicas").expect("a known topic config");
+        let (value, _) = self.layers(&topic.configs).resolve(key);
+        value.parse().unwrap_or(1).max(1)
     }
 
     fn insert(&mut self, topic: Topic) {

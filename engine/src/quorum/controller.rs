@@ -62,6 +62,10 @@ pub struct Registration {
     pub port: i32,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// It found none of its partition data (a lost or new disk): it holds nothing it held
+    /// before, so it leaves every ISR, even as the last member, where an eligible leader
+    /// replica can take its place, and every ELR.
+    pub data_lost: bool,
 }
 
 /// A broker's heartbeat.
@@ -193,7 +197,9 @@ impl Controller {
         registration: Registration,
     ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
-        if image.is_eligible(registration.broker_id) {
+        if registration.data_lost {
+            records.extend(forget_lost_replica(image, registration.broker_id));
+        } else if image.is_eligible(registration.broker_id) {
             // Restarted before its old session ran out: its old incarnation is gone.
             records.extend(self.remove_from_partitions(image, registration.broker_id));
         }
@@ -460,6 +466,35 @@ impl Controller {
             leader: None,
             replicas: None,
         }];
+        // Replicas leaving an ISR already below min.insync.replicas hold every committed
+        // record (none was committed without them): they stay electable. An ISR back at
+        // min.insync.replicas commits without them, so the ELR empties.
+        let min_isr = image
+            .topics()
+            .get(&request.topic_id)
+            .map_or(1, |topic| image.min_insync_replicas(&topic.name));
+        let old_elr = image.elr(request.topic_id, request.partition);
+        let elr = if isr.len() >= min_isr {
+            Vec::new()
+        } else {
+            let mut elr: Vec<BrokerId> = old_elr
+                .iter()
+                .copied()
+                .filter(|broker| !isr.contains(broker))
+                .collect();
+            for &left in &state.isr {
+                if !isr.contains(&left) && !elr.contains(&left) {
+                    elr.push(left);
+                }
+            }
+            elr
+        };
+        records.extend(elr_change(
+            request.topic_id,
+            request.partition,
+            old_elr,
+            elr,
+        ));
         // The last target replica of a reassignment caught up: the reassignment completes.
         let after = PartitionState {
             isr,
@@ -590,22 +625,29 @@ impl Controller {
         let mut records = Vec::new();
         for (&topic_id, topic) in image.topics() {
             let unclean = unclean_election_allowed(image, &topic.name);
+            let min_isr = image.min_insync_replicas(&topic.name);
             for (&partition, state) in &topic.partitions {
                 if !state.isr.contains(&gone) && state.leader != gone {
                     continue;
                 }
+                let old_elr = image.elr(topic_id, partition);
+                let mut elr = old_elr.to_vec();
                 let mut isr: Vec<BrokerId> =
                     state.isr.iter().copied().filter(|&b| b != gone).collect();
                 if isr.is_empty() {
                     // The last in-sync replica stays in the ISR: it has every committed record.
                     isr = state.isr.clone();
+                } else if state.isr.contains(&gone) && isr.len() < min_isr && !elr.contains(&gone) {
+                    // Nothing can be committed without it from now on: it stays electable.
+                    elr.push(gone);
                 }
-                let leader = if state.leader == gone || state.leader == -1 {
-                    elect(state, &isr, eligible, unclean)
+                let (leader, elr) = if state.leader == gone || state.leader == -1 {
+                    elect_with_elr(state, &isr, &elr, eligible, unclean)
                 } else {
-                    (state.leader, None)
+                    ((state.leader, None), elr)
                 };
                 records.extend(change(topic_id, partition, state, leader, isr));
+                records.extend(elr_change(topic_id, partition, old_elr, elr));
             }
         }
         records
@@ -674,7 +716,8 @@ fn elect_leaderless(
             if state.leader != -1 || !wanted(state) {
                 continue;
             }
-            let leader = elect(state, &state.isr, &eligible, unclean);
+            let old_elr = image.elr(topic_id, partition);
+            let (leader, elr) = elect_with_elr(state, &state.isr, old_elr, &eligible, unclean);
             if leader.0 != -1 {
                 records.extend(change(
                     topic_id,
@@ -683,6 +726,7 @@ fn elect_leaderless(
                     leader,
                     state.isr.clone(),
                 ));
+                records.extend(elr_change(topic_id, partition, old_elr, elr));
             }
         }
     }
@@ -830,6 +874,95 @@ fn unclean_election_allowed(image: &MetadataImage, topic: &str) -> bool {
     setting(2, topic)
         .or_else(|| setting(4, ""))
         .unwrap_or(false)
+}
+
+/// The record replacing a partition's ELR `old` by `new`, when they differ.
+fn elr_change(
+    topic_id: Uuid,
+    partition: i32,
+    old: &[BrokerId],
+    new: Vec<BrokerId>,
+) -> Option<MetadataRecord> {
+    (old != new.as_slice()).then_some(MetadataRecord::PartitionElr {
+        topic_id,
+        partition,
+        elr: new,
+    })
+}
+
+/// As [`elect`], and when no in-sync replica can lead, the first eligible replica of the ELR
+/// (KIP-966), which then forms the ISR alone and leaves the ELR, where the old in-sync
+/// replicas take its place. Returns the election and the ELR after it (emptied by an unclean
+/// election).
+fn elect_with_elr(
+    state: &PartitionState,
+    isr: &[BrokerId],
+    elr: &[BrokerId],
+    eligible: impl Fn(BrokerId) -> bool,
+    unclean: bool,
+) -> ((BrokerId, Option<Vec<BrokerId>>), Vec<BrokerId>) {
+    let clean = elect(state, isr, &eligible, false);
+    if clean.0 != -1 {
+        return (clean, elr.to_vec());
+    }
+    let from_elr = state
+        .replicas
+        .iter()
+        .find(|&&replica| elr.contains(&replica) && eligible(replica));
+    if let Some(&leader) = from_elr {
+        let mut rest: Vec<BrokerId> = elr.iter().copied().filter(|&b| b != leader).collect();
+        // The in-sync replicas that cannot lead now hold every committed record too.
+        for &member in isr {
+            if member != leader && !rest.contains(&member) {
+                rest.push(member);
+            }
+        }
+        return ((leader, Some(vec![leader])), rest);
+    }
+    let unclean_choice = elect(state, isr, &eligible, unclean);
+    let elr = if unclean_choice.1.is_some() {
+        Vec::new()
+    } else {
+        elr.to_vec()
+    };
+    (unclean_choice, elr)
+}
+
+/// A broker registering without its data (see [`Registration::data_lost`]) leaves every ISR
+/// and ELR: where it was the last in-sync replica, an ELR member takes its place (leading if
+/// eligible); with none, it stays, as there is no better copy known.
+fn forget_lost_replica(image: &MetadataImage, lost: BrokerId) -> Vec<MetadataRecord> {
+    let eligible = |broker: BrokerId| broker != lost && image.is_eligible(broker);
+    let mut records = Vec::new();
+    for (&topic_id, topic) in image.topics() {
+        let unclean = unclean_election_allowed(image, &topic.name);
+        for (&partition, state) in &topic.partitions {
+            let old_elr = image.elr(topic_id, partition);
+            if !state.isr.contains(&lost) && state.leader != lost && !old_elr.contains(&lost) {
+                continue;
+            }
+            let mut elr: Vec<BrokerId> = old_elr.iter().copied().filter(|&b| b != lost).collect();
+            let mut isr: Vec<BrokerId> = state.isr.iter().copied().filter(|&b| b != lost).collect();
+            if isr.is_empty() {
+                match state.replicas.iter().find(|replica| elr.contains(replica)) {
+                    Some(&holder) => {
+                        isr = vec![holder];
+                        elr.retain(|&b| b != holder);
+                    }
+                    None => isr = state.isr.clone(),
+                }
+            }
+            let (leader, elr) =
+                if state.leader == lost || state.leader == -1 || !isr.contains(&state.leader) {
+                    elect_with_elr(state, &isr, &elr, eligible, unclean)
+                } else {
+                    ((state.leader, None), elr)
+                };
+            records.extend(change(topic_id, partition, state, leader, isr));
+            records.extend(elr_change(topic_id, partition, old_elr, elr));
+        }
+    }
+    records
 }
 
 /// The leader for a partition whose ISR is `isr`: the first eligible ISR member in assignment

@@ -64,6 +64,7 @@ impl Cluster {
                 host: "127.0.0.1".into(),
                 port: 9000 + broker_id,
                 rack: None,
+                data_lost: false,
             },
         );
         self.apply(records);
@@ -676,4 +677,116 @@ fn a_decision_only_partly_committed_is_finished_at_the_next_tick() {
     }
     // Nothing left to do: the next tick proposes nothing.
     assert!(cluster.controller.tick(&cluster.image, 2_050).is_empty());
+}
+
+impl Cluster {
+    /// A new incarnation of `broker_id` that found none of its partition data.
+    fn register_lost(&mut self, broker_id: BrokerId, now_ms: i64) {
+        let records = self.controller.register_broker(
+            &self.image,
+            now_ms,
+            Registration {
+                broker_id,
+                incarnation_id: Uuid::from_u128(broker_id as u128 + now_ms as u128),
+                host: "127.0.0.1".into(),
+                port: 9000 + broker_id,
+                rack: None,
+                data_lost: true,
+            },
+        );
+        self.apply(records);
+    }
+
+    fn min_insync_replicas(&mut self, value: &str) {
+        self.apply(vec![MetadataRecord::Config {
+            resource_type: 2,
+            resource_name: "orders".into(),
+            key: "min.insync.replicas".into(),
+            value: Some(value.into()),
+        }]);
+    }
+
+    fn elr(&self) -> Vec<BrokerId> {
+        self.image.elr(TOPIC, 0).to_vec()
+    }
+}
+
+/// KIP-966's eligible leader replicas: a replica fenced out of an ISR already below
+/// min.insync.replicas holds every committed record; when the last in-sync replica comes back
+/// from a lost disk, it gives way to that replica instead of being elected empty.
+#[test]
+fn replicas_fenced_below_min_insync_stay_electable_and_a_lost_disk_gives_way_to_them() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    cluster.min_insync_replicas("2");
+    // 1 dies: the ISR [2, 3] is still at min.insync.replicas, so commits go on without 1.
+    cluster.heartbeat(2, 5_000, false);
+    cluster.heartbeat(3, 5_000, false);
+    cluster.tick(TIMEOUT_MS);
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (2, vec![2, 3]));
+    assert!(cluster.elr().is_empty());
+    // 2 dies: the ISR [3] is below it; nothing commits without 2 any more.
+    cluster.heartbeat(3, 12_000, false);
+    cluster.tick(5_000 + TIMEOUT_MS);
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (3, vec![3]));
+    assert_eq!(cluster.elr(), [2]);
+    let snapshot = cluster.image.to_snapshot();
+    assert_eq!(
+        MetadataImage::from_snapshot(&snapshot).unwrap(),
+        cluster.image
+    );
+    // 3 restarts with a lost disk before its session ended: it leaves the ISR, 2 takes its
+    // place (and waits, fenced) rather than 3 leading without the records.
+    cluster.register_lost(3, 13_000);
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (-1, vec![2]));
+    assert!(cluster.elr().is_empty());
+    cluster.heartbeat(3, 13_000, false);
+    assert_eq!(
+        cluster.partition(0).leader,
+        -1,
+        "3 has nothing to lead with"
+    );
+    cluster.register(2, 14_000);
+    cluster.heartbeat(2, 14_000, false);
+    assert_eq!(cluster.partition(0).leader, 2);
+}
+
+#[test]
+fn a_leaders_shrink_below_min_insync_keeps_the_removed_electable_until_the_isr_recovers() {
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    cluster.min_insync_replicas("2");
+    cluster.alter_isr(vec![1, 2]);
+    assert!(cluster.elr().is_empty(), "still at min.insync.replicas");
+    cluster.alter_isr(vec![1]);
+    assert_eq!(cluster.elr(), [2]);
+    // The leader dies: 2, out of the ISR but with every committed record, is elected.
+    for now_ms in (1_000..=TIMEOUT_MS).step_by(1_000) {
+        cluster.heartbeat(2, now_ms, false);
+        cluster.heartbeat(3, now_ms, false);
+        cluster.tick(now_ms);
+    }
+    let state = cluster.partition(0);
+    assert_eq!((state.leader, state.isr), (2, vec![2]));
+    assert_eq!(
+        cluster.elr(),
+        [1],
+        "the fenced last in-sync replica holds every committed record too"
+    );
+    // Back at min.insync.replicas, no ELR is kept.
+    cluster.alter_isr(vec![2, 3]);
+    assert!(cluster.elr().is_empty());
+    // A lower min.insync.replicas lets records commit without the ELR: it is cleared.
+    cluster.alter_isr(vec![2]);
+    assert_eq!(cluster.elr(), [3]);
+    cluster.min_insync_replicas("1");
+    assert!(cluster.elr().is_empty());
+    // Without min.insync.replicas above 1 there is no ELR.
+    let mut plain = Cluster::with_brokers(2);
+    plain.create(1, 2);
+    plain.alter_isr(vec![1]);
+    assert!(plain.elr().is_empty());
 }

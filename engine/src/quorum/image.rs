@@ -89,6 +89,8 @@ pub struct MetadataImage {
     next_producer_id: i64,
     /// Each broker's latest producer id block: (its request id, first id).
     producer_id_blocks: BTreeMap<BrokerId, (u64, i64)>,
+    /// Partitions' eligible leader replicas (KIP-966), where there are any.
+    elr: BTreeMap<(Uuid, i32), Vec<BrokerId>>,
 }
 
 impl MetadataImage {
@@ -142,6 +144,29 @@ impl MetadataImage {
     ) -> Option<&BTreeMap<String, String>> {
         self.configs
             .get(&(resource_type, resource_name.to_string()))
+    }
+
+    /// The topic's `min.insync.replicas`: its own setting, else the cluster default, else 1.
+    /// The controller keeps eligible leader replicas by it, and partition leaders hold their
+    /// high watermark by it.
+    pub fn min_insync_replicas(&self, topic: &str) -> usize {
+        let setting = |resource_type: i8, name: &str| {
+            self.configs(resource_type, name)
+                .and_then(|configs| configs.get("min.insync.replicas"))
+                .and_then(|value| value.parse::<usize>().ok())
+        };
+        setting(2, topic)
+            .or_else(|| setting(4, ""))
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// A partition's eligible leader replicas: out of its ISR, yet holding every committed
+    /// record (see [`MetadataRecord::PartitionElr`]).
+    pub fn elr(&self, topic_id: Uuid, partition: i32) -> &[BrokerId] {
+        self.elr
+            .get(&(topic_id, partition))
+            .map_or(&[], |elr| elr.as_slice())
     }
 
     /// The latest producer id block of `broker_id`: the request it answered and its first id.
@@ -230,6 +255,7 @@ impl MetadataImage {
                     .ok_or_else(|| ApplyError::Unknown(format!("topic {topic_id}")))?;
                 self.topic_ids.remove(&topic.name);
                 self.configs.remove(&(2, topic.name));
+                self.elr.retain(|(topic, _), _| topic != topic_id);
             }
             MetadataRecord::Partition {
                 topic_id,
@@ -306,6 +332,22 @@ impl MetadataImage {
                     .partitions
                     .insert(*partition, next);
             }
+            MetadataRecord::PartitionElr {
+                topic_id,
+                partition,
+                elr,
+            } => {
+                if self.partition(*topic_id, *partition).is_none() {
+                    return Err(ApplyError::Unknown(format!(
+                        "partition {topic_id}-{partition}"
+                    )));
+                }
+                if elr.is_empty() {
+                    self.elr.remove(&(*topic_id, *partition));
+                } else {
+                    self.elr.insert((*topic_id, *partition), elr.clone());
+                }
+            }
             MetadataRecord::AllocateProducerIds {
                 broker_id,
                 request_id,
@@ -348,6 +390,16 @@ impl MetadataImage {
                 if configs.is_empty() {
                     self.configs
                         .remove(&(*resource_type, resource_name.clone()));
+                }
+                if key == "min.insync.replicas" {
+                    // Under a lower setting, records may be committed without the eligible
+                    // leader replicas: they are no longer known to hold every one (KIP-966
+                    // clears them too).
+                    match (*resource_type, self.topic_ids.get(resource_name)) {
+                        (2, Some(&topic_id)) => self.elr.retain(|(topic, _), _| *topic != topic_id),
+                        (2, None) => {}
+                        _ => self.elr.clear(),
+                    }
                 }
             }
         }
@@ -393,6 +445,13 @@ impl MetadataImage {
                     value: Some(value.clone()),
                 });
             }
+        }
+        for (&(topic_id, partition), elr) in &self.elr {
+            records.push(MetadataRecord::PartitionElr {
+                topic_id,
+                partition,
+                elr: elr.clone(),
+            });
         }
         if self.next_producer_id > 0 {
             records.push(MetadataRecord::ProducerIds {

@@ -73,6 +73,9 @@ pub enum ControllerRequest {
         host: String,
         /// Its Kafka port.
         port: i32,
+        /// It found none of its partition data (see `Registration::data_lost`).
+        #[serde(default)]
+        data_lost: bool,
     },
     /// A registered broker is alive.
     Heartbeat {
@@ -140,6 +143,9 @@ pub struct BrokerEndpoint {
     pub host: String,
     /// Advertised Kafka port.
     pub port: i32,
+    /// This process found none of its partition data (a new or lost disk): it registers so,
+    /// and the controller stops counting it as a copy of what it held.
+    pub data_lost: bool,
 }
 
 /// A member's settings.
@@ -615,6 +621,7 @@ impl<R> QuorumMember<R> {
                 incarnation_id,
                 host,
                 port,
+                data_lost,
             } => {
                 let already = image
                     .broker(broker_id)
@@ -631,6 +638,7 @@ impl<R> QuorumMember<R> {
                         host,
                         port,
                         rack: None,
+                        data_lost,
                     },
                 )
             }
@@ -974,6 +982,18 @@ impl<R> QuorumMember<R> {
         Some((self.image.last_applied_index(), layout.0, layout.1))
     }
 
+    /// The records (encoded) applied after `index`, when the recent ones reach back that far
+    /// (for observers, such as the simulation's checker); `None` when a snapshot or the
+    /// ring's limit dropped some of them.
+    pub fn records_applied_after(&self, index: u64) -> Option<impl Iterator<Item = &str>> {
+        (index >= self.recent_after).then(|| {
+            self.recent_records
+                .iter()
+                .filter(move |(applied, _)| *applied > index)
+                .map(|(_, text)| text.as_str())
+        })
+    }
+
     /// What a broker-only node that applied up to `fetch.applied_index` is sent: the records
     /// applied since, when the recent ones reach back that far, or else the whole image; and
     /// the answers waiting for it.
@@ -1124,6 +1144,7 @@ pub fn broker_request(
             incarnation_id,
             host: endpoint.host.clone(),
             port: endpoint.port,
+            data_lost: endpoint.data_lost,
         },
     }
 }

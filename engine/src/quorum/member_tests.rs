@@ -57,6 +57,7 @@ fn config(node_id: NodeId) -> MemberConfig {
         broker: Some(BrokerEndpoint {
             host: format!("node-{node_id}"),
             port: 9092,
+            data_lost: false,
         }),
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {

@@ -111,6 +111,18 @@ pub enum MetadataRecord {
         /// The value.
         value: Option<String>,
     },
+    /// A partition's eligible leader replicas (KIP-966's ELR) were replaced: replicas out of
+    /// the ISR that still hold every committed record, since they left an ISR already below
+    /// `min.insync.replicas` (so nothing was committed without them). When no in-sync replica
+    /// can lead, a leader is elected from them.
+    PartitionElr {
+        /// Its topic.
+        topic_id: Uuid,
+        /// Its index.
+        partition: i32,
+        /// The eligible leader replicas (empty: none).
+        elr: Vec<BrokerId>,
+    },
     /// A broker asked for producer ids (Kafka's `ProducerIdsRecord`): applying the record
     /// gives it the next [`PRODUCER_ID_BLOCK_SIZE`] ids. The block is chosen when the record
     /// applies, not when it is proposed, so two allocations in flight never get the same one.

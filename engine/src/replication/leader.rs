@@ -36,6 +36,10 @@
 //!   addition whose fate is unknown (the controller moved or the answer was lost) stays in the
 //!   maximal ISR until newer committed state says what became of it; an accepted change stays
 //!   pending until that state arrives, and an answer to an older request is ignored.
+//! - The high watermark stands still while the committed ISR is smaller than the topic's
+//!   `min.insync.replicas` (KIP-966): a replica that left an ISR already below it has every
+//!   committed record, so the controller may elect it (eligible leader replicas) when the
+//!   ISR's last members are lost.
 //! - A follower joins the ISR once its log end offset reaches both the high watermark and the
 //!   start of the current leader epoch; it leaves when it has not caught up with the leader's
 //!   log end for `replica_lag_time_max_ms`. One ISR change is in flight at a time, and it takes
@@ -58,12 +62,18 @@ pub struct ReplicationConfig {
     /// `replica.lag.time.max.ms`: how long a follower may go without catching up with the
     /// leader's log end before it leaves the ISR.
     pub replica_lag_time_max_ms: i64,
+    /// The topic's `min.insync.replicas`: the high watermark advances only while the ISR
+    /// holds at least this many replicas (or all of them, when there are fewer), as KIP-966
+    /// has it. So a replica that left an ISR already below it holds every committed record,
+    /// and the controller may elect it (an eligible leader replica).
+    pub min_insync_replicas: usize,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> ReplicationConfig {
         ReplicationConfig {
             replica_lag_time_max_ms: 30_000,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -338,6 +348,23 @@ impl PartitionLeader {
     /// The next thing for the driver to do, until `None`.
     pub fn poll_output(&mut self) -> Option<LeaderOutput> {
         self.outputs.pop_front()
+    }
+
+    /// The topic's `min.insync.replicas` changed (see [`ReplicationConfig`]).
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.config.min_insync_replicas = min_insync_replicas;
+        self.maybe_advance_high_watermark();
+    }
+
+    /// Whether the committed ISR is too small for the high watermark to advance: below
+    /// `min.insync.replicas`, capped at the number of replicas (Kafka's `isUnderMinIsr` with
+    /// its `effectiveMinIsr`).
+    pub fn is_under_min_isr(&self) -> bool {
+        let effective = self
+            .config
+            .min_insync_replicas
+            .min(self.state.replicas.len());
+        self.state.isr.len() < effective
     }
 
     /// Brokers that must not join the ISR (fenced, or shutting down), as the metadata says.
@@ -635,6 +662,12 @@ impl PartitionLeader {
     }
 
     fn maybe_advance_high_watermark(&mut self) {
+        if self.is_under_min_isr() && !mutated!(HighWatermarkUnderMinIsr) {
+            // Replicas fenced out of this ISR may be elected from the ELR: nothing may be
+            // committed without them.
+            self.check_invariants();
+            return;
+        }
         let lowest = if mutated!(HighWatermarkBeforeIsr) {
             self.durable_offset
         } else {

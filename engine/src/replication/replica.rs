@@ -143,7 +143,7 @@ pub enum FetchTakeError {
 #[derive(Debug)]
 pub struct Replica<S: Storage> {
     node_id: BrokerId,
-    config: ReplicationConfig,
+    config: Cell<ReplicationConfig>,
     /// The topic's name, for logs.
     topic: String,
     /// The partition's index, for logs.
@@ -210,7 +210,7 @@ impl<S: Storage> Replica<S> {
     ) -> Replica<S> {
         Replica {
             node_id,
-            config,
+            config: Cell::new(config),
             topic,
             index,
             log,
@@ -325,7 +325,7 @@ impl<S: Storage> Replica<S> {
                         log.durable_offset(),
                         high_watermark,
                         now_ms,
-                        self.config,
+                        self.config.get(),
                     );
                     *self.leader.borrow_mut() = Some(leader);
                     self.leader_epoch.set(state.leader_epoch);
@@ -360,6 +360,22 @@ impl<S: Storage> Replica<S> {
             leader: state.leader,
             was_leading,
         }
+    }
+
+    /// The topic's `min.insync.replicas`, for this replica's leaders from now on and the
+    /// current one: the high watermark stands still while the ISR is smaller. Set it before
+    /// [`Replica::take_role`], so that a new leader starts with it.
+    pub fn set_min_insync_replicas(&self, min_insync_replicas: usize) {
+        let mut config = self.config.get();
+        if config.min_insync_replicas == min_insync_replicas {
+            return;
+        }
+        config.min_insync_replicas = min_insync_replicas;
+        self.config.set(config);
+        if let Some(leader) = self.leader.borrow_mut().as_mut() {
+            leader.set_min_insync_replicas(min_insync_replicas);
+        }
+        self.drain_leader_outputs();
     }
 
     /// Brokers the metadata says must not join the ISR (fenced, or shutting down): while

@@ -14,6 +14,7 @@ const LAG_MS: i64 = 10_000;
 fn config() -> ReplicationConfig {
     ReplicationConfig {
         replica_lag_time_max_ms: LAG_MS,
+        min_insync_replicas: 1,
     }
 }
 
@@ -198,6 +199,64 @@ fn the_high_watermark_waits_for_the_leaders_own_sync() {
     assert_eq!(alone.sync_wanted(), Some(6));
     alone.synced(6);
     assert_eq!(alone.high_watermark(), 6);
+}
+
+#[test]
+fn the_high_watermark_stands_still_while_the_isr_is_below_min_insync_replicas() {
+    // KIP-966: a replica that left an ISR already below min.insync.replicas may be elected
+    // from the ELR, so nothing may be committed without it. (Found by the cluster
+    // simulation: with elections from the ELR, records a lone leader committed were lost.)
+    let cache = LeaderEpochCache::new();
+    let min_two = ReplicationConfig {
+        min_insync_replicas: 2,
+        ..config()
+    };
+    let mut leader = PartitionLeader::new(0, state(0, 1, &[0, 1]), 0, 0, 0, 0, min_two);
+    leader.appended(10);
+    leader.synced(10);
+    leader
+        .follower_fetch(fetch(1, 10, None), &cache, 0, 1)
+        .unwrap();
+    assert_eq!(leader.high_watermark(), 10, "two in sync: committed");
+    // The controller fences 1 out: the leader is alone, below min.insync.replicas.
+    let mut alone = state(0, 1, &[0]);
+    alone.partition_epoch = 2;
+    leader.partition_changed(alone, 2);
+    assert!(leader.is_under_min_isr());
+    outputs(&mut leader);
+    leader.appended(15);
+    leader.synced(15);
+    assert_eq!(leader.high_watermark(), 10);
+    assert!(outputs(&mut leader).is_empty());
+    // 1 catches up: its addition in flight is not enough, the committed ISR is.
+    leader
+        .follower_fetch(fetch(1, 15, None), &cache, 0, 3)
+        .unwrap();
+    assert!(matches!(
+        outputs(&mut leader).as_slice(),
+        [LeaderOutput::AlterIsr { isr, .. }] if *isr == [0, 1]
+    ));
+    assert_eq!(leader.high_watermark(), 10);
+    let mut back = state(0, 1, &[0, 1]);
+    back.partition_epoch = 3;
+    leader.partition_changed(back, 4);
+    assert!(!leader.is_under_min_isr());
+    assert_eq!(leader.high_watermark(), 15);
+
+    // A leader elected under min.insync.replicas keeps the mark where it was, until the
+    // setting is lowered.
+    let mut elected = PartitionLeader::new(0, state(0, 2, &[0]), 15, 15, 10, 0, min_two);
+    assert_eq!(elected.high_watermark(), 10);
+    elected.set_min_insync_replicas(1);
+    assert_eq!(elected.high_watermark(), 15);
+    assert_eq!(outputs(&mut elected), [LeaderOutput::HighWatermark(15)]);
+
+    // With fewer replicas than min.insync.replicas, all of them are enough (Kafka's
+    // effective minimum).
+    let mut single = state(0, 1, &[0]);
+    single.replicas = vec![0];
+    let single = PartitionLeader::new(0, single, 5, 5, 0, 0, min_two);
+    assert_eq!(single.high_watermark(), 5);
 }
 
 #[test]

@@ -85,6 +85,7 @@ async fn run(shard: Rc<Shard>, voters: Vec<(NodeId, SocketAddr)>, incoming: Loca
     let endpoint = BrokerEndpoint {
         host: shard.config.advertised_host.clone(),
         port: shard.config.advertised_port,
+        data_lost: super::quorum::holds_no_partitions(&shard.config.data_dir),
     };
     let mut forwarded: BTreeMap<u64, Forwarded> = BTreeMap::new();
     let mut next_request_id = 0_u64;

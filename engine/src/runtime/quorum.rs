@@ -195,6 +195,7 @@ async fn run(
         broker: shard.config.roles.broker.then(|| BrokerEndpoint {
             host: shard.config.advertised_host.clone(),
             port: shard.config.advertised_port,
+            data_lost: holds_no_partitions(&shard.config.data_dir),
         }),
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {
@@ -527,4 +528,38 @@ pub(super) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     frame.push(kind);
     frame.extend_from_slice(payload);
     frame
+}
+
+/// Whether the data directory holds no partition directory (a new or replaced disk): such a
+/// broker registers as having lost its data, so that the controller does not elect it as the
+/// last copy of what it held. Read when the node starts, before it opens any partition.
+pub(crate) fn holds_no_partitions(data_dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return true;
+    };
+    !entries.flatten().any(|entry| {
+        entry.file_type().is_ok_and(|kind| kind.is_dir())
+            && entry.file_name() != crate::quorum::log::QUORUM_DIR_NAME
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_no_partitions;
+    use crate::quorum::log::QUORUM_DIR_NAME;
+
+    #[test]
+    fn a_data_dir_without_partition_directories_holds_no_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(holds_no_partitions(&dir.path().join("missing")));
+        assert!(holds_no_partitions(dir.path()));
+        std::fs::create_dir(dir.path().join(QUORUM_DIR_NAME)).unwrap();
+        std::fs::write(dir.path().join("meta.properties"), b"").unwrap();
+        assert!(
+            holds_no_partitions(dir.path()),
+            "the metadata log and files are not partitions"
+        );
+        std::fs::create_dir(dir.path().join("orders-0")).unwrap();
+        assert!(!holds_no_partitions(dir.path()));
+    }
 }

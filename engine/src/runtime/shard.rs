@@ -1232,6 +1232,8 @@ impl Shard {
     fn replication_config(&self) -> ReplicationConfig {
         ReplicationConfig {
             replica_lag_time_max_ms: self.config.replica_lag_time_max_ms,
+            // Each topic's own is set before its replicas take a role.
+            ..ReplicationConfig::default()
         }
     }
 
@@ -1246,6 +1248,9 @@ impl Shard {
             return;
         };
         let replica = &partition.replica;
+        if let Some(topic) = catalog.topic_by_id(topic_id) {
+            replica.set_min_insync_replicas(catalog.min_insync_replicas(topic));
+        }
         let taken = replica.take_role(&state, now_ms()).await;
         // Fenced brokers (absent from the layout) are not asked into the ISR.
         if let Some(layout) = catalog.layout() {

@@ -22,6 +22,7 @@ use spate_engine::quorum::member::{
     MemberInput, MemberOutput, QuorumMember,
 };
 use spate_engine::quorum::{ControllerConfig, MetadataImage, NodeId, QuorumConfig};
+use spate_engine::storage::backend::Storage as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::disk::SimDisk;
@@ -67,13 +68,15 @@ pub(crate) enum Event {
     },
 }
 
-fn member_config(setup: &NodeSetup) -> MemberConfig {
+/// `data_lost`: the node's partition disk holds nothing (new, or lost), so it registers so.
+fn member_config(setup: &NodeSetup, data_lost: bool) -> MemberConfig {
     MemberConfig {
         node_id: setup.node,
         voters: setup.voters.clone(),
         broker: Some(BrokerEndpoint {
             host: host_name(setup.node),
             port: i32::from(CLIENT_PORT),
+            data_lost,
         }),
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {
@@ -124,7 +127,13 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
     let seed = [setup.seed, node, starts]
         .iter()
         .fold(FNV_OFFSET, |hash, part| fnv1a(hash, &part.to_le_bytes()));
-    let config = member_config(&setup);
+    // The partition disk is read before anything opens a partition on it.
+    let data_lost = setup
+        .disk
+        .list(Path::new(super::replicas::DATA_DIR))
+        .await
+        .map_or(true, |names| names.is_empty());
+    let config = member_config(&setup, data_lost);
     let tick = Duration::from_millis(config.quorum.tick_ms as u64);
     let mut member: QuorumMember<u64> =
         QuorumMember::new(config, restored.into_durable(), image, seed);
@@ -385,7 +394,12 @@ async fn serve_client(mut stream: turmoil::net::TcpStream, events: mpsc::Unbound
                     name,
                     partitions: i32::from(*partitions),
                     replication_factor: usize::from(*replication_factor),
-                    configs: BTreeMap::new(),
+                    // What the producers' acks=all is held to, known to the controller too
+                    // (its eligible leader replicas depend on it).
+                    configs: BTreeMap::from([(
+                        "min.insync.replicas".to_owned(),
+                        super::replicas::MIN_INSYNC_REPLICAS.to_string(),
+                    )]),
                 }])
             }
             wire::REASSIGN => {

@@ -252,6 +252,8 @@ impl Replicas {
                     None => return,
                 },
             };
+            let min_insync_replicas = self.image.borrow().min_insync_replicas(&topic);
+            replica.set_min_insync_replicas(min_insync_replicas);
             let taken = replica.take_role(&state, self.now_ms()).await;
             // Fenced or shutting-down brokers are not asked into the ISR.
             let ineligible = state
@@ -363,6 +365,8 @@ impl Replicas {
                     self.node,
                     ReplicationConfig {
                         replica_lag_time_max_ms: REPLICA_LAG_TIME_MAX_MS,
+                        // The topic's own is set before the replica takes a role.
+                        ..ReplicationConfig::default()
                     },
                 ));
                 self.replicas

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use spate_engine::history::History;
 use spate_engine::quorum::member::QuorumMember;
+use spate_engine::quorum::records::MetadataRecord;
 use spate_engine::quorum::NodeId;
 use uuid::Uuid;
 
@@ -85,6 +86,8 @@ struct SeenPartition {
     partition_epoch: i32,
     leader_epoch: i32,
     isr: Vec<i32>,
+    /// Its eligible leader replicas (KIP-966).
+    elr: Vec<i32>,
 }
 
 /// An ISR change a partition leader asked for: the partition epoch it was based on, and the
@@ -410,6 +413,26 @@ impl World {
                 self.images_by_index.insert(applied_index, (digest, node));
             }
         }
+        // The brokers each partition's ELR named in the records applied since this node's
+        // previous image; `None` when they are gone (a snapshot replaced them).
+        let elr_named = self
+            .views
+            .get(&node)
+            .and_then(|view| member.records_applied_after(view.applied_index))
+            .map(|records| {
+                let mut named: BTreeMap<(Uuid, i32), BTreeSet<i32>> = BTreeMap::new();
+                for text in records {
+                    if let Ok(MetadataRecord::PartitionElr {
+                        topic_id,
+                        partition,
+                        elr,
+                    }) = MetadataRecord::decode(text.as_bytes())
+                    {
+                        named.entry((topic_id, partition)).or_default().extend(elr);
+                    }
+                }
+                named
+            });
         let mut topics = BTreeSet::new();
         let mut leaderless = 0;
         let mut leaderless_examples = Vec::new();
@@ -449,10 +472,12 @@ impl World {
                     );
                 }
                 let key = (node, topic_id, partition);
+                let elr_now = image.elr(topic_id, partition).to_vec();
                 if let Some(SeenPartition {
                     partition_epoch,
                     leader_epoch,
                     isr,
+                    elr,
                 }) = self.partition_epochs.get(&key).cloned()
                 {
                     if state.partition_epoch < partition_epoch || state.leader_epoch < leader_epoch
@@ -464,16 +489,26 @@ impl World {
                         ));
                     }
                     // Only the partition's leader adds replicas to the ISR (AlterPartition),
-                    // once they caught up; the controller only takes them out. With no unclean
-                    // elections or reassignments here, a replica joins the ISR only when a
-                    // leader asked for an ISR holding it, based on a state between the one
-                    // seen before and this one.
+                    // once they caught up; the controller only takes them out, but for an
+                    // eligible leader replica (KIP-966) it elects when no in-sync one can lead.
+                    // With no unclean elections or reassignments here, a replica joins the
+                    // ISR only when a leader asked for an ISR holding it, based on a state
+                    // between the one seen before and this one, or from the ELR.
                     let asks = self.isr_asks.get(&(topic_id, partition));
                     let unasked: Vec<i32> = state
                         .isr
                         .iter()
                         .copied()
                         .filter(|replica| !isr.contains(replica))
+                        .filter(|replica| !elr.contains(replica) && !elr_now.contains(replica))
+                        .filter(|replica| match &elr_named {
+                            Some(named) => !named
+                                .get(&(topic_id, partition))
+                                .is_some_and(|named| named.contains(replica)),
+                            // An election from an ELR that came and went unseen: recognisable
+                            // by its shape, the replica leading an ISR of its own.
+                            None => !(state.leader == *replica && state.isr == [*replica]),
+                        })
                         .filter(|replica| {
                             !asks.into_iter().flatten().any(|(based_on, asked)| {
                                 (partition_epoch..state.partition_epoch).contains(based_on)
@@ -495,6 +530,7 @@ impl World {
                         partition_epoch: state.partition_epoch,
                         leader_epoch: state.leader_epoch,
                         isr: state.isr.clone(),
+                        elr: elr_now,
                     },
                 );
             }

@@ -7,10 +7,8 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{counted, str_bytes};
-use crate::broker::catalog::{Catalog, Topic};
 use crate::broker::errors::KafkaError;
 use crate::broker::names::is_internal;
-use crate::broker::topic_config::topic_key;
 use crate::runtime::shard::{AcksAll, PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
 
@@ -23,15 +21,7 @@ struct PendingPartition {
 }
 
 /// In-sync replicas of every partition of a single-node broker: the leader alone.
-const IN_SYNC_REPLICAS: i64 = 1;
-
-/// The topic's `min.insync.replicas`: acks=all writes are refused (NOT_ENOUGH_REPLICAS, as
-/// Kafka) while fewer replicas are in sync.
-fn min_insync_replicas(catalog: &Catalog, topic: &Topic) -> i64 {
-    let key = topic_key("min.insync.replicas").expect("a known topic config");
-    let (value, _) = catalog.layers(&topic.configs).resolve(key);
-    value.parse().unwrap_or(1)
-}
+const IN_SYNC_REPLICAS: usize = 1;
 
 /// Appends each partition's batches on the shard that owns it, all partitions at once, and
 /// answers when every append is done. `None` for acks=0, which gets no response.
@@ -47,7 +37,7 @@ pub(super) async fn produce(
     for (topic_index, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.to_string();
         let topic = catalog.topic(&name);
-        let min_insync_replicas = topic.map_or(1, |topic| min_insync_replicas(&catalog, topic));
+        let min_insync_replicas = topic.map_or(1, |topic| catalog.min_insync_replicas(topic));
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
             let mut traffic = (0, 0);
@@ -85,8 +75,7 @@ pub(super) async fn produce(
                         // In a cluster the leader checks and waits for its in-sync replicas.
                         let acks_all =
                             (acks == -1 && catalog.layout().is_some()).then(|| AcksAll {
-                                min_insync_replicas: usize::try_from(min_insync_replicas)
-                                    .unwrap_or(1),
+                                min_insync_replicas,
                                 timeout_ms: u64::try_from(request.timeout_ms).unwrap_or(0),
                             });
                         Ok(shard.start_partition_call(
