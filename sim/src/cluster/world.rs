@@ -505,9 +505,12 @@ impl World {
                             Some(named) => !named
                                 .get(&(topic_id, partition))
                                 .is_some_and(|named| named.contains(replica)),
-                            // An election from an ELR that came and went unseen: recognisable
-                            // by its shape, the replica leading an ISR of its own.
-                            None => !(state.leader == *replica && state.isr == [*replica]),
+                            // An ELR that came and went unseen (a snapshot replaced the
+                            // records): its member is recognisable by its shape, alone in the
+                            // ISR, leading it or (fenced, it took a lost disk's place)
+                            // leaderless.
+                            None => !(state.isr == [*replica]
+                                && (state.leader == *replica || state.leader == -1)),
                         })
                         .filter(|replica| {
                             !asks.into_iter().flatten().any(|(based_on, asked)| {
