@@ -56,8 +56,16 @@ impl From<&StorageError> for KafkaError {
             StorageError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
                 ResponseError::InvalidProducerEpoch
             }
+            StorageError::Producer(ProducerError::InvalidTxnState { .. }) => {
+                ResponseError::InvalidTxnState
+            }
+            StorageError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+                ResponseError::TransactionCoordinatorFenced
+            }
             StorageError::Producer(
-                ProducerError::MissingSequence { .. } | ProducerError::SeveralBatches { .. },
+                ProducerError::MissingSequence { .. }
+                | ProducerError::SeveralBatches { .. }
+                | ProducerError::ControlBatchFromClient { .. },
             ) => ResponseError::InvalidRecord,
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }

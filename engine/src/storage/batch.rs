@@ -577,6 +577,51 @@ fn read_i64(bytes: &[u8], position: usize) -> i64 {
     i64::from_be_bytes(bytes[position..position + 8].try_into().expect("8 bytes"))
 }
 
+/// A transaction marker's control record (Kafka's `EndTransactionMarker`): key version 0 and
+/// type (0 abort, 1 commit), value version 0 and the coordinator epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlMarker {
+    /// Commit (else abort).
+    pub commit: bool,
+    /// The epoch of the coordinator that wrote it.
+    pub coordinator_epoch: i32,
+}
+
+/// The transaction marker of a whole, checked control batch (uncompressed, one record).
+///
+/// # Errors
+/// [`BatchError::MalformedRecord`] when its record is not a transaction marker.
+pub fn control_marker(batch: &[u8]) -> Result<ControlMarker, BatchError> {
+    let malformed = |reason| BatchError::MalformedRecord { index: 0, reason };
+    let mut bytes = bytes::Bytes::copy_from_slice(batch);
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+        .map_err(|_| malformed("a control batch that does not decode"))?;
+    let record = set
+        .records
+        .first()
+        .ok_or_else(|| malformed("a control batch without a record"))?;
+    let key = record.key.as_deref().unwrap_or_default();
+    let value = record.value.as_deref().unwrap_or_default();
+    if key.len() < 4 || value.len() < 6 {
+        return Err(malformed(
+            "a control record too short for a transaction marker",
+        ));
+    }
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(malformed(
+                "a control record that is not a transaction marker",
+            ))
+        }
+    };
+    Ok(ControlMarker {
+        commit,
+        coordinator_epoch: i32::from_be_bytes([value[2], value[3], value[4], value[5]]),
+    })
+}
+
 /// Builds uncompressed v2 batches with the `kafka-protocol` crate's encoder, for tools, tests
 /// and benchmarks. The broker never builds batches: it stores what clients send.
 pub mod build {
@@ -632,6 +677,68 @@ pub mod build {
     ) -> BytesMut {
         assert!(producer_id >= 0 && producer_epoch >= 0 && base_sequence >= 0);
         encode(records, producer_id, producer_epoch, base_sequence)
+    }
+
+    /// Encodes a transaction marker: a control batch of `producer_id` at `producer_epoch`
+    /// holding one control record (commit or abort, and the coordinator's epoch).
+    pub fn marker_batch(
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        timestamp_ms: i64,
+    ) -> BytesMut {
+        let mut key = Vec::with_capacity(4);
+        key.extend_from_slice(&0_i16.to_be_bytes());
+        key.extend_from_slice(&i16::from(commit).to_be_bytes());
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0_i16.to_be_bytes());
+        value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+        let record = Record {
+            transactional: true,
+            control: true,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: timestamp_ms,
+            key: Some(Bytes::from(key)),
+            value: Some(Bytes::from(value)),
+            headers: Default::default(),
+        };
+        let mut buffer = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buffer,
+            std::iter::once(&record),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encoding an uncompressed batch into memory cannot fail");
+        buffer
+    }
+
+    /// Encodes `records` as one uncompressed transactional batch of `producer_id`.
+    ///
+    /// # Panics
+    /// As [`producer_batch`].
+    pub fn transactional_batch(
+        records: &[NewRecord],
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> BytesMut {
+        assert!(producer_id >= 0 && producer_epoch >= 0 && base_sequence >= 0);
+        let mut batch = encode(records, producer_id, producer_epoch, base_sequence);
+        // Attributes (bytes 21..23): bit 4 marks a transactional batch; the CRC covers them.
+        batch[22] |= 0x10;
+        let crc = super::compute_crc(&batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch
     }
 
     fn encode(

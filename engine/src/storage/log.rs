@@ -43,7 +43,8 @@ use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
 use super::index::OffsetIndex;
 use super::producers::{
-    ProducerAppend, ProducerBatch, ProducerError, ProducerStates, StagedProducers, Verdict,
+    CompletedTxn, MarkerAppend, ProducerAppend, ProducerBatch, ProducerError, ProducerStates,
+    StagedProducers, Verdict,
 };
 use super::recovery::{relative, walk_segment, IndexBuilder};
 use super::segment::{SegmentMeta, SegmentPaths};
@@ -133,6 +134,8 @@ impl<B: ReadBuf> Fetched<B> {
 enum AppendMode {
     /// A producer's, on the leader: offsets and the leader epoch are stamped in.
     Leader { partition_leader_epoch: i32 },
+    /// A transaction marker the coordinator asked for, on the leader: stamped as a producer's.
+    Marker { partition_leader_epoch: i32 },
     /// The leader's, on a follower: kept as they are.
     Replicated,
 }
@@ -379,6 +382,72 @@ impl<S: Storage> PartitionLog<S> {
         .await
     }
 
+    /// Appends a transaction marker (a control batch) for `producer_id` at `producer_epoch`,
+    /// as the transaction coordinator of epoch `coordinator_epoch` asks (WriteTxnMarkers):
+    /// the producer's open transaction ends, committed or aborted. Returns the append and
+    /// the transaction it ended, if one was open.
+    ///
+    /// # Errors
+    /// [`ProducerError::InvalidProducerEpoch`] or [`ProducerError::CoordinatorFenced`] (as
+    /// [`StorageError::Producer`]) for a fenced marker, else as [`PartitionLog::append`].
+    pub async fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        partition_leader_epoch: i32,
+        now_ms: i64,
+    ) -> StorageResult<(AppendInfo, Option<CompletedTxn>)> {
+        let marker = MarkerAppend {
+            producer_id,
+            epoch: producer_epoch,
+            coordinator_epoch,
+            offset: self.log_end_offset(),
+            timestamp: now_ms,
+            commit,
+        };
+        self.producers
+            .check_marker(&marker)
+            .map_err(StorageError::Producer)?;
+        let records = batch::build::marker_batch(
+            producer_id,
+            producer_epoch,
+            coordinator_epoch,
+            commit,
+            now_ms,
+        );
+        let open_before = self
+            .producers
+            .get(producer_id)
+            .and_then(|entry| entry.txn_first_offset);
+        let info = self
+            .append_batches(
+                records,
+                AppendMode::Marker {
+                    partition_leader_epoch,
+                },
+                now_ms,
+            )
+            .await?;
+        let completed = open_before.map(|first_offset| CompletedTxn {
+            producer_id,
+            first_offset,
+            last_offset: info.base_offset,
+            aborted: !commit,
+        });
+        Ok((info, completed))
+    }
+
+    /// The first offset of the oldest open transaction, at or above the log start: records
+    /// from there on are not stable yet (the last stable offset is the lower of it and the
+    /// high watermark). `None` when no transaction is open.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers
+            .first_unstable_offset()
+            .map(|offset| offset.max(self.log_start_offset))
+    }
+
     /// Appends a leader's batches on a follower: offsets, leader epochs and timestamps are
     /// kept as the leader wrote them, and the first batch must start at the log end. A batch
     /// of a newer leader epoch adds it to the leader epoch cache. A fetch response may hold
@@ -460,6 +529,17 @@ impl<S: Storage> PartitionLog<S> {
             .collect();
         let mut staged_producers = StagedProducers::new();
         if let AppendMode::Leader { .. } = mode {
+            let control = batches
+                .iter()
+                .map(|batch| &batch.validated.header)
+                .find(|header| header.is_control());
+            if let Some(header) = control {
+                return Err(StorageError::Producer(
+                    ProducerError::ControlBatchFromClient {
+                        producer_id: header.producer_id,
+                    },
+                ));
+            }
             let producer_batch = batches
                 .iter()
                 .map(|batch| batch.validated.header.producer_id)
@@ -507,9 +587,12 @@ impl<S: Storage> PartitionLog<S> {
         let mut next_offset = base_offset;
         for (batch, &max_timestamp) in batches.iter().zip(&max_timestamps) {
             let header = &batch.validated.header;
-            let AppendMode::Leader {
+            let (AppendMode::Leader {
                 partition_leader_epoch,
-            } = mode
+            }
+            | AppendMode::Marker {
+                partition_leader_epoch,
+            }) = mode
             else {
                 // The leader already stamped offsets, epochs and timestamps.
                 next_offset += i64::from(header.last_offset_delta) + 1;
@@ -563,11 +646,28 @@ impl<S: Storage> PartitionLog<S> {
             let epoch = match mode {
                 AppendMode::Leader {
                     partition_leader_epoch,
+                }
+                | AppendMode::Marker {
+                    partition_leader_epoch,
                 } => partition_leader_epoch,
                 AppendMode::Replicated => header.partition_leader_epoch,
             };
             self.epochs_dirty |= observe_batch_epoch(&mut self.epochs, epoch, batch_base);
-            if mode == AppendMode::Replicated {
+            if header.is_control() {
+                // A marker (the coordinator's, or replicated): the transaction ends. A control
+                // batch that is no marker (a follower's copy of a leader's) changes nothing.
+                let bytes = &records[batch.position..batch.position + batch.size];
+                if let Ok(marker) = batch::control_marker(bytes) {
+                    self.producers.complete(&MarkerAppend {
+                        producer_id: header.producer_id,
+                        epoch: header.producer_epoch,
+                        coordinator_epoch: marker.coordinator_epoch,
+                        offset: batch_base,
+                        timestamp: max_timestamp,
+                        commit: marker.commit,
+                    });
+                }
+            } else if mode == AppendMode::Replicated {
                 if let Some(append) = ProducerAppend::of(header, batch_base, max_timestamp) {
                     self.producers.observe(&append);
                 }

@@ -20,10 +20,12 @@ use bytes::Buf;
 use tracing::{info, warn};
 
 use super::backend::{read_whole_file, write_file_atomically, Storage};
-use super::batch::BatchHeader;
+use super::batch::{self, BatchHeader};
 use super::error::StorageResult;
 use super::log::{io_error, remove_if_present, PartitionLog};
-use super::producers::{ProducerAppend, ProducerStates, SNAPSHOTS_KEPT, SNAPSHOT_SUFFIX};
+use super::producers::{
+    MarkerAppend, ProducerAppend, ProducerStates, SNAPSHOTS_KEPT, SNAPSHOT_SUFFIX,
+};
 use super::segment::parse_file_name;
 
 /// Bytes read at a time while replaying batch headers.
@@ -121,9 +123,21 @@ impl<S: Storage> PartitionLog<S> {
                     let header =
                         BatchHeader::parse(bytes).expect("reads return whole, checked batches");
                     if header.last_offset() >= offset {
-                        let append =
-                            ProducerAppend::of(&header, header.base_offset, header.max_timestamp);
-                        if let Some(append) = append {
+                        if header.is_control() {
+                            let marker = batch::control_marker(&bytes[..header.size_bytes()]);
+                            if let Ok(marker) = marker {
+                                self.producers.complete(&MarkerAppend {
+                                    producer_id: header.producer_id,
+                                    epoch: header.producer_epoch,
+                                    coordinator_epoch: marker.coordinator_epoch,
+                                    offset: header.base_offset,
+                                    timestamp: header.max_timestamp,
+                                    commit: marker.commit,
+                                });
+                            }
+                        } else if let Some(append) =
+                            ProducerAppend::of(&header, header.base_offset, header.max_timestamp)
+                        {
                             self.producers.observe(&append);
                         }
                         batches += 1;

@@ -5,7 +5,9 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage, Storage};
-use spate_engine::storage::batch::build::{producer_batch, NewRecord};
+use spate_engine::storage::batch::build::{
+    marker_batch, producer_batch, transactional_batch, NewRecord,
+};
 use spate_engine::storage::producers::ProducerError;
 use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
 
@@ -519,4 +521,103 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// One transactional record of `producer_id` at `sequence`.
+fn transactional(producer_id: i64, epoch: i16, sequence: i32) -> BytesMut {
+    let record = NewRecord::value(format!("t{producer_id}-s{sequence}"), 1_000);
+    transactional_batch(&[record], producer_id, epoch, sequence)
+}
+
+#[test]
+fn transactions_hold_the_stable_offset_and_their_aborts_survive_reopening_and_replication() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        // Producer 1 writes a transaction and aborts it; producer 2 one it commits; producer
+        // 3's stays open. Plain records between them.
+        log.append(transactional(1, 0, 0), 0, 1_000).await.unwrap();
+        log.append(transactional(2, 0, 0), 0, 1_000).await.unwrap();
+        log.append(super::util::numbered_batch(0, 1, 1_000), 0, 1_000)
+            .await
+            .unwrap();
+        log.append(transactional(1, 0, 1), 0, 1_000).await.unwrap();
+        assert_eq!(log.first_unstable_offset(), Some(0));
+        let (abort, aborted) = log.append_marker(1, 0, 0, false, 0, 2_000).await.unwrap();
+        assert_eq!(abort.base_offset, 4);
+        assert_eq!(
+            aborted.map(|txn| (txn.first_offset, txn.last_offset, txn.aborted)),
+            Some((0, 4, true))
+        );
+        assert_eq!(log.first_unstable_offset(), Some(1), "2's is still open");
+        let (_, committed) = log.append_marker(2, 0, 0, true, 0, 2_000).await.unwrap();
+        assert!(committed.is_some_and(|txn| !txn.aborted));
+        assert_eq!(log.first_unstable_offset(), None);
+        log.append(transactional(3, 0, 0), 0, 3_000).await.unwrap();
+        assert_eq!(log.first_unstable_offset(), Some(6));
+        let aborted_in = |log: &PartitionLog<SimulatedStorage>| {
+            log.producer_states()
+                .aborted_overlapping(0, log.log_end_offset())
+                .iter()
+                .map(|txn| (txn.producer_id, txn.first_offset, txn.last_offset))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(aborted_in(&log), [(1, 0, 4)]);
+
+        // Refused: a client's control batch, a plain batch of an open transaction, a marker
+        // of an older coordinator epoch.
+        let forged = marker_batch(3, 0, 0, true, 3_000);
+        assert!(matches!(
+            log.append(forged, 0, 3_000).await,
+            Err(StorageError::Producer(
+                ProducerError::ControlBatchFromClient { .. }
+            ))
+        ));
+        assert!(matches!(
+            log.append(sequenced(3, 0, 1, 1), 0, 3_000).await,
+            Err(StorageError::Producer(
+                ProducerError::InvalidTxnState { .. }
+            ))
+        ));
+        log.append_marker(2, 0, 5, true, 0, 3_000).await.unwrap();
+        assert!(matches!(
+            log.append_marker(2, 0, 4, true, 0, 3_000).await,
+            Err(StorageError::Producer(
+                ProducerError::CoordinatorFenced { .. }
+            ))
+        ));
+        let end = log.log_end_offset();
+
+        // A follower derives the same, from the batches alone.
+        let follower_storage = SimulatedStorage::new();
+        let mut follower = open(&follower_storage, &config).await;
+        let mut offset = 0;
+        while offset < end {
+            let bytes = log.read(offset, 1 << 20, None).await.unwrap().to_bytes();
+            let info = follower
+                .append_replicated(BytesMut::from(&bytes[..]), 3_000)
+                .await
+                .unwrap();
+            offset = info.last_offset + 1;
+        }
+        assert_eq!(follower.producer_states(), log.producer_states());
+
+        // Reopened after a clean close (snapshot) and after a crash (replay of the synced
+        // log from an older snapshot), the open transaction and the abort are still known.
+        log.close(4_000).await.unwrap();
+        let mut log = open(&storage, &config).await;
+        assert_eq!(log.first_unstable_offset(), Some(6));
+        assert_eq!(aborted_in(&log), [(1, 0, 4)]);
+        log.append_marker(3, 0, 5, false, 0, 5_000).await.unwrap();
+        log.flush(5_000).await.unwrap();
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let log = open(&storage, &config).await;
+        assert_eq!(log.first_unstable_offset(), None);
+        assert_eq!(aborted_in(&log), [(1, 0, 4), (3, 6, end)]);
+    });
 }

@@ -43,7 +43,15 @@ pub(super) async fn produce(
             let mut traffic = (0, 0);
             let call = if !matches!(acks, -1..=1) {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
-            } else if request.transactional_id.is_some() {
+            } else if request.transactional_id.is_some()
+                || partition_data
+                    .records
+                    .as_deref()
+                    .is_some_and(holds_transactional_batch)
+            {
+                // Kafka answers transactional batches without a transactional id so too. Until
+                // the transaction coordinator exists nothing may open a transaction, which
+                // would hold the partition's last stable offset back for good.
                 Err(KafkaError::with_message(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet",
@@ -160,4 +168,18 @@ pub(super) fn count_records(mut records: &[u8]) -> u64 {
         records = &records[size..];
     }
     count
+}
+
+/// Whether `records` hold a transactional batch (a malformed one is left to validation).
+fn holds_transactional_batch(mut records: &[u8]) -> bool {
+    while let Ok(header) = BatchHeader::parse(records) {
+        if header.is_transactional() {
+            return true;
+        }
+        let Some(rest) = records.get(header.size_bytes()..) else {
+            return false;
+        };
+        records = rest;
+    }
+    false
 }
