@@ -66,6 +66,7 @@ impl OffsetsPartition for ShardOffsets {
         let listed = self
             .execute(PartitionOp::ListOffset {
                 timestamp: -2,
+                read_committed: false,
                 current_leader_epoch: -1,
                 replica: false,
             })
@@ -85,6 +86,7 @@ impl OffsetsPartition for ShardOffsets {
                 offset,
                 max_bytes,
                 current_leader_epoch: -1,
+                read_committed: false,
             })
             .await
             .map_err(|(code, message)| format!("{code:?}: {message}"))?;

@@ -36,6 +36,7 @@ use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
+use crate::storage::producers::AbortedTxn;
 use crate::storage::{LogConfig, PartitionLog, SharedLog, StorageError};
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
@@ -88,6 +89,9 @@ pub enum PartitionOp {
         max_bytes: usize,
         /// The client's idea of the leader epoch, or -1.
         current_leader_epoch: i32,
+        /// `read_committed`: up to the last stable offset only, with the aborted transactions
+        /// among what is read.
+        read_committed: bool,
     },
     /// Wait until the readable end (the log end for a replica, else the high watermark)
     /// passes `offset`, or `timeout_ms` passes.
@@ -103,6 +107,8 @@ pub enum PartitionOp {
     ListOffset {
         /// The timestamp or special value.
         timestamp: i64,
+        /// `read_committed`: offsets below the last stable offset only.
+        read_committed: bool,
         /// The client's idea of the leader epoch, or -1.
         current_leader_epoch: i32,
         /// Asked by a follower (a replica id): the latest offset is the log end, not the high
@@ -150,8 +156,13 @@ pub enum PartitionOutcome {
         records: Bytes,
         /// High watermark.
         high_watermark: i64,
+        /// Last stable offset: the high watermark, or the first offset of the oldest open
+        /// transaction below it.
+        last_stable_offset: i64,
         /// Log start offset.
         log_start_offset: i64,
+        /// For `read_committed`: the aborted transactions among the records.
+        aborted: Vec<AbortedTxn>,
     },
     /// Read for a follower.
     ReplicaFetched {
@@ -1749,9 +1760,10 @@ async fn run_partition_op(
             offset,
             max_bytes,
             current_leader_epoch,
+            read_committed,
         } => {
             check_epoch(current_leader_epoch, partition.replica.leader_epoch())?;
-            fetch(partition, offset, max_bytes, to_log_end)
+            fetch(partition, offset, max_bytes, to_log_end, read_committed)
                 .await
                 .map_err(|error: StorageError| KafkaError::from(&error))
         }
@@ -1789,6 +1801,7 @@ async fn run_partition_op(
         }
         PartitionOp::ListOffset {
             timestamp,
+            read_committed,
             current_leader_epoch,
             replica,
         } => {
@@ -1804,6 +1817,12 @@ async fn run_partition_op(
                         log.log_end_offset()
                     } else {
                         partition.replica.readable_end(log.log_end_offset())
+                    };
+                    // read_committed sees the last stable offset as the end (Kafka's
+                    // `lastStableOffset` for READ_COMMITTED ListOffsets).
+                    let readable_end = match log.first_unstable_offset() {
+                        Some(unstable) if read_committed => readable_end.min(unstable),
+                        _ => readable_end,
                     };
                     let readable = |(offset, timestamp): (i64, i64)| {
                         if offset < readable_end {
@@ -1874,21 +1893,39 @@ async fn fetch(
     offset: i64,
     max_bytes: usize,
     to_log_end: bool,
+    read_committed: bool,
 ) -> Result<PartitionOutcome, StorageError> {
-    let (log_end_offset, log_start_offset) = partition
+    let (log_end_offset, log_start_offset, first_unstable_offset) = partition
         .replica
         .log
-        .with_log(async |log| (log.log_end_offset(), log.log_start_offset()))
+        .with_log(async |log| {
+            (
+                log.log_end_offset(),
+                log.log_start_offset(),
+                log.first_unstable_offset(),
+            )
+        })
         .await;
     let high_watermark = if to_log_end {
         log_end_offset
     } else {
         partition.replica.readable_end(log_end_offset)
     };
-    let fetched = |records| PartitionOutcome::Fetched {
+    let last_stable_offset = first_unstable_offset.map_or(high_watermark, |unstable| {
+        unstable.clamp(log_start_offset, high_watermark)
+    });
+    // What this fetch may read up to.
+    let readable_end = if read_committed {
+        last_stable_offset
+    } else {
+        high_watermark
+    };
+    let fetched = |records: Bytes, aborted| PartitionOutcome::Fetched {
         records,
         high_watermark,
+        last_stable_offset,
         log_start_offset,
+        aborted,
     };
     if offset < log_start_offset || offset > log_end_offset {
         return Err(StorageError::OffsetOutOfRange {
@@ -1897,14 +1934,21 @@ async fn fetch(
             log_end_offset,
         });
     }
-    // Between the high watermark and the log end: in the log, not yet readable (Kafka
+    // Between the readable end and the log end: in the log, not yet readable (Kafka
     // answers with no records, not an error).
-    if offset >= high_watermark {
-        return Ok(fetched(Bytes::new()));
+    if offset >= readable_end {
+        return Ok(fetched(Bytes::new(), Vec::new()));
     }
+    // The read-ahead reads up to the high watermark: a read_committed fetch held below it
+    // by an open transaction neither takes nor starts one.
+    let read_ahead_fits = readable_end == high_watermark;
     // Taking the read-ahead out of the partition cancels it (by dropping it) unless it is the
     // one this fetch wants.
-    let ahead = partition.read_ahead.borrow_mut().take();
+    let ahead = if read_ahead_fits {
+        partition.read_ahead.borrow_mut().take()
+    } else {
+        None
+    };
     let prefetched = match ahead {
         Some(ahead) if ahead.offset == offset && ahead.max_bytes == max_bytes => {
             ahead.task.await.ok().filter(|records| !records.is_empty())
@@ -1916,12 +1960,28 @@ async fn fetch(
         None => partition
             .replica
             .log
-            .read(offset, max_bytes, Some(high_watermark))
+            .read(offset, max_bytes, Some(readable_end))
             .await?
             .to_bytes(),
     };
+    let aborted = match next_offset_after(&records) {
+        Some(upper_bound) if read_committed => {
+            partition
+                .replica
+                .log
+                .with_log(async |log| {
+                    log.producer_states()
+                        .aborted_overlapping(offset, upper_bound)
+                })
+                .await
+        }
+        _ => Vec::new(),
+    };
     // A read-ahead serves consumers only, so it stops at what they may read.
-    if !to_log_end && records.len() >= READ_AHEAD_TRIGGER_BYTES && max_bytes <= READ_AHEAD_BYTES_MAX
+    if !to_log_end
+        && read_ahead_fits
+        && records.len() >= READ_AHEAD_TRIGGER_BYTES
+        && max_bytes <= READ_AHEAD_BYTES_MAX
     {
         if let Some(next) = next_offset_after(&records).filter(|next| *next < high_watermark) {
             let reader = Rc::clone(partition);
@@ -1945,7 +2005,7 @@ async fn fetch(
             });
         }
     }
-    Ok(fetched(records))
+    Ok(fetched(records, aborted))
 }
 
 /// Waits until the in-sync replicas have every offset below `required_offset` (the high

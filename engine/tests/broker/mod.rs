@@ -6,5 +6,6 @@ mod fuzz;
 pub mod idempotence;
 mod lifecycle;
 mod read_ahead;
+mod read_committed;
 mod slow_client;
 pub mod util;

@@ -509,8 +509,10 @@ impl World {
                             // records): its member is recognisable by its shape, alone in the
                             // ISR, leading it or (fenced, it took a lost disk's place)
                             // leaderless.
-                            None => !(state.isr == [*replica]
-                                && (state.leader == *replica || state.leader == -1)),
+                            None => {
+                                !(state.isr == [*replica]
+                                    && (state.leader == *replica || state.leader == -1))
+                            }
                         })
                         .filter(|replica| {
                             !asks.into_iter().flatten().any(|(based_on, asked)| {

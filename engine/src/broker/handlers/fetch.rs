@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use event_listener::Event;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use uuid::Uuid;
 
 use super::produce::count_records;
@@ -36,6 +38,8 @@ struct Wanted {
     last_fetched_epoch: i32,
     /// A follower's fetch: its broker id.
     replica: Option<i32>,
+    /// `read_committed`.
+    read_committed: bool,
 }
 
 pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
@@ -53,6 +57,8 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
         request.replica_id.0
     };
     let replica = (replica_id >= 0 && catalog.layout().is_some()).then_some(replica_id);
+    // READ_COMMITTED (1, v4+): up to the last stable offset, with the aborted transactions.
+    let read_committed = version >= 4 && request.isolation_level == 1;
     let mut wanted = Vec::new();
     let mut topics = Vec::new();
     for (topic_index, topic) in request.topics.into_iter().enumerate() {
@@ -79,6 +85,7 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
                 current_leader_epoch: partition.current_leader_epoch,
                 last_fetched_epoch: partition.last_fetched_epoch,
                 replica,
+                read_committed,
             });
         }
         let mut result = FetchableTopicResponse::default();
@@ -167,7 +174,9 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
                 Ok(PartitionOutcome::Fetched {
                     records,
                     high_watermark,
+                    last_stable_offset: high_watermark,
                     log_start_offset,
+                    aborted: Vec::new(),
                 })
             }
             other => other,
@@ -176,11 +185,25 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16
             Ok(PartitionOutcome::Fetched {
                 records,
                 high_watermark,
+                last_stable_offset,
                 log_start_offset,
+                aborted,
             }) => {
                 partition.high_watermark = high_watermark;
-                partition.last_stable_offset = high_watermark;
+                partition.last_stable_offset = last_stable_offset;
                 partition.log_start_offset = log_start_offset;
+                // Kafka sends the list (maybe empty) to read_committed fetches, null to the
+                // others.
+                partition.aborted_transactions = want.read_committed.then(|| {
+                    aborted
+                        .iter()
+                        .map(|txn| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(txn.producer_id))
+                                .with_first_offset(txn.first_offset)
+                        })
+                        .collect()
+                });
                 // Kafka fills partitions in order until max_bytes, but always returns the
                 // first non-empty partition's batches whole.
                 let records = if records.is_empty() || first_records || records.len() <= bytes_left
@@ -237,6 +260,7 @@ async fn read_all(
                         offset: want.fetch_offset,
                         max_bytes: want.partition_max_bytes,
                         current_leader_epoch: want.current_leader_epoch,
+                        read_committed: want.read_committed,
                     },
                 };
                 shard.start_partition_call(topic_id, want.partition, op)

@@ -39,6 +39,8 @@ pub(super) async fn list_offsets(
 ) -> ListOffsetsResponse {
     // A follower (replica id set) is answered with the log end as the latest offset.
     let replica = request.replica_id.0 >= 0;
+    // READ_COMMITTED (1, v2+): the latest offset is the last stable offset.
+    let read_committed = version >= 2 && request.isolation_level == 1;
     let mut topics = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -62,6 +64,7 @@ pub(super) async fn list_offsets(
                     partition.partition_index,
                     PartitionOp::ListOffset {
                         timestamp: partition.timestamp,
+                        read_committed,
                         current_leader_epoch: partition.current_leader_epoch,
                         replica,
                     },
