@@ -2,6 +2,8 @@
 //! never appended twice, sequence and epoch checks, and producer state that survives reopening,
 //! crashes (snapshot plus replay), follower appends, truncation and retention.
 
+use std::collections::BTreeMap;
+
 use bytes::BytesMut;
 use proptest::prelude::*;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage, Storage};
@@ -620,4 +622,150 @@ fn transactions_hold_the_stable_offset_and_their_aborts_survive_reopening_and_re
         assert_eq!(log.first_unstable_offset(), None);
         assert_eq!(aborted_in(&log), [(1, 0, 4), (3, 6, end)]);
     });
+}
+
+/// A step of the transactional producers' model test.
+#[derive(Debug, Clone)]
+enum TxnStep {
+    /// Producer `0` writes a transactional record.
+    Write(i64),
+    /// The coordinator ends producer `0`'s transaction: commit when `1`.
+    End(i64, bool),
+    /// A record without a producer.
+    Plain,
+    Flush,
+    Crash,
+    Reopen,
+}
+
+fn txn_step() -> impl Strategy<Value = TxnStep> {
+    prop_oneof![
+        6 => (1..4i64).prop_map(TxnStep::Write),
+        3 => (1..4i64, any::<bool>()).prop_map(|(producer, commit)| TxnStep::End(producer, commit)),
+        2 => Just(TxnStep::Plain),
+        1 => Just(TxnStep::Flush),
+        1 => Just(TxnStep::Crash),
+        1 => Just(TxnStep::Reopen),
+    ]
+}
+
+/// What the log holds, in order: (offset, producer, `None` for a record, `Some(commit)` for a
+/// marker).
+type TxnEvents = Vec<(i64, i64, Option<bool>)>;
+
+/// Aborted transactions as (producer, first offset, marker offset).
+type AbortedModel = Vec<(i64, i64, i64)>;
+
+/// The model's view of `events`: each producer's open transaction's first offset, and the
+/// aborted transactions.
+fn txn_model(events: &TxnEvents) -> (BTreeMap<i64, i64>, AbortedModel) {
+    let mut open = BTreeMap::new();
+    let mut aborted = Vec::new();
+    for &(offset, producer, marker) in events {
+        match marker {
+            None => {
+                open.entry(producer).or_insert(offset);
+            }
+            Some(commit) => {
+                if let Some(first) = open.remove(&producer) {
+                    if !commit {
+                        aborted.push((producer, first, offset));
+                    }
+                }
+            }
+        }
+    }
+    (open, aborted)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Transactional producers and their markers, across crashes and reopens: the first
+    /// unstable offset and the aborted transactions always match a model of what the log
+    /// holds, and a follower copying the log derives the same state.
+    #[test]
+    fn transaction_state_follows_the_log(steps in proptest::collection::vec(txn_step(), 1..60)) {
+        block_on(async {
+            let storage = SimulatedStorage::new();
+            let config = LogConfig { segment_bytes: 1024, ..small_config() };
+            let mut log = open(&storage, &config).await;
+            let mut events: TxnEvents = Vec::new();
+            let mut now_ms = 1_000;
+            for step in steps {
+                now_ms += 10;
+                match step {
+                    TxnStep::Write(producer) => {
+                        let sequence = events
+                            .iter()
+                            .filter(|(_, p, marker)| *p == producer && marker.is_none())
+                            .count() as i32;
+                        let info = log
+                            .append(transactional(producer, 0, sequence), 0, now_ms)
+                            .await
+                            .unwrap();
+                        events.push((info.base_offset, producer, None));
+                    }
+                    TxnStep::End(producer, commit) => {
+                        let (info, _) = log
+                            .append_marker(producer, 0, 0, commit, 0, now_ms)
+                            .await
+                            .unwrap();
+                        events.push((info.base_offset, producer, Some(commit)));
+                    }
+                    TxnStep::Plain => {
+                        let info = log
+                            .append(super::util::numbered_batch(0, 1, now_ms), 0, now_ms)
+                            .await
+                            .unwrap();
+                        events.push((info.base_offset, -1, None));
+                    }
+                    TxnStep::Flush => log.flush(now_ms).await.unwrap(),
+                    TxnStep::Crash => {
+                        drop(log);
+                        storage.crash(CrashMode::DropUnsynced);
+                        log = open(&storage, &config).await;
+                        let end = log.log_end_offset();
+                        events.retain(|(offset, _, _)| *offset < end);
+                    }
+                    TxnStep::Reopen => {
+                        log.close(now_ms).await.unwrap();
+                        log = open(&storage, &config).await;
+                    }
+                }
+                let transactional_events: TxnEvents =
+                    events.iter().copied().filter(|(_, p, _)| *p >= 0).collect();
+                let (open_txns, aborted) = txn_model(&transactional_events);
+                prop_assert_eq!(log.first_unstable_offset(), open_txns.values().min().copied());
+                let found: AbortedModel = log
+                    .producer_states()
+                    .aborted_overlapping(0, log.log_end_offset())
+                    .iter()
+                    .map(|txn| (txn.producer_id, txn.first_offset, txn.last_offset))
+                    .collect();
+                prop_assert_eq!(found, aborted);
+            }
+            let follower_storage = SimulatedStorage::new();
+            let mut follower = open(&follower_storage, &config).await;
+            let end = log.log_end_offset();
+            let mut offset = 0;
+            while offset < end {
+                let bytes = log.read(offset, 1 << 20, None).await.unwrap().to_bytes();
+                let info = follower
+                    .append_replicated(BytesMut::from(&bytes[..]), now_ms)
+                    .await
+                    .unwrap();
+                offset = info.last_offset + 1;
+            }
+            prop_assert_eq!(
+                follower.first_unstable_offset(),
+                log.first_unstable_offset()
+            );
+            prop_assert_eq!(
+                follower.producer_states().aborted_overlapping(0, end),
+                log.producer_states().aborted_overlapping(0, end)
+            );
+            Ok(())
+        })?;
+    }
 }
