@@ -53,5 +53,6 @@ pub mod replication;
 pub mod rng;
 pub mod runtime;
 pub mod storage;
+pub mod txn;
 
 pub use error::{Error, Result};

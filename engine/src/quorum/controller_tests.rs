@@ -790,3 +790,23 @@ fn a_leaders_shrink_below_min_insync_keeps_the_removed_electable_until_the_isr_r
     plain.alter_isr(vec![1]);
     assert!(plain.elr().is_empty());
 }
+
+#[test]
+fn a_reassignment_that_removes_eligible_leader_replicas_forgets_them() {
+    // Found in review: moved away, a replica deletes its copy; back in the replicas later, it
+    // must not be electable from an ELR it was left in.
+    let mut cluster = Cluster::with_brokers(3);
+    cluster.create(1, 3);
+    cluster.min_insync_replicas("2");
+    cluster.alter_isr(vec![1]);
+    assert_eq!(cluster.elr(), [2, 3]);
+    // The target [1] is in sync already: the move completes at once.
+    cluster.reassign(Some(&[1])).unwrap();
+    assert_eq!(cluster.partition(0).replicas, [1]);
+    assert!(cluster.elr().is_empty());
+    let snapshot = cluster.image.to_snapshot();
+    assert_eq!(
+        MetadataImage::from_snapshot(&snapshot).unwrap(),
+        cluster.image
+    );
+}

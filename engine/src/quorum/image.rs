@@ -307,6 +307,16 @@ impl MetadataImage {
                 }
                 next.partition_epoch += 1;
                 check_partition(&next)?;
+                if replicas.is_some() {
+                    // A replica moved away deletes its copy: added back later, it starts empty.
+                    let key = (*topic_id, *partition);
+                    if let Some(elr) = self.elr.get_mut(&key) {
+                        elr.retain(|broker| next.replicas.contains(broker));
+                        if elr.is_empty() {
+                            self.elr.remove(&key);
+                        }
+                    }
+                }
                 self.topics
                     .get_mut(topic_id)
                     .expect("found above")

@@ -357,13 +357,19 @@ impl PartitionLeader {
     }
 
     /// Whether the committed ISR is too small for the high watermark to advance: below
-    /// `min.insync.replicas`, capped at the number of replicas (Kafka's `isUnderMinIsr` with
-    /// its `effectiveMinIsr`).
+    /// `min.insync.replicas`, capped at the number of replicas not being added (Kafka's
+    /// `isUnderMinIsr` with its `effectiveMinIsr`).
     pub fn is_under_min_isr(&self) -> bool {
-        let effective = self
-            .config
-            .min_insync_replicas
-            .min(self.state.replicas.len());
+        // Replicas being added by a reassignment do not count: as Kafka, the cap is the
+        // partition's replication factor before the move.
+        let replicas = self
+            .state
+            .replicas
+            .iter()
+            .filter(|replica| !self.state.adding_replicas.contains(replica))
+            .count()
+            .max(1);
+        let effective = self.config.min_insync_replicas.min(replicas);
         self.state.isr.len() < effective
     }
 

@@ -934,3 +934,21 @@ fn partial_catch_up(
         }
     }
 }
+
+#[test]
+fn replicas_a_reassignment_adds_do_not_raise_the_effective_min_insync_replicas() {
+    // A one-replica partition moving to three, with min.insync.replicas 2: the leader alone
+    // is enough until the move completes, as Kafka counts the replicas before it.
+    let min_two = ReplicationConfig {
+        min_insync_replicas: 2,
+        ..config()
+    };
+    let mut moving = state(0, 1, &[0]);
+    moving.adding_replicas = vec![1, 2];
+    let mut leader = PartitionLeader::new(0, moving, 5, 5, 0, 0, min_two);
+    assert!(!leader.is_under_min_isr());
+    assert_eq!(leader.high_watermark(), 5);
+    leader.appended(6);
+    leader.synced(6);
+    assert_eq!(leader.high_watermark(), 6);
+}

@@ -538,8 +538,11 @@ pub(crate) fn holds_no_partitions(data_dir: &std::path::Path) -> bool {
         return true;
     };
     !entries.flatten().any(|entry| {
+        let name = entry.file_name();
         entry.file_type().is_ok_and(|kind| kind.is_dir())
-            && entry.file_name() != crate::quorum::log::QUORUM_DIR_NAME
+            && name != crate::quorum::log::QUORUM_DIR_NAME
+            // A new ext4 file system mounted at the data directory has one.
+            && name != "lost+found"
     })
 }
 
@@ -554,6 +557,7 @@ mod tests {
         assert!(holds_no_partitions(&dir.path().join("missing")));
         assert!(holds_no_partitions(dir.path()));
         std::fs::create_dir(dir.path().join(QUORUM_DIR_NAME)).unwrap();
+        std::fs::create_dir(dir.path().join("lost+found")).unwrap();
         std::fs::write(dir.path().join("meta.properties"), b"").unwrap();
         assert!(
             holds_no_partitions(dir.path()),

@@ -1260,7 +1260,17 @@ impl Shard {
         };
         let replica = &partition.replica;
         if let Some(topic) = catalog.topic_by_id(topic_id) {
-            replica.set_min_insync_replicas(catalog.min_insync_replicas(topic));
+            // The topic's own setting, as the controller reads it for the ELR (broker-level
+            // defaults are not in the cluster metadata): holding the high watermark for a
+            // setting the controller keeps no eligible replicas for would cost availability
+            // and protect nothing.
+            let min_insync_replicas = topic
+                .configs
+                .get("min.insync.replicas")
+                .and_then(|value| value.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
+            replica.set_min_insync_replicas(min_insync_replicas);
         }
         let taken = replica.take_role(&state, now_ms()).await;
         // Fenced brokers (absent from the layout) are not asked into the ISR.
@@ -1911,8 +1921,10 @@ async fn fetch(
     } else {
         partition.replica.readable_end(log_end_offset)
     };
+    // (Not `clamp`: retention and DeleteRecords can move the log start past the high
+    // watermark.)
     let last_stable_offset = first_unstable_offset.map_or(high_watermark, |unstable| {
-        unstable.clamp(log_start_offset, high_watermark)
+        unstable.max(log_start_offset).min(high_watermark)
     });
     // What this fetch may read up to.
     let readable_end = if read_committed {

@@ -722,11 +722,18 @@ impl ProducerStates {
                 }
             }
             if let Some(first_offset) = entry.txn_first_offset {
+                if first_offset >= offset {
+                    return Err(format!(
+                        "producer {producer_id}'s transaction opens at {first_offset}, past {offset}"
+                    ));
+                }
                 if states.open_txns.insert(first_offset, producer_id).is_some() {
                     return Err(format!("two transactions open at offset {first_offset}"));
                 }
             }
-            states.entries.insert(producer_id, entry);
+            if states.entries.insert(producer_id, entry).is_some() {
+                return Err(format!("producer {producer_id} listed twice"));
+            }
         }
         if version > 1 {
             if bytes.remaining() < 4 {
@@ -743,7 +750,21 @@ impl ProducerStates {
                     last_offset: bytes.get_i64(),
                     last_stable_offset: bytes.get_i64(),
                 };
-                states.aborted.insert(aborted.last_offset, aborted);
+                if aborted.first_offset > aborted.last_offset || aborted.last_offset >= offset {
+                    return Err(format!(
+                        "aborted transaction {aborted:?} does not fit {offset}"
+                    ));
+                }
+                if states
+                    .aborted
+                    .insert(aborted.last_offset, aborted)
+                    .is_some()
+                {
+                    return Err(format!(
+                        "two aborted transactions end at {}",
+                        aborted.last_offset
+                    ));
+                }
             }
         }
         if bytes.has_remaining() {

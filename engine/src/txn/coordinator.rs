@@ -1,0 +1,679 @@
+//! The transaction coordinator of one `__transaction_state` partition, as a sans-IO state
+//! machine (Kafka's `TransactionCoordinator` and `TransactionStateManager`).
+//!
+//! # Calling protocol
+//!
+//! The coordinator owns no socket, file or clock. Its driver:
+//!
+//! 1. replays the partition's records into it with [`TxnCoordinator::load`], then calls
+//!    [`TxnCoordinator::finish_load`] once (transactions found preparing resume writing their
+//!    markers);
+//! 2. hands it each request with [`TxnCoordinator::handle_call`], with the time and a
+//!    [`CallId`] of its choosing (an InitProducerId brings a fresh producer id, used only when
+//!    the transactional id needs one);
+//! 3. after every input drains [`TxnCoordinator::poll_output`]: [`TxnOutput::Reply`] answers a
+//!    call; [`TxnOutput::Append`] asks for a record to be appended (with `acks=all`) to the
+//!    partition, after which the driver reports with [`TxnCoordinator::append_completed`];
+//!    [`TxnOutput::WriteMarkers`] asks for transaction markers on the transaction's
+//!    partitions (WriteTxnMarkers, retried until written), after which the driver reports with
+//!    [`TxnCoordinator::markers_written`];
+//! 4. calls [`TxnCoordinator::tick`] now and then: transactions past their timeout are
+//!    aborted (their producer fenced by an epoch bump), idle transactional ids expire.
+//!
+//! # Rules (Kafka's, before KIP-890's transaction version 2)
+//! One state change per transactional id is in flight at a time: a call meeting one gets
+//! CONCURRENT_TRANSACTIONS. A state change takes effect once its record is appended. An
+//! InitProducerId meeting an ongoing transaction bumps the epoch (fencing the old producer),
+//! aborts it and answers CONCURRENT_TRANSACTIONS, so that the retry finds it complete; an
+//! exhausted epoch gets a new producer id. AddPartitionsToTxn and EndTxn check the producer
+//! id (INVALID_PRODUCER_ID_MAPPING) and epoch (PRODUCER_FENCED); EndTxn answers once the
+//! Prepare state is stored, retries of a completed EndTxn succeed, and the opposite outcome is
+//! INVALID_TXN_STATE.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kafka_protocol::error::ResponseError;
+
+use super::records::TxnRecord;
+use super::state::{TxnMetadata, TxnPartition, TxnState};
+
+/// Identifies a call so that its reply can be matched to it; chosen by the caller.
+pub type CallId = u64;
+
+/// Identifies an [`TxnOutput::Append`] for [`TxnCoordinator::append_completed`].
+pub type AppendId = u64;
+
+/// A Kafka error code, `None` for success.
+pub type ErrorCode = Option<ResponseError>;
+
+/// Settings, Kafka's broker settings of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnCoordinatorConfig {
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: an id idle this long (no transaction) is forgotten.
+    pub transactional_id_expiration_ms: i64,
+}
+
+impl Default for TxnCoordinatorConfig {
+    fn default() -> TxnCoordinatorConfig {
+        TxnCoordinatorConfig {
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A request to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnCall {
+    /// InitProducerId with a transactional id.
+    InitProducerId {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer's `transaction.timeout.ms`.
+        timeout_ms: i32,
+        /// An unused producer id, for an id that has none or exhausted its epochs.
+        fresh_producer_id: i64,
+    },
+    /// AddPartitionsToTxn (and AddOffsetsToTxn, as the group's `__consumer_offsets`
+    /// partition).
+    AddPartitions {
+        /// The transactional id.
+        transactional_id: String,
+        /// Its producer id.
+        producer_id: i64,
+        /// Its epoch.
+        producer_epoch: i16,
+        /// The partitions to add.
+        partitions: Vec<TxnPartition>,
+    },
+    /// EndTxn.
+    EndTxn {
+        /// The transactional id.
+        transactional_id: String,
+        /// Its producer id.
+        producer_id: i64,
+        /// Its epoch.
+        producer_epoch: i16,
+        /// Commit (else abort).
+        commit: bool,
+    },
+}
+
+/// An answer to a [`TxnCall`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnReply {
+    /// InitProducerId's: the producer id and epoch to use.
+    ProducerId {
+        /// Error, `None` for success.
+        error: ErrorCode,
+        /// The producer id (-1 on error).
+        producer_id: i64,
+        /// Its epoch (-1 on error).
+        producer_epoch: i16,
+    },
+    /// AddPartitionsToTxn's (for every partition) and EndTxn's.
+    Done(ErrorCode),
+}
+
+/// What the coordinator asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutput {
+    /// Answer a call.
+    Reply(CallId, TxnReply),
+    /// Append this record to the partition, after every earlier append, then report.
+    Append {
+        /// Passed back with [`TxnCoordinator::append_completed`].
+        id: AppendId,
+        /// The record.
+        record: TxnRecord,
+    },
+    /// Write a transaction marker to each partition (the leaders' `append_marker`), retrying
+    /// until each is written, then report with [`TxnCoordinator::markers_written`].
+    WriteMarkers {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer whose transaction ends.
+        producer_id: i64,
+        /// Its epoch, as the markers carry it.
+        producer_epoch: i16,
+        /// Commit (else abort).
+        commit: bool,
+        /// This coordinator's epoch (the partition's leader epoch).
+        coordinator_epoch: i32,
+        /// The partitions.
+        partitions: Vec<TxnPartition>,
+    },
+}
+
+/// A state change waiting for its record to be appended.
+#[derive(Debug, Clone)]
+struct Pending {
+    append: AppendId,
+    target: Option<TxnMetadata>,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// InitProducerId: answer with the new id and epoch.
+    Init(CallId),
+    /// An ongoing transaction aborted for a new producer (InitProducerId), which is told to
+    /// retry, or for a timeout (no call).
+    FenceAndAbort(Option<CallId>),
+    /// AddPartitionsToTxn.
+    AddPartitions(CallId),
+    /// EndTxn: answer, then write the markers.
+    Prepare(CallId),
+    /// The markers are written.
+    Complete,
+    /// An idle id forgotten.
+    Expire,
+}
+
+/// The coordinator of the transactional ids of one `__transaction_state` partition.
+#[derive(Debug)]
+pub struct TxnCoordinator {
+    config: TxnCoordinatorConfig,
+    coordinator_epoch: i32,
+    txns: BTreeMap<String, TxnMetadata>,
+    pending: BTreeMap<String, Pending>,
+    appends: BTreeMap<AppendId, String>,
+    next_append: AppendId,
+    outputs: VecDeque<TxnOutput>,
+    loaded: bool,
+}
+
+fn producer_id_reply(error: ResponseError) -> TxnReply {
+    TxnReply::ProducerId {
+        error: Some(error),
+        producer_id: -1,
+        producer_epoch: -1,
+    }
+}
+
+impl TxnCoordinator {
+    /// A coordinator for a partition led at `coordinator_epoch`.
+    pub fn new(config: TxnCoordinatorConfig, coordinator_epoch: i32) -> TxnCoordinator {
+        TxnCoordinator {
+            config,
+            coordinator_epoch,
+            txns: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            appends: BTreeMap::new(),
+            next_append: 0,
+            outputs: VecDeque::new(),
+            loaded: false,
+        }
+    }
+
+    /// A record of the partition, in log order, before [`TxnCoordinator::finish_load`].
+    pub fn load(&mut self, record: TxnRecord) {
+        assert!(!self.loaded, "records are loaded before any call");
+        match record.metadata {
+            Some(metadata) => {
+                self.txns.insert(record.transactional_id, metadata);
+            }
+            None => {
+                self.txns.remove(&record.transactional_id);
+            }
+        }
+    }
+
+    /// The load is over: transactions that were preparing write their markers again.
+    pub fn finish_load(&mut self) {
+        self.loaded = true;
+        let preparing: Vec<TxnMetadata> = self
+            .txns
+            .values()
+            .filter(|txn| matches!(txn.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
+            .cloned()
+            .collect();
+        for txn in preparing {
+            self.write_markers(&txn);
+        }
+    }
+
+    /// A transactional id's state.
+    pub fn transaction(&self, transactional_id: &str) -> Option<&TxnMetadata> {
+        self.txns.get(transactional_id)
+    }
+
+    /// Every transactional id's state.
+    pub fn transactions(&self) -> impl Iterator<Item = &TxnMetadata> {
+        self.txns.values()
+    }
+
+    /// The next thing for the driver to do, until `None`.
+    pub fn poll_output(&mut self) -> Option<TxnOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// A request.
+    pub fn handle_call(&mut self, call_id: CallId, call: TxnCall, now_ms: i64) {
+        assert!(self.loaded, "calls come after the load");
+        match call {
+            TxnCall::InitProducerId {
+                transactional_id,
+                timeout_ms,
+                fresh_producer_id,
+            } => self.init_producer_id(
+                call_id,
+                transactional_id,
+                timeout_ms,
+                fresh_producer_id,
+                now_ms,
+            ),
+            TxnCall::AddPartitions {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                partitions,
+            } => self.add_partitions(
+                call_id,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                partitions,
+                now_ms,
+            ),
+            TxnCall::EndTxn {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                commit,
+            } => self.end_txn(
+                call_id,
+                &transactional_id,
+                producer_id,
+                producer_epoch,
+                commit,
+                now_ms,
+            ),
+        }
+    }
+
+    fn reply(&mut self, call_id: CallId, reply: TxnReply) {
+        self.outputs.push_back(TxnOutput::Reply(call_id, reply));
+    }
+
+    /// Asks for the record of `target` (a tombstone for `None`) and keeps the change pending.
+    fn propose(&mut self, transactional_id: &str, target: Option<TxnMetadata>, purpose: Purpose) {
+        let from = self.txns.get(transactional_id).map(|txn| txn.state);
+        let to = target.as_ref().map_or(TxnState::Dead, |txn| txn.state);
+        assert!(
+            from.map_or(to == TxnState::Empty, |from| from.may_become(to)),
+            "{transactional_id}: no transition from {from:?} to {to:?}"
+        );
+        assert!(
+            !self.pending.contains_key(transactional_id),
+            "{transactional_id}: one change in flight at a time"
+        );
+        let append = self.next_append;
+        self.next_append += 1;
+        self.appends.insert(append, transactional_id.to_owned());
+        self.pending.insert(
+            transactional_id.to_owned(),
+            Pending {
+                append,
+                target: target.clone(),
+                purpose,
+            },
+        );
+        self.outputs.push_back(TxnOutput::Append {
+            id: append,
+            record: TxnRecord {
+                transactional_id: transactional_id.to_owned(),
+                metadata: target,
+            },
+        });
+    }
+
+    fn write_markers(&mut self, txn: &TxnMetadata) {
+        self.outputs.push_back(TxnOutput::WriteMarkers {
+            transactional_id: txn.transactional_id.clone(),
+            producer_id: txn.producer_id,
+            producer_epoch: txn.producer_epoch,
+            commit: txn.state == TxnState::PrepareCommit,
+            coordinator_epoch: self.coordinator_epoch,
+            partitions: txn.partitions.iter().cloned().collect(),
+        });
+    }
+
+    fn init_producer_id(
+        &mut self,
+        call_id: CallId,
+        transactional_id: String,
+        timeout_ms: i32,
+        fresh_producer_id: i64,
+        now_ms: i64,
+    ) {
+        if timeout_ms <= 0 || timeout_ms > self.config.transaction_max_timeout_ms {
+            self.reply(
+                call_id,
+                producer_id_reply(ResponseError::InvalidTransactionTimeout),
+            );
+            return;
+        }
+        if self.pending.contains_key(&transactional_id) {
+            self.reply(
+                call_id,
+                producer_id_reply(ResponseError::ConcurrentTransactions),
+            );
+            return;
+        }
+        let current = self.txns.get(&transactional_id).cloned();
+        let Some(current) = current else {
+            let target = TxnMetadata {
+                transactional_id: transactional_id.clone(),
+                producer_id: fresh_producer_id,
+                producer_epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                partitions: Default::default(),
+                start_ms: -1,
+                last_update_ms: now_ms,
+            };
+            self.propose(&transactional_id, Some(target), Purpose::Init(call_id));
+            return;
+        };
+        match current.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                self.reply(
+                    call_id,
+                    producer_id_reply(ResponseError::ConcurrentTransactions),
+                );
+            }
+            TxnState::Ongoing => {
+                self.fence_and_abort(current, Some(call_id), now_ms);
+            }
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
+                let mut target = current;
+                if target.producer_epoch >= i16::MAX - 1 {
+                    target.producer_id = fresh_producer_id;
+                    target.producer_epoch = 0;
+                } else {
+                    target.producer_epoch += 1;
+                }
+                target.timeout_ms = timeout_ms;
+                target.state = TxnState::Empty;
+                target.partitions.clear();
+                target.start_ms = -1;
+                target.last_update_ms = now_ms;
+                self.propose(&transactional_id, Some(target), Purpose::Init(call_id));
+            }
+            TxnState::Dead | TxnState::PrepareEpochFence => {
+                // Never stored: a Dead id is a tombstone, and the fence is part of an abort.
+                self.reply(
+                    call_id,
+                    producer_id_reply(ResponseError::UnknownServerError),
+                );
+            }
+        }
+    }
+
+    /// Bumps the epoch of `current`'s ongoing transaction (fencing its producer) and aborts
+    /// it at the new epoch.
+    fn fence_and_abort(&mut self, current: TxnMetadata, call: Option<CallId>, now_ms: i64) {
+        let mut target = current;
+        // Kafka bumps even the last epoch; the producer's next InitProducerId then gets a new
+        // producer id.
+        target.producer_epoch = target.producer_epoch.saturating_add(1);
+        target.state = TxnState::PrepareAbort;
+        target.last_update_ms = now_ms;
+        let transactional_id = target.transactional_id.clone();
+        self.propose(
+            &transactional_id,
+            Some(target),
+            Purpose::FenceAndAbort(call),
+        );
+    }
+
+    /// The producer id and epoch checks of AddPartitionsToTxn and EndTxn, and the pending
+    /// check: the metadata when they pass.
+    fn checked(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<TxnMetadata, ResponseError> {
+        let Some(current) = self.txns.get(transactional_id) else {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        };
+        if current.producer_id != producer_id {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        }
+        if current.producer_epoch != producer_epoch {
+            return Err(ResponseError::ProducerFenced);
+        }
+        if self.pending.contains_key(transactional_id) {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        Ok(current.clone())
+    }
+
+    fn add_partitions(
+        &mut self,
+        call_id: CallId,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<TxnPartition>,
+        now_ms: i64,
+    ) {
+        let current = match self.checked(transactional_id, producer_id, producer_epoch) {
+            Ok(current) => current,
+            Err(error) => return self.reply(call_id, TxnReply::Done(Some(error))),
+        };
+        match current.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                self.reply(
+                    call_id,
+                    TxnReply::Done(Some(ResponseError::ConcurrentTransactions)),
+                );
+            }
+            TxnState::Ongoing
+                if partitions
+                    .iter()
+                    .all(|partition| current.partitions.contains(partition)) =>
+            {
+                self.reply(call_id, TxnReply::Done(None));
+            }
+            TxnState::Empty
+            | TxnState::Ongoing
+            | TxnState::CompleteCommit
+            | TxnState::CompleteAbort => {
+                let mut target = current;
+                if target.state != TxnState::Ongoing {
+                    target.start_ms = now_ms;
+                    target.partitions.clear();
+                }
+                target.state = TxnState::Ongoing;
+                target.partitions.extend(partitions);
+                target.last_update_ms = now_ms;
+                self.propose(
+                    transactional_id,
+                    Some(target),
+                    Purpose::AddPartitions(call_id),
+                );
+            }
+            TxnState::Dead | TxnState::PrepareEpochFence => {
+                self.reply(
+                    call_id,
+                    TxnReply::Done(Some(ResponseError::UnknownServerError)),
+                );
+            }
+        }
+    }
+
+    fn end_txn(
+        &mut self,
+        call_id: CallId,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        now_ms: i64,
+    ) {
+        let current = match self.checked(transactional_id, producer_id, producer_epoch) {
+            Ok(current) => current,
+            Err(error) => return self.reply(call_id, TxnReply::Done(Some(error))),
+        };
+        let same = |state: TxnState| {
+            matches!(
+                (state, commit),
+                (TxnState::CompleteCommit | TxnState::PrepareCommit, true)
+                    | (TxnState::CompleteAbort | TxnState::PrepareAbort, false)
+            )
+        };
+        match current.state {
+            TxnState::Ongoing => {
+                let mut target = current;
+                target.state = if commit {
+                    TxnState::PrepareCommit
+                } else {
+                    TxnState::PrepareAbort
+                };
+                target.last_update_ms = now_ms;
+                self.propose(transactional_id, Some(target), Purpose::Prepare(call_id));
+            }
+            // A retry of an EndTxn that completed.
+            state @ (TxnState::CompleteCommit | TxnState::CompleteAbort) if same(state) => {
+                self.reply(call_id, TxnReply::Done(None));
+            }
+            // A retry while the markers are written.
+            state @ (TxnState::PrepareCommit | TxnState::PrepareAbort) if same(state) => {
+                self.reply(
+                    call_id,
+                    TxnReply::Done(Some(ResponseError::ConcurrentTransactions)),
+                );
+            }
+            _ => self.reply(
+                call_id,
+                TxnReply::Done(Some(ResponseError::InvalidTxnState)),
+            ),
+        }
+    }
+
+    /// The outcome of the [`TxnOutput::Append`] `id`: the state change takes effect (and is
+    /// answered), or is dropped (answered NOT_COORDINATOR, as Kafka answers a failed write).
+    pub fn append_completed(&mut self, id: AppendId, result: Result<(), ()>) {
+        let Some(transactional_id) = self.appends.remove(&id) else {
+            return;
+        };
+        let Some(pending) = self.pending.remove(&transactional_id) else {
+            return;
+        };
+        debug_assert_eq!(pending.append, id);
+        if result.is_err() {
+            match pending.purpose {
+                Purpose::Init(call) => {
+                    self.reply(call, producer_id_reply(ResponseError::NotCoordinator));
+                }
+                Purpose::FenceAndAbort(Some(call)) => {
+                    self.reply(call, producer_id_reply(ResponseError::NotCoordinator));
+                }
+                Purpose::AddPartitions(call) | Purpose::Prepare(call) => {
+                    self.reply(call, TxnReply::Done(Some(ResponseError::NotCoordinator)));
+                }
+                // Tried again at the next tick.
+                Purpose::FenceAndAbort(None) | Purpose::Complete | Purpose::Expire => {}
+            }
+            return;
+        }
+        match pending.target {
+            Some(target) => {
+                self.txns.insert(transactional_id, target.clone());
+                match pending.purpose {
+                    Purpose::Init(call) => self.reply(
+                        call,
+                        TxnReply::ProducerId {
+                            error: None,
+                            producer_id: target.producer_id,
+                            producer_epoch: target.producer_epoch,
+                        },
+                    ),
+                    Purpose::FenceAndAbort(call) => {
+                        if let Some(call) = call {
+                            self.reply(
+                                call,
+                                producer_id_reply(ResponseError::ConcurrentTransactions),
+                            );
+                        }
+                        self.write_markers(&target);
+                    }
+                    Purpose::AddPartitions(call) => self.reply(call, TxnReply::Done(None)),
+                    Purpose::Prepare(call) => {
+                        self.reply(call, TxnReply::Done(None));
+                        self.write_markers(&target);
+                    }
+                    Purpose::Complete | Purpose::Expire => {}
+                }
+            }
+            None => {
+                self.txns.remove(&transactional_id);
+            }
+        }
+    }
+
+    /// The markers of `transactional_id`'s transaction at `producer_epoch` are written: it
+    /// completes (its record is appended).
+    pub fn markers_written(
+        &mut self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) {
+        if self.pending.contains_key(transactional_id) {
+            return;
+        }
+        let Some(current) = self.txns.get(transactional_id).cloned() else {
+            return;
+        };
+        let complete = match current.state {
+            TxnState::PrepareCommit => TxnState::CompleteCommit,
+            TxnState::PrepareAbort => TxnState::CompleteAbort,
+            _ => return,
+        };
+        if (current.producer_id, current.producer_epoch) != (producer_id, producer_epoch) {
+            return;
+        }
+        let mut target = current;
+        target.state = complete;
+        target.partitions.clear();
+        target.start_ms = -1;
+        target.last_update_ms = now_ms;
+        self.propose(transactional_id, Some(target), Purpose::Complete);
+    }
+
+    /// Time passed: ongoing transactions past their timeout are aborted (their producer
+    /// fenced); completions whose record failed are tried again; ids idle past
+    /// `transactional.id.expiration.ms` are forgotten.
+    pub fn tick(&mut self, now_ms: i64) {
+        let idle: Vec<TxnMetadata> = self
+            .txns
+            .values()
+            .filter(|txn| !self.pending.contains_key(&txn.transactional_id))
+            .cloned()
+            .collect();
+        for txn in idle {
+            match txn.state {
+                TxnState::Ongoing
+                    if now_ms.saturating_sub(txn.start_ms) > i64::from(txn.timeout_ms) =>
+                {
+                    self.fence_and_abort(txn, None, now_ms);
+                }
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    if now_ms.saturating_sub(txn.last_update_ms)
+                        >= self.config.transactional_id_expiration_ms =>
+                {
+                    let transactional_id = txn.transactional_id.clone();
+                    self.propose(&transactional_id, None, Purpose::Expire);
+                }
+                _ => {}
+            }
+        }
+    }
+}

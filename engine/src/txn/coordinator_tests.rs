@@ -1,0 +1,437 @@
+//! The transaction coordinator's rules, driven by hand.
+
+use kafka_protocol::error::ResponseError;
+
+use super::coordinator::*;
+use super::records::TxnRecord;
+use super::state::{TxnMetadata, TxnState};
+
+const ID: &str = "app-1";
+const TIMEOUT_MS: i32 = 60_000;
+const COORDINATOR_EPOCH: i32 = 7;
+
+/// A coordinator and its driver: appends complete at once unless held.
+struct Driver {
+    coordinator: TxnCoordinator,
+    replies: Vec<(CallId, TxnReply)>,
+    appended: Vec<TxnRecord>,
+    held: Vec<AppendId>,
+    hold_appends: bool,
+    markers: Vec<TxnOutput>,
+    next_call: CallId,
+    next_producer_id: i64,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        let mut coordinator =
+            TxnCoordinator::new(TxnCoordinatorConfig::default(), COORDINATOR_EPOCH);
+        coordinator.finish_load();
+        Driver {
+            coordinator,
+            replies: Vec::new(),
+            appended: Vec::new(),
+            held: Vec::new(),
+            hold_appends: false,
+            markers: Vec::new(),
+            next_call: 0,
+            next_producer_id: 1_000,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.coordinator.poll_output() {
+            match output {
+                TxnOutput::Reply(call, reply) => self.replies.push((call, reply)),
+                TxnOutput::Append { id, record } => {
+                    self.appended.push(record);
+                    if self.hold_appends {
+                        self.held.push(id);
+                    } else {
+                        self.coordinator.append_completed(id, Ok(()));
+                    }
+                }
+                markers @ TxnOutput::WriteMarkers { .. } => self.markers.push(markers),
+            }
+        }
+    }
+
+    /// Makes a call and returns its reply, if it came.
+    fn call(&mut self, call: TxnCall, now_ms: i64) -> Option<TxnReply> {
+        let id = self.next_call;
+        self.next_call += 1;
+        self.coordinator.handle_call(id, call, now_ms);
+        self.drain();
+        self.replies
+            .iter()
+            .find(|(call, _)| *call == id)
+            .map(|(_, reply)| *reply)
+    }
+
+    fn init(&mut self, now_ms: i64) -> TxnReply {
+        let fresh_producer_id = self.next_producer_id;
+        self.next_producer_id += 1;
+        self.call(
+            TxnCall::InitProducerId {
+                transactional_id: ID.into(),
+                timeout_ms: TIMEOUT_MS,
+                fresh_producer_id,
+            },
+            now_ms,
+        )
+        .expect("answered")
+    }
+
+    fn add(&mut self, producer: (i64, i16), partitions: &[(&str, i32)], now_ms: i64) -> TxnReply {
+        self.call(
+            TxnCall::AddPartitions {
+                transactional_id: ID.into(),
+                producer_id: producer.0,
+                producer_epoch: producer.1,
+                partitions: partitions
+                    .iter()
+                    .map(|(topic, partition)| ((*topic).to_owned(), *partition))
+                    .collect(),
+            },
+            now_ms,
+        )
+        .expect("answered")
+    }
+
+    fn end(&mut self, producer: (i64, i16), commit: bool, now_ms: i64) -> TxnReply {
+        self.call(
+            TxnCall::EndTxn {
+                transactional_id: ID.into(),
+                producer_id: producer.0,
+                producer_epoch: producer.1,
+                commit,
+            },
+            now_ms,
+        )
+        .expect("answered")
+    }
+
+    /// The markers asked for since the last call, written.
+    fn write_markers(&mut self, now_ms: i64) -> Vec<TxnOutput> {
+        let markers = std::mem::take(&mut self.markers);
+        for marker in &markers {
+            let TxnOutput::WriteMarkers {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                ..
+            } = marker
+            else {
+                unreachable!()
+            };
+            self.coordinator.markers_written(
+                transactional_id,
+                *producer_id,
+                *producer_epoch,
+                now_ms,
+            );
+        }
+        self.drain();
+        markers
+    }
+
+    fn state(&self) -> TxnMetadata {
+        self.coordinator.transaction(ID).cloned().expect("known")
+    }
+}
+
+fn producer(reply: TxnReply) -> (i64, i16) {
+    match reply {
+        TxnReply::ProducerId {
+            error: None,
+            producer_id,
+            producer_epoch,
+        } => (producer_id, producer_epoch),
+        other => panic!("no producer id: {other:?}"),
+    }
+}
+
+fn done(error: Option<ResponseError>) -> TxnReply {
+    TxnReply::Done(error)
+}
+
+#[test]
+fn a_transaction_commits_through_prepare_markers_and_complete() {
+    let mut driver = Driver::new();
+    let first = producer(driver.init(0));
+    assert_eq!(first, (1_000, 0));
+    // A second InitProducerId (a restarted producer) bumps the epoch.
+    let me = producer(driver.init(1));
+    assert_eq!(me, (1_000, 1));
+    assert_eq!(driver.state().state, TxnState::Empty);
+
+    assert_eq!(driver.add(me, &[("a", 0), ("b", 1)], 10), done(None));
+    let state = driver.state();
+    assert_eq!(
+        (state.state, state.start_ms, state.partitions.len()),
+        (TxnState::Ongoing, 10, 2)
+    );
+    let appended = driver.appended.len();
+    assert_eq!(driver.add(me, &[("a", 0)], 11), done(None));
+    assert_eq!(driver.appended.len(), appended, "nothing new: no write");
+
+    assert_eq!(driver.end(me, true, 20), done(None));
+    assert_eq!(driver.state().state, TxnState::PrepareCommit);
+    // A retry while the markers are written, and the opposite outcome.
+    assert_eq!(
+        driver.end(me, true, 21),
+        done(Some(ResponseError::ConcurrentTransactions))
+    );
+    assert_eq!(
+        driver.end(me, false, 21),
+        done(Some(ResponseError::InvalidTxnState))
+    );
+    let markers = driver.write_markers(30);
+    assert_eq!(
+        markers,
+        [TxnOutput::WriteMarkers {
+            transactional_id: ID.into(),
+            producer_id: 1_000,
+            producer_epoch: 1,
+            commit: true,
+            coordinator_epoch: COORDINATOR_EPOCH,
+            partitions: vec![("a".into(), 0), ("b".into(), 1)],
+        }]
+    );
+    let state = driver.state();
+    assert_eq!(state.state, TxnState::CompleteCommit);
+    assert!(state.partitions.is_empty());
+    assert_eq!(
+        driver.end(me, true, 31),
+        done(None),
+        "a retry of the commit"
+    );
+    assert_eq!(
+        driver.end(me, false, 31),
+        done(Some(ResponseError::InvalidTxnState))
+    );
+    // The next transaction starts afresh.
+    assert_eq!(driver.add(me, &[("c", 0)], 40), done(None));
+    let state = driver.state();
+    assert_eq!(state.start_ms, 40);
+    assert_eq!(state.partitions.len(), 1);
+    // Every change was stored, and the records rebuild the same state.
+    let mut reloaded = TxnCoordinator::new(TxnCoordinatorConfig::default(), COORDINATOR_EPOCH);
+    for record in driver.appended.clone() {
+        reloaded.load(record);
+    }
+    reloaded.finish_load();
+    assert_eq!(reloaded.transaction(ID), Some(&driver.state()));
+}
+
+#[test]
+fn a_new_producer_fences_and_aborts_the_ongoing_transaction_of_the_old_one() {
+    let mut driver = Driver::new();
+    let old = producer(driver.init(0));
+    driver.add(old, &[("a", 0)], 1);
+    // The new incarnation: the old one's transaction is aborted at a bumped epoch, and the
+    // new one is told to retry.
+    assert_eq!(
+        driver.init(2),
+        TxnReply::ProducerId {
+            error: Some(ResponseError::ConcurrentTransactions),
+            producer_id: -1,
+            producer_epoch: -1
+        }
+    );
+    let state = driver.state();
+    assert_eq!(
+        (state.state, state.producer_epoch),
+        (TxnState::PrepareAbort, 1)
+    );
+    // The old producer is fenced from now on.
+    assert_eq!(
+        driver.end(old, true, 3),
+        done(Some(ResponseError::ProducerFenced))
+    );
+    assert_eq!(
+        driver.add(old, &[("b", 0)], 3),
+        done(Some(ResponseError::ProducerFenced))
+    );
+    // Still aborting: retry later.
+    assert!(matches!(
+        driver.init(3),
+        TxnReply::ProducerId {
+            error: Some(ResponseError::ConcurrentTransactions),
+            ..
+        }
+    ));
+    let markers = driver.write_markers(4);
+    assert!(matches!(
+        markers.as_slice(),
+        [TxnOutput::WriteMarkers {
+            commit: false,
+            producer_epoch: 1,
+            ..
+        }]
+    ));
+    assert_eq!(driver.state().state, TxnState::CompleteAbort);
+    assert_eq!(producer(driver.init(5)), (1_000, 2));
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    driver.add(me, &[("a", 0)], 100);
+    driver.coordinator.tick(100 + i64::from(TIMEOUT_MS));
+    driver.drain();
+    assert_eq!(driver.state().state, TxnState::Ongoing, "not past it yet");
+    driver.coordinator.tick(101 + i64::from(TIMEOUT_MS));
+    driver.drain();
+    let state = driver.state();
+    assert_eq!(
+        (state.state, state.producer_epoch),
+        (TxnState::PrepareAbort, 1)
+    );
+    driver.write_markers(200_000);
+    assert_eq!(driver.state().state, TxnState::CompleteAbort);
+    assert_eq!(
+        driver.end(me, true, 200_001),
+        done(Some(ResponseError::ProducerFenced))
+    );
+}
+
+#[test]
+fn checks_refuse_unknown_ids_wrong_producers_bad_timeouts_and_changes_in_flight() {
+    let mut driver = Driver::new();
+    assert_eq!(
+        driver.add((5, 0), &[("a", 0)], 0),
+        done(Some(ResponseError::InvalidProducerIdMapping))
+    );
+    let reply = driver.call(
+        TxnCall::InitProducerId {
+            transactional_id: ID.into(),
+            timeout_ms: 900_001,
+            fresh_producer_id: 1,
+        },
+        0,
+    );
+    assert!(matches!(
+        reply,
+        Some(TxnReply::ProducerId {
+            error: Some(ResponseError::InvalidTransactionTimeout),
+            ..
+        })
+    ));
+    let me = producer(driver.init(0));
+    assert_eq!(
+        driver.add((me.0 + 1, me.1), &[("a", 0)], 1),
+        done(Some(ResponseError::InvalidProducerIdMapping))
+    );
+    assert_eq!(
+        driver.end(me, true, 1),
+        done(Some(ResponseError::InvalidTxnState)),
+        "nothing to end"
+    );
+    // A change in flight: the next call waits its turn.
+    driver.hold_appends = true;
+    assert_eq!(
+        driver.call(
+            TxnCall::AddPartitions {
+                transactional_id: ID.into(),
+                producer_id: me.0,
+                producer_epoch: me.1,
+                partitions: vec![("a".into(), 0)],
+            },
+            2,
+        ),
+        None,
+        "answered once stored"
+    );
+    assert_eq!(
+        driver.end(me, true, 2),
+        done(Some(ResponseError::ConcurrentTransactions))
+    );
+    // The write fails: NOT_COORDINATOR, and nothing changed.
+    let held = driver.held.pop().unwrap();
+    driver.coordinator.append_completed(held, Err(()));
+    driver.drain();
+    assert_eq!(
+        driver.replies.last().map(|(_, reply)| *reply),
+        Some(done(Some(ResponseError::NotCoordinator)))
+    );
+    assert_eq!(driver.state().state, TxnState::Empty);
+}
+
+#[test]
+fn preparing_transactions_resume_their_markers_after_a_load_and_epochs_roll_over() {
+    let mut loaded = TxnCoordinator::new(TxnCoordinatorConfig::default(), 9);
+    let preparing = TxnMetadata {
+        transactional_id: ID.into(),
+        producer_id: 3,
+        producer_epoch: i16::MAX - 1,
+        timeout_ms: TIMEOUT_MS,
+        state: TxnState::PrepareAbort,
+        partitions: [("a".to_owned(), 2)].into(),
+        start_ms: 0,
+        last_update_ms: 0,
+    };
+    loaded.load(TxnRecord {
+        transactional_id: ID.into(),
+        metadata: Some(preparing),
+    });
+    loaded.load(TxnRecord {
+        transactional_id: "gone".into(),
+        metadata: Some(TxnMetadata {
+            transactional_id: "gone".into(),
+            producer_id: 4,
+            producer_epoch: 0,
+            timeout_ms: TIMEOUT_MS,
+            state: TxnState::Empty,
+            partitions: Default::default(),
+            start_ms: -1,
+            last_update_ms: 0,
+        }),
+    });
+    loaded.load(TxnRecord {
+        transactional_id: "gone".into(),
+        metadata: None,
+    });
+    loaded.finish_load();
+    assert!(loaded.transaction("gone").is_none(), "a tombstone forgets");
+    assert_eq!(
+        loaded.poll_output(),
+        Some(TxnOutput::WriteMarkers {
+            transactional_id: ID.into(),
+            producer_id: 3,
+            producer_epoch: i16::MAX - 1,
+            commit: false,
+            coordinator_epoch: 9,
+            partitions: vec![("a".into(), 2)],
+        })
+    );
+    let mut driver = Driver::new();
+    driver.coordinator = loaded;
+    driver.markers.clear();
+    driver.coordinator.markers_written(ID, 3, i16::MAX - 1, 1);
+    driver.drain();
+    assert_eq!(driver.state().state, TxnState::CompleteAbort);
+    // The epoch is exhausted: a new producer id.
+    assert_eq!(producer(driver.init(2)), (1_000, 0));
+}
+
+#[test]
+fn idle_transactional_ids_expire() {
+    let mut driver = Driver::new();
+    producer(driver.init(0));
+    let expiration_ms = TxnCoordinatorConfig::default().transactional_id_expiration_ms;
+    driver.coordinator.tick(expiration_ms - 1);
+    driver.drain();
+    assert!(driver.coordinator.transaction(ID).is_some());
+    driver.coordinator.tick(expiration_ms);
+    driver.drain();
+    assert!(driver.coordinator.transaction(ID).is_none());
+    assert_eq!(
+        driver
+            .appended
+            .last()
+            .map(|record| record.metadata.is_none()),
+        Some(true)
+    );
+}
