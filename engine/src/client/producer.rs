@@ -568,10 +568,14 @@ impl Producer {
                     .metadata_connection
                     .lock()
                     .expect("not poisoned");
-                if connection.is_none() {
-                    *connection = Some(connect_any(&self.shared.config)?);
-                }
-                let result = fetch_metadata(connection.as_mut().expect("connected"), topic);
+                let connected = match connection.take() {
+                    Some(connection) => Ok(connection),
+                    None => connect_any(&self.shared.config),
+                };
+                let result = connected.and_then(|connected| {
+                    let connection = connection.insert(connected);
+                    fetch_metadata(connection, topic)
+                });
                 if result.is_err() {
                     *connection = None;
                 }
@@ -590,6 +594,13 @@ impl Producer {
                 Err(ClientError::Kafka { code, .. })
                     if ResponseError::try_from_code(code)
                         .is_some_and(|error| error.is_retriable()) => {}
+                // The cluster, reached when the producer was made, went away (a broker
+                // restarting): wait for it, as the Java client waits up to max.block.ms.
+                Err(error) if error.is_disconnect() => {
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                }
                 Err(error) => return Err(error),
             }
             if Instant::now() >= deadline {

@@ -1867,11 +1867,21 @@ async fn run_partition_op(
             .replica
             .log
             .with_log(async |log| {
+                // As Kafka: -1 is the high watermark, and nothing above it may go (records
+                // the in-sync replicas may not have yet; on a single node it is the log end).
+                let high_watermark = partition.replica.readable_end(log.log_end_offset());
                 let before = if before_offset == -1 {
-                    log.log_end_offset()
+                    high_watermark
                 } else {
                     before_offset
                 };
+                if before > high_watermark {
+                    return Err(StorageError::OffsetOutOfRange {
+                        offset: before,
+                        log_start_offset: log.log_start_offset(),
+                        log_end_offset: high_watermark,
+                    });
+                }
                 log.delete_records(before).await
             })
             .await

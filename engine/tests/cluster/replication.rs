@@ -821,6 +821,14 @@ fn with_two_of_three_replicas_dead_acks_all_is_refused_and_nothing_acknowledged_
         high_watermark <= 50,
         "the high watermark stands below min.insync.replicas: {high_watermark}"
     );
+    // DeleteRecords may not go past the high watermark (records the fenced replicas lack).
+    let deleted = admin(&nodes[survivor as usize - 1])
+        .delete_records(&[((TOPIC_2.to_string(), 0), 51)].into())
+        .unwrap();
+    assert!(
+        deleted[&(TOPIC_2.to_string(), 0)].is_err(),
+        "above the high watermark: {deleted:?}"
+    );
     let mut values: Vec<String> = (0..=50).map(|i| format!("r{i:03}")).collect();
 
     // One comes back, catches up and rejoins the ISR: acks=all works again.

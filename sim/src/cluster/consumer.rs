@@ -634,8 +634,14 @@ impl Member {
                     Ok(leader) if leader != node => self.leaders.insert(partition, leader),
                     _ => self.leaders.remove(&partition),
                 };
-                if answer.error_code == ResponseError::OffsetOutOfRange.code() {
-                    self.world.borrow_mut().violation(format!(
+                // Only the partition's newest leader speaks for it: a deposed one not yet told
+                // (isolated from the quorum) answers from its older log, as Kafka's would to a
+                // consumer without leader epochs (KIP-320 fences those; this one sends none).
+                let mut world = self.world.borrow_mut();
+                if answer.error_code == ResponseError::OffsetOutOfRange.code()
+                    && world.leads_newest_epoch(TOPIC, partition, node as i32)
+                {
+                    world.violation(format!(
                         "consumer {} at offset {offset} of {TOPIC}-{partition} is out of the \
                          range of its leader {node}: records it read or committed are gone",
                         self.index
