@@ -116,6 +116,35 @@ impl OffsetsPartition for ShardOffsets {
         .map(|_| ())
     }
 
+    async fn wait_committed(&self, offset: i64, timeout: Duration) -> bool {
+        // The latest offset a consumer may read is the high watermark (the log end on a
+        // single node).
+        let high_watermark = async || match self
+            .execute(PartitionOp::ListOffset {
+                timestamp: -1,
+                read_committed: false,
+                current_leader_epoch: -1,
+                replica: false,
+            })
+            .await
+        {
+            Ok(PartitionOutcome::Offset { offset, .. }) => offset,
+            _ => -1,
+        };
+        if high_watermark().await >= offset {
+            return true;
+        }
+        // Any append or high watermark move ends the wait; then look again.
+        let _ = self
+            .execute(PartitionOp::WaitForData {
+                offset: offset - 1,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                replica: false,
+            })
+            .await;
+        high_watermark().await >= offset
+    }
+
     fn shutting_down(&self) -> bool {
         self.shard.shutting_down.get()
     }

@@ -413,6 +413,15 @@ impl OffsetsPartition for SimOffsets {
         .map_err(|code| (code, "waiting for the in-sync replicas".to_owned()))
     }
 
+    async fn wait_committed(&self, offset: i64, timeout: Duration) -> bool {
+        let listener = self.replica.data_arrived.listen();
+        if self.replica.high_watermark() >= offset {
+            return true;
+        }
+        let _ = tokio::time::timeout(timeout, listener).await;
+        self.replica.high_watermark() >= offset
+    }
+
     fn shutting_down(&self) -> bool {
         false
     }
