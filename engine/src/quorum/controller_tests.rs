@@ -55,6 +55,11 @@ impl Cluster {
     }
 
     fn register(&mut self, broker_id: BrokerId, now_ms: i64) {
+        self.register_with(broker_id, now_ms, false);
+    }
+
+    /// A new incarnation of `broker_id`; `data_lost` when it found none of its partition data.
+    fn register_with(&mut self, broker_id: BrokerId, now_ms: i64, data_lost: bool) {
         let records = self.controller.register_broker(
             &self.image,
             now_ms,
@@ -64,7 +69,7 @@ impl Cluster {
                 host: "127.0.0.1".into(),
                 port: 9000 + broker_id,
                 rack: None,
-                data_lost: false,
+                data_lost,
             },
         );
         self.apply(records);
@@ -680,23 +685,6 @@ fn a_decision_only_partly_committed_is_finished_at_the_next_tick() {
 }
 
 impl Cluster {
-    /// A new incarnation of `broker_id` that found none of its partition data.
-    fn register_lost(&mut self, broker_id: BrokerId, now_ms: i64) {
-        let records = self.controller.register_broker(
-            &self.image,
-            now_ms,
-            Registration {
-                broker_id,
-                incarnation_id: Uuid::from_u128(broker_id as u128 + now_ms as u128),
-                host: "127.0.0.1".into(),
-                port: 9000 + broker_id,
-                rack: None,
-                data_lost: true,
-            },
-        );
-        self.apply(records);
-    }
-
     fn min_insync_replicas(&mut self, value: &str) {
         self.apply(vec![MetadataRecord::Config {
             resource_type: 2,
@@ -739,7 +727,7 @@ fn replicas_fenced_below_min_insync_stay_electable_and_a_lost_disk_gives_way_to_
     );
     // 3 restarts with a lost disk before its session ended: it leaves the ISR, 2 takes its
     // place (and waits, fenced) rather than 3 leading without the records.
-    cluster.register_lost(3, 13_000);
+    cluster.register_with(3, 13_000, true);
     let state = cluster.partition(0);
     assert_eq!((state.leader, state.isr), (-1, vec![2]));
     assert!(cluster.elr().is_empty());

@@ -709,17 +709,7 @@ pub mod build {
             value: Some(Bytes::from(value)),
             headers: Default::default(),
         };
-        let mut buffer = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buffer,
-            std::iter::once(&record),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encoding an uncompressed batch into memory cannot fail");
-        buffer
+        encode_uncompressed(std::slice::from_ref(&record))
     }
 
     /// Encodes `records` as one uncompressed transactional batch of `producer_id`.
@@ -778,6 +768,10 @@ pub mod build {
                     .collect(),
             })
             .collect();
+        encode_uncompressed(&records)
+    }
+
+    fn encode_uncompressed(records: &[Record]) -> BytesMut {
         let mut buffer = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut buffer,

@@ -33,6 +33,26 @@ fn snapshot_offsets(storage: &SimulatedStorage) -> Vec<i64> {
     offsets
 }
 
+/// A follower's log on a disk of its own, holding a copy of all of `leader`'s batches.
+async fn follower_of(
+    leader: &mut PartitionLog<SimulatedStorage>,
+    config: &LogConfig,
+    now_ms: i64,
+) -> PartitionLog<SimulatedStorage> {
+    let mut follower = open(&SimulatedStorage::new(), config).await;
+    let end = leader.log_end_offset();
+    let mut offset = 0;
+    while offset < end {
+        let bytes = leader.read(offset, 1 << 20, None).await.unwrap().to_bytes();
+        let info = follower
+            .append_replicated(BytesMut::from(&bytes[..]), now_ms)
+            .await
+            .unwrap();
+        offset = info.last_offset + 1;
+    }
+    follower
+}
+
 /// The values of every record in the log, in order.
 async fn values(log: &mut PartitionLog<SimulatedStorage>) -> Vec<String> {
     read_all(log, log.log_start_offset(), 1 << 20)
@@ -328,17 +348,7 @@ fn followers_derive_the_same_state_and_truncation_forgets_what_it_cut() {
                 .await
                 .unwrap();
         }
-        let follower_storage = SimulatedStorage::new();
-        let mut follower = open(&follower_storage, &config).await;
-        let mut offset = 0;
-        while offset < leader.log_end_offset() {
-            let bytes = leader.read(offset, 1 << 20, None).await.unwrap().to_bytes();
-            let info = follower
-                .append_replicated(BytesMut::from(&bytes[..]), 1_000)
-                .await
-                .unwrap();
-            offset = info.last_offset + 1;
-        }
+        let mut follower = follower_of(&mut leader, &config, 1_000).await;
         assert_eq!(follower.producer_states(), leader.producer_states());
 
         // The follower becomes leader: a retry of the last batch is recognised there.
@@ -595,17 +605,7 @@ fn transactions_hold_the_stable_offset_and_their_aborts_survive_reopening_and_re
         let end = log.log_end_offset();
 
         // A follower derives the same, from the batches alone.
-        let follower_storage = SimulatedStorage::new();
-        let mut follower = open(&follower_storage, &config).await;
-        let mut offset = 0;
-        while offset < end {
-            let bytes = log.read(offset, 1 << 20, None).await.unwrap().to_bytes();
-            let info = follower
-                .append_replicated(BytesMut::from(&bytes[..]), 3_000)
-                .await
-                .unwrap();
-            offset = info.last_offset + 1;
-        }
+        let follower = follower_of(&mut log, &config, 3_000).await;
         assert_eq!(follower.producer_states(), log.producer_states());
 
         // Reopened after a clean close (snapshot) and after a crash (replay of the synced
@@ -745,18 +745,8 @@ proptest! {
                     .collect();
                 prop_assert_eq!(found, aborted);
             }
-            let follower_storage = SimulatedStorage::new();
-            let mut follower = open(&follower_storage, &config).await;
             let end = log.log_end_offset();
-            let mut offset = 0;
-            while offset < end {
-                let bytes = log.read(offset, 1 << 20, None).await.unwrap().to_bytes();
-                let info = follower
-                    .append_replicated(BytesMut::from(&bytes[..]), now_ms)
-                    .await
-                    .unwrap();
-                offset = info.last_offset + 1;
-            }
+            let follower = follower_of(&mut log, &config, now_ms).await;
             prop_assert_eq!(
                 follower.first_unstable_offset(),
                 log.first_unstable_offset()
