@@ -27,6 +27,11 @@ impl SimDisk {
             sync_latency,
         }
     }
+
+    /// Whether any file lies under `root`, in subdirectories too.
+    pub(crate) fn holds_files_under(&self, root: &Path) -> bool {
+        self.inner.holds_files_under(root)
+    }
 }
 
 /// A file of a [`SimDisk`].

@@ -94,6 +94,10 @@ pub(crate) struct Faults {
     undo: Vec<(u64, Undo)>,
     /// Nodes crashed or stopping, until started again.
     down: BTreeSet<NodeId>,
+    /// Nodes whose disk was lost, with their broker epoch then, until they register again
+    /// (registering with `data_lost` takes them out of the ISRs): the controller still
+    /// counts them as whole copies meanwhile.
+    lost: BTreeMap<NodeId, i64>,
     /// Pairs whose link is partitioned or held: turmoil's hold and release would undo a
     /// partition (and a partition drops held messages), so the two never overlap on a pair.
     faulted_links: BTreeSet<(NodeId, NodeId)>,
@@ -118,6 +122,7 @@ impl Faults {
             storages,
             undo: Vec::new(),
             down: BTreeSet::new(),
+            lost: BTreeMap::new(),
             faulted_links: BTreeSet::new(),
             injected: 0,
             crashes: 0,
@@ -188,6 +193,13 @@ impl Faults {
         }
     }
 
+    /// The nodes whose disk was lost and that have not registered since; forgets the others.
+    fn lost_unregistered(&mut self, world: &World) -> BTreeSet<NodeId> {
+        self.lost
+            .retain(|&node, broker_epoch| world.broker_epoch(node) <= *broker_epoch);
+        self.lost.keys().copied().collect()
+    }
+
     /// Injects the next fault when it is due: one of the enabled kinds, on a node drawn at
     /// random; skipped when it would take down a majority or overlap a fault on a link.
     pub(crate) fn inject(
@@ -200,13 +212,18 @@ impl Faults {
         if now_ms < self.next_ms || self.enabled.is_empty() {
             return;
         }
-        let nodes = &self.nodes;
+        let nodes = &self.nodes.clone();
         self.next_ms = now_ms + self.every_ms / 2 + rng.below(self.every_ms);
         let fault = self.enabled[rng.below(self.enabled.len() as u64) as usize];
         let node = nodes[rng.below(nodes.len() as u64) as usize];
         let others: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != node).collect();
         let back_ms = now_ms + 200 + rng.below(5_000);
         let mut world = world.borrow_mut();
+        // A node holding the only whole in-sync copy of a partition, the others lost with
+        // their disks and not yet registered again, is left alone: a second fault there
+        // exceeds the minority (the controller would elect a replica holding nothing).
+        let lost = self.lost_unregistered(&world);
+        let last_copy = |node: NodeId| world.holds_last_copy(node, &lost);
         match fault {
             Fault::Crash | Fault::TornCrash | Fault::DiskLoss => {
                 // At most a minority down at once, so the cluster can make progress.
@@ -218,9 +235,13 @@ impl Faults {
                 // (outside the ISR) is not yet a whole copy, so it counts as faulty. This
                 // keeps the last in-sync copies of a partition from being destroyed (Kafka
                 // promises no more: as long as one in-sync replica survives).
-                if fault == Fault::DiskLoss && world.disk_loss_exceeds_minority(node, &self.down) {
+                if last_copy(node)
+                    || fault == Fault::DiskLoss
+                        && world.disk_loss_exceeds_minority(node, &self.down, &lost)
+                {
                     return;
                 }
+                let broker_epoch = world.broker_epoch(node);
                 let mode = if fault == Fault::TornCrash {
                     CrashMode::TornTail {
                         seed: rng.next_u64(),
@@ -236,6 +257,7 @@ impl Faults {
                     // The partitions' disk is replaced by an empty one; the metadata log
                     // lives on a disk of its own (as Kafka's `metadata.log.dir` allows).
                     self.storages[&node].lose_tree(Path::new(DATA_DIR));
+                    self.lost.insert(node, broker_epoch);
                 }
                 self.down.insert(node);
                 self.crashes += 1;
@@ -245,7 +267,10 @@ impl Faults {
             Fault::Stop => {
                 // A SIGTERM: the node moves its leaderships away, then stops; counted with
                 // the crashed ones until it is started again.
-                if self.down.contains(&node) || (self.down.len() + 1) * 2 > nodes.len() {
+                if self.down.contains(&node)
+                    || (self.down.len() + 1) * 2 > nodes.len()
+                    || last_copy(node)
+                {
                     return;
                 }
                 world.event(format!("stop node {node} (controlled shutdown)"));
@@ -267,7 +292,7 @@ impl Faults {
                     .iter()
                     .filter(|&&other| other != target)
                     .any(|&other| self.faulted_links.contains(&pair(target, other)));
-                if overlaps {
+                if overlaps || last_copy(target) {
                     return;
                 }
                 world.event(format!("isolate node {target} ({})", fault.name()));
@@ -283,6 +308,9 @@ impl Faults {
                 // One link down both ways, the rest of the network up: the two nodes still
                 // reach each other's peers (a partial partition).
                 let other = others[rng.below(others.len() as u64) as usize];
+                if last_copy(node) || last_copy(other) {
+                    return;
+                }
                 if !self.faulted_links.insert(pair(node, other)) {
                     return;
                 }
@@ -294,6 +322,9 @@ impl Faults {
             }
             Fault::OneWay => {
                 let to = others[rng.below(others.len() as u64) as usize];
+                if last_copy(node) || last_copy(to) {
+                    return;
+                }
                 if !self.faulted_links.insert(pair(node, to)) {
                     return;
                 }
@@ -305,6 +336,9 @@ impl Faults {
             }
             Fault::Hold => {
                 let other = others[rng.below(others.len() as u64) as usize];
+                if last_copy(node) || last_copy(other) {
+                    return;
+                }
                 if !self.faulted_links.insert(pair(node, other)) {
                     return;
                 }

@@ -22,7 +22,6 @@ use spate_engine::quorum::member::{
     MemberInput, MemberOutput, QuorumMember,
 };
 use spate_engine::quorum::{ControllerConfig, MetadataImage, NodeId, QuorumConfig};
-use spate_engine::storage::backend::Storage as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::disk::SimDisk;
@@ -128,11 +127,9 @@ pub(crate) async fn run(setup: NodeSetup) -> turmoil::Result {
         .iter()
         .fold(FNV_OFFSET, |hash, part| fnv1a(hash, &part.to_le_bytes()));
     // The partition disk is read before anything opens a partition on it.
-    let data_lost = setup
+    let data_lost = !setup
         .disk
-        .list(Path::new(super::replicas::DATA_DIR))
-        .await
-        .map_or(true, |names| names.is_empty());
+        .holds_files_under(Path::new(super::replicas::DATA_DIR));
     let config = member_config(&setup, data_lost);
     let tick = Duration::from_millis(config.quorum.tick_ms as u64);
     let mut member: QuorumMember<u64> =

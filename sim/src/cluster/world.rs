@@ -159,6 +159,9 @@ pub(crate) struct World {
     /// Each partition's replicas and ISR in the newest metadata any node applied, with its
     /// applied index.
     latest_partitions: BTreeMap<(Uuid, i32), LatestPartition>,
+    /// Each broker's epoch (its registration's index) in the newest metadata any node
+    /// applied, with that applied index.
+    latest_broker_epochs: BTreeMap<i32, (u64, i64)>,
     /// What the consumer group did.
     pub(crate) groups: GroupLedger,
 }
@@ -188,14 +191,20 @@ impl World {
             leader_high_watermarks: BTreeMap::new(),
             dumps: BTreeMap::new(),
             latest_partitions: BTreeMap::new(),
+            latest_broker_epochs: BTreeMap::new(),
             groups: GroupLedger::default(),
         }
     }
 
     /// Whether losing `node`'s disk would leave some partition with a majority of its
-    /// replicas faulty: down (`down`), or outside the ISR in the newest metadata (still
-    /// catching up, so not yet a whole copy), `node` included.
-    pub(crate) fn disk_loss_exceeds_minority(&self, node: NodeId, down: &BTreeSet<NodeId>) -> bool {
+    /// replicas faulty: down (`down`), without their data (`lost`), or outside the ISR in the
+    /// newest metadata (still catching up, so not yet a whole copy), `node` included.
+    pub(crate) fn disk_loss_exceeds_minority(
+        &self,
+        node: NodeId,
+        down: &BTreeSet<NodeId>,
+        lost: &BTreeSet<NodeId>,
+    ) -> bool {
         self.latest_partitions.values().any(|(_, replicas, isr)| {
             let node = node as i32;
             if !replicas.contains(&node) {
@@ -207,10 +216,35 @@ impl World {
                     replica == node
                         || !isr.contains(&replica)
                         || down.contains(&(replica as NodeId))
+                        || lost.contains(&(replica as NodeId))
                 })
                 .count();
             faulty * 2 > replicas.len()
         })
+    }
+
+    /// Whether `node` holds the only whole in-sync copy of some partition, the other ISR
+    /// members having lost their disks (`lost`) without registering since: the controller
+    /// still counts them in sync, so stopping `node` could elect a replica holding nothing.
+    /// Two faulty replicas of three; the fault injector keeps to a minority.
+    pub(crate) fn holds_last_copy(&self, node: NodeId, lost: &BTreeSet<NodeId>) -> bool {
+        let node = node as i32;
+        self.latest_partitions.values().any(|(_, _, isr)| {
+            isr.contains(&node)
+                && isr.len() > 1
+                && isr
+                    .iter()
+                    .filter(|&&replica| replica != node)
+                    .all(|&replica| lost.contains(&(replica as NodeId)))
+        })
+    }
+
+    /// `node`'s broker epoch in the newest metadata any node applied (-1 before it
+    /// registered); a new registration raises it.
+    pub(crate) fn broker_epoch(&self, node: NodeId) -> i64 {
+        self.latest_broker_epochs
+            .get(&(node as i32))
+            .map_or(-1, |(_, epoch)| *epoch)
     }
 
     /// A partition leader asked the controller for `isr`, based on `partition_epoch`.
@@ -433,6 +467,16 @@ impl World {
                 }
                 named
             });
+        for broker in image.brokers().values() {
+            let newest = self
+                .latest_broker_epochs
+                .get(&broker.broker_id)
+                .is_none_or(|(index, _)| *index <= applied_index);
+            if newest {
+                self.latest_broker_epochs
+                    .insert(broker.broker_id, (applied_index, broker.broker_epoch));
+            }
+        }
         let mut topics = BTreeSet::new();
         let mut leaderless = 0;
         let mut leaderless_examples = Vec::new();

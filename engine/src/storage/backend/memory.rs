@@ -131,6 +131,16 @@ impl SimulatedStorage {
         state.dirs.retain(|dir| !dir.starts_with(root));
     }
 
+    /// Whether any file lies under `root` (in a subdirectory too): a broker's test for a data
+    /// directory holding no partition.
+    pub fn holds_files_under(&self, root: &Path) -> bool {
+        self.state
+            .borrow()
+            .files
+            .keys()
+            .any(|path| path.starts_with(root))
+    }
+
     /// Makes every later sync fail with an I/O error (or succeed again).
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state.borrow_mut().fail_syncs = fail;
