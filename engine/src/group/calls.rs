@@ -29,6 +29,17 @@ pub enum Call {
     },
     /// OffsetCommit.
     Commit(CommitRequest),
+    /// TxnOffsetCommit: offsets committed inside a producer's transaction, visible once its
+    /// commit marker is written.
+    TxnCommit(TxnCommitRequest),
+    /// A transaction marker of `producer_id` was written to this coordinator's partition:
+    /// its transactional offsets become committed (`commit`) or are dropped.
+    TxnCompleted {
+        /// The producer.
+        producer_id: i64,
+        /// Commit (else abort).
+        commit: bool,
+    },
     /// OffsetFetch for one group; `None` partitions means every committed partition.
     FetchOffsets {
         /// Group.
@@ -68,12 +79,13 @@ impl Call {
             Call::Sync(request) => Some(&request.member.group_id),
             Call::Heartbeat(member) => Some(&member.group_id),
             Call::Commit(request) => Some(&request.member.group_id),
+            Call::TxnCommit(request) => Some(&request.member.group_id),
             Call::Leave { group_id, .. }
             | Call::FetchOffsets { group_id, .. }
             | Call::Describe { group_id }
             | Call::Delete { group_id }
             | Call::DeleteOffsets { group_id, .. } => Some(group_id),
-            Call::List { .. } => None,
+            Call::List { .. } | Call::TxnCompleted { .. } => None,
         }
     }
 }
@@ -209,6 +221,20 @@ impl Default for CommitRequest {
     }
 }
 
+/// TxnOffsetCommit.
+#[derive(Debug, Clone)]
+pub struct TxnCommitRequest {
+    /// The consumer group member the producer consumes for (generation -1 and an empty
+    /// member id skip the member check, as before KIP-447).
+    pub member: MemberRef,
+    /// The transactional producer.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub producer_epoch: i16,
+    /// `(topic, partition, offset, leader epoch, metadata)`.
+    pub offsets: Vec<(String, i32, i64, i32, Option<String>)>,
+}
+
 /// One committed offset in an OffsetFetch answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedOffset {
@@ -222,6 +248,9 @@ pub struct FetchedOffset {
     pub leader_epoch: i32,
     /// Metadata string.
     pub metadata: String,
+    /// An open transaction committed an offset for the partition (OffsetFetch with
+    /// `require_stable` answers UNSTABLE_OFFSET_COMMIT).
+    pub pending_transaction: bool,
 }
 
 /// One member in a DescribeGroups answer.
@@ -278,8 +307,10 @@ pub enum Reply {
     Heartbeat(ErrorCode),
     /// To [`Call::Leave`]: a group-level error and one error per member.
     Leave(ErrorCode, Vec<ErrorCode>),
-    /// To [`Call::Commit`]: one error per offset, in request order.
+    /// To [`Call::Commit`] and [`Call::TxnCommit`]: one error per offset, in request order.
     Commit(Vec<ErrorCode>),
+    /// To [`Call::TxnCompleted`].
+    TxnCompleted(ErrorCode),
     /// To [`Call::FetchOffsets`]: a group-level error and the offsets.
     FetchOffsets(ErrorCode, Vec<FetchedOffset>),
     /// To [`Call::Describe`].
@@ -304,6 +335,8 @@ impl Reply {
             Call::Heartbeat(_) => Reply::Heartbeat(Some(error)),
             Call::Leave { .. } => Reply::Leave(Some(error), Vec::new()),
             Call::Commit(request) => Reply::Commit(vec![Some(error); request.offsets.len()]),
+            Call::TxnCommit(request) => Reply::Commit(vec![Some(error); request.offsets.len()]),
+            Call::TxnCompleted { .. } => Reply::TxnCompleted(Some(error)),
             Call::FetchOffsets { .. } => Reply::FetchOffsets(Some(error), Vec::new()),
             Call::Describe { .. } => Reply::Describe(GroupDescription {
                 error: Some(error),

@@ -31,6 +31,7 @@ use kafka_protocol::protocol::Decodable;
 use super::calls::*;
 use super::records::{CommittedOffset, OffsetsRecord};
 use super::state::{Group, GroupState, Member};
+use super::txn_offsets::{TxnBatch, TxnOffsets};
 
 /// How long a new member waiting in its first JoinGroup is kept without a heartbeat (Kafka's
 /// `NewMemberJoinTimeoutMs`): it may have gone away while it waited.
@@ -85,6 +86,8 @@ pub enum Output {
         id: AppendId,
         /// The records, in order.
         records: Vec<OffsetsRecord>,
+        /// For a TxnOffsetCommit: the producer's transactional batch they go in, alone.
+        transaction: Option<TxnBatch>,
     },
 }
 
@@ -116,6 +119,14 @@ enum AppendPurpose {
         new_id: String,
         response: Box<JoinResponse>,
     },
+    /// TxnOffsetCommit: keep the offsets pending for the producer's transaction, answer.
+    TxnCommit {
+        call: CallId,
+        group_id: String,
+        producer_id: i64,
+        accepted: Vec<(usize, (String, i32), CommittedOffset)>,
+        results: Vec<ErrorCode>,
+    },
     /// OffsetDelete: answer.
     DeleteOffsets {
         call: CallId,
@@ -135,6 +146,7 @@ pub struct GroupCoordinator {
     next_append_id: AppendId,
     next_expiry_check_ms: Option<i64>,
     loaded: bool,
+    txn_offsets: TxnOffsets,
 }
 
 impl GroupCoordinator {
@@ -148,6 +160,7 @@ impl GroupCoordinator {
             next_append_id: 0,
             next_expiry_check_ms: None,
             loaded: false,
+            txn_offsets: TxnOffsets::default(),
         }
     }
 
@@ -239,6 +252,14 @@ impl GroupCoordinator {
             }
             Call::Leave { group_id, members } => self.leave(now_ms, call_id, &group_id, members),
             Call::Commit(request) => self.commit(now_ms, call_id, request),
+            Call::TxnCommit(request) => self.txn_commit(now_ms, call_id, request),
+            Call::TxnCompleted {
+                producer_id,
+                commit,
+            } => {
+                self.txn_completed(producer_id, commit);
+                self.reply(call_id, Reply::TxnCompleted(None));
+            }
             Call::FetchOffsets {
                 group_id,
                 partitions,
@@ -305,6 +326,21 @@ impl GroupCoordinator {
                         }
                         Ok(()) => {}
                         Err(error) => results[index] = Some(commit_error(error)),
+                    }
+                }
+                self.reply(call, Reply::Commit(results));
+            }
+            AppendPurpose::TxnCommit {
+                call,
+                group_id,
+                producer_id,
+                accepted,
+                mut results,
+            } => {
+                for (index, key, value) in accepted {
+                    match result {
+                        Ok(()) => self.txn_offsets.add(producer_id, &group_id, key, value),
+                        Err(error) => results[index] = Some(txn_commit_error(error)),
                     }
                 }
                 self.reply(call, Reply::Commit(results));
@@ -496,7 +532,11 @@ impl GroupCoordinator {
         let id = self.next_append_id;
         self.next_append_id += 1;
         self.appends.insert(id, purpose);
-        self.outputs.push_back(Output::Append { id, records });
+        self.outputs.push_back(Output::Append {
+            id,
+            records,
+            transaction: None,
+        });
         id
     }
 
@@ -1199,6 +1239,112 @@ impl GroupCoordinator {
         assert_eq!(appended, id);
     }
 
+    /// TxnOffsetCommit: the member is checked as for OffsetCommit, and the offsets go to the
+    /// partition in a transactional batch of the producer (which the partition refuses from
+    /// a fenced epoch); they stay pending until the transaction's marker.
+    fn txn_commit(&mut self, now_ms: i64, call: CallId, request: TxnCommitRequest) {
+        let who = &request.member;
+        let count = request.offsets.len();
+        if let Err(error) = self.check_commit(who, now_ms) {
+            return self.reply(call, Reply::Commit(vec![Some(error); count]));
+        }
+        let mut results = vec![None; count];
+        let mut accepted = Vec::new();
+        let mut records = Vec::new();
+        for (index, (topic, partition, offset, leader_epoch, metadata)) in
+            request.offsets.into_iter().enumerate()
+        {
+            let metadata = metadata.unwrap_or_default();
+            if metadata.len() > self.config.offset_metadata_max_bytes {
+                results[index] = Some(ResponseError::OffsetMetadataTooLarge);
+                continue;
+            }
+            let value = CommittedOffset {
+                offset,
+                leader_epoch,
+                metadata,
+                commit_timestamp_ms: now_ms,
+                expire_timestamp_ms: None,
+            };
+            records.push(OffsetsRecord::Offset {
+                group_id: who.group_id.clone(),
+                topic: topic.clone(),
+                partition,
+                value: Some(value.clone()),
+            });
+            accepted.push((index, (topic, partition), value));
+        }
+        if records.is_empty() {
+            return self.reply(call, Reply::Commit(results));
+        }
+        let transaction =
+            self.txn_offsets
+                .next_batch(request.producer_id, request.producer_epoch, records.len());
+        let id = self.next_append_id;
+        self.next_append_id += 1;
+        self.appends.insert(
+            id,
+            AppendPurpose::TxnCommit {
+                call,
+                group_id: who.group_id.clone(),
+                producer_id: request.producer_id,
+                accepted,
+                results,
+            },
+        );
+        self.outputs.push_back(Output::Append {
+            id,
+            records,
+            transaction: Some(transaction),
+        });
+    }
+
+    /// A marker of `producer_id` reached the partition: its pending offsets become committed,
+    /// or are dropped.
+    fn txn_completed(&mut self, producer_id: i64, commit: bool) {
+        let completed = self.txn_offsets.complete(producer_id);
+        if !commit {
+            return;
+        }
+        for (group_id, offsets) in completed {
+            let Some(group) = self.groups.get_mut(&group_id) else {
+                continue;
+            };
+            if group.is(GroupState::Dead) {
+                continue;
+            }
+            group.offsets.extend(offsets);
+        }
+    }
+
+    /// Replays a transactional batch of offsets (TxnOffsetCommit's), pending until the
+    /// producer's marker: `records` are its records, `batch` its producer fields.
+    pub fn load_transactional(&mut self, batch: TxnBatch, records: Vec<OffsetsRecord>) {
+        assert!(!self.loaded, "records are replayed before the first call");
+        self.txn_offsets.load_batch(batch, records.len());
+        for record in records {
+            if let OffsetsRecord::Offset {
+                group_id,
+                topic,
+                partition,
+                value: Some(value),
+            } = record
+            {
+                self.groups
+                    .entry(group_id.clone())
+                    .or_insert_with(|| Group::new(&group_id, value.commit_timestamp_ms));
+                self.txn_offsets
+                    .add(batch.producer_id, &group_id, (topic, partition), value);
+            }
+        }
+    }
+
+    /// Replays a transaction marker of `producer_id`.
+    pub fn load_marker(&mut self, producer_id: i64, commit: bool) {
+        assert!(!self.loaded, "records are replayed before the first call");
+        self.txn_completed(producer_id, commit);
+    }
+
     /// Kafka's rules for who may commit; creates the group for a consumer without one.
     fn check_commit(&mut self, who: &MemberRef, now_ms: i64) -> Result<(), ResponseError> {
         let managed =
@@ -1248,6 +1394,9 @@ impl GroupCoordinator {
             .filter(|group| !group.is(GroupState::Dead));
         let fetched = |(topic, partition): (String, i32)| {
             let stored = group.and_then(|group| group.offsets.get(&(topic.clone(), partition)));
+            let pending_transaction = self
+                .txn_offsets
+                .is_pending(group_id, &(topic.clone(), partition));
             FetchedOffset {
                 offset: stored.map_or(-1, |stored| stored.offset),
                 leader_epoch: stored.map_or(-1, |stored| stored.leader_epoch),
@@ -1256,6 +1405,7 @@ impl GroupCoordinator {
                     .unwrap_or_default(),
                 topic,
                 partition,
+                pending_transaction,
             }
         };
         let offsets = match partitions {
@@ -1572,6 +1722,15 @@ fn subscribed_topics(group: &Group) -> Option<BTreeSet<String>> {
 
 /// The error a committer gets when its commit's write fails (Kafka's mapping in
 /// GroupMetadataManager.storeOffsets).
+/// TxnOffsetCommit's error for a failed write: as OffsetCommit's, and a refusal of the
+/// producer's epoch fences it.
+fn txn_commit_error(error: ResponseError) -> ResponseError {
+    match error {
+        ResponseError::InvalidProducerEpoch => ResponseError::ProducerFenced,
+        other => commit_error(other),
+    }
+}
+
 fn commit_error(error: ResponseError) -> ResponseError {
     match error {
         ResponseError::UnknownTopicOrPartition

@@ -57,7 +57,7 @@ impl Harness {
                         let earlier = self.replies.insert(call, reply);
                         assert!(earlier.is_none(), "call {call} answered twice");
                     }
-                    Output::Append { id, records } => self.pending_appends.push((id, records)),
+                    Output::Append { id, records, .. } => self.pending_appends.push((id, records)),
                 }
             }
             if !self.auto_append || self.pending_appends.is_empty() {
@@ -1158,4 +1158,151 @@ fn a_failed_assignment_write_sends_the_group_back_to_rebalance() {
     };
     assert_eq!(answer.error, Some(ResponseError::RebalanceInProgress));
     assert_eq!(h.state("g"), Some(GroupState::PreparingRebalance));
+}
+
+fn txn_commit_call(
+    who: MemberRef,
+    producer_id: i64,
+    epoch: i16,
+    offsets: &[(&str, i32, i64)],
+) -> Call {
+    Call::TxnCommit(TxnCommitRequest {
+        member: who,
+        producer_id,
+        producer_epoch: epoch,
+        offsets: offsets
+            .iter()
+            .map(|(topic, partition, offset)| (topic.to_string(), *partition, *offset, -1, None))
+            .collect(),
+    })
+}
+
+fn fetched_with_pending(h: &mut Harness, group: &str) -> Vec<(i32, i64, bool)> {
+    let call = h.call(Call::FetchOffsets {
+        group_id: group.into(),
+        partitions: Some(vec![("t".into(), 0), ("t".into(), 1)]),
+    });
+    match h.take(call) {
+        Some(Reply::FetchOffsets(None, offsets)) => offsets
+            .into_iter()
+            .map(|offset| (offset.partition, offset.offset, offset.pending_transaction))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transactional_offsets_wait_for_their_marker_and_an_abort_drops_them() {
+    let mut h = Harness::without_delay();
+    let member_id = h.stable_group_of_one("g");
+    let who = Harness::member("g", &member_id, 1);
+    assert_eq!(h.commit(who.clone(), &[("t", 0, 5)]), vec![None]);
+
+    // The records go in transactional batches of the producer, numbered per producer.
+    let mut transactions = Vec::new();
+    for offsets in [[("t", 0, 10)], [("t", 1, 3)]] {
+        h.auto_append = false;
+        let call = h.call(txn_commit_call(who.clone(), 7, 2, &offsets));
+        assert_eq!(h.pending_appends.len(), 1);
+        transactions.push(call);
+        h.auto_append = true;
+        h.complete_appends(Ok(()));
+        assert_eq!(h.take(call), Some(Reply::Commit(vec![None])));
+    }
+    // Pending: the committed offset stays, flagged.
+    assert_eq!(
+        fetched_with_pending(&mut h, "g"),
+        vec![(0, 5, true), (1, -1, true)]
+    );
+    let done = h.call(Call::TxnCompleted {
+        producer_id: 7,
+        commit: true,
+    });
+    assert_eq!(h.take(done), Some(Reply::TxnCompleted(None)));
+    assert_eq!(
+        fetched_with_pending(&mut h, "g"),
+        vec![(0, 10, false), (1, 3, false)]
+    );
+
+    // An aborted transaction's offsets never show.
+    let call = h.call(txn_commit_call(who.clone(), 7, 2, &[("t", 0, 99)]));
+    assert_eq!(h.take(call), Some(Reply::Commit(vec![None])));
+    h.call(Call::TxnCompleted {
+        producer_id: 7,
+        commit: false,
+    });
+    assert_eq!(
+        fetched_with_pending(&mut h, "g"),
+        vec![(0, 10, false), (1, 3, false)]
+    );
+
+    // A write refused for the producer's epoch fences it; a stale generation is refused as
+    // for OffsetCommit.
+    h.auto_append = false;
+    let fenced = h.call(txn_commit_call(who.clone(), 7, 1, &[("t", 0, 11)]));
+    h.auto_append = true;
+    h.complete_appends(Err(ResponseError::InvalidProducerEpoch));
+    assert_eq!(
+        h.take(fenced),
+        Some(Reply::Commit(vec![Some(ResponseError::ProducerFenced)]))
+    );
+    let stale = h.call(txn_commit_call(
+        Harness::member("g", &member_id, 0),
+        7,
+        2,
+        &[("t", 0, 12)],
+    ));
+    assert_eq!(
+        h.take(stale),
+        Some(Reply::Commit(vec![Some(ResponseError::IllegalGeneration)]))
+    );
+}
+
+#[test]
+fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences() {
+    use super::txn_offsets::TxnBatch;
+    let mut h = Harness::without_delay();
+    let who = Harness::member("solo", "", -1);
+    let offsets = |offset: i64| OffsetsRecord::Offset {
+        group_id: "solo".into(),
+        topic: "t".into(),
+        partition: 0,
+        value: Some(super::records::CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+            expire_timestamp_ms: None,
+        }),
+    };
+    let mut restarted = GroupCoordinator::new(CoordinatorConfig::default());
+    let batch = |base_sequence| TxnBatch {
+        producer_id: 9,
+        producer_epoch: 0,
+        base_sequence,
+    };
+    // A committed transaction, an aborted one, and one still open.
+    restarted.load_transactional(batch(0), vec![offsets(4)]);
+    restarted.load_marker(9, true);
+    restarted.load_transactional(batch(1), vec![offsets(8)]);
+    restarted.load_marker(9, false);
+    restarted.load_transactional(batch(2), vec![offsets(12)]);
+    restarted.finish_load(0);
+    h.coordinator = restarted;
+    assert_eq!(fetched_with_pending(&mut h, "solo")[0], (0, 4, true));
+
+    // The next batch of the producer follows the loaded ones.
+    h.auto_append = false;
+    h.coordinator
+        .handle_call(0, 100, txn_commit_call(who, 9, 0, &[("t", 0, 13)]));
+    let mut transaction = None;
+    while let Some(output) = h.coordinator.poll_output() {
+        if let Output::Append {
+            transaction: found, ..
+        } = output
+        {
+            transaction = found;
+        }
+    }
+    assert_eq!(transaction, Some(batch(3)));
 }

@@ -27,9 +27,10 @@ use tracing::{debug, error, info, warn};
 
 use super::coordinator::AppendId;
 use super::records::OffsetsRecord;
+use super::txn_offsets::TxnBatch;
 use super::{Call, CallId, CoordinatorConfig, GroupCoordinator, Output, Reply};
-use crate::storage::batch::build::{batch, NewRecord};
-use crate::storage::batch::BatchHeader;
+use crate::storage::batch::build::{batch, transactional_batch, NewRecord};
+use crate::storage::batch::{control_marker, BatchHeader};
 
 /// Appends are gathered into one batch up to this size (one append larger than this is a batch
 /// of its own). Under the topic's default `max.message.bytes`.
@@ -93,9 +94,13 @@ pub trait OffsetsPartition: HostClock {
     fn shutdown(&self) -> impl Future<Output = ()>;
 }
 
+/// An append the coordinator asked for: its id, records and, for transactional offsets, the
+/// producer's batch fields.
+type QueuedAppend = (AppendId, Vec<OffsetsRecord>, Option<TxnBatch>);
+
 enum HostState {
     Loading,
-    Ready(GroupCoordinator),
+    Ready(Box<GroupCoordinator>),
     Stopped,
 }
 
@@ -114,7 +119,7 @@ pub struct CoordinatorHost {
     /// Whether a driver task was started for it.
     started: Cell<bool>,
     /// Appends the coordinator asked for, in order, not yet started by the driver.
-    appends: RefCell<Vec<(AppendId, Vec<OffsetsRecord>)>>,
+    appends: RefCell<Vec<QueuedAppend>>,
     /// How long a request waits for the load before it is told to retry.
     load_wait: Cell<Duration>,
 }
@@ -229,8 +234,12 @@ impl CoordinatorHost {
                         let _ = sender.send(reply);
                     }
                 }
-                Output::Append { id, records } => {
-                    self.appends.borrow_mut().push((id, records));
+                Output::Append {
+                    id,
+                    records,
+                    transaction,
+                } => {
+                    self.appends.borrow_mut().push((id, records, transaction));
                     queued = true;
                 }
             }
@@ -276,7 +285,7 @@ pub async fn drive(host: Rc<CoordinatorHost>, partition: impl OffsetsPartition) 
         return;
     }
     let groups = coordinator.groups().len();
-    *host.state.borrow_mut() = HostState::Ready(coordinator);
+    *host.state.borrow_mut() = HostState::Ready(Box::new(coordinator));
     host.loaded.notify(usize::MAX);
     let elapsed_ms = partition.now_ms().saturating_sub(started_ms);
     if groups > 0 {
@@ -308,7 +317,7 @@ pub async fn drive(host: Rc<CoordinatorHost>, partition: impl OffsetsPartition) 
             let results = append(&host, &partition, &appends).await;
             let now = partition.now_ms();
             host.with_coordinator(|coordinator| {
-                for ((id, _), result) in appends.iter().zip(results) {
+                for ((id, _, _), result) in appends.iter().zip(results) {
                     coordinator.append_completed(now, *id, result);
                 }
             });
@@ -346,18 +355,19 @@ pub async fn drive(host: Rc<CoordinatorHost>, partition: impl OffsetsPartition) 
 
 /// Appends the coordinator's appends to the partition, in order, several to a batch when they
 /// fit (they then share a write and a sync) but never one split across batches: each append
-/// succeeds or fails whole, and its result is the result of its batch.
+/// succeeds or fails whole, and its result is the result of its batch. Transactional offsets
+/// go in a batch of their own, the producer's.
 async fn append(
     host: &CoordinatorHost,
     partition: &impl OffsetsPartition,
-    appends: &[(AppendId, Vec<OffsetsRecord>)],
+    appends: &[QueuedAppend],
 ) -> Vec<Result<(), ResponseError>> {
     let now = partition.now_ms();
     let mut results = Vec::with_capacity(appends.len());
     let mut batch_records: Vec<NewRecord> = Vec::new();
     let mut batch_bytes = 0;
     let mut batch_appends = 0;
-    for (index, (_, records)) in appends.iter().enumerate() {
+    for (index, (_, records, transaction)) in appends.iter().enumerate() {
         for record in records {
             let key = record.key();
             let value = record.value();
@@ -370,13 +380,26 @@ async fn append(
             });
         }
         batch_appends += 1;
-        let next_fits = appends.get(index + 1).is_some_and(|(_, next)| {
-            batch_bytes + approximate_size(next) <= APPEND_BATCH_BYTES_MAX
-        });
+        let next_fits = transaction.is_none()
+            && appends
+                .get(index + 1)
+                .is_some_and(|(_, next, next_transaction)| {
+                    next_transaction.is_none()
+                        && batch_bytes + approximate_size(next) <= APPEND_BATCH_BYTES_MAX
+                });
         if next_fits {
             continue;
         }
-        let records = batch(&std::mem::take(&mut batch_records));
+        let records = std::mem::take(&mut batch_records);
+        let records = match transaction {
+            Some(transaction) => transactional_batch(
+                &records,
+                transaction.producer_id,
+                transaction.producer_epoch,
+                transaction.base_sequence,
+            ),
+            None => batch(&records),
+        };
         let result = match partition.append(records).await {
             Ok(()) => Ok(()),
             Err((code, message)) => {
@@ -425,14 +448,36 @@ async fn load(
                 break;
             }
             let mut one = rest.split_to(header.size_bytes());
+            if header.is_control() {
+                // A transaction's marker: its offsets become committed, or are dropped.
+                match control_marker(&one) {
+                    Ok(marker) => coordinator.load_marker(header.producer_id, marker.commit),
+                    Err(_) => skipped += 1,
+                }
+                next = header.next_offset();
+                continue;
+            }
             match RecordBatchDecoder::decode(&mut one) {
                 Ok(set) => {
+                    let mut decoded_records = Vec::with_capacity(set.records.len());
                     for record in set.records {
                         let decoded =
                             OffsetsRecord::decode(record.key.as_deref(), record.value.as_deref());
                         match decoded {
-                            Ok(decoded) => coordinator.load(decoded),
+                            Ok(decoded) => decoded_records.push(decoded),
                             Err(_) => skipped += 1,
+                        }
+                    }
+                    if header.is_transactional() {
+                        let batch = TxnBatch {
+                            producer_id: header.producer_id,
+                            producer_epoch: header.producer_epoch,
+                            base_sequence: header.base_sequence,
+                        };
+                        coordinator.load_transactional(batch, decoded_records);
+                    } else {
+                        for decoded in decoded_records {
+                            coordinator.load(decoded);
                         }
                     }
                 }
@@ -458,7 +503,7 @@ async fn load(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::group::calls::{CommitRequest, FetchedOffset, MemberRef};
     use crate::runtime::groups::GlommioClock;
@@ -467,13 +512,13 @@ mod tests {
     use crate::storage::{LogConfig, PartitionLog};
 
     /// A partition log on simulated storage; appends are synced before they are answered.
-    struct MemoryOffsets {
+    pub(crate) struct MemoryOffsets {
         log: RefCell<Option<PartitionLog<SimulatedStorage>>>,
         appends: Cell<usize>,
     }
 
     impl MemoryOffsets {
-        async fn open(storage: &SimulatedStorage) -> MemoryOffsets {
+        pub(crate) async fn open(storage: &SimulatedStorage) -> MemoryOffsets {
             let (log, _) = PartitionLog::open(
                 storage.clone(),
                 "/data/__consumer_offsets-0",
@@ -488,7 +533,7 @@ mod tests {
             }
         }
 
-        fn take_log(&self) -> PartitionLog<SimulatedStorage> {
+        pub(crate) fn take_log(&self) -> PartitionLog<SimulatedStorage> {
             self.log.borrow_mut().take().unwrap()
         }
     }
@@ -576,6 +621,7 @@ mod tests {
             offset,
             leader_epoch: -1,
             metadata: String::new(),
+            pending_transaction: false,
         }
     }
 
@@ -654,7 +700,7 @@ mod tests {
             glommio::timer::sleep(Duration::from_millis(10)).await;
             let mut coordinator = GroupCoordinator::new(CoordinatorConfig::default());
             coordinator.finish_load(0);
-            *host.state.borrow_mut() = HostState::Ready(coordinator);
+            *host.state.borrow_mut() = HostState::Ready(Box::new(coordinator));
             host.loaded.notify(usize::MAX);
             // Nothing drives this host, so hand the reply over as the driver would.
             let answer = futures_lite::future::or(waiting, async {

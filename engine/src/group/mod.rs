@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod host;
 pub mod records;
 pub mod state;
+pub mod txn_offsets;
 
 #[cfg(test)]
 mod coordinator_tests;

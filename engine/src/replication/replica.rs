@@ -31,7 +31,8 @@ use super::leader::{
 use super::BrokerId;
 use crate::broker::errors::KafkaError;
 use crate::storage::backend::{Storage, StorageFile};
-use crate::storage::{AppendInfo, Durability, Fetched, SharedLog, StorageError};
+
+use crate::storage::{AppendInfo, Appended, Durability, Fetched, Marker, SharedLog, StorageError};
 
 /// What [`Replica::take_role`] did.
 #[derive(Debug)]
@@ -480,10 +481,33 @@ impl<S: Storage> Replica<S> {
         records: BytesMut,
         now_ms: i64,
     ) -> Result<AppendInfo, KafkaError> {
+        self.append_leading(Appended::Records(records), now_ms)
+            .await
+    }
+
+    /// Appends a transaction marker for the producer's transaction coordinator while
+    /// leading, as [`Replica::append_as_leader`] appends batches.
+    ///
+    /// # Errors
+    /// As [`Replica::append_as_leader`]; the producer state's refusals of the marker
+    /// (INVALID_PRODUCER_EPOCH, TRANSACTION_COORDINATOR_FENCED).
+    pub async fn append_marker_as_leader(
+        &self,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<AppendInfo, KafkaError> {
+        self.append_leading(Appended::Marker(marker), now_ms).await
+    }
+
+    async fn append_leading(
+        &self,
+        appended: Appended,
+        now_ms: i64,
+    ) -> Result<AppendInfo, KafkaError> {
         let appended = self
             .log
             .append_if(
-                records,
+                appended,
                 now_ms,
                 Durability::Written,
                 || self.leading.get().then(|| self.leader_epoch.get()),

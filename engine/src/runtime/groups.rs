@@ -34,12 +34,12 @@ impl HostClock for GlommioClock {
     }
 }
 
-/// One `__consumer_offsets` partition of this shard, reached through the shard's partition
-/// operations as a request's would be.
+/// One `__consumer_offsets` (or `__transaction_state`) partition of this shard, reached
+/// through the shard's partition operations as a request's would be.
 pub struct ShardOffsets {
-    shard: Rc<Shard>,
-    topic_id: Uuid,
-    partition: i32,
+    pub(super) shard: Rc<Shard>,
+    pub(super) topic_id: Uuid,
+    pub(super) partition: i32,
 }
 
 impl ShardOffsets {

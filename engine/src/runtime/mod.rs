@@ -17,6 +17,7 @@ pub mod quorum;
 mod replica_fetcher;
 pub mod server;
 pub mod shard;
+pub mod txns;
 
 pub use server::{serve, ServeError};
 

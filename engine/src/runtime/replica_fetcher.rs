@@ -258,7 +258,11 @@ async fn recover_out_of_range(
 }
 
 /// Sends one request and reads its response.
-async fn exchange<Request: Encodable, Response: Decodable>(
+/// Sends one request over `stream` and reads its response (another broker's Kafka port).
+///
+/// # Errors
+/// A sentence when the exchange fails or the response does not decode.
+pub(super) async fn exchange<Request: Encodable, Response: Decodable>(
     stream: &mut TcpStream,
     api_key: ApiKey,
     version: i16,

@@ -37,7 +37,7 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
 use crate::storage::producers::AbortedTxn;
-use crate::storage::{LogConfig, PartitionLog, SharedLog, StorageError};
+use crate::storage::{LogConfig, Marker, PartitionLog, SharedLog, StorageError};
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
 use super::now_ms;
@@ -61,6 +61,14 @@ pub enum PartitionOp {
         /// The batches as the producer sent them.
         records: Bytes,
         /// In a cluster, for `acks=all`: wait until the in-sync replicas have the records.
+        acks_all: Option<AcksAll>,
+    },
+    /// WriteTxnMarkers: append a transaction marker as the partition's leader.
+    WriteMarker {
+        /// The marker.
+        marker: Marker,
+        /// In a cluster: wait until the in-sync replicas have it, as Kafka writes markers
+        /// with `acks=all`.
         acks_all: Option<AcksAll>,
     },
     /// A follower's Fetch (replica id set): read up to the log end, or answer with a
@@ -281,6 +289,16 @@ pub enum ShardMessage {
         /// Where the reply goes.
         reply: oneshot::Sender<Reply>,
     },
+    /// Run a transaction coordinator call on the shard owning the `__transaction_state`
+    /// partition.
+    Txn {
+        /// The `__transaction_state` partition.
+        partition: i32,
+        /// The call.
+        call: crate::txn::TxnCall,
+        /// Where the reply goes.
+        reply: oneshot::Sender<crate::txn::TxnReply>,
+    },
     /// Send a copy of the shard's metrics.
     Metrics {
         /// Where the copy goes.
@@ -390,9 +408,11 @@ pub struct Shard {
     catalog: RefCell<Arc<Catalog>>,
     partitions: RefCell<BTreeMap<(Uuid, i32), Rc<Partition>>>,
     failed_partitions: RefCell<BTreeMap<(Uuid, i32), String>>,
-    peers: Senders<ShardMessage>,
+    pub(super) peers: Senders<ShardMessage>,
     admin_turn: async_lock::Mutex<()>,
     coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
+    /// The transaction coordinators of the `__transaction_state` partitions this shard leads.
+    pub(super) txn_coordinators: RefCell<BTreeMap<i32, Rc<super::txns::TxnHost>>>,
     /// In a cluster, on the controller shard: the quorum driver's inbox.
     quorum_events: RefCell<Option<Rc<LocalSender<super::quorum::Event>>>>,
     /// In a cluster: the newest applied metadata not yet handed to the shards.
@@ -450,6 +470,7 @@ impl Shard {
             peers,
             admin_turn: async_lock::Mutex::new(()),
             coordinators: RefCell::new(BTreeMap::new()),
+            txn_coordinators: RefCell::new(BTreeMap::new()),
             quorum_events: RefCell::new(None),
             metadata_to_publish: RefCell::new(None),
             metadata_queued: Event::new(),
@@ -585,6 +606,14 @@ impl Shard {
                 reply,
             } => {
                 let answer = self.local_group_call(partition, call).await;
+                let _ = reply.send(answer);
+            }
+            ShardMessage::Txn {
+                partition,
+                call,
+                reply,
+            } => {
+                let answer = self.local_txn_call(partition, call).await;
                 let _ = reply.send(answer);
             }
             ShardMessage::Metrics { reply } => {
@@ -1104,6 +1133,7 @@ impl Shard {
         // that a request arriving while the partitions open waits for its coordinator instead
         // of finding none.
         self.register_coordinators(&catalog);
+        self.register_txn_coordinators(&catalog);
         let owned: Vec<(Uuid, i32)> = self.partitions.borrow().keys().copied().collect();
         for key in owned {
             let (topic_id, index) = key;
@@ -1223,11 +1253,22 @@ impl Shard {
             self.take_role(&catalog, topic_id, index).await;
         }
         self.start_coordinators(&catalog);
+        self.start_txn_coordinators(&catalog);
+    }
+
+    /// Whether this shard has `topic_id`'s partition `index` open.
+    pub(super) fn holds_partition(&self, topic_id: Uuid, index: i32) -> bool {
+        self.partitions.borrow().contains_key(&(topic_id, index))
     }
 
     /// This broker's part in a partition: `Some((leading, leader_epoch))` when it holds a
     /// replica (always, at [`LEADER_EPOCH`], on a single node), `None` when it holds none.
-    fn role_of(&self, catalog: &Catalog, topic_id: Uuid, partition: i32) -> Option<(bool, i32)> {
+    pub(super) fn role_of(
+        &self,
+        catalog: &Catalog,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Option<(bool, i32)> {
         if catalog.layout().is_none() {
             return Some((true, LEADER_EPOCH));
         }
@@ -1736,6 +1777,22 @@ async fn run_partition_op(
             let info = replica
                 .append_as_leader(BytesMut::from(records), now_ms())
                 .await?;
+            shard.send_isr_changes(partition);
+            if let Some(acks_all) = acks_all {
+                wait_for_replicas(replica, info.last_offset + 1, acks_all).await?;
+            }
+            Ok(PartitionOutcome::Produced {
+                base_offset: info.base_offset,
+                log_append_time_ms: info.log_append_time_ms,
+                log_start_offset: info.log_start_offset,
+            })
+        }
+        PartitionOp::WriteMarker { marker, acks_all } => {
+            let replica = &partition.replica;
+            if let Some(acks_all) = acks_all {
+                replica.check_acks_all(acks_all.min_insync_replicas)?;
+            }
+            let info = replica.append_marker_as_leader(marker, now_ms()).await?;
             shard.send_isr_changes(partition);
             if let Some(acks_all) = acks_all {
                 wait_for_replicas(replica, info.last_offset + 1, acks_all).await?;

@@ -31,5 +31,5 @@ pub use checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 pub use config::LogConfig;
 pub use error::{StorageError, StorageResult};
 pub use log::{AppendInfo, Chunk, Fetched, OpenReport, PartitionLog, SyncTicket, Truncation};
-pub use shared::{Durability, SharedLog};
+pub use shared::{Appended, Durability, Marker, SharedLog};
 pub use tail_cache::TailCache;

@@ -22,6 +22,29 @@ pub enum Durability {
     Synced,
 }
 
+/// What [`SharedLog::append_if`] appends.
+#[derive(Debug)]
+pub enum Appended {
+    /// A producer's batches ([`PartitionLog::append`]).
+    Records(BytesMut),
+    /// A transaction marker ([`PartitionLog::append_marker`]).
+    Marker(Marker),
+}
+
+/// A transaction marker to append: the end of a producer's transaction, written for its
+/// coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// The producer whose transaction ends.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub producer_epoch: i16,
+    /// The epoch of the coordinator writing it.
+    pub coordinator_epoch: i32,
+    /// Commit (else abort).
+    pub commit: bool,
+}
+
 /// A [`PartitionLog`] shared by the tasks of one core. See the module docs.
 #[derive(Debug)]
 pub struct SharedLog<S: Storage> {
@@ -51,7 +74,7 @@ impl<S: Storage> SharedLog<S> {
     ) -> StorageResult<AppendInfo> {
         let appended = self
             .append_if(
-                records,
+                Appended::Records(records),
                 now_ms,
                 durability,
                 || Some(partition_leader_epoch),
@@ -71,7 +94,7 @@ impl<S: Storage> SharedLog<S> {
     /// As [`SharedLog::append`].
     pub async fn append_if(
         &self,
-        records: BytesMut,
+        appended: Appended,
         now_ms: i64,
         durability: Durability,
         leader_epoch_if_allowed: impl FnOnce() -> Option<i32>,
@@ -82,7 +105,23 @@ impl<S: Storage> SharedLog<S> {
             let Some(partition_leader_epoch) = leader_epoch_if_allowed() else {
                 return Ok(None);
             };
-            let info = log.append(records, partition_leader_epoch, now_ms).await?;
+            let info = match appended {
+                Appended::Records(records) => {
+                    log.append(records, partition_leader_epoch, now_ms).await?
+                }
+                Appended::Marker(marker) => {
+                    log.append_marker(
+                        marker.producer_id,
+                        marker.producer_epoch,
+                        marker.coordinator_epoch,
+                        marker.commit,
+                        partition_leader_epoch,
+                        now_ms,
+                    )
+                    .await?
+                    .0
+                }
+            };
             on_appended(&info);
             (info, log.generation)
         };

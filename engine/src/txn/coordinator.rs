@@ -88,6 +88,21 @@ pub enum TxnCall {
         /// The partitions to add.
         partitions: Vec<TxnPartition>,
     },
+    /// A partition leader's check, before it appends a transactional batch, that the
+    /// partitions are in the producer's ongoing transaction (KIP-890's verification, as
+    /// AddPartitionsToTxn v4's `verify_only`): a batch of a transaction that ended, or for a
+    /// partition never added, would otherwise hold the partition's last stable offset back
+    /// for good. Changes nothing.
+    Verify {
+        /// The transactional id.
+        transactional_id: String,
+        /// Its producer id.
+        producer_id: i64,
+        /// Its epoch.
+        producer_epoch: i16,
+        /// The partitions the batches go to.
+        partitions: Vec<TxnPartition>,
+    },
     /// EndTxn.
     EndTxn {
         /// The transactional id.
@@ -278,6 +293,16 @@ impl TxnCoordinator {
                 partitions,
                 now_ms,
             ),
+            TxnCall::Verify {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                partitions,
+            } => {
+                let error =
+                    self.verify(&transactional_id, producer_id, producer_epoch, &partitions);
+                self.reply(call_id, TxnReply::Done(error));
+            }
             TxnCall::EndTxn {
                 transactional_id,
                 producer_id,
@@ -451,6 +476,31 @@ impl TxnCoordinator {
             return Err(ResponseError::ConcurrentTransactions);
         }
         Ok(current.clone())
+    }
+
+    /// See [`TxnCall::Verify`]: INVALID_PRODUCER_ID_MAPPING, INVALID_PRODUCER_EPOCH (a
+    /// fenced producer), INVALID_TXN_STATE (no ongoing transaction holding the partitions).
+    fn verify(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[TxnPartition],
+    ) -> ErrorCode {
+        let Some(current) = self.txns.get(transactional_id) else {
+            return Some(ResponseError::InvalidProducerIdMapping);
+        };
+        if current.producer_id != producer_id {
+            return Some(ResponseError::InvalidProducerIdMapping);
+        }
+        if current.producer_epoch != producer_epoch {
+            return Some(ResponseError::InvalidProducerEpoch);
+        }
+        let ongoing = current.state == TxnState::Ongoing
+            && partitions
+                .iter()
+                .all(|partition| current.partitions.contains(partition));
+        (!ongoing).then_some(ResponseError::InvalidTxnState)
     }
 
     fn add_partitions(

@@ -10,6 +10,7 @@
 //! answer as before (the broker refuses transactional produce requests).
 
 pub mod coordinator;
+pub mod host;
 pub mod records;
 pub mod state;
 

@@ -361,6 +361,74 @@ fn every_api_at_every_advertised_version() {
                 ApiKey::ListPartitionReassignments => RequestKind::ListPartitionReassignments(
                     ListPartitionReassignmentsRequest::default(),
                 ),
+                ApiKey::AddPartitionsToTxn => {
+                    let id = format!("add-partitions-v{version}");
+                    let (producer_id, producer_epoch) = init_transaction(&mut connection, &id);
+                    RequestKind::AddPartitionsToTxn(
+                        AddPartitionsToTxnRequest::default()
+                            .with_v3_and_below_transactional_id(TransactionalId(text(&id)))
+                            .with_v3_and_below_producer_id(producer_id)
+                            .with_v3_and_below_producer_epoch(producer_epoch)
+                            .with_v3_and_below_topics(vec![
+                                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                                    .with_name(name("versions"))
+                                    .with_partitions(vec![0, 1]),
+                            ]),
+                    )
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let id = format!("add-offsets-v{version}");
+                    RequestKind::AddOffsetsToTxn(add_offsets(&mut connection, &id))
+                }
+                ApiKey::EndTxn => {
+                    let id = format!("end-v{version}");
+                    let added = add_offsets(&mut connection, &id);
+                    RequestKind::EndTxn(
+                        EndTxnRequest::default()
+                            .with_transactional_id(added.transactional_id)
+                            .with_producer_id(added.producer_id)
+                            .with_producer_epoch(added.producer_epoch)
+                            .with_committed(true),
+                    )
+                }
+                ApiKey::TxnOffsetCommit => {
+                    let id = format!("txn-offset-commit-v{version}");
+                    let added = add_offsets(&mut connection, &id);
+                    RequestKind::TxnOffsetCommit(
+                        TxnOffsetCommitRequest::default()
+                            .with_transactional_id(added.transactional_id)
+                            .with_group_id(added.group_id)
+                            .with_producer_id(added.producer_id)
+                            .with_producer_epoch(added.producer_epoch)
+                            .with_generation_id(-1)
+                            .with_topics(vec![
+                                txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                                    .with_name(name("versions"))
+                                    .with_partitions(vec![
+                                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                        .with_partition_index(0)
+                                        .with_committed_offset(1),
+                                ]),
+                            ]),
+                    )
+                }
+                ApiKey::WriteTxnMarkers => {
+                    // As a coordinator sends it: the end of a transaction on a partition.
+                    let id = format!("markers-v{version}");
+                    let (producer_id, producer_epoch) = init_transaction(&mut connection, &id);
+                    RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(
+                        vec![write_txn_markers_request::WritableTxnMarker::default()
+                            .with_producer_id(producer_id)
+                            .with_producer_epoch(producer_epoch)
+                            .with_transaction_result(false)
+                            .with_coordinator_epoch(0)
+                            .with_topics(vec![
+                                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                                    .with_name(name("versions"))
+                                    .with_partition_indexes(vec![1]),
+                            ])],
+                    ))
+                }
                 other => panic!("{other:?} is advertised but has no test request"),
             };
             let response = connection.call(api_key, version, request);
@@ -505,8 +573,68 @@ fn check(context: &str, response: &ResponseKind) {
             assert_eq!(r.error_code, 0, "{context}");
             assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}");
         }
+        ResponseKind::AddPartitionsToTxn(r) => {
+            let partitions = &r.results_by_topic_v3_and_below[0].results_by_partition;
+            assert_eq!(partitions.len(), 2, "{context}");
+            assert!(
+                partitions
+                    .iter()
+                    .all(|partition| partition.partition_error_code == 0),
+                "{context}"
+            );
+        }
+        ResponseKind::AddOffsetsToTxn(r) => assert_eq!(r.error_code, 0, "{context}"),
+        ResponseKind::EndTxn(r) => assert_eq!(r.error_code, 0, "{context}"),
+        ResponseKind::TxnOffsetCommit(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}")
+        }
+        ResponseKind::WriteTxnMarkers(r) => {
+            assert_eq!(
+                r.markers[0].topics[0].partitions[0].error_code, 0,
+                "{context}"
+            )
+        }
         other => panic!("{context}: unexpected {other:?}"),
     }
+}
+
+/// InitProducerId for transactional id `id`: its producer id and epoch.
+fn init_transaction(connection: &mut super::util::Connection, id: &str) -> (ProducerId, i16) {
+    let ResponseKind::InitProducerId(response) = connection.call(
+        ApiKey::InitProducerId,
+        4,
+        RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(text(id))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+    ) else {
+        panic!()
+    };
+    assert_eq!(response.error_code, 0, "InitProducerId for {id}");
+    (response.producer_id, response.producer_epoch)
+}
+
+/// A transaction of `id` that added the offsets of group `id-group`: the AddOffsetsToTxn it
+/// sent (the answer was checked).
+fn add_offsets(connection: &mut super::util::Connection, id: &str) -> AddOffsetsToTxnRequest {
+    let (producer_id, producer_epoch) = init_transaction(connection, id);
+    let request = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(text(id)))
+        .with_producer_id(producer_id)
+        .with_producer_epoch(producer_epoch)
+        .with_group_id(GroupId(text(&format!("{id}-group"))));
+    let ResponseKind::AddOffsetsToTxn(response) = connection.call(
+        ApiKey::AddOffsetsToTxn,
+        3,
+        RequestKind::AddOffsetsToTxn(request.clone()),
+    ) else {
+        panic!()
+    };
+    assert_eq!(response.error_code, 0, "AddOffsetsToTxn for {id}");
+    request
 }
 
 /// An OffsetCommit from a consumer without a group (generation -1).

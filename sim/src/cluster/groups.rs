@@ -218,7 +218,9 @@ impl GroupAnswer {
                 answer.error = code(sync.error);
                 answer.assignment = sync.assignment.to_vec();
             }
-            Reply::Heartbeat(error) | Reply::Delete(error) => answer.error = code(error),
+            Reply::Heartbeat(error) | Reply::Delete(error) | Reply::TxnCompleted(error) => {
+                answer.error = code(error);
+            }
             Reply::Commit(errors) => {
                 answer.error = errors
                     .into_iter()

@@ -14,13 +14,17 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{count_error, str_bytes};
+use crate::broker::errors::KafkaError;
 use crate::group::calls::*;
 use crate::group::{offsets_partition_for, Reply, OFFSETS_TOPIC};
 use crate::runtime::random_uuid;
 use crate::runtime::shard::Shard;
+use crate::txn::TRANSACTION_TOPIC;
 
-/// Kafka's key type for a group coordinator (1 is a transaction coordinator).
+/// Kafka's key type for a group coordinator.
 const KEY_TYPE_GROUP: i8 = 0;
+/// Kafka's key type for a transaction coordinator.
+const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Most characters of the client id that go into a member id.
 const MEMBER_ID_PREFIX_CHARS_MAX: usize = 200;
 /// `group_type` of every group Spate has: the classic protocol.
@@ -50,25 +54,32 @@ pub(super) async fn find_coordinator(
     } else {
         vec![request.key]
     };
-    let outcome = if request.key_type != KEY_TYPE_GROUP {
-        Err((
+    let (topic_name, created) = match request.key_type {
+        KEY_TYPE_GROUP => (OFFSETS_TOPIC, shard.ensure_offsets_topic().await),
+        KEY_TYPE_TRANSACTION => (TRANSACTION_TOPIC, shard.ensure_transaction_topic().await),
+        _ => (
+            OFFSETS_TOPIC,
+            Err(KafkaError::new(ResponseError::InvalidRequest)),
+        ),
+    };
+    let outcome = match created {
+        Ok(()) => Ok(()),
+        Err(error) if error.code == ResponseError::InvalidRequest => Err((
+            ResponseError::InvalidRequest,
+            "unknown coordinator key type",
+        )),
+        Err(_) => Err((
             ResponseError::CoordinatorNotAvailable,
-            "transaction coordinators are not supported yet",
-        ))
-    } else {
-        shard.ensure_offsets_topic().await.map_err(|_| {
-            (
-                ResponseError::CoordinatorNotAvailable,
-                "cannot create __consumer_offsets",
-            )
-        })
+            "cannot create the coordinators' internal topic",
+        )),
     };
     let catalog = shard.catalog();
     let coordinators: Vec<Coordinator> = keys
         .into_iter()
         .map(|key| {
             let coordinator = Coordinator::default().with_key(key.clone());
-            // In a cluster, the coordinator is the leader of the group's offsets partition.
+            // In a cluster, the coordinator is the leader of the key's partition of the
+            // internal topic (a group's and a transactional id's are picked alike).
             let outcome = outcome.and_then(|()| match catalog.layout() {
                 None => Ok((
                     shard.config.node_id,
@@ -76,7 +87,7 @@ pub(super) async fn find_coordinator(
                     shard.config.advertised_port,
                 )),
                 Some(layout) => catalog
-                    .topic(OFFSETS_TOPIC)
+                    .topic(topic_name)
                     .and_then(|topic| {
                         let partition = offsets_partition_for(&key, topic.partitions);
                         let leader = layout.partitions.get(&(topic.id, partition))?.leader;
@@ -85,7 +96,7 @@ pub(super) async fn find_coordinator(
                     })
                     .ok_or((
                         ResponseError::CoordinatorNotAvailable,
-                        "the group's coordinator is not available",
+                        "the coordinator is not available",
                     )),
             });
             match outcome {
@@ -378,6 +389,7 @@ async fn fetch_group_offsets(
                         offset: -1,
                         leader_epoch: -1,
                         metadata: String::new(),
+                        pending_transaction: false,
                     })
                     .collect();
                 topics.push((topic, fetched));
@@ -429,12 +441,13 @@ pub(super) async fn offset_fetch(
                                         offsets
                                             .into_iter()
                                             .map(|offset| {
+                                                let unstable = request.require_stable && offset.pending_transaction;
                                                 offset_fetch_response::OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(offset.partition)
-                                                    .with_committed_offset(offset.offset)
+                                                    .with_committed_offset(if unstable { -1 } else { offset.offset })
                                                     .with_committed_leader_epoch(offset.leader_epoch)
                                                     .with_metadata(Some(str_bytes(offset.metadata)))
-                                                    .with_error_code(if error.is_some() && version < 2 { error_code } else { 0 })
+                                                    .with_error_code(if unstable { unstable_code(shard) } else { 0 })
                                             })
                                             .collect(),
                                     )
@@ -463,19 +476,34 @@ pub(super) async fn offset_fetch(
                     offsets
                         .into_iter()
                         .map(|offset| {
+                            // KIP-447: a consumer asking for stable offsets is told to retry
+                            // while an open transaction committed one.
+                            let unstable = version >= 7
+                                && request.require_stable
+                                && offset.pending_transaction;
                             offset_fetch_response::OffsetFetchResponsePartition::default()
                                 .with_partition_index(offset.partition)
-                                .with_committed_offset(offset.offset)
+                                .with_committed_offset(if unstable { -1 } else { offset.offset })
                                 .with_committed_leader_epoch(offset.leader_epoch)
                                 .with_metadata(Some(str_bytes(offset.metadata)))
                                 // v1 has no group-level error: each partition carries it.
-                                .with_error_code(if version < 2 { error_code } else { 0 })
+                                .with_error_code(if unstable {
+                                    unstable_code(shard)
+                                } else if version < 2 {
+                                    error_code
+                                } else {
+                                    0
+                                })
                         })
                         .collect(),
                 )
         })
         .collect();
     response
+}
+
+fn unstable_code(shard: &Shard) -> i16 {
+    code(shard, Some(ResponseError::UnstableOffsetCommit))
 }
 
 pub(super) async fn describe_groups(

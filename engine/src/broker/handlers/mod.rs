@@ -13,6 +13,7 @@ mod producers;
 mod quorum;
 mod reassignments;
 mod topics;
+mod txns;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -120,6 +121,19 @@ pub async fn handle(
         }
         RequestKind::InitProducerId(body) => {
             ResponseKind::InitProducerId(producers::init_producer_id(shard, body).await)
+        }
+        RequestKind::AddPartitionsToTxn(body) => {
+            ResponseKind::AddPartitionsToTxn(txns::add_partitions_to_txn(shard, body).await)
+        }
+        RequestKind::AddOffsetsToTxn(body) => {
+            ResponseKind::AddOffsetsToTxn(txns::add_offsets_to_txn(shard, body).await)
+        }
+        RequestKind::EndTxn(body) => ResponseKind::EndTxn(txns::end_txn(shard, body).await),
+        RequestKind::TxnOffsetCommit(body) => {
+            ResponseKind::TxnOffsetCommit(txns::txn_offset_commit(shard, body).await)
+        }
+        RequestKind::WriteTxnMarkers(body) => {
+            ResponseKind::WriteTxnMarkers(txns::write_txn_markers(shard, body).await)
         }
         RequestKind::OffsetDelete(body) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, body).await)

@@ -1,5 +1,6 @@
 //! Produce.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
@@ -11,6 +12,7 @@ use crate::broker::errors::KafkaError;
 use crate::broker::names::is_internal;
 use crate::runtime::shard::{AcksAll, PartitionOp, PartitionOutcome, PendingCall, Shard};
 use crate::storage::batch::BatchHeader;
+use crate::txn::{TxnCall, TxnReply};
 
 /// A partition's append, started, with the bytes and records it carries.
 struct PendingPartition {
@@ -31,6 +33,7 @@ pub(super) async fn produce(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
+    let mut txn_refusals = verify_transactions(shard, &request).await;
     let catalog = shard.catalog();
     let mut pending: Vec<PendingPartition> = Vec::new();
     let mut responses = Vec::new();
@@ -43,19 +46,8 @@ pub(super) async fn produce(
             let mut traffic = (0, 0);
             let call = if !matches!(acks, -1..=1) {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
-            } else if request.transactional_id.is_some()
-                || partition_data
-                    .records
-                    .as_deref()
-                    .is_some_and(holds_transactional_batch)
-            {
-                // Kafka answers transactional batches without a transactional id so too. Until
-                // the transaction coordinator exists nothing may open a transaction, which
-                // would hold the partition's last stable offset back for good.
-                Err(KafkaError::with_message(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported yet",
-                ))
+            } else if let Some(refusal) = txn_refusals.remove(&(topic_index, index)) {
+                Err(refusal)
             } else if is_internal(&name) {
                 Err(KafkaError::with_message(
                     ResponseError::InvalidTopicException,
@@ -170,16 +162,78 @@ pub(super) fn count_records(mut records: &[u8]) -> u64 {
     count
 }
 
-/// Whether `records` hold a transactional batch (a malformed one is left to validation).
-fn holds_transactional_batch(mut records: &[u8]) -> bool {
+/// The producer id and epoch of the first transactional batch in `records`, if any (a
+/// malformed batch is left to validation).
+fn transactional_producer(mut records: &[u8]) -> Option<(i64, i16)> {
     while let Ok(header) = BatchHeader::parse(records) {
         if header.is_transactional() {
-            return true;
+            return Some((header.producer_id, header.producer_epoch));
         }
-        let Some(rest) = records.get(header.size_bytes()..) else {
-            return false;
-        };
-        records = rest;
+        records = records.get(header.size_bytes()..)?;
     }
-    false
+    None
+}
+
+/// The partitions of `request` whose transactional batches are refused, by (topic position,
+/// partition index): without a transactional id, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as
+/// Kafka answers; otherwise the coordinator verifies that the partition is in the producer's
+/// ongoing transaction (KIP-890's verification), so that no batch of an ended transaction,
+/// or for a partition the transaction never added, can open a transaction no marker will
+/// ever end. A coordinator on another broker is not asked yet: such batches are appended
+/// unverified, as before Kafka 3.6.
+async fn verify_transactions(
+    shard: &Rc<Shard>,
+    request: &ProduceRequest,
+) -> BTreeMap<(usize, i32), KafkaError> {
+    let mut refusals = BTreeMap::new();
+    for (topic_index, topic_data) in request.topic_data.iter().enumerate() {
+        for partition_data in &topic_data.partition_data {
+            let Some((producer_id, producer_epoch)) = partition_data
+                .records
+                .as_deref()
+                .and_then(transactional_producer)
+            else {
+                continue;
+            };
+            let key = (topic_index, partition_data.index);
+            let Some(transactional_id) = &request.transactional_id else {
+                refusals.insert(
+                    key,
+                    KafkaError::with_message(
+                        ResponseError::TransactionalIdAuthorizationFailed,
+                        "a transactional batch in a request without a transactional id",
+                    ),
+                );
+                continue;
+            };
+            let reply = shard
+                .txn_call(
+                    transactional_id,
+                    TxnCall::Verify {
+                        transactional_id: transactional_id.to_string(),
+                        producer_id,
+                        producer_epoch,
+                        partitions: vec![(topic_data.name.0.to_string(), partition_data.index)],
+                    },
+                )
+                .await;
+            match reply {
+                TxnReply::Done(None) | TxnReply::Done(Some(ResponseError::NotCoordinator)) => {}
+                TxnReply::Done(Some(error))
+                | TxnReply::ProducerId {
+                    error: Some(error), ..
+                } => {
+                    refusals.insert(
+                        key,
+                        KafkaError::with_message(
+                            error,
+                            "the partition is not in the producer's ongoing transaction",
+                        ),
+                    );
+                }
+                TxnReply::ProducerId { error: None, .. } => {}
+            }
+        }
+    }
+    refusals
 }

@@ -1,4 +1,4 @@
-//! InitProducerId: producer ids for idempotent producers.
+//! InitProducerId: producer ids for idempotent and transactional producers.
 
 use std::rc::Rc;
 
@@ -8,27 +8,52 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use super::counted;
 use crate::broker::errors::KafkaError;
 use crate::runtime::shard::Shard;
+use crate::txn::{TxnCall, TxnReply};
 
 /// Gives an idempotent producer a new producer id at epoch 0. As Kafka's coordinator does
 /// without a transactional id, a producer id and epoch sent by the client (version 3 and up,
-/// KIP-360) are not bumped: the producer gets a fresh id. Transactional ids are refused until
-/// transactions exist.
+/// KIP-360) are not bumped: the producer gets a fresh id. With a transactional id the id's
+/// transaction coordinator answers: the id's producer id at a bumped epoch, fencing older
+/// producers of the id.
 pub(super) async fn init_producer_id(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    let result = if request.transactional_id.is_some() {
-        Err(KafkaError::with_message(
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not supported yet",
-        ))
-    } else {
-        shard.allocate_producer_id().await
+    let result = match shard.allocate_producer_id().await {
+        Ok(producer_id) => match &request.transactional_id {
+            None => Ok((producer_id, 0)),
+            Some(transactional_id) => {
+                let reply = shard
+                    .txn_call(
+                        transactional_id,
+                        TxnCall::InitProducerId {
+                            transactional_id: transactional_id.to_string(),
+                            timeout_ms: request.transaction_timeout_ms,
+                            fresh_producer_id: producer_id,
+                        },
+                    )
+                    .await;
+                match reply {
+                    TxnReply::ProducerId {
+                        error: None,
+                        producer_id,
+                        producer_epoch,
+                    } => Ok((producer_id, producer_epoch)),
+                    TxnReply::ProducerId {
+                        error: Some(error), ..
+                    } => Err(KafkaError::new(error)),
+                    TxnReply::Done(error) => Err(KafkaError::new(
+                        error.unwrap_or(ResponseError::UnknownServerError),
+                    )),
+                }
+            }
+        },
+        Err(error) => Err(error),
     };
     match result {
-        Ok(producer_id) => InitProducerIdResponse::default()
+        Ok((producer_id, producer_epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))
-            .with_producer_epoch(0),
+            .with_producer_epoch(producer_epoch),
         Err(error) => {
             if let Some(message) = &error.message {
                 tracing::debug!(%message, "InitProducerId refused");

@@ -1,0 +1,442 @@
+//! The glommio side of the transaction coordinators: one [`TxnHost`] per `__transaction_state`
+//! partition this shard leads, run by [`drive`] over the shard's partition ([`ShardOffsets`]),
+//! and the transaction markers they write: on this broker through the partition's owning
+//! shard, on another with a WriteTxnMarkers request to its leader, as Kafka's coordinator
+//! sends them.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::broker::catalog::{Catalog, NewTopic};
+use crate::broker::errors::KafkaError;
+pub use crate::txn::host::TxnHost;
+use crate::txn::host::{TxnMarkers, TxnPartition};
+use crate::txn::state::TxnPartition as TopicPartition;
+use crate::txn::{
+    transaction_partition_for, TxnCall, TxnCoordinatorConfig, TxnReply, TRANSACTION_TOPIC,
+};
+
+use super::groups::{GlommioClock, ShardOffsets};
+use super::replica_fetcher::exchange;
+use super::shard::{AcksAll, AdminOp, PartitionOp, Shard, ShardMessage};
+use crate::group::{Call, Reply, OFFSETS_TOPIC};
+use crate::storage::Marker;
+
+/// Pause between rounds of marker writes that did not all succeed.
+const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long writing markers to another broker may take, connecting included.
+const MARKER_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The WriteTxnMarkers version brokers send each other.
+const WRITE_TXN_MARKERS_VERSION: i16 = 1;
+/// How often a group coordinator still loading is told again of a transaction's marker.
+const COMPLETION_ATTEMPTS: usize = 100;
+/// How long a marker waits for the partition's in-sync replicas.
+const MARKER_REPLICATION_TIMEOUT_MS: u64 = 30_000;
+
+impl TxnPartition for ShardOffsets {
+    async fn write_markers(&self, markers: &TxnMarkers) {
+        let mut left: Vec<TopicPartition> = markers.partitions.clone();
+        let marker = Marker {
+            producer_id: markers.producer_id,
+            producer_epoch: markers.producer_epoch,
+            coordinator_epoch: markers.coordinator_epoch,
+            commit: markers.commit,
+        };
+        loop {
+            let catalog = self.shard.catalog();
+            // Grouped by leader: this broker's are appended here, each other leader gets one
+            // request.
+            let mut by_leader: std::collections::BTreeMap<i32, Vec<TopicPartition>> =
+                std::collections::BTreeMap::new();
+            for (topic, index) in std::mem::take(&mut left) {
+                let Some(entry) = catalog.topic(&topic) else {
+                    // Deleted: nothing left to end there.
+                    continue;
+                };
+                let leader = match catalog.layout() {
+                    None => self.shard.config.node_id,
+                    Some(_) => catalog
+                        .partition_state(entry.id, index)
+                        .map_or(-1, |state| state.leader),
+                };
+                by_leader.entry(leader).or_default().push((topic, index));
+            }
+            for (leader, partitions) in by_leader {
+                let failed = if leader == self.shard.config.node_id {
+                    let mut failed = Vec::new();
+                    for (topic, index) in partitions {
+                        if let Err(error) = self.shard.write_marker(&topic, index, marker).await {
+                            if marker_retriable(error.code) {
+                                debug!(topic, index, error = ?error.code, "transaction marker not written yet");
+                                failed.push((topic, index));
+                            } else {
+                                warn!(topic, index, error = ?error.code, "transaction marker refused");
+                            }
+                        }
+                    }
+                    failed
+                } else if leader < 0 {
+                    partitions
+                } else {
+                    self.shard
+                        .write_markers_remotely(leader, &marker, partitions)
+                        .await
+                };
+                left.extend(failed);
+            }
+            if left.is_empty() || self.shard.shutting_down.get() {
+                return;
+            }
+            glommio::timer::sleep(MARKER_RETRY_BACKOFF).await;
+        }
+    }
+}
+
+/// Whether a marker refused with `code` is tried again: not when it is stale (the producer's
+/// epoch or the coordinator's moved on), as Kafka's coordinator drops those. (A partition of
+/// a deleted topic is dropped before it is sent: a leader that does not know the topic yet
+/// is asked again.)
+fn marker_retriable(code: ResponseError) -> bool {
+    !matches!(
+        code,
+        ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::TransactionCoordinatorFenced
+    )
+}
+
+/// Loads `host`'s partition and runs it until the shard shuts down or the host is stopped.
+pub async fn drive(shard: Rc<Shard>, topic_id: Uuid, host: Rc<TxnHost>) {
+    let partition = ShardOffsets {
+        shard,
+        topic_id,
+        partition: host.partition,
+    };
+    crate::txn::host::drive(host, partition).await;
+}
+
+impl Shard {
+    /// Registers a transaction coordinator for each `__transaction_state` partition this shard
+    /// owns and leads; stops those whose partition moved away or is led at a new epoch.
+    pub(super) fn register_txn_coordinators(&self, catalog: &Catalog) {
+        let Some(topic) = catalog.topic(TRANSACTION_TOPIC) else {
+            return;
+        };
+        let leading = |index: i32| {
+            self.role_of(catalog, topic.id, index)
+                .filter(|(leading, _)| *leading)
+                .map(|(_, epoch)| epoch)
+        };
+        let moved: Vec<i32> = self
+            .txn_coordinators
+            .borrow()
+            .iter()
+            .filter(|(&index, host)| leading(index) != Some(host.coordinator_epoch))
+            .map(|(&index, _)| index)
+            .collect();
+        for index in moved {
+            if let Some(host) = self.txn_coordinators.borrow_mut().remove(&index) {
+                info!(
+                    partition = index,
+                    "transaction coordinator moved to the new leader"
+                );
+                host.stop("its partition's leadership moved");
+            }
+        }
+        for index in 0..topic.partitions {
+            let Some(epoch) = leading(index) else {
+                continue;
+            };
+            if self.owner_of(topic.id, index) == self.id
+                && !self.txn_coordinators.borrow().contains_key(&index)
+            {
+                let host = Rc::new(TxnHost::new(index, epoch, TxnCoordinatorConfig::default()));
+                self.txn_coordinators.borrow_mut().insert(index, host);
+            }
+        }
+    }
+
+    /// Starts the registered transaction coordinators whose partitions are open.
+    pub(super) fn start_txn_coordinators(self: &Rc<Self>, catalog: &Catalog) {
+        let Some(topic) = catalog.topic(TRANSACTION_TOPIC) else {
+            return;
+        };
+        let hosts: Vec<Rc<TxnHost>> = self.txn_coordinators.borrow().values().cloned().collect();
+        for host in hosts {
+            if !host.mark_started() {
+                continue;
+            }
+            if self.holds_partition(topic.id, host.partition) {
+                glommio::spawn_local(drive(Rc::clone(self), topic.id, host)).detach();
+            } else {
+                host.stop("its partition is offline");
+            }
+        }
+    }
+
+    /// Runs a call on the coordinator of `transactional_id`, wherever it lives on this broker;
+    /// NOT_COORDINATOR when another broker leads its partition.
+    pub async fn txn_call(self: &Rc<Self>, transactional_id: &str, call: TxnCall) -> TxnReply {
+        let lost = |error| match &call {
+            TxnCall::InitProducerId { .. } => TxnReply::ProducerId {
+                error: Some(error),
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+            _ => TxnReply::Done(Some(error)),
+        };
+        if let Err(error) = self.ensure_transaction_topic().await {
+            warn!(error = ?error.message, "cannot create __transaction_state");
+            return lost(ResponseError::CoordinatorNotAvailable);
+        }
+        let catalog = self.catalog();
+        let Some(topic) = catalog.topic(TRANSACTION_TOPIC).cloned() else {
+            return lost(ResponseError::CoordinatorNotAvailable);
+        };
+        let partition = transaction_partition_for(transactional_id, topic.partitions);
+        if let Some(state) = catalog.partition_state(topic.id, partition) {
+            if state.leader != self.config.node_id {
+                return lost(ResponseError::NotCoordinator);
+            }
+        }
+        let owner = self.owner_of(topic.id, partition);
+        if owner == self.id {
+            return self.local_txn_call(partition, call).await;
+        }
+        let (reply, receiver) = futures_channel::oneshot::channel();
+        let failed = lost(ResponseError::CoordinatorNotAvailable);
+        let message = ShardMessage::Txn {
+            partition,
+            call,
+            reply,
+        };
+        if self.peers.send_to(owner, message).await.is_err() {
+            return failed;
+        }
+        receiver.await.unwrap_or(failed)
+    }
+
+    /// Runs a call on this shard's coordinator of a `__transaction_state` partition.
+    pub(super) async fn local_txn_call(&self, partition: i32, call: TxnCall) -> TxnReply {
+        let host = self.txn_coordinators.borrow().get(&partition).cloned();
+        match host {
+            Some(host) => host.call(&GlommioClock, call).await,
+            None => match call {
+                TxnCall::InitProducerId { .. } => TxnReply::ProducerId {
+                    error: Some(ResponseError::CoordinatorLoadInProgress),
+                    producer_id: -1,
+                    producer_epoch: -1,
+                },
+                _ => TxnReply::Done(Some(ResponseError::CoordinatorLoadInProgress)),
+            },
+        }
+    }
+
+    /// Creates `__transaction_state` if it does not exist, as Kafka does on the first
+    /// FindCoordinator for a transactional id: as many partitions as `__consumer_offsets`,
+    /// kept forever (the coordinator forgets expired ids with tombstones), each state change
+    /// synced before it is answered.
+    pub async fn ensure_transaction_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
+        if self.catalog().topic(TRANSACTION_TOPIC).is_some() {
+            return Ok(());
+        }
+        let replication_factor = match self.catalog().layout() {
+            Some(layout) => layout.brokers.len().clamp(1, 3) as i16,
+            None => -1,
+        };
+        let configs = [
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "104857600"),
+            ("flush.messages", "1"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        let topic = NewTopic {
+            name: TRANSACTION_TOPIC.to_owned(),
+            partitions: self.config.offsets_topic_num_partitions,
+            replication_factor,
+            assignments: Vec::new(),
+            configs,
+        };
+        let results = self
+            .admin(AdminOp::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            })
+            .await;
+        match results.into_iter().next() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) if self.catalog().topic(TRANSACTION_TOPIC).is_some() => Ok(()),
+            Some(Err(error)) => Err(error),
+            None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
+        }
+    }
+
+    /// Appends a transaction marker to a partition this broker leads, on its owning shard;
+    /// in a cluster it waits for the partition's in-sync replicas, as Kafka's markers are
+    /// written with `acks=all`.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC_OR_PARTITION; the partition's refusals (NOT_LEADER_OR_FOLLOWER,
+    /// NOT_ENOUGH_REPLICAS, INVALID_PRODUCER_EPOCH, TRANSACTION_COORDINATOR_FENCED, ...).
+    pub async fn write_marker(
+        self: &Rc<Self>,
+        topic: &str,
+        index: i32,
+        marker: Marker,
+    ) -> Result<(), KafkaError> {
+        let catalog = self.catalog();
+        let Some(entry) = catalog.topic(topic).cloned() else {
+            return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+        };
+        if index < 0 || index >= entry.partitions {
+            return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition));
+        }
+        let acks_all = catalog.layout().is_some().then(|| AcksAll {
+            min_insync_replicas: catalog.min_insync_replicas(&entry),
+            timeout_ms: MARKER_REPLICATION_TIMEOUT_MS,
+        });
+        self.start_partition_call(
+            entry.id,
+            index,
+            PartitionOp::WriteMarker { marker, acks_all },
+        )
+        .result()
+        .await?;
+        if topic == OFFSETS_TOPIC {
+            self.complete_txn_offsets(index, marker).await;
+        }
+        Ok(())
+    }
+
+    /// Tells the group coordinator of `__consumer_offsets` partition `index` that a marker of
+    /// `marker.producer_id` was written there, so that the transaction's offsets become
+    /// committed (or are dropped), as Kafka's `handleTxnCompletion`. A coordinator still
+    /// loading reads the marker from the log; one that finished loading meanwhile is told.
+    async fn complete_txn_offsets(self: &Rc<Self>, index: i32, marker: Marker) {
+        for _ in 0..COMPLETION_ATTEMPTS {
+            let reply = self
+                .group_call_at(
+                    index,
+                    Call::TxnCompleted {
+                        producer_id: marker.producer_id,
+                        commit: marker.commit,
+                    },
+                )
+                .await;
+            match reply {
+                Reply::TxnCompleted(Some(ResponseError::CoordinatorLoadInProgress)) => {
+                    glommio::timer::sleep(MARKER_RETRY_BACKOFF).await;
+                }
+                Reply::TxnCompleted(Some(error)) => {
+                    debug!(
+                        partition = index,
+                        ?error,
+                        "transactional offsets not completed"
+                    );
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Sends `partitions`' markers to their leader `leader` (WriteTxnMarkers); returns those
+    /// to try again.
+    async fn write_markers_remotely(
+        &self,
+        leader: i32,
+        marker: &Marker,
+        partitions: Vec<TopicPartition>,
+    ) -> Vec<TopicPartition> {
+        let address = self
+            .catalog()
+            .layout()
+            .and_then(|layout| layout.brokers.get(&leader).cloned());
+        let Some(address) = address else {
+            return partitions;
+        };
+        let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+        for (topic, index) in &partitions {
+            match topics
+                .iter_mut()
+                .find(|entry| entry.name.0.as_str() == topic)
+            {
+                Some(entry) => entry.partition_indexes.push(*index),
+                None => topics.push(
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                        .with_partition_indexes(vec![*index]),
+                ),
+            }
+        }
+        let request =
+            WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+                .with_producer_id(ProducerId(marker.producer_id))
+                .with_producer_epoch(marker.producer_epoch)
+                .with_transaction_result(marker.commit)
+                .with_coordinator_epoch(marker.coordinator_epoch)
+                .with_topics(topics)]);
+        let target = format!("{}:{}", address.host, address.port);
+        let answered = futures_lite::future::or(
+            async {
+                let mut stream = TcpStream::connect(target.as_str())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let _ = stream.set_nodelay(true);
+                let response: WriteTxnMarkersResponse = exchange(
+                    &mut stream,
+                    ApiKey::WriteTxnMarkers,
+                    WRITE_TXN_MARKERS_VERSION,
+                    0,
+                    &request,
+                )
+                .await?;
+                Ok::<_, String>(response)
+            },
+            async {
+                glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
+                Err("timed out".to_owned())
+            },
+        )
+        .await;
+        let response = match answered {
+            Ok(response) => response,
+            Err(error) => {
+                debug!(leader, %target, %error, "cannot write transaction markers");
+                return partitions;
+            }
+        };
+        // A partition the answer does not mention is tried again.
+        let mut unanswered = partitions;
+        for result in response.markers {
+            for topic in result.topics {
+                for partition in topic.partitions {
+                    let key = (topic.name.0.to_string(), partition.partition_index);
+                    if let Some(code) = ResponseError::try_from_code(partition.error_code) {
+                        if marker_retriable(code) {
+                            continue;
+                        }
+                        warn!(topic = %topic.name.0, partition = partition.partition_index, error = ?code, "transaction marker refused");
+                    }
+                    unanswered.retain(|pending| *pending != key);
+                }
+            }
+        }
+        unanswered
+    }
+}

@@ -1,0 +1,545 @@
+//! The driver loop of one transaction coordinator, for any runtime: [`TxnHost`] holds the
+//! sans-IO [`TxnCoordinator`] of one `__transaction_state` partition and the requests waiting
+//! for its replies; [`drive`] replays the partition into it and then runs it.
+//!
+//! The partition, the clock and the partitions' leaders come in through [`TxnPartition`]: the
+//! broker implements it with glommio over its shard (`runtime::txns`). The loop: hand replies
+//! to the waiting requests, append the state changes the coordinator asks for (one at a time,
+//! in order), write each ending transaction's markers (concurrently, each retried until
+//! written) and report them, and tick the coordinator (timeouts, expiry) every second.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_channel::oneshot;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use tracing::{debug, error, info, warn};
+
+use super::coordinator::{AppendId, CallId, TxnCall, TxnCoordinator, TxnOutput, TxnReply};
+use super::records::TxnRecord;
+use super::TxnCoordinatorConfig;
+use crate::group::host::{HostClock, OffsetsPartition, LOAD_READ_BYTES};
+use crate::storage::batch::build::{batch, NewRecord};
+use crate::storage::batch::BatchHeader;
+
+/// Longest a request waits for its coordinator to finish loading before it is answered
+/// COORDINATOR_LOAD_IN_PROGRESS.
+const LOAD_WAIT: Duration = Duration::from_secs(5);
+/// How often the coordinator looks for timed-out transactions and expired ids (Kafka's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` is 10 s).
+const TICK_MS: i64 = 1_000;
+
+/// One transaction's markers to write, as the coordinator asked for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnMarkers {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// The producer whose transaction ends.
+    pub producer_id: i64,
+    /// Its epoch, as the markers carry it.
+    pub producer_epoch: i16,
+    /// Commit (else abort).
+    pub commit: bool,
+    /// The coordinator's epoch.
+    pub coordinator_epoch: i32,
+    /// The partitions to write a marker to.
+    pub partitions: Vec<super::state::TxnPartition>,
+}
+
+/// The `__transaction_state` partition a host keeps its transactional ids in, and the way to
+/// the leaders of the partitions transactions write to.
+pub trait TxnPartition: OffsetsPartition {
+    /// Writes `markers` to each of their partitions, retrying (with a pause) until every
+    /// partition has its marker or no longer needs it (deleted, or the marker is refused as
+    /// stale), while the host runs.
+    fn write_markers(&self, markers: &TxnMarkers) -> impl Future<Output = ()>;
+}
+
+enum HostState {
+    Loading,
+    Ready(TxnCoordinator),
+    Stopped,
+}
+
+/// One transaction coordinator and the requests waiting for its replies.
+pub struct TxnHost {
+    /// The `__transaction_state` partition.
+    pub partition: i32,
+    /// Its leader epoch: the coordinator's epoch.
+    pub coordinator_epoch: i32,
+    config: TxnCoordinatorConfig,
+    state: RefCell<HostState>,
+    waiting: RefCell<BTreeMap<CallId, oneshot::Sender<TxnReply>>>,
+    next_call: Cell<CallId>,
+    /// Wakes the driver: a call came in or the host stopped.
+    wake: Event,
+    /// Wakes requests waiting for the load to finish.
+    loaded: Event,
+    started: Cell<bool>,
+}
+
+impl std::fmt::Debug for TxnHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnHost")
+            .field("partition", &self.partition)
+            .field("coordinator_epoch", &self.coordinator_epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(call: &TxnCall, error: ResponseError) -> TxnReply {
+    match call {
+        TxnCall::InitProducerId { .. } => TxnReply::ProducerId {
+            error: Some(error),
+            producer_id: -1,
+            producer_epoch: -1,
+        },
+        _ => TxnReply::Done(Some(error)),
+    }
+}
+
+impl TxnHost {
+    /// A host that is loading; [`drive`] loads and runs it.
+    pub fn new(partition: i32, coordinator_epoch: i32, config: TxnCoordinatorConfig) -> TxnHost {
+        TxnHost {
+            partition,
+            coordinator_epoch,
+            config,
+            state: RefCell::new(HostState::Loading),
+            waiting: RefCell::new(BTreeMap::new()),
+            next_call: Cell::new(0),
+            wake: Event::new(),
+            loaded: Event::new(),
+            started: Cell::new(false),
+        }
+    }
+
+    /// Runs `call` and waits for its reply. While the partition loads the reply is
+    /// COORDINATOR_LOAD_IN_PROGRESS; once stopped, NOT_COORDINATOR (clients look the
+    /// coordinator up again).
+    pub async fn call(&self, clock: &impl HostClock, call: TxnCall) -> TxnReply {
+        let lost = unavailable(&call, ResponseError::NotCoordinator);
+        let loaded = async {
+            while matches!(*self.state.borrow(), HostState::Loading) {
+                let listener = self.loaded.listen();
+                if !matches!(*self.state.borrow(), HostState::Loading) {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        futures_lite::future::or(loaded, clock.sleep(LOAD_WAIT)).await;
+        let receiver = {
+            let mut state = self.state.borrow_mut();
+            let coordinator = match &mut *state {
+                HostState::Loading => {
+                    return unavailable(&call, ResponseError::CoordinatorLoadInProgress)
+                }
+                HostState::Stopped => return lost,
+                HostState::Ready(coordinator) => coordinator,
+            };
+            let id = self.next_call.get();
+            self.next_call.set(id + 1);
+            let (sender, receiver) = oneshot::channel();
+            self.waiting.borrow_mut().insert(id, sender);
+            coordinator.handle_call(id, call, clock.now_ms());
+            receiver
+        };
+        self.wake.notify(1);
+        receiver.await.unwrap_or(lost)
+    }
+
+    /// Marks it started; `false` if it already was.
+    pub fn mark_started(&self) -> bool {
+        !self.started.replace(true)
+    }
+
+    /// Stops the coordinator: waiting requests get NOT_COORDINATOR, the driver returns.
+    pub fn stop(&self, reason: &'static str) {
+        debug!(
+            partition = self.partition,
+            reason, "transaction coordinator stopped"
+        );
+        *self.state.borrow_mut() = HostState::Stopped;
+        self.waiting.borrow_mut().clear();
+        self.wake.notify(usize::MAX);
+        self.loaded.notify(usize::MAX);
+    }
+
+    /// Whether it was stopped (or its load failed).
+    pub fn is_stopped(&self) -> bool {
+        matches!(*self.state.borrow(), HostState::Stopped)
+    }
+
+    /// Runs `f` on the coordinator once it is loaded and until it stops.
+    pub fn with_coordinator<T>(&self, f: impl FnOnce(&mut TxnCoordinator) -> T) -> Option<T> {
+        match &mut *self.state.borrow_mut() {
+            HostState::Ready(coordinator) => Some(f(coordinator)),
+            _ => None,
+        }
+    }
+
+    /// Sends the coordinator's replies to their requests; returns the appends and marker
+    /// writes it asks for.
+    fn take_outputs(&self) -> (Vec<(AppendId, TxnRecord)>, Vec<TxnMarkers>) {
+        let mut appends = Vec::new();
+        let mut markers = Vec::new();
+        let mut state = self.state.borrow_mut();
+        let HostState::Ready(coordinator) = &mut *state else {
+            return (appends, markers);
+        };
+        while let Some(output) = coordinator.poll_output() {
+            match output {
+                TxnOutput::Reply(call, reply) => {
+                    if let Some(sender) = self.waiting.borrow_mut().remove(&call) {
+                        let _ = sender.send(reply);
+                    }
+                }
+                TxnOutput::Append { id, record } => appends.push((id, record)),
+                TxnOutput::WriteMarkers {
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                    partitions,
+                } => markers.push(TxnMarkers {
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                    partitions,
+                }),
+            }
+        }
+        (appends, markers)
+    }
+}
+
+type MarkerWrite<'a> = Pin<Box<dyn Future<Output = TxnMarkers> + 'a>>;
+
+/// Loads the partition into a new coordinator, then runs it until the runtime shuts down or
+/// the host is stopped.
+pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
+    let started_ms = partition.now_ms();
+    let (coordinator, loaded_end) = match load(&host, &partition).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            error!(partition = host.partition, %error, "cannot load transaction coordinator");
+            host.stop("load failed");
+            return;
+        }
+    };
+    // As the group coordinator: nothing is answered from records above the high watermark,
+    // which a later leader may not have.
+    while !partition
+        .wait_committed(loaded_end, Duration::from_millis(TICK_MS as u64))
+        .await
+    {
+        if host.is_stopped() || partition.shutting_down() {
+            return;
+        }
+    }
+    if host.is_stopped() {
+        return;
+    }
+    let transactions = coordinator.transactions().count();
+    *host.state.borrow_mut() = HostState::Ready(coordinator);
+    host.loaded.notify(usize::MAX);
+    let elapsed_ms = partition.now_ms().saturating_sub(started_ms);
+    if transactions > 0 {
+        info!(
+            partition = host.partition,
+            coordinator_epoch = host.coordinator_epoch,
+            transactions,
+            elapsed_ms,
+            "transaction coordinator loaded"
+        );
+    } else {
+        debug!(
+            partition = host.partition,
+            coordinator_epoch = host.coordinator_epoch,
+            elapsed_ms,
+            "transaction coordinator loaded"
+        );
+    }
+    let partition = &partition;
+    let mut writes: Vec<MarkerWrite<'_>> = Vec::new();
+    let mut next_tick_ms = partition.now_ms() + TICK_MS;
+    loop {
+        let woken = host.wake.listen();
+        let now = partition.now_ms();
+        if now >= next_tick_ms {
+            host.with_coordinator(|coordinator| coordinator.tick(now));
+            next_tick_ms = now + TICK_MS;
+        }
+        let (appends, markers) = host.take_outputs();
+        for markers in markers {
+            debug!(
+                transactional_id = markers.transactional_id,
+                commit = markers.commit,
+                partitions = markers.partitions.len(),
+                "writing transaction markers"
+            );
+            writes.push(Box::pin(async move {
+                partition.write_markers(&markers).await;
+                markers
+            }));
+        }
+        if !appends.is_empty() {
+            for (id, record) in appends {
+                let result = append(&host, partition, &record).await;
+                host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
+            }
+            continue;
+        }
+        if host.is_stopped() {
+            return;
+        }
+        if partition.shutting_down() {
+            host.stop("shutting down");
+            return;
+        }
+        let sleep_ms = (next_tick_ms - partition.now_ms()).clamp(1, TICK_MS);
+        let written = futures_lite::future::or(
+            async {
+                woken.await;
+                None
+            },
+            futures_lite::future::or(
+                async {
+                    futures_lite::future::or(
+                        partition.sleep(Duration::from_millis(sleep_ms as u64)),
+                        partition.shutdown(),
+                    )
+                    .await;
+                    None
+                },
+                std::future::poll_fn(|context| {
+                    for (index, write) in writes.iter_mut().enumerate() {
+                        if let Poll::Ready(markers) = write.as_mut().poll(context) {
+                            return Poll::Ready(Some((index, markers)));
+                        }
+                    }
+                    Poll::Pending
+                }),
+            ),
+        )
+        .await;
+        if let Some((index, markers)) = written {
+            drop(writes.swap_remove(index));
+            let now = partition.now_ms();
+            host.with_coordinator(|coordinator| {
+                coordinator.markers_written(
+                    &markers.transactional_id,
+                    markers.producer_id,
+                    markers.producer_epoch,
+                    now,
+                );
+            });
+        }
+    }
+}
+
+/// Appends one state change, as one record in one batch.
+async fn append(
+    host: &TxnHost,
+    partition: &impl TxnPartition,
+    record: &TxnRecord,
+) -> Result<(), ()> {
+    let records = batch(&[NewRecord {
+        key: Some(record.encode_key()),
+        value: record.encode_value(),
+        timestamp_ms: partition.now_ms(),
+        headers: Vec::new(),
+    }]);
+    partition.append(records).await.map_err(|(code, message)| {
+        warn!(partition = host.partition, ?code, error = %message, "transaction state append failed");
+    })
+}
+
+/// Replays the partition from its log start to its log end into a new coordinator; returns
+/// it with the offset after the last record loaded.
+async fn load(
+    host: &TxnHost,
+    partition: &impl TxnPartition,
+) -> Result<(TxnCoordinator, i64), String> {
+    let mut coordinator = TxnCoordinator::new(host.config, host.coordinator_epoch);
+    let mut next = partition.log_start_offset().await?;
+    let mut skipped = 0usize;
+    loop {
+        let (records, log_end_offset) = partition.read(next, LOAD_READ_BYTES).await?;
+        if records.is_empty() {
+            break;
+        }
+        let mut rest: Bytes = records;
+        while !rest.is_empty() {
+            let header = BatchHeader::parse(&rest)
+                .map_err(|error| format!("malformed batch at offset {next}: {error}"))?;
+            if header.size_bytes() > rest.len() {
+                break;
+            }
+            let mut one = rest.split_to(header.size_bytes());
+            match RecordBatchDecoder::decode(&mut one) {
+                Ok(set) => {
+                    for record in set.records {
+                        let Some(key) = record.key.as_deref() else {
+                            skipped += 1;
+                            continue;
+                        };
+                        match TxnRecord::decode(key, record.value.as_deref()) {
+                            Ok(decoded) => coordinator.load(decoded),
+                            Err(_) => skipped += 1,
+                        }
+                    }
+                }
+                Err(error) => {
+                    let base_offset = header.base_offset;
+                    warn!(partition = host.partition, base_offset, %error, "skipping an unreadable batch of __transaction_state");
+                }
+            }
+            next = header.next_offset();
+        }
+        if next >= log_end_offset {
+            break;
+        }
+    }
+    if skipped > 0 {
+        warn!(
+            partition = host.partition,
+            skipped, "skipped records of __transaction_state this broker cannot read"
+        );
+    }
+    coordinator.finish_load();
+    Ok((coordinator, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::group::host::tests::MemoryOffsets;
+    use crate::runtime::run_local;
+    use crate::storage::backend::{CrashMode, SimulatedStorage};
+    use crate::txn::state::TxnState;
+
+    thread_local! {
+        /// The markers the hosts of a test wrote, in order.
+        static MARKERS: RefCell<Vec<TxnMarkers>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl TxnPartition for &MemoryOffsets {
+        async fn write_markers(&self, markers: &TxnMarkers) {
+            MARKERS.with(|written| written.borrow_mut().push(markers.clone()));
+        }
+    }
+
+    fn init(id: &str) -> TxnCall {
+        TxnCall::InitProducerId {
+            transactional_id: id.into(),
+            timeout_ms: 60_000,
+            fresh_producer_id: 1000,
+        }
+    }
+
+    #[test]
+    fn a_transaction_runs_through_the_host_and_a_new_host_loads_its_state_from_the_partition() {
+        run_local(|| async {
+            let storage = SimulatedStorage::new();
+            let partition = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
+            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
+            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
+            assert_eq!(
+                host.call(partition, init("t1")).await,
+                TxnReply::ProducerId {
+                    error: None,
+                    producer_id: 1000,
+                    producer_epoch: 0
+                }
+            );
+            let add = TxnCall::AddPartitions {
+                transactional_id: "t1".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                partitions: vec![("out".into(), 0), ("out".into(), 1)],
+            };
+            assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
+            let verify = |index| TxnCall::Verify {
+                transactional_id: "t1".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                partitions: vec![("out".into(), index)],
+            };
+            assert_eq!(host.call(partition, verify(1)).await, TxnReply::Done(None));
+            assert_eq!(
+                host.call(partition, verify(2)).await,
+                TxnReply::Done(Some(ResponseError::InvalidTxnState))
+            );
+            let end = TxnCall::EndTxn {
+                transactional_id: "t1".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                commit: true,
+            };
+            assert_eq!(host.call(partition, end).await, TxnReply::Done(None));
+            // The markers are written, then the transaction completes.
+            let completed = async {
+                loop {
+                    let state = host.with_coordinator(|coordinator| {
+                        coordinator.transaction("t1").unwrap().state
+                    });
+                    if state == Some(TxnState::CompleteCommit) {
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            futures_lite::future::or(completed, async {
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                panic!("the transaction did not complete");
+            })
+            .await;
+            let markers = MARKERS.with(|written| written.borrow().clone());
+            assert_eq!(
+                markers,
+                vec![TxnMarkers {
+                    transactional_id: "t1".into(),
+                    producer_id: 1000,
+                    producer_epoch: 0,
+                    commit: true,
+                    coordinator_epoch: 3,
+                    partitions: vec![("out".into(), 0), ("out".into(), 1)],
+                }]
+            );
+            host.stop("test");
+
+            // Each state change was synced before it was answered: a crash keeps them.
+            drop(partition.take_log());
+            storage.crash(CrashMode::DropUnsynced);
+            let reopened = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
+            let loaded = Rc::new(TxnHost::new(0, 4, TxnCoordinatorConfig::default()));
+            glommio::spawn_local(drive(Rc::clone(&loaded), reopened)).detach();
+            // The next incarnation of the producer gets the next epoch.
+            assert_eq!(
+                loaded.call(reopened, init("t1")).await,
+                TxnReply::ProducerId {
+                    error: None,
+                    producer_id: 1000,
+                    producer_epoch: 1
+                }
+            );
+            loaded.stop("test");
+        })
+        .unwrap();
+    }
+}
