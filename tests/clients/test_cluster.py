@@ -269,3 +269,91 @@ def test_confluent_kafka_carries_on_across_a_leader_failover(tmp_path):
         for node in nodes:
             if node.process.poll() is None:
                 node.stop()
+
+
+def java_partition(key, partitions):
+    """Kafka's coordinator partition of a group or transactional id: abs(String.hashCode) %
+    partitions."""
+    value = 0
+    for unit in key.encode("utf-16-be").hex(" ", 2).split():
+        value = (value * 31 + int(unit, 16)) & 0xFFFFFFFF
+    if value >= 1 << 31:
+        value -= 1 << 32
+    value = 0 if value == -(1 << 31) else abs(value)
+    return value % partitions
+
+
+def read_committed_values(bootstrap, topic):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_topic("reader"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    values = []
+    last_new = time.monotonic()
+    while time.monotonic() - last_new < 4:
+        for message in consumer.consume(num_messages=500, timeout=0.2):
+            if message.error() is None:
+                values.append(message.value().decode())
+                last_new = time.monotonic()
+    consumer.close()
+    return values
+
+
+def test_transactions_span_the_cluster_and_survive_the_loss_of_their_coordinator(tmp_path):
+    """Markers go to partition leaders on every broker (WriteTxnMarkers between brokers); the
+    transaction coordinator's broker is SIGKILLed between transactions and its successor,
+    loading the replicated __transaction_state, carries on; read_committed consumers see every
+    committed record and no aborted one."""
+    nodes = start_cluster(tmp_path, "--broker-session-timeout-ms", "1500",
+                          "--replica-lag-time-max-ms", "2000")
+    try:
+        topic = unique_topic("cluster-txn")
+        create_topic(nodes[0], topic, replication_factor=3, **{"min.insync.replicas": "2"})
+        wait_for_same_leaders(nodes, topic)
+        bootstrap = ",".join(node.bootstrap for node in nodes)
+        transactional_id = unique_topic("cluster-txn-producer")
+        producer = Producer({"bootstrap.servers": bootstrap,
+                             "transactional.id": transactional_id,
+                             "transaction.timeout.ms": 60_000})
+        producer.init_transactions(60)
+        committed, aborted = [], []
+        # Offsets go with the transactions too: their markers reach __consumer_offsets on the
+        # group coordinator's broker.
+        group = unique_topic("cluster-txn-group")
+        grouped = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+
+        def transaction(round_index, commit):
+            producer.begin_transaction()
+            values = [f"r{round_index}-{i}" for i in range(60)]
+            for i, value in enumerate(values):
+                producer.produce(topic, value=value.encode(), partition=i % PARTITIONS)
+            producer.send_offsets_to_transaction(
+                [TopicPartition(topic, 0, round_index + 1)], grouped.consumer_group_metadata(), 60)
+            if commit:
+                producer.commit_transaction(60)
+                committed.extend(values)
+            else:
+                producer.flush(60)
+                producer.abort_transaction(60)
+                aborted.extend(values)
+
+        for round_index in range(4):
+            transaction(round_index, commit=round_index != 2)
+        coordinator_partition = java_partition(transactional_id, 50)
+        victim = leaders(nodes[0], "__transaction_state")[coordinator_partition]
+        nodes[victim - 1].process.kill()
+        nodes[victim - 1].process.wait()
+        for round_index in range(4, 8):
+            transaction(round_index, commit=round_index != 6)
+
+        survivors = ",".join(node.bootstrap for node in nodes if node.process.poll() is None)
+        assert sorted(read_committed_values(survivors, topic)) == sorted(committed)
+        # The last committed transaction's offset (round 7), not the aborted round 6's.
+        grouped.close()
+        checker = Consumer({"bootstrap.servers": survivors, "group.id": group})
+        assert checker.committed([TopicPartition(topic, 0)], timeout=30)[0].offset == 8
+        checker.close()
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                node.stop()
