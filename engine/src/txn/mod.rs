@@ -5,9 +5,9 @@
 //! appends and transaction markers as outputs. A transactional id lives on the partition
 //! [`transaction_partition_for`] picks, as in Kafka.
 //!
-//! Not wired into the broker yet: InitProducerId with a transactional id,
-//! AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit and WriteTxnMarkers still
-//! answer as before (the broker refuses transactional produce requests).
+//! [`host`] drives one over its partition for any runtime; the broker runs one per
+//! `__transaction_state` partition it leads (`runtime::txns`), and answers InitProducerId
+//! with a transactional id, AddPartitionsToTxn, AddOffsetsToTxn and EndTxn through it.
 
 pub mod coordinator;
 pub mod host;
