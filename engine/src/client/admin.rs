@@ -695,7 +695,7 @@ impl Admin {
     /// A failed request or the group's error.
     pub fn list_group_offsets(&mut self, group_id: &str) -> Result<Vec<PartitionLag>, ClientError> {
         let committed = self.on_group_coordinator(group_id, |connection| {
-            super::group::fetch_committed(connection, group_id, None)
+            super::group::fetch_committed(connection, group_id, None, false)
         })?;
         let mut lags = Vec::with_capacity(committed.len());
         for ((topic, partition), offset) in committed {
@@ -749,7 +749,7 @@ impl Admin {
         };
         let committed = match reset {
             OffsetReset::ShiftBy(_) => self.on_group_coordinator(group_id, |connection| {
-                super::group::fetch_committed(connection, group_id, None)
+                super::group::fetch_committed(connection, group_id, None, false)
             })?,
             _ => BTreeMap::new(),
         };

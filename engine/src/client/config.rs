@@ -140,6 +140,12 @@ pub struct ProducerConfig {
     /// `max.in.flight.requests.per.connection` or `retries` were set to values it cannot work
     /// with): producer id and sequence numbers, so a retried batch is stored once.
     pub enable_idempotence: bool,
+    /// `transactional.id`: makes the producer transactional (see
+    /// [`super::producer::Producer::init_transactions`]); needs idempotence.
+    pub transactional_id: Option<String>,
+    /// `transaction.timeout.ms` (default 60,000): how long the coordinator lets a transaction
+    /// stay open before it aborts it.
+    pub transaction_timeout_ms: i32,
 }
 
 /// A consumer's settings.
@@ -175,6 +181,9 @@ pub struct ConsumerConfig {
     pub max_partition_fetch_bytes: i32,
     /// `max.poll.records`.
     pub max_poll_records: usize,
+    /// `isolation.level` `read_committed`: read only committed transactions' records, up to
+    /// the last stable offset (default `read_uncommitted`, as the Java client).
+    pub read_committed: bool,
 }
 
 /// Properties given by name, consumed as each is read so that leftovers are unknown names.
@@ -401,6 +410,13 @@ impl ProducerConfig {
                 "a positive number of bytes",
             )?,
             enable_idempotence: false,
+            transactional_id: properties.take("transactional.id"),
+            transaction_timeout_ms: properties.parse(
+                "transaction.timeout.ms",
+                60_000,
+                |ms| *ms > 0,
+                "a positive number of ms",
+            )?,
         };
         properties.finish()?;
         // As the Java client 3.2+: idempotence is on unless turned off or unless settings it
@@ -425,6 +441,17 @@ impl ProducerConfig {
             (Some(asked), _) => asked,
             (None, conflict) => conflict.is_none(),
         };
+        if config.transactional_id.is_some() && !config.enable_idempotence {
+            // As the Java client: a transactional producer is an idempotent one.
+            return Err(ConfigError::Invalid {
+                name: "transactional.id".into(),
+                value: config.transactional_id.clone().unwrap_or_default(),
+                reason: match conflict {
+                    Some((name, wanted)) => format!("transactions need {name} {wanted}"),
+                    None => "transactions need enable.idempotence".into(),
+                },
+            });
+        }
         Ok(config)
     }
 }
@@ -442,6 +469,20 @@ impl ConsumerConfig {
     {
         let mut properties = Properties::new(properties);
         let common = CommonConfig::read(&mut properties)?;
+        let read_committed = match properties.take("isolation.level") {
+            None => false,
+            Some(value) => match value.as_str() {
+                "read_committed" => true,
+                "read_uncommitted" => false,
+                _ => {
+                    return Err(invalid(
+                        "isolation.level",
+                        &value,
+                        "read_committed or read_uncommitted",
+                    ))
+                }
+            },
+        };
         let auto_offset_reset = match properties.take("auto.offset.reset") {
             None => OffsetReset::Latest,
             Some(value) => match value.as_str() {
@@ -540,6 +581,7 @@ impl ConsumerConfig {
                 "a positive number",
             )?,
             group_id,
+            read_committed,
         };
         if config.heartbeat_interval_ms >= config.session_timeout_ms as u64 {
             return Err(ConfigError::Invalid {
@@ -625,6 +667,12 @@ mod tests {
         );
         assert_eq!(idempotence(&[("acks", "all"), ("retries", "0")]), Ok(false));
         assert!(idempotence(&[("acks", "1"), ("enable.idempotence", "true")]).is_err());
+        // A transactional producer is an idempotent one.
+        assert!(idempotence(&[("transactional.id", "t"), ("acks", "1")]).is_err());
+        assert!(
+            idempotence(&[("transactional.id", "t"), ("enable.idempotence", "false")]).is_err()
+        );
+        assert_eq!(idempotence(&[("transactional.id", "t")]), Ok(true));
         assert!(idempotence(&[
             ("max.in.flight.requests.per.connection", "6"),
             ("enable.idempotence", "true")

@@ -33,6 +33,7 @@ use super::connection::{response_of, Connection, InFlight};
 use super::error::ClientError;
 use super::group::{self, Identity};
 use super::membership::{is_coordinator_error, CommitCallback, Generation, Membership};
+use super::transaction::GroupMetadata;
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,6 +506,23 @@ impl Consumer {
         }
     }
 
+    /// The group, member and generation this consumer commits as, for a transactional
+    /// producer's [`send_offsets_to_transaction`](super::producer::Producer::send_offsets_to_transaction)
+    /// (Kafka's `groupMetadata`).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidState`] without a `group.id`.
+    pub fn group_metadata(&self) -> Result<GroupMetadata, ClientError> {
+        let group_id = self.membership()?.group_id().to_owned();
+        let generation = self.commit_generation();
+        Ok(GroupMetadata {
+            group_id,
+            generation_id: generation.generation,
+            member_id: generation.member_id,
+            group_instance_id: self.config.group_instance_id.clone(),
+        })
+    }
+
     fn membership(&self) -> Result<&Membership, ClientError> {
         self.group
             .as_ref()
@@ -567,8 +585,11 @@ impl Consumer {
             self.config.group_id.clone().ok_or_else(|| {
                 ClientError::InvalidState("committed offsets need a group.id".into())
             })?;
+        // A read_committed consumer waits for offsets an open transaction committed (the
+        // Java client's `requireStable`).
+        let require_stable = self.config.read_committed;
         self.on_coordinator(|connection| {
-            group::fetch_committed(connection, &group_id, Some(partitions))
+            group::fetch_committed(connection, &group_id, Some(partitions), require_stable)
         })
     }
 
@@ -591,7 +612,10 @@ impl Consumer {
                 None => group.membership.connect_coordinator()?,
             };
             match call(&mut connection) {
-                Err(error) if is_coordinator_error(&error) => {
+                Err(error)
+                    if is_coordinator_error(&error)
+                        || error.is(ResponseError::UnstableOffsetCommit) =>
+                {
                     if Instant::now() + backoff >= deadline {
                         return Err(error);
                     }
@@ -961,6 +985,7 @@ impl Consumer {
                 .with_max_wait_ms(wait_ms.max(0))
                 .with_min_bytes(self.config.fetch_min_bytes)
                 .with_max_bytes(self.config.fetch_max_bytes)
+                .with_isolation_level(i8::from(self.config.read_committed))
                 .with_session_epoch(-1)
                 .with_topics(topics);
             let request = self
@@ -1022,13 +1047,15 @@ impl Consumer {
                     continue;
                 };
                 let mut next = offset;
+                let mut aborted = AbortedFilter::new(partition.aborted_transactions);
                 while !records.is_empty() {
                     // A partial batch at the end of a response is cut off by max bytes.
                     let Ok(set) = RecordBatchDecoder::decode(&mut records) else {
                         break;
                     };
+                    let skip_batch = aborted.skips(&set.records);
                     for record in set.records {
-                        if record.control || record.offset < offset {
+                        if skip_batch || record.control || record.offset < offset {
                             next = next.max(record.offset + 1);
                             continue;
                         }
@@ -1404,5 +1431,58 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.shut_down();
+    }
+}
+
+/// A `read_committed` fetch's filter of aborted transactions (Kafka's fetcher): a
+/// transactional batch is skipped when its producer has an aborted transaction (from the
+/// response's list) that started at or before the batch and whose abort marker has not been
+/// passed yet.
+struct AbortedFilter {
+    /// Aborted transactions not reached yet, by first offset, latest first (popped from the
+    /// end).
+    pending: Vec<(i64, i64)>,
+    /// Producers inside an aborted transaction at the current batch.
+    aborting: BTreeSet<i64>,
+}
+
+impl AbortedFilter {
+    fn new(aborted: Option<Vec<fetch_response::AbortedTransaction>>) -> AbortedFilter {
+        let mut pending: Vec<(i64, i64)> = aborted
+            .unwrap_or_default()
+            .into_iter()
+            .map(|txn| (txn.first_offset, txn.producer_id.0))
+            .collect();
+        pending.sort_unstable_by(|a, b| b.cmp(a));
+        AbortedFilter {
+            pending,
+            aborting: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the batch of `records` is to be skipped.
+    fn skips(&mut self, records: &[kafka_protocol::records::Record]) -> bool {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return false;
+        };
+        while let Some(&(first_offset, producer_id)) = self.pending.last() {
+            if first_offset > last.offset {
+                break;
+            }
+            self.aborting.insert(producer_id);
+            self.pending.pop();
+        }
+        if first.control {
+            // An abort marker (control key version, type 0) ends its producer's aborted run.
+            let abort = first
+                .key
+                .as_deref()
+                .is_some_and(|key| key.len() >= 4 && key[2..4] == [0, 0]);
+            if abort {
+                self.aborting.remove(&first.producer_id);
+            }
+            return true;
+        }
+        first.transactional && self.aborting.contains(&first.producer_id)
     }
 }

@@ -57,12 +57,25 @@ pub fn find_coordinator(
     connection: &mut Connection,
     group_id: &str,
 ) -> Result<String, ClientError> {
+    find_coordinator_of(connection, 0, group_id)
+}
+
+/// The address (`HOST:PORT`) of the coordinator of `key`: a group's (`key_type` 0) or a
+/// transactional id's (1).
+///
+/// # Errors
+/// COORDINATOR_NOT_AVAILABLE while the broker is loading it, or a failed request.
+pub fn find_coordinator_of(
+    connection: &mut Connection,
+    key_type: i8,
+    key: &str,
+) -> Result<String, ClientError> {
     let version = connection.version(ApiKey::FindCoordinator)?;
-    let mut request = FindCoordinatorRequest::default().with_key_type(0);
+    let mut request = FindCoordinatorRequest::default().with_key_type(key_type);
     if version >= 4 {
-        request.coordinator_keys = vec![text(group_id)];
+        request.coordinator_keys = vec![text(key)];
     } else {
-        request.key = text(group_id);
+        request.key = text(key);
     }
     let (_, response) = connection.call(
         ApiKey::FindCoordinator,
@@ -320,6 +333,7 @@ pub fn fetch_committed(
     connection: &mut Connection,
     group_id: &str,
     partitions: Option<&[TopicPartition]>,
+    require_stable: bool,
 ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
     let version = connection.version(ApiKey::OffsetFetch)?;
     let wanted: Option<BTreeMap<&str, Vec<i32>>> = partitions.map(|partitions| {
@@ -356,6 +370,9 @@ pub fn fetch_committed(
                 .collect()
         });
     }
+    // KIP-447: UNSTABLE_OFFSET_COMMIT while an open transaction committed an offset of these
+    // partitions (v7+), which the caller retries.
+    request.require_stable = require_stable && version >= 7;
     let (_, response) = connection.call(ApiKey::OffsetFetch, RequestKind::OffsetFetch(request))?;
     let response = response_of!(response, OffsetFetch)?;
     let context = || Some(format!("group {group_id}"));

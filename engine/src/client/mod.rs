@@ -27,5 +27,6 @@ pub mod membership;
 pub mod partitioner;
 pub mod producer;
 mod sequencer;
+pub mod transaction;
 
 pub use error::ClientError;

@@ -43,10 +43,11 @@ use super::connection::{Connection, InFlight, RequestSender, ResponseReader};
 use super::error::ClientError;
 use super::partitioner::Partitioner;
 use super::sequencer::{Assignment, ProducerIdentity, Sequenced, Sequencer};
+use super::transaction::{GroupMetadata, Transactions};
 use crate::storage::producers::last_sequence;
 
 /// How long `send` waits for metadata or for room in `buffer.memory` (Kafka's `max.block.ms`).
-const MAX_BLOCK: Duration = Duration::from_secs(60);
+pub(super) const MAX_BLOCK: Duration = Duration::from_secs(60);
 
 /// A record to send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,6 +207,8 @@ struct State {
     /// With idempotence: why the last InitProducerId failed, for batches that time out
     /// waiting for a producer id.
     producer_id_last_error: Option<String>,
+    /// Transactional: why a record of the open transaction failed (it can only abort).
+    transaction_failed: Option<String>,
 }
 
 impl State {
@@ -263,6 +266,9 @@ struct Shared {
     progress: Condvar,
     /// Used by `send` to fetch metadata of a new topic.
     metadata_connection: Mutex<Option<Connection>>,
+    /// Transactional: where the transactions stand, and the coordinators' connections. Never
+    /// taken while `state` is held.
+    transactions: Mutex<Transactions>,
 }
 
 /// A producer. See the module docs.
@@ -309,6 +315,7 @@ impl Producer {
             work: Condvar::new(),
             progress: Condvar::new(),
             metadata_connection: Mutex::new(Some(connection)),
+            transactions: Mutex::new(Transactions::default()),
             config,
         });
         let sender = {
@@ -349,9 +356,35 @@ impl Producer {
         self.enqueue(record, Notify::Callback(Box::new(callback)))
     }
 
-    fn enqueue(&self, record: ProducerRecord, notify: Notify) -> Result<(), ClientError> {
+    fn enqueue(&self, mut record: ProducerRecord, notify: Notify) -> Result<(), ClientError> {
         let partitions = self.partitions_of(&record.topic)?;
         let config = &self.shared.config;
+        let transactional = config.transactional_id.is_some();
+        if transactional {
+            // The partition is chosen first and added to the transaction before the record
+            // is queued (the coordinator must know it before its first batch arrives).
+            self.transactions().check_open()?;
+            let partition = {
+                let mut state = self.lock();
+                state.random = state
+                    .random
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let random = state.random >> 16;
+                state.partitioner.partition(
+                    &record.topic,
+                    record.partition,
+                    record.key.as_deref(),
+                    partitions,
+                    random,
+                )
+            };
+            if (0..partitions).contains(&partition) {
+                self.transactions()
+                    .add_partition(config, &(record.topic.clone(), partition))?;
+                record.partition = Some(partition);
+            }
+        }
         let mut state = self.lock();
         if state.closing {
             return Err(ClientError::InvalidState("the producer is closed".into()));
@@ -451,7 +484,7 @@ impl Producer {
         let offset = batch.records.len() as i64;
         batch.records.push(PendingRecord {
             record: WireRecord {
-                transactional: false,
+                transactional,
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
@@ -493,6 +526,82 @@ impl Producer {
             self.shared.work.notify_all();
         }
         Ok(())
+    }
+
+    fn transactions(&self) -> MutexGuard<'_, Transactions> {
+        self.shared.transactions.lock().expect("not poisoned")
+    }
+
+    /// Registers the producer's `transactional.id` with its transaction coordinator (Kafka's
+    /// `initTransactions`): gets its producer id at a new epoch, which fences any earlier
+    /// producer of the id and aborts its open transaction. Call once, before the first
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidState`] without `transactional.id`; the coordinator's refusal.
+    pub fn init_transactions(&self) -> Result<(), ClientError> {
+        let identity = self.transactions().init(&self.shared.config)?;
+        let mut state = self.lock();
+        // Sequences start again at the new epoch.
+        state.sequencer = Sequencer::default();
+        state.sequencer.adopt(identity);
+        state.transaction_failed = None;
+        drop(state);
+        self.shared.work.notify_all();
+        Ok(())
+    }
+
+    /// Opens a transaction: the records sent until its commit or abort belong to it.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidState`] before `init_transactions`, inside a transaction, or
+    /// once fenced.
+    pub fn begin_transaction(&self) -> Result<(), ClientError> {
+        self.transactions().begin()
+    }
+
+    /// Commits `offsets` (`(topic, partition, next offset to read)`) of the consumer `group`
+    /// inside the open transaction: they become the group's committed offsets when the
+    /// transaction commits, and never if it aborts (consume-transform-produce, exactly once).
+    ///
+    /// # Errors
+    /// The coordinators' refusals; then the transaction must abort.
+    pub fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(String, i32, i64)],
+        group: &GroupMetadata,
+    ) -> Result<(), ClientError> {
+        self.transactions()
+            .send_offsets(&self.shared.config, offsets, group)
+    }
+
+    /// Sends the transaction's records, waits for them, and commits it: its records become
+    /// visible to `read_committed` consumers, its offsets committed.
+    ///
+    /// # Errors
+    /// When one of its records failed (the transaction must then abort) or the coordinator
+    /// refuses.
+    pub fn commit_transaction(&self) -> Result<(), ClientError> {
+        self.transactions().check_open()?;
+        self.flush();
+        if let Some(failure) = self.lock().transaction_failed.clone() {
+            return Err(ClientError::InvalidState(format!(
+                "a record of the transaction failed ({failure}): abort it"
+            )));
+        }
+        self.transactions().end(&self.shared.config, true)
+    }
+
+    /// Waits for the transaction's records to be answered, then aborts it: `read_committed`
+    /// consumers never see them, and its offsets are dropped.
+    ///
+    /// # Errors
+    /// The coordinator's refusal.
+    pub fn abort_transaction(&self) -> Result<(), ClientError> {
+        self.transactions().check_open()?;
+        self.flush();
+        self.lock().transaction_failed = None;
+        self.transactions().end(&self.shared.config, false)
     }
 
     /// Sends everything queued and waits for every result.
@@ -797,7 +906,8 @@ fn run_sender(shared: &Arc<Shared>) {
         if !stale.is_empty() {
             refresh_metadata(shared, &stale);
         }
-        let wants_producer_id = config.enable_idempotence && {
+        // A transactional producer gets its id from `init_transactions`.
+        let wants_producer_id = config.enable_idempotence && config.transactional_id.is_none() && {
             let state = shared.state.lock().expect("not poisoned");
             state.sequencer.wants_new_producer() && state.producer_id_refused.is_none()
         };
@@ -1246,17 +1356,24 @@ fn is_retriable(code: i16) -> bool {
 fn deliver(shared: &Shared, batch: Batch, result: impl Fn(usize, &WireRecord) -> DeliveryResult) {
     let count = batch.records.len();
     let bytes = batch.bytes;
+    let mut failure = None;
     for (index, pending) in batch.records.into_iter().enumerate() {
         let outcome = result(index, &pending.record).map(|mut metadata| {
             metadata.topic = batch.topic.clone();
             metadata.partition = batch.partition;
             metadata
         });
+        if let Err(error) = &outcome {
+            failure.get_or_insert_with(|| error.message.clone());
+        }
         pending.notify.send(outcome);
     }
     let mut state = shared.state.lock().expect("not poisoned");
     state.buffered_bytes -= bytes;
     state.outstanding -= count;
+    if let Some(failure) = failure.filter(|_| shared.config.transactional_id.is_some()) {
+        state.transaction_failed.get_or_insert(failure);
+    }
     drop(state);
     shared.progress.notify_all();
 }
@@ -1306,6 +1423,12 @@ fn produce_request(
         }
     }
     Ok(ProduceRequest::default()
+        .with_transactional_id(
+            config
+                .transactional_id
+                .as_deref()
+                .map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
+        )
         .with_acks(config.acks.wire())
         .with_timeout_ms(i32::try_from(config.common.request_timeout_ms).unwrap_or(i32::MAX))
         .with_topic_data(topics))

@@ -12,6 +12,7 @@ use spate_engine::client::producer::{Delivery, Producer, ProducerRecord};
 use crate::broker::util::Broker;
 
 mod group;
+mod transactions;
 
 fn producer(broker: &Broker, properties: &[(&str, &str)]) -> Producer {
     let address = broker.address.to_string();
