@@ -489,6 +489,49 @@ enum spate_status spate_producer_poll(const struct spate_producer *producer,
 // `producer` is NULL or a live producer.
 enum spate_status spate_producer_flush(const struct spate_producer *producer, int32_t timeout_ms);
 
+// Registers the producer's `transactional.id` with its transaction coordinator: fences earlier
+// producers of the id and aborts their open transaction. Call once, before the first
+// transaction. SPATE_STATUS_STATE without `transactional.id`.
+//
+// # Safety
+// `producer` is NULL or a live producer.
+enum spate_status spate_producer_init_transactions(const struct spate_producer *producer);
+
+// Opens a transaction: the records sent until its commit or abort belong to it.
+// SPATE_STATUS_STATE before `spate_producer_init_transactions`, in a transaction, or once
+// fenced.
+//
+// # Safety
+// `producer` is NULL or a live producer.
+enum spate_status spate_producer_begin_transaction(const struct spate_producer *producer);
+
+// Commits `count` offsets (each the next offset to read) of `consumer`'s group inside the
+// open transaction: they become the group's committed offsets when it commits, never if it
+// aborts. SPATE_STATUS_STATE when `consumer` has no `group.id`.
+//
+// # Safety
+// `producer` and `consumer` are NULL or live; `offsets` readable for `count` entries with
+// NUL-terminated topics.
+enum spate_status spate_producer_send_offsets_to_transaction(const struct spate_producer *producer,
+                                                             const struct spate_topic_partition *offsets,
+                                                             size_t count,
+                                                             const struct spate_consumer *consumer);
+
+// Sends the transaction's records, waits for them and commits it. SPATE_STATUS_STATE when
+// one of its records failed (abort it then); a Kafka error when a newer producer fenced
+// this one.
+//
+// # Safety
+// `producer` is NULL or a live producer.
+enum spate_status spate_producer_commit_transaction(const struct spate_producer *producer);
+
+// Waits for the transaction's records to be answered, then aborts it: read_committed
+// consumers never see them, and its offsets are dropped.
+//
+// # Safety
+// `producer` is NULL or a live producer.
+enum spate_status spate_producer_abort_transaction(const struct spate_producer *producer);
+
 // Flushes (waiting for every record's result, at most `delivery.timeout.ms`), serves the
 // last delivery reports, stops the background thread and frees the producer. NULL is
 // accepted and ignored.

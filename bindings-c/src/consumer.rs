@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use spate_engine::client::config::ConsumerConfig;
 use spate_engine::client::consumer::{Consumer, ConsumerRecord, StartAt};
+use spate_engine::client::transaction::GroupMetadata;
 use spate_engine::client::ClientError;
 
 use crate::config::{spate_config, Client};
@@ -322,9 +323,24 @@ pub unsafe extern "C" fn spate_consumer_free(consumer: *mut spate_consumer) {
     });
 }
 
+/// The group, member and generation `consumer` commits as, for a transactional producer's
+/// `spate_producer_send_offsets_to_transaction`.
+///
 /// # Safety
-/// `partitions` readable for `count` entries with NUL-terminated topics.
-unsafe fn partition_list(
+/// `consumer` is NULL or a live consumer.
+pub(crate) unsafe fn group_metadata_of(
+    consumer: *const spate_consumer,
+) -> Result<GroupMetadata, spate_status> {
+    // SAFETY: forwarded from the caller's contract.
+    let this = unsafe { shared_handle(consumer, "consumer") }?;
+    this.with(|consumer| consumer.group_metadata())
+}
+
+/// The `(topic, partition, offset)` entries of a C array.
+///
+/// # Safety
+/// `partitions` readable for `count` entries, each topic NUL-terminated.
+pub(crate) unsafe fn partition_list(
     partitions: *const spate_topic_partition,
     count: usize,
 ) -> Result<Vec<(String, i32, i64)>, spate_status> {

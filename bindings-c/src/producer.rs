@@ -342,6 +342,111 @@ pub unsafe extern "C" fn spate_producer_flush(
     })
 }
 
+/// Runs `call` on the producer's client, then serves the delivery reports.
+///
+/// # Safety
+/// `producer` is NULL or a live producer.
+unsafe fn with_client(
+    producer: *const spate_producer,
+    call: impl FnOnce(&Producer) -> Result<(), spate_engine::client::ClientError>,
+) -> spate_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let this = unsafe { shared_handle(producer, "producer") }?;
+        let Some(client) = this.producer.as_ref() else {
+            return Err(fail(spate_status::State, "the producer is being freed"));
+        };
+        let result = call(client);
+        serve(&this.reports);
+        result.map_err(client_failure)
+    })
+}
+
+/// Registers the producer's `transactional.id` with its transaction coordinator: fences earlier
+/// producers of the id and aborts their open transaction. Call once, before the first
+/// transaction. SPATE_STATUS_STATE without `transactional.id`.
+///
+/// # Safety
+/// `producer` is NULL or a live producer.
+#[no_mangle]
+pub unsafe extern "C" fn spate_producer_init_transactions(
+    producer: *const spate_producer,
+) -> spate_status {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { with_client(producer, Producer::init_transactions) }
+}
+
+/// Opens a transaction: the records sent until its commit or abort belong to it.
+/// SPATE_STATUS_STATE before `spate_producer_init_transactions`, in a transaction, or once
+/// fenced.
+///
+/// # Safety
+/// `producer` is NULL or a live producer.
+#[no_mangle]
+pub unsafe extern "C" fn spate_producer_begin_transaction(
+    producer: *const spate_producer,
+) -> spate_status {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { with_client(producer, Producer::begin_transaction) }
+}
+
+/// Commits `count` offsets (each the next offset to read) of `consumer`'s group inside the
+/// open transaction: they become the group's committed offsets when it commits, never if it
+/// aborts. SPATE_STATUS_STATE when `consumer` has no `group.id`.
+///
+/// # Safety
+/// `producer` and `consumer` are NULL or live; `offsets` readable for `count` entries with
+/// NUL-terminated topics.
+#[no_mangle]
+pub unsafe extern "C" fn spate_producer_send_offsets_to_transaction(
+    producer: *const spate_producer,
+    offsets: *const crate::consumer::spate_topic_partition,
+    count: usize,
+    consumer: *const crate::consumer::spate_consumer,
+) -> spate_status {
+    guard(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let list = unsafe { crate::consumer::partition_list(offsets, count) }?;
+        // SAFETY: as above.
+        let group = unsafe { crate::consumer::group_metadata_of(consumer) }?;
+        // SAFETY: as above.
+        let this = unsafe { shared_handle(producer, "producer") }?;
+        let Some(client) = this.producer.as_ref() else {
+            return Err(fail(spate_status::State, "the producer is being freed"));
+        };
+        client
+            .send_offsets_to_transaction(&list, &group)
+            .map_err(client_failure)
+    })
+}
+
+/// Sends the transaction's records, waits for them and commits it. SPATE_STATUS_STATE when
+/// one of its records failed (abort it then); a Kafka error when a newer producer fenced
+/// this one.
+///
+/// # Safety
+/// `producer` is NULL or a live producer.
+#[no_mangle]
+pub unsafe extern "C" fn spate_producer_commit_transaction(
+    producer: *const spate_producer,
+) -> spate_status {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { with_client(producer, Producer::commit_transaction) }
+}
+
+/// Waits for the transaction's records to be answered, then aborts it: read_committed
+/// consumers never see them, and its offsets are dropped.
+///
+/// # Safety
+/// `producer` is NULL or a live producer.
+#[no_mangle]
+pub unsafe extern "C" fn spate_producer_abort_transaction(
+    producer: *const spate_producer,
+) -> spate_status {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { with_client(producer, Producer::abort_transaction) }
+}
+
 /// Flushes (waiting for every record's result, at most `delivery.timeout.ms`), serves the
 /// last delivery reports, stops the background thread and frees the producer. NULL is
 /// accepted and ignored.

@@ -204,6 +204,15 @@ fn cpp_wrapper_round_trips_through_an_embedded_broker() {
 }
 
 #[test]
+fn transactions_commit_and_abort_and_carry_offsets() {
+    let broker = Broker::start(true);
+    let programs = Programs::new();
+    let transactions = programs.build("tests/c/transactions.c", &[]);
+    let address = broker.address();
+    assert_eq!(stdout(&run(&transactions, &[&address])).trim(), "ok");
+}
+
+#[test]
 fn error_paths_return_their_status_and_message() {
     let broker = Broker::start(false);
     let programs = Programs::new();

@@ -502,6 +502,15 @@ impl Consumer {
         })
     }
 
+    /// The group, member and generation this consumer commits as, for a transactional
+    /// producer's `send_offsets_to_transaction`. Raises StateError without a group id.
+    fn group_metadata(slf: &Bound<'_, Self>) -> PyResult<crate::producer::ConsumerGroupMetadata> {
+        let inner = run(slf, InCallback::Allowed, |consumer| {
+            consumer.group_metadata()
+        })?;
+        Ok(crate::producer::ConsumerGroupMetadata { inner })
+    }
+
     /// The group's committed offsets of `partitions`, as `{TopicPartition: offset}`
     /// (partitions without one are left out).
     fn committed<'py>(

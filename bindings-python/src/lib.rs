@@ -21,6 +21,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<producer::Producer>()?;
     module.add_class::<producer::DeliveryFuture>()?;
     module.add_class::<producer::RecordMetadata>()?;
+    module.add_class::<producer::ConsumerGroupMetadata>()?;
     module.add_class::<consumer::Consumer>()?;
     module.add_class::<consumer::Record>()?;
     module.add_class::<admin::Admin>()?;

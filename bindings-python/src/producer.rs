@@ -10,6 +10,7 @@ use spate_engine::client::config::ProducerConfig;
 use spate_engine::client::producer::{
     DeliveryResult, Producer as ClientProducer, ProducerRecord, RecordMetadata as Metadata,
 };
+use spate_engine::client::transaction::GroupMetadata;
 
 use crate::convert::{payload, properties, seconds, servers, Arena};
 use crate::errors::{delivery_error, state_error, timeout_error, IntoPyResult};
@@ -52,6 +53,41 @@ impl From<Metadata> for RecordMetadata {
             offset: metadata.offset,
             timestamp_ms: metadata.timestamp_ms,
         }
+    }
+}
+
+/// A consumer's group, member and generation, for `Producer.send_offsets_to_transaction`.
+#[pyclass(module = "spate._native", frozen)]
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupMetadata {
+    pub(crate) inner: GroupMetadata,
+}
+
+#[pymethods]
+impl ConsumerGroupMetadata {
+    /// The group id.
+    #[getter]
+    fn group_id(&self) -> &str {
+        &self.inner.group_id
+    }
+
+    /// The consumer's generation (-1 without a membership).
+    #[getter]
+    fn generation_id(&self) -> i32 {
+        self.inner.generation_id
+    }
+
+    /// Its member id (empty without a membership).
+    #[getter]
+    fn member_id(&self) -> &str {
+        &self.inner.member_id
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ConsumerGroupMetadata(group_id={:?}, generation_id={}, member_id={:?})",
+            self.inner.group_id, self.inner.generation_id, self.inner.member_id
+        )
     }
 }
 
@@ -332,6 +368,59 @@ impl Producer {
         }
         self.serve_reports(py)?;
         flushed
+    }
+
+    /// Registers the producer's `transactional_id` with its transaction coordinator: fences
+    /// earlier producers of the id and aborts their open transaction. Call once, before the
+    /// first transaction.
+    fn init_transactions(&self, py: Python<'_>) -> PyResult<()> {
+        let producer = self.producer(py)?;
+        py.detach(move || producer.init_transactions()).or_raise(py)
+    }
+
+    /// Opens a transaction: the records sent until its commit or abort belong to it.
+    fn begin_transaction(&self, py: Python<'_>) -> PyResult<()> {
+        let producer = self.producer(py)?;
+        py.detach(move || producer.begin_transaction()).or_raise(py)
+    }
+
+    /// Commits `offsets` (`{(topic, partition): next offset to read}`) of the consumer group
+    /// `group_metadata` (from `Consumer.group_metadata()`) inside the open transaction: they
+    /// count once the transaction commits, never if it aborts.
+    fn send_offsets_to_transaction(
+        &self,
+        py: Python<'_>,
+        offsets: &Bound<'_, PyAny>,
+        group_metadata: &ConsumerGroupMetadata,
+    ) -> PyResult<()> {
+        let offsets: Vec<(String, i32, i64)> = crate::convert::partition_map(offsets)?
+            .into_iter()
+            .map(|((topic, partition), offset)| (topic, partition, offset))
+            .collect();
+        let group = group_metadata.inner.clone();
+        let producer = self.producer(py)?;
+        py.detach(move || producer.send_offsets_to_transaction(&offsets, &group))
+            .or_raise(py)
+    }
+
+    /// Sends the transaction's records, waits for them and commits it. Raises StateError when
+    /// one of its records failed (abort it then) or a newer producer fenced this one.
+    fn commit_transaction(&self, py: Python<'_>) -> PyResult<()> {
+        let producer = self.producer(py)?;
+        let committed = py
+            .detach(move || producer.commit_transaction())
+            .or_raise(py);
+        self.serve_reports(py)?;
+        committed
+    }
+
+    /// Waits for the transaction's records to be answered, then aborts it: read_committed
+    /// consumers never see them, and its offsets are dropped.
+    fn abort_transaction(&self, py: Python<'_>) -> PyResult<()> {
+        let producer = self.producer(py)?;
+        let aborted = py.detach(move || producer.abort_transaction()).or_raise(py);
+        self.serve_reports(py)?;
+        aborted
     }
 
     /// Whether `close` was called.

@@ -36,6 +36,7 @@ from spate._errors import (
 from spate._native import (
     Admin,
     Consumer,
+    ConsumerGroupMetadata,
     DeliveryFuture,
     EmbeddedBroker,
     Producer,
@@ -58,6 +59,7 @@ __all__ = [
     "ConfigError",
     "ConnectionError",
     "Consumer",
+    "ConsumerGroupMetadata",
     "DeliveryFuture",
     "EmbeddedBroker",
     "KafkaError",

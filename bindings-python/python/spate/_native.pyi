@@ -30,6 +30,7 @@ __version__: str
 __all__ = [
     "Admin",
     "Consumer",
+    "ConsumerGroupMetadata",
     "DeliveryFuture",
     "EmbeddedBroker",
     "Producer",
@@ -105,6 +106,18 @@ cls, bootstrap_servers: _Servers, **config: Any) -> Self: ...
         """Waits until every record is delivered or failed; raises spate.TimeoutError."""
     def close(self, timeout: Optional[float] = None) -> None:
         """Flushes and stops the background thread."""
+    def init_transactions(self) -> None:
+        """Registers ``transactional_id`` with its coordinator, fencing earlier producers."""
+    def begin_transaction(self) -> None:
+        """Opens a transaction."""
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[_Partition, int], group_metadata: "ConsumerGroupMetadata"
+    ) -> None:
+        """Commits a consumer group's offsets inside the open transaction."""
+    def commit_transaction(self) -> None:
+        """Sends the transaction's records and commits it."""
+    def abort_transaction(self) -> None:
+        """Aborts the open transaction."""
     @property
     def closed(self) -> bool:
         """Whether ``close`` was called."""
@@ -114,6 +127,17 @@ cls, bootstrap_servers: _Servers, **config: Any) -> Self: ...
         self,
         *_exc: Union[Type[BaseException], BaseException, TracebackType, None],
     ) -> bool: ...
+
+@final
+class ConsumerGroupMetadata:
+    """A consumer's group, member and generation (``Consumer.group_metadata()``)."""
+
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def generation_id(self) -> int: ...
+    @property
+    def member_id(self) -> str: ...
 
 @final
 class Record:
@@ -179,6 +203,8 @@ class Consumer:
         """Commits offsets (the positions when None) for the group."""
     def committed(self, partitions: Iterable[_Partition]) -> Dict[TopicPartition, int]:
         """The group's committed offsets of ``partitions``."""
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """The group, member and generation this consumer commits as."""
     def seek(self, partition: _Partition, offset: int) -> None:
         """Reads ``partition`` from ``offset`` at the next poll."""
     def seek_to_beginning(self, *partitions: _Partition) -> None:
