@@ -13,7 +13,8 @@ use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    add_partitions_to_txn_request, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
+    ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
@@ -38,6 +39,8 @@ use crate::storage::Marker;
 const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How long writing markers to another broker may take, connecting included.
 const MARKER_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The AddPartitionsToTxn version of a partition leader's verification.
+const VERIFY_VERSION: i16 = 4;
 /// The WriteTxnMarkers version brokers send each other.
 const WRITE_TXN_MARKERS_VERSION: i16 = 1;
 /// How often a group coordinator still loading is told again of a transaction's marker.
@@ -352,6 +355,109 @@ impl Shard {
                 }
                 _ => return,
             }
+        }
+    }
+
+    /// Asks the coordinator of `transactional_id`, on another broker, whether `partitions`
+    /// are in the producer's ongoing transaction (AddPartitionsToTxn v4 with `verify_only`,
+    /// as Kafka's partition leaders ask since KIP-890). `None` when they are; the error to
+    /// answer the produce with otherwise (NOT_ENOUGH_REPLICAS, which producers retry, when
+    /// the coordinator cannot be reached).
+    pub async fn verify_remotely(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: &[TopicPartition],
+    ) -> Option<ResponseError> {
+        let unreachable = Some(ResponseError::NotEnoughReplicas);
+        let catalog = self.catalog();
+        let topic = catalog.topic(TRANSACTION_TOPIC)?;
+        let index = transaction_partition_for(transactional_id, topic.partitions);
+        let leader = catalog.partition_state(topic.id, index)?.leader;
+        let Some(address) = catalog
+            .layout()
+            .and_then(|layout| layout.brokers.get(&leader).cloned())
+        else {
+            return unreachable;
+        };
+        let mut topics: Vec<add_partitions_to_txn_request::AddPartitionsToTxnTopic> = Vec::new();
+        for (name, partition) in partitions {
+            match topics
+                .iter_mut()
+                .find(|entry| entry.name.0.as_str() == name)
+            {
+                Some(entry) => entry.partitions.push(*partition),
+                None => topics.push(
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.clone())))
+                        .with_partitions(vec![*partition]),
+                ),
+            }
+        }
+        let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(
+                    transactional_id.to_owned(),
+                )))
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(producer_epoch)
+                .with_verify_only(true)
+                .with_topics(topics),
+        ]);
+        let target = format!("{}:{}", address.host, address.port);
+        let answered = futures_lite::future::or(
+            async {
+                let mut stream = TcpStream::connect(target.as_str())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let _ = stream.set_nodelay(true);
+                let response: AddPartitionsToTxnResponse = exchange(
+                    &mut stream,
+                    ApiKey::AddPartitionsToTxn,
+                    VERIFY_VERSION,
+                    0,
+                    &request,
+                )
+                .await?;
+                Ok::<_, String>(response)
+            },
+            async {
+                glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
+                Err("timed out".to_owned())
+            },
+        )
+        .await;
+        let response = match answered {
+            Ok(response) => response,
+            Err(error) => {
+                debug!(leader, %target, %error, "cannot verify a transaction");
+                return unreachable;
+            }
+        };
+        let codes = response
+            .results_by_transaction
+            .iter()
+            .flat_map(|result| &result.topic_results)
+            .flat_map(|topic| &topic.results_by_partition)
+            .map(|partition| partition.partition_error_code);
+        let mut answered_any = false;
+        for code in codes {
+            answered_any = true;
+            if let Some(error) = ResponseError::try_from_code(code) {
+                // The coordinator moved meanwhile: the producer retries.
+                return Some(match error {
+                    ResponseError::NotCoordinator
+                    | ResponseError::CoordinatorNotAvailable
+                    | ResponseError::CoordinatorLoadInProgress => ResponseError::NotEnoughReplicas,
+                    other => other,
+                });
+            }
+        }
+        if answered_any {
+            None
+        } else {
+            unreachable
         }
     }
 

@@ -364,17 +364,28 @@ fn every_api_at_every_advertised_version() {
                 ApiKey::AddPartitionsToTxn => {
                     let id = format!("add-partitions-v{version}");
                     let (producer_id, producer_epoch) = init_transaction(&mut connection, &id);
-                    RequestKind::AddPartitionsToTxn(
+                    let topics = vec![
+                        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                            .with_name(name("versions"))
+                            .with_partitions(vec![0, 1]),
+                    ];
+                    let request = if version >= 4 {
+                        // A broker's form: transactions in a list (added, not only verified).
+                        AddPartitionsToTxnRequest::default().with_transactions(vec![
+                            add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                                .with_transactional_id(TransactionalId(text(&id)))
+                                .with_producer_id(producer_id)
+                                .with_producer_epoch(producer_epoch)
+                                .with_topics(topics),
+                        ])
+                    } else {
                         AddPartitionsToTxnRequest::default()
                             .with_v3_and_below_transactional_id(TransactionalId(text(&id)))
                             .with_v3_and_below_producer_id(producer_id)
                             .with_v3_and_below_producer_epoch(producer_epoch)
-                            .with_v3_and_below_topics(vec![
-                                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                                    .with_name(name("versions"))
-                                    .with_partitions(vec![0, 1]),
-                            ]),
-                    )
+                            .with_v3_and_below_topics(topics)
+                    };
+                    RequestKind::AddPartitionsToTxn(request)
                 }
                 ApiKey::AddOffsetsToTxn => {
                     let id = format!("add-offsets-v{version}");
@@ -574,7 +585,11 @@ fn check(context: &str, response: &ResponseKind) {
             assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}");
         }
         ResponseKind::AddPartitionsToTxn(r) => {
-            let partitions = &r.results_by_topic_v3_and_below[0].results_by_partition;
+            let topics = match r.results_by_transaction.first() {
+                Some(transaction) => &transaction.topic_results,
+                None => &r.results_by_topic_v3_and_below,
+            };
+            let partitions = &topics[0].results_by_partition;
             assert_eq!(partitions.len(), 2, "{context}");
             assert!(
                 partitions

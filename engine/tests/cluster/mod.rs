@@ -7,3 +7,4 @@ mod reassignment;
 mod replication;
 mod roles;
 mod topics;
+mod transactions;

@@ -122,9 +122,9 @@ pub async fn handle(
         RequestKind::InitProducerId(body) => {
             ResponseKind::InitProducerId(producers::init_producer_id(shard, body).await)
         }
-        RequestKind::AddPartitionsToTxn(body) => {
-            ResponseKind::AddPartitionsToTxn(txns::add_partitions_to_txn(shard, body).await)
-        }
+        RequestKind::AddPartitionsToTxn(body) => ResponseKind::AddPartitionsToTxn(
+            txns::add_partitions_to_txn(shard, body, version).await,
+        ),
         RequestKind::AddOffsetsToTxn(body) => {
             ResponseKind::AddOffsetsToTxn(txns::add_offsets_to_txn(shard, body).await)
         }

@@ -179,8 +179,8 @@ fn transactional_producer(mut records: &[u8]) -> Option<(i64, i16)> {
 /// Kafka answers; otherwise the coordinator verifies that the partition is in the producer's
 /// ongoing transaction (KIP-890's verification), so that no batch of an ended transaction,
 /// or for a partition the transaction never added, can open a transaction no marker will
-/// ever end. A coordinator on another broker is not asked yet: such batches are appended
-/// unverified, as before Kafka 3.6.
+/// ever end. A coordinator on another broker is asked with AddPartitionsToTxn v4
+/// (`verify_only`), as Kafka's leaders ask it.
 async fn verify_transactions(
     shard: &Rc<Shard>,
     request: &ProduceRequest,
@@ -217,8 +217,18 @@ async fn verify_transactions(
                     },
                 )
                 .await;
+            let partitions = vec![(topic_data.name.0.to_string(), partition_data.index)];
+            let reply = match reply {
+                // The coordinator is on another broker: ask it there.
+                TxnReply::Done(Some(ResponseError::NotCoordinator)) => TxnReply::Done(
+                    shard
+                        .verify_remotely(transactional_id, producer_id, producer_epoch, &partitions)
+                        .await,
+                ),
+                reply => reply,
+            };
             match reply {
-                TxnReply::Done(None) | TxnReply::Done(Some(ResponseError::NotCoordinator)) => {}
+                TxnReply::Done(None) => {}
                 TxnReply::Done(Some(error))
                 | TxnReply::ProducerId {
                     error: Some(error), ..

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
@@ -44,7 +44,11 @@ fn done(reply: TxnReply) -> Option<ResponseError> {
 pub(super) async fn add_partitions_to_txn(
     shard: &Rc<Shard>,
     request: AddPartitionsToTxnRequest,
+    version: i16,
 ) -> AddPartitionsToTxnResponse {
+    if version >= 4 {
+        return add_partitions_batched(shard, request).await;
+    }
     let catalog = shard.catalog();
     let mut partitions = Vec::new();
     let mut unknown = Vec::new();
@@ -109,6 +113,70 @@ pub(super) async fn add_partitions_to_txn(
         })
         .collect();
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+}
+
+/// AddPartitionsToTxn v4+ (a broker's): several transactions at once, each either added
+/// or, with `verify_only`, checked (KIP-890 part 1: a partition leader asks before appending
+/// a transactional batch whether its partition is in the producer's ongoing transaction).
+async fn add_partitions_batched(
+    shard: &Rc<Shard>,
+    request: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let mut results = Vec::with_capacity(request.transactions.len());
+    for transaction in request.transactions {
+        let partitions: Vec<(String, i32)> = transaction
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(|&index| (topic.name.0.to_string(), index))
+            })
+            .collect();
+        let transactional_id = transaction.transactional_id.0.to_string();
+        let call = if transaction.verify_only {
+            TxnCall::Verify {
+                transactional_id: transactional_id.clone(),
+                producer_id: transaction.producer_id.0,
+                producer_epoch: transaction.producer_epoch,
+                partitions,
+            }
+        } else {
+            TxnCall::AddPartitions {
+                transactional_id: transactional_id.clone(),
+                producer_id: transaction.producer_id.0,
+                producer_epoch: transaction.producer_epoch,
+                partitions,
+            }
+        };
+        let error = done(shard.txn_call(&transactional_id, call).await);
+        let topic_results = transaction
+            .topics
+            .iter()
+            .map(|topic| {
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_results_by_partition(
+                        topic
+                            .partitions
+                            .iter()
+                            .map(|&index| {
+                                AddPartitionsToTxnPartitionResult::default()
+                                    .with_partition_index(index)
+                                    .with_partition_error_code(error_code(shard, error))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        results.push(
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(transaction.transactional_id)
+                .with_topic_results(topic_results),
+        );
+    }
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
 }
 
 /// AddOffsetsToTxn: adds the group's `__consumer_offsets` partition to the transaction, so
