@@ -40,6 +40,9 @@ pub enum Mutation {
     /// The high watermark advances while the ISR is below `min.insync.replicas`, so records
     /// get committed without the eligible leader replicas the controller may elect.
     HighWatermarkUnderMinIsr = 9,
+    /// Reads serve a stored batch without checking its CRC, so a read the disk got wrong
+    /// reaches followers and consumers.
+    ReadCrcSkipped = 10,
 }
 
 impl Mutation {
@@ -54,6 +57,7 @@ impl Mutation {
         Mutation::StaleGenerationCommit,
         Mutation::ProducerRetryAppended,
         Mutation::HighWatermarkUnderMinIsr,
+        Mutation::ReadCrcSkipped,
     ];
 }
 

@@ -42,6 +42,8 @@ pub const LOAD_READ_BYTES: usize = 1 << 20;
 /// Longest a request waits for its coordinator to finish loading before it is answered
 /// COORDINATOR_LOAD_IN_PROGRESS.
 const LOAD_WAIT: Duration = Duration::from_secs(5);
+/// Pause before a failed load is tried again.
+pub const LOAD_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest the driver sleeps without looking at the clock.
 const IDLE_WAKE_MS: i64 = 1_000;
 /// How long a commit waits for the in-sync replicas of its `__consumer_offsets` partition.
@@ -260,12 +262,19 @@ impl CoordinatorHost {
 /// the host is stopped.
 pub async fn drive(host: Rc<CoordinatorHost>, partition: impl OffsetsPartition) {
     let started_ms = partition.now_ms();
-    let (coordinator, loaded_end) = match load(&host, &partition).await {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            error!(partition = host.partition, %error, "cannot load group coordinator");
-            host.stop("load failed");
-            return;
+    // A failed read (a bad read the CRC caught, say) is tried again: a coordinator that gave
+    // up would leave its groups without one for as long as this broker leads the partition.
+    let (coordinator, loaded_end) = loop {
+        match load(&host, &partition).await {
+            Ok(loaded) => break loaded,
+            Err(error) => {
+                error!(partition = host.partition, %error, "cannot load group coordinator; trying again");
+                if host.is_stopped() || partition.shutting_down() {
+                    host.stop("load failed");
+                    return;
+                }
+                partition.sleep(LOAD_RETRY_BACKOFF).await;
+            }
         }
     };
     // Nothing is answered from records above the high watermark: a generation or an

@@ -22,6 +22,9 @@ use super::recovery::relative;
 use super::segment::{SegmentMeta, SegmentPaths};
 use crate::replication::epoch_cache::{LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 
+/// Most walks of a truncation's cut point that find an inconsistent header before it is
+/// taken for corruption even when no two reads of it agreed.
+const CUT_POINT_READS_MAX: u32 = 16;
 /// How much of a segment the epoch rebuild reads at a time.
 const SCAN_WINDOW_BYTES: usize = 1 << 20;
 
@@ -356,6 +359,12 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// The segment, byte position and offset of the first batch that ends after `offset`.
+    /// The segment, position and first offset of the batch holding `offset`, where a
+    /// truncation to `offset` cuts.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] when two reads in a row show the same inconsistent header;
+    /// an I/O error.
     async fn cut_point(&mut self, offset: i64) -> StorageResult<(i64, u64, i64)> {
         let (base_offset, meta_size_bytes, index_floor) = if offset >= self.active.meta.base_offset
         {
@@ -380,23 +389,94 @@ impl<S: Storage> PartitionLog<S> {
             self.closed_handle(base_offset).await?.file.clone()
         };
         let path = SegmentPaths::new(&self.dir, base_offset).log;
-        let mut position = index_floor.map_or(0, |entry| u64::from(entry.position));
-        while position < meta_size_bytes {
-            let bytes = file
-                .read_at(position, BATCH_HEADER_BYTES)
-                .await
-                .map_err(io_error(|| format!("reading {}", path.display())))?;
-            let header = BatchHeader::parse(&bytes).map_err(|error| StorageError::Corrupt {
+        let start = index_floor.map_or(0, |entry| u64::from(entry.position));
+        // The headers are checked as they are walked (each batch follows the last, within the
+        // segment): a header a read got wrong is read again, and one that stays wrong is
+        // corruption, never a cut at a wrong place.
+        // An inconsistent header is corruption only when two reads in a row show the same
+        // bytes (a flipped bit in transit shows once).
+        let mut bad_view: Option<(u64, Vec<u8>, u32)> = None;
+        'walk: loop {
+            let mut position = start;
+            let mut expected: Option<i64> = None;
+            while position < meta_size_bytes {
+                let bytes = file
+                    .read_at(position, BATCH_HEADER_BYTES)
+                    .await
+                    .map_err(io_error(|| format!("reading {}", path.display())))?;
+                let problem = match BatchHeader::parse(&bytes) {
+                    Err(error) => Some((error.to_string(), bytes.to_vec())),
+                    Ok(header) if header.size_bytes() as u64 > meta_size_bytes - position => {
+                        Some((
+                            format!(
+                                "a batch of {} bytes past the segment's end",
+                                header.size_bytes()
+                            ),
+                            bytes.to_vec(),
+                        ))
+                    }
+                    Ok(header)
+                        if header.base_offset < base_offset
+                            || expected.is_some_and(|next| header.base_offset != next)
+                            || header.last_offset_delta < 0 =>
+                    {
+                        Some((
+                            format!("base offset {} out of sequence", header.base_offset),
+                            bytes.to_vec(),
+                        ))
+                    }
+                    Ok(header) => {
+                        // The whole batch, for its CRC: a bad read of its last offset delta
+                        // would move the cut.
+                        let whole = file
+                            .read_at(position, header.size_bytes())
+                            .await
+                            .map_err(io_error(|| format!("reading {}", path.display())))?;
+                        // The CRC leaves the base offset and length out: the two reads must
+                        // agree on them; the rest of the header is taken from the checked read.
+                        let again = BatchHeader::parse(&whole).ok().filter(|again| {
+                            (again.base_offset, again.batch_length)
+                                == (header.base_offset, header.batch_length)
+                        });
+                        match (super::batch::validate_stored(&whole), again) {
+                            (Err(error), _) => Some((error.to_string(), whole.to_vec())),
+                            (Ok(_), None) => Some((
+                                "two reads of a batch header disagree".to_owned(),
+                                whole.to_vec(),
+                            )),
+                            (Ok(_), Some(checked)) if checked.next_offset() > offset => {
+                                return Ok((base_offset, position, checked.base_offset));
+                            }
+                            (Ok(_), Some(checked)) => {
+                                expected = Some(checked.next_offset());
+                                position += checked.size_bytes() as u64;
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some((reason, view)) = problem {
+                    let (reads, agree) = match &bad_view {
+                        Some((at, seen, reads)) if *at == position => (reads + 1, *seen == view),
+                        _ => (1, false),
+                    };
+                    if !agree && reads < CUT_POINT_READS_MAX {
+                        bad_view = Some((position, view, reads));
+                        continue 'walk;
+                    }
+                    return Err(StorageError::Corrupt {
+                        segment: path.clone(),
+                        position,
+                        reason,
+                    });
+                }
+            }
+            return Err(StorageError::Corrupt {
                 segment: path.clone(),
                 position,
-                reason: error.to_string(),
-            })?;
-            if header.next_offset() > offset {
-                return Ok((base_offset, position, header.base_offset));
-            }
-            position += header.size_bytes() as u64;
+                reason: format!("no batch holds offset {offset}, below the log end"),
+            });
         }
-        unreachable!("offset {offset} is below the log end, so a batch holds it");
     }
 
     /// Closes the file handles of a log replaced by a reopened one.

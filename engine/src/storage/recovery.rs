@@ -154,6 +154,10 @@ pub(super) async fn walk_segment<F: StorageFile>(
 ) -> StorageResult<WalkStop> {
     let file_len = file.len();
     let mut position = start_position;
+    // What a read showed at a position where it found a problem, and how many reads looked:
+    // a problem is damage only when two reads in a row show the same bytes (a flipped bit in
+    // transit shows once), or after READS_BEFORE_DAMAGE_MAX reads.
+    let mut bad_view: Option<(u64, Vec<u8>, u32)> = None;
     let mut window_start = position;
     let mut window = file
         .read_at(position, WALK_WINDOW_BYTES)
@@ -173,11 +177,27 @@ pub(super) async fn walk_segment<F: StorageFile>(
         }
         let expected_offset = meta.next_offset;
         let trusted = expected_offset < recovery_point;
+        // A problem at `position`: read it again until two reads agree before taking it for
+        // damage.
+        macro_rules! look_again_or_stop {
+            ($reason:expr) => {{
+                let view = window[cursor..].to_vec();
+                let (reads, agree) = match &bad_view {
+                    Some((at, seen, reads)) if *at == position => (reads + 1, *seen == view),
+                    _ => (1, false),
+                };
+                if !agree && reads < READS_BEFORE_DAMAGE_MAX {
+                    bad_view = Some((position, view, reads));
+                    window_start = position;
+                    window = read(file, path, position, WALK_WINDOW_BYTES).await?;
+                    continue;
+                }
+                return stop_or_corrupt(file, path, position, trusted, $reason).await;
+            }};
+        }
         let header = match BatchHeader::parse(&window[cursor..]) {
             Ok(header) => header,
-            Err(error) => {
-                return stop_or_corrupt(file, path, position, trusted, error.to_string()).await;
-            }
+            Err(error) => look_again_or_stop!(error.to_string()),
         };
         let size = header.size_bytes() as u64;
         let header_problem = if header.batch_length < (BATCH_HEADER_BYTES - 12) as i32 {
@@ -207,7 +227,7 @@ pub(super) async fn walk_segment<F: StorageFile>(
             None
         };
         if let Some(reason) = header_problem {
-            return stop_or_corrupt(file, path, position, trusted, reason).await;
+            look_again_or_stop!(reason);
         }
         if !trusted {
             if window.len() < cursor + size as usize {
@@ -217,7 +237,7 @@ pub(super) async fn walk_segment<F: StorageFile>(
             }
             let bytes = &window[cursor..cursor + size as usize];
             if let Err(error) = batch::validate_stored(bytes) {
-                return stop_or_corrupt(file, path, position, trusted, error.to_string()).await;
+                look_again_or_stop!(error.to_string());
             }
         }
         builder.observe(
@@ -238,6 +258,10 @@ pub(super) async fn walk_segment<F: StorageFile>(
         position += size;
     }
 }
+
+/// Most reads of a batch with a problem before it is taken for damage (a torn tail cut away,
+/// or corruption reported) even when no two of them agreed.
+const READS_BEFORE_DAMAGE_MAX: u32 = 16;
 
 async fn read<F: StorageFile>(
     file: &F,

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::coordinator::{AppendId, CallId, TxnCall, TxnCoordinator, TxnOutput, TxnReply};
 use super::records::TxnRecord;
 use super::TxnCoordinatorConfig;
-use crate::group::host::{HostClock, OffsetsPartition, LOAD_READ_BYTES};
+use crate::group::host::{HostClock, OffsetsPartition, LOAD_READ_BYTES, LOAD_RETRY_BACKOFF};
 use crate::storage::batch::build::{batch, NewRecord};
 use crate::storage::batch::BatchHeader;
 
@@ -231,12 +231,19 @@ type MarkerWrite<'a> = Pin<Box<dyn Future<Output = TxnMarkers> + 'a>>;
 /// the host is stopped.
 pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
     let started_ms = partition.now_ms();
-    let (coordinator, loaded_end) = match load(&host, &partition).await {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            error!(partition = host.partition, %error, "cannot load transaction coordinator");
-            host.stop("load failed");
-            return;
+    // A failed read (a bad read the CRC caught, say) is tried again: a coordinator that gave
+    // up would leave its groups without one for as long as this broker leads the partition.
+    let (coordinator, loaded_end) = loop {
+        match load(&host, &partition).await {
+            Ok(loaded) => break loaded,
+            Err(error) => {
+                error!(partition = host.partition, %error, "cannot load transaction coordinator; trying again");
+                if host.is_stopped() || partition.shutting_down() {
+                    host.stop("load failed");
+                    return;
+                }
+                partition.sleep(LOAD_RETRY_BACKOFF).await;
+            }
         }
     };
     // As the group coordinator: nothing is answered from records above the high watermark,

@@ -267,3 +267,77 @@ fn failed_fsync_poisons_the_log_until_reopened() {
         assert!(!log.is_poisoned());
     });
 }
+
+/// A disk whose reads now and then return a flipped byte (the stored bytes intact): recovery
+/// and a truncation's cut point read again what looks damaged, so a bad read neither cuts
+/// good records nor fails the log; a read that serves records checks their CRC and reports
+/// the bad read rather than serving it.
+#[test]
+fn bad_reads_are_read_again_not_taken_for_damage() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = big_segments();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 40).await;
+        log.checkpoint(5_000).await.unwrap(); // recovery point 120
+        fill(&mut log, 40).await;
+        log.flush(5_000).await.unwrap(); // durable, but walked by recovery
+        drop(log);
+        let mut reopened_intact = 0;
+        let mut flipped = 0;
+        for seed in 0..20 {
+            storage.set_read_corruption(Some((&partition_dir(), 2, seed)));
+            let (mut log, report) =
+                PartitionLog::open(storage.clone(), partition_dir(), config.clone(), 0)
+                    .await
+                    .unwrap();
+            assert!(report.truncations.is_empty(), "seed {seed}: {report:?}");
+            assert_eq!(log.log_end_offset(), 240, "seed {seed}");
+            flipped += storage.corrupted_reads();
+            // Served reads check the CRC: records come back right, or an error says why.
+            storage.set_read_corruption(Some((&partition_dir(), 2, seed + 100)));
+            match log.read(150, 1 << 20, None).await {
+                Ok(fetched) => {
+                    let bytes = fetched.to_bytes();
+                    spate_engine::storage::batch::validate_stored(&bytes[..])
+                        .or_else(|_| {
+                            // Several batches: each is checked where it starts.
+                            let header =
+                                spate_engine::storage::batch::BatchHeader::parse(&bytes).unwrap();
+                            spate_engine::storage::batch::validate_stored(
+                                &bytes[..header.size_bytes()],
+                            )
+                        })
+                        .unwrap();
+                }
+                Err(StorageError::Corrupt { .. }) => {}
+                Err(other) => panic!("seed {seed}: {other}"),
+            }
+            flipped += storage.corrupted_reads();
+            // A truncation cuts where it was asked to.
+            storage.set_read_corruption(Some((&partition_dir(), 2, seed + 200)));
+            assert_eq!(log.truncate_to(210, 0).await.unwrap(), 210, "seed {seed}");
+            flipped += storage.corrupted_reads();
+            storage.set_read_corruption(None);
+            drop(log);
+            // Back to 240 records for the next round.
+            let (mut log, _) =
+                PartitionLog::open(storage.clone(), partition_dir(), config.clone(), 0)
+                    .await
+                    .unwrap();
+            assert_eq!(log.log_end_offset(), 210);
+            for n in 70..80u64 {
+                log.append(numbered_batch(n * 3, 3, 1_000 + n as i64), 0, 5_000)
+                    .await
+                    .unwrap();
+            }
+            log.flush(5_000).await.unwrap();
+            reopened_intact += 1;
+        }
+        assert_eq!(reopened_intact, 20);
+        assert!(
+            flipped >= 20,
+            "only {flipped} reads were bad: the test tested little"
+        );
+    });
+}

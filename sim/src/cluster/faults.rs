@@ -26,10 +26,11 @@ pub(crate) enum Fault {
     OneWay,
     Hold,
     Clock,
+    ReadCorruption,
 }
 
 impl Fault {
-    pub(crate) const ALL: [Fault; 10] = [
+    pub(crate) const ALL: [Fault; 11] = [
         Fault::Crash,
         Fault::TornCrash,
         Fault::DiskLoss,
@@ -40,6 +41,7 @@ impl Fault {
         Fault::OneWay,
         Fault::Hold,
         Fault::Clock,
+        Fault::ReadCorruption,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::Hold => "hold",
             Fault::Clock => "clock",
+            Fault::ReadCorruption => "read-corruption",
         }
     }
 }
@@ -65,7 +68,11 @@ enum Undo {
     Repair(NodeId, NodeId),
     RepairOneWay(NodeId, NodeId),
     Release(NodeId, NodeId),
+    StopCorruption(NodeId),
 }
+
+/// One read in this many of a corrupting disk returns a flipped byte.
+const READ_CORRUPTION_ONE_IN: u64 = 20;
 
 /// A pair of nodes, smaller first.
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -98,6 +105,8 @@ pub(crate) struct Faults {
     /// (registering with `data_lost` takes them out of the ISRs): the controller still
     /// counts them as whole copies meanwhile.
     lost: BTreeMap<NodeId, i64>,
+    /// Nodes whose disk returns corrupted reads now and then.
+    corrupting: BTreeSet<NodeId>,
     /// Pairs whose link is partitioned or held: turmoil's hold and release would undo a
     /// partition (and a partition drops held messages), so the two never overlap on a pair.
     faulted_links: BTreeSet<(NodeId, NodeId)>,
@@ -123,6 +132,7 @@ impl Faults {
             undo: Vec::new(),
             down: BTreeSet::new(),
             lost: BTreeMap::new(),
+            corrupting: BTreeSet::new(),
             faulted_links: BTreeSet::new(),
             injected: 0,
             crashes: 0,
@@ -166,6 +176,9 @@ impl Faults {
             match action {
                 Undo::Restart(node) => {
                     world.event(format!("restart node {node}"));
+                    if self.corrupting.remove(&node) {
+                        self.storages[&node].set_read_corruption(None);
+                    }
                     // The new process resets connections made to the old one.
                     for &other in self.nodes.iter().filter(|&&other| other != node) {
                         world.break_link(node, other);
@@ -183,6 +196,12 @@ impl Faults {
                     world.event(format!("repair node {a} -> node {b}"));
                     sim.repair_oneway(host_name(a), host_name(b));
                     self.faulted_links.remove(&pair(a, b));
+                }
+                Undo::StopCorruption(node) => {
+                    if self.corrupting.remove(&node) {
+                        world.event(format!("reads of node {node}'s disk are sound again"));
+                        self.storages[&node].set_read_corruption(None);
+                    }
                 }
                 Undo::Release(a, b) => {
                     world.event(format!("release node {a} <-> node {b}"));
@@ -250,6 +269,11 @@ impl Faults {
                     CrashMode::DropUnsynced
                 };
                 world.event(format!("crash node {node} ({})", fault.name()));
+                // Read corruption is a fault of the running node; the restarted one reads
+                // its disk soundly (recovery would cut a "torn" tail a bad read showed).
+                if self.corrupting.remove(&node) {
+                    self.storages[&node].set_read_corruption(None);
+                }
                 drop(world);
                 sim.crash(host_name(node));
                 self.storages[&node].crash(mode);
@@ -346,6 +370,21 @@ impl Faults {
                 sim.hold(host_name(node), host_name(other));
                 let release_ms = now_ms + 50 + rng.below(2_000);
                 self.undo.push((release_ms, Undo::Release(node, other)));
+                self.injected += 1;
+            }
+            Fault::ReadCorruption => {
+                if self.down.contains(&node) || last_copy(node) || !self.corrupting.insert(node) {
+                    return;
+                }
+                world.event(format!(
+                    "reads of node {node}'s disk flip a byte now and then"
+                ));
+                self.storages[&node].set_read_corruption(Some((
+                    Path::new(DATA_DIR),
+                    READ_CORRUPTION_ONE_IN,
+                    rng.next_u64(),
+                )));
+                self.undo.push((back_ms, Undo::StopCorruption(node)));
                 self.injected += 1;
             }
             Fault::Clock => {

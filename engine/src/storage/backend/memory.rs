@@ -33,6 +33,18 @@ struct State {
     syncs: u64,
     /// Mutating operations left before the simulated power cut, if one is set.
     mutations_left: Option<u64>,
+    /// Reads of files under this directory return a flipped byte now and then.
+    read_corruption: Option<ReadCorruption>,
+}
+
+/// Transient read corruption: the stored bytes stay intact, a read returns one byte flipped
+/// (a bad cable, a controller bug), with probability `1 / one_in`.
+#[derive(Debug)]
+struct ReadCorruption {
+    under: PathBuf,
+    one_in: u64,
+    rng: SplitMix64,
+    flipped: u64,
 }
 
 impl State {
@@ -141,6 +153,28 @@ impl SimulatedStorage {
             .any(|path| path.starts_with(root))
     }
 
+    /// From now on a read of a segment file (`.log`) under `under` returns, one time in
+    /// `one_in`, one byte flipped at a position drawn from `seed` (the stored bytes stay
+    /// intact); `None` stops it. Only a checksum catches it.
+    pub fn set_read_corruption(&self, corruption: Option<(&Path, u64, u64)>) {
+        self.state.borrow_mut().read_corruption =
+            corruption.map(|(under, one_in, seed)| ReadCorruption {
+                under: under.to_path_buf(),
+                one_in: one_in.max(1),
+                rng: SplitMix64::new(seed),
+                flipped: 0,
+            });
+    }
+
+    /// Reads that returned a flipped byte since [`SimulatedStorage::set_read_corruption`].
+    pub fn corrupted_reads(&self) -> u64 {
+        self.state
+            .borrow()
+            .read_corruption
+            .as_ref()
+            .map_or(0, |corruption| corruption.flipped)
+    }
+
     /// Makes every later sync fail with an I/O error (or succeed again).
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state.borrow_mut().fail_syncs = fail;
@@ -179,6 +213,7 @@ impl SimulatedStorage {
 pub struct SimulatedFile {
     data: Rc<RefCell<FileData>>,
     state: Rc<RefCell<State>>,
+    path: PathBuf,
 }
 
 impl StorageFile for SimulatedFile {
@@ -188,7 +223,31 @@ impl StorageFile for SimulatedFile {
         let data = self.data.borrow();
         let start = (position as usize).min(data.written.len());
         let end = start.saturating_add(len).min(data.written.len());
-        Ok(Bytes::copy_from_slice(&data.written[start..end]))
+        let mut state = self.state.borrow_mut();
+        let flip = state
+            .read_corruption
+            .as_mut()
+            .filter(|corruption| {
+                self.path.starts_with(&corruption.under)
+                    && self
+                        .path
+                        .extension()
+                        .is_some_and(|extension| extension == "log")
+                    && end > start
+            })
+            .and_then(|corruption| {
+                let flip = corruption.rng.below(corruption.one_in) == 0;
+                corruption.flipped += u64::from(flip);
+                flip.then(|| corruption.rng.below((end - start) as u64) as usize)
+            });
+        match flip {
+            None => Ok(Bytes::copy_from_slice(&data.written[start..end])),
+            Some(at) => {
+                let mut read = data.written[start..end].to_vec();
+                read[at] ^= 0x5A;
+                Ok(Bytes::from(read))
+            }
+        }
     }
 
     async fn write_at(&self, position: u64, bytes: &[u8]) -> io::Result<()> {
@@ -257,6 +316,7 @@ impl Storage for SimulatedStorage {
         Ok(SimulatedFile {
             data,
             state: self.state.clone(),
+            path: path.to_path_buf(),
         })
     }
 
