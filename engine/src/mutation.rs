@@ -40,9 +40,6 @@ pub enum Mutation {
     /// The high watermark advances while the ISR is below `min.insync.replicas`, so records
     /// get committed without the eligible leader replicas the controller may elect.
     HighWatermarkUnderMinIsr = 9,
-    /// Reads serve a stored batch without checking its CRC, so a read the disk got wrong
-    /// reaches followers and consumers.
-    ReadCrcSkipped = 10,
 }
 
 impl Mutation {
@@ -57,7 +54,6 @@ impl Mutation {
         Mutation::StaleGenerationCommit,
         Mutation::ProducerRetryAppended,
         Mutation::HighWatermarkUnderMinIsr,
-        Mutation::ReadCrcSkipped,
     ];
 }
 

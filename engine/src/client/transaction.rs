@@ -66,6 +66,9 @@ pub struct Transactions {
     pub identity: Option<ProducerIdentity>,
     /// Partitions added to the open transaction.
     added: BTreeSet<(String, i32)>,
+    /// Whether the open transaction reached the coordinator (partitions or offsets added):
+    /// without, there is nothing to end there.
+    reached_coordinator: bool,
     /// Connections to coordinators, by (key type, key).
     coordinators: BTreeMap<(i8, String), Connection>,
 }
@@ -76,6 +79,7 @@ impl Default for Transactions {
             phase: Phase::Uninitialized,
             identity: None,
             added: BTreeSet::new(),
+            reached_coordinator: false,
             coordinators: BTreeMap::new(),
         }
     }
@@ -163,6 +167,7 @@ impl Transactions {
             Phase::Ready => {
                 self.phase = Phase::InTransaction;
                 self.added.clear();
+                self.reached_coordinator = false;
                 Ok(())
             }
             Phase::Uninitialized => Err(ClientError::InvalidState(
@@ -233,6 +238,7 @@ impl Transactions {
             },
         )?;
         self.added.insert(partition.clone());
+        self.reached_coordinator = true;
         Ok(())
     }
 
@@ -268,6 +274,7 @@ impl Transactions {
                 _ => 0,
             },
         )?;
+        self.reached_coordinator = true;
         let mut topics: Vec<txn_offset_commit_request::TxnOffsetCommitRequestTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let entry = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
@@ -329,8 +336,9 @@ impl Transactions {
                 ))
             }
         }
-        if self.added.is_empty() && !commit {
-            // Nothing reached the coordinator: nothing to abort there.
+        if !self.reached_coordinator {
+            // Nothing reached the coordinator (no record, no offsets): nothing to end there,
+            // as the Java client skips EndTxn for an empty transaction.
             self.phase = Phase::Ready;
             return Ok(());
         }
@@ -354,6 +362,7 @@ impl Transactions {
         )?;
         self.phase = Phase::Ready;
         self.added.clear();
+        self.reached_coordinator = false;
         Ok(())
     }
 

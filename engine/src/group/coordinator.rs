@@ -123,7 +123,7 @@ enum AppendPurpose {
     TxnCommit {
         call: CallId,
         group_id: String,
-        producer_id: i64,
+        batch: TxnBatch,
         accepted: Vec<(usize, (String, i32), CommittedOffset)>,
         results: Vec<ErrorCode>,
     },
@@ -333,10 +333,14 @@ impl GroupCoordinator {
             AppendPurpose::TxnCommit {
                 call,
                 group_id,
-                producer_id,
+                batch,
                 accepted,
                 mut results,
             } => {
+                let producer_id = batch.producer_id;
+                if result.is_err_and(refused_before_append) {
+                    self.txn_offsets.unwritten(batch, accepted.len());
+                }
                 for (index, key, value) in accepted {
                     match result {
                         Ok(()) => self.txn_offsets.add(producer_id, &group_id, key, value),
@@ -1186,7 +1190,7 @@ impl GroupCoordinator {
     fn commit(&mut self, now_ms: i64, call: CallId, request: CommitRequest) {
         let who = &request.member;
         let count = request.offsets.len();
-        if let Err(error) = self.check_commit(who, now_ms) {
+        if let Err(error) = self.check_commit(who, now_ms, false) {
             return self.reply(call, Reply::Commit(vec![Some(error); count]));
         }
         let mut results = vec![None; count];
@@ -1245,7 +1249,7 @@ impl GroupCoordinator {
     fn txn_commit(&mut self, now_ms: i64, call: CallId, request: TxnCommitRequest) {
         let who = &request.member;
         let count = request.offsets.len();
-        if let Err(error) = self.check_commit(who, now_ms) {
+        if let Err(error) = self.check_commit(who, now_ms, true) {
             return self.reply(call, Reply::Commit(vec![Some(error); count]));
         }
         let mut results = vec![None; count];
@@ -1280,6 +1284,7 @@ impl GroupCoordinator {
         let transaction =
             self.txn_offsets
                 .next_batch(request.producer_id, request.producer_epoch, records.len());
+        debug_assert_eq!(records.len(), accepted.len());
         let id = self.next_append_id;
         self.next_append_id += 1;
         self.appends.insert(
@@ -1287,7 +1292,7 @@ impl GroupCoordinator {
             AppendPurpose::TxnCommit {
                 call,
                 group_id: who.group_id.clone(),
-                producer_id: request.producer_id,
+                batch: transaction,
                 accepted,
                 results,
             },
@@ -1345,8 +1350,15 @@ impl GroupCoordinator {
         self.txn_completed(producer_id, commit);
     }
 
-    /// Kafka's rules for who may commit; creates the group for a consumer without one.
-    fn check_commit(&mut self, who: &MemberRef, now_ms: i64) -> Result<(), ResponseError> {
+    /// Kafka's rules for who may commit; creates the group for a consumer without one. A
+    /// transactional commit without member and generation (before KIP-447) is accepted
+    /// whatever the group's state, as Kafka accepts it.
+    fn check_commit(
+        &mut self,
+        who: &MemberRef,
+        now_ms: i64,
+        transactional: bool,
+    ) -> Result<(), ResponseError> {
         let managed =
             who.generation_id >= 0 || !who.member_id.is_empty() || who.group_instance_id.is_some();
         let Some(group) = self.groups.get(&who.group_id) else {
@@ -1373,7 +1385,7 @@ impl GroupCoordinator {
             if !mutated!(StaleGenerationCommit) {
                 self.check_member(who)?;
             }
-        } else if !group.is(GroupState::Empty) {
+        } else if !group.is(GroupState::Empty) && !transactional {
             // A consumer without a group may commit only while no group uses the id.
             return Err(ResponseError::UnknownMemberId);
         }
@@ -1722,6 +1734,24 @@ fn subscribed_topics(group: &Group) -> Option<BTreeSet<String>> {
 
 /// The error a committer gets when its commit's write fails (Kafka's mapping in
 /// GroupMetadataManager.storeOffsets).
+/// Whether an append failed with `error` before anything was written (a refusal, not a
+/// timeout or an I/O error after the write).
+fn refused_before_append(error: ResponseError) -> bool {
+    matches!(
+        error,
+        ResponseError::NotLeaderOrFollower
+            | ResponseError::NotEnoughReplicas
+            | ResponseError::MessageTooLarge
+            | ResponseError::RecordListTooLarge
+            | ResponseError::InvalidRecord
+            | ResponseError::CorruptMessage
+            | ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::InvalidTxnState
+            | ResponseError::OutOfOrderSequenceNumber
+    )
+}
+
 /// TxnOffsetCommit's error for a failed write: as OffsetCommit's, and a refusal of the
 /// producer's epoch fences it.
 fn txn_commit_error(error: ResponseError) -> ResponseError {

@@ -108,11 +108,18 @@ impl TxnOffsets {
         })
     }
 
-    /// Whether an open transaction committed any offset for `group_id`.
-    pub fn group_has_pending(&self, group_id: &str) -> bool {
-        self.pending
-            .values()
-            .any(|groups| groups.contains_key(group_id))
+    /// The batch `batch` of `records` records was not written: when no later batch of its
+    /// producer was numbered, its sequences are given out again (a gap would make every
+    /// later batch OUT_OF_ORDER_SEQUENCE).
+    pub fn unwritten(&mut self, batch: TxnBatch, records: usize) {
+        let count = i32::try_from(records).unwrap_or(i32::MAX);
+        let after = advance(batch.base_sequence, count);
+        if self.next_sequences.get(&batch.producer_id) == Some(&(batch.producer_epoch, after)) {
+            self.next_sequences.insert(
+                batch.producer_id,
+                (batch.producer_epoch, batch.base_sequence),
+            );
+        }
     }
 }
 
@@ -176,11 +183,25 @@ mod tests {
         offsets.add(8, "h", ("t".into(), 1), offset(1));
         assert!(offsets.is_pending("g", &("t".into(), 0)));
         assert!(!offsets.is_pending("g", &("t".into(), 1)));
-        assert!(offsets.group_has_pending("h"));
         let completed = offsets.complete(7);
         assert_eq!(completed["g"][&("t".to_owned(), 0)].offset, 6);
         assert!(!offsets.is_pending("g", &("t".into(), 0)));
         assert!(offsets.complete(7).is_empty());
-        assert!(offsets.group_has_pending("h"));
+        assert!(offsets.is_pending("h", &("t".into(), 1)));
+        // A batch that was not written gives its sequences back, unless a later one took
+        // the next.
+        let first = offsets.next_batch(9, 0, 2);
+        offsets.unwritten(first, 2);
+        assert_eq!(offsets.next_batch(9, 0, 1).base_sequence, 0);
+        let _second = offsets.next_batch(9, 0, 1);
+        offsets.unwritten(
+            TxnBatch {
+                producer_id: 9,
+                producer_epoch: 0,
+                base_sequence: 0,
+            },
+            1,
+        );
+        assert_eq!(offsets.next_batch(9, 0, 1).base_sequence, 2);
     }
 }

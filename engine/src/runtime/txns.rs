@@ -372,9 +372,18 @@ impl Shard {
     ) -> Option<ResponseError> {
         let unreachable = Some(ResponseError::NotEnoughReplicas);
         let catalog = self.catalog();
-        let topic = catalog.topic(TRANSACTION_TOPIC)?;
+        // Without the coordinator's partition in the metadata nothing is verified: the
+        // producer retries.
+        let Some(topic) = catalog.topic(TRANSACTION_TOPIC) else {
+            return unreachable;
+        };
         let index = transaction_partition_for(transactional_id, topic.partitions);
-        let leader = catalog.partition_state(topic.id, index)?.leader;
+        let Some(leader) = catalog
+            .partition_state(topic.id, index)
+            .map(|state| state.leader)
+        else {
+            return unreachable;
+        };
         let Some(address) = catalog
             .layout()
             .and_then(|layout| layout.brokers.get(&leader).cloned())

@@ -314,10 +314,8 @@ async fn scan_for_read<F: StorageFile>(
         }
         // Batches were validated on append, but the disk may have damaged them since: a batch
         // whose CRC fails is reported, never served (nor trusted for its offsets).
-        if !mutated!(ReadCrcSkipped) {
-            batch::validate_stored(&window[cursor..cursor + size])
-                .map_err(|error| corrupt(position, error.to_string()))?;
-        }
+        batch::validate_stored(&window[cursor..cursor + size])
+            .map_err(|error| corrupt(position, error.to_string()))?;
         if header.next_offset() > limit_offset {
             break;
         }

@@ -30,7 +30,7 @@
 //! Prepare state is stored, retries of a completed EndTxn succeed, and the opposite outcome is
 //! INVALID_TXN_STATE.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kafka_protocol::error::ResponseError;
 
@@ -198,6 +198,8 @@ pub struct TxnCoordinator {
     next_append: AppendId,
     outputs: VecDeque<TxnOutput>,
     loaded: bool,
+    /// Transactional ids whose markers are being written.
+    writing_markers: BTreeSet<String>,
 }
 
 fn producer_id_reply(error: ResponseError) -> TxnReply {
@@ -220,6 +222,7 @@ impl TxnCoordinator {
             next_append: 0,
             outputs: VecDeque::new(),
             loaded: false,
+            writing_markers: BTreeSet::new(),
         }
     }
 
@@ -356,6 +359,7 @@ impl TxnCoordinator {
     }
 
     fn write_markers(&mut self, txn: &TxnMetadata) {
+        self.writing_markers.insert(txn.transactional_id.clone());
         self.outputs.push_back(TxnOutput::WriteMarkers {
             transactional_id: txn.transactional_id.clone(),
             producer_id: txn.producer_id,
@@ -676,6 +680,19 @@ impl TxnCoordinator {
         producer_epoch: i16,
         now_ms: i64,
     ) {
+        self.writing_markers.remove(transactional_id);
+        self.complete(transactional_id, producer_id, producer_epoch, now_ms);
+    }
+
+    /// Proposes the completion of `transactional_id`'s transaction at `producer_epoch`, whose
+    /// markers are written.
+    fn complete(
+        &mut self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) {
         if self.pending.contains_key(transactional_id) {
             return;
         }
@@ -710,6 +727,17 @@ impl TxnCoordinator {
             .collect();
         for txn in idle {
             match txn.state {
+                // Markers written but the completion's record failed: propose it again.
+                TxnState::PrepareCommit | TxnState::PrepareAbort
+                    if !self.writing_markers.contains(&txn.transactional_id) =>
+                {
+                    self.complete(
+                        &txn.transactional_id,
+                        txn.producer_id,
+                        txn.producer_epoch,
+                        now_ms,
+                    );
+                }
                 TxnState::Ongoing
                     if now_ms.saturating_sub(txn.start_ms) > i64::from(txn.timeout_ms) =>
                 {

@@ -435,3 +435,28 @@ fn idle_transactional_ids_expire() {
         Some(true)
     );
 }
+
+#[test]
+fn a_completion_whose_record_failed_is_proposed_again_at_the_next_tick() {
+    let mut driver = Driver::new();
+    let producer = producer(driver.init(0));
+    assert_eq!(driver.add(producer, &[("t", 0)], 1), done(None));
+    assert_eq!(driver.end(producer, true, 2), done(None));
+    // The markers are written; the Complete record's append fails.
+    driver.hold_appends = true;
+    driver.write_markers(3);
+    let held = std::mem::take(&mut driver.held);
+    assert_eq!(held.len(), 1);
+    driver.coordinator.append_completed(held[0], Err(()));
+    driver.drain();
+    assert_eq!(driver.state().state, TxnState::PrepareCommit);
+    // While markers are being written a tick leaves it alone; once written, it completes.
+    driver.hold_appends = false;
+    driver.coordinator.tick(4);
+    driver.drain();
+    assert_eq!(driver.state().state, TxnState::CompleteCommit);
+    assert!(
+        driver.markers.is_empty(),
+        "the markers are not written again"
+    );
+}
