@@ -1540,7 +1540,17 @@ impl Shard {
     /// before it is acknowledged (commits that arrive together share the sync), so an
     /// acknowledged commit survives a crash of the broker, not only a clean restart.
     pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
-        if self.catalog().topic(OFFSETS_TOPIC).is_some() {
+        self.ensure_internal_topic(OFFSETS_TOPIC).await
+    }
+
+    /// Creates the internal topic `name` (`__consumer_offsets` or `__transaction_state`) if
+    /// it does not exist: `offsets_topic_num_partitions` partitions, up to three replicas,
+    /// kept forever, each write synced before it is answered.
+    pub(super) async fn ensure_internal_topic(
+        self: &Rc<Self>,
+        name: &str,
+    ) -> Result<(), KafkaError> {
+        if self.catalog().topic(name).is_some() {
             return Ok(());
         }
         // Kafka's offsets.topic.replication.factor is 3; a smaller cluster gets one replica
@@ -1556,10 +1566,10 @@ impl Shard {
             ("flush.messages", "1"),
         ]
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
         let topic = NewTopic {
-            name: OFFSETS_TOPIC.to_owned(),
+            name: name.to_owned(),
             partitions: self.config.offsets_topic_num_partitions,
             replication_factor,
             assignments: Vec::new(),
@@ -1574,7 +1584,7 @@ impl Shard {
         match results.into_iter().next() {
             Some(Ok(())) => Ok(()),
             // Another shard created it first.
-            Some(Err(_)) if self.catalog().topic(OFFSETS_TOPIC).is_some() => Ok(()),
+            Some(Err(_)) if self.catalog().topic(name).is_some() => Ok(()),
             Some(Err(error)) => Err(error),
             None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
         }

@@ -16,11 +16,11 @@ use kafka_protocol::messages::{
     add_partitions_to_txn_request, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
     ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::broker::catalog::{Catalog, NewTopic};
+use crate::broker::catalog::Catalog;
 use crate::broker::errors::KafkaError;
 pub use crate::txn::host::TxnHost;
 use crate::txn::host::{TxnMarkers, TxnPartition};
@@ -31,7 +31,7 @@ use crate::txn::{
 
 use super::groups::{GlommioClock, ShardOffsets};
 use super::replica_fetcher::exchange;
-use super::shard::{AcksAll, AdminOp, PartitionOp, Shard, ShardMessage};
+use super::shard::{AcksAll, PartitionOp, Shard, ShardMessage};
 use crate::group::{Call, Reply, OFFSETS_TOPIC};
 use crate::storage::Marker;
 
@@ -118,6 +118,30 @@ fn marker_retriable(code: ResponseError) -> bool {
             | ResponseError::ProducerFenced
             | ResponseError::TransactionCoordinatorFenced
     )
+}
+
+/// Sends one request to another broker on a connection of its own and reads the answer,
+/// within [`MARKER_EXCHANGE_TIMEOUT`] (connecting included).
+async fn exchange_once<Request: Encodable, Response: Decodable>(
+    target: &str,
+    api_key: ApiKey,
+    version: i16,
+    request: &Request,
+) -> Result<Response, String> {
+    futures_lite::future::or(
+        async {
+            let mut stream = TcpStream::connect(target)
+                .await
+                .map_err(|error| error.to_string())?;
+            let _ = stream.set_nodelay(true);
+            exchange(&mut stream, api_key, version, 0, request).await
+        },
+        async {
+            glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
+            Err("timed out".to_owned())
+        },
+    )
+    .await
 }
 
 /// Loads `host`'s partition and runs it until the shard shuts down or the host is stopped.
@@ -252,41 +276,7 @@ impl Shard {
     /// kept forever (the coordinator forgets expired ids with tombstones), each state change
     /// synced before it is answered.
     pub async fn ensure_transaction_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
-        if self.catalog().topic(TRANSACTION_TOPIC).is_some() {
-            return Ok(());
-        }
-        let replication_factor = match self.catalog().layout() {
-            Some(layout) => layout.brokers.len().clamp(1, 3) as i16,
-            None => -1,
-        };
-        let configs = [
-            ("retention.ms", "-1"),
-            ("retention.bytes", "-1"),
-            ("segment.bytes", "104857600"),
-            ("flush.messages", "1"),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-        let topic = NewTopic {
-            name: TRANSACTION_TOPIC.to_owned(),
-            partitions: self.config.offsets_topic_num_partitions,
-            replication_factor,
-            assignments: Vec::new(),
-            configs,
-        };
-        let results = self
-            .admin(AdminOp::CreateTopics {
-                topics: vec![topic],
-                validate_only: false,
-            })
-            .await;
-        match results.into_iter().next() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(_)) if self.catalog().topic(TRANSACTION_TOPIC).is_some() => Ok(()),
-            Some(Err(error)) => Err(error),
-            None => Err(KafkaError::new(ResponseError::CoordinatorNotAvailable)),
-        }
+        self.ensure_internal_topic(TRANSACTION_TOPIC).await
     }
 
     /// Appends a transaction marker to a partition this broker leads, on its owning shard;
@@ -415,26 +405,11 @@ impl Shard {
                 .with_topics(topics),
         ]);
         let target = format!("{}:{}", address.host, address.port);
-        let answered = futures_lite::future::or(
-            async {
-                let mut stream = TcpStream::connect(target.as_str())
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let _ = stream.set_nodelay(true);
-                let response: AddPartitionsToTxnResponse = exchange(
-                    &mut stream,
-                    ApiKey::AddPartitionsToTxn,
-                    VERIFY_VERSION,
-                    0,
-                    &request,
-                )
-                .await?;
-                Ok::<_, String>(response)
-            },
-            async {
-                glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
-                Err("timed out".to_owned())
-            },
+        let answered: Result<AddPartitionsToTxnResponse, String> = exchange_once(
+            &target,
+            ApiKey::AddPartitionsToTxn,
+            VERIFY_VERSION,
+            &request,
         )
         .await;
         let response = match answered {
@@ -507,26 +482,11 @@ impl Shard {
                 .with_coordinator_epoch(marker.coordinator_epoch)
                 .with_topics(topics)]);
         let target = format!("{}:{}", address.host, address.port);
-        let answered = futures_lite::future::or(
-            async {
-                let mut stream = TcpStream::connect(target.as_str())
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let _ = stream.set_nodelay(true);
-                let response: WriteTxnMarkersResponse = exchange(
-                    &mut stream,
-                    ApiKey::WriteTxnMarkers,
-                    WRITE_TXN_MARKERS_VERSION,
-                    0,
-                    &request,
-                )
-                .await?;
-                Ok::<_, String>(response)
-            },
-            async {
-                glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
-                Err("timed out".to_owned())
-            },
+        let answered: Result<WriteTxnMarkersResponse, String> = exchange_once(
+            &target,
+            ApiKey::WriteTxnMarkers,
+            WRITE_TXN_MARKERS_VERSION,
+            &request,
         )
         .await;
         let response = match answered {
