@@ -198,3 +198,27 @@ pub fn newest_segments_start<S: Storage>(log: &PartitionLog<S>, count: usize) ->
     let bases = log.segment_base_offsets();
     bases[bases.len().saturating_sub(count)]
 }
+
+/// A batch of `records` records of `record_bytes`-byte values, each keyed by one of
+/// `distinct_keys` keys chosen from `first` on (`key-<n mod distinct_keys>`), as a producer
+/// updating `distinct_keys` entities sends them.
+pub fn keyed_batch(
+    first: u64,
+    records: usize,
+    record_bytes: usize,
+    distinct_keys: u64,
+) -> BytesMut {
+    let value = Bytes::from(vec![b'v'; record_bytes]);
+    let records: Vec<NewRecord> = (0..records as u64)
+        .map(|i| NewRecord {
+            key: Some(Bytes::from(format!(
+                "key-{:08}",
+                (first + i).wrapping_mul(2_654_435_761) % distinct_keys
+            ))),
+            value: Some(value.clone()),
+            timestamp_ms: 1_700_000_000_000 + (first + i) as i64,
+            headers: Vec::new(),
+        })
+        .collect();
+    batch(&records)
+}

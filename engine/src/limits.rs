@@ -14,6 +14,8 @@ pub const SEGMENT_INDEX_BYTES_DEFAULT: u32 = 10 << 20;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 /// Kafka's `retention.ms` default: 7 days.
 pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `delete.retention.ms` default: a day.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
 /// Kafka's `producer.id.expiration.ms`: one day.
 pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
 /// Kafka's `max.message.bytes` default (1 MiB plus the batch overhead Kafka allows).
@@ -47,6 +49,10 @@ pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
 pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT: usize = 32;
 /// Kafka's `log.retention.check.interval.ms` default: 5 minutes.
 pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+/// Kafka's `log.cleaner.backoff.ms`: how long an idle cleaner sleeps.
+pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
+/// Kafka's `log.cleaner.dedupe.buffer.size`: 128 MiB for all cleaners.
+pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: usize = 128 << 20;
 /// Most partitions a topic may have: each partition is a directory with open files and a
 /// reserved segment extent, so a typo like 100000 should be refused, not attempted.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;

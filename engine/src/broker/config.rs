@@ -92,6 +92,22 @@ pub struct ServeSettings {
     /// [default: 300000].
     #[arg(long, value_name = "MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// Run the log cleaner, which compacts topics with cleanup.policy=compact
+    /// (log.cleaner.enable) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub log_cleaner_enable: Option<bool>,
+    /// How long the cleaner sleeps when no log needs cleaning (log.cleaner.backoff.ms)
+    /// [default: 15000].
+    #[arg(long, value_name = "MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
+    /// Memory for the cleaner's key-to-offset maps, shared by the cores
+    /// (log.cleaner.dedupe.buffer.size) [default: 134217728, 128 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
+    /// Most bytes per second the cleaner reads and writes, over all cores
+    /// (log.cleaner.io.max.bytes.per.second) [default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// Forget an idempotent producer whose last batch's timestamp is this old
     /// (producer.id.expiration.ms); checked with retention [default: 86400000, 1 day].
     #[arg(long, value_name = "MS")]
@@ -231,6 +247,14 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// See [`ServeSettings::producer_id_expiration_ms`].
     pub producer_id_expiration_ms: i64,
+    /// See [`ServeSettings::log_cleaner_enable`].
+    pub log_cleaner_enable: bool,
+    /// See [`ServeSettings::log_cleaner_backoff_ms`].
+    pub log_cleaner_backoff_ms: u64,
+    /// See [`ServeSettings::log_cleaner_dedupe_buffer_size`].
+    pub log_cleaner_dedupe_buffer_size: usize,
+    /// See [`ServeSettings::log_cleaner_io_max_bytes_per_second`].
+    pub log_cleaner_io_max_bytes_per_second: u64,
     /// Static topic defaults by broker-level name.
     pub topic_defaults: BTreeMap<String, String>,
     /// The group coordinators' settings.
@@ -331,6 +355,14 @@ impl ServeSettings {
             producer_id_expiration_ms: self
                 .producer_id_expiration_ms
                 .or(base.producer_id_expiration_ms),
+            log_cleaner_enable: self.log_cleaner_enable.or(base.log_cleaner_enable),
+            log_cleaner_backoff_ms: self.log_cleaner_backoff_ms.or(base.log_cleaner_backoff_ms),
+            log_cleaner_dedupe_buffer_size: self
+                .log_cleaner_dedupe_buffer_size
+                .or(base.log_cleaner_dedupe_buffer_size),
+            log_cleaner_io_max_bytes_per_second: self
+                .log_cleaner_io_max_bytes_per_second
+                .or(base.log_cleaner_io_max_bytes_per_second),
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(base.group_initial_rebalance_delay_ms),
@@ -556,6 +588,19 @@ impl ServeSettings {
                 .unwrap_or(limits::LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT)
                 .max(100),
             producer_id_expiration_ms,
+            log_cleaner_enable: self.log_cleaner_enable.unwrap_or(true),
+            log_cleaner_backoff_ms: self
+                .log_cleaner_backoff_ms
+                .unwrap_or(limits::LOG_CLEANER_BACKOFF_MS_DEFAULT)
+                .max(10),
+            log_cleaner_dedupe_buffer_size: self
+                .log_cleaner_dedupe_buffer_size
+                .unwrap_or(limits::LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT)
+                .max(1 << 20),
+            log_cleaner_io_max_bytes_per_second: self
+                .log_cleaner_io_max_bytes_per_second
+                .filter(|rate| *rate > 0)
+                .unwrap_or(u64::MAX),
             topic_defaults,
         })
     }

@@ -50,6 +50,7 @@ impl From<&StorageError> for KafkaError {
             // The records were cut because another replica leads the partition now.
             StorageError::Truncated { .. } => ResponseError::NotLeaderOrFollower,
             StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
+            StorageError::KeylessRecord { .. } => ResponseError::InvalidRecord,
             StorageError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
                 ResponseError::OutOfOrderSequenceNumber
             }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::limits;
 use crate::storage::batch::TimestampType;
-use crate::storage::LogConfig;
+use crate::storage::{CleanupPolicy, LogConfig, Ratio};
 
 /// How a config value is parsed and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub enum ConfigKind {
     },
     /// One of a fixed list of words.
     Choice(&'static [&'static str]),
+    /// A number between 0 and 1.
+    Ratio,
 }
 
 /// One topic config.
@@ -50,9 +52,17 @@ pub const TOPIC_CONFIGS: &[ConfigKey] = &[
     ConfigKey {
         topic_name: "cleanup.policy",
         broker_name: "log.cleanup.policy",
-        kind: ConfigKind::Choice(&["delete"]),
+        kind: ConfigKind::Choice(&["delete", "compact", "compact,delete", "delete,compact"]),
         default: "delete",
-        doc: "What happens to old segments: \"delete\" (compaction arrives in a later release).",
+        doc: "What happens to old segments: \"delete\" them past retention, \"compact\" them \
+              to the latest record of each key, or both.",
+    },
+    ConfigKey {
+        topic_name: "delete.retention.ms",
+        broker_name: "log.cleaner.delete.retention.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "86400000",
+        doc: "How long a tombstone stays in a compacted topic once the cleaner first kept it.",
     },
     ConfigKey {
         topic_name: "flush.messages",
@@ -88,6 +98,27 @@ pub const TOPIC_CONFIGS: &[ConfigKey] = &[
         kind: ConfigKind::Choice(&["CreateTime", "LogAppendTime"]),
         default: "CreateTime",
         doc: "Whether record timestamps are the producer's or the broker's.",
+    },
+    ConfigKey {
+        topic_name: "max.compaction.lag.ms",
+        broker_name: "log.cleaner.max.compaction.lag.ms",
+        kind: ConfigKind::Long { min: 1 },
+        default: LONG_MAX,
+        doc: "Records older than this are compacted whatever the dirty ratio.",
+    },
+    ConfigKey {
+        topic_name: "min.cleanable.dirty.ratio",
+        broker_name: "log.cleaner.min.cleanable.ratio",
+        kind: ConfigKind::Ratio,
+        default: "0.5",
+        doc: "Compact once this share of the log is dirty (not compacted yet).",
+    },
+    ConfigKey {
+        topic_name: "min.compaction.lag.ms",
+        broker_name: "log.cleaner.min.compaction.lag.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "0",
+        doc: "Records younger than this are not compacted.",
     },
     ConfigKey {
         topic_name: "min.insync.replicas",
@@ -189,14 +220,26 @@ pub fn check_value(key: &ConfigKey, name: &str, value: &str) -> Result<(), Confi
             Ok(())
         }
         ConfigKind::Choice(words) => {
-            if words.contains(&value.trim()) {
+            let normalized: String = value
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(",");
+            if words.contains(&normalized.as_str()) {
                 Ok(())
-            } else if key.topic_name == "cleanup.policy" && value.contains("compact") {
-                Err(invalid(
-                    "log compaction is not implemented yet; only \"delete\" is accepted".into(),
-                ))
             } else {
                 Err(invalid(format!("must be one of {words:?}")))
+            }
+        }
+        ConfigKind::Ratio => {
+            let parsed: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("not a number".into()))?;
+            if (0.0..=1.0).contains(&parsed) {
+                Ok(())
+            } else {
+                Err(invalid("must be between 0 and 1".into()))
             }
         }
     }
@@ -276,6 +319,16 @@ impl ConfigLayers<'_> {
                         TimestampType::CreateTime
                     }
                 }
+                "cleanup.policy" => {
+                    config.cleanup_policy =
+                        CleanupPolicy::parse(value).unwrap_or(CleanupPolicy::DELETE)
+                }
+                "delete.retention.ms" => config.delete_retention_ms = number(),
+                "max.compaction.lag.ms" => config.max_compaction_lag_ms = number(),
+                "min.cleanable.dirty.ratio" => {
+                    config.min_cleanable_dirty_ratio = Ratio(value.parse().unwrap_or(0.5))
+                }
+                "min.compaction.lag.ms" => config.min_compaction_lag_ms = number(),
                 "retention.bytes" => config.retention_bytes = number(),
                 "retention.ms" => config.retention_ms = number(),
                 "segment.bytes" => config.segment_bytes = number() as u32,
@@ -321,6 +374,27 @@ mod tests {
         assert_eq!(config.segment_bytes, 4096);
         assert_eq!(config.max_message_bytes, 5000);
         assert_eq!(config.retention_bytes, -1);
+        assert_eq!(config.cleanup_policy, CleanupPolicy::DELETE);
+        let compacted = map(&[
+            ("cleanup.policy", "compact,delete"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("delete.retention.ms", "10"),
+        ]);
+        let config = ConfigLayers {
+            topic: &compacted,
+            ..layers
+        }
+        .log_config()
+        .unwrap();
+        assert_eq!(
+            config.cleanup_policy,
+            CleanupPolicy {
+                delete: true,
+                compact: true
+            }
+        );
+        assert_eq!(config.min_cleanable_dirty_ratio, Ratio(0.25));
+        assert_eq!(config.delete_retention_ms, 10);
         let key = topic_key("retention.ms").unwrap();
         assert_eq!(layers.resolve(key).1, ConfigSource::Topic);
         let key = topic_key("flush.ms").unwrap();
@@ -342,7 +416,11 @@ mod tests {
             ("segment.bytes", "10"),
             ("segment.bytes", "4294967296"),
             ("message.timestamp.type", "Wallclock"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "shred"),
+            ("cleanup.policy", "compact,shred"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "half"),
+            ("max.compaction.lag.ms", "0"),
         ] {
             assert!(
                 matches!(
@@ -355,5 +433,12 @@ mod tests {
         assert!(
             check_topic_overrides(&map(&[("message.timestamp.type", "LogAppendTime")])).is_ok()
         );
+        for policy in ["compact", "delete", "compact,delete", "delete, compact"] {
+            let overrides = map(&[
+                ("cleanup.policy", policy),
+                ("min.cleanable.dirty.ratio", "0.1"),
+            ]);
+            assert!(check_topic_overrides(&overrides).is_ok(), "{policy}");
+        }
     }
 }

@@ -34,6 +34,7 @@ use super::error::ClientError;
 use super::group::{self, Identity};
 use super::membership::{is_coordinator_error, CommitCallback, Generation, Membership};
 use super::transaction::GroupMetadata;
+use crate::storage::batch::BatchHeader;
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1050,6 +1051,7 @@ impl Consumer {
                 let mut aborted = AbortedFilter::new(partition.aborted_transactions);
                 while !records.is_empty() {
                     // A partial batch at the end of a response is cut off by max bytes.
+                    let batch_end = BatchHeader::parse(&records).map(|header| header.next_offset());
                     let Ok(set) = RecordBatchDecoder::decode(&mut records) else {
                         break;
                     };
@@ -1073,6 +1075,10 @@ impl Consumer {
                                 .map(|(key, value)| (key.to_string(), value))
                                 .collect(),
                         });
+                    }
+                    // A compacted batch may end past its last record, or hold none.
+                    if let Ok(batch_end) = batch_end {
+                        next = next.max(batch_end);
                     }
                 }
                 state.fetch_offset = Some(next);

@@ -1323,10 +1323,17 @@ impl GroupCoordinator {
     }
 
     /// Replays a transactional batch of offsets (TxnOffsetCommit's), pending until the
-    /// producer's marker: `records` are its records, `batch` its producer fields.
-    pub fn load_transactional(&mut self, batch: TxnBatch, records: Vec<OffsetsRecord>) {
+    /// producer's marker: `records` are its records, `batch` its producer fields, and
+    /// `offsets_spanned` the offsets (and so sequences) it took when written, which
+    /// compaction may since have thinned to fewer records.
+    pub fn load_transactional(
+        &mut self,
+        batch: TxnBatch,
+        offsets_spanned: usize,
+        records: Vec<OffsetsRecord>,
+    ) {
         assert!(!self.loaded, "records are replayed before the first call");
-        self.txn_offsets.load_batch(batch, records.len());
+        self.txn_offsets.load_batch(batch, offsets_spanned);
         for record in records {
             if let OffsetsRecord::Offset {
                 group_id,

@@ -1282,11 +1282,11 @@ fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences
         base_sequence,
     };
     // A committed transaction, an aborted one, and one still open.
-    restarted.load_transactional(batch(0), vec![offsets(4)]);
+    restarted.load_transactional(batch(0), 1, vec![offsets(4)]);
     restarted.load_marker(9, true);
-    restarted.load_transactional(batch(1), vec![offsets(8)]);
+    restarted.load_transactional(batch(1), 1, vec![offsets(8)]);
     restarted.load_marker(9, false);
-    restarted.load_transactional(batch(2), vec![offsets(12)]);
+    restarted.load_transactional(batch(2), 1, vec![offsets(12)]);
     restarted.finish_load(0);
     h.coordinator = restarted;
     assert_eq!(fetched_with_pending(&mut h, "solo")[0], (0, 4, true));

@@ -483,7 +483,9 @@ async fn load(
                             producer_epoch: header.producer_epoch,
                             base_sequence: header.base_sequence,
                         };
-                        coordinator.load_transactional(batch, decoded_records);
+                        let spanned = usize::try_from(header.last_offset_delta)
+                            .map_or(decoded_records.len(), |delta| delta + 1);
+                        coordinator.load_transactional(batch, spanned, decoded_records);
                     } else {
                         for decoded in decoded_records {
                             coordinator.load(decoded);

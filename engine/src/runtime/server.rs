@@ -692,6 +692,25 @@ fn spawn_background_work(shard: &Rc<Shard>) {
         })
         .detach();
     }
+    if shard.config.log_cleaner_enable {
+        let cleaner = Rc::clone(shard);
+        glommio::spawn_local(async move {
+            let backoff = Duration::from_millis(cleaner.config.log_cleaner_backoff_ms);
+            loop {
+                let passes = cleaner.clean_logs().await;
+                // Keep going while there is work; sleep when there is none.
+                let going_on = if passes == 0 {
+                    cleaner.sleep_unless_shutdown(backoff).await
+                } else {
+                    !cleaner.shutting_down.get()
+                };
+                if !going_on {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
     let retention = Rc::clone(shard);
     glommio::spawn_local(async move {
         let interval = Duration::from_millis(retention.config.log_retention_check_interval_ms);

@@ -1545,7 +1545,8 @@ impl Shard {
 
     /// Creates the internal topic `name` (`__consumer_offsets` or `__transaction_state`) if
     /// it does not exist: `offsets_topic_num_partitions` partitions, up to three replicas,
-    /// kept forever, each write synced before it is answered.
+    /// compacted (the latest record of each key kept forever), each write synced before it
+    /// is answered.
     pub(super) async fn ensure_internal_topic(
         self: &Rc<Self>,
         name: &str,
@@ -1560,6 +1561,7 @@ impl Shard {
             None => -1,
         };
         let configs = [
+            ("cleanup.policy", "compact"),
             ("retention.ms", "-1"),
             ("retention.bytes", "-1"),
             ("segment.bytes", "104857600"),

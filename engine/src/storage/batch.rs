@@ -52,6 +52,7 @@ const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 const ATTRIBUTE_CONTROL: i16 = 0x20;
+const ATTRIBUTE_DELETE_HORIZON: i16 = 0x40;
 
 /// A timestamp that Kafka uses for "none".
 pub const NO_TIMESTAMP: i64 = -1;
@@ -261,6 +262,38 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & ATTRIBUTE_CONTROL != 0
     }
+
+    /// The time after which compaction may remove the batch's tombstones (KIP-534): set when
+    /// a cleaner first kept them, and then held in the base timestamp field.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & ATTRIBUTE_DELETE_HORIZON != 0).then_some(self.base_timestamp)
+    }
+
+    /// A copy with the delete horizon set: the base timestamp becomes `horizon_ms` (record
+    /// timestamp deltas must then be relative to it).
+    pub fn with_delete_horizon(mut self, horizon_ms: i64) -> BatchHeader {
+        self.attributes |= ATTRIBUTE_DELETE_HORIZON;
+        self.base_timestamp = horizon_ms;
+        self
+    }
+
+    /// Writes the 61 header bytes; `batch_length` and `crc` are whatever the header holds
+    /// ([`seal`] sets them once the records follow).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.base_offset.to_be_bytes());
+        out.extend_from_slice(&self.batch_length.to_be_bytes());
+        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
+        out.push(self.magic as u8);
+        out.extend_from_slice(&self.crc.to_be_bytes());
+        out.extend_from_slice(&self.attributes.to_be_bytes());
+        out.extend_from_slice(&self.last_offset_delta.to_be_bytes());
+        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&self.records_count.to_be_bytes());
+    }
 }
 
 /// Reads only the first twelve bytes: base offset and total batch size. Used to walk a segment.
@@ -311,6 +344,29 @@ pub struct ValidatedBatch {
 /// # Errors
 /// A [`BatchError`] naming the first problem found.
 pub fn validate(bytes: &[u8]) -> Result<ValidatedBatch, BatchError> {
+    validate_with(bytes, Density::Dense)
+}
+
+/// Checks one whole batch as [`validate`] does, but accepts what log compaction leaves (a
+/// leader's cleaned batches reaching a follower): fewer records than the offset span, none
+/// at all, and increasing rather than dense record offset deltas.
+///
+/// # Errors
+/// A [`BatchError`] naming the first problem found.
+pub fn validate_compacted(bytes: &[u8]) -> Result<ValidatedBatch, BatchError> {
+    validate_with(bytes, Density::Compacted)
+}
+
+/// Whether a batch's records must cover every offset of its span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Density {
+    /// As producers send them: one record per offset.
+    Dense,
+    /// As compaction leaves them: increasing offsets, possibly none.
+    Compacted,
+}
+
+fn validate_with(bytes: &[u8], density: Density) -> Result<ValidatedBatch, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     if header.size_bytes() != bytes.len()
         || (header.batch_length as usize) < BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES
@@ -337,22 +393,25 @@ pub fn validate(bytes: &[u8]) -> Result<ValidatedBatch, BatchError> {
             reason: "negative last offset delta",
         });
     }
-    if header.records_count <= 0 {
+    if header.records_count < 0 || (density == Density::Dense && header.records_count == 0) {
         return Err(BatchError::InvalidOffsets {
             reason: "a batch must hold at least one record",
         });
     }
-    // Producers always send dense batches. Compacted batches read back from another log may have
-    // fewer records than the delta span; those never come through the append path.
-    if i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1 {
+    // Producers always send dense batches; compaction leaves fewer records than the span.
+    let span = i64::from(header.last_offset_delta) + 1;
+    let count = i64::from(header.records_count);
+    if (density == Density::Dense && count != span) || count > span {
         return Err(BatchError::InvalidOffsets {
             reason: "records count does not match last offset delta + 1",
         });
     }
     check_timestamp(header.base_timestamp, "negative base timestamp")?;
     check_timestamp(header.max_timestamp, "negative max timestamp")?;
+    // With a delete horizon (set by compaction) the base timestamp is the horizon.
     if header.max_timestamp != NO_TIMESTAMP
         && header.base_timestamp != NO_TIMESTAMP
+        && header.delete_horizon_ms().is_none()
         && header.max_timestamp < header.base_timestamp
     {
         return Err(BatchError::InvalidTimestamp {
@@ -360,7 +419,7 @@ pub fn validate(bytes: &[u8]) -> Result<ValidatedBatch, BatchError> {
         });
     }
     let max_timestamp_of_records = if codec == Codec::None {
-        walk_records(&header, &bytes[BATCH_HEADER_BYTES..])?
+        walk_records(&header, &bytes[BATCH_HEADER_BYTES..], density)?
     } else {
         header.max_timestamp
     };
@@ -406,8 +465,13 @@ fn check_timestamp(timestamp: i64, reason: &'static str) -> Result<(), BatchErro
 }
 
 /// Walks the records of an uncompressed batch; returns the largest absolute timestamp.
-fn walk_records(header: &BatchHeader, mut records: &[u8]) -> Result<i64, BatchError> {
+fn walk_records(
+    header: &BatchHeader,
+    mut records: &[u8],
+    density: Density,
+) -> Result<i64, BatchError> {
     let mut max_timestamp = NO_TIMESTAMP;
+    let mut previous_offset_delta = -1;
     for index in 0..header.records_count {
         let malformed = |reason| BatchError::MalformedRecord { index, reason };
         let length = read_varint(&mut records).ok_or_else(|| malformed("bad length varint"))?;
@@ -423,11 +487,18 @@ fn walk_records(header: &BatchHeader, mut records: &[u8]) -> Result<i64, BatchEr
         let timestamp_delta =
             read_varlong(&mut record).ok_or_else(|| malformed("bad timestamp delta"))?;
         let offset_delta = read_varint(&mut record).ok_or_else(|| malformed("bad offset delta"))?;
-        if offset_delta != index {
+        let in_order = match density {
+            Density::Dense => offset_delta == index,
+            Density::Compacted => {
+                offset_delta > previous_offset_delta && offset_delta <= header.last_offset_delta
+            }
+        };
+        if !in_order {
             return Err(BatchError::InvalidOffsets {
                 reason: "record offset deltas are not dense",
             });
         }
+        previous_offset_delta = offset_delta;
         skip_bytes_field(&mut record).ok_or_else(|| malformed("bad key"))?;
         skip_bytes_field(&mut record).ok_or_else(|| malformed("bad value"))?;
         let header_count = read_varint(&mut record).ok_or_else(|| malformed("bad header count"))?;
@@ -475,16 +546,34 @@ fn skip_bytes_field(bytes: &mut &[u8]) -> Option<()> {
 }
 
 /// Reads a zigzag varint (at most 5 bytes).
-fn read_varint(bytes: &mut &[u8]) -> Option<i32> {
+pub(crate) fn read_varint(bytes: &mut &[u8]) -> Option<i32> {
     let value = read_unsigned_varint(bytes, 5)?;
     let value = u32::try_from(value).ok()?;
     Some(((value >> 1) as i32) ^ -((value & 1) as i32))
 }
 
 /// Reads a zigzag varlong (at most 10 bytes).
-fn read_varlong(bytes: &mut &[u8]) -> Option<i64> {
+pub(crate) fn read_varlong(bytes: &mut &[u8]) -> Option<i64> {
     let value = read_unsigned_varint(bytes, 10)?;
     Some(((value >> 1) as i64) ^ -((value & 1) as i64))
+}
+
+/// Writes a zigzag varint, as [`read_varint`] reads it.
+pub(crate) fn write_varint(out: &mut Vec<u8>, value: i32) {
+    write_unsigned_varint(out, u64::from(((value << 1) ^ (value >> 31)) as u32));
+}
+
+/// Writes a zigzag varlong, as [`read_varlong`] reads it.
+pub(crate) fn write_varlong(out: &mut Vec<u8>, value: i64) {
+    write_unsigned_varint(out, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+fn write_unsigned_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 fn read_unsigned_varint(bytes: &mut &[u8], max_bytes: usize) -> Option<u64> {
@@ -497,6 +586,18 @@ fn read_unsigned_varint(bytes: &mut &[u8], max_bytes: usize) -> Option<u64> {
         }
     }
     None
+}
+
+/// Sets a whole batch's `batch_length` from its size and recomputes its CRC.
+///
+/// # Panics
+/// If `batch` is shorter than a header.
+pub fn seal(batch: &mut [u8]) {
+    assert!(batch.len() >= BATCH_HEADER_BYTES);
+    let length = i32::try_from(batch.len() - BATCH_LENGTH_PREFIX_BYTES).expect("batch under 2 GiB");
+    batch[BATCH_LENGTH_POSITION..BATCH_LENGTH_POSITION + 4].copy_from_slice(&length.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Sets the base offset. Not covered by the CRC, so the CRC stays valid.

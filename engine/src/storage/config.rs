@@ -7,6 +7,17 @@ use crate::limits;
 /// defaults are Kafka's unless noted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
+    /// What happens to old segments (`cleanup.policy`).
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a tombstone stays once the cleaner first kept it (`delete.retention.ms`).
+    pub delete_retention_ms: i64,
+    /// Clean once dirty bytes are at least this share of the cleanable log
+    /// (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: Ratio,
+    /// Records younger than this are not cleaned (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: i64,
+    /// Records older than this are cleaned whatever the dirty ratio (`max.compaction.lag.ms`).
+    pub max_compaction_lag_ms: i64,
     /// Roll the active segment before it would exceed this many bytes (`segment.bytes`).
     pub segment_bytes: u32,
     /// Roll the active segment once its first batch is this old (`segment.ms`).
@@ -43,6 +54,11 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: limits::DELETE_RETENTION_MS_DEFAULT,
+            min_cleanable_dirty_ratio: Ratio(0.5),
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             segment_ms: limits::SEGMENT_MS_DEFAULT,
             segment_index_bytes: limits::SEGMENT_INDEX_BYTES_DEFAULT,
@@ -57,6 +73,56 @@ impl Default for LogConfig {
             closed_segment_handles_max: limits::CLOSED_SEGMENT_HANDLES_DEFAULT,
             producer_id_expiration_ms: limits::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
         }
+    }
+}
+
+/// A share between 0 and 1, compared bit for bit (so that settings have an equality).
+#[derive(Debug, Clone, Copy)]
+pub struct Ratio(pub f64);
+
+impl PartialEq for Ratio {
+    fn eq(&self, other: &Ratio) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Ratio {}
+
+/// Kafka's `cleanup.policy`: `delete`, `compact` or both (`compact,delete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Retention deletes old segments (by `retention.ms` and `retention.bytes`).
+    pub delete: bool,
+    /// The cleaner keeps the latest record of each key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// `delete`, Kafka's default.
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    /// `compact`.
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+
+    /// Parses Kafka's list form: `delete`, `compact`, `compact,delete` (either order).
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for word in value.split(',').map(str::trim) {
+            match word {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => return None,
+            }
+        }
+        (policy.delete || policy.compact).then_some(policy)
     }
 }
 
@@ -103,6 +169,22 @@ impl LogConfig {
         }
         if self.producer_id_expiration_ms <= 0 {
             return Err("producer_id_expiration_ms must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio.0) {
+            return Err("min_cleanable_dirty_ratio must be between 0 and 1".into());
+        }
+        if self.delete_retention_ms < 0
+            || self.min_compaction_lag_ms < 0
+            || self.max_compaction_lag_ms < 1
+        {
+            return Err(
+                "delete_retention_ms and min_compaction_lag_ms must not be negative, \
+                 max_compaction_lag_ms must be positive"
+                    .into(),
+            );
+        }
+        if !self.cleanup_policy.delete && !self.cleanup_policy.compact {
+            return Err("cleanup_policy must delete, compact or both".into());
         }
         if self.closed_segment_handles_max == 0 {
             return Err("closed_segment_handles_max must be at least 1".into());

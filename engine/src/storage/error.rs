@@ -98,6 +98,13 @@ pub enum StorageError {
     /// append was written.
     #[error(transparent)]
     Producer(ProducerError),
+    /// A record without a key for a compacted topic, or records whose keys cannot be read
+    /// (Kafka's `INVALID_RECORD`).
+    #[error("{reason}")]
+    KeylessRecord {
+        /// What is wrong.
+        reason: String,
+    },
     /// The configuration is invalid.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),

@@ -38,6 +38,7 @@ use super::backend::{
 };
 use super::batch::{self, Codec, TimestampType, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
+use super::compaction;
 use super::config::LogConfig;
 use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
@@ -245,6 +246,9 @@ pub struct PartitionLog<S: Storage> {
     pub(super) producer_snapshots: BTreeSet<i64>,
     /// Snapshots found unusable at open, removed once a new one is written.
     pub(super) stale_producer_snapshots: Vec<i64>,
+    /// The cleaner's first dirty offset: records below it were cleaned (see
+    /// [`super::compaction`]).
+    pub(super) cleaner_checkpoint: i64,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -505,7 +509,7 @@ impl<S: Storage> PartitionLog<S> {
         now_ms: i64,
     ) -> StorageResult<AppendInfo> {
         self.check_poison()?;
-        let batches = self.validate_batches(&records)?;
+        let batches = self.validate_batches(&records, mode)?;
         if mode == AppendMode::Replicated {
             let mut expected = self.log_end_offset();
             for batch in &batches {
@@ -725,7 +729,11 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    fn validate_batches(&self, records: &[u8]) -> StorageResult<Vec<IncomingBatch>> {
+    fn validate_batches(
+        &self,
+        records: &BytesMut,
+        mode: AppendMode,
+    ) -> StorageResult<Vec<IncomingBatch>> {
         let mut batches = Vec::new();
         let mut position = 0;
         let invalid = |position, source| StorageError::InvalidBatch { position, source };
@@ -758,8 +766,25 @@ impl<S: Storage> PartitionLog<S> {
                     },
                 ));
             }
-            let validated = batch::validate(&records[position..position + size])
-                .map_err(|source| invalid(position, source))?;
+            let bytes = &records[position..position + size];
+            let validated = match mode {
+                // A leader's log may hold what its cleaner left.
+                AppendMode::Replicated => batch::validate_compacted(bytes),
+                AppendMode::Leader { .. } | AppendMode::Marker { .. } => batch::validate(bytes),
+            }
+            .map_err(|source| invalid(position, source))?;
+            let needs_keys = self.config.cleanup_policy.compact
+                && matches!(mode, AppendMode::Leader { .. })
+                && !validated.header.is_control();
+            if needs_keys {
+                let keyless = compaction::records::has_keyless_record(bytes)
+                    .map_err(|reason| StorageError::KeylessRecord { reason })?;
+                if keyless {
+                    return Err(StorageError::KeylessRecord {
+                        reason: "a compacted topic cannot take a record without a key".into(),
+                    });
+                }
+            }
             batches.push(IncomingBatch {
                 position,
                 size,
@@ -1002,11 +1027,14 @@ impl<S: Storage> PartitionLog<S> {
         self.check_poison()?;
         let mut size_bytes = self.size_bytes();
         let mut deleted = 0;
+        let deletes = self.config.cleanup_policy.delete;
         while let Some((&base_offset, &meta)) = self.closed.first_key_value() {
-            let expired = self.config.retention_ms >= 0
+            let expired = deletes
+                && self.config.retention_ms >= 0
                 && meta.max_timestamp >= 0
                 && now_ms - meta.max_timestamp > self.config.retention_ms;
-            let over_size = self.config.retention_bytes >= 0
+            let over_size = deletes
+                && self.config.retention_bytes >= 0
                 && size_bytes - meta.size_bytes >= self.config.retention_bytes as u64;
             let below_start = meta.next_offset <= self.log_start_offset;
             if !(expired || over_size || below_start) {

@@ -5,6 +5,7 @@
 //! - [`backend`]: the storage trait and its glommio DMA, `std::fs` and simulated implementations.
 //! - [`PartitionLog`]: one partition's segments; append, read, sync, roll, retention.
 //! - [`SharedLog`]: the same, shared by many tasks of a core, with group commit.
+//! - [`compaction`]: log compaction (the cleaner).
 //! - [`dump`]: what `spate log dump` prints.
 //!
 //! The on-disk format is drawn byte by byte in `docs/FORMAT.md`.
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod batch;
 mod checkpoint;
+pub mod compaction;
 mod config;
 pub mod dump;
 mod epochs;
@@ -28,7 +30,7 @@ mod shared;
 mod tail_cache;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
-pub use config::LogConfig;
+pub use config::{CleanupPolicy, LogConfig, Ratio};
 pub use error::{StorageError, StorageResult};
 pub use log::{AppendInfo, Chunk, Fetched, OpenReport, PartitionLog, SyncTicket, Truncation};
 pub use shared::{Appended, Durability, Marker, SharedLog};

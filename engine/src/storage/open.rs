@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::backend::{read_whole_file, OpenMode, Storage, StorageFile};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
+use super::compaction::{self, CLEANER_CHECKPOINT_FILE_NAME};
 use super::config::LogConfig;
 use super::epochs::{load_epochs, LoadedEpochs};
 use super::error::{StorageError, StorageResult};
@@ -50,10 +51,16 @@ impl<S: Storage> PartitionLog<S> {
             .create_dir_all(&dir)
             .await
             .map_err(io_error(|| format!("creating {}", dir.display())))?;
-        let names = storage
+        let mut names = storage
             .list(&dir)
             .await
             .map_err(io_error(|| format!("listing {}", dir.display())))?;
+        if compaction::clean::complete_interrupted(&storage, &dir, &names).await? {
+            names = storage
+                .list(&dir)
+                .await
+                .map_err(io_error(|| format!("listing {}", dir.display())))?;
+        }
         for name in names.iter().filter(|name| name.ends_with(".tmp")) {
             let path = dir.join(name);
             storage
@@ -260,6 +267,9 @@ impl<S: Storage> PartitionLog<S> {
             .max(first_base)
             .min(log_end_offset);
         report.segments = closed.len() + 1;
+        let cleaner_checkpoint = read_cleaner_checkpoint(&storage, &dir)
+            .await
+            .min(active.meta.next_offset);
         let mut log = PartitionLog {
             tail_cache: TailCache::new(config.tail_cache_bytes),
             storage,
@@ -281,6 +291,7 @@ impl<S: Storage> PartitionLog<S> {
             producers: ProducerStates::new(),
             producer_snapshots: BTreeSet::new(),
             stale_producer_snapshots: Vec::new(),
+            cleaner_checkpoint,
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;
@@ -476,4 +487,20 @@ async fn first_batch_timestamp<F: StorageFile>(
         .await
         .map_err(io_error(|| format!("reading {}", path.display())))?;
     Ok(BatchHeader::parse(&bytes).map_or(-1, |header| header.max_timestamp))
+}
+
+/// The cleaner's first dirty offset as last written; 0 (everything dirty, which is safe) when
+/// the file is missing or unreadable.
+async fn read_cleaner_checkpoint<S: Storage>(storage: &S, dir: &Path) -> i64 {
+    let path = dir.join(CLEANER_CHECKPOINT_FILE_NAME);
+    match read_whole_file(storage, &path).await {
+        Ok(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| {
+                warn!(path = %path.display(), "cleaner checkpoint unreadable; the log is all dirty");
+                0
+            }),
+        Err(_) => 0,
+    }
 }

@@ -566,6 +566,15 @@ impl ProducerStates {
         found
     }
 
+    /// The first offsets of every batch the producers' sequence state remembers (the last
+    /// few of each producer): the cleaner keeps these batches, emptied if need be, so that
+    /// state rebuilt from the log still knows them.
+    pub fn remembered_batch_offsets(&self) -> impl Iterator<Item = i64> + '_ {
+        self.entries
+            .values()
+            .flat_map(|entry| entry.batches.iter().map(|batch| batch.first_offset))
+    }
+
     /// Every aborted transaction remembered, by marker offset.
     pub fn aborted_transactions(&self) -> impl Iterator<Item = &AbortedTxn> + '_ {
         self.aborted.values()

@@ -10,6 +10,7 @@ use async_lock::Mutex;
 use bytes::BytesMut;
 
 use super::backend::{Storage, StorageFile};
+use super::compaction::{CleanReport, CleanRequest, Pacer};
 use super::error::{StorageError, StorageResult};
 use super::log::{AppendInfo, Fetched, PartitionLog};
 
@@ -197,6 +198,29 @@ impl<S: Storage> SharedLog<S> {
             .await
             .read(offset, max_bytes, limit_offset)
             .await
+    }
+
+    /// Runs one cleaner pass ([`PartitionLog::clean`]) holding the log only to plan it and to
+    /// swap the cleaned segments in: appends and reads go on while it reads and writes.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::clean`].
+    pub async fn clean(
+        &self,
+        request: &CleanRequest,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<Option<CleanReport>> {
+        let plan = self.log.lock().await.plan_clean(request).await?;
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        let output = plan.execute(pacer).await?;
+        self.log
+            .lock()
+            .await
+            .finish_clean(plan, output)
+            .await
+            .map(Some)
     }
 
     /// Runs `f` with exclusive access to the log, for everything else.

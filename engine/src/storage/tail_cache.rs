@@ -63,6 +63,17 @@ impl TailCache {
         self.size_bytes = 0;
     }
 
+    /// Forgets the batches that start below `offset` (the cleaner rewrote them on disk).
+    pub fn forget_below(&mut self, offset: i64) {
+        while let Some(first) = self.batches.front() {
+            if first.base_offset >= offset {
+                break;
+            }
+            let evicted = self.batches.pop_front().expect("just seen");
+            self.size_bytes -= evicted.bytes.len();
+        }
+    }
+
     /// Whole batches starting with the one holding `offset`, ending before `limit_offset`, at most
     /// `max_bytes` but at least one batch. `None` when `offset` is older than the cache.
     pub fn read(&self, offset: i64, limit_offset: i64, max_bytes: usize) -> Option<Vec<Bytes>> {

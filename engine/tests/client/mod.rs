@@ -11,6 +11,7 @@ use spate_engine::client::producer::{Delivery, Producer, ProducerRecord};
 
 use crate::broker::util::Broker;
 
+mod compaction;
 mod group;
 mod transactions;
 

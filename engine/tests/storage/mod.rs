@@ -1,4 +1,5 @@
 mod basics;
+mod compaction;
 mod compat;
 mod corruption;
 mod dma;

@@ -29,6 +29,7 @@ fn config_type(kind: ConfigKind) -> i8 {
         ConfigKind::Int { .. } => 3,
         ConfigKind::Long { .. } => 5,
         ConfigKind::Choice(_) => 2,
+        ConfigKind::Ratio => 6,
     }
 }
 

@@ -1,0 +1,108 @@
+//! The log cleaner of one shard: compacts the shard's partitions whose `cleanup.policy`
+//! includes `compact`, dirtiest first, one pass each, with its I/O paced to the shard's share
+//! of `log.cleaner.io.max.bytes.per.second`. The cleaning itself is
+//! [`crate::storage::compaction`]; this module only chooses and paces.
+
+use std::cmp::Ordering;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info};
+
+use super::now_ms;
+use super::shard::Shard;
+use crate::storage::compaction::{CleanRequest, Pacer};
+
+/// Paces the cleaner to a byte rate, and yields so that the shard's requests go first.
+#[derive(Debug)]
+pub struct RatePacer {
+    bytes_per_second: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl RatePacer {
+    /// A pacer of `bytes_per_second`; `u64::MAX` only yields.
+    pub fn new(bytes_per_second: u64) -> RatePacer {
+        RatePacer {
+            bytes_per_second: bytes_per_second.max(1),
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
+impl Pacer for RatePacer {
+    async fn pace(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes_per_second != u64::MAX {
+            let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_second as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                glommio::timer::sleep(due - elapsed).await;
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+impl Shard {
+    /// Runs one cleaner pass over each of this shard's compacted partitions that is dirty
+    /// enough, dirtiest first. Returns the passes that cleaned something.
+    pub async fn clean_logs(self: &Rc<Self>) -> usize {
+        let cores = self.config.cores.max(1);
+        let offset_map_bytes_max = self.config.log_cleaner_dedupe_buffer_size / cores;
+        let rate = match self.config.log_cleaner_io_max_bytes_per_second {
+            u64::MAX => u64::MAX,
+            rate => (rate / cores as u64).max(1),
+        };
+        let mut candidates = Vec::new();
+        for partition in self.owned_partitions() {
+            let request = CleanRequest {
+                now_ms: now_ms(),
+                // Records above the high watermark may still be cut by a new leader.
+                upper_bound_offset: partition.replica.readable_end(i64::MAX),
+                offset_map_bytes_max,
+                force: false,
+            };
+            let dirtiness = partition
+                .replica
+                .log
+                .with_log(async |log| log.dirtiness(&request))
+                .await;
+            if let Some(dirtiness) = dirtiness {
+                candidates.push((dirtiness, request, partition));
+            }
+        }
+        candidates.sort_by(|(a, _, _), (b, _, _)| {
+            b.overdue
+                .cmp(&a.overdue)
+                .then(b.ratio().partial_cmp(&a.ratio()).unwrap_or(Ordering::Equal))
+        });
+        let mut passes = 0;
+        for (_, request, partition) in candidates {
+            if self.shutting_down.get() {
+                break;
+            }
+            let mut pacer = RatePacer::new(rate);
+            let result = partition.replica.log.clean(&request, &mut pacer).await;
+            let topic = partition.replica.topic();
+            let index = partition.replica.index();
+            match result {
+                Ok(Some(report)) if !report.abandoned => {
+                    passes += 1;
+                    info!(
+                        %topic, partition = index,
+                        bytes_before = report.bytes_before,
+                        bytes_after = report.bytes_after,
+                        records_removed = report.records_removed,
+                        "compacted"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => error!(%topic, partition = index, %error, "compaction failed"),
+            }
+        }
+        passes
+    }
+}

@@ -1,0 +1,928 @@
+//! One cleaning pass over a partition log, in three steps so that appends and reads go on
+//! while the cleaner reads and writes:
+//!
+//! 1. [`PartitionLog::plan_clean`] (holding the log): which closed segments, which part of
+//!    them is dirty, what the producer state says about aborted transactions and batches it
+//!    still needs.
+//! 2. [`CleanPlan::execute`] (not holding the log): builds the key-to-latest-offset map over
+//!    the dirty segments, then writes each group of segments, cleaned, to a new
+//!    `<base>.log.cleaned` file.
+//! 3. [`PartitionLog::finish_clean`] (holding the log): if no segment of the plan changed
+//!    meanwhile, swaps the cleaned files in, crash-safely (see `docs/FORMAT.md`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+use super::filter::{self, CleanedBatch, TombstonePolicy};
+use super::offset_map::OffsetMap;
+use super::records::{parse_records, record_section};
+use crate::storage::backend::{OpenMode, ReadBuf, Storage, StorageFile};
+use crate::storage::batch::{self, BatchHeader};
+use crate::storage::error::{StorageError, StorageResult};
+use crate::storage::log::{io_error, remove_if_present, write_index_files, PartitionLog};
+use crate::storage::recovery::{relative, IndexBuilder};
+use crate::storage::segment::{SegmentMeta, SegmentPaths, LOG_SUFFIX};
+
+/// Suffix of a cleaned segment being written; removed at open.
+pub(crate) const CLEANED_SUFFIX: &str = ".log.cleaned";
+/// Suffix of a cleaned segment that replaces the segments it covers; completed at open.
+pub(crate) const SWAP_SUFFIX: &str = ".log.swap";
+/// File holding the first offset not yet cleaned (Kafka's cleaner offset checkpoint).
+pub const CLEANER_CHECKPOINT_FILE_NAME: &str = "cleaner-offset-checkpoint";
+
+/// Bytes read from a segment at a time.
+const READ_WINDOW_BYTES: usize = 4 << 20;
+/// Bytes of cleaned output gathered before a write.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// What the caller allows one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanRequest {
+    /// The cleaner's time.
+    pub now_ms: i64,
+    /// Records at or above this offset are not cleaned: the last stable offset, which is at
+    /// most the high watermark (the leader's records above it may still be truncated, and
+    /// open transactions are not decided yet).
+    pub upper_bound_offset: i64,
+    /// Bytes the key-to-offset map may take (`log.cleaner.dedupe.buffer.size`); at least one
+    /// dirty segment is always taken, even when its keys need more.
+    pub offset_map_bytes_max: usize,
+    /// Clean even when the dirty ratio is below `min.cleanable.dirty.ratio`.
+    pub force: bool,
+}
+
+/// How dirty a log is: what a pass would clean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dirtiness {
+    /// First offset not cleaned yet.
+    pub first_dirty_offset: i64,
+    /// End of what may be cleaned now (a segment base).
+    pub end_offset: i64,
+    /// Bytes of segments already cleaned.
+    pub clean_bytes: u64,
+    /// Bytes of dirty segments below `end_offset`.
+    pub dirty_bytes: u64,
+    /// Whether `max.compaction.lag.ms` forces a pass regardless of the ratio.
+    pub overdue: bool,
+}
+
+impl Dirtiness {
+    /// Dirty bytes over all bytes the pass would read.
+    pub fn ratio(&self) -> f64 {
+        let total = self.clean_bytes + self.dirty_bytes;
+        if total == 0 {
+            0.0
+        } else {
+            self.dirty_bytes as f64 / total as f64
+        }
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// First dirty offset before the pass.
+    pub first_dirty_offset: i64,
+    /// First dirty offset after it.
+    pub end_offset: i64,
+    /// Segments read and replaced.
+    pub segments_before: usize,
+    /// Segments written in their place.
+    pub segments_after: usize,
+    /// Bytes of the replaced segments.
+    pub bytes_before: u64,
+    /// Bytes of the segments written.
+    pub bytes_after: u64,
+    /// Records removed.
+    pub records_removed: u64,
+    /// The log changed under the pass (a retention deletion or a truncation): nothing was
+    /// swapped in; the next pass starts again.
+    pub abandoned: bool,
+}
+
+/// Paces the cleaner's I/O (`log.cleaner.io.max.bytes.per.second`).
+#[allow(async_fn_in_trait)] // thread-per-core: the cleaner's futures never leave their core.
+pub trait Pacer {
+    /// Called after `bytes` were read or written; waits as long as the rate requires.
+    async fn pace(&mut self, bytes: u64);
+}
+
+/// No pacing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unpaced;
+
+impl Pacer for Unpaced {
+    async fn pace(&mut self, _bytes: u64) {}
+}
+
+#[derive(Debug, Clone)]
+struct PlannedSegment<F> {
+    meta: SegmentMeta,
+    file: F,
+    path: PathBuf,
+}
+
+/// A pass planned by [`PartitionLog::plan_clean`]; run it with [`CleanPlan::execute`].
+#[derive(Debug)]
+pub struct CleanPlan<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    generation: u64,
+    /// Closed segments from the first one to `end_offset`, oldest first.
+    segments: Vec<PlannedSegment<S::File>>,
+    /// Index in `segments` of the first dirty segment.
+    first_dirty_segment: usize,
+    first_dirty_offset: i64,
+    tombstones: TombstonePolicy,
+    offset_map_bytes_max: usize,
+    segment_bytes_max: u64,
+    index_interval_bytes: u32,
+    index_entries_max: usize,
+    /// Aborted transactions by producer: (first offset, marker offset).
+    aborted: BTreeMap<i64, Vec<(i64, i64)>>,
+    /// First offsets of the batches producers' sequence state remembers.
+    remembered_batches: BTreeSet<i64>,
+}
+
+/// Cleaned segments written by [`CleanPlan::execute`], ready to swap in.
+#[derive(Debug)]
+pub struct CleanOutput {
+    groups: Vec<CleanedGroup>,
+    end_offset: i64,
+    records_removed: u64,
+}
+
+#[derive(Debug)]
+struct CleanedGroup {
+    /// Base offsets of the segments it replaces, oldest first (the first is its own).
+    replaced: Vec<SegmentMeta>,
+    meta: SegmentMeta,
+    index: IndexBuilder,
+    cleaned_path: PathBuf,
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// The first offset not cleaned yet.
+    pub fn first_dirty_offset(&self) -> i64 {
+        self.cleaner_checkpoint.max(self.log_start_offset)
+    }
+
+    /// What a pass would clean now, or `None` when the log is not compacted or nothing is
+    /// dirty below the bounds.
+    pub fn dirtiness(&self, request: &CleanRequest) -> Option<Dirtiness> {
+        if !self.config.cleanup_policy.compact {
+            return None;
+        }
+        let first_dirty_offset = self.first_dirty_offset();
+        let limit = request
+            .upper_bound_offset
+            .min(self.first_unstable_offset().unwrap_or(i64::MAX))
+            .min(self.recovery_point)
+            .min(self.active.meta.base_offset);
+        let lag_cutoff = request
+            .now_ms
+            .saturating_sub(self.config.min_compaction_lag_ms);
+        let mut end_offset = None;
+        let mut clean_bytes = 0;
+        let mut dirty_bytes = 0;
+        let mut first_dirty_timestamp = None;
+        for meta in self.closed.values() {
+            if meta.next_offset <= self.log_start_offset {
+                continue;
+            }
+            let too_young =
+                self.config.min_compaction_lag_ms > 0 && meta.max_timestamp > lag_cutoff;
+            if meta.next_offset > limit || too_young {
+                break;
+            }
+            end_offset = Some(meta.next_offset);
+            if meta.next_offset <= first_dirty_offset {
+                clean_bytes += meta.size_bytes;
+            } else {
+                dirty_bytes += meta.size_bytes;
+                first_dirty_timestamp.get_or_insert(meta.first_batch_timestamp);
+            }
+        }
+        let end_offset = end_offset?;
+        if end_offset <= first_dirty_offset || dirty_bytes == 0 {
+            return None;
+        }
+        let overdue = first_dirty_timestamp.is_some_and(|timestamp| {
+            timestamp >= 0
+                && request.now_ms.saturating_sub(timestamp) > self.config.max_compaction_lag_ms
+        });
+        Some(Dirtiness {
+            first_dirty_offset,
+            end_offset,
+            clean_bytes,
+            dirty_bytes,
+            overdue,
+        })
+    }
+
+    /// Plans a pass, or `None` when there is nothing to clean or the log is not dirty enough
+    /// (below `min.cleanable.dirty.ratio`, unless forced or overdue).
+    ///
+    /// # Errors
+    /// [`StorageError::Poisoned`], or an I/O error opening a segment.
+    pub async fn plan_clean(
+        &mut self,
+        request: &CleanRequest,
+    ) -> StorageResult<Option<CleanPlan<S>>> {
+        self.check_poison()?;
+        let Some(dirtiness) = self.dirtiness(request) else {
+            return Ok(None);
+        };
+        if !request.force
+            && !dirtiness.overdue
+            && dirtiness.ratio() < self.config.min_cleanable_dirty_ratio.0
+        {
+            return Ok(None);
+        }
+        let metas: Vec<SegmentMeta> = self
+            .closed
+            .values()
+            .filter(|meta| {
+                meta.next_offset > self.log_start_offset && meta.next_offset <= dirtiness.end_offset
+            })
+            .copied()
+            .collect();
+        let mut segments = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let file = self.closed_handle(meta.base_offset).await?.file.clone();
+            segments.push(PlannedSegment {
+                meta,
+                file,
+                path: SegmentPaths::new(&self.dir, meta.base_offset).log,
+            });
+        }
+        let first_dirty_segment = segments
+            .iter()
+            .position(|segment| segment.meta.next_offset > dirtiness.first_dirty_offset)
+            .expect("a dirty segment below the end");
+        let mut aborted: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+        for txn in self.producers.aborted_transactions() {
+            aborted
+                .entry(txn.producer_id)
+                .or_default()
+                .push((txn.first_offset, txn.last_offset));
+        }
+        let remembered_batches = self
+            .producers
+            .remembered_batch_offsets()
+            .filter(|&offset| offset < dirtiness.end_offset)
+            .collect();
+        Ok(Some(CleanPlan {
+            storage: self.storage.clone(),
+            dir: self.dir.clone(),
+            generation: self.generation,
+            segments,
+            first_dirty_segment,
+            first_dirty_offset: dirtiness.first_dirty_offset,
+            tombstones: TombstonePolicy {
+                now_ms: request.now_ms,
+                delete_retention_ms: self.config.delete_retention_ms,
+            },
+            offset_map_bytes_max: request.offset_map_bytes_max,
+            segment_bytes_max: u64::from(self.config.segment_bytes),
+            index_interval_bytes: self.config.index_interval_bytes,
+            index_entries_max: self.config.index_entries_max(),
+            aborted,
+            remembered_batches,
+        }))
+    }
+
+    /// Swaps a pass's cleaned segments in, unless the log changed under it (then the cleaned
+    /// files are removed and the report says `abandoned`). Moves the first dirty offset to
+    /// the end of what was cleaned.
+    ///
+    /// # Errors
+    /// An I/O error, which poisons the log: the next open completes or undoes the swap.
+    pub async fn finish_clean(
+        &mut self,
+        plan: CleanPlan<S>,
+        output: CleanOutput,
+    ) -> StorageResult<CleanReport> {
+        let mut report = CleanReport {
+            first_dirty_offset: plan.first_dirty_offset,
+            end_offset: output.end_offset,
+            records_removed: output.records_removed,
+            ..CleanReport::default()
+        };
+        let unchanged = self.check_poison().is_ok()
+            && self.generation == plan.generation
+            && output.groups.iter().all(|group| {
+                group
+                    .replaced
+                    .iter()
+                    .all(|meta| self.closed.get(&meta.base_offset) == Some(meta))
+            });
+        if !unchanged {
+            for group in &output.groups {
+                remove_if_present(&self.storage, &group.cleaned_path).await?;
+            }
+            report.abandoned = true;
+            info!(dir = %self.dir.display(), "the log changed while it was cleaned; cleaning again later");
+            return Ok(report);
+        }
+        for group in output.groups {
+            report.segments_before += group.replaced.len();
+            report.segments_after += 1;
+            report.bytes_before += group
+                .replaced
+                .iter()
+                .map(|meta| meta.size_bytes)
+                .sum::<u64>();
+            report.bytes_after += group.meta.size_bytes;
+            if let Err(error) = self.swap_in(&group).await {
+                return Err(self.poison(error));
+            }
+        }
+        self.tail_cache.forget_below(output.end_offset);
+        self.cleaner_checkpoint = output.end_offset;
+        let path = self.dir.join(CLEANER_CHECKPOINT_FILE_NAME);
+        crate::storage::backend::write_file_atomically(
+            &self.storage,
+            &path,
+            output.end_offset.to_string().as_bytes(),
+        )
+        .await
+        .map_err(io_error(|| format!("writing {}", path.display())))?;
+        info!(
+            dir = %self.dir.display(),
+            first_dirty_offset = report.first_dirty_offset,
+            end_offset = report.end_offset,
+            bytes_before = report.bytes_before,
+            bytes_after = report.bytes_after,
+            records_removed = report.records_removed,
+            "log cleaned"
+        );
+        Ok(report)
+    }
+
+    /// Cleans the log in one pass, holding it throughout (tests and tools; the broker runs
+    /// the three steps so that the log stays free while the cleaner works).
+    ///
+    /// # Errors
+    /// As the three steps.
+    pub async fn clean(
+        &mut self,
+        request: &CleanRequest,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<Option<CleanReport>> {
+        let Some(plan) = self.plan_clean(request).await? else {
+            return Ok(None);
+        };
+        let output = plan.execute(pacer).await?;
+        self.finish_clean(plan, output).await.map(Some)
+    }
+
+    /// Replaces a group's segments by its cleaned file; see `docs/FORMAT.md` for why each
+    /// step is where it is.
+    async fn swap_in(&mut self, group: &CleanedGroup) -> StorageResult<()> {
+        let base_offset = group.meta.base_offset;
+        let paths = SegmentPaths::new(&self.dir, base_offset);
+        let swap_path = swap_path(&self.dir, base_offset);
+        rename(&self.storage, &group.cleaned_path, &swap_path).await?;
+        sync_dir(&self.storage, &self.dir).await?;
+        // From here on the swap file is the segment: an open completes the swap.
+        for meta in &group.replaced {
+            let replaced = SegmentPaths::new(&self.dir, meta.base_offset);
+            if meta.base_offset != base_offset {
+                remove_if_present(&self.storage, &replaced.log).await?;
+            }
+            remove_if_present(&self.storage, &replaced.index).await?;
+            remove_if_present(&self.storage, &replaced.time_index).await?;
+            self.closed.remove(&meta.base_offset);
+            if let Some(found) = self
+                .closed_handles
+                .iter()
+                .position(|handle| handle.base_offset == meta.base_offset)
+            {
+                let handle = self.closed_handles.swap_remove(found);
+                if let Err(error) = handle.file.close().await {
+                    warn!(%error, "closing a replaced segment failed");
+                }
+            }
+        }
+        sync_dir(&self.storage, &self.dir).await?;
+        rename(&self.storage, &swap_path, &paths.log).await?;
+        sync_dir(&self.storage, &self.dir).await?;
+        write_index_files(&self.storage, &paths, &group.index, &group.meta).await?;
+        self.closed.insert(base_offset, group.meta);
+        debug!(
+            base_offset,
+            replaced = group.replaced.len(),
+            "cleaned segment swapped in"
+        );
+        Ok(())
+    }
+}
+
+impl<S: Storage> CleanPlan<S> {
+    /// Builds the offset map and writes the cleaned segments. Holds no log: appends and reads
+    /// go on meanwhile (the segments read are closed, so they do not change).
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] for a batch that fails its checks (nothing is swapped in),
+    /// or an I/O error.
+    pub async fn execute(&self, pacer: &mut impl Pacer) -> StorageResult<CleanOutput> {
+        let mut map = OffsetMap::default();
+        let mut end_segment = self.segments.len();
+        for index in self.first_dirty_segment..self.segments.len() {
+            self.add_to_map(&mut map, &self.segments[index], pacer)
+                .await?;
+            if map.size_bytes() > self.offset_map_bytes_max && index > self.first_dirty_segment {
+                // This segment did not fit: the pass ends before it. The map is built again
+                // without it (at most once a pass), which costs less than journaling every
+                // insert for an undo.
+                end_segment = index;
+                map = OffsetMap::default();
+                for segment in &self.segments[self.first_dirty_segment..end_segment] {
+                    self.add_to_map(&mut map, segment, pacer).await?;
+                }
+                break;
+            }
+        }
+        let end_offset = self.segments[end_segment - 1].meta.next_offset;
+        let mut groups = Vec::new();
+        let mut records_removed = 0;
+        let mut start = 0;
+        while start < end_segment {
+            let end = self.group_end(start, end_segment);
+            let (group, removed) = self
+                .clean_group(&self.segments[start..end], &map, pacer)
+                .await?;
+            groups.push(group);
+            records_removed += removed;
+            start = end;
+        }
+        Ok(CleanOutput {
+            groups,
+            end_offset,
+            records_removed,
+        })
+    }
+
+    /// Adds the keys of a dirty segment's records to the map: each key's latest offset.
+    /// Markers and aborted transactions' records count for nothing.
+    async fn add_to_map(
+        &self,
+        map: &mut OffsetMap,
+        segment: &PlannedSegment<S::File>,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<()> {
+        let mut batches = SegmentBatches::new(segment);
+        while let Some((header, batch)) = batches.next(pacer).await? {
+            if header.is_control() || self.is_aborted(&header) {
+                continue;
+            }
+            let section = record_section(&batch, &header)
+                .map_err(|reason| corrupt(segment, &header, reason))?;
+            let records = parse_records(&section, header.records_count)
+                .map_err(|reason| corrupt(segment, &header, reason))?;
+            for record in records {
+                if let Some((start, end)) = record.key {
+                    map.insert(
+                        &section[start..end],
+                        header.base_offset + i64::from(record.offset_delta),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the group of segments starting at `start`: as many as fit one segment
+    /// (size, offset span and index entries).
+    fn group_end(&self, start: usize, limit: usize) -> usize {
+        let base_offset = self.segments[start].meta.base_offset;
+        let mut size_bytes = 0;
+        let mut end = start;
+        while end < limit {
+            let meta = &self.segments[end].meta;
+            let grown = size_bytes + meta.size_bytes;
+            let entries = grown / u64::from(self.index_interval_bytes) + (end - start + 1) as u64;
+            let fits = grown <= self.segment_bytes_max
+                && meta.next_offset - base_offset <= i64::from(u32::MAX)
+                && entries <= self.index_entries_max as u64;
+            if end > start && !fits {
+                break;
+            }
+            size_bytes = grown;
+            end += 1;
+        }
+        end
+    }
+
+    /// Whether `header` is a batch of an aborted transaction.
+    fn is_aborted(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && self.aborted.get(&header.producer_id).is_some_and(|txns| {
+                txns.iter()
+                    .any(|&(first, last)| first <= header.base_offset && header.base_offset < last)
+            })
+    }
+
+    async fn clean_group(
+        &self,
+        segments: &[PlannedSegment<S::File>],
+        map: &OffsetMap,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<(CleanedGroup, u64)> {
+        let base_offset = segments[0].meta.base_offset;
+        let cleaned_path = self.dir.join(format!("{base_offset:020}{CLEANED_SUFFIX}"));
+        let file = self
+            .storage
+            .open(&cleaned_path, OpenMode::CreateNew)
+            .await
+            .map_err(io_error(|| format!("creating {}", cleaned_path.display())))?;
+        let mut writer = GroupWriter {
+            file,
+            path: cleaned_path.clone(),
+            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            written: 0,
+            meta: SegmentMeta::empty(base_offset),
+            index: IndexBuilder::new(self.index_interval_bytes),
+            filler: None,
+        };
+        let mut removed = 0;
+        for segment in segments {
+            let mut batches = SegmentBatches::new(segment);
+            while let Some((header, batch)) = batches.next(pacer).await? {
+                if header.is_control() {
+                    writer.push(&batch, pacer).await?;
+                    continue;
+                }
+                let discard_all = self.is_aborted(&header);
+                let cleaned = filter::clean_batch(&batch, self.tombstones, |facts| {
+                    !discard_all
+                        && map
+                            .get(facts.key)
+                            .is_none_or(|latest| latest <= facts.offset)
+                })
+                .map_err(|reason| corrupt(segment, &header, reason))?;
+                match cleaned {
+                    CleanedBatch::Unchanged => writer.push(&batch, pacer).await?,
+                    CleanedBatch::Rewritten(bytes) => {
+                        let kept = BatchHeader::parse(&bytes)
+                            .expect("a built batch")
+                            .records_count;
+                        removed += u64::from((header.records_count - kept).unsigned_abs());
+                        writer.push(&bytes, pacer).await?;
+                    }
+                    CleanedBatch::Emptied => {
+                        removed += u64::from(header.records_count.unsigned_abs());
+                        if header.producer_id >= 0
+                            && self.remembered_batches.contains(&header.base_offset)
+                        {
+                            writer.push(&filter::header_only(&header), pacer).await?;
+                        } else {
+                            writer.remove(&header, pacer).await?;
+                        }
+                    }
+                }
+            }
+        }
+        writer.flush_filler(pacer).await?;
+        writer.finish(pacer).await?;
+        let last = &segments[segments.len() - 1].meta;
+        assert_eq!(
+            writer.meta.next_offset, last.next_offset,
+            "a cleaned group covers the offsets of the segments it replaces"
+        );
+        Ok((
+            CleanedGroup {
+                replaced: segments.iter().map(|segment| segment.meta).collect(),
+                meta: writer.meta,
+                index: writer.index,
+                cleaned_path,
+            },
+            removed,
+        ))
+    }
+}
+
+/// Writes a cleaned group: whole batches, with runs of emptied batches folded into fillers.
+struct GroupWriter<F> {
+    file: F,
+    path: PathBuf,
+    buffer: Vec<u8>,
+    written: u64,
+    meta: SegmentMeta,
+    index: IndexBuilder,
+    /// An open run of emptied batches: base offset, next offset, leader epoch.
+    filler: Option<(i64, i64, i32)>,
+}
+
+impl<F: StorageFile> GroupWriter<F> {
+    async fn push(&mut self, batch: &[u8], pacer: &mut impl Pacer) -> StorageResult<()> {
+        self.flush_filler(pacer).await?;
+        self.append(batch, pacer).await
+    }
+
+    async fn remove(&mut self, header: &BatchHeader, pacer: &mut impl Pacer) -> StorageResult<()> {
+        if let Some((base, next, epoch)) = &mut self.filler {
+            let joins = *next == header.base_offset
+                && *epoch == header.partition_leader_epoch
+                && header.next_offset() - *base <= i64::from(i32::MAX);
+            if joins {
+                *next = header.next_offset();
+                return Ok(());
+            }
+        }
+        self.flush_filler(pacer).await?;
+        self.filler = Some((
+            header.base_offset,
+            header.next_offset(),
+            header.partition_leader_epoch,
+        ));
+        Ok(())
+    }
+
+    async fn flush_filler(&mut self, pacer: &mut impl Pacer) -> StorageResult<()> {
+        if let Some((base, next, epoch)) = self.filler.take() {
+            self.append(&filter::filler(base, next, epoch), pacer)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn append(&mut self, batch: &[u8], pacer: &mut impl Pacer) -> StorageResult<()> {
+        let header = BatchHeader::parse(batch).expect("whole batches");
+        let position = self.written + self.buffer.len() as u64;
+        self.index.observe(
+            relative(&self.meta, header.base_offset),
+            u32::try_from(position).expect("a group fits one segment"),
+            header.max_timestamp,
+            batch.len() as u64,
+        );
+        self.meta.observe_batch(
+            header.base_offset,
+            header.next_offset(),
+            header.max_timestamp,
+            batch.len() as u64,
+        );
+        self.buffer.extend_from_slice(batch);
+        if self.buffer.len() >= WRITE_BUFFER_BYTES {
+            self.write_out(pacer).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_out(&mut self, pacer: &mut impl Pacer) -> StorageResult<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_at(self.written, &self.buffer)
+            .await
+            .map_err(io_error(|| format!("writing {}", self.path.display())))?;
+        self.written += self.buffer.len() as u64;
+        pacer.pace(self.buffer.len() as u64).await;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self, pacer: &mut impl Pacer) -> StorageResult<()> {
+        self.write_out(pacer).await?;
+        let path = self.path.clone();
+        self.file
+            .truncate(self.written)
+            .await
+            .map_err(io_error(|| format!("truncating {}", path.display())))?;
+        self.file
+            .sync()
+            .await
+            .map_err(io_error(|| format!("syncing {}", path.display())))?;
+        assert_eq!(self.written, self.meta.size_bytes);
+        self.file
+            .clone()
+            .close()
+            .await
+            .map_err(io_error(|| format!("closing {}", path.display())))
+    }
+}
+
+fn corrupt<F>(segment: &PlannedSegment<F>, header: &BatchHeader, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        segment: segment.path.clone(),
+        position: 0,
+        reason: format!("batch at offset {}: {reason}", header.base_offset),
+    }
+}
+
+/// The batches of one segment, CRC-checked, in order: each must start where the previous
+/// ended, from the segment's base offset.
+struct SegmentBatches<'a, F: StorageFile> {
+    segment: &'a PlannedSegment<F>,
+    position: u64,
+    expected_offset: i64,
+    /// The bytes read last, from `window_start`; batches are slices of it, not copies.
+    window: Option<F::Buf>,
+    window_start: u64,
+}
+
+impl<'a, F: StorageFile> SegmentBatches<'a, F> {
+    fn new(segment: &'a PlannedSegment<F>) -> Self {
+        SegmentBatches {
+            segment,
+            position: 0,
+            expected_offset: segment.meta.base_offset,
+            window: None,
+            window_start: 0,
+        }
+    }
+
+    fn corrupt_at(&self, position: u64, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            segment: self.segment.path.clone(),
+            position,
+            reason,
+        }
+    }
+
+    /// The next batch, or `None` at the end of the segment's bytes.
+    async fn next(
+        &mut self,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<Option<(BatchHeader, F::Buf)>> {
+        let end = self.segment.meta.size_bytes;
+        while self.position < end {
+            let position = self.position;
+            let at = (position - self.window_start) as usize;
+            let rest = self
+                .window
+                .as_deref()
+                .and_then(|window| window.get(at..))
+                .unwrap_or_default();
+            let size = match batch::peek_base_offset_and_size(rest) {
+                Ok((_, size)) if size as u64 > end - position => {
+                    return Err(self.corrupt_at(
+                        position,
+                        format!("a batch of {size} bytes runs past the segment's end"),
+                    ))
+                }
+                Ok((_, size)) if size <= rest.len() => size,
+                Err(batch::BatchError::InvalidLength { batch_length }) => {
+                    return Err(
+                        self.corrupt_at(position, format!("invalid batch length {batch_length}"))
+                    )
+                }
+                result => {
+                    // The batch is not all in the window: read from its start.
+                    let size = result.map_or(0, |(_, size)| size);
+                    let want = size.max(READ_WINDOW_BYTES).min((end - position) as usize);
+                    if rest.len() >= want {
+                        return Err(self.corrupt_at(
+                            position,
+                            "a batch header runs past the segment's end".into(),
+                        ));
+                    }
+                    let read =
+                        self.segment
+                            .file
+                            .read_at(position, want)
+                            .await
+                            .map_err(io_error(|| {
+                                format!("reading {}", self.segment.path.display())
+                            }))?;
+                    pacer.pace(read.len() as u64).await;
+                    if read.len() < want {
+                        return Err(self
+                            .corrupt_at(position, "the segment is shorter than recorded".into()));
+                    }
+                    self.window = Some(read);
+                    self.window_start = position;
+                    continue;
+                }
+            };
+            let bytes = self.window.as_ref().expect("a window").slice(at, size);
+            let header = batch::validate_stored(&bytes)
+                .map_err(|error| self.corrupt_at(position, error.to_string()))?;
+            if header.base_offset != self.expected_offset || header.last_offset_delta < 0 {
+                return Err(self.corrupt_at(
+                    position,
+                    format!(
+                        "base offset {} where {} was expected",
+                        header.base_offset, self.expected_offset
+                    ),
+                ));
+            }
+            self.expected_offset = header.next_offset();
+            self.position += size as u64;
+            return Ok(Some((header, bytes)));
+        }
+        if self.segment.meta.next_offset > self.segment.meta.base_offset
+            && self.expected_offset != self.segment.meta.next_offset
+        {
+            return Err(self.corrupt_at(
+                end,
+                format!(
+                    "the segment ends at offset {}, not {}",
+                    self.expected_offset, self.segment.meta.next_offset
+                ),
+            ));
+        }
+        Ok(None)
+    }
+}
+
+fn swap_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}{SWAP_SUFFIX}"))
+}
+
+async fn rename<S: Storage>(storage: &S, from: &Path, to: &Path) -> StorageResult<()> {
+    storage.rename(from, to).await.map_err(io_error(|| {
+        format!("renaming {} to {}", from.display(), to.display())
+    }))
+}
+
+async fn sync_dir<S: Storage>(storage: &S, dir: &Path) -> StorageResult<()> {
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(io_error(|| format!("syncing {}", dir.display())))
+}
+
+/// Finishes or undoes a pass a crash interrupted, before the log is opened: removes
+/// `.log.cleaned` files (never swapped in), and completes each `.log.swap` (the cleaned
+/// segment replaces every segment whose base offset it covers). Returns whether anything was
+/// done.
+///
+/// # Errors
+/// [`StorageError::Corrupt`] for a swap file that does not read back whole (it was synced
+/// before it was named), or an I/O error.
+pub(crate) async fn complete_interrupted<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    names: &[String],
+) -> StorageResult<bool> {
+    let mut changed = false;
+    for name in names.iter().filter(|name| name.ends_with(CLEANED_SUFFIX)) {
+        remove_if_present(storage, &dir.join(name)).await?;
+        changed = true;
+    }
+    for name in names.iter().filter(|name| name.ends_with(SWAP_SUFFIX)) {
+        let Some(base_offset) = name
+            .strip_suffix(SWAP_SUFFIX)
+            .and_then(|stem| stem.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let path = dir.join(name);
+        let file = storage
+            .open(&path, OpenMode::Existing)
+            .await
+            .map_err(io_error(|| format!("opening {}", path.display())))?;
+        let size_bytes = file.len();
+        let end_offset = swap_end_offset(&file, &path, base_offset, size_bytes).await?;
+        file.close()
+            .await
+            .map_err(io_error(|| format!("closing {}", path.display())))?;
+        for other in names {
+            let Some(other_base) = other
+                .strip_suffix(LOG_SUFFIX)
+                .and_then(|stem| stem.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if other_base > base_offset && other_base < end_offset {
+                let replaced = SegmentPaths::new(dir, other_base);
+                remove_if_present(storage, &replaced.log).await?;
+                remove_if_present(storage, &replaced.index).await?;
+                remove_if_present(storage, &replaced.time_index).await?;
+            }
+        }
+        let paths = SegmentPaths::new(dir, base_offset);
+        remove_if_present(storage, &paths.index).await?;
+        remove_if_present(storage, &paths.time_index).await?;
+        sync_dir(storage, dir).await?;
+        rename(storage, &path, &paths.log).await?;
+        sync_dir(storage, dir).await?;
+        info!(segment = %paths.log.display(), end_offset, "completed a cleaned segment's swap");
+        changed = true;
+    }
+    Ok(changed)
+}
+
+async fn swap_end_offset<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    base_offset: i64,
+    size_bytes: u64,
+) -> StorageResult<i64> {
+    let segment = PlannedSegment {
+        meta: SegmentMeta {
+            size_bytes,
+            ..SegmentMeta::empty(base_offset)
+        },
+        file: file.clone(),
+        path: path.to_path_buf(),
+    };
+    let mut batches = SegmentBatches::new(&segment);
+    while batches.next(&mut Unpaced).await?.is_some() {}
+    Ok(batches.expected_offset)
+}
