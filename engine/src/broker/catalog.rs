@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::names::{collision_key, validate_topic_name, TopicNameError};
+use super::quotas::{check_quota, EntityName, QuotaConfigs, QuotaEntity, QuotaValue};
 use super::topic_config::{
     broker_key, check_topic_overrides, check_value, topic_key, ConfigError, ConfigLayers,
 };
@@ -101,6 +102,8 @@ pub struct Catalog {
     names_by_id: BTreeMap<Uuid, String>,
     dynamic_broker_configs: BTreeMap<String, String>,
     static_broker_configs: Arc<BTreeMap<String, String>>,
+    /// Client quotas (AlterClientQuotas).
+    client_quotas: Arc<QuotaConfigs>,
     /// In a cluster: the brokers and where each partition lives. `None` on a single node,
     /// which leads every partition itself.
     layout: Option<Arc<ClusterLayout>>,
@@ -150,6 +153,18 @@ struct CatalogFile {
     broker_configs: BTreeMap<String, String>,
     #[serde(default)]
     topics: Vec<TopicRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_quotas: Vec<QuotaRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    values: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -189,6 +204,23 @@ impl Catalog {
         }
         let mut catalog = Catalog::new(file.cluster_id, static_broker_configs);
         catalog.dynamic_broker_configs = file.broker_configs;
+        let mut quotas = QuotaConfigs::new();
+        for record in file.client_quotas {
+            let entity = QuotaEntity {
+                user: record.user.as_deref().map(EntityName::from_stored),
+                client_id: record.client_id.as_deref().map(EntityName::from_stored),
+            };
+            for (key, value) in &record.values {
+                check_quota(key, *value).map_err(|error| format!("quota of {entity}: {error}"))?;
+            }
+            let values = record
+                .values
+                .into_iter()
+                .map(|(key, value)| (key, QuotaValue(value)))
+                .collect();
+            quotas.insert(entity, values);
+        }
+        catalog.client_quotas = Arc::new(quotas);
         for record in file.topics {
             let log_config = catalog
                 .layers(&record.configs)
@@ -221,6 +253,18 @@ impl Catalog {
                     configs: topic.configs.clone(),
                 })
                 .collect(),
+            client_quotas: self
+                .client_quotas
+                .iter()
+                .map(|(entity, values)| QuotaRecord {
+                    user: entity.user.as_ref().map(EntityName::to_stored),
+                    client_id: entity.client_id.as_ref().map(EntityName::to_stored),
+                    values: values
+                        .iter()
+                        .map(|(key, value)| (key.clone(), value.0))
+                        .collect(),
+                })
+                .collect(),
         };
         toml::to_string(&file).expect("the catalog serializes")
     }
@@ -239,6 +283,7 @@ impl Catalog {
             names_by_id: BTreeMap::new(),
             dynamic_broker_configs: self.dynamic_broker_configs.clone(),
             static_broker_configs: Arc::clone(&self.static_broker_configs),
+            client_quotas: Arc::clone(&self.client_quotas),
             layout: Some(Arc::new(layout)),
         };
         for topic in topics {
@@ -509,6 +554,43 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The client quotas.
+    pub fn client_quotas(&self) -> &QuotaConfigs {
+        &self.client_quotas
+    }
+
+    /// The catalog with `entity`'s quota values changed: `Some` sets a key, `None` removes
+    /// it; an entity left with no value goes.
+    ///
+    /// # Errors
+    /// A sentence for an unknown key or a bad value; nothing changes then.
+    pub fn with_client_quota(
+        &self,
+        entity: &QuotaEntity,
+        changes: &[(String, Option<f64>)],
+    ) -> Result<Catalog, String> {
+        let mut values = self.client_quotas.get(entity).cloned().unwrap_or_default();
+        for (key, value) in changes {
+            match value {
+                Some(value) => {
+                    check_quota(key, *value)?;
+                    values.insert(key.clone(), QuotaValue(*value));
+                }
+                None => {
+                    values.remove(key);
+                }
+            }
+        }
+        let mut catalog = self.clone();
+        let quotas = Arc::make_mut(&mut catalog.client_quotas);
+        if values.is_empty() {
+            quotas.remove(entity);
+        } else {
+            quotas.insert(entity.clone(), values);
+        }
+        Ok(catalog)
+    }
+
     /// The catalog with the dynamic broker overrides replaced by `configs` (broker-level
     /// names), and every topic's log settings resolved again.
     ///
@@ -572,6 +654,38 @@ mod tests {
             assignments: Vec::new(),
             configs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn client_quotas_are_set_removed_checked_and_round_trip() {
+        let catalog = Catalog::new("cluster".into(), BTreeMap::new());
+        let per_client = QuotaEntity {
+            user: None,
+            client_id: Some(EntityName::Named("app".into())),
+        };
+        let defaults = QuotaEntity {
+            user: Some(EntityName::Default),
+            client_id: Some(EntityName::Default),
+        };
+        let catalog = catalog
+            .with_client_quota(&per_client, &[("producer_byte_rate".into(), Some(1024.0))])
+            .unwrap()
+            .with_client_quota(&defaults, &[("consumer_byte_rate".into(), Some(2048.5))])
+            .unwrap();
+        let text = catalog.to_toml();
+        let read = Catalog::from_toml(&text, BTreeMap::new()).unwrap();
+        assert_eq!(read.client_quotas(), catalog.client_quotas());
+        assert_eq!(read, catalog);
+        assert!(catalog
+            .with_client_quota(&per_client, &[("request_percentage".into(), Some(5.0))])
+            .is_err());
+        assert!(catalog
+            .with_client_quota(&per_client, &[("producer_byte_rate".into(), Some(-1.0))])
+            .is_err());
+        let removed = catalog
+            .with_client_quota(&per_client, &[("producer_byte_rate".into(), None)])
+            .unwrap();
+        assert_eq!(removed.client_quotas().len(), 1, "an entity with no value goes");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct ShardMetrics {
     pub connections_refused: u64,
     /// Connections closed because of a bad frame.
     pub connections_closed_bad_input: u64,
+    /// Requests whose client was over its quota and throttled.
+    pub throttled_requests: u64,
     /// Partitions this shard owns.
     pub partitions: u64,
 }
@@ -110,6 +112,7 @@ impl ShardMetrics {
         self.connections_open += other.connections_open;
         self.connections_refused += other.connections_refused;
         self.connections_closed_bad_input += other.connections_closed_bad_input;
+        self.throttled_requests += other.throttled_requests;
         self.partitions += other.partitions;
     }
 
@@ -222,6 +225,12 @@ impl ShardMetrics {
                 "counter",
                 "Connections closed because of a malformed or oversized frame.",
                 self.connections_closed_bad_input,
+            ),
+            (
+                "spate_throttled_requests_total",
+                "counter",
+                "Requests of clients over their quota, answered with a throttle time.",
+                self.throttled_requests,
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -9,4 +9,5 @@ pub mod errors;
 pub mod handlers;
 pub mod metrics;
 pub mod names;
+pub mod quotas;
 pub mod topic_config;

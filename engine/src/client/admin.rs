@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::config::{CommonConfig, ConfigError};
 use super::connection::{response_of, Connection};
 use super::error::ClientError;
+use crate::broker::quotas::{EntityName, QuotaEntity, QuotaValues};
 
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,6 +451,104 @@ impl Admin {
             result.error_code,
             result.error_message.as_ref().map(ToString::to_string),
         )
+    }
+
+    /// Sets (`Some`) or removes (`None`) quota values of `entity` (AlterClientQuotas):
+    /// `producer_byte_rate`, `consumer_byte_rate`.
+    ///
+    /// # Errors
+    /// The broker's refusal, or a connection error.
+    pub fn alter_client_quota(
+        &mut self,
+        entity: &QuotaEntity,
+        changes: &[(String, Option<f64>)],
+    ) -> Result<(), ClientError> {
+        let parts = [("user", &entity.user), ("client-id", &entity.client_id)];
+        let entity_data = parts
+            .iter()
+            .filter_map(|(kind, name)| {
+                name.as_ref().map(|name| {
+                    alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(text(kind))
+                        .with_entity_name(name.to_wire().map(text))
+                })
+            })
+            .collect();
+        let ops = changes
+            .iter()
+            .map(|(key, value)| {
+                alter_client_quotas_request::OpData::default()
+                    .with_key(text(key))
+                    .with_value(value.unwrap_or_default())
+                    .with_remove(value.is_none())
+            })
+            .collect();
+        let request = AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(entity_data)
+                .with_ops(ops),
+        ]);
+        let (_, response) = self.connection.call(
+            ApiKey::AlterClientQuotas,
+            RequestKind::AlterClientQuotas(request),
+        )?;
+        let ResponseKind::AlterClientQuotas(response) = response else {
+            return Err(ClientError::Protocol(
+                "AlterClientQuotas answered with another API".into(),
+            ));
+        };
+        let entry = response
+            .entries
+            .first()
+            .ok_or_else(|| ClientError::Protocol("AlterClientQuotas without a result".into()))?;
+        ClientError::check(
+            entry.error_code,
+            entry.error_message.as_ref().map(ToString::to_string),
+        )
+    }
+
+    /// Every client quota the broker holds (DescribeClientQuotas).
+    ///
+    /// # Errors
+    /// The broker's refusal, or a connection error.
+    pub fn describe_client_quotas(
+        &mut self,
+    ) -> Result<Vec<(QuotaEntity, QuotaValues)>, ClientError> {
+        let (_, response) = self.connection.call(
+            ApiKey::DescribeClientQuotas,
+            RequestKind::DescribeClientQuotas(DescribeClientQuotasRequest::default()),
+        )?;
+        let ResponseKind::DescribeClientQuotas(response) = response else {
+            return Err(ClientError::Protocol(
+                "DescribeClientQuotas answered with another API".into(),
+            ));
+        };
+        ClientError::check(
+            response.error_code,
+            response.error_message.as_ref().map(ToString::to_string),
+        )?;
+        let mut quotas = Vec::new();
+        for entry in response.entries.unwrap_or_default() {
+            let mut entity = QuotaEntity {
+                user: None,
+                client_id: None,
+            };
+            for part in &entry.entity {
+                let name = Some(EntityName::from_wire(part.entity_name.as_deref()));
+                match part.entity_type.as_str() {
+                    "user" => entity.user = name,
+                    "client-id" => entity.client_id = name,
+                    _ => {}
+                }
+            }
+            let values = entry
+                .values
+                .iter()
+                .map(|value| (value.key.to_string(), value.value))
+                .collect();
+            quotas.push((entity, values));
+        }
+        Ok(quotas)
     }
 
     /// Grows a topic to `partitions` partitions (CreatePartitions).

@@ -28,6 +28,8 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
         ApiKey::DescribeCluster => (0, 1),
+        ApiKey::DescribeClientQuotas => (0, 1),
+        ApiKey::AlterClientQuotas => (0, 1),
         ApiKey::Produce => (3, 11),
         // Up to v12: v13+ name topics by id, which this client does not track yet.
         ApiKey::Fetch => (4, 12),

@@ -84,6 +84,14 @@ impl Shard {
             if self.shutting_down.get() {
                 break;
             }
+            // Deleted or moved away while earlier passes ran.
+            let still_owned = self
+                .owned_partitions()
+                .iter()
+                .any(|owned| Rc::ptr_eq(owned, &partition));
+            if !still_owned {
+                continue;
+            }
             let mut pacer = RatePacer::new(rate);
             let result = partition.replica.log.clean(&request, &mut pacer).await;
             let topic = partition.replica.topic();

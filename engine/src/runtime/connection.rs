@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -83,6 +83,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
     let mut out = BytesMut::new();
     while let Some(incoming) = receiver.recv().await {
         out.clear();
+        let mut throttle_ms = 0;
         let (api_key, started) = match incoming {
             Incoming::UnsupportedApiVersions { correlation_id } => {
                 let body = ResponseKind::ApiVersions(handlers::api_versions_response(
@@ -98,8 +99,16 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                     request.version,
                     request.header.correlation_id,
                 );
-                match handlers::handle(&shard, *request, peer).await {
-                    Ok(Some(ResponseKind::Fetch(fetch))) => {
+                let handled = match handlers::handle(&shard, *request, peer).await {
+                    Ok(handled) => handled,
+                    Err(reason) => {
+                        warn!(%peer, %reason, "closing connection");
+                        break;
+                    }
+                };
+                throttle_ms = handled.throttle_ms;
+                match handled.response {
+                    Some(ResponseKind::Fetch(fetch)) => {
                         // Record sets go to the socket from their own buffers.
                         let records: Vec<Bytes> = fetch
                             .responses
@@ -127,7 +136,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                             }
                         }
                     }
-                    Ok(Some(body)) => {
+                    Some(body) => {
                         if let Err(error) =
                             encode_response(correlation_id, api_key, version, &body, &mut out)
                         {
@@ -135,11 +144,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                             break;
                         }
                     }
-                    Ok(None) => {}
-                    Err(reason) => {
-                        warn!(%peer, %reason, "closing connection");
-                        break;
-                    }
+                    None => {}
                 }
                 (api_key, started)
             }
@@ -151,6 +156,15 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
             .metrics
             .borrow_mut()
             .observe_request(api_name(api_key), started.elapsed().as_secs_f64());
+        if throttle_ms > 0 {
+            // Over its quota: the client's next requests wait here, unread, as Kafka mutes a
+            // throttled channel (the response already told the client how long).
+            shard.metrics.borrow_mut().throttled_requests += 1;
+            let muted = Duration::from_millis(u64::try_from(throttle_ms).unwrap_or(0));
+            if !shard.sleep_unless_shutdown(muted).await {
+                break;
+            }
+        }
     }
     drop(receiver);
     reader.cancel().await;
@@ -266,6 +280,8 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
         ApiKey::EndTxn => "EndTxn",
         ApiKey::WriteTxnMarkers => "WriteTxnMarkers",
         ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::DescribeClientQuotas => "DescribeClientQuotas",
+        ApiKey::AlterClientQuotas => "AlterClientQuotas",
         _ => "Other",
     }
 }

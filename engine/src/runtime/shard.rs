@@ -32,6 +32,7 @@ use crate::broker::catalog::{
 use crate::broker::config::BrokerConfig;
 use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
+use crate::broker::quotas::{self, QuotaChanges, QuotaEntity, QuotaKind, QuotaTracker, SensorKey};
 use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
@@ -241,6 +242,13 @@ pub enum AdminOp {
     },
     /// A change only the cluster's active controller makes (an ISR change).
     Controller(TopicAdmin),
+    /// AlterClientQuotas: for each entity, values set (`Some`) or removed (`None`).
+    AlterClientQuotas {
+        /// The entities and their changes.
+        entries: Vec<(QuotaEntity, QuotaChanges)>,
+        /// Check only.
+        validate_only: bool,
+    },
     /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic topic defaults).
     AlterBrokerConfigs {
         /// Broker-level name and value; `None` deletes the override.
@@ -311,10 +319,18 @@ pub enum ShardMessage {
     },
 }
 
-/// State shared by all shards of the process: only counters and flags touched when
-/// connections open and close and at shutdown, never on the data path.
+/// The user every client is on a broker without authentication (Kafka's principal name for
+/// PLAINTEXT listeners).
+pub const ANONYMOUS_USER: &str = "ANONYMOUS";
+
+/// State shared by all shards of the process: counters and flags touched when connections
+/// open and close and at shutdown, and the client quotas' rates, touched on the data path
+/// only by clients that have a quota.
 #[derive(Debug, Default)]
 pub struct ProcessShared {
+    /// The measured rates of clients with a quota, shared so that a quota holds across all
+    /// cores.
+    pub quota_tracker: Mutex<QuotaTracker>,
     /// Set by SIGINT or SIGTERM, or by [`super::server::RunningBroker::stop`].
     pub shutdown_requested: AtomicBool,
     /// In a cluster: the broker's leaderships moved away (or could not), so its shards may
@@ -1005,6 +1021,15 @@ impl Shard {
             }
             AdminOp::Controller(admin) => self.cluster_topic_admin(admin).await,
             AdminOp::AlterBrokerConfigs { .. } => unreachable!("run locally"),
+            AdminOp::AlterClientQuotas { entries, .. } => {
+                // Quotas are not in the cluster metadata yet; one broker's would not hold on
+                // the others.
+                let refused = KafkaError::with_message(
+                    ResponseError::InvalidRequest,
+                    "client quotas are not supported in a cluster yet",
+                );
+                entries.iter().map(|_| Err(refused.clone())).collect()
+            }
         }
     }
 
@@ -1075,6 +1100,21 @@ impl Shard {
                 ResponseError::InvalidRequest,
                 "a single-node broker has no controller quorum",
             ))),
+            AdminOp::AlterClientQuotas {
+                entries,
+                validate_only: only,
+            } => {
+                validate_only = only;
+                for (entity, changes) in &entries {
+                    let result = catalog
+                        .with_client_quota(entity, changes)
+                        .map(|next| catalog = next)
+                        .map_err(|reason| {
+                            KafkaError::with_message(ResponseError::InvalidRequest, reason)
+                        });
+                    results.push(result);
+                }
+            }
             AdminOp::AlterBrokerConfigs {
                 changes,
                 replace_all,
@@ -1594,6 +1634,13 @@ impl Shard {
 
     async fn delete_partition(&self, partition: Rc<Partition>) {
         partition.replica.retire();
+        // A cleaner pass still running on it must not swap files into a directory that may
+        // soon be another log's.
+        partition
+            .replica
+            .log
+            .with_log(async |log| log.retire())
+            .await;
         partition.stop_read_ahead().await;
         let dir = partition
             .replica
@@ -1622,6 +1669,32 @@ impl Shard {
                 warn!(dir = %dir.display(), %error, "could not delete partition directory")
             }
         }
+    }
+
+    /// Records `amount` of `kind` traffic of `client_id` against its quota, if it has one,
+    /// and returns how long it must be throttled (ms) and the sensor it was recorded on. A
+    /// broker without authentication sees every client as Kafka's `ANONYMOUS` user.
+    pub fn record_quota(
+        &self,
+        client_id: &str,
+        kind: QuotaKind,
+        amount: usize,
+    ) -> (i32, Option<SensorKey>) {
+        let catalog = self.catalog();
+        let Some((quota, sensor)) =
+            quotas::resolve(catalog.client_quotas(), ANONYMOUS_USER, client_id, kind)
+        else {
+            return (0, None);
+        };
+        let mut tracker = self.process.quota_tracker.lock().expect("not poisoned");
+        let throttle_ms = tracker.record(&sensor, quota, amount as f64, now_ms());
+        (i32::try_from(throttle_ms).unwrap_or(i32::MAX), Some(sensor))
+    }
+
+    /// Takes back what [`Shard::record_quota`] recorded (a throttled fetch answered empty).
+    pub fn unrecord_quota(&self, sensor: &SensorKey, amount: usize) {
+        let mut tracker = self.process.quota_tracker.lock().expect("not poisoned");
+        tracker.unrecord(sensor, amount as f64, now_ms());
     }
 
     /// Partitions this shard owns.

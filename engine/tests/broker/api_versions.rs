@@ -347,6 +347,43 @@ fn every_api_at_every_advertised_version() {
                             ]),
                     )
                 }
+                ApiKey::AlterClientQuotas => RequestKind::AlterClientQuotas(
+                    AlterClientQuotasRequest::default().with_entries(vec![
+                        alter_client_quotas_request::EntryData::default()
+                            .with_entity(vec![alter_client_quotas_request::EntityData::default()
+                                .with_entity_type(text("client-id"))
+                                .with_entity_name(Some(text(&format!("quota-v{version}"))))])
+                            .with_ops(vec![alter_client_quotas_request::OpData::default()
+                                .with_key(text("producer_byte_rate"))
+                                .with_value(1_048_576.0)]),
+                    ]),
+                ),
+                ApiKey::DescribeClientQuotas => {
+                    let entity = alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(text("client-id"))
+                        .with_entity_name(Some(text(&format!("described-v{version}"))));
+                    connection.call(
+                        ApiKey::AlterClientQuotas,
+                        1,
+                        RequestKind::AlterClientQuotas(
+                            AlterClientQuotasRequest::default().with_entries(vec![
+                                alter_client_quotas_request::EntryData::default()
+                                    .with_entity(vec![entity])
+                                    .with_ops(vec![alter_client_quotas_request::OpData::default()
+                                        .with_key(text("consumer_byte_rate"))
+                                        .with_value(2048.0)]),
+                            ]),
+                        ),
+                    );
+                    RequestKind::DescribeClientQuotas(
+                        DescribeClientQuotasRequest::default().with_components(vec![
+                            describe_client_quotas_request::ComponentData::default()
+                                .with_entity_type(text("client-id"))
+                                .with_match_type(0)
+                                .with_match(Some(text(&format!("described-v{version}")))),
+                        ]),
+                    )
+                }
                 ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
                     AlterPartitionReassignmentsRequest::default().with_topics(vec![
                         alter_partition_reassignments_request::ReassignableTopic::default()
@@ -583,6 +620,17 @@ fn check(context: &str, response: &ResponseKind) {
         ResponseKind::OffsetDelete(r) => {
             assert_eq!(r.error_code, 0, "{context}");
             assert_eq!(r.topics[0].partitions[0].error_code, 0, "{context}");
+        }
+        ResponseKind::AlterClientQuotas(r) => {
+            assert_eq!(r.entries.len(), 1, "{context}");
+            assert_eq!(r.entries[0].error_code, 0, "{context}");
+        }
+        ResponseKind::DescribeClientQuotas(r) => {
+            assert_eq!(r.error_code, 0, "{context}");
+            let entries = r.entries.as_ref().expect("entries");
+            assert_eq!(entries.len(), 1, "{context}");
+            assert_eq!(entries[0].values[0].key.as_str(), "consumer_byte_rate");
+            assert_eq!(entries[0].values[0].value, 2048.0, "{context}");
         }
         ResponseKind::AddPartitionsToTxn(r) => {
             let topics = match r.results_by_transaction.first() {

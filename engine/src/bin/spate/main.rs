@@ -11,8 +11,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use spate_engine::broker::config::ServeSettings;
+use spate_engine::broker::quotas::{EntityName, QuotaEntity};
 use spate_engine::client::admin::{Admin, NewTopic};
-use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
+use spate_engine::client::config::{ConfigError, ConsumerConfig, ProducerConfig};
 use spate_engine::client::consumer::{Consumer, ConsumerRecord, StartAt};
 use spate_engine::client::producer::{Producer, ProducerRecord};
 use spate_engine::client::ClientError;
@@ -61,6 +62,82 @@ enum Command {
     /// Load generators: produce or consume, with throughput and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Set, remove and list client quotas (produce and fetch byte rates per client id or
+    /// user, or their defaults), as Kafka's kafka-configs.sh --entity-type clients does.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Set quota values of a client id, a user, or both (values in bytes per second).
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// Bytes per second the entity may produce (producer_byte_rate).
+        #[arg(long, value_name = "BYTES")]
+        producer_byte_rate: Option<f64>,
+        /// Bytes per second the entity may fetch (consumer_byte_rate).
+        #[arg(long, value_name = "BYTES")]
+        consumer_byte_rate: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove quota values of an entity (all of them unless some are named).
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// The values to remove: producer_byte_rate, consumer_byte_rate.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List every quota.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct QuotaEntityArgs {
+    /// The client id (Kafka's client.id) the quota is for.
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// The quota is the default for every client id without its own.
+    #[arg(long, conflicts_with = "client_id")]
+    client_id_default: bool,
+    /// The user the quota is for (without authentication, every client is ANONYMOUS).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// The quota is the default for every user without its own.
+    #[arg(long, conflicts_with = "user")]
+    user_default: bool,
+}
+
+impl QuotaEntityArgs {
+    fn entity(&self) -> Result<QuotaEntity, ClientError> {
+        let name = |named: &Option<String>, default: bool| match (named, default) {
+            (Some(name), _) => Some(EntityName::Named(name.clone())),
+            (None, true) => Some(EntityName::Default),
+            (None, false) => None,
+        };
+        let entity = QuotaEntity {
+            user: name(&self.user, self.user_default),
+            client_id: name(&self.client_id, self.client_id_default),
+        };
+        if entity.user.is_none() && entity.client_id.is_none() {
+            return Err(ClientError::Config(ConfigError::Invalid {
+                name: "quota entity".into(),
+                value: String::new(),
+                reason: "name a client id, a user or a default (--client-id, --user, \
+                         --client-id-default, --user-default)"
+                    .into(),
+            }));
+        }
+        Ok(entity)
+    }
 }
 
 #[derive(Subcommand)]
@@ -412,6 +489,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Info { client }) => {
             return client_command(cluster_info(client))
         }
+        Command::Quota(command) => return client_command(quota(command)),
     };
     match result {
         Ok(code) => code,
@@ -774,6 +852,89 @@ fn topic(command: TopicCommand) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+fn quota(command: QuotaCommand) -> Result<(), ClientError> {
+    match command {
+        QuotaCommand::Set {
+            entity,
+            producer_byte_rate,
+            consumer_byte_rate,
+            client,
+        } => {
+            let changes: Vec<(String, Option<f64>)> = [
+                ("producer_byte_rate", producer_byte_rate),
+                ("consumer_byte_rate", consumer_byte_rate),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| (key.to_owned(), Some(value))))
+            .collect();
+            if changes.is_empty() {
+                return Err(ClientError::Config(ConfigError::Invalid {
+                    name: "quota".into(),
+                    value: String::new(),
+                    reason: "give --producer-byte-rate or --consumer-byte-rate".into(),
+                }));
+            }
+            admin(&client)?.alter_client_quota(&entity.entity()?, &changes)
+        }
+        QuotaCommand::Remove {
+            entity,
+            keys,
+            client,
+        } => {
+            let keys = if keys.is_empty() {
+                vec![
+                    "producer_byte_rate".to_owned(),
+                    "consumer_byte_rate".to_owned(),
+                ]
+            } else {
+                keys
+            };
+            let changes: Vec<_> = keys.into_iter().map(|key| (key, None)).collect();
+            admin(&client)?.alter_client_quota(&entity.entity()?, &changes)
+        }
+        QuotaCommand::List { client } => {
+            let quotas = admin(&client)?.describe_client_quotas()?;
+            let describe = |name: &Option<EntityName>| match name {
+                None => String::new(),
+                Some(EntityName::Default) => "<default>".to_owned(),
+                Some(EntityName::Named(name)) => name.clone(),
+            };
+            match client.output {
+                Output::Json => {
+                    let json: Vec<_> = quotas
+                        .iter()
+                        .map(|(entity, values)| {
+                            serde_json::json!({
+                                "user": entity.user.as_ref().map(|_| describe(&entity.user)),
+                                "client_id": entity.client_id.as_ref().map(|_| describe(&entity.client_id)),
+                                "values": values,
+                            })
+                        })
+                        .collect();
+                    print_json(&json);
+                }
+                Output::Table => {
+                    let rows = quotas
+                        .iter()
+                        .flat_map(|(entity, values)| {
+                            values.iter().map(move |(key, value)| {
+                                vec![
+                                    describe(&entity.user),
+                                    describe(&entity.client_id),
+                                    key.clone(),
+                                    value.to_string(),
+                                ]
+                            })
+                        })
+                        .collect();
+                    print_table(&["USER", "CLIENT-ID", "QUOTA", "VALUE"], rows);
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn cluster_info(client: ClientArgs) -> Result<(), ClientError> {

@@ -42,6 +42,28 @@ struct Wanted {
     read_committed: bool,
 }
 
+/// Whether a Fetch comes from a consumer (not a follower replica): only consumers have
+/// client quotas.
+pub(super) fn from_consumer(request: &FetchRequest, version: i16) -> bool {
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    replica_id < 0
+}
+
+/// Bytes of records a Fetch response carries.
+pub(super) fn records_bytes(response: &FetchResponse) -> usize {
+    response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .filter_map(|partition| partition.records.as_ref())
+        .map(|records| records.len())
+        .sum()
+}
+
 pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchResponse {
     let mut response = FetchResponse::default();
     if version >= 7 && request.session_id != 0 {

@@ -11,6 +11,7 @@ mod offsets;
 mod produce;
 mod producers;
 mod quorum;
+mod quotas;
 mod reassignments;
 mod topics;
 mod txns;
@@ -21,12 +22,23 @@ use std::rc::Rc;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::broker::quotas::QuotaKind;
 use crate::protocol::Request;
 use crate::runtime::shard::Shard;
 
 pub use cluster::api_versions_response;
 
-/// Handles one request. `Ok(None)` means the request gets no response (Produce with acks=0).
+/// What handling a request gave.
+#[derive(Debug)]
+pub struct Handled {
+    /// The response; `None` when the request gets none (Produce with acks=0).
+    pub response: Option<ResponseKind>,
+    /// How long the client is over its quota (ms): the response says so, and the connection
+    /// reads no further request for that long.
+    pub throttle_ms: i32,
+}
+
+/// Handles one request.
 ///
 /// # Errors
 /// A sentence when the request is of an API the dispatcher does not know, which the decoder
@@ -35,9 +47,11 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: Request,
     peer: SocketAddr,
-) -> Result<Option<ResponseKind>, String> {
+) -> Result<Handled, String> {
     let version = request.version;
     let client_id = request.header.client_id;
+    let quota_client_id = client_id.as_deref().unwrap_or_default().to_owned();
+    let mut throttle_ms = 0;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
         RequestKind::Metadata(body) => {
@@ -49,11 +63,43 @@ pub async fn handle(
         RequestKind::DescribeQuorum(body) => {
             ResponseKind::DescribeQuorum(quorum::describe_quorum(shard, body))
         }
-        RequestKind::Produce(body) => match produce::produce(shard, body, version).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return Ok(None),
-        },
-        RequestKind::Fetch(body) => ResponseKind::Fetch(fetch::fetch(shard, body, version).await),
+        RequestKind::Produce(body) => {
+            let bytes = produce::records_bytes(&body);
+            let response = produce::produce(shard, body, version).await;
+            throttle_ms = shard
+                .record_quota(&quota_client_id, QuotaKind::Produce, bytes)
+                .0;
+            match response {
+                Some(mut response) => {
+                    response.throttle_time_ms = throttle_ms;
+                    ResponseKind::Produce(response)
+                }
+                None => {
+                    return Ok(Handled {
+                        response: None,
+                        throttle_ms,
+                    })
+                }
+            }
+        }
+        RequestKind::Fetch(body) => {
+            let from_consumer = fetch::from_consumer(&body, version);
+            let mut response = fetch::fetch(shard, body, version).await;
+            if from_consumer {
+                let bytes = fetch::records_bytes(&response);
+                let (throttle, sensor) =
+                    shard.record_quota(&quota_client_id, QuotaKind::Fetch, bytes);
+                if let (true, Some(sensor)) = (throttle > 0, sensor) {
+                    // As Kafka: a throttled fetch is answered empty, and its bytes do not
+                    // count.
+                    shard.unrecord_quota(&sensor, bytes);
+                    response.responses.clear();
+                    response.throttle_time_ms = throttle;
+                    throttle_ms = throttle;
+                }
+            }
+            ResponseKind::Fetch(response)
+        }
         RequestKind::ListOffsets(body) => {
             ResponseKind::ListOffsets(offsets::list_offsets(shard, body, version).await)
         }
@@ -138,9 +184,18 @@ pub async fn handle(
         RequestKind::OffsetDelete(body) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, body).await)
         }
+        RequestKind::DescribeClientQuotas(body) => {
+            ResponseKind::DescribeClientQuotas(quotas::describe_client_quotas(shard, body))
+        }
+        RequestKind::AlterClientQuotas(body) => {
+            ResponseKind::AlterClientQuotas(quotas::alter_client_quotas(shard, body).await)
+        }
         other => return Err(format!("no handler for {other:?}")),
     };
-    Ok(Some(response))
+    Ok(Handled {
+        response: Some(response),
+        throttle_ms,
+    })
 }
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {

@@ -25,6 +25,17 @@ struct PendingPartition {
 /// In-sync replicas of every partition of a single-node broker: the leader alone.
 const IN_SYNC_REPLICAS: usize = 1;
 
+/// Bytes of records a Produce request carries.
+pub(super) fn records_bytes(request: &ProduceRequest) -> usize {
+    request
+        .topic_data
+        .iter()
+        .flat_map(|topic| &topic.partition_data)
+        .filter_map(|partition| partition.records.as_ref())
+        .map(|records| records.len())
+        .sum()
+}
+
 /// Appends each partition's batches on the shard that owns it, all partitions at once, and
 /// answers when every append is done. `None` for acks=0, which gets no response.
 pub(super) async fn produce(

@@ -202,7 +202,15 @@ impl<S: Storage> PartitionLog<S> {
                 clean_bytes += meta.size_bytes;
             } else {
                 dirty_bytes += meta.size_bytes;
-                first_dirty_timestamp.get_or_insert(meta.first_batch_timestamp);
+                // A segment opened below the recovery point does not know its first
+                // batch's timestamp; its largest is a later bound, so overdue comes later,
+                // never early.
+                let timestamp = if meta.first_batch_timestamp >= 0 {
+                    meta.first_batch_timestamp
+                } else {
+                    meta.max_timestamp
+                };
+                first_dirty_timestamp.get_or_insert(timestamp);
             }
         }
         let end_offset = end_offset?;
@@ -251,12 +259,23 @@ impl<S: Storage> PartitionLog<S> {
             .collect();
         let mut segments = Vec::with_capacity(metas.len());
         for meta in metas {
-            let file = self.closed_handle(meta.base_offset).await?.file.clone();
-            segments.push(PlannedSegment {
-                meta,
-                file,
-                path: SegmentPaths::new(&self.dir, meta.base_offset).log,
-            });
+            let path = SegmentPaths::new(&self.dir, meta.base_offset).log;
+            // An open handle if there is one; otherwise the file alone (the cleaner needs no
+            // index, and loading one would hold the log longer and evict readers' handles).
+            let cached = self
+                .closed_handles
+                .iter()
+                .find(|handle| handle.base_offset == meta.base_offset)
+                .map(|handle| handle.file.clone());
+            let file = match cached {
+                Some(file) => file,
+                None => self
+                    .storage
+                    .open(&path, OpenMode::Existing)
+                    .await
+                    .map_err(io_error(|| format!("opening {}", path.display())))?,
+            };
+            segments.push(PlannedSegment { meta, file, path });
         }
         let first_dirty_segment = segments
             .iter()
@@ -320,8 +339,12 @@ impl<S: Storage> PartitionLog<S> {
                     .all(|meta| self.closed.get(&meta.base_offset) == Some(meta))
             });
         if !unchanged {
-            for group in &output.groups {
-                remove_if_present(&self.storage, &group.cleaned_path).await?;
+            // A poisoned (or deleted) log's directory is left alone: the next open removes
+            // the cleaned files.
+            if self.check_poison().is_ok() {
+                for group in &output.groups {
+                    remove_if_present(&self.storage, &group.cleaned_path).await?;
+                }
             }
             report.abandoned = true;
             info!(dir = %self.dir.display(), "the log changed while it was cleaned; cleaning again later");
@@ -380,7 +403,9 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// Replaces a group's segments by its cleaned file; see `docs/FORMAT.md` for why each
-    /// step is where it is.
+    /// step is where it is. The segment map changes only once every step is durable: a
+    /// failure half-way poisons the log and leaves its map as it was (the next open
+    /// completes the swap from the files).
     async fn swap_in(&mut self, group: &CleanedGroup) -> StorageResult<()> {
         let base_offset = group.meta.base_offset;
         let paths = SegmentPaths::new(&self.dir, base_offset);
@@ -395,6 +420,12 @@ impl<S: Storage> PartitionLog<S> {
             }
             remove_if_present(&self.storage, &replaced.index).await?;
             remove_if_present(&self.storage, &replaced.time_index).await?;
+        }
+        sync_dir(&self.storage, &self.dir).await?;
+        rename(&self.storage, &swap_path, &paths.log).await?;
+        sync_dir(&self.storage, &self.dir).await?;
+        write_index_files(&self.storage, &paths, &group.index, &group.meta).await?;
+        for meta in &group.replaced {
             self.closed.remove(&meta.base_offset);
             if let Some(found) = self
                 .closed_handles
@@ -407,10 +438,6 @@ impl<S: Storage> PartitionLog<S> {
                 }
             }
         }
-        sync_dir(&self.storage, &self.dir).await?;
-        rename(&self.storage, &swap_path, &paths.log).await?;
-        sync_dir(&self.storage, &self.dir).await?;
-        write_index_files(&self.storage, &paths, &group.index, &group.meta).await?;
         self.closed.insert(base_offset, group.meta);
         debug!(
             base_offset,
@@ -418,6 +445,14 @@ impl<S: Storage> PartitionLog<S> {
             "cleaned segment swapped in"
         );
         Ok(())
+    }
+
+    /// Stops every cleaner pass on this log from swapping anything in: the partition is
+    /// being deleted (or moved away), and its directory may soon hold another log.
+    pub fn retire(&mut self) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some("the partition was deleted".into());
+        }
     }
 }
 

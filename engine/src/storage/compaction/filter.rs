@@ -128,6 +128,11 @@ pub(crate) fn clean_batch(
 pub(crate) fn header_only(header: &BatchHeader) -> Vec<u8> {
     let mut kept = *header;
     kept.records_count = 0;
+    if header.delete_horizon_ms().is_some() {
+        // The base timestamp held the horizon; with no record left it takes the batch's
+        // largest timestamp, so that the header stays valid without the horizon bit.
+        kept.base_timestamp = header.max_timestamp;
+    }
     kept.attributes &= !0x07 & !0x40;
     let mut out = Vec::with_capacity(batch::BATCH_HEADER_BYTES);
     kept.write_to(&mut out);
@@ -358,6 +363,13 @@ mod tests {
             ),
             (42, 0, 3, 9)
         );
+        // A batch whose tombstones got a horizon, then emptied, is still a valid batch.
+        let with_horizon = header.with_delete_horizon(1_000_000);
+        let kept = batch::validate_compacted(&header_only(&with_horizon))
+            .unwrap()
+            .header;
+        assert_eq!(kept.delete_horizon_ms(), None);
+        assert_eq!(kept.base_timestamp, header.max_timestamp);
         let filler = batch::validate_compacted(&filler(10, 20, 4))
             .unwrap()
             .header;
