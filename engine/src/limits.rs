@@ -56,6 +56,8 @@ pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: usize = 128 << 20;
 /// Most partitions a topic may have: each partition is a directory with open files and a
 /// reserved segment extent, so a typo like 100000 should be refused, not attempted.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+/// Default of `max_partitions_per_broker`: most partitions one broker holds.
+pub const PARTITIONS_PER_BROKER_MAX_DEFAULT: usize = 100_000;
 /// A consumer fetch this large starts a read of the next range (a consumer reading history).
 pub const READ_AHEAD_TRIGGER_BYTES: usize = 1 << 20;
 /// No read-ahead for fetches that may be larger than this, to bound memory per partition.

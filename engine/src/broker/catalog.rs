@@ -337,6 +337,14 @@ impl Catalog {
             .and_then(|name| self.topics.get(name))
     }
 
+    /// Partitions of every topic together: what a single broker holds.
+    pub fn partition_count(&self) -> usize {
+        self.topics
+            .values()
+            .map(|topic| usize::try_from(topic.partitions).unwrap_or(0))
+            .sum()
+    }
+
     /// All topics, by name.
     pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
         self.topics.values()
@@ -685,7 +693,11 @@ mod tests {
         let removed = catalog
             .with_client_quota(&per_client, &[("producer_byte_rate".into(), None)])
             .unwrap();
-        assert_eq!(removed.client_quotas().len(), 1, "an entity with no value goes");
+        assert_eq!(
+            removed.client_quotas().len(),
+            1,
+            "an entity with no value goes"
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct ServeSettings {
     /// Most client connections from one IP address (max.connections.per.ip) [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// Most partitions a single broker holds, over all topics; CreateTopics and
+    /// CreatePartitions beyond it are refused with INVALID_PARTITIONS [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_partitions_per_broker: Option<usize>,
     /// Requests read ahead and queued per connection before the broker stops reading from it
     /// [default: 32].
     #[arg(long, value_name = "N")]
@@ -241,6 +245,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// See [`ServeSettings::max_connections_per_ip`].
     pub max_connections_per_ip: usize,
+    /// See [`ServeSettings::max_partitions_per_broker`].
+    pub max_partitions_per_broker: usize,
     /// See [`ServeSettings::max_inflight_requests_per_connection`].
     pub max_inflight_requests_per_connection: usize,
     /// See [`ServeSettings::log_retention_check_interval_ms`].
@@ -346,6 +352,9 @@ impl ServeSettings {
                 .or(base.socket_request_max_bytes),
             max_connections: self.max_connections.or(base.max_connections),
             max_connections_per_ip: self.max_connections_per_ip.or(base.max_connections_per_ip),
+            max_partitions_per_broker: self
+                .max_partitions_per_broker
+                .or(base.max_partitions_per_broker),
             max_inflight_requests_per_connection: self
                 .max_inflight_requests_per_connection
                 .or(base.max_inflight_requests_per_connection),
@@ -581,6 +590,10 @@ impl ServeSettings {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(limits::MAX_CONNECTIONS_PER_IP_DEFAULT)
+                .max(1),
+            max_partitions_per_broker: self
+                .max_partitions_per_broker
+                .unwrap_or(limits::PARTITIONS_PER_BROKER_MAX_DEFAULT)
                 .max(1),
             max_inflight_requests_per_connection: max_inflight,
             log_retention_check_interval_ms: self

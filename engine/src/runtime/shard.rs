@@ -1033,6 +1033,23 @@ impl Shard {
         }
     }
 
+    /// `catalog`, unless it holds more partitions than `max_partitions_per_broker` (a single
+    /// broker holds them all).
+    fn within_partition_limit(&self, catalog: Catalog) -> Result<Catalog, KafkaError> {
+        let count = catalog.partition_count();
+        let limit = self.config.max_partitions_per_broker;
+        if count > limit {
+            return Err(KafkaError::with_message(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "the broker would hold {count} partitions, over its limit of {limit} \
+                     (max_partitions_per_broker)"
+                ),
+            ));
+        }
+        Ok(catalog)
+    }
+
     async fn run_admin(self: &Rc<Self>, op: AdminOp) -> Vec<Result<(), KafkaError>> {
         assert!(self.is_controller());
         if self.in_cluster() && !matches!(op, AdminOp::AlterBrokerConfigs { .. }) {
@@ -1050,14 +1067,16 @@ impl Shard {
                 validate_only = only;
                 let context = self.create_context();
                 for topic in &topics {
-                    let result = if only {
-                        catalog.check_create(topic, &context).map(|_| ())
-                    } else {
-                        catalog
-                            .with_topic(topic, &context, new_topic_id(&catalog))
-                            .map(|(next, _)| catalog = next)
-                    };
-                    results.push(result.map_err(KafkaError::from));
+                    let result = catalog
+                        .with_topic(topic, &context, new_topic_id(&catalog))
+                        .map_err(KafkaError::from)
+                        .and_then(|(next, _)| self.within_partition_limit(next))
+                        .map(|next| {
+                            if !only {
+                                catalog = next;
+                            }
+                        });
+                    results.push(result);
                 }
             }
             AdminOp::DeleteTopics { names } => {
@@ -1074,8 +1093,10 @@ impl Shard {
                 for (name, count) in &topics {
                     let result = catalog
                         .with_partitions(name, *count)
+                        .map_err(KafkaError::from)
+                        .and_then(|next| self.within_partition_limit(next))
                         .map(|next| catalog = next);
-                    results.push(result.map_err(KafkaError::from));
+                    results.push(result);
                 }
             }
             AdminOp::AlterTopicConfigs {

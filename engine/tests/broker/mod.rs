@@ -5,6 +5,7 @@ mod bad_input;
 mod fuzz;
 pub mod idempotence;
 mod lifecycle;
+mod limits;
 mod read_ahead;
 mod read_committed;
 mod slow_client;
