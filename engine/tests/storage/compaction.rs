@@ -678,3 +678,51 @@ fn dirty_ratio_and_compaction_lags_decide_when_a_pass_runs() {
         assert_eq!(records.len(), 1);
     });
 }
+
+#[test]
+fn a_pass_swaps_in_what_retention_left_while_it_ran() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            cleanup_policy: spate_engine::storage::CleanupPolicy {
+                delete: true,
+                compact: true,
+            },
+            ..compacted_config()
+        };
+        let mut log = open(&storage, &config).await;
+        let mut model = Model::default();
+        for n in 0..40i64 {
+            let key = Bytes::from(format!("key-{}", n % 5));
+            let value = Bytes::from(format!("value-{n}-{}", "x".repeat(300)));
+            let record = NewRecord {
+                key: Some(key.clone()),
+                value: Some(value.clone()),
+                timestamp_ms: n,
+                headers: Vec::new(),
+            };
+            let info = log.append(build::batch(&[record]), 0, n).await.unwrap();
+            model.records.insert(info.base_offset, (key, Some(value)));
+        }
+        log.roll(50).await.unwrap();
+        let segments = log.segment_base_offsets();
+        assert!(segments.len() > 3, "{segments:?}");
+        let plan = log.plan_clean(&request(60)).await.unwrap().unwrap();
+        let output = plan.execute(&mut Unpaced).await.unwrap();
+        // Meanwhile the first segment goes (DeleteRecords past it, then retention).
+        log.delete_records(segments[1]).await.unwrap();
+        assert_eq!(log.segment_base_offsets()[0], segments[1]);
+        let report = log.finish_clean(plan, output).await.unwrap();
+        assert!(!report.abandoned, "{report:?}");
+        assert_eq!(log.first_dirty_offset(), report.end_offset);
+        let kept: BTreeMap<i64, (Bytes, Option<Bytes>)> = model
+            .records
+            .range(segments[1]..)
+            .map(|(offset, record)| (*offset, record.clone()))
+            .collect();
+        let model = Model { records: kept };
+        let read = read_records(&mut log).await;
+        model.check(&read, log.first_dirty_offset());
+        assert_eq!(read.len(), 5, "the latest record of each key");
+    });
+}

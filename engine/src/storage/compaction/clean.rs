@@ -97,8 +97,9 @@ pub struct CleanReport {
     pub bytes_after: u64,
     /// Records removed.
     pub records_removed: u64,
-    /// The log changed under the pass (a retention deletion or a truncation): nothing was
-    /// swapped in; the next pass starts again.
+    /// The log changed under the pass (a truncation, or a retention deletion of part of a
+    /// group): the first dirty offset did not move, and the next pass starts again (groups
+    /// the change did not touch may have been swapped in).
     pub abandoned: bool,
 }
 
@@ -313,9 +314,9 @@ impl<S: Storage> PartitionLog<S> {
         }))
     }
 
-    /// Swaps a pass's cleaned segments in, unless the log changed under it (then the cleaned
-    /// files are removed and the report says `abandoned`). Moves the first dirty offset to
-    /// the end of what was cleaned.
+    /// Swaps a pass's cleaned segments in: every group whose segments are unchanged (a
+    /// truncation abandons all of them; see [`CleanReport::abandoned`]). Moves the first
+    /// dirty offset to the end of what was cleaned when nothing was left out.
     ///
     /// # Errors
     /// An I/O error, which poisons the log: the next open completes or undoes the swap.
@@ -330,17 +331,10 @@ impl<S: Storage> PartitionLog<S> {
             records_removed: output.records_removed,
             ..CleanReport::default()
         };
-        let unchanged = self.check_poison().is_ok()
-            && self.generation == plan.generation
-            && output.groups.iter().all(|group| {
-                group
-                    .replaced
-                    .iter()
-                    .all(|meta| self.closed.get(&meta.base_offset) == Some(meta))
-            });
-        if !unchanged {
-            // A poisoned (or deleted) log's directory is left alone: the next open removes
-            // the cleaned files.
+        let log_intact = self.check_poison().is_ok() && self.generation == plan.generation;
+        if !log_intact {
+            // Truncated, poisoned or deleted: nothing is swapped in. A poisoned (or deleted)
+            // log's directory is left alone: the next open removes the cleaned files.
             if self.check_poison().is_ok() {
                 for group in &output.groups {
                     remove_if_present(&self.storage, &group.cleaned_path).await?;
@@ -350,7 +344,25 @@ impl<S: Storage> PartitionLog<S> {
             info!(dir = %self.dir.display(), "the log changed while it was cleaned; cleaning again later");
             return Ok(report);
         }
+        // Retention may have deleted segments meanwhile (always the oldest): a group whose
+        // segments are all gone is dropped, one with some gone is left for the next pass,
+        // and the others are swapped in (what they dropped is superseded by records in
+        // later segments, which retention has not reached).
+        let mut every_group_done = true;
         for group in output.groups {
+            let unchanged = group
+                .replaced
+                .iter()
+                .all(|meta| self.closed.get(&meta.base_offset) == Some(meta));
+            if !unchanged {
+                let all_gone = group.replaced.iter().all(|meta| {
+                    !self.closed.contains_key(&meta.base_offset)
+                        && meta.next_offset <= self.log_start_offset
+                });
+                every_group_done &= all_gone;
+                remove_if_present(&self.storage, &group.cleaned_path).await?;
+                continue;
+            }
             report.segments_before += group.replaced.len();
             report.segments_after += 1;
             report.bytes_before += group
@@ -362,6 +374,11 @@ impl<S: Storage> PartitionLog<S> {
             if let Err(error) = self.swap_in(&group).await {
                 return Err(self.poison(error));
             }
+        }
+        if !every_group_done {
+            report.abandoned = true;
+            info!(dir = %self.dir.display(), "retention deleted part of a pass's segments; cleaning again later");
+            return Ok(report);
         }
         self.tail_cache.forget_below(output.end_offset);
         self.cleaner_checkpoint = output.end_offset;
