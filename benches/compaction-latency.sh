@@ -11,7 +11,8 @@
 #   DIRTY_MIB  dirty log to clean (default 2048)
 #   RATE       records/s of the latency producer (default 5000)
 #   SECONDS_EACH  length of each latency run (default 10)
-#   CLEANER_RATE  log_cleaner_io_max_bytes_per_second (default 0: no limit)
+#   CLEANER_RATE  log_cleaner_io_max_bytes_per_second (default: the broker's, 50 MiB/s;
+#                 0 for no limit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-./bench-data}
@@ -19,7 +20,7 @@ mkdir -p "$dir"
 dirty_mib=${DIRTY_MIB:-2048}
 rate=${RATE:-5000}
 seconds=${SECONDS_EACH:-10}
-cleaner_rate=${CLEANER_RATE:-0}
+cleaner_rate=${CLEANER_RATE:-}
 export PIP_BREAK_SYSTEM_PACKAGES=1
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -45,7 +46,7 @@ start() { # cleaner on|off
     local enable=true
     [ "$1" = off ] && enable=false
     local limit=()
-    [ "$cleaner_rate" != 0 ] && limit=(--log-cleaner-io-max-bytes-per-second "$cleaner_rate")
+    [ -n "$cleaner_rate" ] && limit=(--log-cleaner-io-max-bytes-per-second "$cleaner_rate")
     RUST_LOG=info ./target/release/spate serve --listen "$bootstrap" --data-dir "$data" --cores 2 \
         --log-cleaner-enable "$enable" --log-cleaner-backoff-ms 200 "${limit[@]}" >>"$log" 2>&1 &
     spate_pid=$!
@@ -53,6 +54,7 @@ start() { # cleaner on|off
     echo "the broker did not start" >&2; exit 1
 }
 stop() { kill "$spate_pid"; wait "$spate_pid" || true; }
+rm -f "$log"
 trap 'kill $spate_pid 2>/dev/null || true; rm -rf "$data"' EXIT
 create() { # topic configs...
     python3 -c "
@@ -86,7 +88,7 @@ stop
 start on
 with=$(latency latency)
 sleep 1
-cleaned=$(grep -c "compacted topic=dirty" "$log" || true)
+cleaned=$(grep -c "compacted topic=dirty" "$log" || true)  # this run's log only (removed below)
 stop
 echo "| cleaner | p50 | p99 | p99.9 | max |"
 echo "| --- | --- | --- | --- | --- |"

@@ -51,6 +51,9 @@ pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT: usize = 32;
 pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
 /// Kafka's `log.cleaner.backoff.ms`: how long an idle cleaner sleeps.
 pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
+/// Default of `log.cleaner.io.max.bytes.per.second` (Kafka's is no limit): 50 MiB/s, since
+/// the cleaner's direct reads compete with appends for the disk (see BENCHMARKS.md).
+pub const LOG_CLEANER_IO_BYTES_PER_SECOND_DEFAULT: u64 = 50 << 20;
 /// Kafka's `log.cleaner.dedupe.buffer.size`: 128 MiB for all cleaners.
 pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: usize = 128 << 20;
 /// Most partitions a topic may have: each partition is a directory with open files and a

@@ -108,8 +108,9 @@ pub struct ServeSettings {
     /// (log.cleaner.dedupe.buffer.size) [default: 134217728, 128 MiB].
     #[arg(long, value_name = "BYTES")]
     pub log_cleaner_dedupe_buffer_size: Option<usize>,
-    /// Most bytes per second the cleaner reads and writes, over all cores
-    /// (log.cleaner.io.max.bytes.per.second) [default: no limit].
+    /// Most bytes per second the cleaner reads and writes, over all cores; 0 for no limit
+    /// (log.cleaner.io.max.bytes.per.second) [default: 52428800, 50 MiB/s: with direct I/O
+    /// and no page cache, an unpaced cleaner saturates the disk and produce latency suffers].
     #[arg(long, value_name = "BYTES")]
     pub log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// Forget an idempotent producer whose last batch's timestamp is this old
@@ -610,10 +611,11 @@ impl ServeSettings {
                 .log_cleaner_dedupe_buffer_size
                 .unwrap_or(limits::LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT)
                 .max(1 << 20),
-            log_cleaner_io_max_bytes_per_second: self
-                .log_cleaner_io_max_bytes_per_second
-                .filter(|rate| *rate > 0)
-                .unwrap_or(u64::MAX),
+            log_cleaner_io_max_bytes_per_second: match self.log_cleaner_io_max_bytes_per_second {
+                None => limits::LOG_CLEANER_IO_BYTES_PER_SECOND_DEFAULT,
+                Some(0) => u64::MAX,
+                Some(rate) => rate,
+            },
             topic_defaults,
         })
     }

@@ -13,7 +13,8 @@ use super::now_ms;
 use super::shard::Shard;
 use crate::storage::compaction::{CleanRequest, Pacer};
 
-/// Paces the cleaner to a byte rate, and yields so that the shard's requests go first.
+/// Paces the cleaner to a byte rate, and yields after every window so that the shard's
+/// requests go first.
 #[derive(Debug)]
 pub struct RatePacer {
     bytes_per_second: u64,
@@ -33,6 +34,16 @@ impl RatePacer {
 }
 
 impl Pacer for RatePacer {
+    fn read_window_bytes(&self) -> usize {
+        // A paced cleaner reads 1 MiB at a time, so that an append's write waits behind at
+        // most that much of its reading.
+        if self.bytes_per_second == u64::MAX {
+            4 << 20
+        } else {
+            1 << 20
+        }
+    }
+
     async fn pace(&mut self, bytes: u64) {
         self.bytes = self.bytes.saturating_add(bytes);
         if self.bytes_per_second != u64::MAX {
@@ -42,7 +53,9 @@ impl Pacer for RatePacer {
                 glommio::timer::sleep(due - elapsed).await;
             }
         }
-        glommio::yield_if_needed().await;
+        // The cleaner runs in a task queue of its own with few shares: after each window it
+        // lets requests, in the default queue, go first.
+        glommio::executor().yield_task_queue_now().await;
     }
 }
 

@@ -694,21 +694,32 @@ fn spawn_background_work(shard: &Rc<Shard>) {
     }
     if shard.config.log_cleaner_enable {
         let cleaner = Rc::clone(shard);
-        glommio::spawn_local(async move {
-            let backoff = Duration::from_millis(cleaner.config.log_cleaner_backoff_ms);
-            loop {
-                let passes = cleaner.clean_logs().await;
-                // Keep going while there is work; sleep when there is none.
-                let going_on = if passes == 0 {
-                    cleaner.sleep_unless_shutdown(backoff).await
-                } else {
-                    !cleaner.shutting_down.get()
-                };
-                if !going_on {
-                    break;
+        // Its own task queue, with a twentieth of the default queue's shares: requests come
+        // first, and the cleaner takes what they leave.
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(50),
+            glommio::Latency::NotImportant,
+            "log-cleaner",
+        );
+        glommio::spawn_local_into(
+            async move {
+                let backoff = Duration::from_millis(cleaner.config.log_cleaner_backoff_ms);
+                loop {
+                    let passes = cleaner.clean_logs().await;
+                    // Keep going while there is work; sleep when there is none.
+                    let going_on = if passes == 0 {
+                        cleaner.sleep_unless_shutdown(backoff).await
+                    } else {
+                        !cleaner.shutting_down.get()
+                    };
+                    if !going_on {
+                        break;
+                    }
                 }
-            }
-        })
+            },
+            queue,
+        )
+        .expect("the cleaner's task queue was just created")
         .detach();
     }
     let retention = Rc::clone(shard);

@@ -32,7 +32,7 @@ pub(crate) const SWAP_SUFFIX: &str = ".log.swap";
 /// File holding the first offset not yet cleaned (Kafka's cleaner offset checkpoint).
 pub const CLEANER_CHECKPOINT_FILE_NAME: &str = "cleaner-offset-checkpoint";
 
-/// Bytes read from a segment at a time.
+/// Bytes read from a segment at a time when the pacer does not say.
 const READ_WINDOW_BYTES: usize = 4 << 20;
 /// Bytes of cleaned output gathered before a write.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -108,6 +108,12 @@ pub struct CleanReport {
 pub trait Pacer {
     /// Called after `bytes` were read or written; waits as long as the rate requires.
     async fn pace(&mut self, bytes: u64);
+
+    /// Bytes to read at a time: large reads are faster, small ones keep the disk free for
+    /// appends sooner.
+    fn read_window_bytes(&self) -> usize {
+        READ_WINDOW_BYTES
+    }
 }
 
 /// No pacing.
@@ -826,7 +832,9 @@ impl<'a, F: StorageFile> SegmentBatches<'a, F> {
                 result => {
                     // The batch is not all in the window: read from its start.
                     let size = result.map_or(0, |(_, size)| size);
-                    let want = size.max(READ_WINDOW_BYTES).min((end - position) as usize);
+                    let want = size
+                        .max(pacer.read_window_bytes())
+                        .min((end - position) as usize);
                     if rest.len() >= want {
                         return Err(self.corrupt_at(
                             position,
