@@ -249,3 +249,37 @@ def test_quotas_are_listed_removed_and_kept_across_a_restart(tmp_path):
 def test_metrics_count_throttled_requests(quota_broker):
     assert "spate_throttled_requests_total" in quota_broker.metrics()
     assert os.path.exists(SPATE_BIN)
+
+
+def test_a_request_time_quota_throttles_a_busy_client(quota_broker):
+    """request_percentage: a client allowed 0.1% of a core (1 ms a second) that keeps the
+    broker busy is throttled; the throttle comes back in its Produce responses."""
+    topic = unique_topic("request-quota")
+    create_topic(quota_broker, topic)
+    spate_quota(quota_broker, "set", "--client-id", "busy", "--request-percentage", "0.1")
+    before = throttled_requests(quota_broker)
+    _, throttle = produce_flat_out(quota_broker, "busy", topic, 4)
+    assert throttle > 0
+    assert throttled_requests(quota_broker) > before
+    # Spread over two producers with the same client id (two connections, most likely on
+    # both cores), the byte quota still holds for both together.
+    spate_quota(quota_broker, "set", "--client-id", "shared", "--producer-byte-rate", str(QUOTA))
+    results = []
+
+    def run():
+        results.append(produce_flat_out(quota_broker, "shared", topic, WARM_UP_S + MEASURE_S + 0.5)[0])
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = sum(steady_rate(samples) for samples in results)
+    assert within(rate, QUOTA), f"{rate / 1e6:.2f} MB/s together against {QUOTA / 1e6:.2f}"
+
+
+def throttled_requests(broker):
+    for line in broker.metrics().splitlines():
+        if line.startswith("spate_throttled_requests_total "):
+            return float(line.split()[1])
+    return 0.0

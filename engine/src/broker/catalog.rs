@@ -685,7 +685,10 @@ mod tests {
         assert_eq!(read.client_quotas(), catalog.client_quotas());
         assert_eq!(read, catalog);
         assert!(catalog
-            .with_client_quota(&per_client, &[("request_percentage".into(), Some(5.0))])
+            .with_client_quota(
+                &per_client,
+                &[("controller_mutation_rate".into(), Some(5.0))]
+            )
             .is_err());
         assert!(catalog
             .with_client_quota(&per_client, &[("producer_byte_rate".into(), Some(-1.0))])

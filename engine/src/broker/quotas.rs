@@ -84,6 +84,9 @@ pub enum QuotaKind {
     Produce,
     /// Bytes of records fetched per second (`consumer_byte_rate`).
     Fetch,
+    /// Time the broker spends on the client's requests, in percent of one core
+    /// (`request_percentage`; 200 is two cores' worth).
+    Request,
 }
 
 impl QuotaKind {
@@ -92,6 +95,17 @@ impl QuotaKind {
         match self {
             QuotaKind::Produce => "producer_byte_rate",
             QuotaKind::Fetch => "consumer_byte_rate",
+            QuotaKind::Request => "request_percentage",
+        }
+    }
+
+    /// A configured value as a rate of what [`QuotaTracker::record`] is given: bytes per
+    /// second, or for request time microseconds per second.
+    pub fn rate_of(self, value: f64) -> f64 {
+        match self {
+            QuotaKind::Produce | QuotaKind::Fetch => value,
+            // value% of one core's second.
+            QuotaKind::Request => value * 10_000.0,
         }
     }
 
@@ -100,6 +114,7 @@ impl QuotaKind {
         match key {
             "producer_byte_rate" => Some(QuotaKind::Produce),
             "consumer_byte_rate" => Some(QuotaKind::Fetch),
+            "request_percentage" => Some(QuotaKind::Request),
             _ => None,
         }
     }
@@ -133,8 +148,8 @@ pub type QuotaValues = BTreeMap<String, f64>;
 pub fn check_quota(key: &str, value: f64) -> Result<(), String> {
     if QuotaKind::of_key(key).is_none() {
         return Err(format!(
-            "unknown or unsupported quota key {key:?}: Spate enforces producer_byte_rate and \
-             consumer_byte_rate"
+            "unknown or unsupported quota key {key:?}: Spate enforces producer_byte_rate, \
+             consumer_byte_rate and request_percentage"
         ));
     }
     if !value.is_finite() || value <= 0.0 {
@@ -404,7 +419,8 @@ mod tests {
         assert!(check_quota("consumer_byte_rate", 1.5).is_ok());
         assert!(check_quota("producer_byte_rate", 0.0).is_err());
         assert!(check_quota("producer_byte_rate", f64::NAN).is_err());
-        assert!(check_quota("request_percentage", 50.0).is_err());
+        assert!(check_quota("request_percentage", 50.0).is_ok());
+        assert!(check_quota("controller_mutation_rate", 50.0).is_err());
         assert!(check_quota("bogus", 1.0).is_err());
     }
 }

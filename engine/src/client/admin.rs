@@ -454,7 +454,7 @@ impl Admin {
     }
 
     /// Sets (`Some`) or removes (`None`) quota values of `entity` (AlterClientQuotas):
-    /// `producer_byte_rate`, `consumer_byte_rate`.
+    /// `producer_byte_rate`, `consumer_byte_rate`, `request_percentage`.
     ///
     /// # Errors
     /// The broker's refusal, or a connection error.

@@ -4,6 +4,7 @@
 //! client's pipelined requests to one partition are appended in the order sent.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::shard::Shard;
 use crate::broker::handlers;
+use crate::broker::quotas::QuotaKind;
 use crate::protocol::splice::{encode_response_spliced, SplicedFrame, SPLICE_BYTES_MIN};
 use crate::protocol::{decode_request, encode_response, take_frame, DecodeError, Request};
 
@@ -99,13 +101,47 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                     request.version,
                     request.header.correlation_id,
                 );
-                let handled = match handlers::handle(&shard, *request, peer).await {
+                let client_id = request
+                    .header
+                    .client_id
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_owned();
+                // The time the shard spends polling the handler: the request's share of the
+                // core, without the time it waits (long polls, replication, other shards).
+                let mut busy = Duration::ZERO;
+                let mut handling = std::pin::pin!(handlers::handle(&shard, *request, peer));
+                let outcome = std::future::poll_fn(|cx| {
+                    let polled = Instant::now();
+                    let poll = handling.as_mut().poll(cx);
+                    busy += polled.elapsed();
+                    poll
+                })
+                .await;
+                let mut handled = match outcome {
                     Ok(handled) => handled,
                     Err(reason) => {
                         warn!(%peer, %reason, "closing connection");
                         break;
                     }
                 };
+                if !handled.between_brokers {
+                    let busy_us = usize::try_from(busy.as_micros()).unwrap_or(usize::MAX);
+                    let (request_throttle_ms, _) =
+                        shard.record_quota(&client_id, QuotaKind::Request, busy_us);
+                    if request_throttle_ms > handled.throttle_ms {
+                        handled.throttle_ms = request_throttle_ms;
+                        match &mut handled.response {
+                            Some(ResponseKind::Produce(response)) => {
+                                response.throttle_time_ms = request_throttle_ms;
+                            }
+                            Some(ResponseKind::Fetch(response)) => {
+                                response.throttle_time_ms = request_throttle_ms;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 throttle_ms = handled.throttle_ms;
                 match handled.response {
                     Some(ResponseKind::Fetch(fetch)) => {

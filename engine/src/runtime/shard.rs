@@ -1692,7 +1692,8 @@ impl Shard {
         }
     }
 
-    /// Records `amount` of `kind` traffic of `client_id` against its quota, if it has one,
+    /// Records `amount` of `kind` traffic (bytes, or microseconds of request time) of
+    /// `client_id` against its quota, if it has one,
     /// and returns how long it must be throttled (ms) and the sensor it was recorded on. A
     /// broker without authentication sees every client as Kafka's `ANONYMOUS` user.
     pub fn record_quota(
@@ -1702,13 +1703,16 @@ impl Shard {
         amount: usize,
     ) -> (i32, Option<SensorKey>) {
         let catalog = self.catalog();
+        if catalog.client_quotas().is_empty() {
+            return (0, None);
+        }
         let Some((quota, sensor)) =
             quotas::resolve(catalog.client_quotas(), ANONYMOUS_USER, client_id, kind)
         else {
             return (0, None);
         };
         let mut tracker = self.process.quota_tracker.lock().expect("not poisoned");
-        let throttle_ms = tracker.record(&sensor, quota, amount as f64, now_ms());
+        let throttle_ms = tracker.record(&sensor, kind.rate_of(quota), amount as f64, now_ms());
         (i32::try_from(throttle_ms).unwrap_or(i32::MAX), Some(sensor))
     }
 

@@ -80,6 +80,10 @@ enum QuotaCommand {
         /// Bytes per second the entity may fetch (consumer_byte_rate).
         #[arg(long, value_name = "BYTES")]
         consumer_byte_rate: Option<f64>,
+        /// Percent of one core the broker may spend on the entity's requests
+        /// (request_percentage).
+        #[arg(long, value_name = "PERCENT")]
+        request_percentage: Option<f64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -87,7 +91,7 @@ enum QuotaCommand {
     Remove {
         #[command(flatten)]
         entity: QuotaEntityArgs,
-        /// The values to remove: producer_byte_rate, consumer_byte_rate.
+        /// The values to remove: producer_byte_rate, consumer_byte_rate, request_percentage.
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<String>,
         #[command(flatten)]
@@ -860,11 +864,13 @@ fn quota(command: QuotaCommand) -> Result<(), ClientError> {
             entity,
             producer_byte_rate,
             consumer_byte_rate,
+            request_percentage,
             client,
         } => {
             let changes: Vec<(String, Option<f64>)> = [
                 ("producer_byte_rate", producer_byte_rate),
                 ("consumer_byte_rate", consumer_byte_rate),
+                ("request_percentage", request_percentage),
             ]
             .into_iter()
             .filter_map(|(key, value)| value.map(|value| (key.to_owned(), Some(value))))
@@ -873,7 +879,9 @@ fn quota(command: QuotaCommand) -> Result<(), ClientError> {
                 return Err(ClientError::Config(ConfigError::Invalid {
                     name: "quota".into(),
                     value: String::new(),
-                    reason: "give --producer-byte-rate or --consumer-byte-rate".into(),
+                    reason: "give --producer-byte-rate, --consumer-byte-rate or \
+                             --request-percentage"
+                        .into(),
                 }));
             }
             admin(&client)?.alter_client_quota(&entity.entity()?, &changes)

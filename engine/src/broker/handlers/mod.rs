@@ -36,6 +36,9 @@ pub struct Handled {
     /// How long the client is over its quota (ms): the response says so, and the connection
     /// reads no further request for that long.
     pub throttle_ms: i32,
+    /// A request between brokers (a follower's Fetch, markers, verification), which no
+    /// request-time quota counts, as in Kafka.
+    pub between_brokers: bool,
 }
 
 /// Handles one request.
@@ -52,6 +55,12 @@ pub async fn handle(
     let client_id = request.header.client_id;
     let quota_client_id = client_id.as_deref().unwrap_or_default().to_owned();
     let mut throttle_ms = 0;
+    let between_brokers = match &request.body {
+        RequestKind::Fetch(body) => !fetch::from_consumer(body, version),
+        RequestKind::WriteTxnMarkers(_) | RequestKind::OffsetForLeaderEpoch(_) => true,
+        RequestKind::AddPartitionsToTxn(_) => version >= 4,
+        _ => false,
+    };
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_response(0)),
         RequestKind::Metadata(body) => {
@@ -78,6 +87,7 @@ pub async fn handle(
                     return Ok(Handled {
                         response: None,
                         throttle_ms,
+                        between_brokers,
                     })
                 }
             }
@@ -195,6 +205,7 @@ pub async fn handle(
     Ok(Handled {
         response: Some(response),
         throttle_ms,
+        between_brokers,
     })
 }
 
