@@ -1744,8 +1744,13 @@ impl Shard {
         }
     }
 
-    /// Deletes segments past retention, and rolls segments past `segment.ms`.
+    /// Deletes segments past retention, and rolls segments past `segment.ms`; on shard 0,
+    /// also forgets the quota buckets of clients idle for an hour.
     pub async fn apply_retention(&self) {
+        if self.id == 0 {
+            let mut tracker = self.process.quota_tracker.lock().expect("not poisoned");
+            tracker.forget_idle(now_ms());
+        }
         for partition in self.owned_partitions() {
             let now = now_ms();
             let result = partition

@@ -249,6 +249,8 @@ pub struct PartitionLog<S: Storage> {
     /// The cleaner's first dirty offset: records below it were cleaned (see
     /// [`super::compaction`]).
     pub(super) cleaner_checkpoint: i64,
+    /// The partition is being deleted: no cleaner pass swaps anything in any more.
+    pub(super) retired: bool,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {

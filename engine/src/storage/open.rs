@@ -292,6 +292,7 @@ impl<S: Storage> PartitionLog<S> {
             producer_snapshots: BTreeSet::new(),
             stale_producer_snapshots: Vec::new(),
             cleaner_checkpoint,
+            retired: false,
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;

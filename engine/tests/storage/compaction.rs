@@ -726,3 +726,32 @@ fn a_pass_swaps_in_what_retention_left_while_it_ran() {
         assert_eq!(read.len(), 5, "the latest record of each key");
     });
 }
+
+#[test]
+fn a_retired_log_swaps_nothing_in() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &compacted_config()).await;
+        for n in 0..4 {
+            log.append(build::batch(&[keyed("k", Some(&format!("v{n}")), n)]), 0, 0)
+                .await
+                .unwrap();
+            log.roll(n).await.unwrap();
+        }
+        let before = read_records(&mut log).await;
+        let plan = log.plan_clean(&request(10)).await.unwrap().unwrap();
+        let output = plan.execute(&mut Unpaced).await.unwrap();
+        log.retire();
+        let report = log.finish_clean(plan, output).await.unwrap();
+        assert!(report.abandoned);
+        assert_eq!(read_records(&mut log).await, before);
+        log.close(20).await.unwrap();
+        // The cleaned files it left are removed at the next open.
+        let log = open(&storage, &compacted_config()).await;
+        assert!(storage
+            .paths()
+            .iter()
+            .all(|path| !path.to_string_lossy().ends_with(".cleaned")));
+        drop(log);
+    });
+}

@@ -337,11 +337,12 @@ impl<S: Storage> PartitionLog<S> {
             records_removed: output.records_removed,
             ..CleanReport::default()
         };
-        let log_intact = self.check_poison().is_ok() && self.generation == plan.generation;
+        let usable = self.check_poison().is_ok() && !self.retired;
+        let log_intact = usable && self.generation == plan.generation;
         if !log_intact {
             // Truncated, poisoned or deleted: nothing is swapped in. A poisoned (or deleted)
             // log's directory is left alone: the next open removes the cleaned files.
-            if self.check_poison().is_ok() {
+            if usable {
                 for group in &output.groups {
                     remove_if_present(&self.storage, &group.cleaned_path).await?;
                 }
@@ -473,9 +474,7 @@ impl<S: Storage> PartitionLog<S> {
     /// Stops every cleaner pass on this log from swapping anything in: the partition is
     /// being deleted (or moved away), and its directory may soon hold another log.
     pub fn retire(&mut self) {
-        if self.poisoned.is_none() {
-            self.poisoned = Some("the partition was deleted".into());
-        }
+        self.retired = true;
     }
 }
 
