@@ -48,6 +48,30 @@ fn request(now_ms: i64) -> CleanRequest {
     }
 }
 
+/// Appends one record of `key` (a tombstone when `value` is `None`).
+async fn put(
+    log: &mut PartitionLog<SimulatedStorage>,
+    key: &str,
+    value: Option<&str>,
+    timestamp_ms: i64,
+    now_ms: i64,
+) {
+    log.append(build::batch(&[keyed(key, value, timestamp_ms)]), 0, now_ms)
+        .await
+        .unwrap();
+}
+
+/// One forced pass at `now_ms`, which must clean something.
+async fn clean_now(
+    log: &mut PartitionLog<SimulatedStorage>,
+    now_ms: i64,
+) -> spate_engine::storage::compaction::CleanReport {
+    log.clean(&request(now_ms), &mut Unpaced)
+        .await
+        .unwrap()
+        .expect("something to clean")
+}
+
 /// Every record from the log start to the end: (offset, key, value), skipping record-less
 /// batches as a consumer does.
 async fn read_records(
@@ -96,16 +120,10 @@ fn a_key_written_three_times_keeps_only_its_last_value() {
             ("alice", "alice@three.example"),
         ];
         for (n, (key, value)) in writes.iter().enumerate() {
-            log.append(build::batch(&[keyed(key, Some(value), n as i64)]), 0, 0)
-                .await
-                .unwrap();
+            put(&mut log, key, Some(value), n as i64, 0).await;
         }
         log.roll(10).await.unwrap();
-        let report = log
-            .clean(&request(10), &mut Unpaced)
-            .await
-            .unwrap()
-            .unwrap();
+        let report = clean_now(&mut log, 10).await;
         assert_eq!(report.records_removed, 2);
         assert_eq!((report.first_dirty_offset, report.end_offset), (0, 5));
         let records = read_records(&mut log).await;
@@ -159,14 +177,10 @@ fn nothing_at_or_above_the_upper_bound_or_in_the_active_segment_is_cleaned() {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
         for n in 0..4 {
-            log.append(build::batch(&[keyed("k", Some(&format!("v{n}")), n)]), 0, 0)
-                .await
-                .unwrap();
+            put(&mut log, "k", Some(&format!("v{n}")), n, 0).await;
             log.roll(n).await.unwrap();
         }
-        log.append(build::batch(&[keyed("k", Some("active"), 9)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("active"), 9, 0).await;
         // Only the segments below offset 2 may be cleaned.
         let bounded = CleanRequest {
             upper_bound_offset: 2,
@@ -176,11 +190,7 @@ fn nothing_at_or_above_the_upper_bound_or_in_the_active_segment_is_cleaned() {
         assert_eq!(report.end_offset, 2);
         let offsets: Vec<i64> = read_records(&mut log).await.iter().map(|r| r.0).collect();
         assert_eq!(offsets, [1, 2, 3, 4]);
-        let report = log
-            .clean(&request(10), &mut Unpaced)
-            .await
-            .unwrap()
-            .unwrap();
+        let report = clean_now(&mut log, 10).await;
         assert_eq!(report.end_offset, 4, "the active segment stays dirty");
         let offsets: Vec<i64> = read_records(&mut log).await.iter().map(|r| r.0).collect();
         assert_eq!(offsets, [3, 4]);
@@ -192,12 +202,8 @@ fn tombstones_stay_for_delete_retention_then_go() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
-        log.append(build::batch(&[keyed("k", Some("v"), 0)]), 0, 0)
-            .await
-            .unwrap();
-        log.append(build::batch(&[keyed("k", None, 1)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("v"), 0, 0).await;
+        put(&mut log, "k", None, 1, 0).await;
         log.roll(5).await.unwrap();
         log.clean(&request(100), &mut Unpaced).await.unwrap();
         let records = read_records(&mut log).await;
@@ -207,15 +213,11 @@ fn tombstones_stay_for_delete_retention_then_go() {
             "the tombstone stays"
         );
         // Something new to clean, before the horizon (100 + 1000): the tombstone stays.
-        log.append(build::batch(&[keyed("other", Some("x"), 2)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "other", Some("x"), 2, 0).await;
         log.roll(6).await.unwrap();
         log.clean(&request(500), &mut Unpaced).await.unwrap();
         assert_eq!(read_records(&mut log).await.len(), 2);
-        log.append(build::batch(&[keyed("other", Some("y"), 3)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "other", Some("y"), 3, 0).await;
         log.roll(7).await.unwrap();
         log.clean(&request(1_100), &mut Unpaced).await.unwrap();
         let records = read_records(&mut log).await;
@@ -236,9 +238,7 @@ fn a_producers_last_batch_stays_even_when_emptied() {
         )
         .await
         .unwrap();
-        log.append(build::batch(&[keyed("k", Some("2"), 1)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("2"), 1, 0).await;
         log.roll(5).await.unwrap();
         log.clean(&request(10), &mut Unpaced).await.unwrap();
         // Its batch stays, emptied, so that producer state rebuilt from the log knows it.
@@ -499,9 +499,7 @@ fn an_aborted_transaction_neither_supersedes_nor_stays_and_markers_stay() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
-        log.append(build::batch(&[keyed("k", Some("committed"), 0)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("committed"), 0, 0).await;
         log.append(
             build::transactional_batch(&[keyed("k", Some("aborted"), 1)], 5, 0, 0),
             0,
@@ -519,10 +517,7 @@ fn an_aborted_transaction_neither_supersedes_nor_stays_and_markers_stay() {
         .unwrap();
         log.append_marker(5, 0, 0, true, 0, 4).await.unwrap();
         log.roll(5).await.unwrap();
-        log.clean(&request(10), &mut Unpaced)
-            .await
-            .unwrap()
-            .unwrap();
+        clean_now(&mut log, 10).await;
         let records = read_records(&mut log).await;
         let values: Vec<_> = records
             .iter()
@@ -552,9 +547,7 @@ fn an_open_transaction_stops_the_cleaner_below_it() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
-        log.append(build::batch(&[keyed("k", Some("1"), 0)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("1"), 0, 0).await;
         log.roll(1).await.unwrap();
         log.append(
             build::transactional_batch(&[keyed("k", Some("open"), 1)], 5, 0, 0),
@@ -564,17 +557,11 @@ fn an_open_transaction_stops_the_cleaner_below_it() {
         .await
         .unwrap();
         log.roll(2).await.unwrap();
-        log.append(build::batch(&[keyed("k", Some("3"), 2)]), 0, 2)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("3"), 2, 2).await;
         log.roll(3).await.unwrap();
         // Only the segment below the open transaction may be cleaned: nothing supersedes
         // offset 0 there.
-        let report = log
-            .clean(&request(10), &mut Unpaced)
-            .await
-            .unwrap()
-            .unwrap();
+        let report = clean_now(&mut log, 10).await;
         assert_eq!(report.end_offset, 1);
         assert_eq!(read_records(&mut log).await.len(), 3);
     });
@@ -655,9 +642,7 @@ fn dirty_ratio_and_compaction_lags_decide_when_a_pass_runs() {
             .unwrap();
         assert_eq!(log.first_dirty_offset(), 4);
         // One dirty segment of four: below the ratio, so no pass...
-        log.append(build::batch(&[keyed("k", Some("v4"), 400)]), 0, 0)
-            .await
-            .unwrap();
+        put(&mut log, "k", Some("v4"), 400, 0).await;
         log.roll(400).await.unwrap();
         let dirtiness = log.dirtiness(&unforced(2_000)).unwrap();
         assert!(dirtiness.ratio() < 0.5, "{dirtiness:?}");
@@ -733,9 +718,7 @@ fn a_retired_log_swaps_nothing_in() {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
         for n in 0..4 {
-            log.append(build::batch(&[keyed("k", Some(&format!("v{n}")), n)]), 0, 0)
-                .await
-                .unwrap();
+            put(&mut log, "k", Some(&format!("v{n}")), n, 0).await;
             log.roll(n).await.unwrap();
         }
         let before = read_records(&mut log).await;
