@@ -59,18 +59,31 @@ class Broker:
         ]
 
     def start(self, timeout_s=30):
+        # A connection alone does not prove this process listens: right after a restart the
+        # previous process's socket can still take connections while the kernel tears its
+        # io_uring down. So wait for this process to say it is ready, too.
+        readies = self.full_log().count("Spate broker ready")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"spate exited with {self.process.returncode}: {self.log()}")
+            ready = self.full_log().count("Spate broker ready") > readies
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    if ready:
+                        return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"spate did not start listening: {self.log()}")
+
+    def full_log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self, timeout_s=60):
         """SIGTERM, then wait; returns the exit code."""

@@ -31,8 +31,11 @@ def quota_broker(tmp_path_factory):
 
 
 def spate_quota(broker, *args):
-    subprocess.run([SPATE_BIN, "quota", *args, "--bootstrap-server", broker.bootstrap],
-                   check=True, capture_output=True, timeout=30)
+    """Runs `spate quota ARGS` against `broker`; returns its standard output."""
+    done = subprocess.run([SPATE_BIN, "quota", *args, "--bootstrap-server", broker.bootstrap],
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, (done, broker.log())
+    return done.stdout
 
 
 def create_topic(broker, name):
@@ -221,20 +224,14 @@ def test_quotas_are_listed_removed_and_kept_across_a_restart(tmp_path):
         assert broker.stop() == 0, broker.log()
     broker.start()
     try:
-        listed = subprocess.run(
-            [SPATE_BIN, "quota", "list", "--output", "json", "--bootstrap-server", broker.bootstrap],
-            check=True, capture_output=True, timeout=30,
-        ).stdout
+        listed = spate_quota(broker, "list", "--output", "json")
         quotas = {(q["user"], q["client_id"]): q["values"] for q in json.loads(listed)}
         assert quotas == {
             (None, "<default>"): {"producer_byte_rate": 5000.0},
             ("ANONYMOUS", "app"): {"consumer_byte_rate": 7000.0},
         }
         spate_quota(broker, "remove", "--client-id-default")
-        listed = subprocess.run(
-            [SPATE_BIN, "quota", "list", "--output", "json", "--bootstrap-server", broker.bootstrap],
-            check=True, capture_output=True, timeout=30,
-        ).stdout
+        listed = spate_quota(broker, "list", "--output", "json")
         assert len(json.loads(listed)) == 1
         refused = subprocess.run(
             [SPATE_BIN, "quota", "set", "--client-id", "x", "--producer-byte-rate=-5",
