@@ -101,12 +101,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                     request.version,
                     request.header.correlation_id,
                 );
-                let client_id = request
-                    .header
-                    .client_id
-                    .as_deref()
-                    .unwrap_or_default()
-                    .to_owned();
+                // A shared handle on the header's bytes, not a copy.
+                let client_id = request.header.client_id.clone();
                 // The time the shard spends polling the handler: the request's share of the
                 // core, without the time it waits (long polls, replication, other shards).
                 let mut busy = Duration::ZERO;
@@ -127,8 +123,11 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                 };
                 if !handled.between_brokers {
                     let busy_us = usize::try_from(busy.as_micros()).unwrap_or(usize::MAX);
-                    let (request_throttle_ms, _) =
-                        shard.record_quota(&client_id, QuotaKind::Request, busy_us);
+                    let (request_throttle_ms, _) = shard.record_quota(
+                        client_id.as_deref().unwrap_or_default(),
+                        QuotaKind::Request,
+                        busy_us,
+                    );
                     if request_throttle_ms > handled.throttle_ms {
                         handled.throttle_ms = request_throttle_ms;
                         match &mut handled.response {

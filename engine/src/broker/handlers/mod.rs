@@ -53,7 +53,8 @@ pub async fn handle(
 ) -> Result<Handled, String> {
     let version = request.version;
     let client_id = request.header.client_id;
-    let quota_client_id = client_id.as_deref().unwrap_or_default().to_owned();
+    let quota_client_id = client_id.clone();
+    let quota_client_id = quota_client_id.as_deref().unwrap_or_default();
     let mut throttle_ms = 0;
     let between_brokers = match &request.body {
         RequestKind::Fetch(body) => !fetch::from_consumer(body, version),
@@ -76,7 +77,7 @@ pub async fn handle(
             let bytes = produce::records_bytes(&body);
             let response = produce::produce(shard, body, version).await;
             throttle_ms = shard
-                .record_quota(&quota_client_id, QuotaKind::Produce, bytes)
+                .record_quota(quota_client_id, QuotaKind::Produce, bytes)
                 .0;
             match response {
                 Some(mut response) => {
@@ -98,7 +99,7 @@ pub async fn handle(
             if from_consumer {
                 let bytes = fetch::records_bytes(&response);
                 let (throttle, sensor) =
-                    shard.record_quota(&quota_client_id, QuotaKind::Fetch, bytes);
+                    shard.record_quota(quota_client_id, QuotaKind::Fetch, bytes);
                 if let (true, Some(sensor)) = (throttle > 0, sensor) {
                     // As Kafka: a throttled fetch is answered empty, and its bytes do not
                     // count.
