@@ -14,6 +14,7 @@
 #   CORES    broker executors (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 records=${RECORDS:-500000}
@@ -28,7 +29,7 @@ producer="$dir/c-producer"
 cc -std=c11 -O2 -Wall -Wextra -Werror -Ibindings-c/include bindings-c/examples/producer.c \
     target/release/libspate.a -lpthread -ldl -lm -o "$producer"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 data="$dir/c-bench-data"
 rm -rf "$data"
 RUST_LOG=warn $spate serve --listen "127.0.0.1:$port" --data-dir "$data" --cores "$cores" \
@@ -60,7 +61,6 @@ for round in $(seq "$rounds"); do
     fi
     echo "round $round: C ${c_rates[-1]} records/s, spate bench ${spate_rates[-1]} records/s" >&2
 done
-median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 c=$(median "${c_rates[@]}")
 s=$(median "${spate_rates[@]}")
 echo

@@ -15,21 +15,19 @@
 #   CORES    broker executors (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 records=${RECORDS:-1000000}
 rounds=${ROUNDS:-3}
 cores=${CORES:-2}
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-command -v kcat >/dev/null 2>&1 || {
-    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat
-}
+need_apt kcat
 echo "building spate (release) ..." >&2
 cargo build --release --quiet -p spate-engine --bin spate
 spate=./target/release/spate
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 data="$dir/client-bench-data"
 rm -rf "$data"
 RUST_LOG=warn $spate serve --listen "127.0.0.1:$port" --data-dir "$data" --cores "$cores" \
@@ -92,7 +90,6 @@ kill -TERM $broker; wait $broker || true
 trap - EXIT
 rm -rf "$data"
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib() { python3 -c "print(f'{$1 * 1023 / 1048576:.0f}')"; }
 ratio() { python3 -c "print(f'{100 * $1 / $2:.0f}%')"; }
 kp_m=$(median "${kp[@]}"); sp_m=$(median "${sp[@]}"); kc_m=$(median "${kc[@]}"); sc_m=$(median "${sc[@]}")

@@ -12,6 +12,7 @@
 #   RATE     records/s for the latency runs (default 2000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 records=${RECORDS:-300000}
@@ -19,11 +20,10 @@ rounds=${ROUNDS:-3}
 cores=${CORES:-1}
 rate=${RATE:-2000}
 
-python3 -c "import confluent_kafka" 2>/dev/null || pip install -q confluent-kafka
+need_pip confluent_kafka confluent-kafka
 echo "building spate (release) ..." >&2
 cargo build --release --quiet -p spate-engine --bin spate
 spate=./target/release/spate
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$1))" 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 pids=()
@@ -71,7 +71,6 @@ bench() { # bootstrap topic acks [extra...] -> "records/s p99_ms"
         --bootstrap-server "$bootstrap" --output json "$@" |
         python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["records_per_second"]), r["latency_ms"]["p99"])'
 }
-median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
 declare -a st sl ct cl slat clat
 for round in $(seq "$rounds"); do

@@ -15,6 +15,7 @@
 #                 0 for no limit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 dirty_mib=${DIRTY_MIB:-2048}
@@ -23,20 +24,14 @@ seconds=${SECONDS_EACH:-10}
 cleaner_rate=${CLEANER_RATE:-}
 export PIP_BREAK_SYSTEM_PACKAGES=1
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v kcat >/dev/null 2>&1 || missing+=(kcat)
-[ -f /usr/include/librdkafka/rdkafka.h ] || missing+=(librdkafka-dev)
-if [ ${#missing[@]} -gt 0 ]; then
-    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
-python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install --quiet confluent-kafka
+need_apt kcat librdkafka-dev:/usr/include/librdkafka/rdkafka.h
+need_pip confluent_kafka confluent-kafka
 
 echo "building spate (release) and the latency generator ..." >&2
 cargo build --release --quiet -p spate-engine --bin spate
 cc -O2 -Wall -o target/rdkafka-latency benches/rdkafka-latency.c -lrdkafka
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 bootstrap="127.0.0.1:$port"
 data="$dir/spate-compaction-data"
 log="$dir/spate-compaction.log"

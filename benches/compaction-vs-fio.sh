@@ -6,19 +6,17 @@
 #
 # DIR is a directory on the disk to measure (default ./bench-data); it needs 2.5 × SIZE_MIB
 # free. Each of ROUNDS rounds (default 3) runs fio and then cleaner-bench back to back; the
-# medians are reported. The cleaner reads the dirty log twice (once to build its key map, once
-# to rewrite it) and writes what stays, so its ceiling on a disk-bound machine is about half
-# of the read bandwidth.
+# medians are reported. The cleaner reads the dirty log once to build its key map, then again
+# only the batches that keep a record, and writes what stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 size_mib=${SIZE_MIB:-1024}
 rounds=${ROUNDS:-3}
 
-if ! command -v fio >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq fio; else sudo apt-get install -y fio; fi
-fi
+need_apt fio
 echo "building cleaner-bench ..." >&2
 cargo build --release --quiet -p spate-benches --bin cleaner-bench
 
@@ -33,7 +31,6 @@ for round in $(seq 1 "$rounds"); do
     clean+=("$(RUST_LOG=warn ./target/release/cleaner-bench --dir "$dir" --size-mib "$size_mib" \
         | awk '$1 == "clean_mib_per_s" {print $2}')")
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 read_mib=$(median "${fio_read[@]}")
 clean_mib=$(median "${clean[@]}")
 echo "| fio sequential read (1 MiB, O_DIRECT) | ${read_mib} MiB/s | |"

@@ -8,12 +8,12 @@
 #   benches/controller-failover.sh [DIR]     # ROUNDS (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data/controller-failover}
 rounds=${ROUNDS:-3}
-python3 -c "import confluent_kafka" 2>/dev/null || pip install -q confluent-kafka
+need_pip confluent_kafka confluent-kafka
 cargo build --release --quiet -p spate-engine --bin spate
 spate=./target/release/spate
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -12,6 +12,7 @@
 #   CORES    broker executors (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 records=${RECORDS:-500000}
@@ -19,16 +20,13 @@ rounds=${ROUNDS:-3}
 cores=${CORES:-2}
 export PIP_BREAK_SYSTEM_PACKAGES=1
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-command -v kcat >/dev/null 2>&1 || {
-    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat
-}
-python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install --quiet confluent-kafka
+need_apt kcat
+need_pip confluent_kafka confluent-kafka
 
 echo "building spate (release) ..." >&2
 cargo build --release --quiet -p spate-engine --bin spate
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
+metrics_port=$(free_port)
 data="$dir/spate-idempotence-data"
 rm -rf "$data"
 RUST_LOG=warn ./target/release/spate serve --listen "127.0.0.1:$port" --data-dir "$data" \
@@ -80,7 +78,6 @@ for round in $(seq "$rounds"); do
     idempotent_rates+=("$idempotent")
     echo "| $round | $plain MB/s | $idempotent MB/s | $(python3 -c "print(f'{$idempotent / $plain:.0%}')") |"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 plain_median=$(median "${plain_rates[@]}")
 idempotent_median=$(median "${idempotent_rates[@]}")
 echo "| median | $plain_median MB/s | $idempotent_median MB/s | $(python3 -c "print(f'{$idempotent_median / $plain_median:.0%}')") |"

@@ -11,6 +11,7 @@
 # reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 append=${2:-}
 mkdir -p "$dir"
@@ -19,9 +20,7 @@ fsync_appends=${FSYNC_APPENDS:-2000}
 reopen_gib=${REOPEN_GIB:-10}
 rounds=${ROUNDS:-3}
 
-if ! command -v fio >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq fio; else sudo apt-get install -y fio; fi
-fi
+need_apt fio
 
 fio_job() { # fio options... -> terse v3 line
     fio --output-format=terse --terse-version=3 --ioengine=io_uring --direct=1 --iodepth=1 \

@@ -15,6 +15,7 @@
 #   CORES        broker executors (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 dir=${1:-./bench-data}
 mkdir -p "$dir"
 export RECORDS=${RECORDS:-200000}
@@ -22,11 +23,11 @@ export TXN_RECORDS=${TXN_RECORDS:-100}
 export ROUNDS=${ROUNDS:-3}
 cores=${CORES:-2}
 export PIP_BREAK_SYSTEM_PACKAGES=1
-python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install --quiet confluent-kafka
+need_pip confluent_kafka confluent-kafka
 
 echo "building spate (release) ..." >&2
 cargo build --release --quiet -p spate-engine --bin spate
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 data="$dir/spate-transactions-data"
 rm -rf "$data"
 RUST_LOG=warn ./target/release/spate serve --listen "127.0.0.1:$port" --data-dir "$data" \

@@ -1,8 +1,8 @@
 //! `cleaner-bench`: the log cleaner's throughput, which `compaction-vs-fio.sh` puts next to
 //! fio's sequential read on the same disk. Writes a log of 1 KiB records whose keys are 1%
 //! distinct, closes it, reopens it and times one cleaner pass over all of it (through the
-//! real `PartitionLog` on the glommio DMA backend: both reads of the dirty segments, the
-//! rewrite, the swap). Prints one `name value unit` line per figure.
+//! real `PartitionLog` on the glommio DMA backend: the map pass, the rewrite with its reads of
+//! the batches that keep a record, the swap). Prints one `name value unit` line per figure.
 
 use std::path::PathBuf;
 use std::time::Instant;

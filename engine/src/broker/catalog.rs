@@ -120,6 +120,8 @@ pub struct ClusterLayout {
     pub partitions: BTreeMap<(Uuid, i32), PartitionState>,
     /// Each registered broker's latest producer id block: (the request it answered, first id).
     pub producer_id_blocks: BTreeMap<i32, (u64, i64)>,
+    /// The cluster's client quotas.
+    pub client_quotas: QuotaConfigs,
 }
 
 /// A broker clients can reach.
@@ -283,7 +285,8 @@ impl Catalog {
             names_by_id: BTreeMap::new(),
             dynamic_broker_configs: self.dynamic_broker_configs.clone(),
             static_broker_configs: Arc::clone(&self.static_broker_configs),
-            client_quotas: Arc::clone(&self.client_quotas),
+            // In a cluster the quotas are the metadata's, the same on every broker.
+            client_quotas: Arc::new(layout.client_quotas.clone()),
             layout: Some(Arc::new(layout)),
         };
         for topic in topics {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::topic_config::{broker_key, check_value};
 use crate::group::{CoordinatorConfig, OFFSETS_TOPIC_PARTITIONS_DEFAULT};
 use crate::limits;
+use crate::txn::TRANSACTION_TOPIC_PARTITIONS_DEFAULT;
 
 /// Settings as given on the command line or in the config file; unset ones take defaults.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -136,6 +137,10 @@ pub struct ServeSettings {
     /// (offsets.topic.num.partitions) [default: 50].
     #[arg(long, value_name = "N")]
     pub offsets_topic_num_partitions: Option<i32>,
+    /// Partitions of `__transaction_state`, fixed once the topic exists
+    /// (transaction.state.log.num.partitions) [default: 50].
+    #[arg(long, value_name = "N")]
+    pub transaction_state_log_num_partitions: Option<i32>,
     /// How long the offsets of a group without members are kept (offsets.retention.minutes)
     /// [default: 10080, 7 days].
     #[arg(long, value_name = "MINUTES")]
@@ -268,6 +273,8 @@ pub struct BrokerConfig {
     pub groups: CoordinatorConfig,
     /// See [`ServeSettings::offsets_topic_num_partitions`].
     pub offsets_topic_num_partitions: i32,
+    /// See [`ServeSettings::transaction_state_log_num_partitions`].
+    pub transaction_state_log_num_partitions: i32,
 }
 
 /// Settings that cannot be used.
@@ -386,6 +393,9 @@ impl ServeSettings {
             offsets_topic_num_partitions: self
                 .offsets_topic_num_partitions
                 .or(base.offsets_topic_num_partitions),
+            transaction_state_log_num_partitions: self
+                .transaction_state_log_num_partitions
+                .or(base.transaction_state_log_num_partitions),
             offsets_retention_minutes: self
                 .offsets_retention_minutes
                 .or(base.offsets_retention_minutes),
@@ -476,11 +486,22 @@ impl ServeSettings {
         let offsets_topic_num_partitions = self
             .offsets_topic_num_partitions
             .unwrap_or(OFFSETS_TOPIC_PARTITIONS_DEFAULT);
-        if !(1..=limits::PARTITIONS_PER_TOPIC_MAX).contains(&offsets_topic_num_partitions) {
-            return Err(invalid(
-                "offsets_topic_num_partitions",
-                format!("must be between 1 and {}", limits::PARTITIONS_PER_TOPIC_MAX),
-            ));
+        let transaction_state_log_num_partitions = self
+            .transaction_state_log_num_partitions
+            .unwrap_or(TRANSACTION_TOPIC_PARTITIONS_DEFAULT);
+        for (name, partitions) in [
+            ("offsets_topic_num_partitions", offsets_topic_num_partitions),
+            (
+                "transaction_state_log_num_partitions",
+                transaction_state_log_num_partitions,
+            ),
+        ] {
+            if !(1..=limits::PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
+                return Err(invalid(
+                    name,
+                    format!("must be between 1 and {}", limits::PARTITIONS_PER_TOPIC_MAX),
+                ));
+            }
         }
         let node_id = self.node_id.unwrap_or(1);
         let controller_quorum = match &self.controller_quorum {
@@ -574,6 +595,7 @@ impl ServeSettings {
             broker_heartbeat_interval_ms,
             metadata_snapshot_interval_records,
             offsets_topic_num_partitions,
+            transaction_state_log_num_partitions,
             listen,
             advertised_host,
             advertised_port,

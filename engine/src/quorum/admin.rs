@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::broker::catalog::{ClusterLayout, LayoutBroker, MetadataTopic};
+use crate::broker::quotas::{EntityName, QuotaConfigs, QuotaEntity, QuotaValue};
 use crate::quorum::controller::AlterPartition;
+use crate::quorum::image::QuotaEntityNames;
 use crate::quorum::{Controller, ControllerError, MetadataImage, MetadataRecord};
 
 /// Kafka's config resource type for a topic.
@@ -65,6 +67,15 @@ pub struct Reassignment {
     pub target: Option<Vec<i32>>,
 }
 
+/// One entity's quota changes (AlterClientQuotas).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaChange {
+    /// The entity: (user, client id) as stored.
+    pub entity: QuotaEntityNames,
+    /// Key to new value as text, or `None` to remove it.
+    pub values: BTreeMap<String, Option<String>>,
+}
+
 /// A change for the active controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopicAdmin {
@@ -86,6 +97,9 @@ pub enum TopicAdmin {
         /// Every override it is to have.
         configs: BTreeMap<String, String>,
     },
+    /// AlterClientQuotas: per entity, values set (`Some`) or removed (`None`), already
+    /// checked by the broker.
+    AlterClientQuotas(Vec<QuotaChange>),
     /// AllocateProducerIds: a block of producer ids for a broker; the broker reads it from the
     /// applied metadata by `request_id`.
     AllocateProducerIds {
@@ -106,6 +120,7 @@ impl TopicAdmin {
             TopicAdmin::Reassign(partitions) => partitions.len(),
             TopicAdmin::AddPartitions(topics) => topics.len(),
             TopicAdmin::SetTopicConfigs { .. } => 1,
+            TopicAdmin::AlterClientQuotas(changes) => changes.len(),
             TopicAdmin::AllocateProducerIds { .. } => 1,
         }
     }
@@ -150,6 +165,8 @@ pub enum Expected {
         topic: String,
         configs: BTreeMap<String, String>,
     },
+    /// The entity's quota values are as changed.
+    QuotasSet(QuotaChange),
     /// The broker's latest producer id block answers this request.
     ProducerIdsAllocated { broker_id: i32, request_id: u64 },
     /// Refused before anything was proposed.
@@ -174,6 +191,7 @@ pub fn plan(
     match admin {
         TopicAdmin::Create(topics) => {
             let mut taken = in_flight.clone();
+            let mut replicas = Controller::replicas_per_broker(image);
             for topic in topics {
                 if taken.contains(&topic.name) {
                     expected.push(refused(ControllerError::TopicAlreadyExists, topic.name));
@@ -181,14 +199,20 @@ pub fn plan(
                 }
                 let topic_id = Uuid::from_u64_pair(random(), random());
                 let start = random() as usize;
-                match controller.create_topic(
-                    image,
-                    &topic.name,
-                    topic_id,
-                    topic.partitions,
-                    topic.replication_factor,
-                    start,
-                ) {
+                let created = controller
+                    .create_topic(
+                        image,
+                        &topic.name,
+                        topic_id,
+                        topic.partitions,
+                        topic.replication_factor,
+                        start,
+                    )
+                    .and_then(|created| {
+                        controller.check_partition_limit(&mut replicas, &created)?;
+                        Ok(created)
+                    });
+                match created {
                     Ok(created) => {
                         records.extend(created);
                         records.extend(topic.configs.into_iter().map(|(key, value)| {
@@ -254,13 +278,20 @@ pub fn plan(
             }
         }
         TopicAdmin::AddPartitions(topics) => {
+            let mut replicas = Controller::replicas_per_broker(image);
             for (name, partitions) in topics {
                 let Some(topic_id) = image.topic_id(&name) else {
                     expected.push(refused(ControllerError::UnknownTopicOrPartition, name));
                     continue;
                 };
                 let start = random() as usize;
-                match controller.add_partitions(image, topic_id, partitions, start) {
+                let added = controller
+                    .add_partitions(image, topic_id, partitions, start)
+                    .and_then(|added| {
+                        controller.check_partition_limit(&mut replicas, &added)?;
+                        Ok(added)
+                    });
+                match added {
                     Ok(added) => {
                         records.extend(added);
                         expected.push(Expected::PartitionsAdded {
@@ -299,6 +330,20 @@ pub fn plan(
                     }
                 }
                 expected.push(Expected::ConfigsSet { topic, configs });
+            }
+        }
+        TopicAdmin::AlterClientQuotas(changes) => {
+            for change in changes {
+                let (user, client_id) = change.entity.clone();
+                for (key, value) in &change.values {
+                    records.push(MetadataRecord::ClientQuota {
+                        user: user.clone(),
+                        client_id: client_id.clone(),
+                        key: key.clone(),
+                        value: value.clone(),
+                    });
+                }
+                expected.push(Expected::QuotasSet(change));
             }
         }
         TopicAdmin::AllocateProducerIds {
@@ -387,6 +432,18 @@ pub fn outcome(image: &MetadataImage, expected: &[Expected]) -> Vec<ItemResult> 
                     "the topic is gone".to_owned(),
                 )),
             },
+            Expected::QuotasSet(change) => {
+                let now = image.client_quotas().get(&change.entity);
+                let applied = change
+                    .values
+                    .iter()
+                    .all(|(key, value)| now.and_then(|values| values.get(key)) == value.as_ref());
+                if applied {
+                    Ok(())
+                } else {
+                    not_controller()
+                }
+            }
             Expected::ConfigsSet { topic, configs } => {
                 let now = image
                     .configs(TOPIC_RESOURCE, topic)
@@ -472,8 +529,29 @@ pub fn layout_of(
             .keys()
             .filter_map(|&broker_id| Some((broker_id, image.producer_id_block(broker_id)?)))
             .collect(),
+        client_quotas: client_quotas_of(image),
     };
     (topics, layout)
+}
+
+/// The image's client quotas, typed. A value that does not parse (no broker writes one) is
+/// left out.
+fn client_quotas_of(image: &MetadataImage) -> QuotaConfigs {
+    let mut quotas = QuotaConfigs::new();
+    for ((user, client_id), values) in image.client_quotas() {
+        let entity = QuotaEntity {
+            user: user.as_deref().map(EntityName::from_stored),
+            client_id: client_id.as_deref().map(EntityName::from_stored),
+        };
+        let values: BTreeMap<String, QuotaValue> = values
+            .iter()
+            .filter_map(|(key, value)| Some((key.clone(), QuotaValue(value.parse().ok()?))))
+            .collect();
+        if !values.is_empty() {
+            quotas.insert(entity, values);
+        }
+    }
+    quotas
 }
 
 /// The cluster id every node of the quorum `voters` reports: derived from the quorum list, so
@@ -617,6 +695,122 @@ mod tests {
             ResponseError::UnknownTopicOrPartition.code()
         );
         assert!(layout_of(&image, None).0.is_empty());
+    }
+
+    #[test]
+    fn new_partitions_that_would_put_a_broker_over_its_limit_are_refused() {
+        let controller = Controller::new(ControllerConfig {
+            partitions_per_broker_max: 4,
+            ..ControllerConfig::default()
+        });
+        let mut image = image_with_brokers(&[1, 2]);
+        let mut seed = 0;
+        let mut random = || {
+            seed += 1;
+            seed
+        };
+        let topic = |name: &str, partitions, replication_factor| TopicToCreate {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: BTreeMap::new(),
+        };
+        let (records, expected) = plan(
+            &controller,
+            &image,
+            TopicAdmin::Create(vec![topic("a", 4, 1)]),
+            &BTreeSet::new(),
+            &mut random,
+        );
+        apply_all(&mut image, &records);
+        assert_eq!(outcome(&image, &expected), [Ok(())]);
+        // Two replicas each now. "b" brings both to four; "c", in the same request, would
+        // bring one to five.
+        let (records, expected) = plan(
+            &controller,
+            &image,
+            TopicAdmin::Create(vec![topic("b", 2, 2), topic("c", 1, 1)]),
+            &BTreeSet::new(),
+            &mut random,
+        );
+        apply_all(&mut image, &records);
+        let results = outcome(&image, &expected);
+        assert_eq!(results[0], Ok(()));
+        let (code, message) = results[1].clone().unwrap_err();
+        assert_eq!(code, ResponseError::InvalidPartitions.code());
+        assert!(message.contains("max_partitions_per_broker"), "{message}");
+        assert!(image.topic_id("c").is_none());
+        let (records, expected) = plan(
+            &controller,
+            &image,
+            TopicAdmin::AddPartitions(vec![("a".into(), 5)]),
+            &BTreeSet::new(),
+            &mut random,
+        );
+        assert!(records.is_empty());
+        assert_eq!(
+            outcome(&image, &expected)[0].as_ref().unwrap_err().0,
+            ResponseError::InvalidPartitions.code()
+        );
+    }
+
+    #[test]
+    fn client_quotas_are_metadata_every_broker_applies() {
+        let controller = Controller::new(ControllerConfig::default());
+        let mut image = image_with_brokers(&[1]);
+        let mut random = || 0;
+        let change = |client_id: &str, values: &[(&str, Option<&str>)]| QuotaChange {
+            entity: (None, Some(client_id.to_owned())),
+            values: values
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.map(str::to_owned)))
+                .collect(),
+        };
+        let admin = TopicAdmin::AlterClientQuotas(vec![
+            change(
+                "fast",
+                &[
+                    ("producer_byte_rate", Some("1048576")),
+                    ("request_percentage", Some("12.5")),
+                ],
+            ),
+            change("<default>", &[("consumer_byte_rate", Some("2048"))]),
+        ]);
+        let (records, expected) = plan(&controller, &image, admin, &BTreeSet::new(), &mut random);
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            outcome(&image, &expected)[0].as_ref().unwrap_err().0,
+            ResponseError::NotController.code(),
+            "not done before it applies"
+        );
+        apply_all(&mut image, &records);
+        assert_eq!(outcome(&image, &expected), [Ok(()), Ok(())]);
+        let quotas = layout_of(&image, None).1.client_quotas;
+        let fast = QuotaEntity {
+            user: None,
+            client_id: Some(EntityName::Named("fast".into())),
+        };
+        assert_eq!(quotas[&fast]["producer_byte_rate"], QuotaValue(1048576.0));
+        assert_eq!(quotas[&fast]["request_percentage"], QuotaValue(12.5));
+        let default = QuotaEntity {
+            user: None,
+            client_id: Some(EntityName::Default),
+        };
+        assert_eq!(quotas[&default]["consumer_byte_rate"], QuotaValue(2048.0));
+        // A snapshot carries them.
+        let restored = MetadataImage::from_snapshot(&image.to_snapshot()).unwrap();
+        assert_eq!(restored.client_quotas(), image.client_quotas());
+        // Removing every value of an entity removes the entity.
+        let admin = TopicAdmin::AlterClientQuotas(vec![change(
+            "fast",
+            &[("producer_byte_rate", None), ("request_percentage", None)],
+        )]);
+        let (records, expected) = plan(&controller, &image, admin, &BTreeSet::new(), &mut random);
+        apply_all(&mut image, &records);
+        assert_eq!(outcome(&image, &expected), [Ok(())]);
+        let quotas = layout_of(&image, None).1.client_quotas;
+        assert!(!quotas.contains_key(&fast));
+        assert!(quotas.contains_key(&default));
     }
 
     #[test]

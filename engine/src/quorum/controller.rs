@@ -39,12 +39,16 @@ pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
 pub struct ControllerConfig {
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout_ms: i64,
+    /// The most partition replicas a broker may hold (`max_partitions_per_broker`): new
+    /// topics and partitions that would put more on a broker are refused.
+    pub partitions_per_broker_max: usize,
 }
 
 impl Default for ControllerConfig {
     fn default() -> ControllerConfig {
         ControllerConfig {
             broker_session_timeout_ms: 9_000,
+            partitions_per_broker_max: crate::limits::PARTITIONS_PER_BROKER_MAX_DEFAULT,
         }
     }
 }
@@ -149,6 +153,20 @@ pub enum ControllerError {
     /// A cancellation where no reassignment is in progress: `NO_REASSIGNMENT_IN_PROGRESS`.
     #[error("no reassignment in progress")]
     NoReassignmentInProgress,
+    /// New partitions would put more replicas on a broker than `max_partitions_per_broker`:
+    /// `INVALID_PARTITIONS`.
+    #[error(
+        "broker {broker_id} would hold {count} partitions, over its limit of {limit} \
+         (max_partitions_per_broker)"
+    )]
+    PartitionLimit {
+        /// The broker.
+        broker_id: BrokerId,
+        /// The replicas it would hold.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ControllerError {
@@ -167,6 +185,7 @@ impl ControllerError {
             ControllerError::InvalidIsr => ResponseError::InvalidRequest,
             ControllerError::InvalidReplicaAssignment => ResponseError::InvalidReplicaAssignment,
             ControllerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
+            ControllerError::PartitionLimit { .. } => ResponseError::InvalidPartitions,
         }
     }
 }
@@ -379,6 +398,55 @@ impl Controller {
             start,
         )?);
         Ok(records)
+    }
+
+    /// Replicas each broker holds in `image`, for [`Controller::check_partition_limit`].
+    pub fn replicas_per_broker(image: &MetadataImage) -> BTreeMap<BrokerId, usize> {
+        let mut counts = BTreeMap::new();
+        for topic in image.topics().values() {
+            for state in topic.partitions.values() {
+                for &replica in &state.replicas {
+                    *counts.entry(replica).or_insert(0) += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Adds the replicas of the partitions `records` create to `counts` (what the brokers
+    /// hold, with what was planned before), unless a broker would then hold more than
+    /// `max_partitions_per_broker`; `counts` is unchanged then.
+    ///
+    /// # Errors
+    /// [`ControllerError::PartitionLimit`] for the first broker over the limit.
+    pub fn check_partition_limit(
+        &self,
+        counts: &mut BTreeMap<BrokerId, usize>,
+        records: &[MetadataRecord],
+    ) -> Result<(), ControllerError> {
+        let mut added: BTreeMap<BrokerId, usize> = BTreeMap::new();
+        for record in records {
+            if let MetadataRecord::Partition { replicas, .. } = record {
+                for &replica in replicas {
+                    *added.entry(replica).or_insert(0) += 1;
+                }
+            }
+        }
+        let limit = self.config.partitions_per_broker_max;
+        for (&broker_id, &more) in &added {
+            let count = counts.get(&broker_id).copied().unwrap_or(0) + more;
+            if count > limit {
+                return Err(ControllerError::PartitionLimit {
+                    broker_id,
+                    count,
+                    limit,
+                });
+            }
+        }
+        for (broker_id, more) in added {
+            *counts.entry(broker_id).or_insert(0) += more;
+        }
+        Ok(())
     }
 
     /// Grows topic `topic_id` to `partitions` partitions (CreatePartitions): the new ones get

@@ -26,6 +26,7 @@ impl Cluster {
             image: MetadataImage::new(),
             controller: Controller::new(ControllerConfig {
                 broker_session_timeout_ms: TIMEOUT_MS,
+                ..ControllerConfig::default()
             }),
             next_index: 1,
         }
@@ -482,7 +483,7 @@ fn a_fencing_planned_while_another_is_in_flight_builds_on_it() {
     let mut propose = |cluster: &mut Cluster, planning: &mut PlanningImage, records| {
         for record in records {
             let index = cluster.next_index + in_flight.len() as u64;
-            planning.proposed(&cluster.image, index, &record);
+            planning.proposed(&cluster.image, index, std::slice::from_ref(&record));
             in_flight.push(record);
         }
     };

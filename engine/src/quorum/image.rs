@@ -76,6 +76,9 @@ pub enum ApplyError {
     Invalid(String),
 }
 
+/// A client quota entity's names as stored: (user, client id), each if the entity names it.
+pub type QuotaEntityNames = (Option<String>, Option<String>);
+
 /// The cluster's metadata. See the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataImage {
@@ -83,6 +86,8 @@ pub struct MetadataImage {
     topics: BTreeMap<Uuid, TopicImage>,
     topic_ids: BTreeMap<String, Uuid>,
     configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
+    /// Client quotas: (user, client id) as stored, to key to value as text.
+    client_quotas: BTreeMap<QuotaEntityNames, BTreeMap<String, String>>,
     /// The log index of the last record applied.
     last_applied_index: u64,
     /// The first producer id no broker has been given.
@@ -136,6 +141,11 @@ impl MetadataImage {
         self.topics.get(&topic_id)?.partitions.get(&partition)
     }
 
+    /// Client quotas: (user, client id) as stored, to key to value as text.
+    pub fn client_quotas(&self) -> &BTreeMap<QuotaEntityNames, BTreeMap<String, String>> {
+        &self.client_quotas
+    }
+
     /// A resource's dynamic configs.
     pub fn configs(
         &self,
@@ -183,12 +193,39 @@ impl MetadataImage {
     /// # Panics
     /// When `index` does not increase: records are applied once, in log order.
     pub fn apply(&mut self, index: u64, record: &MetadataRecord) -> Result<(), ApplyError> {
+        self.apply_entry(index, std::slice::from_ref(record))
+    }
+
+    /// Applies the records of the log entry at `index`, in order (a change's records, which
+    /// commit together). Each is applied even when one before it fails; the first failure
+    /// is returned.
+    ///
+    /// # Errors
+    /// As [`MetadataImage::apply`].
+    ///
+    /// # Panics
+    /// When `index` is not above the last applied one.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        records: &[MetadataRecord],
+    ) -> Result<(), ApplyError> {
         assert!(
             index > self.last_applied_index,
             "metadata record {index} applied after {}",
             self.last_applied_index
         );
         self.last_applied_index = index;
+        let mut first_error = None;
+        for record in records {
+            if let Err(error) = self.apply_record(index, record) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn apply_record(&mut self, index: u64, record: &MetadataRecord) -> Result<(), ApplyError> {
         match record {
             MetadataRecord::RegisterBroker {
                 broker_id,
@@ -379,6 +416,26 @@ impl MetadataImage {
                         .insert(broker_id, (request_id, start));
                 }
             }
+            MetadataRecord::ClientQuota {
+                user,
+                client_id,
+                key,
+                value,
+            } => {
+                let entity = (user.clone(), client_id.clone());
+                let values = self.client_quotas.entry(entity.clone()).or_default();
+                match value {
+                    Some(value) => {
+                        values.insert(key.clone(), value.clone());
+                    }
+                    None => {
+                        values.remove(key);
+                    }
+                }
+                if values.is_empty() {
+                    self.client_quotas.remove(&entity);
+                }
+            }
             MetadataRecord::Config {
                 resource_type,
                 resource_name,
@@ -451,6 +508,16 @@ impl MetadataImage {
                 records.push(MetadataRecord::Config {
                     resource_type: *resource_type,
                     resource_name: resource_name.clone(),
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        for ((user, client_id), values) in &self.client_quotas {
+            for (key, value) in values {
+                records.push(MetadataRecord::ClientQuota {
+                    user: user.clone(),
+                    client_id: client_id.clone(),
                     key: key.clone(),
                     value: Some(value.clone()),
                 });

@@ -759,16 +759,22 @@ impl<R> QuorumMember<R> {
         });
     }
 
-    /// Proposes `records` in order and puts each on top of the planning image; false when
-    /// this node no longer leads the quorum (the rest is dropped: whoever asked asks again).
+    /// Proposes `records` as one log entry, so that they commit (or are lost) together, and
+    /// puts them on top of the planning image; false when this node no longer leads the
+    /// quorum (nothing is proposed: whoever asked asks again).
     fn propose_records(&mut self, records: Vec<MetadataRecord>) -> bool {
-        for record in records {
-            if self.node.propose(record.encode()).is_err() {
-                return false;
-            }
-            self.planning
-                .proposed(&self.image, self.node.last_index(), &record);
+        if records.is_empty() {
+            return true;
         }
+        if self
+            .node
+            .propose(MetadataRecord::encode_entry(&records))
+            .is_err()
+        {
+            return false;
+        }
+        self.planning
+            .proposed(&self.image, self.node.last_index(), &records);
         true
     }
 
@@ -869,9 +875,9 @@ impl<R> QuorumMember<R> {
     }
 
     fn apply(&mut self, index: u64, data: Vec<u8>) {
-        match MetadataRecord::decode(&data) {
-            Ok(record) => {
-                if let Err(error) = self.image.apply(index, &record) {
+        match MetadataRecord::decode_entry(&data) {
+            Ok(records) => {
+                if let Err(error) = self.image.apply_entry(index, &records) {
                     tracing::warn!(index, %error, "metadata record not applied");
                 }
                 if let Ok(text) = String::from_utf8(data) {

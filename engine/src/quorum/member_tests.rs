@@ -11,7 +11,7 @@ use super::member::{
     image_from_snapshot, BrokerEndpoint, ControllerReply, ControllerRequest, MemberConfig,
     MemberInput, MemberOutput, QuorumMember,
 };
-use super::{ControllerConfig, DurableState, MetadataImage, NodeId, QuorumConfig};
+use super::{ControllerConfig, DurableState, MetadataImage, MetadataRecord, NodeId, QuorumConfig};
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
 
@@ -62,6 +62,7 @@ fn config(node_id: NodeId) -> MemberConfig {
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {
             broker_session_timeout_ms: 9_000,
+            ..ControllerConfig::default()
         },
         broker_heartbeat_interval_ms: 500,
         leader_imbalance_check_interval_ms: 300_000,
@@ -265,6 +266,23 @@ fn members_elect_register_and_create_a_topic_asked_on_a_follower() {
         let image = cluster.members[&id].image();
         let topic_id = image.topic_id("orders").expect("applied everywhere");
         assert_eq!(image.topics()[&topic_id].partitions.len(), 3);
+        // The topic and its partitions are one log entry: they commit together, so a new
+        // controller can never find the topic without its partitions.
+        let entry = cluster.disks[&id]
+            .entries
+            .iter()
+            .filter_map(|entry| MetadataRecord::decode_entry(&entry.data).ok())
+            .find(|records| {
+                records.iter().any(|record| {
+                    matches!(record, MetadataRecord::Topic { name, .. } if name == "orders")
+                })
+            })
+            .expect("the creation's entry");
+        let partitions = entry
+            .iter()
+            .filter(|record| matches!(record, MetadataRecord::Partition { .. }))
+            .count();
+        assert_eq!(partitions, 3, "{entry:?}");
     }
     // The same name again: refused by the controller, answered on the follower.
     cluster.handle(

@@ -37,12 +37,12 @@ impl PlanningImage {
         self.ahead.as_ref().unwrap_or(applied)
     }
 
-    /// `record` was proposed at log `index`, on top of `applied`.
-    pub fn proposed(&mut self, applied: &MetadataImage, index: u64, record: &MetadataRecord) {
+    /// `records` were proposed as the log entry at `index`, on top of `applied`.
+    pub fn proposed(&mut self, applied: &MetadataImage, index: u64, records: &[MetadataRecord]) {
         let ahead = self.ahead.get_or_insert_with(|| applied.clone());
         if index > ahead.last_applied_index() {
             // A record that does not fit fails the same way when it is applied for real.
-            let _ = ahead.apply(index, record);
+            let _ = ahead.apply_entry(index, records);
         }
         self.last_proposed_index = self.last_proposed_index.max(index);
     }

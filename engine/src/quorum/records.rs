@@ -2,9 +2,10 @@
 //! [`super::image::MetadataImage`].
 //!
 //! Kafka's KRaft records (KIP-631) are not in the `kafka-protocol` crate, and no Kafka tool
-//! reads Spate's metadata log, so they are Spate's own: JSON through serde, one record per raft
-//! entry, with a format version so that a later Spate can read an older log. JSON keeps the log
-//! readable with `jq`; metadata changes are rare and small, so its size does not matter.
+//! reads Spate's metadata log, so they are Spate's own: JSON through serde, the records of one
+//! change in one raft entry (so that they commit together, as Kafka's atomic batches), with a
+//! format version so that a later Spate can read an older log. JSON keeps the log readable
+//! with `jq`; metadata changes are rare and small, so its size does not matter.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,6 +112,19 @@ pub enum MetadataRecord {
         /// The value.
         value: Option<String>,
     },
+    /// A client quota value was set (`Some`) or removed (`None`), as Kafka's
+    /// `ClientQuotaRecord`. An entity names a user, a client id or both; a name is as the
+    /// catalog stores it (`<default>` for the default entity).
+    ClientQuota {
+        /// The user, if the entity names one.
+        user: Option<String>,
+        /// The client id, if the entity names one.
+        client_id: Option<String>,
+        /// `producer_byte_rate`, `consumer_byte_rate` or `request_percentage`.
+        key: String,
+        /// The value, as decimal text (the broker that asked checked it).
+        value: Option<String>,
+    },
     /// A partition's eligible leader replicas (KIP-966's ELR) were replaced: replicas out of
     /// the ISR that still hold every committed record, since they left an ISR already below
     /// `min.insync.replicas` (so nothing was committed without them). When no in-sync replica
@@ -152,6 +166,15 @@ struct Envelope<R> {
     record: R,
 }
 
+/// How the records of one change are stored in one log entry, so that they commit together
+/// (Kafka's atomic record batches): a new controller never finds half of a change, such as
+/// a topic without its partitions.
+#[derive(Debug, Serialize, Deserialize)]
+struct BatchEnvelope<R> {
+    version: u16,
+    records: R,
+}
+
 /// A metadata log entry that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -177,6 +200,50 @@ impl MetadataRecord {
     pub fn decode(bytes: &[u8]) -> Result<MetadataRecord, RecordError> {
         decode_versioned(bytes)
     }
+
+    /// The bytes of one log entry holding `records`, which commit and apply together: one
+    /// record as [`MetadataRecord::encode`] writes it, several as `{"version":0,"records":[...]}`.
+    pub fn encode_entry(records: &[MetadataRecord]) -> Vec<u8> {
+        match records {
+            [record] => record.encode(),
+            _ => serde_json::to_vec(&BatchEnvelope {
+                version: METADATA_RECORD_VERSION,
+                records,
+            })
+            .expect("metadata always serializes"),
+        }
+    }
+
+    /// The records of one log entry, in order.
+    ///
+    /// # Errors
+    /// [`RecordError`] for bytes that are not an entry of a known version.
+    pub fn decode_entry(bytes: &[u8]) -> Result<Vec<MetadataRecord>, RecordError> {
+        let malformed = |error: serde_json::Error| RecordError::Malformed(error.to_string());
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+        if value.get("records").is_none() {
+            return decode_versioned(bytes).map(|record| vec![record]);
+        }
+        check_version(&value)?;
+        serde_json::from_value::<BatchEnvelope<Vec<MetadataRecord>>>(value)
+            .map(|envelope| envelope.records)
+            .map_err(malformed)
+    }
+}
+
+/// Refuses a format version newer than this Spate's.
+fn check_version(value: &serde_json::Value) -> Result<(), RecordError> {
+    let version = value
+        .as_object()
+        .and_then(|object| object.get("version"))
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| RecordError::Malformed("no format version".into()))?;
+    if version > u64::from(METADATA_RECORD_VERSION) {
+        return Err(RecordError::UnknownVersion(
+            u16::try_from(version).unwrap_or(u16::MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// `value` as JSON in an envelope with the format version.
@@ -194,16 +261,7 @@ pub(super) fn decode_versioned<T: serde::de::DeserializeOwned>(
 ) -> Result<T, RecordError> {
     let malformed = |error: serde_json::Error| RecordError::Malformed(error.to_string());
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
-    let version = value
-        .as_object()
-        .and_then(|object| object.get("version"))
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| RecordError::Malformed("no format version".into()))?;
-    if version > u64::from(METADATA_RECORD_VERSION) {
-        return Err(RecordError::UnknownVersion(
-            u16::try_from(version).unwrap_or(u16::MAX),
-        ));
-    }
+    check_version(&value)?;
     serde_json::from_value::<Envelope<T>>(value)
         .map(|envelope| envelope.record)
         .map_err(malformed)
@@ -236,10 +294,25 @@ mod tests {
                 key: "retention.ms".into(),
                 value: None,
             },
+            MetadataRecord::ClientQuota {
+                user: None,
+                client_id: Some("<default>".into()),
+                key: "producer_byte_rate".into(),
+                value: Some("1048576".into()),
+            },
         ];
-        for record in records {
+        for record in records.clone() {
             assert_eq!(MetadataRecord::decode(&record.encode()).unwrap(), record);
         }
+        // Entries: one record as ever, several in one batch.
+        for entry in [&records[..1], &records[..]] {
+            let bytes = MetadataRecord::encode_entry(entry);
+            assert_eq!(MetadataRecord::decode_entry(&bytes).unwrap(), entry);
+        }
+        assert_eq!(
+            MetadataRecord::decode_entry(br#"{"version":9,"records":[]}"#),
+            Err(RecordError::UnknownVersion(9))
+        );
         assert_eq!(
             MetadataRecord::decode(br#"{"version":9,"record":{}}"#),
             Err(RecordError::UnknownVersion(9))

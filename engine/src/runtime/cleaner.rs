@@ -127,3 +127,69 @@ impl Shard {
         passes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::runtime::run_local;
+    use crate::storage::backend::SimulatedStorage;
+    use crate::storage::batch::build::{self, NewRecord};
+    use crate::storage::{CleanupPolicy, LogConfig, PartitionLog};
+
+    /// `log.cleaner.io.max.bytes.per.second` holds: a pass over 4 MiB at 4 MiB/s does its
+    /// reads and writes (all of which it reports to the pacer) no faster than the rate. Only a
+    /// lower bound on time is checked, which a slow machine cannot break.
+    #[test]
+    fn a_paced_pass_reads_and_writes_no_faster_than_its_rate() {
+        const RATE_BYTES_PER_SECOND: u64 = 4 << 20;
+        let (io_bytes, bytes_before, elapsed) = run_local(|| async {
+            let storage = SimulatedStorage::new();
+            let config = LogConfig {
+                cleanup_policy: CleanupPolicy::COMPACT,
+                segment_bytes: 1 << 20,
+                ..LogConfig::default()
+            };
+            let (mut log, _) = PartitionLog::open(storage, Path::new("/data/t-0"), config, 0)
+                .await
+                .unwrap();
+            let value = Bytes::from(vec![b'v'; 1000]);
+            for n in 0..4096_i64 {
+                let record = NewRecord {
+                    key: Some(Bytes::from(format!("key-{}", n % 64))),
+                    value: Some(value.clone()),
+                    timestamp_ms: n,
+                    headers: Vec::new(),
+                };
+                log.append(build::batch(&[record]), 0, n).await.unwrap();
+            }
+            log.roll(5000).await.unwrap();
+            let request = CleanRequest {
+                now_ms: 5000,
+                upper_bound_offset: i64::MAX,
+                offset_map_bytes_max: 1 << 20,
+                force: true,
+            };
+            let mut pacer = RatePacer::new(RATE_BYTES_PER_SECOND);
+            let started = Instant::now();
+            let report = log.clean(&request, &mut pacer).await.unwrap().unwrap();
+            let elapsed = started.elapsed();
+            assert!(!report.abandoned);
+            assert!(
+                pacer.bytes >= report.bytes_before + report.bytes_after,
+                "every byte read once and written is reported"
+            );
+            (pacer.bytes, report.bytes_before, elapsed)
+        })
+        .unwrap();
+        assert!(bytes_before > 4 << 20, "{bytes_before}");
+        let rate = io_bytes as f64 / elapsed.as_secs_f64();
+        assert!(
+            rate <= RATE_BYTES_PER_SECOND as f64,
+            "{io_bytes} bytes in {elapsed:?}: {rate:.0} bytes/s"
+        );
+    }
+}

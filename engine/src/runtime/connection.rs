@@ -135,6 +135,14 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: SocketA
                                 response.throttle_time_ms = request_throttle_ms;
                             }
                             Some(ResponseKind::Fetch(response)) => {
+                                // As Kafka: any throttled consumer fetch is answered empty,
+                                // and its bytes do not count against the fetch quota.
+                                if handled.consumer_fetch {
+                                    if let Some((sensor, bytes)) = handled.fetch_recorded.take() {
+                                        shard.unrecord_quota(&sensor, bytes);
+                                    }
+                                    response.responses.clear();
+                                }
                                 response.throttle_time_ms = request_throttle_ms;
                             }
                             _ => {}

@@ -346,9 +346,9 @@ fn apply(image: &mut MetadataImage, update: MetadataUpdate) -> Result<(), String
         if index <= image.last_applied_index() {
             continue;
         }
-        let record =
-            MetadataRecord::decode(record.as_bytes()).map_err(|error| error.to_string())?;
-        if let Err(error) = image.apply(index, &record) {
+        let records =
+            MetadataRecord::decode_entry(record.as_bytes()).map_err(|error| error.to_string())?;
+        if let Err(error) = image.apply_entry(index, &records) {
             warn!(index, %error, "metadata record not applied");
         }
     }

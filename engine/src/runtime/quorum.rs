@@ -200,6 +200,7 @@ async fn run(
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {
             broker_session_timeout_ms: shard.config.broker_session_timeout_ms,
+            partitions_per_broker_max: shard.config.max_partitions_per_broker,
         },
         broker_heartbeat_interval_ms: shard.config.broker_heartbeat_interval_ms,
         leader_imbalance_check_interval_ms: shard.config.leader_imbalance_check_interval_ms,

@@ -32,18 +32,21 @@ use crate::broker::catalog::{
 use crate::broker::config::BrokerConfig;
 use crate::broker::errors::KafkaError;
 use crate::broker::metrics::ShardMetrics;
-use crate::broker::quotas::{self, QuotaChanges, QuotaEntity, QuotaKind, QuotaTracker, SensorKey};
+use crate::broker::quotas::{
+    self, EntityName, QuotaChanges, QuotaEntity, QuotaKind, QuotaTracker, SensorKey,
+};
 use crate::group::{offsets_partition_for, Call, Reply, OFFSETS_TOPIC};
 use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
 use crate::storage::producers::AbortedTxn;
 use crate::storage::{LogConfig, Marker, PartitionLog, SharedLog, StorageError};
+use crate::txn::TRANSACTION_TOPIC;
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
 use super::now_ms;
 use super::producer_ids::{claim_local_block, ProducerIdAllocator};
-use crate::quorum::admin::{IsrChange, ItemResult, TopicAdmin, TopicToCreate};
+use crate::quorum::admin::{IsrChange, ItemResult, QuotaChange, TopicAdmin, TopicToCreate};
 use crate::replication::{
     EpochEnd, FollowerFetch, IsrChangeAsk, IsrChangeError, Replica, ReplicationConfig, RoleTaken,
 };
@@ -1021,14 +1024,45 @@ impl Shard {
             }
             AdminOp::Controller(admin) => self.cluster_topic_admin(admin).await,
             AdminOp::AlterBrokerConfigs { .. } => unreachable!("run locally"),
-            AdminOp::AlterClientQuotas { entries, .. } => {
-                // Quotas are not in the cluster metadata yet; one broker's would not hold on
-                // the others.
-                let refused = KafkaError::with_message(
-                    ResponseError::InvalidRequest,
-                    "client quotas are not supported in a cluster yet",
-                );
-                entries.iter().map(|_| Err(refused.clone())).collect()
+            AdminOp::AlterClientQuotas {
+                entries,
+                validate_only,
+            } => {
+                // Checked here, then written to the cluster metadata, which every broker
+                // applies: a quota holds on every broker of the cluster.
+                let mut results: Vec<Option<Result<(), KafkaError>>> = Vec::new();
+                let mut changes = Vec::new();
+                for (entity, values) in &entries {
+                    match catalog.with_client_quota(entity, values) {
+                        Ok(_) if validate_only => results.push(Some(Ok(()))),
+                        Ok(_) => {
+                            changes.push(QuotaChange {
+                                entity: (
+                                    entity.user.as_ref().map(EntityName::to_stored),
+                                    entity.client_id.as_ref().map(EntityName::to_stored),
+                                ),
+                                values: values
+                                    .iter()
+                                    .map(|(key, value)| {
+                                        (key.clone(), value.map(|value| value.to_string()))
+                                    })
+                                    .collect(),
+                            });
+                            results.push(None);
+                        }
+                        Err(reason) => results.push(Some(Err(KafkaError::with_message(
+                            ResponseError::InvalidRequest,
+                            reason,
+                        )))),
+                    }
+                }
+                let made = if changes.is_empty() {
+                    Vec::new()
+                } else {
+                    self.cluster_topic_admin(TopicAdmin::AlterClientQuotas(changes))
+                        .await
+                };
+                merge_answers(results, made)
             }
         }
     }
@@ -1605,7 +1639,8 @@ impl Shard {
     }
 
     /// Creates the internal topic `name` (`__consumer_offsets` or `__transaction_state`) if
-    /// it does not exist: `offsets_topic_num_partitions` partitions, up to three replicas,
+    /// it does not exist: `offsets_topic_num_partitions` (or
+    /// `transaction_state_log_num_partitions`) partitions, up to three replicas,
     /// compacted (the latest record of each key kept forever), each write synced before it
     /// is answered.
     pub(super) async fn ensure_internal_topic(
@@ -1633,7 +1668,11 @@ impl Shard {
         .collect();
         let topic = NewTopic {
             name: name.to_owned(),
-            partitions: self.config.offsets_topic_num_partitions,
+            partitions: if name == TRANSACTION_TOPIC {
+                self.config.transaction_state_log_num_partitions
+            } else {
+                self.config.offsets_topic_num_partitions
+            },
             replication_factor,
             assignments: Vec::new(),
             configs,

@@ -272,8 +272,8 @@ impl Shard {
     }
 
     /// Creates `__transaction_state` if it does not exist, as Kafka does on the first
-    /// FindCoordinator for a transactional id: as many partitions as `__consumer_offsets`,
-    /// kept forever (the coordinator forgets expired ids with tombstones), each state change
+    /// FindCoordinator for a transactional id: `transaction_state_log_num_partitions`
+    /// partitions, kept forever (the coordinator forgets expired ids with tombstones), each state change
     /// synced before it is answered.
     pub async fn ensure_transaction_topic(self: &Rc<Self>) -> Result<(), KafkaError> {
         self.ensure_internal_topic(TRANSACTION_TOPIC).await

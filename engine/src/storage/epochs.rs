@@ -275,7 +275,14 @@ impl<S: Storage> PartitionLog<S> {
         .await?;
         let old = std::mem::replace(self, reopened);
         self.generation = old.generation + 1;
+        let old_cleaner_checkpoint = old.cleaner_checkpoint;
         old.release_handles().await;
+        if self.cleaner_checkpoint != old_cleaner_checkpoint {
+            // Opening capped the first dirty offset at the new log end; the file must say so
+            // too before anything is appended, or a restart would count the offsets written
+            // again as cleaned.
+            self.write_cleaner_checkpoint().await?;
+        }
         if self.log_end_offset() != cut_offset {
             return Err(StorageError::Corrupt {
                 segment: paths.log,

@@ -39,6 +39,7 @@ use super::backend::{
 use super::batch::{self, Codec, TimestampType, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use super::compaction;
+use super::compaction::checkpoint::CleanerCheckpoint;
 use super::config::LogConfig;
 use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
@@ -246,9 +247,9 @@ pub struct PartitionLog<S: Storage> {
     pub(super) producer_snapshots: BTreeSet<i64>,
     /// Snapshots found unusable at open, removed once a new one is written.
     pub(super) stale_producer_snapshots: Vec<i64>,
-    /// The cleaner's first dirty offset: records below it were cleaned (see
-    /// [`super::compaction`]).
-    pub(super) cleaner_checkpoint: i64,
+    /// The cleaner's first dirty offset (records below it were cleaned) and the next delete
+    /// horizon of the cleaned part (see [`super::compaction`]).
+    pub(super) cleaner_checkpoint: CleanerCheckpoint,
     /// The partition is being deleted: no cleaner pass swaps anything in any more.
     pub(super) retired: bool,
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::backend::{read_whole_file, OpenMode, Storage, StorageFile};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
+use super::compaction::checkpoint::CleanerCheckpoint;
 use super::compaction::{self, CLEANER_CHECKPOINT_FILE_NAME};
 use super::config::LogConfig;
 use super::epochs::{load_epochs, LoadedEpochs};
@@ -267,8 +268,9 @@ impl<S: Storage> PartitionLog<S> {
             .max(first_base)
             .min(log_end_offset);
         report.segments = closed.len() + 1;
-        let cleaner_checkpoint = read_cleaner_checkpoint(&storage, &dir)
-            .await
+        let mut cleaner_checkpoint = read_cleaner_checkpoint(&storage, &dir).await;
+        cleaner_checkpoint.first_dirty_offset = cleaner_checkpoint
+            .first_dirty_offset
             .min(active.meta.next_offset);
         let mut log = PartitionLog {
             tail_cache: TailCache::new(config.tail_cache_bytes),
@@ -490,18 +492,18 @@ async fn first_batch_timestamp<F: StorageFile>(
     Ok(BatchHeader::parse(&bytes).map_or(-1, |header| header.max_timestamp))
 }
 
-/// The cleaner's first dirty offset as last written; 0 (everything dirty, which is safe) when
-/// the file is missing or unreadable.
-async fn read_cleaner_checkpoint<S: Storage>(storage: &S, dir: &Path) -> i64 {
+/// The cleaner's checkpoint as last written; everything dirty (which is safe) when the file
+/// is missing or unreadable.
+async fn read_cleaner_checkpoint<S: Storage>(storage: &S, dir: &Path) -> CleanerCheckpoint {
     let path = dir.join(CLEANER_CHECKPOINT_FILE_NAME);
     match read_whole_file(storage, &path).await {
         Ok(bytes) => std::str::from_utf8(&bytes)
             .ok()
-            .and_then(|text| text.trim().parse::<i64>().ok())
+            .and_then(CleanerCheckpoint::decode)
             .unwrap_or_else(|| {
                 warn!(path = %path.display(), "cleaner checkpoint unreadable; the log is all dirty");
-                0
+                CleanerCheckpoint::NONE
             }),
-        Err(_) => 0,
+        Err(_) => CleanerCheckpoint::NONE,
     }
 }

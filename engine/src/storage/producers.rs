@@ -575,6 +575,12 @@ impl ProducerStates {
             .flat_map(|entry| entry.batches.iter().map(|batch| batch.first_offset))
     }
 
+    /// The offset of each known producer's last batch or marker: the cleaner keeps a marker
+    /// that is some producer's last, so that state rebuilt from the log keeps its epochs.
+    pub fn last_offsets(&self) -> impl Iterator<Item = i64> + '_ {
+        self.entries.values().map(|entry| entry.last_offset)
+    }
+
     /// Every aborted transaction remembered, by marker offset.
     pub fn aborted_transactions(&self) -> impl Iterator<Item = &AbortedTxn> + '_ {
         self.aborted.values()

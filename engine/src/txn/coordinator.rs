@@ -75,6 +75,9 @@ pub enum TxnCall {
         timeout_ms: i32,
         /// An unused producer id, for an id that has none or exhausted its epochs.
         fresh_producer_id: i64,
+        /// The producer id and epoch the producer has (InitProducerId 3 and up, KIP-360: a
+        /// producer bumping its own epoch to recover from an error), if it sent them.
+        expected: Option<(i64, i16)>,
     },
     /// AddPartitionsToTxn (and AddOffsetsToTxn, as the group's `__consumer_offsets`
     /// partition).
@@ -200,6 +203,18 @@ pub struct TxnCoordinator {
     loaded: bool,
     /// Transactional ids whose markers are being written.
     writing_markers: BTreeSet<String>,
+    /// Per transactional id, the producer id and epoch its last KIP-360 bump came from, so
+    /// that a retry of that bump (its answer lost) gets the same answer rather than
+    /// PRODUCER_FENCED. Not stored: after a failover such a retry is fenced, as in Kafka.
+    bumped_from: BTreeMap<String, (i64, i16)>,
+}
+
+/// An InitProducerId's fields.
+struct InitRequest {
+    transactional_id: String,
+    timeout_ms: i32,
+    fresh_producer_id: i64,
+    expected: Option<(i64, i16)>,
 }
 
 fn producer_id_reply(error: ResponseError) -> TxnReply {
@@ -223,6 +238,7 @@ impl TxnCoordinator {
             outputs: VecDeque::new(),
             loaded: false,
             writing_markers: BTreeSet::new(),
+            bumped_from: BTreeMap::new(),
         }
     }
 
@@ -276,11 +292,15 @@ impl TxnCoordinator {
                 transactional_id,
                 timeout_ms,
                 fresh_producer_id,
+                expected,
             } => self.init_producer_id(
                 call_id,
-                transactional_id,
-                timeout_ms,
-                fresh_producer_id,
+                InitRequest {
+                    transactional_id,
+                    timeout_ms,
+                    fresh_producer_id,
+                    expected,
+                },
                 now_ms,
             ),
             TxnCall::AddPartitions {
@@ -370,14 +390,13 @@ impl TxnCoordinator {
         });
     }
 
-    fn init_producer_id(
-        &mut self,
-        call_id: CallId,
-        transactional_id: String,
-        timeout_ms: i32,
-        fresh_producer_id: i64,
-        now_ms: i64,
-    ) {
+    fn init_producer_id(&mut self, call_id: CallId, request: InitRequest, now_ms: i64) {
+        let InitRequest {
+            transactional_id,
+            timeout_ms,
+            fresh_producer_id,
+            expected,
+        } = request;
         if timeout_ms <= 0 || timeout_ms > self.config.transaction_max_timeout_ms {
             self.reply(
                 call_id,
@@ -407,6 +426,29 @@ impl TxnCoordinator {
             self.propose(&transactional_id, Some(target), Purpose::Init(call_id));
             return;
         };
+        if let Some(expected) = expected {
+            // KIP-360: only the current producer may bump its epoch; a retry of a bump it
+            // made gets that bump's answer; anyone else is fenced.
+            let current_ids = (current.producer_id, current.producer_epoch);
+            if expected != current_ids {
+                let retry = self.bumped_from.get(&transactional_id) == Some(&expected)
+                    && matches!(
+                        current.state,
+                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    );
+                let reply = if retry {
+                    TxnReply::ProducerId {
+                        error: None,
+                        producer_id: current.producer_id,
+                        producer_epoch: current.producer_epoch,
+                    }
+                } else {
+                    producer_id_reply(ResponseError::ProducerFenced)
+                };
+                self.reply(call_id, reply);
+                return;
+            }
+        }
         match current.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 self.reply(
@@ -430,6 +472,10 @@ impl TxnCoordinator {
                 target.partitions.clear();
                 target.start_ms = -1;
                 target.last_update_ms = now_ms;
+                match expected {
+                    Some(from) => self.bumped_from.insert(transactional_id.clone(), from),
+                    None => self.bumped_from.remove(&transactional_id),
+                };
                 self.propose(&transactional_id, Some(target), Purpose::Init(call_id));
             }
             TxnState::Dead | TxnState::PrepareEpochFence => {

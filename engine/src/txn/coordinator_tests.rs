@@ -69,6 +69,11 @@ impl Driver {
     }
 
     fn init(&mut self, now_ms: i64) -> TxnReply {
+        self.init_expecting(None, now_ms)
+    }
+
+    /// InitProducerId, with the producer's current id and epoch when given (KIP-360).
+    fn init_expecting(&mut self, expected: Option<(i64, i16)>, now_ms: i64) -> TxnReply {
         let fresh_producer_id = self.next_producer_id;
         self.next_producer_id += 1;
         self.call(
@@ -76,6 +81,7 @@ impl Driver {
                 transactional_id: ID.into(),
                 timeout_ms: TIMEOUT_MS,
                 fresh_producer_id,
+                expected,
             },
             now_ms,
         )
@@ -309,6 +315,7 @@ fn checks_refuse_unknown_ids_wrong_producers_bad_timeouts_and_changes_in_flight(
             transactional_id: ID.into(),
             timeout_ms: 900_001,
             fresh_producer_id: 1,
+            expected: None,
         },
         0,
     );
@@ -459,4 +466,66 @@ fn a_completion_whose_record_failed_is_proposed_again_at_the_next_tick() {
         driver.markers.is_empty(),
         "the markers are not written again"
     );
+}
+
+impl Driver {
+    /// InitProducerId with the producer's current id and epoch (KIP-360).
+    fn bump(&mut self, expected: (i64, i16), now_ms: i64) -> TxnReply {
+        self.init_expecting(Some(expected), now_ms)
+    }
+}
+
+fn fenced() -> TxnReply {
+    TxnReply::ProducerId {
+        error: Some(ResponseError::ProducerFenced),
+        producer_id: -1,
+        producer_epoch: -1,
+    }
+}
+
+/// KIP-360: a producer that sends its id and epoch bumps its own epoch; a retry of that bump
+/// gets the same answer; a producer with an older epoch or another id is fenced, not given
+/// the id (a zombie could otherwise fence the live producer).
+#[test]
+fn a_producer_bumps_its_own_epoch_and_a_zombie_is_fenced() {
+    let mut driver = Driver::new();
+    let first = producer(driver.init(0));
+    let bumped = producer(driver.bump(first, 1));
+    assert_eq!(bumped, (first.0, first.1 + 1));
+    assert_eq!(
+        producer(driver.bump(first, 2)),
+        bumped,
+        "a retry of the bump gets its answer"
+    );
+    assert_eq!(
+        driver.bump((first.0, first.1 - 1), 3),
+        fenced(),
+        "an older epoch"
+    );
+    assert_eq!(
+        driver.bump((first.0 + 7, bumped.1), 4),
+        fenced(),
+        "another id"
+    );
+    // The live producer goes on; once it bumped again, the first epoch is a zombie's.
+    let again = producer(driver.bump(bumped, 5));
+    assert_eq!(again, (first.0, first.1 + 2));
+    assert_eq!(driver.bump(first, 6), fenced());
+    assert_eq!(driver.add(again, &[("a", 0)], 7), done(None));
+    // Without an id and epoch (a new producer) the epoch is bumped as ever: the ongoing
+    // transaction is fenced and aborted, the retry gets the id, and the old producer's own
+    // bump is then refused.
+    assert!(matches!(
+        driver.init(8),
+        TxnReply::ProducerId {
+            error: Some(ResponseError::ConcurrentTransactions),
+            ..
+        }
+    ));
+    driver.write_markers(9);
+    let newest = producer(driver.init(10));
+    assert_eq!(newest.0, first.0);
+    assert!(newest.1 > again.1);
+    assert_eq!(driver.bump(again, 11), fenced());
+    assert_eq!(driver.add(newest, &[("a", 0)], 12), done(None));
 }

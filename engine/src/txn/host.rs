@@ -456,6 +456,7 @@ mod tests {
             transactional_id: id.into(),
             timeout_ms: 60_000,
             fresh_producer_id: 1000,
+            expected: None,
         }
     }
 

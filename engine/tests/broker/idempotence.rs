@@ -136,3 +136,66 @@ fn retries_are_stored_once_and_sequences_are_checked_across_a_restart() {
         "{after_restart} after {first_id} and {second_id}"
     );
 }
+
+/// `__transaction_state` is created on the first transactional id with
+/// `transaction_state_log_num_partitions` partitions (not `__consumer_offsets`' count).
+#[test]
+fn the_transaction_topic_takes_its_own_partition_count() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &work.path().join("data"),
+        &[
+            "--transaction-state-log-num-partitions",
+            "3",
+            "--offsets-topic-num-partitions",
+            "5",
+        ],
+    );
+    let mut connection = broker.connect();
+    let (code, _) = init_producer_id(&mut connection, Some("counted"));
+    assert_eq!(code, 0);
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(name("__transaction_state")))]));
+    let ResponseKind::Metadata(metadata) =
+        connection.call(ApiKey::Metadata, 12, RequestKind::Metadata(request))
+    else {
+        panic!("a Metadata response")
+    };
+    assert_eq!(metadata.topics[0].error_code, 0);
+    assert_eq!(metadata.topics[0].partitions.len(), 3);
+}
+
+/// InitProducerId 3 and up with the producer's id and epoch (KIP-360, as librdkafka sends to
+/// recover from an abortable error): the current producer's epoch is bumped, an older epoch
+/// is refused with PRODUCER_FENCED.
+#[test]
+fn a_transactional_producer_bumps_its_epoch_and_a_stale_one_is_fenced() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&work.path().join("data"), &[]);
+    let mut connection = broker.connect();
+    let (code, producer_id) = init_producer_id(&mut connection, Some("recovering"));
+    assert_eq!(code, 0);
+    let mut bump = |epoch: i16| {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+                "recovering",
+            ))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch);
+        let ResponseKind::InitProducerId(response) = connection.call(
+            ApiKey::InitProducerId,
+            4,
+            RequestKind::InitProducerId(request),
+        ) else {
+            panic!("an InitProducerId response")
+        };
+        (response.error_code, response.producer_epoch)
+    };
+    assert_eq!(bump(0), (0, 1));
+    assert_eq!(bump(0), (0, 1), "a retry of the bump");
+    assert_eq!(bump(1), (0, 2));
+    assert_eq!(bump(0).0, ResponseError::ProducerFenced.code());
+}

@@ -6,6 +6,7 @@ mod fuzz;
 pub mod idempotence;
 mod lifecycle;
 mod limits;
+mod quotas;
 mod read_ahead;
 mod read_committed;
 mod slow_client;

@@ -12,13 +12,14 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use spate_engine::broker::quotas::{EntityName, QuotaEntity};
 use spate_engine::client::admin::{Admin, NewTopic, TopicInfo};
 use spate_engine::client::config::{ConsumerConfig, ProducerConfig};
 use spate_engine::client::consumer::Consumer;
 use spate_engine::client::error::ClientError;
 use spate_engine::client::producer::{Producer, ProducerRecord};
 
-use super::quorum::{quorum_of_three, start_node, wait_for_brokers};
+use super::quorum::{quorum_of_three, start_node, start_node_with, wait_for_brokers};
 use crate::broker::util::Broker;
 
 const INVALID_REPLICATION_FACTOR: i16 = 38;
@@ -284,11 +285,19 @@ fn topic_config(node: &Broker, topic: &str, key: &str) -> Option<String> {
 }
 
 #[test]
-fn partitions_are_added_and_topic_configs_changed_through_the_controller() {
+fn partitions_are_added_and_topic_configs_and_quotas_changed_through_the_controller() {
     let work = tempfile::tempdir().unwrap();
     let quorum = quorum_of_three();
+    // 100 replicas a broker: room for this test's topics and `__consumer_offsets`.
     let nodes: Vec<Broker> = (1..=3)
-        .map(|id| start_node(work.path(), id, &quorum))
+        .map(|id| {
+            start_node_with(
+                work.path(),
+                id,
+                &quorum,
+                &["--max-partitions-per-broker", "100"],
+            )
+        })
         .collect();
     let everyone: Vec<(i32, i32)> = (1..=3)
         .map(|id| (id, i32::from(nodes[id as usize - 1].address.port())))
@@ -318,6 +327,24 @@ fn partitions_are_added_and_topic_configs_changed_through_the_controller() {
             assert!(partition.leader > 0);
         }
     }
+    // A topic that would put a broker over its limit is refused, and so is growing one past
+    // it; the controller checks every broker.
+    let too_many = admin(&nodes[1])
+        .create_topics(&[new_topic("too-many", 300, 1)])
+        .unwrap()
+        .remove(0);
+    let refused = too_many.unwrap_err();
+    assert_eq!(refused.code(), Some(37), "INVALID_PARTITIONS: {refused}");
+    assert!(
+        refused.to_string().contains("max_partitions_per_broker"),
+        "{refused}"
+    );
+    let grown = admin(&nodes[2]).create_partitions("growing", 200);
+    assert_eq!(
+        kafka_code(&grown),
+        Some(37),
+        "INVALID_PARTITIONS: {grown:?}"
+    );
     let shrink = admin(&nodes[0]).create_partitions("growing", 3);
     assert_eq!(
         kafka_code(&shrink),
@@ -371,6 +398,43 @@ fn partitions_are_added_and_topic_configs_changed_through_the_controller() {
     for node in &nodes {
         let deadline = Instant::now() + Duration::from_secs(10);
         while topic_config(node, "growing", "retention.ms").is_some() {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Client quotas: cluster metadata too, set on one node and held by every broker.
+    let entity = QuotaEntity {
+        user: None,
+        client_id: Some(EntityName::Named("metered".into())),
+    };
+    admin(&nodes[1])
+        .alter_client_quota(&entity, &[("producer_byte_rate".into(), Some(65536.0))])
+        .unwrap();
+    let quota_on = |node: &Broker| {
+        admin(node)
+            .describe_client_quotas()
+            .unwrap()
+            .into_iter()
+            .find(|(described, _)| *described == entity)
+            .and_then(|(_, values)| values.get("producer_byte_rate").copied())
+    };
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while quota_on(node) != Some(65536.0) {
+            assert!(Instant::now() < deadline, "{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let refused =
+        admin(&nodes[0]).alter_client_quota(&entity, &[("producer_byte_rate".into(), Some(-1.0))]);
+    assert!(refused.is_err(), "a bad value is refused: {refused:?}");
+    admin(&nodes[2])
+        .alter_client_quota(&entity, &[("producer_byte_rate".into(), None)])
+        .unwrap();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while quota_on(node).is_some() {
             assert!(Instant::now() < deadline, "{}", node.log());
             std::thread::sleep(Duration::from_millis(50));
         }

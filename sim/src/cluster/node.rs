@@ -80,6 +80,7 @@ fn member_config(setup: &NodeSetup, data_lost: bool) -> MemberConfig {
         quorum: QuorumConfig::default(),
         controller: ControllerConfig {
             broker_session_timeout_ms: 9_000,
+            ..ControllerConfig::default()
         },
         broker_heartbeat_interval_ms: 500,
         leader_imbalance_check_interval_ms: 30_000,

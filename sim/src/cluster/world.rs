@@ -456,13 +456,16 @@ impl World {
             .map(|records| {
                 let mut named: BTreeMap<(Uuid, i32), BTreeSet<i32>> = BTreeMap::new();
                 for text in records {
-                    if let Ok(MetadataRecord::PartitionElr {
-                        topic_id,
-                        partition,
-                        elr,
-                    }) = MetadataRecord::decode(text.as_bytes())
-                    {
-                        named.entry((topic_id, partition)).or_default().extend(elr);
+                    let entry = MetadataRecord::decode_entry(text.as_bytes()).unwrap_or_default();
+                    for record in entry {
+                        if let MetadataRecord::PartitionElr {
+                            topic_id,
+                            partition,
+                            elr,
+                        } = record
+                        {
+                            named.entry((topic_id, partition)).or_default().extend(elr);
+                        }
                     }
                 }
                 named

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::broker::quotas::QuotaKind;
+use crate::broker::quotas::{QuotaKind, SensorKey};
 use crate::protocol::Request;
 use crate::runtime::shard::Shard;
 
@@ -39,6 +39,12 @@ pub struct Handled {
     /// A request between brokers (a follower's Fetch, markers, verification), which no
     /// request-time quota counts, as in Kafka.
     pub between_brokers: bool,
+    /// A consumer's Fetch (not a follower's), answered empty if the request-time quota
+    /// throttles it.
+    pub consumer_fetch: bool,
+    /// The fetch quota sensor a consumer's fetch bytes were recorded in, and how many, to
+    /// take back if the request-time quota throttles it.
+    pub fetch_recorded: Option<(SensorKey, usize)>,
 }
 
 /// Handles one request.
@@ -56,8 +62,13 @@ pub async fn handle(
     let quota_client_id = client_id.clone();
     let quota_client_id = quota_client_id.as_deref().unwrap_or_default();
     let mut throttle_ms = 0;
+    let mut fetch_recorded = None;
+    let consumer_fetch = match &request.body {
+        RequestKind::Fetch(body) => fetch::from_consumer(body, version),
+        _ => false,
+    };
     let between_brokers = match &request.body {
-        RequestKind::Fetch(body) => !fetch::from_consumer(body, version),
+        RequestKind::Fetch(_) => !consumer_fetch,
         RequestKind::WriteTxnMarkers(_) | RequestKind::OffsetForLeaderEpoch(_) => true,
         RequestKind::AddPartitionsToTxn(_) => version >= 4,
         _ => false,
@@ -89,24 +100,29 @@ pub async fn handle(
                         response: None,
                         throttle_ms,
                         between_brokers,
+                        consumer_fetch: false,
+                        fetch_recorded,
                     })
                 }
             }
         }
         RequestKind::Fetch(body) => {
-            let from_consumer = fetch::from_consumer(&body, version);
             let mut response = fetch::fetch(shard, body, version).await;
-            if from_consumer {
+            if consumer_fetch {
                 let bytes = fetch::records_bytes(&response);
                 let (throttle, sensor) =
                     shard.record_quota(quota_client_id, QuotaKind::Fetch, bytes);
-                if let (true, Some(sensor)) = (throttle > 0, sensor) {
-                    // As Kafka: a throttled fetch is answered empty, and its bytes do not
-                    // count.
-                    shard.unrecord_quota(&sensor, bytes);
-                    response.responses.clear();
-                    response.throttle_time_ms = throttle;
-                    throttle_ms = throttle;
+                match (throttle > 0, sensor) {
+                    (true, Some(sensor)) => {
+                        // As Kafka: a throttled fetch is answered empty, and its bytes do not
+                        // count.
+                        shard.unrecord_quota(&sensor, bytes);
+                        response.responses.clear();
+                        response.throttle_time_ms = throttle;
+                        throttle_ms = throttle;
+                    }
+                    (false, Some(sensor)) => fetch_recorded = Some((sensor, bytes)),
+                    (_, None) => {}
                 }
             }
             ResponseKind::Fetch(response)
@@ -207,6 +223,8 @@ pub async fn handle(
         response: Some(response),
         throttle_ms,
         between_brokers,
+        consumer_fetch,
+        fetch_recorded,
     })
 }
 

@@ -14,7 +14,8 @@ use crate::txn::{TxnCall, TxnReply};
 /// without a transactional id, a producer id and epoch sent by the client (version 3 and up,
 /// KIP-360) are not bumped: the producer gets a fresh id. With a transactional id the id's
 /// transaction coordinator answers: the id's producer id at a bumped epoch, fencing older
-/// producers of the id.
+/// producers of the id; a producer id and epoch sent with it must be the id's current ones
+/// (KIP-360: the producer bumps its own epoch), else PRODUCER_FENCED.
 pub(super) async fn init_producer_id(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
@@ -30,6 +31,9 @@ pub(super) async fn init_producer_id(
                             transactional_id: transactional_id.to_string(),
                             timeout_ms: request.transaction_timeout_ms,
                             fresh_producer_id: producer_id,
+                            // -1 (and before version 3): a producer starting afresh.
+                            expected: (request.producer_id.0 >= 0)
+                                .then_some((request.producer_id.0, request.producer_epoch)),
                         },
                     )
                     .await;

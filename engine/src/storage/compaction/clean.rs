@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
+use super::checkpoint::CleanerCheckpoint;
 use super::filter::{self, CleanedBatch, TombstonePolicy};
 use super::offset_map::OffsetMap;
 use super::records::{parse_records, record_section};
@@ -66,6 +67,9 @@ pub struct Dirtiness {
     pub dirty_bytes: u64,
     /// Whether `max.compaction.lag.ms` forces a pass regardless of the ratio.
     pub overdue: bool,
+    /// Whether a tombstone kept in the cleaned part has passed its delete horizon: a pass is
+    /// due to remove it even when nothing is dirty (a topic no longer written to).
+    pub tombstones_due: bool,
 }
 
 impl Dirtiness {
@@ -99,7 +103,7 @@ pub struct CleanReport {
     pub records_removed: u64,
     /// The log changed under the pass (a truncation, or a retention deletion of part of a
     /// group): the first dirty offset did not move, and the next pass starts again (groups
-    /// the change did not touch may have been swapped in).
+    /// before the one the change touched may have been swapped in).
     pub abandoned: bool,
 }
 
@@ -131,6 +135,36 @@ struct PlannedSegment<F> {
     path: PathBuf,
 }
 
+impl<F: StorageFile> PlannedSegment<F> {
+    fn corrupt_at(&self, position: u64, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            segment: self.path.clone(),
+            position,
+            reason,
+        }
+    }
+
+    /// `want` bytes from `position`, reported to the pacer; a short read is corruption (the
+    /// segment's size was recorded when it closed).
+    async fn read_paced(
+        &self,
+        position: u64,
+        want: usize,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<F::Buf> {
+        let read = self
+            .file
+            .read_at(position, want)
+            .await
+            .map_err(io_error(|| format!("reading {}", self.path.display())))?;
+        pacer.pace(read.len() as u64).await;
+        if read.len() < want {
+            return Err(self.corrupt_at(position, "the segment is shorter than recorded".into()));
+        }
+        Ok(read)
+    }
+}
+
 /// A pass planned by [`PartitionLog::plan_clean`]; run it with [`CleanPlan::execute`].
 #[derive(Debug)]
 pub struct CleanPlan<S: Storage> {
@@ -151,6 +185,8 @@ pub struct CleanPlan<S: Storage> {
     aborted: BTreeMap<i64, Vec<(i64, i64)>>,
     /// First offsets of the batches producers' sequence state remembers.
     remembered_batches: BTreeSet<i64>,
+    /// Each known producer's last batch or marker offset.
+    producer_last_offsets: BTreeSet<i64>,
 }
 
 /// Cleaned segments written by [`CleanPlan::execute`], ready to swap in.
@@ -159,6 +195,8 @@ pub struct CleanOutput {
     groups: Vec<CleanedGroup>,
     end_offset: i64,
     records_removed: u64,
+    /// The earliest delete horizon still ahead among the batches written.
+    tombstone_horizon_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -173,7 +211,14 @@ struct CleanedGroup {
 impl<S: Storage> PartitionLog<S> {
     /// The first offset not cleaned yet.
     pub fn first_dirty_offset(&self) -> i64 {
-        self.cleaner_checkpoint.max(self.log_start_offset)
+        self.cleaner_checkpoint
+            .first_dirty_offset
+            .max(self.log_start_offset)
+    }
+
+    /// The earliest delete horizon of a tombstone kept in the cleaned part, if any.
+    pub fn tombstone_horizon_ms(&self) -> Option<i64> {
+        self.cleaner_checkpoint.tombstone_horizon_ms
     }
 
     /// What a pass would clean now, or `None` when the log is not compacted or nothing is
@@ -221,7 +266,11 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         let end_offset = end_offset?;
-        if end_offset <= first_dirty_offset || dirty_bytes == 0 {
+        let tombstones_due = clean_bytes > 0
+            && self
+                .tombstone_horizon_ms()
+                .is_some_and(|horizon| horizon <= request.now_ms);
+        if (end_offset <= first_dirty_offset || dirty_bytes == 0) && !tombstones_due {
             return None;
         }
         let overdue = first_dirty_timestamp.is_some_and(|timestamp| {
@@ -234,6 +283,7 @@ impl<S: Storage> PartitionLog<S> {
             clean_bytes,
             dirty_bytes,
             overdue,
+            tombstones_due,
         })
     }
 
@@ -252,6 +302,7 @@ impl<S: Storage> PartitionLog<S> {
         };
         if !request.force
             && !dirtiness.overdue
+            && !dirtiness.tombstones_due
             && dirtiness.ratio() < self.config.min_cleanable_dirty_ratio.0
         {
             return Ok(None);
@@ -284,10 +335,11 @@ impl<S: Storage> PartitionLog<S> {
             };
             segments.push(PlannedSegment { meta, file, path });
         }
+        // None dirty when the pass is only for tombstones past their horizon.
         let first_dirty_segment = segments
             .iter()
             .position(|segment| segment.meta.next_offset > dirtiness.first_dirty_offset)
-            .expect("a dirty segment below the end");
+            .unwrap_or(segments.len());
         let mut aborted: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
         for txn in self.producers.aborted_transactions() {
             aborted
@@ -300,6 +352,7 @@ impl<S: Storage> PartitionLog<S> {
             .remembered_batch_offsets()
             .filter(|&offset| offset < dirtiness.end_offset)
             .collect();
+        let producer_last_offsets = self.producers.last_offsets().collect();
         Ok(Some(CleanPlan {
             storage: self.storage.clone(),
             dir: self.dir.clone(),
@@ -317,6 +370,7 @@ impl<S: Storage> PartitionLog<S> {
             index_entries_max: self.config.index_entries_max(),
             aborted,
             remembered_batches,
+            producer_last_offsets,
         }))
     }
 
@@ -352,20 +406,22 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(report);
         }
         // Retention may have deleted segments meanwhile (always the oldest): a group whose
-        // segments are all gone is dropped, one with some gone is left for the next pass,
-        // and the others are swapped in (what they dropped is superseded by records in
-        // later segments, which retention has not reached).
+        // segments are all gone is dropped, one with some gone is left for the next pass with
+        // every group after it, and the others are swapped in (what they dropped is
+        // superseded by records in later segments, which retention has not reached).
         let mut every_group_done = true;
         for group in output.groups {
             let unchanged = group
                 .replaced
                 .iter()
                 .all(|meta| self.closed.get(&meta.base_offset) == Some(meta));
-            if !unchanged {
+            if !unchanged || !every_group_done {
                 let all_gone = group.replaced.iter().all(|meta| {
                     !self.closed.contains_key(&meta.base_offset)
                         && meta.next_offset <= self.log_start_offset
                 });
+                // After a group left as it was, none is swapped in: a later group may have
+                // dropped the marker of a transaction whose records that one still holds.
                 every_group_done &= all_gone;
                 remove_if_present(&self.storage, &group.cleaned_path).await?;
                 continue;
@@ -388,15 +444,11 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(report);
         }
         self.tail_cache.forget_below(output.end_offset);
-        self.cleaner_checkpoint = output.end_offset;
-        let path = self.dir.join(CLEANER_CHECKPOINT_FILE_NAME);
-        crate::storage::backend::write_file_atomically(
-            &self.storage,
-            &path,
-            output.end_offset.to_string().as_bytes(),
-        )
-        .await
-        .map_err(io_error(|| format!("writing {}", path.display())))?;
+        self.cleaner_checkpoint = CleanerCheckpoint {
+            first_dirty_offset: output.end_offset,
+            tombstone_horizon_ms: output.tombstone_horizon_ms,
+        };
+        self.write_cleaner_checkpoint().await?;
         info!(
             dir = %self.dir.display(),
             first_dirty_offset = report.first_dirty_offset,
@@ -407,6 +459,18 @@ impl<S: Storage> PartitionLog<S> {
             "log cleaned"
         );
         Ok(report)
+    }
+
+    /// Writes the cleaner checkpoint file (atomically).
+    pub(crate) async fn write_cleaner_checkpoint(&self) -> StorageResult<()> {
+        let path = self.dir.join(CLEANER_CHECKPOINT_FILE_NAME);
+        crate::storage::backend::write_file_atomically(
+            &self.storage,
+            &path,
+            self.cleaner_checkpoint.encode().as_bytes(),
+        )
+        .await
+        .map_err(io_error(|| format!("writing {}", path.display())))
     }
 
     /// Cleans the log in one pass, holding it throughout (tests and tools; the broker runs
@@ -487,52 +551,88 @@ impl<S: Storage> CleanPlan<S> {
     /// or an I/O error.
     pub async fn execute(&self, pacer: &mut impl Pacer) -> StorageResult<CleanOutput> {
         let mut map = OffsetMap::default();
+        let mut dirty_batches: Vec<Vec<DirtyBatch>> = Vec::new();
+        let mut dirty_batches_bytes = 0;
         let mut end_segment = self.segments.len();
         for index in self.first_dirty_segment..self.segments.len() {
-            self.add_to_map(&mut map, &self.segments[index], pacer)
+            let mut batches = Vec::new();
+            self.add_to_map(&mut map, &self.segments[index], Some(&mut batches), pacer)
                 .await?;
-            if map.size_bytes() > self.offset_map_bytes_max && index > self.first_dirty_segment {
+            dirty_batches_bytes += batches.len() * DIRTY_BATCH_BYTES;
+            dirty_batches.push(batches);
+            let size_bytes = map.size_bytes() + dirty_batches_bytes;
+            if size_bytes > self.offset_map_bytes_max && index > self.first_dirty_segment {
                 // This segment did not fit: the pass ends before it. The map is built again
                 // without it (at most once a pass), which costs less than journaling every
                 // insert for an undo.
                 end_segment = index;
+                dirty_batches.pop();
                 map = OffsetMap::default();
                 for segment in &self.segments[self.first_dirty_segment..end_segment] {
-                    self.add_to_map(&mut map, segment, pacer).await?;
+                    self.add_to_map(&mut map, segment, None, pacer).await?;
                 }
                 break;
             }
         }
+        let survivors = Survivors {
+            offsets: map.latest_offsets_sorted(),
+        };
         let end_offset = self.segments[end_segment - 1].meta.next_offset;
         let mut groups = Vec::new();
         let mut records_removed = 0;
+        let mut tombstone_horizon_ms = None;
+        let mut transactions = Transactions::default();
         let mut start = 0;
         while start < end_segment {
             let end = self.group_end(start, end_segment);
-            let (group, removed) = self
-                .clean_group(&self.segments[start..end], &map, pacer)
+            let noted = NotedDirtyBatches {
+                survivors: &survivors,
+                batches: &dirty_batches,
+            };
+            let (group, removed, horizon) = self
+                .clean_group(start..end, &map, noted, &mut transactions, pacer)
                 .await?;
             groups.push(group);
             records_removed += removed;
+            tombstone_horizon_ms = earliest(tombstone_horizon_ms, horizon);
             start = end;
         }
         Ok(CleanOutput {
             groups,
             end_offset,
             records_removed,
+            tombstone_horizon_ms,
         })
     }
 
     /// Adds the keys of a dirty segment's records to the map: each key's latest offset.
-    /// Markers and aborted transactions' records count for nothing.
+    /// Markers and aborted transactions' records count for nothing. Notes every batch in
+    /// `batches`, when given, so that the rewrite can drop a batch without reading it again.
     async fn add_to_map(
         &self,
         map: &mut OffsetMap,
         segment: &PlannedSegment<S::File>,
+        mut batches: Option<&mut Vec<DirtyBatch>>,
         pacer: &mut impl Pacer,
     ) -> StorageResult<()> {
-        let mut batches = SegmentBatches::new(segment);
-        while let Some((header, batch)) = batches.next(pacer).await? {
+        let mut reader = SegmentBatches::new(segment);
+        loop {
+            let position = reader.position;
+            let Some((header, batch)) = reader.next(pacer).await? else {
+                break;
+            };
+            if let Some(batches) = batches.as_deref_mut() {
+                batches.push(DirtyBatch {
+                    position: u32::try_from(position).expect("a segment under 4 GiB"),
+                    size_bytes: u32::try_from(batch.len()).expect("a batch under 4 GiB"),
+                    base_offset: header.base_offset,
+                    last_offset_delta: header.last_offset_delta,
+                    partition_leader_epoch: header.partition_leader_epoch,
+                    records_count: header.records_count,
+                    // Markers are kept whole, and a remembered batch keeps its header.
+                    must_read: header.is_control() || self.is_remembered(&header),
+                });
+            }
             if header.is_control() || self.is_aborted(&header) {
                 continue;
             }
@@ -574,6 +674,11 @@ impl<S: Storage> CleanPlan<S> {
         end
     }
 
+    /// Whether producers' sequence state still remembers the batch `header` starts.
+    fn is_remembered(&self, header: &BatchHeader) -> bool {
+        header.producer_id >= 0 && self.remembered_batches.contains(&header.base_offset)
+    }
+
     /// Whether `header` is a batch of an aborted transaction.
     fn is_aborted(&self, header: &BatchHeader) -> bool {
         header.is_transactional()
@@ -585,10 +690,13 @@ impl<S: Storage> CleanPlan<S> {
 
     async fn clean_group(
         &self,
-        segments: &[PlannedSegment<S::File>],
+        group: std::ops::Range<usize>,
         map: &OffsetMap,
+        noted: NotedDirtyBatches<'_>,
+        transactions: &mut Transactions,
         pacer: &mut impl Pacer,
-    ) -> StorageResult<(CleanedGroup, u64)> {
+    ) -> StorageResult<(CleanedGroup, u64, Option<i64>)> {
+        let segments = &self.segments[group.clone()];
         let base_offset = segments[0].meta.base_offset;
         let cleaned_path = self.dir.join(format!("{base_offset:020}{CLEANED_SUFFIX}"));
         let file = self
@@ -604,41 +712,44 @@ impl<S: Storage> CleanPlan<S> {
             meta: SegmentMeta::empty(base_offset),
             index: IndexBuilder::new(self.index_interval_bytes),
             filler: None,
+            now_ms: self.tombstones.now_ms,
+            tombstone_horizon_ms: None,
         };
         let mut removed = 0;
-        for segment in segments {
-            let mut batches = SegmentBatches::new(segment);
-            while let Some((header, batch)) = batches.next(pacer).await? {
-                if header.is_control() {
-                    writer.push(&batch, pacer).await?;
-                    continue;
+        for (index, segment) in group.zip(segments) {
+            let batches = index
+                .checked_sub(self.first_dirty_segment)
+                .and_then(|dirty| noted.batches.get(dirty));
+            let mut source = match batches {
+                // A dirty segment: only batches that keep something are read again.
+                Some(batches) => {
+                    let needed = batches
+                        .iter()
+                        .map(|batch| batch.must_read || noted.survivors.any_in(batch))
+                        .collect();
+                    RewriteSource::Noted(NotedBatches::new(segment, batches, needed))
                 }
-                let discard_all = self.is_aborted(&header);
-                let cleaned = filter::clean_batch(&batch, self.tombstones, |facts| {
-                    !discard_all
-                        && map
-                            .get(facts.key)
-                            .is_none_or(|latest| latest <= facts.offset)
-                })
-                .map_err(|reason| corrupt(segment, &header, reason))?;
-                match cleaned {
-                    CleanedBatch::Unchanged => writer.push(&batch, pacer).await?,
-                    CleanedBatch::Rewritten(bytes) => {
-                        let kept = BatchHeader::parse(&bytes)
-                            .expect("a built batch")
-                            .records_count;
-                        removed += u64::from((header.records_count - kept).unsigned_abs());
-                        writer.push(&bytes, pacer).await?;
+                None => RewriteSource::Whole(SegmentBatches::new(segment)),
+            };
+            while let Some(next) = source.next(pacer).await? {
+                match next {
+                    NextBatch::Read(header, batch) => {
+                        removed += self
+                            .clean_batch_into(
+                                &mut writer,
+                                segment,
+                                map,
+                                transactions,
+                                &header,
+                                &batch,
+                                pacer,
+                            )
+                            .await?;
                     }
-                    CleanedBatch::Emptied => {
-                        removed += u64::from(header.records_count.unsigned_abs());
-                        if header.producer_id >= 0
-                            && self.remembered_batches.contains(&header.base_offset)
-                        {
-                            writer.push(&filter::header_only(&header), pacer).await?;
-                        } else {
-                            writer.remove(&header, pacer).await?;
-                        }
+                    NextBatch::Superseded(noted) => {
+                        // Every record of it is superseded (or aborted): dropped unread.
+                        removed += u64::from(noted.records_count.unsigned_abs());
+                        writer.remove(noted.offsets(), pacer).await?;
                     }
                 }
             }
@@ -658,7 +769,311 @@ impl<S: Storage> CleanPlan<S> {
                 cleaned_path,
             },
             removed,
+            writer.tombstone_horizon_ms,
         ))
+    }
+
+    /// Writes what stays of one batch; returns how many records went.
+    #[allow(clippy::too_many_arguments)] // the pass's state, threaded through one batch
+    async fn clean_batch_into(
+        &self,
+        writer: &mut GroupWriter<S::File>,
+        segment: &PlannedSegment<S::File>,
+        map: &OffsetMap,
+        transactions: &mut Transactions,
+        header: &BatchHeader,
+        batch: &[u8],
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<u64> {
+        if header.is_control() {
+            self.clean_marker_into(writer, segment, transactions, header, batch, pacer)
+                .await?;
+            return Ok(0);
+        }
+        let discard_all = self.is_aborted(header);
+        let cleaned = filter::clean_batch(batch, self.tombstones, |facts| {
+            !discard_all
+                && map
+                    .get(facts.key)
+                    .is_none_or(|latest| latest <= facts.offset)
+        })
+        .map_err(|reason| corrupt(segment, header, reason))?;
+        let (removed, kept) = match cleaned {
+            CleanedBatch::Unchanged => {
+                writer.push(batch, pacer).await?;
+                (0, true)
+            }
+            CleanedBatch::Rewritten(bytes) => {
+                let kept = BatchHeader::parse(&bytes)
+                    .expect("a built batch")
+                    .records_count;
+                writer.push(&bytes, pacer).await?;
+                (
+                    u64::from((header.records_count - kept).unsigned_abs()),
+                    true,
+                )
+            }
+            CleanedBatch::Emptied => {
+                let remembered = self.is_remembered(header);
+                if remembered {
+                    writer.push(&filter::header_only(header), pacer).await?;
+                } else {
+                    writer.remove(BatchOffsets::of(header), pacer).await?;
+                }
+                (u64::from(header.records_count.unsigned_abs()), remembered)
+            }
+        };
+        if header.is_transactional() && kept {
+            transactions.kept_batch_of.insert(header.producer_id);
+        }
+        Ok(removed)
+    }
+
+    /// Writes a transaction marker, or what stays of it. A commit marker whose transaction
+    /// keeps no batch here, and that is not its producer's last batch or marker, is no longer
+    /// needed (nothing is left for it to close): it gets a delete horizon, and after that
+    /// horizon it goes, as Kafka's cleaner does. Abort markers stay: `read_committed` readers
+    /// are told of aborted transactions from the producer state, and one listed without its
+    /// marker would make them skip the producer's later transactions.
+    async fn clean_marker_into(
+        &self,
+        writer: &mut GroupWriter<S::File>,
+        segment: &PlannedSegment<S::File>,
+        transactions: &mut Transactions,
+        header: &BatchHeader,
+        batch: &[u8],
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<()> {
+        let kept_batches = transactions.kept_batch_of.remove(&header.producer_id);
+        let commit = batch::control_marker(batch).is_ok_and(|marker| marker.commit);
+        let needed =
+            !commit || kept_batches || self.producer_last_offsets.contains(&header.base_offset);
+        if needed {
+            return writer.push(batch, pacer).await;
+        }
+        match header.delete_horizon_ms() {
+            Some(horizon) if horizon <= self.tombstones.now_ms => {
+                writer.remove(BatchOffsets::of(header), pacer).await
+            }
+            Some(_) => writer.push(batch, pacer).await,
+            None => {
+                let horizon = self
+                    .tombstones
+                    .now_ms
+                    .saturating_add(self.tombstones.delete_retention_ms);
+                let marked = filter::with_delete_horizon(batch, horizon)
+                    .map_err(|reason| corrupt(segment, header, reason))?;
+                writer.push(&marked, pacer).await
+            }
+        }
+    }
+}
+
+/// What the map pass noted of the dirty segments.
+#[derive(Clone, Copy)]
+struct NotedDirtyBatches<'a> {
+    survivors: &'a Survivors,
+    /// Each dirty segment's batches, from the first dirty segment.
+    batches: &'a [Vec<DirtyBatch>],
+}
+
+/// Producers whose transaction, ended by their next marker, keeps a batch in the output so
+/// far (their marker stays).
+#[derive(Debug, Default)]
+struct Transactions {
+    kept_batch_of: BTreeSet<i64>,
+}
+
+/// A dirty batch as the map pass saw it: enough to drop it in the rewrite without reading it
+/// again when none of its records stays.
+#[derive(Debug, Clone, Copy)]
+struct DirtyBatch {
+    /// Where it starts in its segment.
+    position: u32,
+    size_bytes: u32,
+    base_offset: i64,
+    last_offset_delta: i32,
+    partition_leader_epoch: i32,
+    records_count: i32,
+    /// Kept in some form whatever the map says (a marker, or a batch producers remember).
+    must_read: bool,
+}
+
+/// Bytes a noted batch takes, counted with the map against `log.cleaner.dedupe.buffer.size`.
+const DIRTY_BATCH_BYTES: usize = std::mem::size_of::<DirtyBatch>();
+
+impl DirtyBatch {
+    fn offsets(&self) -> BatchOffsets {
+        BatchOffsets {
+            base_offset: self.base_offset,
+            next_offset: self.base_offset + i64::from(self.last_offset_delta) + 1,
+            partition_leader_epoch: self.partition_leader_epoch,
+        }
+    }
+
+    fn end_position(&self) -> u64 {
+        u64::from(self.position) + u64::from(self.size_bytes)
+    }
+}
+
+/// The offsets of a batch that goes, and the leader epoch its filler keeps.
+#[derive(Debug, Clone, Copy)]
+struct BatchOffsets {
+    base_offset: i64,
+    next_offset: i64,
+    partition_leader_epoch: i32,
+}
+
+impl BatchOffsets {
+    fn of(header: &BatchHeader) -> Self {
+        BatchOffsets {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+            partition_leader_epoch: header.partition_leader_epoch,
+        }
+    }
+}
+
+/// The offsets the map holds, sorted: every record of a dirty batch that stays is the latest
+/// of its key, so a dirty batch holding none of them keeps nothing.
+#[derive(Debug)]
+struct Survivors {
+    offsets: Vec<i64>,
+}
+
+impl Survivors {
+    fn any_in(&self, batch: &DirtyBatch) -> bool {
+        let offsets = batch.offsets();
+        let first_at_or_above = self
+            .offsets
+            .partition_point(|&offset| offset < offsets.base_offset);
+        self.offsets
+            .get(first_at_or_above)
+            .is_some_and(|&offset| offset < offsets.next_offset)
+    }
+}
+
+/// Gaps between batches to read that are read through rather than skipped: one larger read
+/// costs less than two.
+const READ_THROUGH_GAP_BYTES: u64 = 128 << 10;
+
+/// What the rewrite does with a segment's next batch.
+enum NextBatch<B> {
+    /// Read (and checked): clean it.
+    Read(BatchHeader, B),
+    /// A dirty batch holding no record that stays: it goes unread.
+    Superseded(DirtyBatch),
+}
+
+/// A segment's batches as the rewrite takes them.
+enum RewriteSource<'a, F: StorageFile> {
+    /// Every batch read (a segment cleaned before).
+    Whole(SegmentBatches<'a, F>),
+    /// A dirty segment whose batches the map pass noted.
+    Noted(NotedBatches<'a, F>),
+}
+
+impl<F: StorageFile> RewriteSource<'_, F> {
+    async fn next(&mut self, pacer: &mut impl Pacer) -> StorageResult<Option<NextBatch<F::Buf>>> {
+        match self {
+            RewriteSource::Whole(batches) => Ok(batches
+                .next(pacer)
+                .await?
+                .map(|(header, batch)| NextBatch::Read(header, batch))),
+            RewriteSource::Noted(batches) => batches.next(pacer).await,
+        }
+    }
+}
+
+/// The batches of a dirty segment the map pass noted: those that keep something read again,
+/// each read covering as many of the following ones to read as fit a window; the others
+/// passed over unread.
+struct NotedBatches<'a, F: StorageFile> {
+    segment: &'a PlannedSegment<F>,
+    batches: &'a [DirtyBatch],
+    /// Whether each batch is read.
+    needed: Vec<bool>,
+    /// The next batch.
+    at: usize,
+    window: Option<F::Buf>,
+    window_start: u64,
+}
+
+impl<'a, F: StorageFile> NotedBatches<'a, F> {
+    fn new(segment: &'a PlannedSegment<F>, batches: &'a [DirtyBatch], needed: Vec<bool>) -> Self {
+        NotedBatches {
+            segment,
+            batches,
+            needed,
+            at: 0,
+            window: None,
+            window_start: 0,
+        }
+    }
+
+    async fn next(&mut self, pacer: &mut impl Pacer) -> StorageResult<Option<NextBatch<F::Buf>>> {
+        let at = self.at;
+        let Some(&noted) = self.batches.get(at) else {
+            return Ok(None);
+        };
+        self.at += 1;
+        if !self.needed[at] {
+            return Ok(Some(NextBatch::Superseded(noted)));
+        }
+        let (header, batch) = self.read(at, pacer).await?;
+        Ok(Some(NextBatch::Read(header, batch)))
+    }
+
+    /// Batch `at`, CRC-checked again (it was read before; the disk may not return the same).
+    async fn read(
+        &mut self,
+        at: usize,
+        pacer: &mut impl Pacer,
+    ) -> StorageResult<(BatchHeader, F::Buf)> {
+        let noted = self.batches[at];
+        let start = u64::from(noted.position);
+        let window_end = self.window_start + self.window.as_ref().map_or(0, |w| w.len() as u64);
+        if self.window.is_none() || start < self.window_start || noted.end_position() > window_end {
+            let window_bytes = pacer.read_window_bytes() as u64;
+            let mut end = noted.end_position();
+            for (next, needed) in self.batches[at + 1..].iter().zip(&self.needed[at + 1..]) {
+                if next.end_position() - start > window_bytes {
+                    break;
+                }
+                if *needed {
+                    if u64::from(next.position) - end > READ_THROUGH_GAP_BYTES {
+                        break;
+                    }
+                    end = next.end_position();
+                }
+            }
+            let read = self
+                .segment
+                .read_paced(start, (end - start) as usize, pacer)
+                .await?;
+            self.window = Some(read);
+            self.window_start = start;
+        }
+        let at_in_window = (start - self.window_start) as usize;
+        let bytes = self
+            .window
+            .as_ref()
+            .expect("a window")
+            .slice(at_in_window, noted.size_bytes as usize);
+        let header = batch::validate_stored(&bytes)
+            .map_err(|error| self.segment.corrupt_at(start, error.to_string()))?;
+        if header.base_offset != noted.base_offset
+            || header.last_offset_delta != noted.last_offset_delta
+        {
+            return Err(self.segment.corrupt_at(
+                start,
+                format!(
+                    "batch at offset {} read back as offset {}",
+                    noted.base_offset, header.base_offset
+                ),
+            ));
+        }
+        Ok((header, bytes))
     }
 }
 
@@ -672,6 +1087,11 @@ struct GroupWriter<F> {
     index: IndexBuilder,
     /// An open run of emptied batches: base offset, next offset, leader epoch.
     filler: Option<(i64, i64, i32)>,
+    /// The pass's time.
+    now_ms: i64,
+    /// The earliest delete horizon after `now_ms` among the batches written: a horizon at or
+    /// before it was acted on in this pass (its tombstones went).
+    tombstone_horizon_ms: Option<i64>,
 }
 
 impl<F: StorageFile> GroupWriter<F> {
@@ -680,21 +1100,21 @@ impl<F: StorageFile> GroupWriter<F> {
         self.append(batch, pacer).await
     }
 
-    async fn remove(&mut self, header: &BatchHeader, pacer: &mut impl Pacer) -> StorageResult<()> {
+    async fn remove(&mut self, batch: BatchOffsets, pacer: &mut impl Pacer) -> StorageResult<()> {
         if let Some((base, next, epoch)) = &mut self.filler {
-            let joins = *next == header.base_offset
-                && *epoch == header.partition_leader_epoch
-                && header.next_offset() - *base <= i64::from(i32::MAX);
+            let joins = *next == batch.base_offset
+                && *epoch == batch.partition_leader_epoch
+                && batch.next_offset - *base <= i64::from(i32::MAX);
             if joins {
-                *next = header.next_offset();
+                *next = batch.next_offset;
                 return Ok(());
             }
         }
         self.flush_filler(pacer).await?;
         self.filler = Some((
-            header.base_offset,
-            header.next_offset(),
-            header.partition_leader_epoch,
+            batch.base_offset,
+            batch.next_offset,
+            batch.partition_leader_epoch,
         ));
         Ok(())
     }
@@ -709,6 +1129,11 @@ impl<F: StorageFile> GroupWriter<F> {
 
     async fn append(&mut self, batch: &[u8], pacer: &mut impl Pacer) -> StorageResult<()> {
         let header = BatchHeader::parse(batch).expect("whole batches");
+        if let Some(horizon) = header.delete_horizon_ms() {
+            if horizon > self.now_ms {
+                self.tombstone_horizon_ms = earliest(self.tombstone_horizon_ms, Some(horizon));
+            }
+        }
         let position = self.written + self.buffer.len() as u64;
         self.index.observe(
             relative(&self.meta, header.base_offset),
@@ -794,11 +1219,7 @@ impl<'a, F: StorageFile> SegmentBatches<'a, F> {
     }
 
     fn corrupt_at(&self, position: u64, reason: String) -> StorageError {
-        StorageError::Corrupt {
-            segment: self.segment.path.clone(),
-            position,
-            reason,
-        }
+        self.segment.corrupt_at(position, reason)
     }
 
     /// The next batch, or `None` at the end of the segment's bytes.
@@ -833,6 +1254,7 @@ impl<'a, F: StorageFile> SegmentBatches<'a, F> {
                     let size = result.map_or(0, |(_, size)| size);
                     let want = size
                         .max(pacer.read_window_bytes())
+                        .max(batch::BATCH_HEADER_BYTES)
                         .min((end - position) as usize);
                     if rest.len() >= want {
                         return Err(self.corrupt_at(
@@ -840,19 +1262,7 @@ impl<'a, F: StorageFile> SegmentBatches<'a, F> {
                             "a batch header runs past the segment's end".into(),
                         ));
                     }
-                    let read =
-                        self.segment
-                            .file
-                            .read_at(position, want)
-                            .await
-                            .map_err(io_error(|| {
-                                format!("reading {}", self.segment.path.display())
-                            }))?;
-                    pacer.pace(read.len() as u64).await;
-                    if read.len() < want {
-                        return Err(self
-                            .corrupt_at(position, "the segment is shorter than recorded".into()));
-                    }
+                    let read = self.segment.read_paced(position, want, pacer).await?;
                     self.window = Some(read);
                     self.window_start = position;
                     continue;
@@ -886,6 +1296,14 @@ impl<'a, F: StorageFile> SegmentBatches<'a, F> {
             ));
         }
         Ok(None)
+    }
+}
+
+/// The earlier of two optional times, `None` meaning none.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

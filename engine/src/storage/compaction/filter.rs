@@ -79,16 +79,44 @@ pub(crate) fn clean_batch(
     if kept.len() == records.len() && !set_horizon {
         return Ok(CleanedBatch::Unchanged);
     }
-    let mut new_header = header;
-    if set_horizon {
-        let horizon = tombstones
+    let horizon = set_horizon.then(|| {
+        tombstones
             .now_ms
-            .saturating_add(tombstones.delete_retention_ms);
+            .saturating_add(tombstones.delete_retention_ms)
+    });
+    rebuild(&header, &section, &kept, horizon).map(CleanedBatch::Rewritten)
+}
+
+/// A control batch (a transaction marker) with a delete horizon: the marker goes in a pass
+/// after `horizon_ms`, as a tombstone would (Kafka delays a marker's removal the same way).
+///
+/// # Errors
+/// A sentence when the records do not parse.
+pub(crate) fn with_delete_horizon(batch: &[u8], horizon_ms: i64) -> Result<Vec<u8>, String> {
+    let header = BatchHeader::parse(batch).map_err(|error| error.to_string())?;
+    let section = record_section(batch, &header)?;
+    let records = parse_records(&section, header.records_count)?;
+    let all: Vec<&RecordView> = records.iter().collect();
+    rebuild(&header, &section, &all, Some(horizon_ms))
+}
+
+/// The bytes of a batch holding `kept` of `header`'s records (from its decompressed record
+/// `section`), with a delete horizon set when `horizon` is given: the base timestamp becomes
+/// the horizon and each record's timestamp delta is rewritten against it.
+fn rebuild(
+    header: &BatchHeader,
+    section: &[u8],
+    kept: &[&RecordView],
+    horizon: Option<i64>,
+) -> Result<Vec<u8>, String> {
+    let header = *header;
+    let mut new_header = header;
+    if let Some(horizon) = horizon {
         new_header = new_header.with_delete_horizon(horizon);
     }
     let mut new_section = Vec::with_capacity(section.len());
     let mut max_timestamp = NO_TIMESTAMP;
-    for record in &kept {
+    for record in kept {
         let timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
         max_timestamp = max_timestamp.max(timestamp);
         if new_header.base_timestamp == header.base_timestamp {
@@ -119,7 +147,7 @@ pub(crate) fn clean_batch(
     new_header.write_to(&mut out);
     out.extend_from_slice(&records_bytes);
     batch::seal(&mut out);
-    Ok(CleanedBatch::Rewritten(out))
+    Ok(out)
 }
 
 /// A batch with no records that keeps `header`'s offsets and producer fields: what stays of

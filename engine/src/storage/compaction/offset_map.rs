@@ -1,8 +1,8 @@
 //! The cleaner's map from key to the offset of its latest record in the dirty part of the log.
 //!
 //! Bounded by bytes (`log.cleaner.dedupe.buffer.size`): keys are counted with a fixed
-//! overhead each. Lookups only; the map is never iterated, so its order cannot leak into what
-//! the cleaner writes. Keys are hashed with CRC32C (hardware-accelerated, and deterministic);
+//! overhead each. Lookups, and the offsets it holds sorted; the map itself is never walked in
+//! its own order, so that order cannot leak into what the cleaner writes. Keys are hashed with CRC32C (hardware-accelerated, and deterministic);
 //! equal hashes still compare the whole keys.
 
 use std::collections::HashMap;
@@ -53,6 +53,13 @@ impl OffsetMap {
         self.latest.get(key).copied()
     }
 
+    /// Every latest offset the map holds, in ascending order.
+    pub(crate) fn latest_offsets_sorted(&self) -> Vec<i64> {
+        let mut offsets: Vec<i64> = self.latest.values().copied().collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
     /// Bytes taken.
     pub(crate) fn size_bytes(&self) -> usize {
         self.size_bytes
@@ -75,5 +82,6 @@ mod tests {
         assert_eq!(map.get(b"bb"), Some(2));
         assert_eq!(map.get(b"c"), None);
         assert_eq!(map.size_bytes(), size, "an update takes no more room");
+        assert_eq!(map.latest_offsets_sorted(), [2, 3]);
     }
 }
