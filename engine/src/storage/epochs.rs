@@ -14,7 +14,9 @@ use std::io;
 
 use tracing::{info, warn};
 
-use super::backend::{read_whole_file, write_file_atomically, Storage, StorageFile};
+use super::backend::{
+    read_at_agreed, read_whole_file_agreed, write_file_atomically, Storage, StorageFile,
+};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::error::{StorageError, StorageResult};
 use super::log::{io_error, remove_if_present, remove_segment_files, PartitionLog};
@@ -39,7 +41,7 @@ pub(super) enum LoadedEpochs {
 /// Reads the partition's `leader-epoch-checkpoint`.
 pub(super) async fn load_epochs<S: Storage>(storage: &S, dir: &std::path::Path) -> LoadedEpochs {
     let path = dir.join(LEADER_EPOCH_FILE_NAME);
-    match read_whole_file(storage, &path).await {
+    match read_whole_file_agreed(storage, &path).await {
         Ok(bytes) => match LeaderEpochCache::decode(&bytes) {
             Ok(cache) => LoadedEpochs::Loaded(cache),
             Err(error) => {
@@ -126,8 +128,8 @@ impl<S: Storage> PartitionLog<S> {
             let mut position = 0;
             let mut expected_offset = base_offset;
             while position < size_bytes {
-                let window = file
-                    .read_at(position, SCAN_WINDOW_BYTES)
+                // The partition leader epoch is outside the batch CRC: two reads must agree.
+                let window = read_at_agreed(&file, position, SCAN_WINDOW_BYTES)
                     .await
                     .map_err(io_error(|| format!("reading {}", path.display())))?;
                 let mut cursor = 0;

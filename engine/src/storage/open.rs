@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
 
-use super::backend::{read_whole_file, OpenMode, Storage, StorageFile};
+use super::backend::{read_whole_file, read_whole_file_agreed, OpenMode, Storage, StorageFile};
 use super::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use super::compaction::checkpoint::CleanerCheckpoint;
@@ -331,7 +331,7 @@ async fn read_checkpoint<S: Storage>(storage: &S, dir: &Path) -> StorageResult<C
     if !storage.exists(&path).await {
         return Ok(empty);
     }
-    let bytes = read_whole_file(storage, &path)
+    let bytes = read_whole_file_agreed(storage, &path)
         .await
         .map_err(io_error(|| format!("reading {}", path.display())))?;
     match Checkpoint::decode(&bytes) {
@@ -496,7 +496,7 @@ async fn first_batch_timestamp<F: StorageFile>(
 /// is missing or unreadable.
 async fn read_cleaner_checkpoint<S: Storage>(storage: &S, dir: &Path) -> CleanerCheckpoint {
     let path = dir.join(CLEANER_CHECKPOINT_FILE_NAME);
-    match read_whole_file(storage, &path).await {
+    match read_whole_file_agreed(storage, &path).await {
         Ok(bytes) => std::str::from_utf8(&bytes)
             .ok()
             .and_then(CleanerCheckpoint::decode)

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::backend::{read_whole_file, write_file_atomically, Storage};
 use super::batch::{self, BatchHeader};
-use super::error::StorageResult;
+use super::error::{StorageError, StorageResult};
 use super::log::{io_error, remove_if_present, PartitionLog};
 use super::producers::{
     MarkerAppend, ProducerAppend, ProducerStates, SNAPSHOTS_KEPT, SNAPSHOT_SUFFIX,
@@ -30,6 +30,9 @@ use super::segment::parse_file_name;
 
 /// Bytes read at a time while replaying batch headers.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Most reads of the same bytes while replaying before a failed CRC check is taken for
+/// damage (as recovery's walk reads again).
+const REPLAY_READS_MAX: u32 = 16;
 
 fn snapshot_name(offset: i64) -> String {
     format!("{offset:020}{SNAPSHOT_SUFFIX}")
@@ -109,13 +112,22 @@ impl<S: Storage> PartitionLog<S> {
         Ok(())
     }
 
-    /// Observes the producer fields of every batch from `from` to the log end.
+    /// Observes the producer fields of every batch from `from` to the log end. Without them
+    /// a `read_committed` reader would be served aborted transactions as committed, so a read
+    /// that fails its CRC check is read again before it is taken for damage.
     async fn replay_producers(&mut self, from: i64) -> StorageResult<()> {
         let log_end_offset = self.log_end_offset();
         let mut offset = from;
         let mut batches = 0u64;
         while offset < log_end_offset {
-            let fetched = self.read(offset, REPLAY_READ_BYTES, None).await?;
+            // A read whose CRC check fails may have been a bad read, not damage: read again.
+            let mut reads = 1;
+            let fetched = loop {
+                match self.read(offset, REPLAY_READ_BYTES, None).await {
+                    Err(StorageError::Corrupt { .. }) if reads < REPLAY_READS_MAX => reads += 1,
+                    fetched => break fetched?,
+                }
+            };
             let mut next = offset;
             for chunk in &fetched.chunks {
                 let mut bytes: &[u8] = chunk;

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::backend::StorageFile;
+use super::backend::{read_at_agreed, StorageFile};
 use super::batch::{self, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
 use super::epochs::observe_batch_epoch;
 use super::error::{StorageError, StorageResult};
@@ -240,6 +240,29 @@ pub(super) async fn walk_segment<F: StorageFile>(
                 look_again_or_stop!(error.to_string());
             }
         }
+        // The partition leader epoch is outside the batch CRC: one that would open a new
+        // epoch in the cache is taken only when two reads of the header agree on it.
+        let opens_epoch = epochs.as_deref().is_some_and(|epochs| {
+            header.partition_leader_epoch >= 0
+                && epochs
+                    .latest_epoch()
+                    .is_none_or(|latest| header.partition_leader_epoch > latest)
+        });
+        let partition_leader_epoch = if opens_epoch {
+            let again = read_at_agreed(file, position, BATCH_HEADER_BYTES)
+                .await
+                .map_err(|source| {
+                    StorageError::io(format!("reading {}", path.display()), source)
+                })?;
+            match BatchHeader::parse(&again) {
+                Ok(again) if again.base_offset == header.base_offset => {
+                    again.partition_leader_epoch
+                }
+                _ => look_again_or_stop!("two reads of a batch header disagree".to_string()),
+            }
+        } else {
+            header.partition_leader_epoch
+        };
         builder.observe(
             relative(meta, header.base_offset),
             u32::try_from(position).expect("segment positions fit in u32"),
@@ -253,7 +276,7 @@ pub(super) async fn walk_segment<F: StorageFile>(
             size,
         );
         if let Some(epochs) = epochs.as_deref_mut() {
-            observe_batch_epoch(epochs, header.partition_leader_epoch, header.base_offset);
+            observe_batch_epoch(epochs, partition_leader_epoch, header.base_offset);
         }
         position += size;
     }

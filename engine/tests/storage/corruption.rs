@@ -341,3 +341,85 @@ fn bad_reads_are_read_again_not_taken_for_damage() {
         );
     });
 }
+
+/// A log of three leader epochs (0, 1, 2: ten batches each), durable; the expected cache.
+async fn three_epochs(
+    storage: &SimulatedStorage,
+    config: &LogConfig,
+) -> spate_engine::replication::epoch_cache::LeaderEpochCache {
+    let mut log = open(storage, config).await;
+    for epoch in 0..3 {
+        log.open_leader_epoch(epoch).await.unwrap();
+        for n in 0..10 {
+            let first = (epoch as u64 * 10 + n) * 3;
+            log.append(numbered_batch(first, 3, 1_000), epoch, 5_000)
+                .await
+                .unwrap();
+        }
+    }
+    log.flush(5_000).await.unwrap();
+    log.leader_epochs().clone()
+}
+
+/// Byte positions of the partition leader epoch field of every batch in segment 0.
+async fn leader_epoch_positions(storage: &SimulatedStorage) -> Vec<usize> {
+    use spate_engine::storage::backend::read_whole_file;
+    use spate_engine::storage::batch::BatchHeader;
+    let bytes = read_whole_file(storage, &segment_log_path(&partition_dir(), 0))
+        .await
+        .unwrap();
+    let mut positions = Vec::new();
+    let mut position = 0;
+    while position < bytes.len() {
+        // Base offset (8 bytes), batch length (4), then the partition leader epoch.
+        positions.push(position + 12);
+        position += BatchHeader::parse(&bytes[position..]).unwrap().size_bytes();
+    }
+    positions
+}
+
+/// The partition leader epoch is outside the batch CRC, so a read that flips one of its bytes
+/// passes every check. Recovery takes an epoch that would open a new one in the cache only
+/// when two reads of its header agree, and a rebuilt cache comes from reads that agree:
+/// otherwise a replica restarted after a crash asks its leader for an epoch nobody wrote and
+/// never catches up (found by the cluster simulation, seed 5034).
+#[test]
+fn a_bad_read_of_a_leader_epoch_does_not_reach_the_epoch_cache() {
+    use spate_engine::replication::epoch_cache::LEADER_EPOCH_FILE_NAME;
+    use spate_engine::storage::backend::Storage;
+    block_on(async {
+        let config = big_segments();
+        for rebuilt in [false, true] {
+            let storage = SimulatedStorage::new();
+            let expected = three_epochs(&storage, &config).await;
+            if rebuilt {
+                // Trusted up to its end, and the cache rebuilt from the log.
+                let (mut log, _) =
+                    PartitionLog::open(storage.clone(), partition_dir(), config.clone(), 0)
+                        .await
+                        .unwrap();
+                log.checkpoint(5_000).await.unwrap();
+                drop(log);
+                storage
+                    .remove(&partition_dir().join(LEADER_EPOCH_FILE_NAME))
+                    .await
+                    .unwrap();
+            }
+            // The high byte of the epoch of a batch in the middle of epoch 0 and of the last
+            // batch: either would open an epoch of about 1.5 billion.
+            let positions = leader_epoch_positions(&storage).await;
+            for position in [positions[5], positions[29]] {
+                storage.flip_next_read(&segment_log_path(&partition_dir(), 0), position, 0x5A);
+                let (log, _) =
+                    PartitionLog::open(storage.clone(), partition_dir(), config.clone(), 0)
+                        .await
+                        .unwrap();
+                assert_eq!(
+                    log.leader_epochs(),
+                    &expected,
+                    "rebuilt {rebuilt}, flip at {position}"
+                );
+            }
+        }
+    });
+}

@@ -333,6 +333,58 @@ fn a_damaged_batch_during_the_replay_forgets_the_producers() {
     });
 }
 
+/// No usable snapshot, and a read of the replay that fails its CRC check once (a byte flipped
+/// on the way, the disk intact): the batch is read again, so the producers and the aborted
+/// transactions are kept. Forgetting them would serve an aborted transaction's records to
+/// `read_committed` readers as committed (found by the cluster simulation, seed 5134).
+#[test]
+fn a_bad_read_during_the_replay_is_read_again() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        // Small segments: the first is closed and below the recovery point, so that only the
+        // replay reads it.
+        let config = LogConfig {
+            segment_bytes: 512,
+            ..small_config()
+        };
+        let mut log = open(&storage, &config).await;
+        // (A leader epoch cache file, so that none is rebuilt from the log at the open.)
+        log.open_leader_epoch(0).await.unwrap();
+        for sequence in 0..10 {
+            log.append(transactional(1, 0, sequence), 0, 1_000)
+                .await
+                .unwrap();
+        }
+        log.append_marker(1, 0, 0, false, 0, 1_000).await.unwrap();
+        log.append(sequenced(4, 0, 0, 4), 0, 1_000).await.unwrap();
+        log.close(2_000).await.unwrap();
+        for offset in snapshot_offsets(&storage) {
+            let path = partition_dir().join(format!("{offset:020}.snapshot"));
+            storage.corrupt_byte(&path, 8, 0x01);
+        }
+        // In the transactional batch's records: covered by its CRC.
+        storage.flip_next_read(
+            &super::util::segment_log_path(&partition_dir(), 0),
+            70,
+            0x80,
+        );
+        let mut log = open(&storage, &config).await;
+        let aborted: Vec<_> = log
+            .producer_states()
+            .aborted_transactions()
+            .copied()
+            .collect();
+        assert_eq!(aborted.len(), 1, "{aborted:?}");
+        assert_eq!((aborted[0].producer_id, aborted[0].first_offset), (1, 0));
+        assert!(
+            log.append(sequenced(4, 0, 0, 4), 0, 3_000)
+                .await
+                .unwrap()
+                .duplicate
+        );
+    });
+}
+
 #[test]
 fn followers_derive_the_same_state_and_truncation_forgets_what_it_cut() {
     block_on(async {

@@ -35,6 +35,8 @@ struct State {
     mutations_left: Option<u64>,
     /// Reads of files under this directory return a flipped byte now and then.
     read_corruption: Option<ReadCorruption>,
+    /// Bytes the next read covering them returns flipped: `(path, position, mask)`.
+    flip_next_reads: Vec<(PathBuf, usize, u8)>,
 }
 
 /// Transient read corruption: the stored bytes stay intact, a read returns one byte flipped
@@ -166,6 +168,15 @@ impl SimulatedStorage {
             });
     }
 
+    /// The next read of `path` that covers `position` returns that byte with the bits of
+    /// `mask` flipped; later reads return it intact (the stored bytes stay intact).
+    pub fn flip_next_read(&self, path: &Path, position: usize, mask: u8) {
+        self.state
+            .borrow_mut()
+            .flip_next_reads
+            .push((path.to_path_buf(), position, mask));
+    }
+
     /// Reads that returned a flipped byte since [`SimulatedStorage::set_read_corruption`].
     pub fn corrupted_reads(&self) -> u64 {
         self.state
@@ -240,14 +251,22 @@ impl StorageFile for SimulatedFile {
                 corruption.flipped += u64::from(flip);
                 flip.then(|| corruption.rng.below((end - start) as u64) as usize)
             });
-        match flip {
-            None => Ok(Bytes::copy_from_slice(&data.written[start..end])),
-            Some(at) => {
-                let mut read = data.written[start..end].to_vec();
-                read[at] ^= 0x5A;
-                Ok(Bytes::from(read))
+        let mut flips: Vec<(usize, u8)> = flip.map(|at| (at, 0x5A)).into_iter().collect();
+        state.flip_next_reads.retain(|(path, position, mask)| {
+            let covered = *path == self.path && (start..end).contains(position);
+            if covered {
+                flips.push((position - start, *mask));
             }
+            !covered
+        });
+        if flips.is_empty() {
+            return Ok(Bytes::copy_from_slice(&data.written[start..end]));
         }
+        let mut read = data.written[start..end].to_vec();
+        for (at, mask) in flips {
+            read[at] ^= mask;
+        }
+        Ok(Bytes::from(read))
     }
 
     async fn write_at(&self, position: u64, bytes: &[u8]) -> io::Result<()> {

@@ -149,3 +149,47 @@ pub async fn read_whole_file<S: Storage>(
     file.close().await?;
     bytes
 }
+
+/// Most reads [`read_at_agreed`] makes.
+const AGREEING_READS_MAX: usize = 16;
+
+/// Reads `len` bytes at `position` until two reads in a row return the same bytes: a byte
+/// flipped on the way from the disk shows in one read, not in two. For bytes no checksum
+/// covers: the small text files (checkpoints, the leader epoch cache) and a batch's partition
+/// leader epoch, which Kafka's batch CRC leaves out.
+///
+/// # Errors
+/// Any I/O error; `InvalidData` when no two reads in a row agree.
+pub async fn read_at_agreed<F: StorageFile>(
+    file: &F,
+    position: u64,
+    len: usize,
+) -> io::Result<F::Buf> {
+    let mut previous = file.read_at(position, len).await?;
+    for _ in 1..AGREEING_READS_MAX {
+        let next = file.read_at(position, len).await?;
+        if *next == *previous {
+            return Ok(next);
+        }
+        previous = next;
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{AGREEING_READS_MAX} reads of {len} bytes at position {position} disagree"),
+    ))
+}
+
+/// Reads a whole file as [`read_at_agreed`] reads.
+///
+/// # Errors
+/// As [`read_whole_file`]; `InvalidData` when no two reads in a row agree.
+pub async fn read_whole_file_agreed<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> io::Result<<S::File as StorageFile>::Buf> {
+    let file = storage.open(path, OpenMode::Existing).await?;
+    let len = usize::try_from(file.len()).map_err(|_| io::Error::other("file too large"))?;
+    let bytes = read_at_agreed(&file, 0, len).await;
+    file.close().await?;
+    bytes
+}
