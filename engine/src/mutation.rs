@@ -40,6 +40,10 @@ pub enum Mutation {
     /// The high watermark advances while the ISR is below `min.insync.replicas`, so records
     /// get committed without the eligible leader replicas the controller may elect.
     HighWatermarkUnderMinIsr = 9,
+    /// The transaction coordinator takes AddPartitionsToTxn and EndTxn from any epoch of the
+    /// producer id: a zombie producer, fenced by a newer instance's InitProducerId, still
+    /// commits (or aborts) whatever transaction the id has open.
+    TxnEpochFenceRemoved = 10,
 }
 
 impl Mutation {
@@ -54,6 +58,7 @@ impl Mutation {
         Mutation::StaleGenerationCommit,
         Mutation::ProducerRetryAppended,
         Mutation::HighWatermarkUnderMinIsr,
+        Mutation::TxnEpochFenceRemoved,
     ];
 }
 

@@ -45,6 +45,7 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
     });
     let (mut crashes, mut terms, mut topics, mut acknowledged) = (0, 0, 0, 0);
     let (mut consumed, mut generations, mut commits) = (0, 0, 0);
+    let (mut txns_committed, mut txns_aborted, mut txn_records) = (0, 0, 0);
     let mut failures = Vec::new();
     for result in results {
         match result {
@@ -56,6 +57,9 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
                 consumed += summary.records_consumed;
                 generations += summary.group_generations;
                 commits += summary.commits_acknowledged;
+                txns_committed += summary.transactions_committed;
+                txns_aborted += summary.transactions_aborted;
+                txn_records += summary.transactional_records_committed;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -86,6 +90,15 @@ fn the_cluster_holds_its_invariants_over_the_seed_budget() {
         "{generations} group generations in {count} runs"
     );
     assert!(commits > 50 * count, "{commits} commits in {count} runs");
+    // Transactional producers commit and abort, and their committed records are in the log.
+    assert!(
+        txns_committed > 10 * count && txns_aborted > 5 * count,
+        "{txns_committed} transactions committed and {txns_aborted} aborted in {count} runs"
+    );
+    assert!(
+        txn_records > txns_committed as usize,
+        "{txn_records} transactional records committed in {count} runs"
+    );
 }
 
 #[test]

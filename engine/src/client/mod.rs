@@ -15,6 +15,7 @@
 //! - [`arena`]: where bindings copy the bytes their callers lend them.
 //! - [`error`]: what can go wrong, as [`ClientError`].
 
+mod aborted;
 pub mod admin;
 pub mod arena;
 pub mod assignor;
@@ -29,4 +30,5 @@ pub mod producer;
 mod sequencer;
 pub mod transaction;
 
+pub use aborted::AbortedFilter;
 pub use error::ClientError;

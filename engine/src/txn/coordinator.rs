@@ -519,7 +519,7 @@ impl TxnCoordinator {
         if current.producer_id != producer_id {
             return Err(ResponseError::InvalidProducerIdMapping);
         }
-        if current.producer_epoch != producer_epoch {
+        if current.producer_epoch != producer_epoch && !mutated!(TxnEpochFenceRemoved) {
             return Err(ResponseError::ProducerFenced);
         }
         if self.pending.contains_key(transactional_id) {

@@ -126,7 +126,9 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                             "seed {seed}: ok, {} nodes, faults {:?}: {} injected ({} crashes, \
                              {} controlled shutdowns), {} terms, {} topics acknowledged, \
                              {} records sent, {} acknowledged (acks=all), {} consumed by the \
-                             group in {} generations with {} commits, {} events, digest {:016x}",
+                             group in {} generations with {} commits, {} transactions \
+                             committed and {} aborted ({} and {} records in the log), {} \
+                             events, digest {:016x}",
                             summary.nodes,
                             summary.faults_enabled,
                             summary.faults_injected,
@@ -139,6 +141,10 @@ fn run_cluster(seeds: &[u64], jobs: usize, options: &ClusterOptions) -> ExitCode
                             summary.records_consumed,
                             summary.group_generations,
                             summary.commits_acknowledged,
+                            summary.transactions_committed,
+                            summary.transactions_aborted,
+                            summary.transactional_records_committed,
+                            summary.transactional_records_aborted,
                             summary.events,
                             summary.trace_digest
                         );

@@ -611,6 +611,7 @@ impl Member {
                 topic: TOPIC.to_owned(),
                 partition,
                 offset,
+                read_committed: false,
             };
             let Ok(body) = serde_json::to_vec(&request) else {
                 continue;

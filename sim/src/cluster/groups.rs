@@ -1,6 +1,7 @@
 //! The turmoil driver of one node's group coordinators: the engine's runtime-agnostic
 //! [`CoordinatorHost`] (`spate_engine::group::host`, which the broker runs with glommio) over
-//! [`SimOffsets`], the node's replica of a `__consumer_offsets` partition it leads.
+//! [`SimStatePartition`], the node's replica of a `__consumer_offsets` partition it leads (the
+//! transaction coordinators of [`super::txns`] run over it too).
 //!
 //! - A node asks the controller for `__consumer_offsets` on the first group request, as a
 //!   broker does.
@@ -317,7 +318,7 @@ pub(crate) fn place_coordinator(
             replicas.node,
             replica.leader_epoch()
         ));
-        let partition = SimOffsets {
+        let partition = SimStatePartition {
             replicas: Rc::clone(replicas),
             replica: Rc::clone(replica),
         };
@@ -346,13 +347,14 @@ impl HostClock for Replicas {
     }
 }
 
-/// A node's replica of an offsets partition it leads, as its coordinator sees it.
-struct SimOffsets {
-    replicas: Rc<Replicas>,
-    replica: Rc<SimReplica>,
+/// A node's replica of a partition of `__consumer_offsets` or `__transaction_state` it leads,
+/// as its coordinator sees it.
+pub(crate) struct SimStatePartition {
+    pub(crate) replicas: Rc<Replicas>,
+    pub(crate) replica: Rc<SimReplica>,
 }
 
-impl HostClock for SimOffsets {
+impl HostClock for SimStatePartition {
     fn now_ms(&self) -> i64 {
         self.replicas.now_ms()
     }
@@ -362,7 +364,7 @@ impl HostClock for SimOffsets {
     }
 }
 
-impl OffsetsPartition for SimOffsets {
+impl OffsetsPartition for SimStatePartition {
     async fn log_start_offset(&self) -> Result<i64, String> {
         Ok(self
             .replica
@@ -398,8 +400,9 @@ impl OffsetsPartition for SimOffsets {
             .map_err(|error| (error.code, format!("{:?}", error.message)))?;
         self.replicas.send_isr_changes(&self.replica);
         self.replicas.world.borrow_mut().event(format!(
-            "node {}: coordinator appended {OFFSETS_TOPIC}-{} {}..={}",
+            "node {}: coordinator appended {}-{} {}..={}",
             self.replicas.node,
+            self.replica.topic(),
             self.replica.index(),
             info.base_offset,
             info.last_offset

@@ -2,10 +2,11 @@
 //! metadata-quorum member ([`spate_engine::quorum::member::QuorumMember`]: raft, the
 //! controller, broker registration and heartbeats, topic requests) through a turmoil driver
 //! ([`node`]), with its metadata log on simulated storage; the engine's partition replicas
-//! ([`replicas`]) and group coordinators ([`groups`]) on each node; an admin client creating
-//! topics, producers ([`producer`]) and a consumer group ([`consumer`]); faults chosen per
-//! seed; safety checked as the run goes ([`world`], [`consumer`]) and liveness after a healing
-//! phase.
+//! ([`replicas`]), group coordinators ([`groups`]) and transaction coordinators ([`txns`]) on
+//! each node; an admin client creating topics, producers ([`producer`]), transactional
+//! producers with a `read_committed` reader ([`txn_producer`]) and a consumer group
+//! ([`consumer`]); faults chosen per seed; safety checked as the run goes ([`world`],
+//! [`consumer`], [`txn_producer`]) and liveness after a healing phase.
 //!
 //! # Faults (swarm testing: each seed enables its own subset)
 //! Node crashes that lose unsynced writes, or keep a torn prefix of them, and restarts;
@@ -23,7 +24,8 @@
 //! every node at the same applied index, every broker registered and unfenced, every partition
 //! led, every acknowledged topic present; every replica caught up and holding what the
 //! producers were told; the group Stable, its offsets committed to the log ends, every
-//! acknowledged record consumed.
+//! acknowledged record consumed; every transaction ended, committed or aborted whole, as its
+//! producer was told ([`txn_producer::check`]).
 
 mod client;
 mod consumer;
@@ -33,6 +35,8 @@ mod groups;
 mod node;
 mod producer;
 mod replicas;
+mod txn_producer;
+mod txns;
 mod wire;
 mod world;
 
@@ -108,6 +112,14 @@ pub struct ClusterSummary {
     pub records_consumed: usize,
     /// Offset commits acknowledged to the group's members.
     pub commits_acknowledged: u64,
+    /// Transactions whose commit was acknowledged to their producer.
+    pub transactions_committed: u64,
+    /// Transactions whose abort was acknowledged to their producer.
+    pub transactions_aborted: u64,
+    /// Transactional records committed in the log after healing.
+    pub transactional_records_committed: usize,
+    /// Transactional records aborted in the log after healing.
+    pub transactional_records_aborted: usize,
 }
 
 /// A failed run: the seed that replays it, what broke, and the events before it.
@@ -214,6 +226,15 @@ pub fn run_cluster_simulation(
     );
 
     sim.client(
+        "transactions",
+        txn_producer::run_all(
+            nodes.clone(),
+            Rc::clone(&world),
+            seed ^ 0x7a_c0de,
+            fault_end_ms,
+        ),
+    );
+    sim.client(
         "consumers",
         consumer::run_all(
             nodes.clone(),
@@ -264,6 +285,7 @@ pub fn run_cluster_simulation(
     check_liveness(&world.borrow(), &nodes).map_err(|what| fail(&world, what))?;
     let produced = check_replicas(&world.borrow(), &nodes).map_err(|what| fail(&world, what))?;
     check_group(&world.borrow()).map_err(|what| fail(&world, what))?;
+    let transactions = txn_producer::check(&world.borrow()).map_err(|what| fail(&world, what))?;
     let world = world.borrow();
     Ok(ClusterSummary {
         trace_digest: world.trace.digest,
@@ -281,6 +303,10 @@ pub fn run_cluster_simulation(
         group_generations: world.groups.generations.len(),
         records_consumed: world.groups.consumed.len(),
         commits_acknowledged: world.groups.commits_acknowledged,
+        transactions_committed: world.txns.commits_acknowledged,
+        transactions_aborted: world.txns.aborts_acknowledged,
+        transactional_records_committed: transactions.committed_records,
+        transactional_records_aborted: transactions.aborted_records,
     })
 }
 
@@ -353,25 +379,17 @@ fn check_group(world: &World) -> Result<(), String> {
 /// After healing, the replicas of the producers' topic against what the producers were told
 /// ([`spate_engine::history::check`]: no acknowledged write lost, no record at two offsets,
 /// replicas identical below the high watermark, send order kept, nothing invented), and
-/// every replica caught up: one leader per partition, its high watermark at its log end, every
-/// replica's log ending there too.
+/// every replica of it and of the transactional producers' topic caught up and identical
+/// ([`check_caught_up`]).
 fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, String> {
+    check_caught_up(world, nodes, txn_producer::TOPIC)?;
     if world.history.operations.is_empty() {
         return Ok(history::Summary::default());
     }
+    let high_watermarks = check_caught_up(world, nodes, producer::TOPIC)?;
     let mut logs = Vec::new();
-    let mut high_watermarks = BTreeMap::new();
-    let mut by_partition: BTreeMap<i32, Vec<(NodeId, &replicas::ReplicaDump)>> = BTreeMap::new();
-    for &node in nodes {
-        let dumps = world
-            .dumps
-            .get(&node)
-            .ok_or_else(|| format!("node {node} did not report its replicas after healing"))?;
+    for (&node, dumps) in &world.dumps {
         for dump in dumps.iter().filter(|dump| dump.topic == producer::TOPIC) {
-            by_partition
-                .entry(dump.partition)
-                .or_default()
-                .push((node, dump));
             logs.push(history::ReplicaLog {
                 node: node as i32,
                 partition: dump.partition,
@@ -379,8 +397,44 @@ fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, S
             });
         }
     }
+    history::check(&world.history, &logs, &high_watermarks).map_err(|violations| {
+        let shown: Vec<String> = violations
+            .iter()
+            .take(5)
+            .map(|violation| format!("{violation:?}"))
+            .collect();
+        format!(
+            "{} replication violations, first: {}",
+            violations.len(),
+            shown.join("; ")
+        )
+    })
+}
+
+/// After healing, every partition of `topic`: one leader, its high watermark at its log end,
+/// every replica's log ending there too and byte-identical to the leader's below it. The high
+/// watermark of each partition.
+fn check_caught_up(
+    world: &World,
+    nodes: &[NodeId],
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let mut high_watermarks = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(NodeId, &replicas::ReplicaDump)>> = BTreeMap::new();
+    for &node in nodes {
+        let dumps = world
+            .dumps
+            .get(&node)
+            .ok_or_else(|| format!("node {node} did not report its replicas after healing"))?;
+        for dump in dumps.iter().filter(|dump| dump.topic == topic) {
+            by_partition
+                .entry(dump.partition)
+                .or_default()
+                .push((node, dump));
+        }
+    }
     for (partition, replicas) in &by_partition {
-        let name = format!("{}-{partition}", producer::TOPIC);
+        let name = format!("{topic}-{partition}");
         let leaders: Vec<_> = replicas.iter().filter(|(_, dump)| dump.leading).collect();
         let [(leader, leading)] = leaders.as_slice() else {
             return Err(format!(
@@ -423,18 +477,7 @@ fn check_replicas(world: &World, nodes: &[NodeId]) -> Result<history::Summary, S
         }
         high_watermarks.insert(*partition, leading.high_watermark);
     }
-    history::check(&world.history, &logs, &high_watermarks).map_err(|violations| {
-        let shown: Vec<String> = violations
-            .iter()
-            .take(5)
-            .map(|violation| format!("{violation:?}"))
-            .collect();
-        format!(
-            "{} replication violations, first: {}",
-            violations.len(),
-            shown.join("; ")
-        )
-    })
+    Ok(high_watermarks)
 }
 
 thread_local! {

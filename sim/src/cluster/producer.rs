@@ -147,6 +147,7 @@ async fn run(
             value,
             idempotent: (mode == Mode::Idempotent)
                 .then(|| (IDEMPOTENT_PRODUCER_ID, 0, sequences[partition as usize])),
+            transactional_id: None,
         };
         let answer =
             tokio::time::timeout(ANSWER_TIMEOUT, produce(&mut connections, node, &request)).await;

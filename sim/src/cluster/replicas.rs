@@ -34,16 +34,17 @@ use bytes::{Bytes, BytesMut};
 use event_listener::EventListener;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProducerId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use serde::{Deserialize, Serialize};
+use spate_engine::client::AbortedFilter;
 use spate_engine::group::host::CoordinatorHost;
 use spate_engine::group::OFFSETS_TOPIC;
 use spate_engine::quorum::admin::{IsrChange, TopicAdmin, TopicToCreate};
@@ -53,14 +54,18 @@ use spate_engine::replication::{
     FetchTaken, FollowerFetch, IsrChangeAsk, IsrChangeError, PartitionState, Replica,
     ReplicationConfig, RoleTaken,
 };
-use spate_engine::storage::batch::build::{batch, producer_batch, NewRecord};
+use spate_engine::storage::batch::build::{batch, producer_batch, transactional_batch, NewRecord};
 use spate_engine::storage::batch::BatchHeader;
 use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
+use spate_engine::txn::host::TxnHost;
+use spate_engine::txn::TRANSACTION_TOPIC;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::disk::SimDisk;
 use super::groups::{self, GroupRequest};
 use super::node::{host_name, sim_ms, Event};
+use super::txn_producer;
+use super::txns::{self, MarkerRequest, TxnRequest};
 use super::wire as frames;
 use super::world::{fnv1a, World, FNV_OFFSET};
 
@@ -75,7 +80,7 @@ const REPLICA_LAG_TIME_MAX_MS: i64 = 3_000;
 /// How often leaders tick (the broker ticks at a quarter of the lag time).
 const TICK: Duration = Duration::from_millis(750);
 /// How long an `acks=all` produce waits for the replicas (the request timeout).
-const ACKS_ALL_TIMEOUT_MS: i64 = 5_000;
+pub(crate) const ACKS_ALL_TIMEOUT_MS: i64 = 5_000;
 /// How long one exchange with a leader may take before the connection is given up.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed exchange (replica.fetch.backoff.ms).
@@ -101,6 +106,28 @@ pub(crate) struct ReplicaDump {
     /// `(base offset, last offset, FNV-1a of its bytes)` of every batch: replicas are
     /// byte-identical below the high watermark, leader epochs and all.
     pub(crate) batches: Vec<(i64, i64, u64)>,
+    /// The transactional producers' topic only: every record's producer and, for a
+    /// transaction marker, whether it commits.
+    #[serde(default)]
+    pub(crate) producers: Vec<LoggedProducer>,
+    /// The transactional producers' topic only: what a `read_committed` consumer reads from
+    /// the log start, up to the last stable offset.
+    #[serde(default)]
+    pub(crate) read_committed: Vec<(i64, String)>,
+    /// The last stable offset (the transactional producers' topic only).
+    #[serde(default)]
+    pub(crate) last_stable_offset: i64,
+}
+
+/// A record's producer, as the transaction checker reads the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LoggedProducer {
+    pub(crate) offset: i64,
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) transactional: bool,
+    /// `Some(commit)` for a transaction marker.
+    pub(crate) marker: Option<bool>,
 }
 
 /// A produce request from a simulated producer.
@@ -113,6 +140,10 @@ pub(crate) struct ProduceRequest {
     /// An idempotent producer's (producer id, epoch, sequence) for the record.
     #[serde(default)]
     pub(crate) idempotent: Option<(i64, i16, i32)>,
+    /// A transactional producer's id: the record goes in a transactional batch (with
+    /// `idempotent`'s fields), verified with the coordinator first.
+    #[serde(default)]
+    pub(crate) transactional_id: Option<String>,
 }
 
 /// The answer: a Kafka error code, the offset when appended, and who this node thinks leads.
@@ -137,10 +168,15 @@ pub(crate) struct Replicas {
     fetchers: RefCell<BTreeSet<i32>>,
     /// The group coordinators of the offsets partitions this node leads, by partition.
     pub(crate) coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
+    /// The transaction coordinators of the transaction state partitions this node leads, by
+    /// partition.
+    pub(crate) txn_hosts: RefCell<BTreeMap<i32, Rc<TxnHost>>>,
     /// Numbers the member ids this node hands out.
     pub(crate) next_member_serial: Cell<u64>,
     /// When this node last asked the controller to create `__consumer_offsets`.
     offsets_topic_asked_ms: Cell<Option<u64>>,
+    /// When this node last asked the controller to create `__transaction_state`.
+    txn_topic_asked_ms: Cell<Option<u64>>,
     /// Replicas moved away from this node, until every task let go of them.
     retired: RefCell<BTreeMap<(String, i32), Weak<SimReplica>>>,
 }
@@ -151,6 +187,10 @@ pub(crate) struct ConsumeRequest {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// Up to the last stable offset, without aborted transactions' records, else up to the
+    /// high watermark.
+    #[serde(default)]
+    pub(crate) read_committed: bool,
 }
 
 /// The answer: a Kafka error code, `(offset, value)` of the records read, and who this node
@@ -181,8 +221,10 @@ pub(crate) async fn run(
         replicas: RefCell::new(BTreeMap::new()),
         fetchers: RefCell::new(BTreeSet::new()),
         coordinators: RefCell::new(BTreeMap::new()),
+        txn_hosts: RefCell::new(BTreeMap::new()),
         next_member_serial: Cell::new(0),
         offsets_topic_asked_ms: Cell::new(None),
+        txn_topic_asked_ms: Cell::new(None),
         retired: RefCell::new(BTreeMap::new()),
     });
     match turmoil::net::TcpListener::bind(("0.0.0.0", DATA_PORT)).await {
@@ -212,7 +254,7 @@ impl Replicas {
             .node_clock_ms(self.node as u64, sim_ms())
     }
 
-    fn replica(&self, topic: &str, partition: i32) -> Option<Rc<SimReplica>> {
+    pub(crate) fn replica(&self, topic: &str, partition: i32) -> Option<Rc<SimReplica>> {
         self.replicas
             .borrow()
             .get(&(topic.to_owned(), partition))
@@ -263,9 +305,11 @@ impl Replicas {
                 .filter(|&broker| !self.image.borrow().is_eligible(broker))
                 .collect();
             replica.set_ineligible(ineligible);
+            let took_lead = matches!(taken, RoleTaken::Leading { .. });
             if topic == OFFSETS_TOPIC {
-                let took_lead = matches!(taken, RoleTaken::Leading { .. });
                 groups::place_coordinator(self, &replica, took_lead);
+            } else if topic == TRANSACTION_TOPIC {
+                txns::place_coordinator(self, &replica, took_lead);
             }
             match taken {
                 RoleTaken::Unchanged | RoleTaken::Leaderless => {}
@@ -312,6 +356,8 @@ impl Replicas {
             };
             if key.0 == OFFSETS_TOPIC {
                 groups::stop_coordinator(self, key.1);
+            } else if key.0 == TRANSACTION_TOPIC {
+                txns::stop_coordinator(self, key.1);
             }
             replica.retire();
             self.world.borrow_mut().event(format!(
@@ -388,26 +434,37 @@ impl Replicas {
     /// group request (`Shard::ensure_offsets_topic`), at most once a second; the group request
     /// itself is answered COORDINATOR_NOT_AVAILABLE and retried.
     pub(crate) fn ensure_offsets_topic(&self) {
-        let now_ms = sim_ms();
-        if self
-            .offsets_topic_asked_ms
-            .get()
-            .is_some_and(|asked_ms| now_ms < asked_ms + 1_000)
-        {
-            return;
-        }
-        self.offsets_topic_asked_ms.set(Some(now_ms));
-        let (answer, _) = oneshot::channel();
-        let _ = self.events.send(Event::Admin {
-            admin: TopicAdmin::Create(vec![TopicToCreate {
+        self.ask_at_most_every_second(
+            &self.offsets_topic_asked_ms,
+            TopicAdmin::Create(vec![TopicToCreate {
                 name: OFFSETS_TOPIC.to_owned(),
                 partitions: groups::OFFSETS_PARTITIONS,
                 // Kafka's offsets.topic.replication.factor.
                 replication_factor: 3,
                 configs: BTreeMap::new(),
             }]),
-            answer,
-        });
+        );
+    }
+
+    /// Asks the controller to create `__transaction_state`, as a broker does on the first
+    /// transactional request, at most once a second.
+    pub(crate) fn ensure_transaction_topic(&self) {
+        self.ask_at_most_every_second(&self.txn_topic_asked_ms, txns::transaction_topic());
+    }
+
+    /// Sends `admin` to the controller unless `asked_ms` says it was sent less than a second
+    /// ago; its answer is not awaited.
+    fn ask_at_most_every_second(&self, asked_ms: &Cell<Option<u64>>, admin: TopicAdmin) {
+        let now_ms = sim_ms();
+        if asked_ms
+            .get()
+            .is_some_and(|asked_ms| now_ms < asked_ms + 1_000)
+        {
+            return;
+        }
+        asked_ms.set(Some(now_ms));
+        let (answer, _) = oneshot::channel();
+        let _ = self.events.send(Event::Admin { admin, answer });
     }
 
     fn ensure_fetcher(self: &Rc<Self>, leader: i32) {
@@ -762,6 +819,22 @@ async fn serve(mut stream: turmoil::net::TcpStream, replicas: Rc<Replicas>) {
                     .ok()
                     .map(|body| (frames::GROUP_ANSWER, body))
             }
+            frames::TXN_CALL => {
+                let Ok(request) = serde_json::from_slice::<TxnRequest>(&payload) else {
+                    return;
+                };
+                let answer = txns::answer(&replicas, request).await;
+                serde_json::to_vec(&answer)
+                    .ok()
+                    .map(|body| (frames::TXN_ANSWER, body))
+            }
+            frames::MARKER => {
+                let Ok(request) = serde_json::from_slice::<MarkerRequest>(&payload) else {
+                    return;
+                };
+                let code = txns::write_marker_here(&replicas, &request).await;
+                Some((frames::MARKER_ANSWER, code.to_be_bytes().to_vec()))
+            }
             frames::DUMP => {
                 let dump = dump(&replicas).await;
                 serde_json::to_vec(&dump)
@@ -954,13 +1027,26 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
             return failed(error.code);
         }
     }
+    if let (Some(transactional_id), Some((producer_id, epoch, _))) =
+        (&request.transactional_id, request.idempotent)
+    {
+        let partition = (request.topic.clone(), request.partition);
+        if let Some(error) =
+            txns::verify(replicas, transactional_id, producer_id, epoch, partition).await
+        {
+            return failed(error);
+        }
+    }
     let now_ms = replicas.now_ms();
     let record = NewRecord::value(request.value.clone().into_bytes(), now_ms);
-    let records = match request.idempotent {
-        Some((producer_id, epoch, sequence)) => {
+    let records = match (request.idempotent, &request.transactional_id) {
+        (Some((producer_id, epoch, sequence)), Some(_)) => {
+            transactional_batch(&[record], producer_id, epoch, sequence)
+        }
+        (Some((producer_id, epoch, sequence)), None) => {
             producer_batch(&[record], producer_id, epoch, sequence)
         }
-        None => batch(&[record]),
+        (None, _) => batch(&[record]),
     };
     let info = match replica.append_as_leader(records, now_ms).await {
         Ok(info) => info,
@@ -1014,7 +1100,7 @@ pub(crate) async fn wait_acks_all(
 }
 
 /// Most records one consumer read returns.
-const CONSUME_RECORDS_MAX: usize = 200;
+pub(crate) const CONSUME_RECORDS_MAX: usize = 200;
 
 /// A consumer's read on this node: records of a partition it leads from `offset` up to the
 /// high watermark, as the broker's Fetch answers consumers.
@@ -1032,15 +1118,35 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
     else {
         return failed(ResponseError::NotLeaderOrFollower);
     };
-    let (start, end) = replica
+    let (start, end, unstable) = replica
         .log
-        .with_log(async |log| (log.log_start_offset(), log.log_end_offset()))
+        .with_log(async |log| {
+            (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.first_unstable_offset(),
+            )
+        })
         .await;
     if request.offset < start || request.offset > end {
         return failed(ResponseError::OffsetOutOfRange);
     }
-    let readable = replica.readable_end(end);
-    let records = read_values(&replica, request.offset, readable, CONSUME_RECORDS_MAX).await;
+    let high_watermark = replica.readable_end(end);
+    let (readable, records) = if request.read_committed {
+        let stable = last_stable_offset(start, high_watermark, unstable);
+        let records =
+            read_committed_values(&replica, request.offset, stable, CONSUME_RECORDS_MAX).await;
+        (stable, records)
+    } else {
+        let records = read_values(
+            &replica,
+            request.offset,
+            high_watermark,
+            CONSUME_RECORDS_MAX,
+        )
+        .await;
+        (high_watermark, records)
+    };
     ConsumeAnswer {
         error_code: 0,
         records,
@@ -1081,6 +1187,108 @@ async fn read_values(
         }
     }
     records
+}
+
+/// The last stable offset, as the broker's Fetch computes it: the first offset of the oldest
+/// open transaction (not below the log start), capped by the high watermark.
+fn last_stable_offset(log_start_offset: i64, high_watermark: i64, unstable: Option<i64>) -> i64 {
+    unstable.map_or(high_watermark, |unstable| {
+        unstable.max(log_start_offset).min(high_watermark)
+    })
+}
+
+/// `(offset, value)` of the records a `read_committed` consumer sees in `replica` from `from`
+/// to `stable` (the last stable offset), at most `records_max`: the log's aborted
+/// transactions, as the broker lists them in a Fetch response, filtered out by the client's
+/// [`AbortedFilter`]; control records skipped.
+async fn read_committed_values(
+    replica: &SimReplica,
+    from: i64,
+    stable: i64,
+    records_max: usize,
+) -> Vec<(i64, String)> {
+    let aborted: Vec<AbortedTransaction> = replica
+        .log
+        .with_log(async |log| log.producer_states().aborted_overlapping(from, stable))
+        .await
+        .into_iter()
+        .map(|aborted| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(aborted.producer_id))
+                .with_first_offset(aborted.first_offset)
+        })
+        .collect();
+    let mut filter = AbortedFilter::new(Some(aborted));
+    let mut records = Vec::new();
+    let mut offset = from;
+    while offset < stable && records.len() < records_max {
+        let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(stable)).await else {
+            break;
+        };
+        let mut bytes = fetched.to_bytes();
+        let before = offset;
+        while !bytes.is_empty() && records.len() < records_max {
+            let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes) else {
+                break;
+            };
+            let skipped = filter.skips(&set.records);
+            for record in set.records {
+                if record.offset < offset || record.offset >= stable {
+                    continue;
+                }
+                offset = record.offset + 1;
+                if !skipped && !record.control {
+                    let value = record.value.as_deref().unwrap_or_default();
+                    records.push((record.offset, String::from_utf8_lossy(value).into_owned()));
+                }
+            }
+        }
+        if offset == before {
+            break;
+        }
+    }
+    records
+}
+
+/// The producer of every record of `replica` from `from` to `end`.
+async fn logged_producers(replica: &SimReplica, from: i64, end: i64) -> Vec<LoggedProducer> {
+    let mut logged = Vec::new();
+    let mut offset = from;
+    while offset < end {
+        let Ok(fetched) = replica.log.read(offset, 1 << 20, Some(end)).await else {
+            break;
+        };
+        let mut bytes = fetched.to_bytes();
+        let Ok(batches) = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes)
+        else {
+            break;
+        };
+        let before = offset;
+        for record in batches.iter().flat_map(|batch| &batch.records) {
+            if record.offset < offset || record.offset >= end {
+                continue;
+            }
+            offset = record.offset + 1;
+            // A control record's key: version (i16), then type (i16: 0 abort, 1 commit).
+            let marker = record.control.then(|| {
+                record
+                    .key
+                    .as_deref()
+                    .is_some_and(|key| key.len() >= 4 && key[2..4] == [0, 1])
+            });
+            logged.push(LoggedProducer {
+                offset: record.offset,
+                producer_id: record.producer_id,
+                producer_epoch: record.producer_epoch,
+                transactional: record.transactional,
+                marker,
+            });
+        }
+        if offset == before {
+            break;
+        }
+    }
+    logged
 }
 
 /// `(base offset, last offset, FNV-1a of its bytes)` of the batches of `replica` from `from`
@@ -1125,6 +1333,21 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             .await;
         let records = read_values(&replica, start, end, usize::MAX).await;
         let batches = batch_digests(&replica, start, end).await;
+        let (producers, read_committed, last_stable_offset) =
+            if replica.topic() == txn_producer::TOPIC {
+                let unstable = replica
+                    .log
+                    .with_log(async |log| log.first_unstable_offset())
+                    .await;
+                let stable = last_stable_offset(start, replica.readable_end(end), unstable);
+                (
+                    logged_producers(&replica, start, end).await,
+                    read_committed_values(&replica, start, stable, usize::MAX).await,
+                    stable,
+                )
+            } else {
+                (Vec::new(), Vec::new(), -1)
+            };
         dumps.push(ReplicaDump {
             topic: replica.topic().to_owned(),
             partition: replica.index(),
@@ -1135,6 +1358,9 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
             log_end_offset: end,
             records,
             batches,
+            producers,
+            read_committed,
+            last_stable_offset,
         });
     }
     dumps

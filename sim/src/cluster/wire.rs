@@ -38,6 +38,15 @@ pub(crate) const CONSUME_ANSWER: u8 = 33;
 pub(crate) const GROUP_CALL: u8 = 34;
 /// Its answer (JSON `GroupAnswer`).
 pub(crate) const GROUP_ANSWER: u8 = 35;
+/// A transactional producer's request to its coordinator, or a leader's verification (JSON
+/// `TxnRequest`).
+pub(crate) const TXN_CALL: u8 = 36;
+/// Its answer (JSON `TxnAnswer`).
+pub(crate) const TXN_ANSWER: u8 = 37;
+/// A coordinator's transaction marker for a partition's leader (JSON `MarkerRequest`).
+pub(crate) const MARKER: u8 = 38;
+/// Its answer: a Kafka error code, big-endian (0: written and replicated).
+pub(crate) const MARKER_ANSWER: u8 = 39;
 /// The checker asks a node for its replicas' records.
 pub(crate) const DUMP: u8 = 40;
 /// The records (JSON `Vec<ReplicaDump>`).

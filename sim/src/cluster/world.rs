@@ -16,6 +16,10 @@ use uuid::Uuid;
 
 use super::consumer::GroupLedger;
 use super::replicas::ReplicaDump;
+use super::txn_producer::TxnLedger;
+
+/// The first producer id transaction coordinators hand out (above the idempotent producer's).
+const FIRST_PRODUCER_ID: i64 = 10_000;
 
 /// Events kept for the report of a failure.
 const TRACE_TAIL_EVENTS: usize = 60;
@@ -164,6 +168,10 @@ pub(crate) struct World {
     latest_broker_epochs: BTreeMap<i32, (u64, i64)>,
     /// What the consumer group did.
     pub(crate) groups: GroupLedger,
+    /// What the transactional producers and their reader did.
+    pub(crate) txns: TxnLedger,
+    /// The next producer id a transaction coordinator hands out.
+    next_producer_id: i64,
 }
 
 impl World {
@@ -193,7 +201,17 @@ impl World {
             latest_partitions: BTreeMap::new(),
             latest_broker_epochs: BTreeMap::new(),
             groups: GroupLedger::default(),
+            txns: TxnLedger::default(),
+            next_producer_id: FIRST_PRODUCER_ID,
         }
+    }
+
+    /// A producer id no coordinator handed out before (the broker's come in blocks from the
+    /// controller, which the simulation does not run).
+    pub(crate) fn allocate_producer_id(&mut self) -> i64 {
+        let producer_id = self.next_producer_id;
+        self.next_producer_id += 1;
+        producer_id
     }
 
     /// Whether losing `node`'s disk would leave some partition with a majority of its
