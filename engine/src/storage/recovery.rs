@@ -240,15 +240,14 @@ pub(super) async fn walk_segment<F: StorageFile>(
                 look_again_or_stop!(error.to_string());
             }
         }
-        // The partition leader epoch is outside the batch CRC: one that would open a new
-        // epoch in the cache is taken only when two reads of the header agree on it.
-        let opens_epoch = epochs.as_deref().is_some_and(|epochs| {
-            header.partition_leader_epoch >= 0
-                && epochs
-                    .latest_epoch()
-                    .is_none_or(|latest| header.partition_leader_epoch > latest)
-        });
-        let partition_leader_epoch = if opens_epoch {
+        // The partition leader epoch is outside the batch CRC: one other than the latest in
+        // the cache (a new epoch, or a bad read of one) is taken only when two reads of the
+        // header agree on it, so that a bad read neither opens an epoch nobody wrote nor
+        // hides the batch that opens one.
+        let other_epoch = epochs
+            .as_deref()
+            .is_some_and(|epochs| epochs.latest_epoch() != Some(header.partition_leader_epoch));
+        let partition_leader_epoch = if other_epoch {
             let again = read_at_agreed(file, position, BATCH_HEADER_BYTES)
                 .await
                 .map_err(|source| {

@@ -201,6 +201,10 @@ pub(crate) struct ConsumeAnswer {
     pub(crate) records: Vec<(i64, String)>,
     pub(crate) high_watermark: i64,
     pub(crate) leader_hint: i32,
+    /// A `read_committed` read: the offset it read up to (records, and aborted or control
+    /// ones skipped); where the next read starts.
+    #[serde(default)]
+    pub(crate) read_to: i64,
 }
 
 /// Runs the node's replicas until the node's software ends: applies every image `images`
@@ -1100,7 +1104,7 @@ pub(crate) async fn wait_acks_all(
 }
 
 /// Most records one consumer read returns.
-pub(crate) const CONSUME_RECORDS_MAX: usize = 200;
+const CONSUME_RECORDS_MAX: usize = 200;
 
 /// A consumer's read on this node: records of a partition it leads from `offset` up to the
 /// high watermark, as the broker's Fetch answers consumers.
@@ -1111,6 +1115,7 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
         records: Vec::new(),
         high_watermark: -1,
         leader_hint,
+        read_to: -1,
     };
     let Some(replica) = replicas
         .replica(&request.topic, request.partition)
@@ -1132,10 +1137,12 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
         return failed(ResponseError::OffsetOutOfRange);
     }
     let high_watermark = replica.readable_end(end);
+    let mut read_to = request.offset;
     let (readable, records) = if request.read_committed {
         let stable = last_stable_offset(start, high_watermark, unstable);
-        let records =
+        let (records, reached) =
             read_committed_values(&replica, request.offset, stable, CONSUME_RECORDS_MAX).await;
+        read_to = reached;
         (stable, records)
     } else {
         let records = read_values(
@@ -1152,6 +1159,7 @@ async fn consume(replicas: &Rc<Replicas>, request: ConsumeRequest) -> ConsumeAns
         records,
         high_watermark: readable,
         leader_hint,
+        read_to,
     }
 }
 
@@ -1200,13 +1208,14 @@ fn last_stable_offset(log_start_offset: i64, high_watermark: i64, unstable: Opti
 /// `(offset, value)` of the records a `read_committed` consumer sees in `replica` from `from`
 /// to `stable` (the last stable offset), at most `records_max`: the log's aborted
 /// transactions, as the broker lists them in a Fetch response, filtered out by the client's
-/// [`AbortedFilter`]; control records skipped.
+/// [`AbortedFilter`]; control records skipped. With the offset the read reached: `stable`
+/// unless `records_max` or a failed read stopped it.
 async fn read_committed_values(
     replica: &SimReplica,
     from: i64,
     stable: i64,
     records_max: usize,
-) -> Vec<(i64, String)> {
+) -> (Vec<(i64, String)>, i64) {
     let aborted: Vec<AbortedTransaction> = replica
         .log
         .with_log(async |log| log.producer_states().aborted_overlapping(from, stable))
@@ -1247,7 +1256,7 @@ async fn read_committed_values(
             break;
         }
     }
-    records
+    (records, offset)
 }
 
 /// The producer of every record of `replica` from `from` to `end`.
@@ -1342,7 +1351,9 @@ async fn dump(replicas: &Rc<Replicas>) -> Vec<ReplicaDump> {
                 let stable = last_stable_offset(start, replica.readable_end(end), unstable);
                 (
                     logged_producers(&replica, start, end).await,
-                    read_committed_values(&replica, start, stable, usize::MAX).await,
+                    read_committed_values(&replica, start, stable, usize::MAX)
+                        .await
+                        .0,
                     stable,
                 )
             } else {

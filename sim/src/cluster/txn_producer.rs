@@ -24,9 +24,11 @@
 //! - no record of a transaction whose commit nobody asked for is committed, or read by a
 //!   `read_committed` consumer, nor read before its commit was asked for (precommitted read);
 //! - no record of a transaction whose abort was acknowledged is committed (aborted read);
-//! - every acknowledged record of a transaction whose commit was acknowledged is committed
-//!   (lost write); a transaction is committed or aborted as a whole; no value is committed
-//!   twice (the producer's retries are idempotent);
+//! - every acknowledged record of a transaction whose commit was acknowledged, or that has
+//!   any record committed, is committed (lost write); a transaction is committed or aborted
+//!   as a whole; a marker ends records of its own epoch (an abort also those of the epoch
+//!   before: the bump that fenced them); no value is committed twice (the producer's retries
+//!   are idempotent);
 //! - the leader's `read_committed` view (its last stable offset and aborted-transaction list,
 //!   through the client's filter) is exactly the committed records; every record the reader
 //!   saw is committed at the offset it saw it at;
@@ -42,9 +44,7 @@ use spate_engine::quorum::NodeId;
 
 use super::client;
 use super::node::sim_ms;
-use super::replicas::{
-    ConsumeAnswer, ConsumeRequest, ProduceAnswer, ProduceRequest, ReplicaDump, CONSUME_RECORDS_MAX,
-};
+use super::replicas::{ConsumeAnswer, ConsumeRequest, ProduceAnswer, ProduceRequest, ReplicaDump};
 use super::txns::{call_remote, TxnAnswer, TxnRequest};
 use super::wire;
 use super::world::World;
@@ -662,15 +662,9 @@ async fn read(nodes: Vec<NodeId>, world: Rc<RefCell<World>>, seed: u64, stop_ms:
                     world.violation(violation);
                 }
             }
+            // Everything below `read_to` was read, or skipped as aborted or as markers.
             let next = &mut next[partition as usize];
-            if let Some((offset, _)) = answer.records.last() {
-                *next = (*next).max(offset + 1);
-            }
-            if answer.records.len() < CONSUME_RECORDS_MAX {
-                // Everything below the last stable offset was read, or skipped as aborted or
-                // as markers.
-                *next = (*next).max(answer.high_watermark);
-            }
+            *next = (*next).max(answer.read_to);
         }
     }
 }
@@ -709,14 +703,28 @@ pub(crate) fn check(world: &World) -> Result<TxnSummary, String> {
             .iter()
             .map(|(offset, value)| (*offset, value.as_str()))
             .collect();
-        // Per producer id, the records of its open transaction.
-        let mut open: BTreeMap<i64, Vec<(i64, &str)>> = BTreeMap::new();
+        // Per producer id, the records of its open transaction, with their epochs.
+        let mut open: BTreeMap<i64, Vec<(i64, i16, &str)>> = BTreeMap::new();
         for logged in &dump.producers {
             match logged.marker {
                 Some(commit) => {
                     let ended = open.remove(&logged.producer_id).unwrap_or_default();
                     let into = if commit { &mut committed } else { &mut aborted };
-                    for (offset, value) in ended {
+                    for (offset, epoch, value) in ended {
+                        // A marker carries its transaction's epoch; an abort may carry the
+                        // next one (the epoch bump that fenced the producer aborts its
+                        // transaction). Anything else ends some other transaction's records.
+                        let marker_epoch = logged.producer_epoch;
+                        if marker_epoch != epoch && (commit || marker_epoch != epoch + 1) {
+                            return Err(format!(
+                                "the {} marker of producer {} at {TOPIC}-{partition} offset \
+                                 {} (epoch {marker_epoch}) ends {value:?} at offset {offset} \
+                                 of epoch {epoch}",
+                                if commit { "commit" } else { "abort" },
+                                logged.producer_id,
+                                logged.offset
+                            ));
+                        }
                         if let Some((other_partition, other_offset)) =
                             into.insert(value, (partition, offset))
                         {
@@ -729,9 +737,11 @@ pub(crate) fn check(world: &World) -> Result<TxnSummary, String> {
                 }
                 None if logged.transactional => {
                     let value = values.get(&logged.offset).copied().unwrap_or_default();
-                    open.entry(logged.producer_id)
-                        .or_default()
-                        .push((logged.offset, value));
+                    open.entry(logged.producer_id).or_default().push((
+                        logged.offset,
+                        logged.producer_epoch,
+                        value,
+                    ));
                 }
                 None => {
                     return Err(format!(
@@ -786,8 +796,14 @@ pub(crate) fn check(world: &World) -> Result<TxnSummary, String> {
             ));
         }
     }
+    let committed_txns: BTreeSet<TxnKey> = committed
+        .keys()
+        .filter_map(|value| ledger.owners.get(*value).copied())
+        .collect();
     for (txn, facts) in &ledger.txns {
-        if facts.outcome == Some(true) {
+        // A transaction is committed whole: once its commit was acknowledged, or once any
+        // of its records is committed, every record acknowledged to it is.
+        if facts.outcome == Some(true) || committed_txns.contains(txn) {
             if let Some(lost) = facts
                 .acknowledged
                 .iter()
@@ -795,7 +811,7 @@ pub(crate) fn check(world: &World) -> Result<TxnSummary, String> {
             {
                 return Err(format!(
                     "lost write: {lost:?} of transaction {txn:?}, whose commit was \
-                     acknowledged, is not committed ({})",
+                     acknowledged or which has committed records, is not committed ({})",
                     if aborted.contains_key(lost.as_str()) {
                         "it was aborted"
                     } else {
@@ -933,6 +949,26 @@ mod tests {
         world.txns.ended((0, 0), true).unwrap();
         let error = check(&world).unwrap_err();
         assert!(error.contains("lost write"), "{error}");
+    }
+
+    #[test]
+    fn a_committed_transaction_missing_an_acknowledged_record_is_a_lost_write() {
+        // Its EndTxn went unanswered: the outcome is unknown, but the log committed it.
+        let mut world = world(Some(true), &BOTH);
+        world.txns.commit_asked((0, 0), 10);
+        world.txns.sent((0, 0), "t0-0-2");
+        world.txns.acknowledged((0, 0), "t0-0-2");
+        let error = check(&world).unwrap_err();
+        assert!(error.contains("lost write: \"t0-0-2\""), "{error}");
+    }
+
+    #[test]
+    fn a_marker_of_another_epoch_is_caught() {
+        let mut world = world(Some(true), &BOTH);
+        world.txns.commit_asked((0, 0), 10);
+        world.dumps.get_mut(&1).unwrap()[0].producers[2].producer_epoch = 1;
+        let error = check(&world).unwrap_err();
+        assert!(error.contains("(epoch 1) ends"), "{error}");
     }
 
     #[test]
