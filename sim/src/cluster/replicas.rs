@@ -43,6 +43,7 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProducerId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spate_engine::client::AbortedFilter;
 use spate_engine::group::host::CoordinatorHost;
@@ -797,40 +798,32 @@ async fn serve(mut stream: turmoil::net::TcpStream, replicas: Rc<Replicas>) {
                 )
             }
             frames::PRODUCE => {
-                let Ok(request) = serde_json::from_slice::<ProduceRequest>(&payload) else {
-                    return;
-                };
-                let answer = produce(&replicas, request).await;
-                serde_json::to_vec(&answer)
-                    .ok()
-                    .map(|body| (frames::PRODUCE_ANSWER, body))
+                json_exchange(
+                    &payload,
+                    frames::PRODUCE_ANSWER,
+                    |request: ProduceRequest| produce(&replicas, request),
+                )
+                .await
             }
             frames::CONSUME => {
-                let Ok(request) = serde_json::from_slice::<ConsumeRequest>(&payload) else {
-                    return;
-                };
-                let answer = consume(&replicas, request).await;
-                serde_json::to_vec(&answer)
-                    .ok()
-                    .map(|body| (frames::CONSUME_ANSWER, body))
+                json_exchange(
+                    &payload,
+                    frames::CONSUME_ANSWER,
+                    |request: ConsumeRequest| consume(&replicas, request),
+                )
+                .await
             }
             frames::GROUP_CALL => {
-                let Ok(request) = serde_json::from_slice::<GroupRequest>(&payload) else {
-                    return;
-                };
-                let answer = groups::answer(&replicas, request).await;
-                serde_json::to_vec(&answer)
-                    .ok()
-                    .map(|body| (frames::GROUP_ANSWER, body))
+                json_exchange(&payload, frames::GROUP_ANSWER, |request: GroupRequest| {
+                    groups::answer(&replicas, request)
+                })
+                .await
             }
             frames::TXN_CALL => {
-                let Ok(request) = serde_json::from_slice::<TxnRequest>(&payload) else {
-                    return;
-                };
-                let answer = txns::answer(&replicas, request).await;
-                serde_json::to_vec(&answer)
-                    .ok()
-                    .map(|body| (frames::TXN_ANSWER, body))
+                json_exchange(&payload, frames::TXN_ANSWER, |request: TxnRequest| {
+                    txns::answer(&replicas, request)
+                })
+                .await
             }
             frames::MARKER => {
                 let Ok(request) = serde_json::from_slice::<MarkerRequest>(&payload) else {
@@ -854,6 +847,23 @@ async fn serve(mut stream: turmoil::net::TcpStream, replicas: Rc<Replicas>) {
             return;
         }
     }
+}
+
+/// A JSON request's answer as a frame of `answer_kind`: `handle`'s answer to `payload`
+/// decoded; `None` when it does not decode (the connection is closed).
+async fn json_exchange<Request: DeserializeOwned, Answer: Serialize, Handled>(
+    payload: &[u8],
+    answer_kind: u8,
+    handle: impl FnOnce(Request) -> Handled,
+) -> Option<(u8, Vec<u8>)>
+where
+    Handled: Future<Output = Answer>,
+{
+    let request = serde_json::from_slice(payload).ok()?;
+    let answer = handle(request).await;
+    serde_json::to_vec(&answer)
+        .ok()
+        .map(|body| (answer_kind, body))
 }
 
 fn encoded<Message: Encodable>(kind: u8, message: &Message, version: i16) -> Option<(u8, Vec<u8>)> {
