@@ -47,8 +47,9 @@ fn produce(node: &Broker, nodes: &[Broker], acks: i16, value: &str) -> (i16, i64
         let leader = describe_until(node, |p| p.leader > 0).leader;
         let mut connection = nodes[leader as usize - 1].connect();
         let answer = raw::produce(&mut connection, TOPIC, acks, &[value]);
-        // NOT_LEADER_OR_FOLLOWER: the metadata was behind; ask again.
-        if answer.0 != 6 || Instant::now() > deadline {
+        // NOT_LEADER_OR_FOLLOWER, or UNKNOWN_TOPIC_OR_PARTITION from a leader that has not
+        // applied the topic yet: the metadata was behind; ask again.
+        if ![3, 6].contains(&answer.0) || Instant::now() > deadline {
             return answer;
         }
         std::thread::sleep(Duration::from_millis(50));
