@@ -44,6 +44,10 @@ pub enum Mutation {
     /// producer id: a zombie producer, fenced by a newer instance's InitProducerId, still
     /// commits (or aborts) whatever transaction the id has open.
     TxnEpochFenceRemoved = 10,
+    /// Under transaction version 2 (EndTxn 5 and up) the coordinator ends a transaction
+    /// without bumping the producer's epoch: an EndTxn arriving late (the first copy of one
+    /// the producer sent again) ends the producer's next transaction (KAFKA-17754).
+    TxnEndEpochBumpSkipped = 11,
 }
 
 impl Mutation {
@@ -59,6 +63,7 @@ impl Mutation {
         Mutation::ProducerRetryAppended,
         Mutation::HighWatermarkUnderMinIsr,
         Mutation::TxnEpochFenceRemoved,
+        Mutation::TxnEndEpochBumpSkipped,
     ];
 }
 

@@ -50,7 +50,8 @@ pub fn client_versions(api_key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::InitProducerId => (0, 4),
         ApiKey::AddPartitionsToTxn => (0, 3),
         ApiKey::AddOffsetsToTxn => (0, 3),
-        ApiKey::EndTxn => (0, 3),
+        // v5: transaction version 2 (KIP-890), each end bumps the producer's epoch.
+        ApiKey::EndTxn => (0, 5),
         ApiKey::TxnOffsetCommit => (0, 3),
         ApiKey::AlterPartitionReassignments => (0, 1),
         ApiKey::ListPartitionReassignments => (0, 0),

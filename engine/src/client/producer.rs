@@ -541,13 +541,26 @@ impl Producer {
     /// [`ClientError::InvalidState`] without `transactional.id`; the coordinator's refusal.
     pub fn init_transactions(&self) -> Result<(), ClientError> {
         let identity = self.transactions().init(&self.shared.config)?;
+        self.adopt_transactional_identity(identity);
+        Ok(())
+    }
+
+    /// Goes on under `identity` (a new epoch): sequences start again at 0.
+    fn adopt_transactional_identity(&self, identity: ProducerIdentity) {
         let mut state = self.lock();
-        // Sequences start again at the new epoch.
         state.sequencer = Sequencer::default();
         state.sequencer.adopt(identity);
         state.transaction_failed = None;
         drop(state);
         self.shared.work.notify_all();
+    }
+
+    /// EndTxn, then the epoch it bumped to, if it did (transaction version 2).
+    fn end_transaction(&self, commit: bool) -> Result<(), ClientError> {
+        let bumped = self.transactions().end(&self.shared.config, commit)?;
+        if let Some(identity) = bumped {
+            self.adopt_transactional_identity(identity);
+        }
         Ok(())
     }
 
@@ -589,7 +602,7 @@ impl Producer {
                 "a record of the transaction failed ({failure}): abort it"
             )));
         }
-        self.transactions().end(&self.shared.config, true)
+        self.end_transaction(true)
     }
 
     /// Waits for the transaction's records to be answered, then aborts it: `read_committed`
@@ -601,7 +614,7 @@ impl Producer {
         self.transactions().check_open()?;
         self.flush();
         self.lock().transaction_failed = None;
-        self.transactions().end(&self.shared.config, false)
+        self.end_transaction(false)
     }
 
     /// Sends everything queued and waits for every result.

@@ -322,11 +322,19 @@ impl Transactions {
         Ok(())
     }
 
-    /// Ends the open transaction (EndTxn): commits it, or aborts it.
+    /// Ends the open transaction (EndTxn): commits it, or aborts it. With a broker that
+    /// speaks EndTxn 5 (KIP-890's transaction version 2) the end bumps the producer's epoch:
+    /// the answer carries the producer id and epoch of the next transaction, returned here,
+    /// and an EndTxn sent again after a lost answer is recognised as a retry, while a copy
+    /// arriving later still can no longer end the next transaction (KAFKA-17754).
     ///
     /// # Errors
     /// The coordinator's refusal; a fatal one leaves the producer unusable.
-    pub fn end(&mut self, config: &ProducerConfig, commit: bool) -> Result<(), ClientError> {
+    pub fn end(
+        &mut self,
+        config: &ProducerConfig,
+        commit: bool,
+    ) -> Result<Option<ProducerIdentity>, ClientError> {
         match &self.phase {
             Phase::InTransaction => {}
             Phase::Fatal(reason) => return Err(ClientError::InvalidState(reason.clone())),
@@ -340,7 +348,7 @@ impl Transactions {
             // Nothing reached the coordinator (no record, no offsets): nothing to end there,
             // as the Java client skips EndTxn for an empty transaction.
             self.phase = Phase::Ready;
-            return Ok(());
+            return Ok(None);
         }
         let transactional_id = transactional_id(config)?;
         let identity = self.identity.expect("initialized");
@@ -349,7 +357,7 @@ impl Transactions {
             .with_producer_id(ProducerId(identity.producer_id))
             .with_producer_epoch(identity.epoch)
             .with_committed(commit);
-        self.call(
+        let response = self.call(
             config,
             KEY_TYPE_TRANSACTION,
             &transactional_id,
@@ -360,10 +368,19 @@ impl Transactions {
                 _ => 0,
             },
         )?;
+        let response = response_of!(response, EndTxn)?;
+        // Below version 5 the answer has no producer id (-1): the epoch stays.
+        let bumped = (response.producer_id.0 >= 0).then_some(ProducerIdentity {
+            producer_id: response.producer_id.0,
+            epoch: response.producer_epoch,
+        });
+        if let Some(identity) = bumped {
+            self.identity = Some(identity);
+        }
         self.phase = Phase::Ready;
         self.added.clear();
         self.reached_coordinator = false;
-        Ok(())
+        Ok(bumped)
     }
 
     /// Sends `body` to the coordinator of `key` and returns its answer, retrying retriable

@@ -32,7 +32,10 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     // v4+ (several transactions, verify_only) is what brokers send each other (KIP-890).
     (ApiKey::AddPartitionsToTxn, 0, 4),
     (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 3),
+    // v4 only adds TRANSACTION_ABORTABLE; v5 is KIP-890's transaction version 2 (an epoch
+    // bump at every end). The `transaction.version` feature is not advertised, so the Java
+    // client stays at v4 and with AddPartitionsToTxn; Spate's client uses v5.
+    (ApiKey::EndTxn, 0, 5),
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),

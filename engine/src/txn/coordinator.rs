@@ -20,7 +20,7 @@
 //! 4. calls [`TxnCoordinator::tick`] now and then: transactions past their timeout are
 //!    aborted (their producer fenced by an epoch bump), idle transactional ids expire.
 //!
-//! # Rules (Kafka's, before KIP-890's transaction version 2)
+//! # Rules (Kafka's)
 //! One state change per transactional id is in flight at a time: a call meeting one gets
 //! CONCURRENT_TRANSACTIONS. A state change takes effect once its record is appended. An
 //! InitProducerId meeting an ongoing transaction bumps the epoch (fencing the old producer),
@@ -29,13 +29,25 @@
 //! id (INVALID_PRODUCER_ID_MAPPING) and epoch (PRODUCER_FENCED); EndTxn answers once the
 //! Prepare state is stored, retries of a completed EndTxn succeed, and the opposite outcome is
 //! INVALID_TXN_STATE.
+//!
+//! # Transaction version 2 (KIP-890 part 2: EndTxn 5 and up)
+//! Under version 1 a producer whose EndTxn went unanswered sends it again at the same epoch;
+//! should the first copy arrive late, after the next transaction began, it ends that one
+//! (KAFKA-17754). An EndTxn with [`TxnCall::EndTxn::bump_epoch`] ends the transaction at the
+//! next epoch instead: the markers carry it, the answer gives it to the producer for its next
+//! transaction, and a copy of the EndTxn arriving later carries an epoch that is now fenced.
+//! A retry is told apart by its epoch, the one just before the current, while the
+//! transaction it ended is still the last (Prepare or Complete with the same outcome); it
+//! gets the same answer. An exhausted epoch moves the producer to a fresh producer id at the
+//! end. An abort with no transaction open bumps the epoch too (a producer recovering from an
+//! error).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kafka_protocol::error::ResponseError;
 
 use super::records::TxnRecord;
-use super::state::{TxnMetadata, TxnPartition, TxnState};
+use super::state::{TxnMetadata, TxnPartition, TxnState, TRANSACTION_VERSION_2};
 
 /// Identifies a call so that its reply can be matched to it; chosen by the caller.
 pub type CallId = u64;
@@ -116,13 +128,19 @@ pub enum TxnCall {
         producer_epoch: i16,
         /// Commit (else abort).
         commit: bool,
+        /// EndTxn 5 and up (transaction version 2, see the module docs): end the transaction
+        /// at the next epoch and answer with [`TxnReply::ProducerId`].
+        bump_epoch: bool,
+        /// With `bump_epoch`, an unused producer id for when the epoch is exhausted (the
+        /// caller gives one when the request's epoch is `i16::MAX - 1` or more).
+        fresh_producer_id: Option<i64>,
     },
 }
 
 /// An answer to a [`TxnCall`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnReply {
-    /// InitProducerId's: the producer id and epoch to use.
+    /// InitProducerId's, and EndTxn's with `bump_epoch`: the producer id and epoch to use.
     ProducerId {
         /// Error, `None` for success.
         error: ErrorCode,
@@ -184,6 +202,9 @@ enum Purpose {
     AddPartitions(CallId),
     /// EndTxn: answer, then write the markers.
     Prepare(CallId),
+    /// EndTxn with `bump_epoch`: answer with the producer's next id and epoch, then write
+    /// the markers.
+    PrepareBumped(CallId),
     /// The markers are written.
     Complete,
     /// An idle id forgotten.
@@ -331,6 +352,23 @@ impl TxnCoordinator {
                 producer_id,
                 producer_epoch,
                 commit,
+                bump_epoch: true,
+                fresh_producer_id,
+            } => self.end_txn_bumping(
+                call_id,
+                &transactional_id,
+                (producer_id, producer_epoch),
+                commit,
+                fresh_producer_id,
+                now_ms,
+            ),
+            TxnCall::EndTxn {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                commit,
+                bump_epoch: false,
+                ..
             } => self.end_txn(
                 call_id,
                 &transactional_id,
@@ -413,16 +451,14 @@ impl TxnCoordinator {
         }
         let current = self.txns.get(&transactional_id).cloned();
         let Some(current) = current else {
-            let target = TxnMetadata {
-                transactional_id: transactional_id.clone(),
-                producer_id: fresh_producer_id,
-                producer_epoch: 0,
+            let mut target = TxnMetadata::new(
+                transactional_id.clone(),
+                fresh_producer_id,
+                0,
                 timeout_ms,
-                state: TxnState::Empty,
-                partitions: Default::default(),
-                start_ms: -1,
-                last_update_ms: now_ms,
-            };
+                TxnState::Empty,
+            );
+            target.last_update_ms = now_ms;
             self.propose(&transactional_id, Some(target), Purpose::Init(call_id));
             return;
         };
@@ -472,6 +508,8 @@ impl TxnCoordinator {
                 target.partitions.clear();
                 target.start_ms = -1;
                 target.last_update_ms = now_ms;
+                target.client_transaction_version = 0;
+                target.previous_producer_id = -1;
                 match expected {
                     Some(from) => self.bumped_from.insert(transactional_id.clone(), from),
                     None => self.bumped_from.remove(&transactional_id),
@@ -497,6 +535,8 @@ impl TxnCoordinator {
         target.producer_epoch = target.producer_epoch.saturating_add(1);
         target.state = TxnState::PrepareAbort;
         target.last_update_ms = now_ms;
+        // Not an EndTxn's end: no EndTxn is a retry of it.
+        target.client_transaction_version = 0;
         let transactional_id = target.transactional_id.clone();
         self.propose(
             &transactional_id,
@@ -516,6 +556,10 @@ impl TxnCoordinator {
         let Some(current) = self.txns.get(transactional_id) else {
             return Err(ResponseError::InvalidProducerIdMapping);
         };
+        if (producer_id, producer_epoch) == (current.next_producer_id, 0) {
+            // The producer id EndTxn gave, before the transaction it ended completes.
+            return Err(ResponseError::ConcurrentTransactions);
+        }
         if current.producer_id != producer_id {
             return Err(ResponseError::InvalidProducerIdMapping);
         }
@@ -636,6 +680,7 @@ impl TxnCoordinator {
                     TxnState::PrepareAbort
                 };
                 target.last_update_ms = now_ms;
+                target.client_transaction_version = 0;
                 self.propose(transactional_id, Some(target), Purpose::Prepare(call_id));
             }
             // A retry of an EndTxn that completed.
@@ -656,6 +701,136 @@ impl TxnCoordinator {
         }
     }
 
+    /// EndTxn 5 and up: see the module docs, "Transaction version 2".
+    fn end_txn_bumping(
+        &mut self,
+        call_id: CallId,
+        transactional_id: &str,
+        (producer_id, producer_epoch): (i64, i16),
+        commit: bool,
+        fresh_producer_id: Option<i64>,
+        now_ms: i64,
+    ) {
+        let Some(current) = self.txns.get(transactional_id).cloned() else {
+            return self.reply(
+                call_id,
+                producer_id_reply(ResponseError::InvalidProducerIdMapping),
+            );
+        };
+        if self.pending.contains_key(transactional_id) {
+            return self.reply(
+                call_id,
+                producer_id_reply(ResponseError::ConcurrentTransactions),
+            );
+        }
+        let outcome = |commit: bool| {
+            if commit {
+                (TxnState::PrepareCommit, TxnState::CompleteCommit)
+            } else {
+                (TxnState::PrepareAbort, TxnState::CompleteAbort)
+            }
+        };
+        let (prepare, complete) = outcome(commit);
+        if Self::ended_at_previous_epoch(&current, producer_id, producer_epoch) {
+            // A retry of the EndTxn that ended the last transaction.
+            let reply = if current.state == complete {
+                TxnReply::ProducerId {
+                    error: None,
+                    producer_id: current.producer_id,
+                    producer_epoch: current.producer_epoch,
+                }
+            } else if current.state == prepare {
+                producer_id_reply(ResponseError::ConcurrentTransactions)
+            } else {
+                producer_id_reply(ResponseError::InvalidTxnState)
+            };
+            return self.reply(call_id, reply);
+        }
+        if current.producer_id != producer_id {
+            return self.reply(
+                call_id,
+                producer_id_reply(ResponseError::InvalidProducerIdMapping),
+            );
+        }
+        if current.producer_epoch != producer_epoch && !mutated!(TxnEpochFenceRemoved) {
+            return self.reply(call_id, producer_id_reply(ResponseError::ProducerFenced));
+        }
+        let ends = match current.state {
+            TxnState::Ongoing => true,
+            // A producer recovering from an error aborts with nothing open: its epoch is
+            // bumped all the same.
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => !commit,
+            _ => false,
+        };
+        if !ends {
+            let error = if matches!(
+                current.state,
+                TxnState::PrepareCommit | TxnState::PrepareAbort
+            ) {
+                ResponseError::ConcurrentTransactions
+            } else {
+                ResponseError::InvalidTxnState
+            };
+            return self.reply(call_id, producer_id_reply(error));
+        }
+        let mut target = current;
+        if target.state != TxnState::Ongoing {
+            target.partitions.clear();
+            target.start_ms = now_ms;
+        }
+        if target.producer_epoch >= i16::MAX - 1 {
+            // The epoch is exhausted: the markers carry the last one, and the producer goes on
+            // with a fresh producer id once the transaction completes.
+            let Some(fresh_producer_id) = fresh_producer_id else {
+                return self.reply(
+                    call_id,
+                    producer_id_reply(ResponseError::UnknownServerError),
+                );
+            };
+            target.producer_epoch = i16::MAX;
+            target.next_producer_id = fresh_producer_id;
+        } else if !mutated!(TxnEndEpochBumpSkipped) {
+            target.producer_epoch += 1;
+        }
+        target.state = prepare;
+        target.last_update_ms = now_ms;
+        target.client_transaction_version = TRANSACTION_VERSION_2;
+        self.propose(
+            transactional_id,
+            Some(target),
+            Purpose::PrepareBumped(call_id),
+        );
+    }
+
+    /// Whether an EndTxn with `producer_id` at `producer_epoch` is the one that ended
+    /// `current`'s last transaction under transaction version 2 (its epoch the one the end
+    /// bumped from).
+    fn ended_at_previous_epoch(
+        current: &TxnMetadata,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> bool {
+        if current.client_transaction_version < TRANSACTION_VERSION_2 {
+            return false;
+        }
+        match current.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                (producer_id, producer_epoch)
+                    == (current.producer_id, current.producer_epoch.wrapping_sub(1))
+            }
+            TxnState::CompleteCommit | TxnState::CompleteAbort => {
+                if current.previous_producer_id >= 0 && current.producer_epoch == 0 {
+                    // Completed on a fresh producer id: the EndTxn came with the old one.
+                    (producer_id, producer_epoch) == (current.previous_producer_id, i16::MAX - 1)
+                } else {
+                    (producer_id, producer_epoch)
+                        == (current.producer_id, current.producer_epoch.wrapping_sub(1))
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// The outcome of the [`TxnOutput::Append`] `id`: the state change takes effect (and is
     /// answered), or is dropped (answered NOT_COORDINATOR, as Kafka answers a failed write).
     pub fn append_completed(&mut self, id: AppendId, result: Result<(), ()>) {
@@ -671,7 +846,7 @@ impl TxnCoordinator {
                 Purpose::Init(call) => {
                     self.reply(call, producer_id_reply(ResponseError::NotCoordinator));
                 }
-                Purpose::FenceAndAbort(Some(call)) => {
+                Purpose::FenceAndAbort(Some(call)) | Purpose::PrepareBumped(call) => {
                     self.reply(call, producer_id_reply(ResponseError::NotCoordinator));
                 }
                 Purpose::AddPartitions(call) | Purpose::Prepare(call) => {
@@ -706,6 +881,22 @@ impl TxnCoordinator {
                     Purpose::AddPartitions(call) => self.reply(call, TxnReply::Done(None)),
                     Purpose::Prepare(call) => {
                         self.reply(call, TxnReply::Done(None));
+                        self.write_markers(&target);
+                    }
+                    Purpose::PrepareBumped(call) => {
+                        let (producer_id, producer_epoch) = if target.next_producer_id >= 0 {
+                            (target.next_producer_id, 0)
+                        } else {
+                            (target.producer_id, target.producer_epoch)
+                        };
+                        self.reply(
+                            call,
+                            TxnReply::ProducerId {
+                                error: None,
+                                producer_id,
+                                producer_epoch,
+                            },
+                        );
                         self.write_markers(&target);
                     }
                     Purpose::Complete | Purpose::Expire => {}
@@ -758,6 +949,13 @@ impl TxnCoordinator {
         target.partitions.clear();
         target.start_ms = -1;
         target.last_update_ms = now_ms;
+        if target.next_producer_id >= 0 {
+            // Transaction version 2 with an exhausted epoch: on to the fresh producer id.
+            target.previous_producer_id = target.producer_id;
+            target.producer_id = target.next_producer_id;
+            target.producer_epoch = 0;
+            target.next_producer_id = -1;
+        }
         self.propose(transactional_id, Some(target), Purpose::Complete);
     }
 

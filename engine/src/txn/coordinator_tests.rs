@@ -111,6 +111,26 @@ impl Driver {
                 producer_id: producer.0,
                 producer_epoch: producer.1,
                 commit,
+                bump_epoch: false,
+                fresh_producer_id: None,
+            },
+            now_ms,
+        )
+        .expect("answered")
+    }
+
+    /// EndTxn 5 and up (transaction version 2).
+    fn end_bumping(&mut self, producer: (i64, i16), commit: bool, now_ms: i64) -> TxnReply {
+        let fresh_producer_id = self.next_producer_id;
+        self.next_producer_id += 1;
+        self.call(
+            TxnCall::EndTxn {
+                transactional_id: ID.into(),
+                producer_id: producer.0,
+                producer_epoch: producer.1,
+                commit,
+                bump_epoch: true,
+                fresh_producer_id: Some(fresh_producer_id),
             },
             now_ms,
         )
@@ -369,31 +389,26 @@ fn checks_refuse_unknown_ids_wrong_producers_bad_timeouts_and_changes_in_flight(
 #[test]
 fn preparing_transactions_resume_their_markers_after_a_load_and_epochs_roll_over() {
     let mut loaded = TxnCoordinator::new(TxnCoordinatorConfig::default(), 9);
-    let preparing = TxnMetadata {
-        transactional_id: ID.into(),
-        producer_id: 3,
-        producer_epoch: i16::MAX - 1,
-        timeout_ms: TIMEOUT_MS,
-        state: TxnState::PrepareAbort,
-        partitions: [("a".to_owned(), 2)].into(),
-        start_ms: 0,
-        last_update_ms: 0,
-    };
+    let mut preparing = TxnMetadata::new(
+        ID.into(),
+        3,
+        i16::MAX - 1,
+        TIMEOUT_MS,
+        TxnState::PrepareAbort,
+    );
+    preparing.partitions = [("a".to_owned(), 2)].into();
+    preparing.start_ms = 0;
+    preparing.last_update_ms = 0;
     loaded.load(TxnRecord {
         transactional_id: ID.into(),
         metadata: Some(preparing),
     });
     loaded.load(TxnRecord {
         transactional_id: "gone".into(),
-        metadata: Some(TxnMetadata {
-            transactional_id: "gone".into(),
-            producer_id: 4,
-            producer_epoch: 0,
-            timeout_ms: TIMEOUT_MS,
-            state: TxnState::Empty,
-            partitions: Default::default(),
-            start_ms: -1,
-            last_update_ms: 0,
+        metadata: Some({
+            let mut gone = TxnMetadata::new("gone".into(), 4, 0, TIMEOUT_MS, TxnState::Empty);
+            gone.last_update_ms = 0;
+            gone
         }),
     });
     loaded.load(TxnRecord {
@@ -528,4 +543,179 @@ fn a_producer_bumps_its_own_epoch_and_a_zombie_is_fenced() {
     assert!(newest.1 > again.1);
     assert_eq!(driver.bump(again, 11), fenced());
     assert_eq!(driver.add(newest, &[("a", 0)], 12), done(None));
+}
+
+fn producer_error(error: ResponseError) -> TxnReply {
+    TxnReply::ProducerId {
+        error: Some(error),
+        producer_id: -1,
+        producer_epoch: -1,
+    }
+}
+
+#[test]
+fn transaction_version_2_ends_each_transaction_at_the_next_epoch() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    assert_eq!(me, (1_000, 0));
+    driver.add(me, &[("a", 0)], 1);
+    // The end bumps the epoch; the markers carry the new one, the answer gives it.
+    let next = producer(driver.end_bumping(me, true, 2));
+    assert_eq!(next, (1_000, 1));
+    let state = driver.state();
+    assert_eq!(
+        (
+            state.state,
+            state.producer_epoch,
+            state.client_transaction_version
+        ),
+        (TxnState::PrepareCommit, 1, 2)
+    );
+    // A retry (the answer was lost) while the markers are written: not yet.
+    assert_eq!(
+        driver.end_bumping(me, true, 3),
+        producer_error(ResponseError::ConcurrentTransactions)
+    );
+    let markers = driver.write_markers(4);
+    assert!(matches!(
+        markers.as_slice(),
+        [TxnOutput::WriteMarkers {
+            producer_epoch: 1,
+            commit: true,
+            ..
+        }]
+    ));
+    assert_eq!(driver.state().state, TxnState::CompleteCommit);
+    // Once complete, a retry gets the same answer; the opposite outcome does not.
+    assert_eq!(producer(driver.end_bumping(me, true, 5)), next);
+    assert_eq!(
+        driver.end_bumping(me, false, 5),
+        producer_error(ResponseError::InvalidTxnState)
+    );
+    // The next transaction runs at the new epoch; the old epoch cannot touch it.
+    assert_eq!(
+        driver.add(me, &[("a", 1)], 6),
+        done(Some(ResponseError::ProducerFenced))
+    );
+    assert_eq!(driver.add(next, &[("a", 1)], 6), done(None));
+    // KAFKA-17754: the first EndTxn, delayed in the network, arrives now.
+    assert_eq!(
+        driver.end_bumping(me, true, 7),
+        producer_error(ResponseError::ProducerFenced)
+    );
+    assert_eq!(
+        driver.end(me, true, 7),
+        done(Some(ResponseError::ProducerFenced))
+    );
+    assert_eq!(driver.state().state, TxnState::Ongoing);
+    // Its own end: aborted at the epoch after.
+    assert_eq!(producer(driver.end_bumping(next, false, 8)), (1_000, 2));
+    driver.write_markers(9);
+    assert_eq!(driver.state().state, TxnState::CompleteAbort);
+    // An abort with nothing open bumps the epoch too; a commit of nothing is refused.
+    assert_eq!(
+        driver.end_bumping((1_000, 2), true, 10),
+        producer_error(ResponseError::InvalidTxnState)
+    );
+    assert_eq!(
+        producer(driver.end_bumping((1_000, 2), false, 10)),
+        (1_000, 3)
+    );
+    let markers = driver.write_markers(11);
+    assert!(matches!(
+        markers.as_slice(),
+        [TxnOutput::WriteMarkers { producer_epoch: 3, commit: false, partitions, .. }]
+            if partitions.is_empty()
+    ));
+    assert_eq!(driver.state().state, TxnState::CompleteAbort);
+    // A failover keeps what retries need.
+    let mut reloaded = TxnCoordinator::new(TxnCoordinatorConfig::default(), COORDINATOR_EPOCH);
+    for record in driver.appended.clone() {
+        reloaded.load(record);
+    }
+    reloaded.finish_load();
+    assert_eq!(reloaded.transaction(ID), Some(&driver.state()));
+}
+
+#[test]
+fn transaction_version_2_moves_an_exhausted_epoch_to_a_fresh_producer_id() {
+    let mut driver = Driver::new();
+    producer(driver.init(0));
+    let mut loaded = driver.state();
+    loaded.producer_epoch = i16::MAX - 1;
+    let mut driver = Driver {
+        coordinator: TxnCoordinator::new(TxnCoordinatorConfig::default(), COORDINATOR_EPOCH),
+        ..driver
+    };
+    driver.coordinator.load(TxnRecord {
+        transactional_id: ID.into(),
+        metadata: Some(loaded),
+    });
+    driver.coordinator.finish_load();
+    let old = (1_000, i16::MAX - 1);
+    driver.add(old, &[("a", 0)], 1);
+    let fresh = producer(driver.end_bumping(old, true, 2));
+    assert_eq!(fresh.1, 0);
+    assert_ne!(fresh.0, old.0);
+    let state = driver.state();
+    assert_eq!(
+        (
+            state.producer_id,
+            state.producer_epoch,
+            state.next_producer_id
+        ),
+        (old.0, i16::MAX, fresh.0)
+    );
+    // The fresh id waits for the transaction to complete.
+    assert_eq!(
+        driver.add(fresh, &[("a", 0)], 3),
+        done(Some(ResponseError::ConcurrentTransactions))
+    );
+    let markers = driver.write_markers(4);
+    assert!(matches!(
+        markers.as_slice(),
+        [TxnOutput::WriteMarkers {
+            producer_id: 1_000,
+            producer_epoch: i16::MAX,
+            ..
+        }]
+    ));
+    let state = driver.state();
+    assert_eq!(
+        (
+            state.producer_id,
+            state.producer_epoch,
+            state.previous_producer_id
+        ),
+        (fresh.0, 0, old.0)
+    );
+    // A retry with the old id gets the fresh one; the old id is fenced otherwise.
+    assert_eq!(producer(driver.end_bumping(old, true, 5)), fresh);
+    assert_eq!(driver.add(fresh, &[("a", 0)], 6), done(None));
+    assert_eq!(
+        driver.end_bumping(old, true, 7),
+        producer_error(ResponseError::InvalidProducerIdMapping)
+    );
+    assert_eq!(producer(driver.end_bumping(fresh, true, 8)), (fresh.0, 1));
+}
+
+#[test]
+fn after_a_timeout_abort_the_producers_end_txn_is_fenced() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    driver.add(me, &[("a", 0)], 1);
+    // The transaction outlives its timeout: aborted at the next epoch, the producer fenced.
+    driver.coordinator.tick(i64::from(TIMEOUT_MS) + 10);
+    driver.drain();
+    driver.write_markers(i64::from(TIMEOUT_MS) + 11);
+    let state = driver.state();
+    assert_eq!(
+        (state.state, state.producer_epoch),
+        (TxnState::CompleteAbort, 1)
+    );
+    // The producer's EndTxn at the epoch before is not a retry of an EndTxn: fenced.
+    assert_eq!(
+        driver.end_bumping(me, false, i64::from(TIMEOUT_MS) + 12),
+        producer_error(ResponseError::ProducerFenced)
+    );
 }

@@ -498,6 +498,8 @@ mod tests {
                 producer_id: 1000,
                 producer_epoch: 0,
                 commit: true,
+                bump_epoch: false,
+                fresh_producer_id: None,
             };
             assert_eq!(host.call(partition, end).await, TxnReply::Done(None));
             // The markers are written, then the transaction completes.

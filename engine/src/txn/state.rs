@@ -79,7 +79,14 @@ impl TxnState {
             Empty => &[Empty, CompleteCommit, CompleteAbort],
             Ongoing => &[Ongoing, Empty, CompleteCommit, CompleteAbort],
             PrepareCommit => &[Ongoing],
-            PrepareAbort => &[Ongoing, PrepareEpochFence],
+            // From no transaction: transaction version 2's abort, which bumps the epoch.
+            PrepareAbort => &[
+                Ongoing,
+                PrepareEpochFence,
+                Empty,
+                CompleteCommit,
+                CompleteAbort,
+            ],
             CompleteCommit => &[PrepareCommit],
             CompleteAbort => &[PrepareAbort],
             Dead => &[Empty, CompleteCommit, CompleteAbort],
@@ -108,4 +115,43 @@ pub struct TxnMetadata {
     pub start_ms: i64,
     /// When the state last changed.
     pub last_update_ms: i64,
+    /// The producer id this one replaced when a transaction version 2 transaction ended with
+    /// its epoch exhausted (-1 if none): a retry of that EndTxn comes with it.
+    pub previous_producer_id: i64,
+    /// While a transaction version 2 transaction of an exhausted epoch ends: the producer id
+    /// it moves to (at epoch 0) once complete, as EndTxn answered (-1 if none).
+    pub next_producer_id: i64,
+    /// [`TRANSACTION_VERSION_2`] when the transaction was ended by EndTxn 5 or later
+    /// (KIP-890 part 2: the epoch is bumped at every end), else 0.
+    pub client_transaction_version: i16,
+}
+
+/// KIP-890's transaction version 2: every EndTxn bumps the producer's epoch, and answers the
+/// new one, so that an EndTxn arriving late can never end a later transaction.
+pub const TRANSACTION_VERSION_2: i16 = 2;
+
+impl TxnMetadata {
+    /// A transactional id's state with the fields of transaction version 2 at their
+    /// defaults.
+    pub fn new(
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        timeout_ms: i32,
+        state: TxnState,
+    ) -> TxnMetadata {
+        TxnMetadata {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            timeout_ms,
+            state,
+            partitions: BTreeSet::new(),
+            start_ms: -1,
+            last_update_ms: -1,
+            previous_producer_id: -1,
+            next_producer_id: -1,
+            client_transaction_version: 0,
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod api_versions;
 mod bad_input;
+mod delayed_end_txn;
 mod fuzz;
 pub mod idempotence;
 mod lifecycle;

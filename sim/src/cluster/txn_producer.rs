@@ -4,13 +4,20 @@
 //! Each producer owns one transactional id. An instance calls InitProducerId, then runs
 //! transactions: a few records to random partitions of [`TOPIC`] (AddPartitionsToTxn before a
 //! partition's first record; each record retried with its sequence number until acknowledged),
-//! then EndTxn, committing most and aborting the rest. An EndTxn without an answer leaves the
-//! transaction's outcome unknown; the producer then bumps its epoch (InitProducerId with its
-//! id and epoch, KIP-360) rather than sending EndTxn again, so that the unanswered EndTxn,
-//! should it arrive later, is fenced and cannot end the next transaction (under Kafka's
-//! transaction version 1 a second EndTxn at the same epoch would leave that door open:
-//! KAFKA-17754). An error that leaves the producer's sequences uncertain bumps the epoch too;
-//! one that fences it starts a new instance.
+//! then EndTxn, committing most and aborting the rest. Each instance speaks one transaction
+//! version, chosen at random:
+//! - version 1: an EndTxn without an answer leaves the transaction's outcome unknown; the
+//!   producer then bumps its epoch (InitProducerId with its id and epoch, KIP-360) rather than
+//!   sending EndTxn again, so that the unanswered EndTxn, should it arrive later, is fenced
+//!   (under version 1 a second EndTxn at the same epoch would leave the door open to
+//!   KAFKA-17754);
+//! - version 2 (EndTxn 5, KIP-890 part 2): every EndTxn bumps the epoch and answers the new
+//!   one, so the producer simply sends an unanswered EndTxn again. Now and then it also sends
+//!   a copy of an EndTxn once more, late, once the next transaction may be under way: the
+//!   delayed EndTxn of KAFKA-17754, which must not end that transaction.
+//!
+//! An error that leaves the producer's sequences uncertain bumps the epoch; one that fences
+//! it starts a new instance.
 //!
 //! Now and then an instance turns *zombie* before its EndTxn: a new instance of the same
 //! transactional id takes over (InitProducerId without an id, which fences the old epoch and
@@ -70,6 +77,10 @@ const ATTEMPTS_MAX: u32 = 6;
 const COMMIT_PERCENT: u64 = 70;
 /// Percent of transactions whose instance turns zombie before its EndTxn.
 const ZOMBIE_PERCENT: u64 = 8;
+/// Percent of instances speaking transaction version 2.
+const VERSION_2_PERCENT: u64 = 50;
+/// Percent of version 2 EndTxns whose copy arrives again, late.
+const LATE_COPY_PERCENT: u64 = 30;
 /// How often the reader polls.
 const READ_EVERY: Duration = Duration::from_millis(300);
 
@@ -98,6 +109,9 @@ struct TxnFacts {
     commit_asked_ms: Option<u64>,
     /// The outcome an EndTxn answer told: commit (`true`) or abort.
     outcome: Option<bool>,
+    /// Its EndTxn was of transaction version 2: its markers carry the epoch after its
+    /// records'.
+    ended_bumping: bool,
 }
 
 impl TxnLedger {
@@ -112,6 +126,10 @@ impl TxnLedger {
             .or_default()
             .acknowledged
             .insert(value.to_owned());
+    }
+
+    fn ended_bumping(&mut self, txn: TxnKey) {
+        self.txns.entry(txn).or_default().ended_bumping = true;
     }
 
     fn commit_asked(&mut self, txn: TxnKey, now_ms: u64) {
@@ -229,6 +247,8 @@ struct Session {
     producer_id: i64,
     epoch: i16,
     sequences: BTreeMap<i32, i32>,
+    /// Speaks transaction version 2 (EndTxn bumps the epoch).
+    version_2: bool,
 }
 
 /// How a transaction ended, for what the producer does next.
@@ -365,6 +385,7 @@ impl Producer {
                         producer_id: answer.producer_id,
                         epoch: answer.producer_epoch,
                         sequences: BTreeMap::new(),
+                        version_2: self.rng.chance(VERSION_2_PERCENT),
                     });
                 }
                 Some(answer) if expected.is_some() && is(answer.error, &FENCED) => return None,
@@ -403,7 +424,11 @@ impl Producer {
             return Ended::Zombie;
         }
         let commit = self.rng.chance(COMMIT_PERCENT);
-        self.end(txn, session, commit).await
+        if session.version_2 {
+            self.end_bumping(txn, session, commit).await
+        } else {
+            self.end(txn, session, commit).await
+        }
     }
 
     async fn add_partition(&mut self, session: &Session, partition: i32) -> Result<(), Ended> {
@@ -499,6 +524,7 @@ impl Producer {
             producer_id: session.producer_id,
             producer_epoch: session.epoch,
             commit,
+            bump_epoch: false,
         };
         if commit {
             self.world.borrow_mut().txns.commit_asked(txn, sim_ms());
@@ -535,6 +561,108 @@ impl Producer {
         }
     }
 
+    /// Transaction version 2's EndTxn: sent again until answered (a retry is recognised by
+    /// its epoch); the answer's epoch is the next transaction's. Now and then a copy of it
+    /// is sent once more, late (see [`Producer::send_late_copy`]).
+    async fn end_bumping(&mut self, txn: TxnKey, session: &mut Session, commit: bool) -> Ended {
+        let request = TxnRequest::EndTxn {
+            transactional_id: self.transactional_id(),
+            producer_id: session.producer_id,
+            producer_epoch: session.epoch,
+            commit,
+            bump_epoch: true,
+        };
+        {
+            let mut world = self.world.borrow_mut();
+            world.txns.ended_bumping(txn);
+            if commit {
+                world.txns.commit_asked(txn, sim_ms());
+            }
+        }
+        if self.rng.chance(LATE_COPY_PERCENT) {
+            self.send_late_copy(txn, request.clone(), commit);
+        }
+        while sim_ms() < self.stop_ms + 10_000 {
+            let Some(answer) = self.call(&request).await else {
+                self.event(format!(
+                    "producer txn-{} transaction {}: EndTxn unanswered, sent again",
+                    txn.0, txn.1
+                ));
+                continue;
+            };
+            if answer.error == 0 {
+                let mut world = self.world.borrow_mut();
+                if let Err(violation) = world.txns.ended(txn, commit) {
+                    world.violation(violation);
+                }
+                world.event(format!(
+                    "producer txn-{} transaction {} {}; on at id {} epoch {}",
+                    txn.0,
+                    txn.1,
+                    verb(commit),
+                    answer.producer_id,
+                    answer.producer_epoch
+                ));
+                drop(world);
+                if (answer.producer_id, answer.producer_epoch)
+                    != (session.producer_id, session.epoch)
+                {
+                    // Sequences start again at a new epoch.
+                    session.sequences.clear();
+                }
+                session.producer_id = answer.producer_id;
+                session.epoch = answer.producer_epoch;
+                return Ended::Answered;
+            }
+            if is(answer.error, &FENCED) {
+                return Ended::Fenced;
+            }
+            if !is(answer.error, &NOT_DONE) {
+                return Ended::Bump;
+            }
+            tokio::time::sleep(Duration::from_millis(50 + self.rng.below(150))).await;
+        }
+        Ended::Bump
+    }
+
+    /// Sends `request`, an EndTxn, once more after a while, as a network holding a copy
+    /// back would (KAFKA-17754): by then the producer's next transaction may be open, and
+    /// the copy must not end it. An answer without error may only confirm `txn`'s outcome.
+    fn send_late_copy(&mut self, txn: TxnKey, request: TxnRequest, commit: bool) {
+        let delay = Duration::from_millis(100 + self.rng.below(2_900));
+        let mut late = Producer {
+            producer: self.producer,
+            nodes: self.nodes.clone(),
+            world: Rc::clone(&self.world),
+            rng: SimRng::new(self.rng.next_u64()),
+            coordinator: self.coordinator,
+            leaders: BTreeMap::new(),
+            stop_ms: self.stop_ms,
+        };
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(delay).await;
+            let answer = late.call(&request).await;
+            let mut world = late.world.borrow_mut();
+            match answer {
+                Some(answer) if answer.error == 0 => {
+                    if let Err(violation) = world.txns.ended(txn, commit) {
+                        world.violation(violation);
+                    }
+                    world.event(format!(
+                        "late copy of txn-{}'s EndTxn for transaction {}: answered",
+                        txn.0, txn.1
+                    ));
+                }
+                answer => world.event(format!(
+                    "late copy of txn-{}'s EndTxn for transaction {}: {:?}",
+                    txn.0,
+                    txn.1,
+                    answer.map(|answer| answer.error)
+                )),
+            }
+        });
+    }
+
     /// The instance stalls before its EndTxn: a new instance takes the transactional id over,
     /// and this one sends its EndTxn commit seconds later, once.
     fn turn_zombie(&mut self, txn: TxnKey, session: &Session) {
@@ -560,7 +688,11 @@ impl Producer {
             producer_id: session.producer_id,
             producer_epoch: session.epoch,
             commit: true,
+            bump_epoch: session.version_2,
         };
+        if session.version_2 {
+            self.world.borrow_mut().txns.ended_bumping(txn);
+        }
         tokio::task::spawn_local(async move {
             tokio::time::sleep(delay).await;
             zombie.world.borrow_mut().txns.commit_asked(txn, sim_ms());
@@ -713,9 +845,16 @@ pub(crate) fn check(world: &World) -> Result<TxnSummary, String> {
                     for (offset, epoch, value) in ended {
                         // A marker carries its transaction's epoch; an abort may carry the
                         // next one (the epoch bump that fenced the producer aborts its
-                        // transaction). Anything else ends some other transaction's records.
+                        // transaction), and so may any end of transaction version 2.
+                        // Anything else ends some other transaction's records.
                         let marker_epoch = logged.producer_epoch;
-                        if marker_epoch != epoch && (commit || marker_epoch != epoch + 1) {
+                        let bumped = !commit
+                            || ledger
+                                .owners
+                                .get(value)
+                                .and_then(|txn| ledger.txns.get(txn))
+                                .is_some_and(|facts| facts.ended_bumping);
+                        if marker_epoch != epoch && (!bumped || marker_epoch != epoch + 1) {
                             return Err(format!(
                                 "the {} marker of producer {} at {TOPIC}-{partition} offset \
                                  {} (epoch {marker_epoch}) ends {value:?} at offset {offset} \
@@ -969,6 +1108,18 @@ mod tests {
         world.dumps.get_mut(&1).unwrap()[0].producers[2].producer_epoch = 1;
         let error = check(&world).unwrap_err();
         assert!(error.contains("(epoch 1) ends"), "{error}");
+    }
+
+    #[test]
+    fn a_commit_marker_of_the_next_epoch_ends_a_version_2_transaction_only() {
+        let mut world = world(Some(true), &BOTH);
+        world.txns.commit_asked((0, 0), 10);
+        world.dumps.get_mut(&1).unwrap()[0].producers[2].producer_epoch = 1;
+        world.txns.ended_bumping((0, 0));
+        assert!(check(&world).is_ok(), "{:?}", check(&world));
+        world.dumps.get_mut(&1).unwrap()[0].producers[2].producer_epoch = 2;
+        let error = check(&world).unwrap_err();
+        assert!(error.contains("(epoch 2) ends"), "{error}");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub(crate) enum TxnRequest {
         producer_id: i64,
         producer_epoch: i16,
         commit: bool,
+        /// EndTxn 5 and up (transaction version 2): the end bumps the epoch.
+        bump_epoch: bool,
     },
     /// A partition leader's check before appending a transactional batch.
     Verify {
@@ -94,7 +96,8 @@ impl TxnRequest {
         }
     }
 
-    /// The coordinator's call; an InitProducerId takes `fresh_producer_id` if it needs one.
+    /// The coordinator's call; an InitProducerId, or an EndTxn that bumps an exhausted epoch,
+    /// takes `fresh_producer_id` if it needs one.
     fn into_call(self, fresh_producer_id: i64) -> TxnCall {
         match self {
             TxnRequest::InitProducerId {
@@ -123,11 +126,15 @@ impl TxnRequest {
                 producer_id,
                 producer_epoch,
                 commit,
+                bump_epoch,
             } => TxnCall::EndTxn {
                 transactional_id,
                 producer_id,
                 producer_epoch,
                 commit,
+                bump_epoch,
+                fresh_producer_id: (bump_epoch && producer_epoch >= i16::MAX - 1)
+                    .then_some(fresh_producer_id),
             },
             TxnRequest::Verify {
                 transactional_id,
@@ -200,6 +207,11 @@ pub(crate) async fn answer(replicas: &Rc<Replicas>, request: TxnRequest) -> TxnA
     };
     let fresh_producer_id = match &request {
         TxnRequest::InitProducerId { .. } => replicas.world.borrow_mut().allocate_producer_id(),
+        TxnRequest::EndTxn {
+            bump_epoch: true,
+            producer_epoch,
+            ..
+        } if *producer_epoch >= i16::MAX - 1 => replicas.world.borrow_mut().allocate_producer_id(),
         _ => -1,
     };
     let described = format!("{request:?}");

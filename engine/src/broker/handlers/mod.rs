@@ -201,7 +201,9 @@ pub async fn handle(
         RequestKind::AddOffsetsToTxn(body) => {
             ResponseKind::AddOffsetsToTxn(txns::add_offsets_to_txn(shard, body).await)
         }
-        RequestKind::EndTxn(body) => ResponseKind::EndTxn(txns::end_txn(shard, body).await),
+        RequestKind::EndTxn(body) => {
+            ResponseKind::EndTxn(txns::end_txn(shard, body, version).await)
+        }
         RequestKind::TxnOffsetCommit(body) => {
             ResponseKind::TxnOffsetCommit(txns::txn_offset_commit(shard, body).await)
         }

@@ -210,8 +210,28 @@ pub(super) async fn add_offsets_to_txn(
 }
 
 /// EndTxn: commits or aborts the transaction (answered once its outcome is stored; the
-/// markers follow).
-pub(super) async fn end_txn(shard: &Rc<Shard>, request: EndTxnRequest) -> EndTxnResponse {
+/// markers follow). From version 5 on (KIP-890's transaction version 2) the transaction ends
+/// at the producer's next epoch, which the answer carries (with a fresh producer id when the
+/// epoch is exhausted).
+pub(super) async fn end_txn(
+    shard: &Rc<Shard>,
+    request: EndTxnRequest,
+    version: i16,
+) -> EndTxnResponse {
+    let bump_epoch = version >= 5;
+    let fresh_producer_id = if bump_epoch && request.producer_epoch >= i16::MAX - 1 {
+        match shard.allocate_producer_id().await {
+            Ok(producer_id) => Some(producer_id),
+            Err(error) => {
+                return EndTxnResponse::default()
+                    .with_error_code(error_code(shard, Some(error.code)))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            }
+        }
+    } else {
+        None
+    };
     let reply = shard
         .txn_call(
             &request.transactional_id.0,
@@ -220,10 +240,22 @@ pub(super) async fn end_txn(shard: &Rc<Shard>, request: EndTxnRequest) -> EndTxn
                 producer_id: request.producer_id.0,
                 producer_epoch: request.producer_epoch,
                 commit: request.committed,
+                bump_epoch,
+                fresh_producer_id,
             },
         )
         .await;
-    EndTxnResponse::default().with_error_code(error_code(shard, done(reply)))
+    match reply {
+        TxnReply::ProducerId {
+            error,
+            producer_id,
+            producer_epoch,
+        } if bump_epoch => EndTxnResponse::default()
+            .with_error_code(error_code(shard, error))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch),
+        reply => EndTxnResponse::default().with_error_code(error_code(shard, done(reply))),
+    }
 }
 
 /// WriteTxnMarkers (from a transaction coordinator): appends each marker to each of its
