@@ -115,11 +115,16 @@ fn a_cluster_seed_replays_exactly() {
 /// Seeds that once failed, run on every test run. 40150: a new controller found a topic
 /// record without its partition records (the old one's proposal reached it in part), so
 /// `__consumer_offsets` existed with no partitions and the group never got a coordinator;
-/// a change's records are now one log entry.
+/// a change's records are now one log entry. 1628: a leader served a follower a batch whose
+/// partition leader epoch (outside the CRC) a bad read had flipped, and the follower's cache
+/// took an epoch nobody wrote; served epochs are now checked against the leader's cache.
+/// 1639: a truncation's cut point walk under bad reads took a bad read seen twice for damage
+/// and poisoned a sound log; it now reads a batch again until its CRC passes. (Both failed
+/// with the workload of this commit's parent; a changed workload moves what a seed does.)
 #[test]
 fn seeds_that_once_failed_pass() {
     let options = ClusterOptions::default();
-    for seed in [40150] {
+    for seed in [40150, 1628, 1639] {
         if let Err(failure) = run_cluster_simulation(seed, &options) {
             panic!("{failure}");
         }

@@ -182,6 +182,15 @@ impl LeaderEpochCache {
         }
     }
 
+    /// The epoch that wrote `offset`: the entry starting last at or before it; `None` before
+    /// the first entry (offsets the cache does not cover).
+    pub fn epoch_at(&self, offset: i64) -> Option<i32> {
+        let after = self
+            .entries
+            .partition_point(|entry| entry.start_offset <= offset);
+        after.checked_sub(1).map(|index| self.entries[index].epoch)
+    }
+
     /// Drops the entries of epochs that start at or after `end_offset`: the log was cut there.
     /// Returns whether the cache changed.
     pub fn truncate_from_end(&mut self, end_offset: i64) -> bool {
@@ -324,6 +333,17 @@ mod tests {
             LeaderEpochCache::new().end_offset_for(0, 0),
             EpochEnd::UNDEFINED
         );
+    }
+
+    #[test]
+    fn the_epoch_at_an_offset_is_the_last_to_start_at_or_before_it() {
+        let cache = cache(&[(1, 5), (3, 10), (4, 25)]);
+        assert_eq!(cache.epoch_at(4), None, "before the first entry");
+        assert_eq!(cache.epoch_at(5), Some(1));
+        assert_eq!(cache.epoch_at(9), Some(1));
+        assert_eq!(cache.epoch_at(10), Some(3));
+        assert_eq!(cache.epoch_at(1_000), Some(4));
+        assert_eq!(LeaderEpochCache::new().epoch_at(0), None);
     }
 
     #[test]

@@ -24,11 +24,22 @@ use super::recovery::relative;
 use super::segment::{SegmentMeta, SegmentPaths};
 use crate::replication::epoch_cache::{LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 
-/// Most walks of a truncation's cut point that find an inconsistent header before it is
-/// taken for corruption even when no two reads of it agreed.
-const CUT_POINT_READS_MAX: u32 = 16;
+/// Reads in a row showing the same wrong bytes of a batch that make a truncation's cut point
+/// walk take it for damage (a flipped byte in transit does not repeat itself).
+const SAME_WRONG_READS_FOR_DAMAGE: u32 = 3;
+/// Most reads of one batch the cut point walk makes before taking it for damage even when
+/// no reads agreed.
+const CUT_POINT_READS_MAX: u32 = 64;
 /// How much of a segment the epoch rebuild reads at a time.
 const SCAN_WINDOW_BYTES: usize = 1 << 20;
+
+/// What one read of a batch in a truncation's cut point walk found.
+enum Looked {
+    /// The batch, its CRC checked.
+    Sound(BatchHeader),
+    /// Something wrong (why, and the bytes read).
+    Wrong(String, Vec<u8>),
+}
 
 /// What [`load_epochs`] found.
 pub(super) enum LoadedEpochs {
@@ -367,13 +378,11 @@ impl<S: Storage> PartitionLog<S> {
             .map_err(io_error(|| format!("syncing {}", self.dir.display())))
     }
 
-    /// The segment, byte position and offset of the first batch that ends after `offset`.
     /// The segment, position and first offset of the batch holding `offset`, where a
     /// truncation to `offset` cuts.
     ///
     /// # Errors
-    /// [`StorageError::Corrupt`] when two reads in a row show the same inconsistent header;
-    /// an I/O error.
+    /// [`StorageError::Corrupt`] when reads keep showing a damaged batch; an I/O error.
     async fn cut_point(&mut self, offset: i64) -> StorageResult<(i64, u64, i64)> {
         let (base_offset, meta_size_bytes, index_floor) = if offset >= self.active.meta.base_offset
         {
@@ -400,92 +409,95 @@ impl<S: Storage> PartitionLog<S> {
         let path = SegmentPaths::new(&self.dir, base_offset).log;
         let start = index_floor.map_or(0, |entry| u64::from(entry.position));
         // The headers are checked as they are walked (each batch follows the last, within the
-        // segment): a header a read got wrong is read again, and one that stays wrong is
-        // corruption, never a cut at a wrong place.
-        // An inconsistent header is corruption only when two reads in a row show the same
-        // bytes (a flipped bit in transit shows once).
-        let mut bad_view: Option<(u64, Vec<u8>, u32)> = None;
-        'walk: loop {
-            let mut position = start;
-            let mut expected: Option<i64> = None;
-            while position < meta_size_bytes {
-                let bytes = file
-                    .read_at(position, BATCH_HEADER_BYTES)
+        // segment) and each batch's CRC, which makes a good read of it self-evident: a batch
+        // that looks wrong is read again, at its own position, until a read passes, and is
+        // damage only when reads keep showing the same wrong bytes (a byte flipped on the way
+        // from the disk does not show the same way three times in a row), so the walk neither
+        // poisons a sound log nor cuts in a wrong place. (It once walked again from the start
+        // after each bad read; over a long segment most walks met another bad read, and now
+        // and then one saw the same bad read twice and took it for damage: cluster simulation
+        // seeds 1310 and 1639.)
+        let look = async |position: u64, expected: Option<i64>| -> StorageResult<Looked> {
+            let read = async |len: usize| {
+                file.read_at(position, len)
                     .await
-                    .map_err(io_error(|| format!("reading {}", path.display())))?;
-                let problem = match BatchHeader::parse(&bytes) {
-                    Err(error) => Some((error.to_string(), bytes.to_vec())),
-                    Ok(header) if header.size_bytes() as u64 > meta_size_bytes - position => {
-                        Some((
-                            format!(
-                                "a batch of {} bytes past the segment's end",
-                                header.size_bytes()
-                            ),
-                            bytes.to_vec(),
-                        ))
-                    }
-                    Ok(header)
-                        if header.base_offset < base_offset
-                            || expected.is_some_and(|next| header.base_offset != next)
-                            || header.last_offset_delta < 0 =>
-                    {
-                        Some((
-                            format!("base offset {} out of sequence", header.base_offset),
-                            bytes.to_vec(),
-                        ))
-                    }
-                    Ok(header) => {
-                        // The whole batch, for its CRC: a bad read of its last offset delta
-                        // would move the cut.
-                        let whole = file
-                            .read_at(position, header.size_bytes())
-                            .await
-                            .map_err(io_error(|| format!("reading {}", path.display())))?;
-                        // The CRC leaves the base offset and length out: the two reads must
-                        // agree on them; the rest of the header is taken from the checked read.
-                        let again = BatchHeader::parse(&whole).ok().filter(|again| {
-                            (again.base_offset, again.batch_length)
-                                == (header.base_offset, header.batch_length)
-                        });
-                        match (super::batch::validate_stored(&whole), again) {
-                            (Err(error), _) => Some((error.to_string(), whole.to_vec())),
-                            (Ok(_), None) => Some((
-                                "two reads of a batch header disagree".to_owned(),
-                                whole.to_vec(),
-                            )),
-                            (Ok(_), Some(checked)) if checked.next_offset() > offset => {
-                                return Ok((base_offset, position, checked.base_offset));
-                            }
-                            (Ok(_), Some(checked)) => {
-                                expected = Some(checked.next_offset());
-                                position += checked.size_bytes() as u64;
-                                None
-                            }
-                        }
-                    }
-                };
-                if let Some((reason, view)) = problem {
-                    let (reads, agree) = match &bad_view {
-                        Some((at, seen, reads)) if *at == position => (reads + 1, *seen == view),
-                        _ => (1, false),
-                    };
-                    if !agree && reads < CUT_POINT_READS_MAX {
-                        bad_view = Some((position, view, reads));
-                        continue 'walk;
-                    }
-                    return Err(StorageError::Corrupt {
-                        segment: path.clone(),
-                        position,
-                        reason,
-                    });
-                }
+                    .map_err(io_error(|| format!("reading {}", path.display())))
+            };
+            let bytes = read(BATCH_HEADER_BYTES).await?;
+            let header = match BatchHeader::parse(&bytes) {
+                Ok(header) => header,
+                Err(error) => return Ok(Looked::Wrong(error.to_string(), bytes.to_vec())),
+            };
+            if header.size_bytes() as u64 > meta_size_bytes - position {
+                let reason = format!(
+                    "a batch of {} bytes past the segment's end",
+                    header.size_bytes()
+                );
+                return Ok(Looked::Wrong(reason, bytes.to_vec()));
             }
-            return Err(StorageError::Corrupt {
-                segment: path.clone(),
-                position,
-                reason: format!("no batch holds offset {offset}, below the log end"),
-            });
+            if header.base_offset < base_offset
+                || expected.is_some_and(|next| header.base_offset != next)
+                || header.last_offset_delta < 0
+            {
+                let reason = format!("base offset {} out of sequence", header.base_offset);
+                return Ok(Looked::Wrong(reason, bytes.to_vec()));
+            }
+            // The whole batch, for its CRC: damage to its last offset delta would move the
+            // cut. The CRC leaves the base offset and length out: both reads must agree on
+            // them.
+            let whole = read(header.size_bytes()).await?;
+            if let Err(error) = super::batch::validate_stored(&whole) {
+                return Ok(Looked::Wrong(error.to_string(), whole.to_vec()));
+            }
+            match BatchHeader::parse(&whole) {
+                Ok(checked)
+                    if (checked.base_offset, checked.batch_length)
+                        == (header.base_offset, header.batch_length) =>
+                {
+                    Ok(Looked::Sound(checked))
+                }
+                _ => Ok(Looked::Wrong(
+                    "two reads of a batch header disagree".to_owned(),
+                    whole.to_vec(),
+                )),
+            }
+        };
+        let mut position = start;
+        let mut expected: Option<i64> = None;
+        while position < meta_size_bytes {
+            let mut reads = 0;
+            let mut last_wrong: Option<(Vec<u8>, u32)> = None;
+            let header = loop {
+                reads += 1;
+                match look(position, expected).await? {
+                    Looked::Sound(header) => break header,
+                    Looked::Wrong(reason, view) => {
+                        let in_a_row = match &last_wrong {
+                            Some((seen, times)) if *seen == view => times + 1,
+                            _ => 1,
+                        };
+                        if in_a_row >= SAME_WRONG_READS_FOR_DAMAGE || reads >= CUT_POINT_READS_MAX {
+                            return Err(StorageError::Corrupt {
+                                segment: path.clone(),
+                                position,
+                                reason,
+                            });
+                        }
+                        last_wrong = Some((view, in_a_row));
+                    }
+                }
+            };
+            if header.next_offset() > offset {
+                return Ok((base_offset, position, header.base_offset));
+            }
+            expected = Some(header.next_offset());
+            position += header.size_bytes() as u64;
         }
+        Err(StorageError::Corrupt {
+            segment: path.clone(),
+            position,
+            reason: format!("no batch holds offset {offset}, below the log end"),
+        })
     }
 
     /// Closes the file handles of a log replaced by a reopened one.

@@ -2,7 +2,9 @@
 //!
 //! Recent batches come from the tail cache; older ones are found through the segment map, the
 //! offset index and a short scan, and returned as zero-copy slices of one read. Every batch read
-//! from disk has its header and CRC checked before it is served.
+//! from disk has its header and CRC checked before it is served, and its partition leader
+//! epoch (outside the CRC) against the leader epoch cache: a follower stores the epoch it is
+//! served, so a misread one would enter its cache and stall it for good.
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ use super::log::{io_error, Chunk, Fetched, PartitionLog};
 use super::recovery::relative;
 use super::segment::{SegmentMeta, SegmentPaths};
 use crate::limits::READ_WINDOW_EXTRA_BYTES;
+use crate::replication::epoch_cache::LeaderEpochCache;
 
 impl<S: Storage> PartitionLog<S> {
     /// Reads whole batches starting with the one that holds `offset`: at most `max_bytes`, but
@@ -85,6 +88,7 @@ impl<S: Storage> PartitionLog<S> {
             limit_offset,
             max_bytes,
             self.config.index_interval_bytes as usize,
+            &self.epochs,
         )
         .await?
         {
@@ -210,6 +214,7 @@ async fn scan_for_read<F: StorageFile>(
     limit_offset: i64,
     max_bytes: usize,
     index_interval_bytes: usize,
+    epochs: &LeaderEpochCache,
 ) -> StorageResult<Option<F::Buf>> {
     let window_bytes = index_interval_bytes + max_bytes.max(READ_WINDOW_EXTRA_BYTES);
     let read = |position: u64, len: usize| {
@@ -316,6 +321,19 @@ async fn scan_for_read<F: StorageFile>(
         // whose CRC fails is reported, never served (nor trusted for its offsets).
         batch::validate_stored(&window[cursor..cursor + size])
             .map_err(|error| corrupt(position, error.to_string()))?;
+        // The epoch is outside the CRC: every batch carries the epoch that wrote it, which is
+        // the cache's for its base offset (where the cache covers it).
+        if let Some(expected) = epochs.epoch_at(header.base_offset) {
+            if header.partition_leader_epoch != expected {
+                return Err(corrupt(
+                    position,
+                    format!(
+                        "partition leader epoch {} where the leader epoch cache has {expected}",
+                        header.partition_leader_epoch
+                    ),
+                ));
+            }
+        }
         if header.next_offset() > limit_offset {
             break;
         }

@@ -977,3 +977,49 @@ fn a_retired_log_swaps_nothing_in() {
         drop(log);
     });
 }
+
+/// A batch's partition leader epoch is outside its CRC, and the cleaner copies it into the
+/// cleaned segment: a read that flips it fails the pass (tried again later) instead of
+/// writing an epoch nobody wrote, which a follower fetching the batch would take into its
+/// own leader epoch cache.
+#[test]
+fn a_bad_read_of_a_leader_epoch_fails_the_pass_instead_of_being_cleaned_in() {
+    use spate_engine::storage::backend::read_whole_file;
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = compacted_config();
+        let mut log = open(&storage, &config).await;
+        log.open_leader_epoch(3).await.unwrap();
+        for (n, key) in ["alice", "bob", "alice", "carol"].iter().enumerate() {
+            log.append(build::batch(&[keyed(key, Some("value"), n as i64)]), 3, 0)
+                .await
+                .unwrap();
+        }
+        log.roll(10).await.unwrap();
+        let path = super::util::segment_log_path(&partition_dir(), 0);
+        let bytes = read_whole_file(&storage, &path).await.unwrap();
+        // Bob's batch (offset 1), which the pass keeps: its epoch field, after the base
+        // offset and the batch length.
+        let second = BatchHeader::parse(&bytes).unwrap().size_bytes();
+        storage.flip_next_read(&path, second + 12, 0x5A);
+        let error = log.clean(&request(10), &mut Unpaced).await.unwrap_err();
+        assert!(
+            error.to_string().contains("partition leader epoch"),
+            "{error}"
+        );
+        let report = clean_now(&mut log, 10).await;
+        assert_eq!(report.records_removed, 1);
+        // Every batch serves its true epoch (reads check it against the cache too).
+        let mut offset = log.log_start_offset();
+        while offset < log.log_end_offset() {
+            let served = log.read(offset, 1 << 16, None).await.unwrap().to_bytes();
+            let header = BatchHeader::parse(&served).unwrap();
+            assert_eq!(
+                header.partition_leader_epoch, 3,
+                "at {}",
+                header.base_offset
+            );
+            offset = header.next_offset();
+        }
+    });
+}

@@ -342,6 +342,35 @@ fn bad_reads_are_read_again_not_taken_for_damage() {
     });
 }
 
+/// A truncation's cut point found by a long walk (no index entry near the cut) on a disk
+/// whose reads often flip a byte: every batch is read until two reads agree, so the walk
+/// neither poisons a sound log nor cuts in a wrong place. (The walk once started over after
+/// each bad read; over a long segment most walks met another bad read, and now and then one
+/// saw the same bad read twice and took it for damage: cluster simulation seed 1639.)
+#[test]
+fn a_long_cut_point_walk_under_bad_reads_cuts_where_asked() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = LogConfig {
+            index_interval_bytes: 1 << 30,
+            ..big_segments()
+        };
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 200).await;
+        log.flush(5_000).await.unwrap();
+        let mut end = 600;
+        for seed in 0..10 {
+            let cut = end - 30;
+            storage.set_read_corruption(Some((&partition_dir(), 3, seed)));
+            assert_eq!(log.truncate_to(cut, 0).await.unwrap(), cut, "seed {seed}");
+            storage.set_read_corruption(None);
+            end = cut;
+            assert_eq!(log.log_end_offset(), end);
+        }
+        assert_eq!(read_all(&mut log, 0, 1 << 20).await.len(), end as usize);
+    });
+}
+
 /// A log of three leader epochs (0, 1, 2: ten batches each), durable; the expected cache.
 async fn three_epochs(
     storage: &SimulatedStorage,
@@ -421,5 +450,36 @@ fn a_bad_read_of_a_leader_epoch_does_not_reach_the_epoch_cache() {
                 );
             }
         }
+    });
+}
+
+/// A read that flips a byte of a served batch's partition leader epoch (outside the CRC) is
+/// reported as corruption rather than served: a follower stores the epoch it is served and
+/// adds it to its cache, and an epoch nobody wrote stalls it for good (found by the cluster
+/// simulation, seed 1628). The next read serves the batch as written.
+#[test]
+fn a_bad_read_of_a_served_leader_epoch_is_reported_not_served() {
+    use spate_engine::storage::batch::BatchHeader;
+    block_on(async {
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            ..big_segments()
+        };
+        let storage = SimulatedStorage::new();
+        three_epochs(&storage, &config).await;
+        let (mut log, _) = PartitionLog::open(storage.clone(), partition_dir(), config, 0)
+            .await
+            .unwrap();
+        // Batch 15 holds offsets 45..=47, written in epoch 1.
+        let positions = leader_epoch_positions(&storage).await;
+        storage.flip_next_read(&segment_log_path(&partition_dir(), 0), positions[15], 0x5A);
+        let error = log.read(45, 100, None).await.unwrap_err();
+        assert!(
+            error.to_string().contains("partition leader epoch"),
+            "{error}"
+        );
+        let served = log.read(45, 100, None).await.unwrap().to_bytes();
+        let header = BatchHeader::parse(&served).unwrap();
+        assert_eq!((header.base_offset, header.partition_leader_epoch), (45, 1));
     });
 }

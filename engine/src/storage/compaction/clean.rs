@@ -19,6 +19,7 @@ use super::checkpoint::CleanerCheckpoint;
 use super::filter::{self, CleanedBatch, TombstonePolicy};
 use super::offset_map::OffsetMap;
 use super::records::{parse_records, record_section};
+use crate::replication::epoch_cache::LeaderEpochCache;
 use crate::storage::backend::{OpenMode, ReadBuf, Storage, StorageFile};
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::error::{StorageError, StorageResult};
@@ -187,6 +188,8 @@ pub struct CleanPlan<S: Storage> {
     remembered_batches: BTreeSet<i64>,
     /// Each known producer's last batch or marker offset.
     producer_last_offsets: BTreeSet<i64>,
+    /// The leader epoch cache when the pass was planned, for checking the epochs read.
+    epochs: LeaderEpochCache,
 }
 
 /// Cleaned segments written by [`CleanPlan::execute`], ready to swap in.
@@ -371,6 +374,7 @@ impl<S: Storage> PartitionLog<S> {
             aborted,
             remembered_batches,
             producer_last_offsets,
+            epochs: self.epochs.clone(),
         }))
     }
 
@@ -605,6 +609,28 @@ impl<S: Storage> CleanPlan<S> {
         })
     }
 
+    /// A batch's partition leader epoch is outside its CRC: a read the leader epoch cache
+    /// contradicts is a bad read (or damage), and its epoch never goes into a cleaned segment
+    /// (a follower fetching it would take it into its own cache). The pass fails, and is
+    /// tried again later.
+    fn check_epoch(
+        &self,
+        segment: &PlannedSegment<S::File>,
+        header: &BatchHeader,
+    ) -> StorageResult<()> {
+        match self.epochs.epoch_at(header.base_offset) {
+            Some(expected) if expected != header.partition_leader_epoch => Err(corrupt(
+                segment,
+                header,
+                format!(
+                    "partition leader epoch {} where the leader epoch cache has {expected}",
+                    header.partition_leader_epoch
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Adds the keys of a dirty segment's records to the map: each key's latest offset.
     /// Markers and aborted transactions' records count for nothing. Notes every batch in
     /// `batches`, when given, so that the rewrite can drop a batch without reading it again.
@@ -621,6 +647,7 @@ impl<S: Storage> CleanPlan<S> {
             let Some((header, batch)) = reader.next(pacer).await? else {
                 break;
             };
+            self.check_epoch(segment, &header)?;
             if let Some(batches) = batches.as_deref_mut() {
                 batches.push(DirtyBatch {
                     position: u32::try_from(position).expect("a segment under 4 GiB"),
@@ -734,6 +761,7 @@ impl<S: Storage> CleanPlan<S> {
             while let Some(next) = source.next(pacer).await? {
                 match next {
                     NextBatch::Read(header, batch) => {
+                        self.check_epoch(segment, &header)?;
                         removed += self
                             .clean_batch_into(
                                 &mut writer,
