@@ -1,9 +1,11 @@
 //! Walking a segment file batch by batch: how indexes are rebuilt and torn tails found.
 //!
 //! Recovery policy (see `docs/FORMAT.md`):
-//! - A batch that starts below the recovery point is trusted: the walk checks only its header
-//!   (magic, length, offset). If that check fails, the segment is corrupt below the recovery
-//!   point: [`StorageError::Corrupt`] names the file and position and the log does not open.
+//! - A batch that starts below the recovery point is trusted: a failed check is corruption
+//!   below the recovery point, [`StorageError::Corrupt`] names the file and position and the
+//!   log does not open. Its CRC32C is checked too (the walk has its bytes in memory anyway,
+//!   and the CRC is what tells a misread length, which would send the walk astray, from a
+//!   sound one).
 //! - A batch at or after the recovery point is fully validated, CRC32C included. The first one
 //!   that fails ends the log there: the walk reports the position, and the caller truncates the
 //!   file and logs the truncation. An all-zero tail is direct-I/O padding and is cut quietly.
@@ -229,16 +231,13 @@ pub(super) async fn walk_segment<F: StorageFile>(
         if let Some(reason) = header_problem {
             look_again_or_stop!(reason);
         }
-        if !trusted {
-            if window.len() < cursor + size as usize {
-                window_start = position;
-                window = read(file, path, position, WALK_WINDOW_BYTES.max(size as usize)).await?;
-                continue;
-            }
-            let bytes = &window[cursor..cursor + size as usize];
-            if let Err(error) = batch::validate_stored(bytes) {
-                look_again_or_stop!(error.to_string());
-            }
+        if window.len() < cursor + size as usize {
+            window_start = position;
+            window = read(file, path, position, WALK_WINDOW_BYTES.max(size as usize)).await?;
+            continue;
+        }
+        if let Err(error) = batch::validate_stored(&window[cursor..cursor + size as usize]) {
+            look_again_or_stop!(error.to_string());
         }
         // The partition leader epoch is outside the batch CRC: one other than the latest in
         // the cache (a new epoch, or a bad read of one) is taken only when two reads of the

@@ -483,3 +483,33 @@ fn a_bad_read_of_a_served_leader_epoch_is_reported_not_served() {
         assert_eq!((header.base_offset, header.partition_leader_epoch), (45, 1));
     });
 }
+
+/// Below the recovery point a walk (here an index rebuild of a closed segment) once checked
+/// only headers: a read that flipped a batch's length sent it to a wrong position, where two
+/// reads agreed on a header that did not fit, and a sound log refused to open. The CRC, which
+/// a misread length breaks, is now checked there too, and the batch read again.
+#[test]
+fn a_misread_length_below_the_recovery_point_is_read_again() {
+    use spate_engine::storage::backend::Storage;
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        fill(&mut log, 150).await;
+        let expected = read_all(&mut log, 0, 500).await;
+        log.close(0).await.unwrap();
+        let dir = partition_dir();
+        storage
+            .remove(&dir.join(format!("{:020}.index", 0)))
+            .await
+            .unwrap();
+        // The low byte of the batch length (after the 8-byte base offset) of the sixth batch.
+        let positions = leader_epoch_positions(&storage).await;
+        storage.flip_next_read(&segment_log_path(&dir, 0), positions[5] - 1, 0x01);
+        let (mut log, report) = PartitionLog::open(storage.clone(), dir, config, 0)
+            .await
+            .unwrap();
+        assert!(report.truncations.is_empty(), "{report:?}");
+        assert_eq!(read_all(&mut log, 0, 500).await, expected);
+    });
+}
