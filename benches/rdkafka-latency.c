@@ -6,7 +6,8 @@
  * idempotence off) and prints {"rate", "records", "p50_ms", "p99_ms", "p999_ms", "max_ms"}.
  * Each record's latency runs from when it was due to be sent, not from when the send call
  * returned, so a stalled broker shows up in the percentiles instead of slowing the sender
- * (coordinated omission corrected). Build: cc -O2 rdkafka-latency.c -lrdkafka -o rdkafka-latency
+ * (coordinated omission corrected). $RDKAFKA_SETTINGS adds or overrides librdkafka settings
+ * ("max.in.flight=5,linger.ms=1"). Build: cc -O2 rdkafka-latency.c -lrdkafka -o rdkafka-latency
  */
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -67,6 +68,25 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", error);
             return 1;
         }
+    }
+    /* More settings, "name=value,name=value", from $RDKAFKA_SETTINGS (for example
+     * max.in.flight=5), applied after the defaults above. */
+    const char *extra = getenv("RDKAFKA_SETTINGS");
+    if (extra && *extra) {
+        char *copy = strdup(extra), *saved = NULL;
+        for (char *pair = strtok_r(copy, ",", &saved); pair; pair = strtok_r(NULL, ",", &saved)) {
+            char *equals = strchr(pair, '=');
+            if (!equals) {
+                fprintf(stderr, "RDKAFKA_SETTINGS: %s is not name=value\n", pair);
+                return 2;
+            }
+            *equals = '\0';
+            if (rd_kafka_conf_set(conf, pair, equals + 1, error, sizeof error) != RD_KAFKA_CONF_OK) {
+                fprintf(stderr, "%s\n", error);
+                return 1;
+            }
+        }
+        free(copy);
     }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);

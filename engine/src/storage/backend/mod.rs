@@ -151,7 +151,7 @@ pub async fn read_whole_file<S: Storage>(
 }
 
 /// Most reads [`read_at_agreed`] makes.
-const AGREEING_READS_MAX: usize = 16;
+const AGREEING_READS_MAX: usize = 64;
 
 /// Reads `len` bytes at `position` until two reads in a row return the same bytes: a byte
 /// flipped on the way from the disk shows in one read, not in two. For bytes no checksum
