@@ -555,12 +555,17 @@ impl Producer {
         self.shared.work.notify_all();
     }
 
-    /// EndTxn, then the epoch it bumped to, if it did (transaction version 2).
+    /// EndTxn, then the epoch it bumped to, if it did (transaction version 2), adopted
+    /// before the transactions lock is let go: a transaction another thread begins right
+    /// after must not send under the old epoch. (Locks in this order only: transactions,
+    /// then the sender state.)
     fn end_transaction(&self, commit: bool) -> Result<(), ClientError> {
-        let bumped = self.transactions().end(&self.shared.config, commit)?;
+        let mut transactions = self.transactions();
+        let bumped = transactions.end(&self.shared.config, commit)?;
         if let Some(identity) = bumped {
             self.adopt_transactional_identity(identity);
         }
+        drop(transactions);
         Ok(())
     }
 

@@ -556,7 +556,9 @@ impl TxnCoordinator {
         let Some(current) = self.txns.get(transactional_id) else {
             return Err(ResponseError::InvalidProducerIdMapping);
         };
-        if (producer_id, producer_epoch) == (current.next_producer_id, 0) {
+        if current.next_producer_id >= 0
+            && (producer_id, producer_epoch) == (current.next_producer_id, 0)
+        {
             // The producer id EndTxn gave, before the transaction it ended completes.
             return Err(ResponseError::ConcurrentTransactions);
         }
@@ -717,7 +719,11 @@ impl TxnCoordinator {
                 producer_id_reply(ResponseError::InvalidProducerIdMapping),
             );
         };
-        if self.pending.contains_key(transactional_id) {
+        let fresh_id_too_soon = current.next_producer_id >= 0
+            && (producer_id, producer_epoch) == (current.next_producer_id, 0);
+        if self.pending.contains_key(transactional_id) || fresh_id_too_soon {
+            // A change in flight, or the producer id the last end gave, before that end
+            // completes.
             return self.reply(
                 call_id,
                 producer_id_reply(ResponseError::ConcurrentTransactions),

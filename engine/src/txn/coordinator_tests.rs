@@ -671,6 +671,10 @@ fn transaction_version_2_moves_an_exhausted_epoch_to_a_fresh_producer_id() {
         driver.add(fresh, &[("a", 0)], 3),
         done(Some(ResponseError::ConcurrentTransactions))
     );
+    assert_eq!(
+        driver.end_bumping(fresh, false, 3),
+        producer_error(ResponseError::ConcurrentTransactions)
+    );
     let markers = driver.write_markers(4);
     assert!(matches!(
         markers.as_slice(),
