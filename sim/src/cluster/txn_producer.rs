@@ -202,6 +202,15 @@ impl TxnLedger {
     }
 }
 
+/// An EndTxn was answered without error: the ledger takes the outcome (a violation if the
+/// transaction was told the opposite before), and the trace `event`.
+fn told_ended(world: &mut World, txn: TxnKey, commit: bool, event: String) {
+    if let Err(violation) = world.txns.ended(txn, commit) {
+        world.violation(violation);
+    }
+    world.event(event);
+}
+
 fn verb(commit: bool) -> &'static str {
     if commit {
         "committed"
@@ -539,16 +548,17 @@ impl Producer {
                 return Ended::Bump;
             };
             if answer.error == 0 {
-                let mut world = self.world.borrow_mut();
-                if let Err(violation) = world.txns.ended(txn, commit) {
-                    world.violation(violation);
-                }
-                world.event(format!(
-                    "producer txn-{} transaction {} {}",
-                    txn.0,
-                    txn.1,
-                    verb(commit)
-                ));
+                told_ended(
+                    &mut self.world.borrow_mut(),
+                    txn,
+                    commit,
+                    format!(
+                        "producer txn-{} transaction {} {}",
+                        txn.0,
+                        txn.1,
+                        verb(commit)
+                    ),
+                );
                 return Ended::Answered;
             }
             if is(answer.error, &FENCED) {
@@ -591,19 +601,19 @@ impl Producer {
                 continue;
             };
             if answer.error == 0 {
-                let mut world = self.world.borrow_mut();
-                if let Err(violation) = world.txns.ended(txn, commit) {
-                    world.violation(violation);
-                }
-                world.event(format!(
-                    "producer txn-{} transaction {} {}; on at id {} epoch {}",
-                    txn.0,
-                    txn.1,
-                    verb(commit),
-                    answer.producer_id,
-                    answer.producer_epoch
-                ));
-                drop(world);
+                told_ended(
+                    &mut self.world.borrow_mut(),
+                    txn,
+                    commit,
+                    format!(
+                        "producer txn-{} transaction {} {}; on at id {} epoch {}",
+                        txn.0,
+                        txn.1,
+                        verb(commit),
+                        answer.producer_id,
+                        answer.producer_epoch
+                    ),
+                );
                 if (answer.producer_id, answer.producer_epoch)
                     != (session.producer_id, session.epoch)
                 {
@@ -644,15 +654,15 @@ impl Producer {
             let answer = late.call(&request).await;
             let mut world = late.world.borrow_mut();
             match answer {
-                Some(answer) if answer.error == 0 => {
-                    if let Err(violation) = world.txns.ended(txn, commit) {
-                        world.violation(violation);
-                    }
-                    world.event(format!(
+                Some(answer) if answer.error == 0 => told_ended(
+                    &mut world,
+                    txn,
+                    commit,
+                    format!(
                         "late copy of txn-{}'s EndTxn for transaction {}: answered",
                         txn.0, txn.1
-                    ));
-                }
+                    ),
+                ),
                 answer => world.event(format!(
                     "late copy of txn-{}'s EndTxn for transaction {}: {:?}",
                     txn.0,
@@ -699,14 +709,15 @@ impl Producer {
             for _ in 0..ATTEMPTS_MAX {
                 match zombie.call(&request).await {
                     Some(answer) if answer.error == 0 => {
-                        let mut world = zombie.world.borrow_mut();
-                        if let Err(violation) = world.txns.ended(txn, true) {
-                            world.violation(violation);
-                        }
-                        world.event(format!(
-                            "zombie of txn-{} transaction {}: EndTxn commit answered",
-                            txn.0, txn.1
-                        ));
+                        told_ended(
+                            &mut zombie.world.borrow_mut(),
+                            txn,
+                            true,
+                            format!(
+                                "zombie of txn-{} transaction {}: EndTxn commit answered",
+                                txn.0, txn.1
+                            ),
+                        );
                         return;
                     }
                     Some(answer) if is(answer.error, &NOT_DONE) => {
