@@ -7,7 +7,9 @@
  * Each record's latency runs from when it was due to be sent, not from when the send call
  * returned, so a stalled broker shows up in the percentiles instead of slowing the sender
  * (coordinated omission corrected). $RDKAFKA_SETTINGS adds or overrides librdkafka settings
- * ("max.in.flight=5,linger.ms=1"). Build: cc -O2 rdkafka-latency.c -lrdkafka -o rdkafka-latency
+ * ("max.in.flight=5,linger.ms=1"). $LATENCY_WINDOWS_MS=50 also prints to stderr, for each 50 ms
+ * window of send times, the worst latency of the records due in it, to find when stalls happen.
+ * Build: cc -O2 rdkafka-latency.c -lrdkafka -o rdkafka-latency
  */
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -129,6 +131,20 @@ int main(int argc, char **argv) {
     if (failures) {
         fprintf(stderr, "%ld deliveries failed\n", failures);
         return 1;
+    }
+    const char *windows = getenv("LATENCY_WINDOWS_MS");
+    if (windows && atof(windows) > 0) {
+        long per_window = (long)(atof(windows) / 1000.0 * rate);
+        if (per_window < 1) {
+            per_window = 1;
+        }
+        for (long first = 0; first < total; first += per_window) {
+            double worst = 0;
+            for (long j = first; j < total && j < first + per_window; j++) {
+                worst = latencies_ms[j] > worst ? latencies_ms[j] : worst;
+            }
+            fprintf(stderr, "window at %.3f s: worst %.3f ms\n", (double)first * interval_s, worst);
+        }
     }
     qsort(latencies_ms, (size_t)total, sizeof *latencies_ms, by_value);
     printf("{\"rate\": %.0f, \"records\": %ld, \"p50_ms\": %.4f, \"p99_ms\": %.4f, \"p999_ms\": %.4f, "

@@ -16,7 +16,6 @@ def produce(servers, topic, count, partitions):
 
 def test_three_consumers_share_partitions_and_resume_from_commits(servers, admin, topic_name):
     admin.create_topic(topic_name, num_partitions=6)
-    produce(servers, topic_name, 600, 6)
     group = f"{topic_name}-group"
     settings = dict(group_id=group, topics=[topic_name], auto_offset_reset="earliest",
                     enable_auto_commit=False)
@@ -36,6 +35,15 @@ def test_three_consumers_share_partitions_and_resume_from_commits(servers, admin
         threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(consumers)]
         for thread in threads:
             thread.start()
+        # All three join before there is anything to read: a member that joined first would
+        # otherwise read everything alone, and the others would read it again after the
+        # rebalance (nothing is committed yet), which is at-least-once, not what this checks.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if sorted(len(c.assignment()) for c in consumers) == [2, 2, 2]:
+                break
+            time.sleep(0.1)
+        produce(servers, topic_name, 600, 6)
         deadline = time.time() + 60
         while not stop.is_set() and time.time() < deadline:
             time.sleep(0.1)

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use spate_engine::storage::backend::{CrashMode, SimulatedStorage};
 use spate_engine::storage::batch::build::{batch, NewRecord};
-use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
+use spate_engine::storage::{Installed, LogConfig, PartitionLog, RollFinish, StorageError};
 
 use crate::SimRng;
 
@@ -65,7 +65,20 @@ struct Sim {
     /// Durable bytes were corrupted on purpose: reads may report corruption, and a crash may cut
     /// the log at a damaged batch, losing records after it.
     corrupted: bool,
+    /// A background roll finish in progress, advanced one step at a time between the other
+    /// steps, as appends and crashes race it in the broker.
+    roll_finish: Option<FinishStep>,
     summary: SimSummary,
+}
+
+/// Where the simulated background roll finish is.
+enum FinishStep {
+    /// Taken from the log; its files are to be staged.
+    Begun(RollFinish<SimulatedStorage>),
+    /// Staged, with the staging's outcome; to be installed.
+    Staged(RollFinish<SimulatedStorage>, std::io::Result<()>),
+    /// Installed to the end; the directory is to be synced.
+    Finished(RollFinish<SimulatedStorage>),
 }
 
 fn dir() -> PathBuf {
@@ -115,6 +128,7 @@ pub fn run_storage_simulation_traced(
             corruption_enabled,
             trace,
             corrupted: false,
+            roll_finish: None,
             summary: SimSummary::default(),
         };
         for step in 0..steps {
@@ -180,7 +194,14 @@ impl Sim {
                     .await
                     .map_err(|error| self.fail(format!("flush: {error}")))?;
             }
-            60..=79 => self.read().await?,
+            60..=71 => self.read().await?,
+            72..=79 => {
+                // Now and then the whole finish at once, else one step of it.
+                let steps = if self.rng.chance(20) { 16 } else { 1 };
+                for _ in 0..steps {
+                    self.advance_roll_finish().await?;
+                }
+            }
             80..=82 => self
                 .log()
                 .roll(now_ms)
@@ -303,8 +324,49 @@ impl Sim {
         }
     }
 
+    /// Takes the background roll finish one step further; see `storage::roll_finish`.
+    async fn advance_roll_finish(&mut self) -> Result<(), SimFailure> {
+        self.roll_finish = match self.roll_finish.take() {
+            None => self
+                .log()
+                .begin_roll_finish()
+                .map_err(|error| self.fail(format!("begin roll finish: {error}")))?
+                .map(FinishStep::Begun),
+            Some(FinishStep::Begun(finish)) => {
+                let staged = finish.stage().await;
+                Some(FinishStep::Staged(finish, staged))
+            }
+            Some(FinishStep::Staged(finish, staged)) => {
+                let installed = self
+                    .log()
+                    .install_roll_finish(finish, staged)
+                    .await
+                    .map_err(|error| self.fail(format!("install roll finish: {error}")))?;
+                self.mix(match installed {
+                    Installed::Next(_) => 1,
+                    Installed::Finished(_) => 2,
+                    Installed::Stale => 3,
+                });
+                match installed {
+                    Installed::Next(finish) => Some(FinishStep::Begun(finish)),
+                    Installed::Finished(finish) => Some(FinishStep::Finished(finish)),
+                    Installed::Stale => None,
+                }
+            }
+            Some(FinishStep::Finished(finish)) => {
+                finish
+                    .settle()
+                    .await
+                    .map_err(|error| self.fail(format!("settle roll finish: {error}")))?;
+                None
+            }
+        };
+        Ok(())
+    }
+
     async fn crash(&mut self) -> Result<(), SimFailure> {
         let durable = self.log().durable_offset();
+        self.roll_finish = None;
         drop(self.log.take());
         let mode = if self.rng.chance(50) {
             CrashMode::TornTail {

@@ -118,6 +118,12 @@ pub struct ServeSettings {
     /// (producer.id.expiration.ms); checked with retention [default: 86400000, 1 day].
     #[arg(long, value_name = "MS")]
     pub producer_id_expiration_ms: Option<i64>,
+    /// Sync a partition in the background once this many bytes were appended since its last
+    /// sync (checked every 100 ms), whatever the topic's flush settings, so that no later
+    /// fsync (a segment roll's, an acks=all wait's) has much to write; 0 for never (Spate
+    /// only) [default: 16777216, 16 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub log_background_sync_bytes: Option<u64>,
     /// How long an empty group's first rebalance waits for more members to join
     /// (group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, value_name = "MS")]
@@ -259,6 +265,8 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// See [`ServeSettings::producer_id_expiration_ms`].
     pub producer_id_expiration_ms: i64,
+    /// See [`ServeSettings::log_background_sync_bytes`]; `u64::MAX` for never.
+    pub log_background_sync_bytes: u64,
     /// See [`ServeSettings::log_cleaner_enable`].
     pub log_cleaner_enable: bool,
     /// See [`ServeSettings::log_cleaner_backoff_ms`].
@@ -372,6 +380,9 @@ impl ServeSettings {
             producer_id_expiration_ms: self
                 .producer_id_expiration_ms
                 .or(base.producer_id_expiration_ms),
+            log_background_sync_bytes: self
+                .log_background_sync_bytes
+                .or(base.log_background_sync_bytes),
             log_cleaner_enable: self.log_cleaner_enable.or(base.log_cleaner_enable),
             log_cleaner_backoff_ms: self.log_cleaner_backoff_ms.or(base.log_cleaner_backoff_ms),
             log_cleaner_dedupe_buffer_size: self
@@ -624,6 +635,11 @@ impl ServeSettings {
                 .unwrap_or(limits::LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT)
                 .max(100),
             producer_id_expiration_ms,
+            log_background_sync_bytes: match self.log_background_sync_bytes {
+                None => limits::LOG_BACKGROUND_SYNC_BYTES_DEFAULT,
+                Some(0) => u64::MAX,
+                Some(bytes) => bytes,
+            },
             log_cleaner_enable: self.log_cleaner_enable.unwrap_or(true),
             log_cleaner_backoff_ms: self
                 .log_cleaner_backoff_ms
@@ -788,6 +804,20 @@ mod tests {
             ..ServeSettings::default()
         };
         assert!(bad.resolve().is_err());
+        let background_sync = |bytes: Option<u64>| {
+            ServeSettings {
+                log_background_sync_bytes: bytes,
+                ..ServeSettings::default()
+            }
+            .resolve()
+            .unwrap()
+            .log_background_sync_bytes
+        };
+        assert_eq!(background_sync(None), 16 << 20);
+        assert_eq!(background_sync(Some(0)), u64::MAX, "0 is never");
+        assert_eq!(background_sync(Some(1 << 20)), 1 << 20);
+        let file: ServeSettings = toml::from_str("log_background_sync_bytes = 0\n").unwrap();
+        assert_eq!(file.resolve().unwrap().log_background_sync_bytes, u64::MAX);
     }
 }
 

@@ -167,6 +167,7 @@ mod tests {
                 log.append(build::batch(&[record]), 0, n).await.unwrap();
             }
             log.roll(5000).await.unwrap();
+            log.finish_rolls().await.unwrap();
             let request = CleanRequest {
                 now_ms: 5000,
                 upper_bound_offset: i64::MAX,

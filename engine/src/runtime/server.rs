@@ -30,6 +30,8 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often each shard checks the flush policy of its partitions.
 const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often each shard looks for segment rolls to finish.
+const ROLL_FINISH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -674,6 +676,16 @@ fn spawn_background_work(shard: &Rc<Shard>) {
     glommio::spawn_local(async move {
         while flusher.sleep_unless_shutdown(FLUSH_CHECK_INTERVAL).await {
             flusher.flush_due().await;
+        }
+    })
+    .detach();
+    let finisher = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        while finisher
+            .sleep_unless_shutdown(ROLL_FINISH_CHECK_INTERVAL)
+            .await
+        {
+            finisher.finish_rolls().await;
         }
     })
     .detach();

@@ -1766,19 +1766,43 @@ impl Shard {
         self.partitions.borrow().values().cloned().collect()
     }
 
-    /// Syncs the partitions whose flush policy (`flush.messages`, `flush.ms`) asks for it.
+    /// Syncs the partitions whose flush policy (`flush.messages`, `flush.ms`) asks for it, and
+    /// those with `log_background_sync_bytes` appended since their last sync.
     pub async fn flush_due(&self) {
+        let background_sync_bytes = self.config.log_background_sync_bytes;
         for partition in self.owned_partitions() {
             let now = now_ms();
             let due = partition
                 .replica
                 .log
-                .with_log(async |log| log.sync_due(now).then(|| log.log_end_offset()))
+                .with_log(async |log| {
+                    let due = log.sync_due(now) || log.unsynced_bytes() >= background_sync_bytes;
+                    due.then(|| log.log_end_offset())
+                })
                 .await;
             if let Some(end) = due {
                 if let Err(error) = partition.replica.log.wait_durable(end, now).await {
                     error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "flush failed");
                 }
+            }
+        }
+    }
+
+    /// Finishes the segment rolls of every partition that rolled since the last call: syncs
+    /// the closed segments, writes their indexes and checkpoints, without stalling appends
+    /// (see `storage::roll_finish`).
+    pub async fn finish_rolls(&self) {
+        for partition in self.owned_partitions() {
+            let log = &partition.replica.log;
+            // A poisoned log reports its failure to every append; no need to repeat it here.
+            let due = log
+                .with_log(async |log| log.has_unfinished_rolls() && !log.is_poisoned())
+                .await;
+            if !due {
+                continue;
+            }
+            if let Err(error) = log.finish_rolls().await {
+                error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "finishing a segment roll failed");
             }
         }
     }

@@ -110,6 +110,7 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(());
         }
         let path = self.dir.join(LEADER_EPOCH_FILE_NAME);
+        self.metadata_writes += 1;
         write_file_atomically(&self.storage, &path, &self.epochs.encode())
             .await
             .map_err(io_error(|| format!("writing {}", path.display())))?;

@@ -10,8 +10,13 @@
 //!   [`SyncTicket::run`] / [`complete_sync`](PartitionLog::complete_sync) when the fsync should
 //!   run without holding the log, make appended batches durable.
 //! - [`read`](PartitionLog::read), [`offset_for_timestamp`](PartitionLog::offset_for_timestamp).
-//! - [`checkpoint`](PartitionLog::checkpoint) now and then (writes the active segment's indexes
-//!   and the recovery point, which bounds the work of the next recovery),
+//! - [`finish_rolls`](PartitionLog::finish_rolls) after appends that rolled segments, or its
+//!   split form ([`begin_roll_finish`](PartitionLog::begin_roll_finish), [`super::RollFinish`],
+//!   [`install_roll_finish`](PartitionLog::install_roll_finish)) that
+//!   [`super::SharedLog::finish_rolls`] runs without holding the log (see
+//!   [`super::roll_finish`]).
+//! - [`checkpoint`](PartitionLog::checkpoint) now and then (finishes rolls, writes the active
+//!   segment's indexes and the recovery point, which bounds the work of the next recovery),
 //!   [`apply_retention`](PartitionLog::apply_retention),
 //!   [`delete_records`](PartitionLog::delete_records).
 //! - [`close`](PartitionLog::close) at shutdown.
@@ -25,7 +30,7 @@
 //! log_end_offset`, segments are contiguous (each one's `next_offset` is the next one's base),
 //! and index entries strictly increase.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -49,6 +54,7 @@ use super::producers::{
     StagedProducers, Verdict,
 };
 use super::recovery::{relative, walk_segment, IndexBuilder};
+use super::roll_finish::UnfinishedRoll;
 use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
 use crate::replication::epoch_cache::LeaderEpochCache;
@@ -175,20 +181,35 @@ pub struct OpenReport {
     pub bytes_scanned: u64,
 }
 
-/// A pending sync: the file to sync and the offset that will be durable after it.
+/// A pending sync: the files to sync and the offset that will be durable after it.
+///
+/// Besides the active segment it seals the rolls not sealed yet (see [`super::roll_finish`]):
+/// their closed segments are synced, then the directory, so that the files the rolls created
+/// are there after a crash too.
 #[derive(Debug, Clone)]
-pub struct SyncTicket<F> {
-    file: F,
+pub struct SyncTicket<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    /// Base offsets and files of the closed segments of the rolls this sync seals.
+    seals: Vec<(i64, S::File)>,
+    file: S::File,
     target_offset: i64,
     generation: u64,
 }
 
-impl<F: StorageFile> SyncTicket<F> {
-    /// Runs the fsync. Does not need the log, so appends can go on meanwhile.
+impl<S: Storage> SyncTicket<S> {
+    /// Runs the fsyncs. Does not need the log, so appends can go on meanwhile.
     ///
     /// # Errors
-    /// The fsync's I/O error; pass it to [`PartitionLog::complete_sync`], which poisons the log.
+    /// The first fsync's I/O error; pass it to [`PartitionLog::complete_sync`], which poisons
+    /// the log.
     pub async fn run(&self) -> io::Result<()> {
+        for (_, file) in &self.seals {
+            file.sync().await?;
+        }
+        if !self.seals.is_empty() {
+            self.storage.sync_dir(&self.dir).await?;
+        }
         self.file.sync().await
     }
 
@@ -232,6 +253,8 @@ pub struct PartitionLog<S: Storage> {
     pub(super) recovery_point: i64,
     pub(super) durable_offset: i64,
     pub(super) unsynced_records: u64,
+    /// Bytes appended since the last sync that covered the whole log.
+    pub(super) unsynced_bytes: u64,
     pub(super) last_sync_ms: i64,
     pub(super) poisoned: Option<String>,
     /// Which leader epoch wrote which offsets; see [`super::epochs`].
@@ -252,6 +275,12 @@ pub struct PartitionLog<S: Storage> {
     pub(super) cleaner_checkpoint: CleanerCheckpoint,
     /// The partition is being deleted: no cleaner pass swaps anything in any more.
     pub(super) retired: bool,
+    /// Rolls whose closed segments are not finished yet, oldest first: the newest closed
+    /// segments (see [`super::roll_finish`]).
+    pub(super) unfinished_rolls: VecDeque<UnfinishedRoll<S::File>>,
+    /// Writes of the checkpoint, the epoch cache or producer snapshots made while holding the
+    /// log: a background roll finish staged before one of them must not install its files.
+    pub(super) metadata_writes: u64,
 }
 
 pub(super) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> StorageError {
@@ -328,6 +357,14 @@ impl<S: Storage> PartitionLog<S> {
             .map(|meta| meta.size_bytes)
             .sum::<u64>()
             + self.active.meta.size_bytes
+    }
+
+    /// Base offset of the oldest segment not closed for good: the oldest unfinished roll's
+    /// (see [`super::roll_finish`]), else the active segment's.
+    pub(super) fn first_unfinished_base(&self) -> i64 {
+        self.unfinished_rolls
+            .front()
+            .map_or(self.active.meta.base_offset, |roll| roll.meta.base_offset)
     }
 
     /// Base offsets of all segments, oldest first.
@@ -686,6 +723,7 @@ impl<S: Storage> PartitionLog<S> {
             "offsets assigned densely"
         );
         self.unsynced_records += records_count;
+        self.unsynced_bytes += records.len() as u64;
         Ok(AppendInfo {
             base_offset,
             last_offset: next_offset - 1,
@@ -804,6 +842,11 @@ impl<S: Storage> PartitionLog<S> {
         Ok(batches)
     }
 
+    /// Bytes appended since the last sync that covered the whole log.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes
+    }
+
     /// Whether the flush policy wants a sync now.
     pub fn sync_due(&self, now_ms: i64) -> bool {
         self.unsynced_records > 0
@@ -838,9 +881,14 @@ impl<S: Storage> PartitionLog<S> {
         Ok(())
     }
 
-    /// Closes the active segment and starts a new one at the log end offset: syncs the segment,
-    /// writes its indexes, creates the new file and checkpoints. Does nothing when the active
-    /// segment is empty.
+    /// Closes the active segment and starts a new one at the log end offset. Does nothing when
+    /// the active segment is empty.
+    ///
+    /// Only what the next append needs happens here: the closed segment's reserved space is
+    /// cut and the new segment's file created. Syncing the closed segment, its index files, a
+    /// producer snapshot and the checkpoint come later, without holding the log
+    /// ([`SharedLog::finish_rolls`](super::SharedLog::finish_rolls)), or at the next
+    /// [`checkpoint`](PartitionLog::checkpoint); see [`super::roll_finish`].
     ///
     /// # Errors
     /// An I/O error, which poisons the log.
@@ -856,27 +904,15 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     async fn roll_inner(&mut self, now_ms: i64) -> StorageResult<()> {
-        // Cut the space the backend reserved ahead of appends; the flush makes the cut durable
-        // with the data, so closed segments end exactly at their last batch.
+        // Cut the space the backend reserved ahead of appends, so the closed segment ends
+        // exactly at its last batch once synced. No sync here: until the roll is sealed,
+        // recovery walks this segment and cuts what a crash left of it.
         let active_path = self.active.paths.log.clone();
         self.active
             .file
             .truncate(self.active.meta.size_bytes)
             .await
             .map_err(io_error(|| format!("truncating {}", active_path.display())))?;
-        self.active
-            .file
-            .sync()
-            .await
-            .map_err(io_error(|| format!("syncing {}", active_path.display())))?;
-        self.flush(now_ms).await?;
-        write_index_files(
-            &self.storage,
-            &self.active.paths,
-            &self.active.index,
-            &self.active.meta,
-        )
-        .await?;
         let new_base = self.active.meta.next_offset;
         let paths = SegmentPaths::new(&self.dir, new_base);
         let file = self
@@ -885,10 +921,9 @@ impl<S: Storage> PartitionLog<S> {
             .await
             .map_err(io_error(|| format!("creating {}", paths.log.display())))?;
         file.expect_appends();
-        self.storage
-            .sync_dir(&self.dir)
-            .await
-            .map_err(io_error(|| format!("syncing {}", self.dir.display())))?;
+        let producer_snapshot = self
+            .producer_snapshot_due()
+            .then(|| self.producers.encode_snapshot(new_base).freeze());
         let old = std::mem::replace(
             &mut self.active,
             ActiveSegment {
@@ -907,12 +942,19 @@ impl<S: Storage> PartitionLog<S> {
         self.closed.insert(old.meta.base_offset, old.meta);
         let handle = ClosedHandle {
             base_offset: old.meta.base_offset,
-            file: old.file,
-            index: old.index.offset_index,
+            file: old.file.clone(),
+            index: old.index.offset_index.clone(),
             last_used: 0,
         };
         self.insert_closed_handle(handle).await;
-        self.write_checkpoint(new_base).await?;
+        self.unfinished_rolls.push_back(UnfinishedRoll {
+            meta: old.meta,
+            paths: old.paths,
+            file: old.file,
+            index: old.index,
+            producer_snapshot,
+            sealed: false,
+        });
         Ok(())
     }
 
@@ -921,9 +963,17 @@ impl<S: Storage> PartitionLog<S> {
     ///
     /// # Errors
     /// [`StorageError::Poisoned`] after an earlier failure.
-    pub fn begin_sync(&self) -> StorageResult<SyncTicket<S::File>> {
+    pub fn begin_sync(&self) -> StorageResult<SyncTicket<S>> {
         self.check_poison()?;
         Ok(SyncTicket {
+            storage: self.storage.clone(),
+            dir: self.dir.clone(),
+            seals: self
+                .unfinished_rolls
+                .iter()
+                .filter(|roll| !roll.sealed)
+                .map(|roll| (roll.meta.base_offset, roll.file.clone()))
+                .collect(),
             file: self.active.file.clone(),
             target_offset: self.log_end_offset(),
             generation: self.generation,
@@ -936,7 +986,7 @@ impl<S: Storage> PartitionLog<S> {
     /// The sync's error, as [`StorageError::Io`]; later calls get [`StorageError::Poisoned`].
     pub fn complete_sync(
         &mut self,
-        ticket: SyncTicket<S::File>,
+        ticket: SyncTicket<S>,
         result: io::Result<()>,
         now_ms: i64,
     ) -> StorageResult<()> {
@@ -952,11 +1002,21 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(());
         }
         assert!(ticket.target_offset <= self.log_end_offset());
+        for roll in &mut self.unfinished_rolls {
+            if ticket
+                .seals
+                .iter()
+                .any(|&(base_offset, _)| base_offset == roll.meta.base_offset)
+            {
+                roll.sealed = true;
+            }
+        }
         if ticket.target_offset > self.durable_offset {
             self.durable_offset = ticket.target_offset;
         }
         if self.durable_offset == self.log_end_offset() {
             self.unsynced_records = 0;
+            self.unsynced_bytes = 0;
         }
         self.last_sync_ms = now_ms;
         Ok(())
@@ -968,15 +1028,15 @@ impl<S: Storage> PartitionLog<S> {
     /// An I/O error, which poisons the log.
     pub async fn flush(&mut self, now_ms: i64) -> StorageResult<()> {
         let ticket = self.begin_sync()?;
-        if ticket.target_offset == self.durable_offset {
+        if ticket.target_offset == self.durable_offset && ticket.seals.is_empty() {
             return Ok(());
         }
         let result = ticket.run().await;
         self.complete_sync(ticket, result, now_ms)
     }
 
-    /// Syncs, writes the active segment's indexes and records the log end as the recovery point,
-    /// so that the next open trusts everything up to here.
+    /// Syncs, finishes the unfinished rolls, writes the active segment's indexes and records
+    /// the log end as the recovery point, so that the next open trusts everything up to here.
     ///
     /// # Errors
     /// An I/O error, which poisons the log.
@@ -984,6 +1044,10 @@ impl<S: Storage> PartitionLog<S> {
         self.check_poison()?;
         let result = async {
             self.flush(now_ms).await?;
+            while let Some(roll) = self.unfinished_rolls.front() {
+                write_index_files(&self.storage, &roll.paths, &roll.index, &roll.meta).await?;
+                self.unfinished_rolls.pop_front();
+            }
             write_index_files(
                 &self.storage,
                 &self.active.paths,
@@ -1002,6 +1066,13 @@ impl<S: Storage> PartitionLog<S> {
             recovery_point <= self.durable_offset,
             "checkpoint only durable data"
         );
+        assert!(
+            self.unfinished_rolls
+                .front()
+                .is_none_or(|roll| recovery_point <= roll.meta.next_offset),
+            "an unfinished roll ends at or above the recovery point"
+        );
+        self.metadata_writes += 1;
         // The epoch cache first, so that it covers every epoch below the recovery point.
         self.write_epochs().await?;
         if recovery_point == self.log_end_offset() {
@@ -1040,7 +1111,9 @@ impl<S: Storage> PartitionLog<S> {
                 && self.config.retention_bytes >= 0
                 && size_bytes - meta.size_bytes >= self.config.retention_bytes as u64;
             let below_start = meta.next_offset <= self.log_start_offset;
-            if !(expired || over_size || below_start) {
+            if !(expired || over_size || below_start) || self.is_unfinished(base_offset) {
+                // An unfinished roll's segment waits for its finish (the newest closed
+                // segments are the unfinished ones, so nothing older is left behind).
                 break;
             }
             self.closed.remove(&base_offset);
@@ -1134,6 +1207,25 @@ impl<S: Storage> PartitionLog<S> {
         {
             self.closed_handles[found].last_used = use_counter;
             return Ok(&self.closed_handles[found]);
+        }
+        if let Some(roll) = self
+            .unfinished_rolls
+            .iter()
+            .find(|roll| roll.meta.base_offset == base_offset)
+        {
+            // Its index files are not written yet, but the index is in memory.
+            let handle = ClosedHandle {
+                base_offset,
+                file: roll.file.clone(),
+                index: roll.index.offset_index.clone(),
+                last_used: use_counter,
+            };
+            self.insert_closed_handle(handle).await;
+            return Ok(self
+                .closed_handles
+                .iter()
+                .find(|handle| handle.base_offset == base_offset)
+                .expect("just inserted"));
         }
         let paths = SegmentPaths::new(&self.dir, base_offset);
         let file = self

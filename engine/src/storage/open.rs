@@ -5,7 +5,7 @@
 //! index entry before it; everything from the recovery point on is CRC-checked, and a torn or
 //! corrupt tail is cut and reported; damage below the recovery point refuses to open.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
@@ -158,20 +158,7 @@ impl<S: Storage> PartitionLog<S> {
                     // The later segments go first, newest first and durably: cutting this
                     // tail while they remain would leave a gap in the offsets, which the next
                     // open refuses, if a crash came in between.
-                    if let Some(next_base) = next_base {
-                        for &later in bases[index + 1..].iter().rev() {
-                            remove_segment_files(&storage, &SegmentPaths::new(&dir, later)).await?;
-                            report.segments_removed += 1;
-                        }
-                        storage
-                            .sync_dir(&dir)
-                            .await
-                            .map_err(io_error(|| format!("syncing {}", dir.display())))?;
-                        warn!(
-                            from_base_offset = next_base,
-                            "removed segments after a torn or corrupt tail"
-                        );
-                    }
+                    remove_later_segments(&storage, &dir, &bases[index + 1..], &mut report).await?;
                     let bytes_removed = file.len() - position;
                     warn!(
                         segment = %paths.log.display(),
@@ -189,6 +176,25 @@ impl<S: Storage> PartitionLog<S> {
                     });
                     truncated = true;
                 }
+            }
+            let lost_tail = |next_base: &i64| {
+                meta.next_offset < *next_base && meta.next_offset >= recovery_point
+            };
+            if let Some(next_base) = next_base.filter(lost_tail) {
+                // A segment above the recovery point that lost its tail in a crash: a roll
+                // created the next segment before this one was synced (see
+                // `super::roll_finish`), so nothing from here on was durable.
+                remove_later_segments(&storage, &dir, &bases[index + 1..], &mut report).await?;
+                report.truncations.push(Truncation {
+                    segment: paths.log.clone(),
+                    position: meta.size_bytes,
+                    bytes_removed: 0,
+                    reason: format!(
+                        "the segment ends at offset {} but the next one started at {next_base}",
+                        meta.next_offset
+                    ),
+                });
+                truncated = true;
             }
             let is_last = next_base.is_none() || truncated;
             if is_last {
@@ -285,6 +291,7 @@ impl<S: Storage> PartitionLog<S> {
             recovery_point,
             durable_offset: recovery_point,
             unsynced_records: 0,
+            unsynced_bytes: 0,
             last_sync_ms: now_ms,
             poisoned: None,
             epochs,
@@ -295,6 +302,8 @@ impl<S: Storage> PartitionLog<S> {
             stale_producer_snapshots: Vec::new(),
             cleaner_checkpoint,
             retired: false,
+            unfinished_rolls: VecDeque::new(),
+            metadata_writes: 0,
         };
         if rebuild_epochs && log.log_end_offset() > log.log_start_offset {
             log.rebuild_epochs().await?;
@@ -320,6 +329,32 @@ impl<S: Storage> PartitionLog<S> {
         );
         Ok((log, report))
     }
+}
+
+/// Removes the segments `later` (which follow a cut tail), newest first, and syncs the
+/// directory.
+async fn remove_later_segments<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    later: &[i64],
+    report: &mut OpenReport,
+) -> StorageResult<()> {
+    let Some(&first) = later.first() else {
+        return Ok(());
+    };
+    for &base in later.iter().rev() {
+        remove_segment_files(storage, &SegmentPaths::new(dir, base)).await?;
+        report.segments_removed += 1;
+    }
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(io_error(|| format!("syncing {}", dir.display())))?;
+    warn!(
+        from_base_offset = first,
+        "removed segments after a torn, corrupt or lost tail"
+    );
+    Ok(())
 }
 
 async fn read_checkpoint<S: Storage>(storage: &S, dir: &Path) -> StorageResult<Checkpoint> {

@@ -34,7 +34,7 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// damage (as recovery's walk reads again).
 const REPLAY_READS_MAX: u32 = 16;
 
-fn snapshot_name(offset: i64) -> String {
+pub(super) fn snapshot_name(offset: i64) -> String {
     format!("{offset:020}{SNAPSHOT_SUFFIX}")
 }
 
@@ -182,9 +182,7 @@ impl<S: Storage> PartitionLog<S> {
     /// id writes none.
     pub(super) async fn write_producer_snapshot(&mut self) -> StorageResult<()> {
         let offset = self.log_end_offset();
-        let had_files =
-            !self.producer_snapshots.is_empty() || !self.stale_producer_snapshots.is_empty();
-        if self.producers.is_empty() && !had_files {
+        if !self.producer_snapshot_due() {
             return Ok(());
         }
         let path = self.dir.join(snapshot_name(offset));
@@ -195,6 +193,21 @@ impl<S: Storage> PartitionLog<S> {
         )
         .await
         .map_err(io_error(|| format!("writing {}", path.display())))?;
+        self.producer_snapshot_written(offset).await
+    }
+
+    /// Whether a producer snapshot is to be written: there is producer state, or there are
+    /// snapshot files (which an empty snapshot must replace, or they would be loaded).
+    pub(super) fn producer_snapshot_due(&self) -> bool {
+        !self.producers.is_empty()
+            || !self.producer_snapshots.is_empty()
+            || !self.stale_producer_snapshots.is_empty()
+    }
+
+    /// Records that the snapshot at `offset` is on disk, and removes the ones it makes
+    /// unneeded: the unusable ones found at open, and those beyond the newest
+    /// [`SNAPSHOTS_KEPT`].
+    pub(super) async fn producer_snapshot_written(&mut self, offset: i64) -> StorageResult<()> {
         self.producer_snapshots.insert(offset);
         // The new snapshot covers the durable log up to here on its own: older and unusable
         // ones may go.

@@ -13,6 +13,10 @@ use super::backend::{Storage, StorageFile};
 use super::compaction::{CleanReport, CleanRequest, Pacer};
 use super::error::{StorageError, StorageResult};
 use super::log::{AppendInfo, Fetched, PartitionLog};
+use super::roll_finish::Installed;
+
+/// Most times [`SharedLog::finish_rolls`] starts a finish over in one call.
+pub const ROLL_FINISH_ATTEMPTS: u32 = 3;
 
 /// Whether an append returns before or after its records are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,7 @@ pub struct Marker {
 pub struct SharedLog<S: Storage> {
     log: Mutex<PartitionLog<S>>,
     sync_turn: Mutex<()>,
+    finish_turn: Mutex<()>,
 }
 
 impl<S: Storage> SharedLog<S> {
@@ -59,6 +64,7 @@ impl<S: Storage> SharedLog<S> {
         SharedLog {
             log: Mutex::new(log),
             sync_turn: Mutex::new(()),
+            finish_turn: Mutex::new(()),
         }
     }
 
@@ -181,6 +187,51 @@ impl<S: Storage> SharedLog<S> {
                 .await
                 .complete_sync(ticket, result, now_ms)?;
         }
+    }
+
+    /// Finishes the unfinished segment rolls (see [`super::roll_finish`]), holding the log
+    /// only to check and rename: appends and reads go on during the fsyncs. One caller at a
+    /// time; a finish that the log outran (a truncation, a checkpoint written meanwhile) is
+    /// started over, at most [`ROLL_FINISH_ATTEMPTS`] times per call.
+    ///
+    /// # Errors
+    /// An I/O error, which poisons the log.
+    pub async fn finish_rolls(&self) -> StorageResult<()> {
+        let _turn = self.finish_turn.lock().await;
+        let mut attempts = 0;
+        while attempts < ROLL_FINISH_ATTEMPTS {
+            let Some(mut finish) = self.log.lock().await.begin_roll_finish()? else {
+                return Ok(());
+            };
+            loop {
+                let staged = finish.stage().await;
+                let installed = self
+                    .log
+                    .lock()
+                    .await
+                    .install_roll_finish(finish, staged)
+                    .await?;
+                match installed {
+                    Installed::Next(next) => finish = next,
+                    Installed::Finished(finished) => {
+                        if let Err(source) = finished.settle().await {
+                            let mut log = self.log.lock().await;
+                            let error = StorageError::io(
+                                format!("syncing {}", log.dir().display()),
+                                source,
+                            );
+                            return Err(log.poison(error));
+                        }
+                        break;
+                    }
+                    Installed::Stale => {
+                        attempts += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads, as [`PartitionLog::read`].

@@ -192,6 +192,8 @@ fn retention_by_time_by_size_and_forever() {
                     .await
                     .unwrap();
             }
+            // As the broker's background finisher does: retention takes finished rolls only.
+            log.finish_rolls().await.unwrap();
             log
         };
         // Forever.
@@ -254,6 +256,7 @@ fn delete_records_moves_the_start_durably() {
         for n in 0..100 {
             log.append(numbered_batch(n * 2, 2, 0), 0, 0).await.unwrap();
         }
+        log.finish_rolls().await.unwrap();
         let segments = log.segment_count();
         assert_eq!(log.delete_records(101).await.unwrap(), 101);
         assert!(

@@ -61,6 +61,13 @@ async fn put(
         .unwrap();
 }
 
+/// Closes the active segment and finishes the roll, as the broker's background finisher does
+/// soon after: the cleaner takes only finished segments.
+async fn roll(log: &mut PartitionLog<SimulatedStorage>, now_ms: i64) {
+    log.roll(now_ms).await.unwrap();
+    log.finish_rolls().await.unwrap();
+}
+
 /// One forced pass at `now_ms`, which must clean something.
 async fn clean_now(
     log: &mut PartitionLog<SimulatedStorage>,
@@ -122,7 +129,7 @@ fn a_key_written_three_times_keeps_only_its_last_value() {
         for (n, (key, value)) in writes.iter().enumerate() {
             put(&mut log, key, Some(value), n as i64, 0).await;
         }
-        log.roll(10).await.unwrap();
+        roll(&mut log, 10).await;
         let report = clean_now(&mut log, 10).await;
         assert_eq!(report.records_removed, 2);
         assert_eq!((report.first_dirty_offset, report.end_offset), (0, 5));
@@ -178,7 +185,7 @@ fn nothing_at_or_above_the_upper_bound_or_in_the_active_segment_is_cleaned() {
         let mut log = open(&storage, &compacted_config()).await;
         for n in 0..4 {
             put(&mut log, "k", Some(&format!("v{n}")), n, 0).await;
-            log.roll(n).await.unwrap();
+            roll(&mut log, n).await;
         }
         put(&mut log, "k", Some("active"), 9, 0).await;
         // Only the segments below offset 2 may be cleaned.
@@ -204,7 +211,7 @@ fn tombstones_stay_for_delete_retention_then_go() {
         let mut log = open(&storage, &compacted_config()).await;
         put(&mut log, "k", Some("v"), 0, 0).await;
         put(&mut log, "k", None, 1, 0).await;
-        log.roll(5).await.unwrap();
+        roll(&mut log, 5).await;
         log.clean(&request(100), &mut Unpaced).await.unwrap();
         let records = read_records(&mut log).await;
         assert_eq!(
@@ -214,11 +221,11 @@ fn tombstones_stay_for_delete_retention_then_go() {
         );
         // Something new to clean, before the horizon (100 + 1000): the tombstone stays.
         put(&mut log, "other", Some("x"), 2, 0).await;
-        log.roll(6).await.unwrap();
+        roll(&mut log, 6).await;
         log.clean(&request(500), &mut Unpaced).await.unwrap();
         assert_eq!(read_records(&mut log).await.len(), 2);
         put(&mut log, "other", Some("y"), 3, 0).await;
-        log.roll(7).await.unwrap();
+        roll(&mut log, 7).await;
         log.clean(&request(1_100), &mut Unpaced).await.unwrap();
         let records = read_records(&mut log).await;
         assert_eq!(records, [(3, Bytes::from("other"), Some(Bytes::from("y")))]);
@@ -237,7 +244,7 @@ fn tombstones_go_after_their_horizon_without_new_writes() {
         put(&mut log, "k", Some("v"), 0, 0).await;
         put(&mut log, "k", None, 1, 0).await;
         put(&mut log, "kept", Some("w"), 2, 0).await;
-        log.roll(5).await.unwrap();
+        roll(&mut log, 5).await;
         clean_now(&mut log, 100).await;
         assert_eq!(log.tombstone_horizon_ms(), Some(1_100));
         let unforced = |now_ms| CleanRequest {
@@ -280,7 +287,7 @@ fn a_truncation_lowers_the_cleaner_checkpoint_on_disk() {
         for n in 0..6 {
             put(&mut log, &format!("k{n}"), Some("v"), n, 0).await;
         }
-        log.roll(10).await.unwrap();
+        roll(&mut log, 10).await;
         clean_now(&mut log, 10).await;
         assert_eq!(log.first_dirty_offset(), 6);
         assert_eq!(log.truncate_to(3, 20).await.unwrap(), 3);
@@ -312,7 +319,7 @@ fn a_producers_last_batch_stays_even_when_emptied() {
         .await
         .unwrap();
         put(&mut log, "k", Some("2"), 1, 0).await;
-        log.roll(5).await.unwrap();
+        roll(&mut log, 5).await;
         log.clean(&request(10), &mut Unpaced).await.unwrap();
         // Its batch stays, emptied, so that producer state rebuilt from the log knows it.
         let bytes = log.read(0, 1 << 16, None).await.unwrap().to_bytes();
@@ -498,7 +505,7 @@ fn run(ops: Vec<Op>) {
                     }
                     log.flush(timestamp).await.unwrap();
                 }
-                Op::Roll => log.roll(timestamp).await.unwrap(),
+                Op::Roll => roll(&mut log, timestamp).await,
                 Op::Clean {
                     now_ms,
                     map_bytes_max,
@@ -611,7 +618,7 @@ fn a_power_cut_at_every_step_of_a_pass_loses_nothing() {
                 let info = log.append(build::batch(&[record]), 0, n).await.unwrap();
                 model.records.insert(info.base_offset, (key, Some(value)));
                 if n % 10 == 9 {
-                    log.roll(n).await.unwrap();
+                    roll(&mut log, n).await;
                 }
             }
             log.flush(100).await.unwrap();
@@ -669,7 +676,7 @@ fn an_aborted_transaction_neither_supersedes_nor_stays_and_markers_stay() {
         .await
         .unwrap();
         log.append_marker(5, 0, 0, true, 0, 4).await.unwrap();
-        log.roll(5).await.unwrap();
+        roll(&mut log, 5).await;
         clean_now(&mut log, 10).await;
         let records = read_records(&mut log).await;
         let values: Vec<_> = records
@@ -732,7 +739,7 @@ fn commit_markers_of_emptied_transactions_go_after_their_horizon() {
                 .await
                 .unwrap();
         }
-        log.roll(20).await.unwrap();
+        roll(&mut log, 20).await;
         clean_now(&mut log, 10).await;
         assert_eq!(
             read_records(&mut log).await,
@@ -780,7 +787,7 @@ fn an_open_transaction_stops_the_cleaner_below_it() {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &compacted_config()).await;
         put(&mut log, "k", Some("1"), 0, 0).await;
-        log.roll(1).await.unwrap();
+        roll(&mut log, 1).await;
         log.append(
             build::transactional_batch(&[keyed("k", Some("open"), 1)], 5, 0, 0),
             0,
@@ -788,9 +795,9 @@ fn an_open_transaction_stops_the_cleaner_below_it() {
         )
         .await
         .unwrap();
-        log.roll(2).await.unwrap();
+        roll(&mut log, 2).await;
         put(&mut log, "k", Some("3"), 2, 2).await;
-        log.roll(3).await.unwrap();
+        roll(&mut log, 3).await;
         // Only the segment below the open transaction may be cleaned: nothing supersedes
         // offset 0 there.
         let report = clean_now(&mut log, 10).await;
@@ -826,7 +833,7 @@ fn the_cleaner_reports_its_io_to_the_pacer() {
             .await
             .unwrap();
         }
-        log.roll(50).await.unwrap();
+        roll(&mut log, 50).await;
         let size_before = log.size_bytes();
         let mut pacer = CountingPacer::default();
         let report = log.clean(&request(60), &mut pacer).await.unwrap().unwrap();
@@ -866,7 +873,7 @@ fn dirty_ratio_and_compaction_lags_decide_when_a_pass_runs() {
             )
             .await
             .unwrap();
-            log.roll(100 * n).await.unwrap();
+            roll(&mut log, 100 * n).await;
         }
         let unforced = |now_ms| CleanRequest {
             force: false,
@@ -882,7 +889,7 @@ fn dirty_ratio_and_compaction_lags_decide_when_a_pass_runs() {
         assert_eq!(log.first_dirty_offset(), 4);
         // One dirty segment of four: below the ratio, so no pass...
         put(&mut log, "k", Some("v4"), 400, 0).await;
-        log.roll(400).await.unwrap();
+        roll(&mut log, 400).await;
         let dirtiness = log.dirtiness(&unforced(2_000)).unwrap();
         assert!(dirtiness.ratio() < 0.5, "{dirtiness:?}");
         assert!(log
@@ -928,7 +935,7 @@ fn a_pass_swaps_in_what_retention_left_while_it_ran() {
             let info = log.append(build::batch(&[record]), 0, n).await.unwrap();
             model.records.insert(info.base_offset, (key, Some(value)));
         }
-        log.roll(50).await.unwrap();
+        roll(&mut log, 50).await;
         let segments = log.segment_base_offsets();
         assert!(segments.len() > 3, "{segments:?}");
         let plan = log.plan_clean(&request(60)).await.unwrap().unwrap();
@@ -958,7 +965,7 @@ fn a_retired_log_swaps_nothing_in() {
         let mut log = open(&storage, &compacted_config()).await;
         for n in 0..4 {
             put(&mut log, "k", Some(&format!("v{n}")), n, 0).await;
-            log.roll(n).await.unwrap();
+            roll(&mut log, n).await;
         }
         let before = read_records(&mut log).await;
         let plan = log.plan_clean(&request(10)).await.unwrap().unwrap();
@@ -995,7 +1002,7 @@ fn a_bad_read_of_a_leader_epoch_fails_the_pass_instead_of_being_cleaned_in() {
                 .await
                 .unwrap();
         }
-        log.roll(10).await.unwrap();
+        roll(&mut log, 10).await;
         let path = super::util::segment_log_path(&partition_dir(), 0);
         let bytes = read_whole_file(&storage, &path).await.unwrap();
         // Bob's batch (offset 1), which the pass keeps: its epoch field, after the base

@@ -9,4 +9,5 @@ mod model;
 mod producers;
 mod regressions;
 mod replication;
+mod rolls;
 mod util;

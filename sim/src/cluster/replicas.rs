@@ -80,6 +80,8 @@ pub(crate) const MIN_INSYNC_REPLICAS: usize = 2;
 const REPLICA_LAG_TIME_MAX_MS: i64 = 3_000;
 /// How often leaders tick (the broker ticks at a quarter of the lag time).
 const TICK: Duration = Duration::from_millis(750);
+/// How often a node looks for segment rolls to finish.
+const ROLL_FINISH_CHECK: Duration = Duration::from_millis(100);
 /// How long an `acks=all` produce waits for the replicas (the request timeout).
 pub(crate) const ACKS_ALL_TIMEOUT_MS: i64 = 5_000;
 /// How long one exchange with a leader may take before the connection is given up.
@@ -244,6 +246,7 @@ pub(crate) async fn run(
         }
     }
     tokio::task::spawn_local(tick(Rc::clone(&replicas)));
+    tokio::task::spawn_local(finish_rolls(Rc::clone(&replicas)));
     while images.changed().await.is_ok() {
         let image = images.borrow_and_update().clone();
         if let Some(image) = image {
@@ -566,6 +569,31 @@ async fn tick(replicas: Rc<Replicas>) {
                     replica.leader_epoch(),
                     replica.high_watermark(),
                 );
+            }
+        }
+    }
+}
+
+/// Finishes segment rolls in the background, as the broker's shards do
+/// (`Shard::finish_rolls`), so that appends race the finishes.
+async fn finish_rolls(replicas: Rc<Replicas>) {
+    loop {
+        tokio::time::sleep(ROLL_FINISH_CHECK).await;
+        for replica in replicas.all() {
+            let log = &replica.log;
+            let due = log
+                .with_log(async |log| log.has_unfinished_rolls() && !log.is_poisoned())
+                .await;
+            if !due {
+                continue;
+            }
+            if let Err(error) = log.finish_rolls().await {
+                replicas.world.borrow_mut().event(format!(
+                    "node {}: finishing a roll of {}-{} failed: {error}",
+                    replicas.node,
+                    replica.topic(),
+                    replica.index()
+                ));
             }
         }
     }

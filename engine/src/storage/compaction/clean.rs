@@ -235,7 +235,7 @@ impl<S: Storage> PartitionLog<S> {
             .upper_bound_offset
             .min(self.first_unstable_offset().unwrap_or(i64::MAX))
             .min(self.recovery_point)
-            .min(self.active.meta.base_offset);
+            .min(self.first_unfinished_base());
         let lag_cutoff = request
             .now_ms
             .saturating_sub(self.config.min_compaction_lag_ms);
