@@ -1701,6 +1701,11 @@ impl Shard {
             .log
             .with_log(async |log| log.retire())
             .await;
+        // Nor a roll finish: this waits for one in flight, which then installs nothing, and
+        // starts none.
+        if let Err(error) = partition.replica.log.finish_rolls().await {
+            warn!(%error, "finishing rolls of a deleted partition");
+        }
         partition.stop_read_ahead().await;
         let dir = partition
             .replica

@@ -194,6 +194,8 @@ pub struct SyncTicket<S: Storage> {
     seals: Vec<(i64, S::File)>,
     file: S::File,
     target_offset: i64,
+    /// The log's appended byte count when the ticket was taken.
+    appended_bytes: u64,
     generation: u64,
 }
 
@@ -253,8 +255,10 @@ pub struct PartitionLog<S: Storage> {
     pub(super) recovery_point: i64,
     pub(super) durable_offset: i64,
     pub(super) unsynced_records: u64,
-    /// Bytes appended since the last sync that covered the whole log.
-    pub(super) unsynced_bytes: u64,
+    /// Bytes appended since the log was opened.
+    pub(super) appended_bytes: u64,
+    /// Of those, the bytes a completed sync covered.
+    pub(super) synced_bytes: u64,
     pub(super) last_sync_ms: i64,
     pub(super) poisoned: Option<String>,
     /// Which leader epoch wrote which offsets; see [`super::epochs`].
@@ -723,7 +727,7 @@ impl<S: Storage> PartitionLog<S> {
             "offsets assigned densely"
         );
         self.unsynced_records += records_count;
-        self.unsynced_bytes += records.len() as u64;
+        self.appended_bytes += records.len() as u64;
         Ok(AppendInfo {
             base_offset,
             last_offset: next_offset - 1,
@@ -842,9 +846,9 @@ impl<S: Storage> PartitionLog<S> {
         Ok(batches)
     }
 
-    /// Bytes appended since the last sync that covered the whole log.
+    /// Bytes appended that no completed sync covered yet.
     pub fn unsynced_bytes(&self) -> u64 {
-        self.unsynced_bytes
+        self.appended_bytes - self.synced_bytes
     }
 
     /// Whether the flush policy wants a sync now.
@@ -976,6 +980,7 @@ impl<S: Storage> PartitionLog<S> {
                 .collect(),
             file: self.active.file.clone(),
             target_offset: self.log_end_offset(),
+            appended_bytes: self.appended_bytes,
             generation: self.generation,
         })
     }
@@ -1016,8 +1021,8 @@ impl<S: Storage> PartitionLog<S> {
         }
         if self.durable_offset == self.log_end_offset() {
             self.unsynced_records = 0;
-            self.unsynced_bytes = 0;
         }
+        self.synced_bytes = self.synced_bytes.max(ticket.appended_bytes);
         self.last_sync_ms = now_ms;
         Ok(())
     }

@@ -178,7 +178,7 @@ impl<S: Storage> PartitionLog<S> {
                 }
             }
             let lost_tail = |next_base: &i64| {
-                meta.next_offset < *next_base && meta.next_offset >= recovery_point
+                !truncated && meta.next_offset < *next_base && meta.next_offset >= recovery_point
             };
             if let Some(next_base) = next_base.filter(lost_tail) {
                 // A segment above the recovery point that lost its tail in a crash: a roll
@@ -221,6 +221,12 @@ impl<S: Storage> PartitionLog<S> {
                     ),
                 });
             }
+            // A closed segment above the recovery point may never have been synced (a roll
+            // seals it later, see `super::roll_finish`): what this walk read may still sit in
+            // the page cache only, and the checkpoint that ends the open will count it durable.
+            file.sync()
+                .await
+                .map_err(io_error(|| format!("syncing {}", paths.log.display())))?;
             write_index_files(&storage, &paths, &builder, &meta).await?;
             report.indexes_rebuilt += 1;
             file.close()
@@ -291,7 +297,8 @@ impl<S: Storage> PartitionLog<S> {
             recovery_point,
             durable_offset: recovery_point,
             unsynced_records: 0,
-            unsynced_bytes: 0,
+            appended_bytes: 0,
+            synced_bytes: 0,
             last_sync_ms: now_ms,
             poisoned: None,
             epochs,

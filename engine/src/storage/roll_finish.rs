@@ -195,6 +195,10 @@ impl<S: Storage> PartitionLog<S> {
     /// [`StorageError::Poisoned`] after an earlier failure.
     pub fn begin_roll_finish(&self) -> StorageResult<Option<RollFinish<S>>> {
         self.check_poison()?;
+        if self.retired {
+            // The partition is being deleted; its directory may soon hold another log.
+            return Ok(None);
+        }
         let Some(roll) = self.unfinished_rolls.front() else {
             return Ok(None);
         };
@@ -238,8 +242,9 @@ impl<S: Storage> PartitionLog<S> {
         }))
     }
 
-    /// Installs what `finish` staged, if the log is still the one it was staged for; see
-    /// [`Installed`] for what comes next.
+    /// Installs what `finish` staged, if the log is still the one it was staged for (not
+    /// truncated, no metadata written meanwhile, not retired); see [`Installed`] for what
+    /// comes next.
     ///
     /// # Errors
     /// The staging's I/O error, or an I/O error renaming, which poison the log.
@@ -248,6 +253,11 @@ impl<S: Storage> PartitionLog<S> {
         mut finish: RollFinish<S>,
         staged: io::Result<()>,
     ) -> StorageResult<Installed<S>> {
+        if self.retired {
+            // The partition is being deleted and its directory renamed away: whatever the
+            // staging did there no longer matters, and nothing is installed.
+            return Ok(Installed::Stale);
+        }
         if let Err(source) = staged {
             let error = StorageError::io(
                 format!("finishing the roll at offset {}", finish.end_offset),
@@ -290,7 +300,6 @@ impl<S: Storage> PartitionLog<S> {
                     self.durable_offset = finish.end_offset;
                     if self.durable_offset == self.log_end_offset() {
                         self.unsynced_records = 0;
-                        self.unsynced_bytes = 0;
                     }
                 }
                 if let Some(epochs) = &finish.epochs {

@@ -90,7 +90,7 @@ fn a_roll_syncs_nothing_on_the_append_path_and_its_finish_checkpoints_it() {
 }
 
 #[test]
-fn unsynced_bytes_count_what_a_sync_of_the_whole_log_clears() {
+fn unsynced_bytes_count_what_no_completed_sync_covered() {
     block_on(async {
         let storage = SimulatedStorage::new();
         let mut log = open(&storage, &config()).await;
@@ -100,6 +100,15 @@ fn unsynced_bytes_count_what_a_sync_of_the_whole_log_clears() {
         assert_eq!(log.unsynced_bytes(), log.size_bytes());
         log.flush(1_000).await.expect("flush");
         assert_eq!(log.unsynced_bytes(), 0);
+        // A sync covers what was appended when it began, not what came during it.
+        append_batches(&mut log, 60, 1).await;
+        let ticket = log.begin_sync().expect("begin");
+        let before = log.size_bytes();
+        append_batches(&mut log, 70, 1).await;
+        let during = log.size_bytes() - before;
+        let result = ticket.run().await;
+        log.complete_sync(ticket, result, 1_000).expect("sync");
+        assert_eq!(log.unsynced_bytes(), during);
     });
 }
 
@@ -151,6 +160,33 @@ fn a_crash_before_the_closed_segment_is_synced_cuts_the_segments_after_it() {
         assert!(!storage
             .paths()
             .contains(&segment_log_path(&partition_dir(), 40)));
+    });
+}
+
+/// The process dies with rolls unfinished but the machine keeps running, so their closed
+/// segments' bytes are still in its cache: the next open's checkpoint counts them durable,
+/// so it must sync them first, or a power cut after it would lose them below the recovery
+/// point.
+#[test]
+fn an_open_after_a_process_crash_syncs_what_it_checkpoints() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let mut log = open(&storage, &config()).await;
+        append_batches(&mut log, 0, 8).await;
+        assert!(log.segment_count() >= 2);
+        drop(log);
+        let (log, _) = PartitionLog::open(storage.clone(), partition_dir(), config(), 2_000)
+            .await
+            .expect("reopen");
+        assert_eq!(log.log_end_offset(), 80);
+        assert_eq!(log.recovery_point(), 80);
+        drop(log);
+        storage.crash(CrashMode::DropUnsynced);
+        let (mut log, _) = PartitionLog::open(storage.clone(), partition_dir(), config(), 3_000)
+            .await
+            .expect("reopen after the power cut");
+        assert_eq!(log.log_end_offset(), 80);
+        assert_eq!(read_all(&mut log, 0, 1 << 20).await.len(), 80);
     });
 }
 

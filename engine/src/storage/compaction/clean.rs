@@ -539,8 +539,9 @@ impl<S: Storage> PartitionLog<S> {
         Ok(())
     }
 
-    /// Stops every cleaner pass on this log from swapping anything in: the partition is
-    /// being deleted (or moved away), and its directory may soon hold another log.
+    /// Stops every cleaner pass and roll finish on this log from swapping or installing
+    /// anything: the partition is being deleted (or moved away), and its directory may soon
+    /// hold another log.
     pub fn retire(&mut self) {
         self.retired = true;
     }
