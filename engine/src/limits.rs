@@ -52,9 +52,8 @@ pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
 /// Default of `log_background_sync_bytes` (Spate only): a partition with 16 MiB unsynced is
 /// synced in the background. On this project's test machine an fsync stalls the disk's other
 /// writes about as long as it runs, which grows with what it syncs: syncs of 16 MiB keep the
-/// produce p99 about ten times lower than one large sync at each segment roll, at the same
-/// saturated throughput (4 MiB lowers the p99 a little more but costs a fifth of the
-/// throughput; BENCHMARKS.md).
+/// produce p99 four to eight times lower than one large sync at each segment roll, with
+/// saturated throughput within the noise (4 MiB measured no better; BENCHMARKS.md).
 pub const LOG_BACKGROUND_SYNC_BYTES_DEFAULT: u64 = 16 << 20;
 /// Kafka's `log.cleaner.backoff.ms`: how long an idle cleaner sleeps.
 pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
