@@ -277,7 +277,8 @@ pub struct PartitionLog<S: Storage> {
     /// The cleaner's first dirty offset (records below it were cleaned) and the next delete
     /// horizon of the cleaned part (see [`super::compaction`]).
     pub(super) cleaner_checkpoint: CleanerCheckpoint,
-    /// The partition is being deleted: no cleaner pass swaps anything in any more.
+    /// The partition is being deleted: no cleaner pass swaps anything in, and no roll finish
+    /// installs anything, any more.
     pub(super) retired: bool,
     /// Rolls whose closed segments are not finished yet, oldest first: the newest closed
     /// segments (see [`super::roll_finish`]).
