@@ -1799,11 +1799,7 @@ impl Shard {
     pub async fn finish_rolls(&self) {
         for partition in self.owned_partitions() {
             let log = &partition.replica.log;
-            // A poisoned log reports its failure to every append; no need to repeat it here.
-            let due = log
-                .with_log(async |log| log.has_unfinished_rolls() && !log.is_poisoned())
-                .await;
-            if !due {
+            if !log.has_rolls_to_finish().await {
                 continue;
             }
             if let Err(error) = log.finish_rolls().await {

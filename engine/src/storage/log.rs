@@ -1214,25 +1214,35 @@ impl<S: Storage> PartitionLog<S> {
             self.closed_handles[found].last_used = use_counter;
             return Ok(&self.closed_handles[found]);
         }
-        if let Some(roll) = self
+        let unfinished = self
             .unfinished_rolls
             .iter()
-            .find(|roll| roll.meta.base_offset == base_offset)
-        {
+            .find(|roll| roll.meta.base_offset == base_offset);
+        let (file, index) = match unfinished {
             // Its index files are not written yet, but the index is in memory.
-            let handle = ClosedHandle {
-                base_offset,
-                file: roll.file.clone(),
-                index: roll.index.offset_index.clone(),
-                last_used: use_counter,
-            };
-            self.insert_closed_handle(handle).await;
-            return Ok(self
-                .closed_handles
-                .iter()
-                .find(|handle| handle.base_offset == base_offset)
-                .expect("just inserted"));
-        }
+            Some(roll) => (roll.file.clone(), roll.index.offset_index.clone()),
+            None => self.open_closed_segment(base_offset).await?,
+        };
+        self.insert_closed_handle(ClosedHandle {
+            base_offset,
+            file,
+            index,
+            last_used: use_counter,
+        })
+        .await;
+        Ok(self
+            .closed_handles
+            .iter()
+            .find(|handle| handle.base_offset == base_offset)
+            .expect("just inserted"))
+    }
+
+    /// Opens a closed segment's file and loads its offset index, rebuilding the index (and
+    /// its files) when it is unreadable.
+    async fn open_closed_segment(
+        &mut self,
+        base_offset: i64,
+    ) -> StorageResult<(S::File, OffsetIndex)> {
         let paths = SegmentPaths::new(&self.dir, base_offset);
         let file = self
             .storage
@@ -1264,18 +1274,7 @@ impl<S: Storage> PartitionLog<S> {
                 builder.offset_index
             }
         };
-        self.insert_closed_handle(ClosedHandle {
-            base_offset,
-            file,
-            index,
-            last_used: use_counter,
-        })
-        .await;
-        Ok(self
-            .closed_handles
-            .iter()
-            .find(|handle| handle.base_offset == base_offset)
-            .expect("just inserted"))
+        Ok((file, index))
     }
 
     async fn insert_closed_handle(&mut self, mut handle: ClosedHandle<S::File>) {

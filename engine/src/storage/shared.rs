@@ -189,6 +189,13 @@ impl<S: Storage> SharedLog<S> {
         }
     }
 
+    /// Whether [`SharedLog::finish_rolls`] has work: some roll is unfinished and the log is
+    /// not poisoned (a poisoned log reports its failure to every append already).
+    pub async fn has_rolls_to_finish(&self) -> bool {
+        let log = self.log.lock().await;
+        log.has_unfinished_rolls() && !log.is_poisoned()
+    }
+
     /// Finishes the unfinished segment rolls (see [`super::roll_finish`]), holding the log
     /// only to check and rename: appends and reads go on during the fsyncs. One caller at a
     /// time; a finish that the log outran (a truncation, a checkpoint written meanwhile) is

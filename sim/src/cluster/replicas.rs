@@ -581,10 +581,7 @@ async fn finish_rolls(replicas: Rc<Replicas>) {
         tokio::time::sleep(ROLL_FINISH_CHECK).await;
         for replica in replicas.all() {
             let log = &replica.log;
-            let due = log
-                .with_log(async |log| log.has_unfinished_rolls() && !log.is_poisoned())
-                .await;
-            if !due {
+            if !log.has_rolls_to_finish().await {
                 continue;
             }
             if let Err(error) = log.finish_rolls().await {
