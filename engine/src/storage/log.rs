@@ -194,7 +194,8 @@ pub struct SyncTicket<S: Storage> {
     seals: Vec<(i64, S::File)>,
     file: S::File,
     target_offset: i64,
-    /// The log's appended byte count when the ticket was taken.
+    /// The log's appended record and byte counts when the ticket was taken.
+    appended_records: u64,
     appended_bytes: u64,
     generation: u64,
 }
@@ -254,10 +255,11 @@ pub struct PartitionLog<S: Storage> {
     pub(super) log_start_offset: i64,
     pub(super) recovery_point: i64,
     pub(super) durable_offset: i64,
-    pub(super) unsynced_records: u64,
-    /// Bytes appended since the log was opened.
+    /// Records and bytes appended since the log was opened.
+    pub(super) appended_records: u64,
     pub(super) appended_bytes: u64,
-    /// Of those, the bytes a completed sync covered.
+    /// Of those, the records and bytes a completed sync covered.
+    pub(super) synced_records: u64,
     pub(super) synced_bytes: u64,
     pub(super) last_sync_ms: i64,
     pub(super) poisoned: Option<String>,
@@ -727,7 +729,7 @@ impl<S: Storage> PartitionLog<S> {
             self.active.meta.next_offset, next_offset,
             "offsets assigned densely"
         );
-        self.unsynced_records += records_count;
+        self.appended_records += records_count;
         self.appended_bytes += records.len() as u64;
         Ok(AppendInfo {
             base_offset,
@@ -852,10 +854,16 @@ impl<S: Storage> PartitionLog<S> {
         self.appended_bytes - self.synced_bytes
     }
 
+    /// Records appended that no completed sync covered yet.
+    pub fn unsynced_records(&self) -> u64 {
+        self.appended_records - self.synced_records
+    }
+
     /// Whether the flush policy wants a sync now.
     pub fn sync_due(&self, now_ms: i64) -> bool {
-        self.unsynced_records > 0
-            && (self.unsynced_records >= self.config.flush_messages
+        let unsynced_records = self.unsynced_records();
+        unsynced_records > 0
+            && (unsynced_records >= self.config.flush_messages
                 || now_ms.saturating_sub(self.last_sync_ms) >= self.config.flush_ms)
     }
 
@@ -981,6 +989,7 @@ impl<S: Storage> PartitionLog<S> {
                 .collect(),
             file: self.active.file.clone(),
             target_offset: self.log_end_offset(),
+            appended_records: self.appended_records,
             appended_bytes: self.appended_bytes,
             generation: self.generation,
         })
@@ -1020,9 +1029,7 @@ impl<S: Storage> PartitionLog<S> {
         if ticket.target_offset > self.durable_offset {
             self.durable_offset = ticket.target_offset;
         }
-        if self.durable_offset == self.log_end_offset() {
-            self.unsynced_records = 0;
-        }
+        self.synced_records = self.synced_records.max(ticket.appended_records);
         self.synced_bytes = self.synced_bytes.max(ticket.appended_bytes);
         self.last_sync_ms = now_ms;
         Ok(())

@@ -299,7 +299,8 @@ impl<S: Storage> PartitionLog<S> {
                 if finish.end_offset > self.durable_offset {
                     self.durable_offset = finish.end_offset;
                     if self.durable_offset == self.log_end_offset() {
-                        self.unsynced_records = 0;
+                        self.synced_records = self.appended_records;
+                        self.synced_bytes = self.appended_bytes;
                     }
                 }
                 if let Some(epochs) = &finish.epochs {

@@ -389,6 +389,21 @@ fn flush_policy_asks_for_syncs_by_count_and_by_age() {
         log.flush(0).await.unwrap();
         assert_eq!(log.durable_offset(), 6);
         assert!(!log.sync_due(0), "nothing unsynced after a flush");
+        // Under steady load a sync never reaches the log end: what it covered counts as synced
+        // all the same, so only the records appended during it wait for the next one.
+        log.append(numbered_batch(6, 5, 0), 0, 0).await.unwrap();
+        let ticket = log.begin_sync().unwrap();
+        log.append(numbered_batch(11, 2, 0), 0, 0).await.unwrap();
+        let result = ticket.run().await;
+        log.complete_sync(ticket, result, 0).unwrap();
+        assert_eq!(log.unsynced_records(), 2);
+        assert!(!log.sync_due(0), "2 records unsynced, the policy says 5");
+        assert!(
+            log.append(numbered_batch(13, 3, 0), 0, 0)
+                .await
+                .unwrap()
+                .sync_due
+        );
 
         let by_age = LogConfig {
             flush_ms: 100,
