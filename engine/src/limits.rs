@@ -49,12 +49,13 @@ pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
 pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT: usize = 32;
 /// Kafka's `log.retention.check.interval.ms` default: 5 minutes.
 pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
-/// Default of `log_background_sync_bytes` (Spate only): a partition with 16 MiB unsynced is
-/// synced in the background. On this project's test machine an fsync stalls the disk's other
-/// writes about as long as it runs, which grows with what it syncs: syncs of 16 MiB keep the
-/// produce p99 four to eight times lower than one large sync at each segment roll, with
-/// saturated throughput within the noise (4 MiB measured no better; BENCHMARKS.md).
-pub const LOG_BACKGROUND_SYNC_BYTES_DEFAULT: u64 = 16 << 20;
+/// Default of `log_background_sync_bytes` (Spate only): a partition with 1 MiB unsynced is
+/// synced in the background, started by the append that crossed it. On this project's test
+/// machine an fsync stalls the disk's other writes about as long as it runs, which grows with
+/// what it syncs: syncs of 1 MiB keep the produce p99 at 50 MB/s several times lower than
+/// syncs of 16 MiB or one large sync at each segment roll, with saturated throughput within the
+/// noise (BENCHMARKS.md).
+pub const LOG_BACKGROUND_SYNC_BYTES_DEFAULT: u64 = 1 << 20;
 /// Kafka's `log.cleaner.backoff.ms`: how long an idle cleaner sleeps.
 pub const LOG_CLEANER_BACKOFF_MS_DEFAULT: u64 = 15_000;
 /// Default of `log.cleaner.io.max.bytes.per.second` (Kafka's is no limit): 50 MiB/s, since

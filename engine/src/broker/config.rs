@@ -118,10 +118,10 @@ pub struct ServeSettings {
     /// (producer.id.expiration.ms); checked with retention [default: 86400000, 1 day].
     #[arg(long, value_name = "MS")]
     pub producer_id_expiration_ms: Option<i64>,
-    /// Sync a partition in the background once this many bytes were appended since its last
-    /// sync (checked every 100 ms), whatever the topic's flush settings, so that no later
-    /// fsync (a segment roll's, an acks=all wait's) has much to write; 0 for never (Spate
-    /// only) [default: 16777216, 16 MiB].
+    /// Sync a partition in the background as soon as this many bytes were appended since its
+    /// last sync, whatever the topic's flush settings, so that no fsync (a segment roll's, an
+    /// acks=all wait's, the next background one) has much to write; 0 for never (Spate only)
+    /// [default: 1048576, 1 MiB].
     #[arg(long, value_name = "BYTES")]
     pub log_background_sync_bytes: Option<u64>,
     /// How long an empty group's first rebalance waits for more members to join
@@ -813,7 +813,7 @@ mod tests {
             .unwrap()
             .log_background_sync_bytes
         };
-        assert_eq!(background_sync(None), 16 << 20);
+        assert_eq!(background_sync(None), 1 << 20);
         assert_eq!(background_sync(Some(0)), u64::MAX, "0 is never");
         assert_eq!(background_sync(Some(1 << 20)), 1 << 20);
         let file: ServeSettings = toml::from_str("log_background_sync_bytes = 0\n").unwrap();

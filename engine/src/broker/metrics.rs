@@ -58,6 +58,8 @@ pub struct ShardMetrics {
     pub throttled_requests: u64,
     /// Partitions this shard owns.
     pub partitions: u64,
+    /// Syncs started because a partition had `log_background_sync_bytes` unsynced.
+    pub background_syncs: u64,
 }
 
 impl ShardMetrics {
@@ -114,6 +116,7 @@ impl ShardMetrics {
         self.connections_closed_bad_input += other.connections_closed_bad_input;
         self.throttled_requests += other.throttled_requests;
         self.partitions += other.partitions;
+        self.background_syncs += other.background_syncs;
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -231,6 +234,12 @@ impl ShardMetrics {
                 "counter",
                 "Requests of clients over their quota, answered with a throttle time.",
                 self.throttled_requests,
+            ),
+            (
+                "spate_background_syncs_total",
+                "counter",
+                "Partition syncs started because log_background_sync_bytes were unsynced.",
+                self.background_syncs,
             ),
         ];
         for (name, kind, help, value) in gauges {

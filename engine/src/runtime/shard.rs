@@ -361,15 +361,35 @@ pub struct Partition {
     pub replica: Replica<DmaStorage>,
     /// The read of what a sequential consumer will fetch next, started when it fetched this.
     read_ahead: RefCell<Option<ReadAhead>>,
+    /// The last background sync started by [`Shard::sync_in_background`].
+    background_sync: RefCell<Option<Task<()>>>,
+    /// Whether that sync still runs.
+    background_sync_running: Cell<bool>,
 }
 
 impl Partition {
-    /// Cancels a read-ahead, so that nothing but the owner holds the partition.
-    async fn stop_read_ahead(&self) {
+    fn new(topic_id: Uuid, replica: Replica<DmaStorage>) -> Partition {
+        Partition {
+            topic_id,
+            replica,
+            read_ahead: RefCell::new(None),
+            background_sync: RefCell::new(None),
+            background_sync_running: Cell::new(false),
+        }
+    }
+
+    /// Cancels a read-ahead and waits for a background sync, so that nothing but the owner
+    /// holds the partition.
+    async fn quiesce(&self) {
         let ahead = self.read_ahead.borrow_mut().take();
         if let Some(ahead) = ahead {
             ahead.task.cancel().await;
         }
+        let sync = self.background_sync.borrow_mut().take();
+        if let Some(sync) = sync {
+            sync.await;
+        }
+        assert!(!self.background_sync_running.get());
     }
 }
 
@@ -1326,14 +1346,9 @@ impl Shard {
                                 leader_epoch,
                             )
                         };
-                        self.partitions.borrow_mut().insert(
-                            key,
-                            Rc::new(Partition {
-                                topic_id: topic.id,
-                                replica,
-                                read_ahead: RefCell::new(None),
-                            }),
-                        );
+                        self.partitions
+                            .borrow_mut()
+                            .insert(key, Rc::new(Partition::new(topic.id, replica)));
                     }
                     Err(error) => {
                         error!(dir = %dir.display(), %error, "cannot open partition; it is offline");
@@ -1706,7 +1721,7 @@ impl Shard {
         if let Err(error) = partition.replica.log.finish_rolls().await {
             warn!(%error, "finishing rolls of a deleted partition");
         }
-        partition.stop_read_ahead().await;
+        partition.quiesce().await;
         let dir = partition
             .replica
             .log
@@ -1771,24 +1786,53 @@ impl Shard {
         self.partitions.borrow().values().cloned().collect()
     }
 
+    /// Starts a sync of everything `partition` appended so far, unless a background sync of
+    /// it still runs: the shard's answer to `log_background_sync_bytes` unsynced. Appends go
+    /// on meanwhile (the sync holds the log only to begin and to complete).
+    pub fn sync_in_background(self: &Rc<Self>, partition: &Rc<Partition>) {
+        if partition.background_sync_running.replace(true) {
+            return;
+        }
+        self.metrics.borrow_mut().background_syncs += 1;
+        let partition_held = Rc::clone(partition);
+        let task = glommio::spawn_local(async move {
+            let partition = partition_held;
+            let log = &partition.replica.log;
+            let end = log.with_log(async |log| log.log_end_offset()).await;
+            if let Err(error) = log.wait_durable(end, now_ms()).await {
+                error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "background sync failed");
+            }
+            partition.background_sync_running.set(false);
+        });
+        // The task replaced, if any, has finished: dropping its handle cancels nothing.
+        *partition.background_sync.borrow_mut() = Some(task);
+    }
+
     /// Syncs the partitions whose flush policy (`flush.messages`, `flush.ms`) asks for it, and
     /// those with `log_background_sync_bytes` appended since their last sync.
-    pub async fn flush_due(&self) {
+    pub async fn flush_due(self: &Rc<Self>) {
         let background_sync_bytes = self.config.log_background_sync_bytes;
         for partition in self.owned_partitions() {
             let now = now_ms();
-            let due = partition
+            let (policy_due, background_due, end) = partition
                 .replica
                 .log
                 .with_log(async |log| {
-                    let due = log.sync_due(now) || log.unsynced_bytes() >= background_sync_bytes;
-                    due.then(|| log.log_end_offset())
+                    (
+                        log.sync_due(now),
+                        log.unsynced_bytes() >= background_sync_bytes,
+                        log.log_end_offset(),
+                    )
                 })
                 .await;
-            if let Some(end) = due {
+            if policy_due {
                 if let Err(error) = partition.replica.log.wait_durable(end, now).await {
                     error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "flush failed");
                 }
+            } else if background_due {
+                // Appends by producers start these themselves; this catches the others (group
+                // and transaction state, transaction markers written by recovery).
+                self.sync_in_background(&partition);
             }
         }
     }
@@ -1840,7 +1884,7 @@ impl Shard {
             .into_values()
             .collect();
         for partition in partitions {
-            partition.stop_read_ahead().await;
+            partition.quiesce().await;
             let name = format!(
                 "{}-{}",
                 partition.replica.topic(),
@@ -1956,6 +2000,9 @@ async fn run_partition_op(
             let info = replica
                 .append_as_leader(BytesMut::from(records), now_ms())
                 .await?;
+            if info.unsynced_bytes >= shard.config.log_background_sync_bytes {
+                shard.sync_in_background(partition);
+            }
             shard.send_isr_changes(partition);
             if let Some(acks_all) = acks_all {
                 wait_for_replicas(replica, info.last_offset + 1, acks_all).await?;
@@ -1972,6 +2019,9 @@ async fn run_partition_op(
                 replica.check_acks_all(acks_all.min_insync_replicas)?;
             }
             let info = replica.append_marker_as_leader(marker, now_ms()).await?;
+            if info.unsynced_bytes >= shard.config.log_background_sync_bytes {
+                shard.sync_in_background(partition);
+            }
             shard.send_isr_changes(partition);
             if let Some(acks_all) = acks_all {
                 wait_for_replicas(replica, info.last_offset + 1, acks_all).await?;

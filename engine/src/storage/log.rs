@@ -76,6 +76,9 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// The flush policy (`flush_messages`, `flush_ms`) asks for a sync now.
     pub sync_due: bool,
+    /// Bytes appended that no completed sync covered, this append's included: what a
+    /// background sync policy looks at.
+    pub unsynced_bytes: u64,
     /// A producer's retry of a batch already in the log: nothing was written, and the offsets
     /// are the ones the batch got first.
     pub duplicate: bool,
@@ -739,6 +742,7 @@ impl<S: Storage> PartitionLog<S> {
             batches_count: batches.len(),
             log_start_offset: self.log_start_offset,
             sync_due: self.sync_due(now_ms),
+            unsynced_bytes: self.unsynced_bytes(),
             duplicate: false,
         })
     }
@@ -773,6 +777,7 @@ impl<S: Storage> PartitionLog<S> {
             batches_count: 0,
             log_start_offset: self.log_start_offset,
             sync_due: self.sync_due(now_ms),
+            unsynced_bytes: self.unsynced_bytes(),
             duplicate: true,
         }
     }

@@ -1,6 +1,7 @@
 //! The broker as a process, driven over TCP with the `kafka-protocol` crate's client side.
 
 mod api_versions;
+mod background_sync;
 mod bad_input;
 mod delayed_end_txn;
 mod fuzz;
