@@ -57,9 +57,9 @@ impl From<&StorageError> for KafkaError {
             StorageError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
                 ResponseError::InvalidProducerEpoch
             }
-            StorageError::Producer(ProducerError::InvalidTxnState { .. }) => {
-                ResponseError::InvalidTxnState
-            }
+            StorageError::Producer(
+                ProducerError::InvalidTxnState { .. } | ProducerError::Unverified { .. },
+            ) => ResponseError::InvalidTxnState,
             StorageError::Producer(ProducerError::CoordinatorFenced { .. }) => {
                 ResponseError::TransactionCoordinatorFenced
             }

@@ -32,7 +32,10 @@ use super::BrokerId;
 use crate::broker::errors::KafkaError;
 use crate::storage::backend::{Storage, StorageFile};
 
-use crate::storage::{AppendInfo, Appended, Durability, Fetched, Marker, SharedLog, StorageError};
+use crate::storage::{
+    AppendInfo, Appended, Durability, Fetched, Marker, SharedLog, StorageError, Verification,
+    VerificationGuard,
+};
 
 /// What [`Replica::take_role`] did.
 #[derive(Debug)]
@@ -481,7 +484,39 @@ impl<S: Storage> Replica<S> {
         records: BytesMut,
         now_ms: i64,
     ) -> Result<AppendInfo, KafkaError> {
-        self.append_leading(Appended::Records(records), now_ms)
+        self.append_verified_as_leader(records, now_ms, Verification::Unchecked)
+            .await
+    }
+
+    /// As [`Replica::append_as_leader`], checking KIP-890 verification: a transactional batch
+    /// that would open a transaction needs the guard [`Replica::start_verification`] gave
+    /// before the coordinator was asked, not voided by a marker since.
+    ///
+    /// # Errors
+    /// As [`Replica::append_as_leader`]; INVALID_TXN_STATE for a batch whose verification a
+    /// marker overtook.
+    pub async fn append_verified_as_leader(
+        &self,
+        records: BytesMut,
+        now_ms: i64,
+        verification: Verification,
+    ) -> Result<AppendInfo, KafkaError> {
+        self.append_leading(Appended::Records(records, verification), now_ms)
+            .await
+    }
+
+    /// Starts verifying a transactional batch of `producer_id` at `producer_epoch` (see
+    /// `storage::verification`): the guard to append with once the coordinator says the
+    /// partition is in the producer's ongoing transaction, or `None` when that transaction is
+    /// open here already and the coordinator need not be asked.
+    pub async fn start_verification(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        self.log
+            .with_log(async |log| log.start_verification(producer_id, producer_epoch, now_ms))
             .await
     }
 

@@ -111,6 +111,7 @@ impl OffsetsPartition for ShardOffsets {
         self.execute(PartitionOp::Produce {
             records: records.freeze(),
             acks_all,
+            verify: None,
         })
         .await
         .map(|_| ())

@@ -40,7 +40,7 @@ use crate::limits::{READ_AHEAD_BYTES_MAX, READ_AHEAD_TRIGGER_BYTES};
 use crate::rng::SplitMix64;
 use crate::storage::backend::DmaStorage;
 use crate::storage::producers::AbortedTxn;
-use crate::storage::{LogConfig, Marker, PartitionLog, SharedLog, StorageError};
+use crate::storage::{LogConfig, Marker, PartitionLog, SharedLog, StorageError, Verification};
 use crate::txn::TRANSACTION_TOPIC;
 
 use super::groups::{self, CoordinatorHost, GlommioClock};
@@ -66,6 +66,8 @@ pub enum PartitionOp {
         records: Bytes,
         /// In a cluster, for `acks=all`: wait until the in-sync replicas have the records.
         acks_all: Option<AcksAll>,
+        /// For transactional batches: what to verify with the transaction coordinator.
+        verify: Option<TxnVerification>,
     },
     /// WriteTxnMarkers: append a transaction marker as the partition's leader.
     WriteMarker {
@@ -261,6 +263,21 @@ pub enum AdminOp {
         /// Check only.
         validate_only: bool,
     },
+}
+
+/// What a transactional produce verifies with the producer's transaction coordinator before
+/// a batch that would open a transaction in the partition is appended (KIP-890; see
+/// `storage::verification`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnVerification {
+    /// The request's transactional id.
+    pub transactional_id: String,
+    /// The batch's producer id.
+    pub producer_id: i64,
+    /// The batch's producer epoch.
+    pub producer_epoch: i16,
+    /// The partition's topic.
+    pub topic: String,
 }
 
 /// A message between shards.
@@ -1992,13 +2009,33 @@ async fn run_partition_op(
     op: PartitionOp,
 ) -> PartitionResult {
     match op {
-        PartitionOp::Produce { records, acks_all } => {
+        PartitionOp::Produce {
+            records,
+            acks_all,
+            verify,
+        } => {
             let replica = &partition.replica;
             if let Some(acks_all) = acks_all {
                 replica.check_acks_all(acks_all.min_insync_replicas)?;
             }
+            let verification = match verify {
+                None => Verification::Unchecked,
+                Some(verify) => {
+                    // The guard first: a marker that ends the transaction while the
+                    // coordinator answers voids it, and the append is refused.
+                    let guard = replica
+                        .start_verification(verify.producer_id, verify.producer_epoch, now_ms())
+                        .await;
+                    if guard.is_some() {
+                        shard
+                            .verify_in_transaction(&verify, replica.index())
+                            .await?;
+                    }
+                    Verification::Guard(guard)
+                }
+            };
             let info = replica
-                .append_as_leader(BytesMut::from(records), now_ms())
+                .append_verified_as_leader(BytesMut::from(records), now_ms(), verification)
                 .await?;
             if info.unsynced_bytes >= shard.config.log_background_sync_bytes {
                 shard.sync_in_background(partition);

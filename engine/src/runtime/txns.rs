@@ -31,7 +31,7 @@ use crate::txn::{
 
 use super::groups::{GlommioClock, ShardOffsets};
 use super::replica_fetcher::exchange;
-use super::shard::{AcksAll, PartitionOp, Shard, ShardMessage};
+use super::shard::{AcksAll, PartitionOp, Shard, ShardMessage, TxnVerification};
 use crate::group::{Call, Reply, OFFSETS_TOPIC};
 use crate::storage::Marker;
 
@@ -345,6 +345,56 @@ impl Shard {
                 }
                 _ => return,
             }
+        }
+    }
+
+    /// Asks the producer's transaction coordinator, here or on another broker, whether
+    /// `partition` of `verify.topic` is in the producer's ongoing transaction (KIP-890's
+    /// verification, before a transactional batch that would open a transaction there is
+    /// appended).
+    ///
+    /// # Errors
+    /// The coordinator's refusal, or NOT_ENOUGH_REPLICAS (which producers retry) when it
+    /// cannot be reached.
+    pub async fn verify_in_transaction(
+        self: &Rc<Self>,
+        verify: &TxnVerification,
+        partition: i32,
+    ) -> Result<(), KafkaError> {
+        let partitions = vec![(verify.topic.clone(), partition)];
+        let reply = self
+            .txn_call(
+                &verify.transactional_id,
+                TxnCall::Verify {
+                    transactional_id: verify.transactional_id.clone(),
+                    producer_id: verify.producer_id,
+                    producer_epoch: verify.producer_epoch,
+                    partitions: partitions.clone(),
+                },
+            )
+            .await;
+        let reply = match reply {
+            // The coordinator is on another broker: ask it there.
+            TxnReply::Done(Some(ResponseError::NotCoordinator)) => TxnReply::Done(
+                self.verify_remotely(
+                    &verify.transactional_id,
+                    verify.producer_id,
+                    verify.producer_epoch,
+                    &partitions,
+                )
+                .await,
+            ),
+            reply => reply,
+        };
+        match reply {
+            TxnReply::Done(None) | TxnReply::ProducerId { error: None, .. } => Ok(()),
+            TxnReply::Done(Some(error))
+            | TxnReply::ProducerId {
+                error: Some(error), ..
+            } => Err(KafkaError::with_message(
+                error,
+                "the partition is not in the producer's ongoing transaction",
+            )),
         }
     }
 

@@ -57,6 +57,7 @@ use super::recovery::{relative, walk_segment, IndexBuilder};
 use super::roll_finish::UnfinishedRoll;
 use super::segment::{SegmentMeta, SegmentPaths};
 use super::tail_cache::TailCache;
+use super::verification::{Verification, VerificationGuard, VerificationGuards};
 use crate::replication::epoch_cache::LeaderEpochCache;
 
 /// What an append did.
@@ -144,7 +145,10 @@ impl<B: ReadBuf> Fetched<B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AppendMode {
     /// A producer's, on the leader: offsets and the leader epoch are stamped in.
-    Leader { partition_leader_epoch: i32 },
+    Leader {
+        partition_leader_epoch: i32,
+        verification: Verification,
+    },
     /// A transaction marker the coordinator asked for, on the leader: stamped as a producer's.
     Marker { partition_leader_epoch: i32 },
     /// The leader's, on a follower: kept as they are.
@@ -270,6 +274,8 @@ pub struct PartitionLog<S: Storage> {
     pub(super) epochs: LeaderEpochCache,
     /// Whether `epochs` changed since it was last written.
     pub(super) epochs_dirty: bool,
+    /// KIP-890 verifications under way (see [`super::verification`]).
+    pub(super) verification_guards: VerificationGuards,
     /// How many times the log was truncated since it was opened: a [`SyncTicket`] taken before
     /// a truncation covers files and offsets that are gone.
     pub(super) generation: u64,
@@ -426,14 +432,64 @@ impl<S: Storage> PartitionLog<S> {
         partition_leader_epoch: i32,
         now_ms: i64,
     ) -> StorageResult<AppendInfo> {
+        self.append_verified(
+            records,
+            partition_leader_epoch,
+            now_ms,
+            Verification::Unchecked,
+        )
+        .await
+    }
+
+    /// As [`PartitionLog::append`], and a transactional batch that would open a transaction
+    /// must bring a guard from [`PartitionLog::start_verification`] that no marker voided
+    /// since (see [`super::verification`]).
+    ///
+    /// # Errors
+    /// As [`PartitionLog::append`]; [`ProducerError::Unverified`] (as
+    /// [`StorageError::Producer`]) for a batch whose verification a marker overtook.
+    pub async fn append_verified(
+        &mut self,
+        records: BytesMut,
+        partition_leader_epoch: i32,
+        now_ms: i64,
+        verification: Verification,
+    ) -> StorageResult<AppendInfo> {
         self.append_batches(
             records,
             AppendMode::Leader {
                 partition_leader_epoch,
+                verification,
             },
             now_ms,
         )
         .await
+    }
+
+    /// Starts the verification of a transactional batch of `producer_id` at
+    /// `producer_epoch`, before the coordinator is asked whether the partition is in its
+    /// ongoing transaction: the guard to append with, or `None` when the producer's
+    /// transaction is open in this partition at that epoch, and the coordinator need not be
+    /// asked. See [`super::verification`].
+    pub fn start_verification(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        if self.transaction_open(producer_id, producer_epoch) {
+            return None;
+        }
+        Some(
+            self.verification_guards
+                .start(producer_id, self.generation, now_ms),
+        )
+    }
+
+    fn transaction_open(&self, producer_id: i64, producer_epoch: i16) -> bool {
+        self.producers
+            .get(producer_id)
+            .is_some_and(|entry| entry.epoch == producer_epoch && entry.txn_first_offset.is_some())
     }
 
     /// Appends a transaction marker (a control batch) for `producer_id` at `producer_epoch`,
@@ -604,6 +660,13 @@ impl<S: Storage> PartitionLog<S> {
                     batches: batches.len(),
                 }));
             }
+            if let AppendMode::Leader {
+                verification: Verification::Guard(guard),
+                ..
+            } = mode
+            {
+                self.check_verification(&batches, guard)?;
+            }
             let mut next_offset = self.log_end_offset();
             for (batch, &max_timestamp) in batches.iter().zip(&max_timestamps) {
                 let header = &batch.validated.header;
@@ -643,6 +706,7 @@ impl<S: Storage> PartitionLog<S> {
             let header = &batch.validated.header;
             let (AppendMode::Leader {
                 partition_leader_epoch,
+                ..
             }
             | AppendMode::Marker {
                 partition_leader_epoch,
@@ -700,6 +764,7 @@ impl<S: Storage> PartitionLog<S> {
             let epoch = match mode {
                 AppendMode::Leader {
                     partition_leader_epoch,
+                    ..
                 }
                 | AppendMode::Marker {
                     partition_leader_epoch,
@@ -712,6 +777,7 @@ impl<S: Storage> PartitionLog<S> {
                 // batch that is no marker (a follower's copy of a leader's) changes nothing.
                 let bytes = &records[batch.position..batch.position + batch.size];
                 if let Ok(marker) = batch::control_marker(bytes) {
+                    self.verification_guards.clear(header.producer_id);
                     self.producers.complete(&MarkerAppend {
                         producer_id: header.producer_id,
                         epoch: header.producer_epoch,
@@ -750,6 +816,33 @@ impl<S: Storage> PartitionLog<S> {
     /// The max timestamp a batch has once appended: the broker's time for `LogAppendTime`
     /// topics, else the producer's, taken from the records of an uncompressed batch whose
     /// header disagrees with them. A follower keeps the leader's.
+    fn check_verification(
+        &self,
+        batches: &[IncomingBatch],
+        guard: Option<VerificationGuard>,
+    ) -> StorageResult<()> {
+        for batch in batches {
+            let header = &batch.validated.header;
+            if !header.is_transactional() || header.is_control() {
+                continue;
+            }
+            let producer_id = header.producer_id;
+            if self.transaction_open(producer_id, header.producer_epoch) {
+                continue;
+            }
+            let held = guard.is_some_and(|guard| {
+                self.verification_guards
+                    .holds(producer_id, self.generation, guard)
+            });
+            if !held {
+                return Err(StorageError::Producer(ProducerError::Unverified {
+                    producer_id,
+                }));
+            }
+        }
+        Ok(())
+    }
+
     fn stored_max_timestamp(&self, batch: &IncomingBatch, mode: AppendMode, now_ms: i64) -> i64 {
         let header = &batch.validated.header;
         if mode == AppendMode::Replicated {
@@ -1152,6 +1245,7 @@ impl<S: Storage> PartitionLog<S> {
         if now_ms != i64::MIN {
             self.producers
                 .expire(now_ms, self.config.producer_id_expiration_ms);
+            self.verification_guards.expire(now_ms);
         }
         Ok(deleted)
     }

@@ -29,6 +29,7 @@ mod roll_finish;
 pub mod segment;
 mod shared;
 mod tail_cache;
+mod verification;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 pub use config::{CleanupPolicy, LogConfig, Ratio};
@@ -37,3 +38,4 @@ pub use log::{AppendInfo, Chunk, Fetched, OpenReport, PartitionLog, SyncTicket, 
 pub use roll_finish::{Installed, RollFinish};
 pub use shared::{Appended, Durability, Marker, SharedLog, ROLL_FINISH_ATTEMPTS};
 pub use tail_cache::TailCache;
+pub use verification::{Verification, VerificationGuard, VERIFICATION_GUARD_MAX_AGE_MS};

@@ -29,6 +29,7 @@ use super::segment::{
     parse_file_name, SegmentMeta, SegmentPaths, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
 };
 use super::tail_cache::TailCache;
+use super::verification::VerificationGuards;
 use crate::replication::epoch_cache::LeaderEpochCache;
 
 impl<S: Storage> PartitionLog<S> {
@@ -305,6 +306,7 @@ impl<S: Storage> PartitionLog<S> {
             epochs,
             epochs_dirty: false,
             generation: 0,
+            verification_guards: VerificationGuards::default(),
             producers: ProducerStates::new(),
             producer_snapshots: BTreeSet::new(),
             stale_producer_snapshots: Vec::new(),

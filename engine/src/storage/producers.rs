@@ -213,6 +213,16 @@ pub enum ProducerError {
         /// The producer.
         producer_id: i64,
     },
+    /// A transactional batch that would open a transaction, whose verification a marker for
+    /// the producer overtook (`INVALID_TXN_STATE`; see `storage::verification`).
+    #[error(
+        "producer {producer_id}'s transactional batch is not part of an ongoing transaction: \
+         the transaction ended while the batch was being verified"
+    )]
+    Unverified {
+        /// The producer.
+        producer_id: i64,
+    },
     /// A transaction marker from an older coordinator epoch than the producer's last one
     /// (`TRANSACTION_COORDINATOR_FENCED`).
     #[error(

@@ -14,6 +14,7 @@ use super::compaction::{CleanReport, CleanRequest, Pacer};
 use super::error::{StorageError, StorageResult};
 use super::log::{AppendInfo, Fetched, PartitionLog};
 use super::roll_finish::Installed;
+use super::verification::Verification;
 
 /// Most times [`SharedLog::finish_rolls`] starts a finish over in one call.
 pub const ROLL_FINISH_ATTEMPTS: u32 = 3;
@@ -30,8 +31,9 @@ pub enum Durability {
 /// What [`SharedLog::append_if`] appends.
 #[derive(Debug)]
 pub enum Appended {
-    /// A producer's batches ([`PartitionLog::append`]).
-    Records(BytesMut),
+    /// A producer's batches ([`PartitionLog::append_verified`]), with what to check of
+    /// KIP-890 verification.
+    Records(BytesMut, Verification),
     /// A transaction marker ([`PartitionLog::append_marker`]).
     Marker(Marker),
 }
@@ -81,7 +83,7 @@ impl<S: Storage> SharedLog<S> {
     ) -> StorageResult<AppendInfo> {
         let appended = self
             .append_if(
-                Appended::Records(records),
+                Appended::Records(records, Verification::Unchecked),
                 now_ms,
                 durability,
                 || Some(partition_leader_epoch),
@@ -113,8 +115,9 @@ impl<S: Storage> SharedLog<S> {
                 return Ok(None);
             };
             let info = match appended {
-                Appended::Records(records) => {
-                    log.append(records, partition_leader_epoch, now_ms).await?
+                Appended::Records(records, verification) => {
+                    log.append_verified(records, partition_leader_epoch, now_ms, verification)
+                        .await?
                 }
                 Appended::Marker(marker) => {
                     log.append_marker(

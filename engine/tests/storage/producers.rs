@@ -11,7 +11,7 @@ use spate_engine::storage::batch::build::{
     marker_batch, producer_batch, transactional_batch, NewRecord,
 };
 use spate_engine::storage::producers::ProducerError;
-use spate_engine::storage::{LogConfig, PartitionLog, StorageError};
+use spate_engine::storage::{LogConfig, PartitionLog, StorageError, Verification};
 
 use super::util::{block_on, open, partition_dir, read_all, small_config};
 
@@ -673,6 +673,92 @@ fn transactions_hold_the_stable_offset_and_their_aborts_survive_reopening_and_re
         let log = open(&storage, &config).await;
         assert_eq!(log.first_unstable_offset(), None);
         assert_eq!(aborted_in(&log), [(1, 0, 4), (3, 6, end)]);
+    });
+}
+
+#[test]
+fn a_marker_voids_the_verification_of_a_batch_that_would_open_a_transaction() {
+    block_on(async {
+        let storage = SimulatedStorage::new();
+        let config = small_config();
+        let mut log = open(&storage, &config).await;
+        let unverified = |result: Result<_, StorageError>| {
+            matches!(
+                result,
+                Err(StorageError::Producer(ProducerError::Unverified {
+                    producer_id: 1
+                }))
+            )
+        };
+        // A batch that opens a transaction needs a guard; once it is open, the next batches
+        // need none (and the coordinator is not asked again).
+        let guard = log.start_verification(1, 0, 1_000);
+        assert!(guard.is_some());
+        assert_eq!(
+            log.start_verification(1, 0, 1_000),
+            guard,
+            "concurrent requests share it"
+        );
+        assert!(unverified(
+            log.append_verified(transactional(1, 0, 0), 0, 1_000, Verification::Guard(None))
+                .await
+        ));
+        log.append_verified(transactional(1, 0, 0), 0, 1_000, Verification::Guard(guard))
+            .await
+            .unwrap();
+        assert_eq!(log.start_verification(1, 0, 1_000), None);
+        log.append_verified(transactional(1, 0, 1), 0, 1_000, Verification::Guard(None))
+            .await
+            .unwrap();
+        // A batch of that transaction still waiting for the coordinator's answer when the
+        // coordinator aborts it (a timeout): the marker comes first, and the batch would open
+        // a transaction no marker ends.
+        let in_flight = log.start_verification(1, 0, 2_000);
+        assert_eq!(in_flight, None);
+        log.append_marker(1, 0, 0, false, 0, 2_000).await.unwrap();
+        assert!(unverified(
+            log.append_verified(
+                transactional(1, 0, 2),
+                0,
+                2_000,
+                Verification::Guard(in_flight)
+            )
+            .await
+        ));
+        // The same with a guard: the next transaction's first batch, verified, and a marker
+        // (the coordinator aborting that transaction) overtaking it.
+        let guard = log.start_verification(1, 0, 3_000);
+        assert!(guard.is_some());
+        log.append_marker(1, 0, 0, false, 0, 3_000).await.unwrap();
+        assert!(unverified(
+            log.append_verified(transactional(1, 0, 2), 0, 3_000, Verification::Guard(guard))
+                .await
+        ));
+        assert_eq!(log.first_unstable_offset(), None, "nothing left open");
+        // A fresh guard works; one taken before a truncation does not after it.
+        let before_truncation = log.start_verification(1, 0, 4_000);
+        let end = log.log_end_offset();
+        log.append(super::util::numbered_batch(0, 1, 4_000), 0, 4_000)
+            .await
+            .unwrap();
+        log.truncate_to(end, 4_000).await.unwrap();
+        assert!(unverified(
+            log.append_verified(
+                transactional(1, 0, 2),
+                0,
+                4_000,
+                Verification::Guard(before_truncation)
+            )
+            .await
+        ));
+        let guard = log.start_verification(1, 0, 4_000);
+        log.append_verified(transactional(1, 0, 2), 0, 4_000, Verification::Guard(guard))
+            .await
+            .unwrap();
+        assert!(log.first_unstable_offset().is_some());
+        // Appends that check nothing (tools, followers) are unchanged.
+        log.append_marker(1, 0, 0, true, 0, 5_000).await.unwrap();
+        log.append(transactional(1, 0, 3), 0, 5_000).await.unwrap();
     });
 }
 

@@ -57,7 +57,7 @@ use spate_engine::replication::{
 };
 use spate_engine::storage::batch::build::{batch, producer_batch, transactional_batch, NewRecord};
 use spate_engine::storage::batch::BatchHeader;
-use spate_engine::storage::{LogConfig, PartitionLog, SharedLog};
+use spate_engine::storage::{LogConfig, PartitionLog, SharedLog, Verification};
 use spate_engine::txn::host::TxnHost;
 use spate_engine::txn::TRANSACTION_TOPIC;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -1066,15 +1066,24 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
             return failed(error.code);
         }
     }
+    let mut verification = Verification::Unchecked;
     if let (Some(transactional_id), Some((producer_id, epoch, _))) =
         (&request.transactional_id, request.idempotent)
     {
-        let partition = (request.topic.clone(), request.partition);
-        if let Some(error) =
-            txns::verify(replicas, transactional_id, producer_id, epoch, partition).await
-        {
-            return failed(error);
+        // As the broker's Produce: the guard before the coordinator's answer, so that a
+        // marker ending the transaction meanwhile makes the append refuse the batch.
+        let guard = replica
+            .start_verification(producer_id, epoch, replicas.now_ms())
+            .await;
+        if guard.is_some() {
+            let partition = (request.topic.clone(), request.partition);
+            if let Some(error) =
+                txns::verify(replicas, transactional_id, producer_id, epoch, partition).await
+            {
+                return failed(error);
+            }
         }
+        verification = Verification::Guard(guard);
     }
     let now_ms = replicas.now_ms();
     let record = NewRecord::value(request.value.clone().into_bytes(), now_ms);
@@ -1087,7 +1096,10 @@ async fn produce(replicas: &Rc<Replicas>, request: ProduceRequest) -> ProduceAns
         }
         (None, _) => batch(&[record]),
     };
-    let info = match replica.append_as_leader(records, now_ms).await {
+    let info = match replica
+        .append_verified_as_leader(records, now_ms, verification)
+        .await
+    {
         Ok(info) => info,
         Err(error) => return failed(error.code),
     };

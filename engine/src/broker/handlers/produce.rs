@@ -10,9 +10,10 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::{counted, str_bytes};
 use crate::broker::errors::KafkaError;
 use crate::broker::names::is_internal;
-use crate::runtime::shard::{AcksAll, PartitionOp, PartitionOutcome, PendingCall, Shard};
+use crate::runtime::shard::{
+    AcksAll, PartitionOp, PartitionOutcome, PendingCall, Shard, TxnVerification,
+};
 use crate::storage::batch::BatchHeader;
-use crate::txn::{TxnCall, TxnReply};
 
 /// A partition's append, started, with the bytes and records it carries.
 struct PendingPartition {
@@ -44,7 +45,7 @@ pub(super) async fn produce(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
-    let mut txn_refusals = verify_transactions(shard, &request).await;
+    let mut transactional = transactional_partitions(&request);
     let catalog = shard.catalog();
     let mut pending: Vec<PendingPartition> = Vec::new();
     let mut responses = Vec::new();
@@ -55,9 +56,10 @@ pub(super) async fn produce(
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
             let mut traffic = (0, 0);
+            let verify = transactional.remove(&(topic_index, index)).transpose();
             let call = if !matches!(acks, -1..=1) {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
-            } else if let Some(refusal) = txn_refusals.remove(&(topic_index, index)) {
+            } else if let Err(refusal) = verify {
                 Err(refusal)
             } else if is_internal(&name) {
                 Err(KafkaError::with_message(
@@ -92,7 +94,11 @@ pub(super) async fn produce(
                         Ok(shard.start_partition_call(
                             topic.id,
                             index,
-                            PartitionOp::Produce { records, acks_all },
+                            PartitionOp::Produce {
+                                records,
+                                acks_all,
+                                verify: verify.ok().flatten(),
+                            },
                         ))
                     }
                     (Some(_), None) => Err(KafkaError::with_message(
@@ -185,18 +191,16 @@ fn transactional_producer(mut records: &[u8]) -> Option<(i64, i16)> {
     None
 }
 
-/// The partitions of `request` whose transactional batches are refused, by (topic position,
-/// partition index): without a transactional id, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as
-/// Kafka answers; otherwise the coordinator verifies that the partition is in the producer's
-/// ongoing transaction (KIP-890's verification), so that no batch of an ended transaction,
-/// or for a partition the transaction never added, can open a transaction no marker will
-/// ever end. A coordinator on another broker is asked with AddPartitionsToTxn v4
-/// (`verify_only`), as Kafka's leaders ask it.
-async fn verify_transactions(
-    shard: &Rc<Shard>,
+/// What a partition's transactional batches need, by (topic position, partition index):
+/// without a transactional id, a refusal (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as Kafka
+/// answers); otherwise the verification with the producer's transaction coordinator (KIP-890)
+/// that the partition's owner runs before appending, so that no batch of an ended
+/// transaction, or for a partition the transaction never added, can open a transaction no
+/// marker will ever end.
+fn transactional_partitions(
     request: &ProduceRequest,
-) -> BTreeMap<(usize, i32), KafkaError> {
-    let mut refusals = BTreeMap::new();
+) -> BTreeMap<(usize, i32), Result<TxnVerification, KafkaError>> {
+    let mut needs = BTreeMap::new();
     for (topic_index, topic_data) in request.topic_data.iter().enumerate() {
         for partition_data in &topic_data.partition_data {
             let Some((producer_id, producer_epoch)) = partition_data
@@ -206,55 +210,20 @@ async fn verify_transactions(
             else {
                 continue;
             };
-            let key = (topic_index, partition_data.index);
-            let Some(transactional_id) = &request.transactional_id else {
-                refusals.insert(
-                    key,
-                    KafkaError::with_message(
-                        ResponseError::TransactionalIdAuthorizationFailed,
-                        "a transactional batch in a request without a transactional id",
-                    ),
-                );
-                continue;
+            let need = match &request.transactional_id {
+                None => Err(KafkaError::with_message(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "a transactional batch in a request without a transactional id",
+                )),
+                Some(transactional_id) => Ok(TxnVerification {
+                    transactional_id: transactional_id.to_string(),
+                    producer_id,
+                    producer_epoch,
+                    topic: topic_data.name.0.to_string(),
+                }),
             };
-            let reply = shard
-                .txn_call(
-                    transactional_id,
-                    TxnCall::Verify {
-                        transactional_id: transactional_id.to_string(),
-                        producer_id,
-                        producer_epoch,
-                        partitions: vec![(topic_data.name.0.to_string(), partition_data.index)],
-                    },
-                )
-                .await;
-            let partitions = vec![(topic_data.name.0.to_string(), partition_data.index)];
-            let reply = match reply {
-                // The coordinator is on another broker: ask it there.
-                TxnReply::Done(Some(ResponseError::NotCoordinator)) => TxnReply::Done(
-                    shard
-                        .verify_remotely(transactional_id, producer_id, producer_epoch, &partitions)
-                        .await,
-                ),
-                reply => reply,
-            };
-            match reply {
-                TxnReply::Done(None) => {}
-                TxnReply::Done(Some(error))
-                | TxnReply::ProducerId {
-                    error: Some(error), ..
-                } => {
-                    refusals.insert(
-                        key,
-                        KafkaError::with_message(
-                            error,
-                            "the partition is not in the producer's ongoing transaction",
-                        ),
-                    );
-                }
-                TxnReply::ProducerId { error: None, .. } => {}
-            }
+            needs.insert((topic_index, partition_data.index), need);
         }
     }
-    refusals
+    needs
 }
