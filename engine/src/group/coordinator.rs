@@ -180,11 +180,13 @@ impl GroupCoordinator {
                 value,
             } => match value {
                 Some(value) => {
+                    let key = (topic, partition);
+                    self.txn_offsets.overtaken(&group_id, &key);
                     self.groups
                         .entry(group_id.clone())
                         .or_insert_with(|| Group::new(&group_id, value.commit_timestamp_ms))
                         .offsets
-                        .insert((topic, partition), value);
+                        .insert(key, value);
                 }
                 None => {
                     if let Some(group) = self.groups.get_mut(&group_id) {
@@ -320,6 +322,8 @@ impl GroupCoordinator {
                     });
                     match result {
                         Ok(()) if still_pending => {
+                            // Written after any transactional offset of the key pending now.
+                            self.txn_offsets.overtaken(&group_id, &key);
                             if let Some(group) = group.as_deref_mut() {
                                 group.offsets.insert(key, value);
                             }

@@ -1306,3 +1306,66 @@ fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences
     }
     assert_eq!(transaction, Some(batch(3)));
 }
+
+#[test]
+fn a_plain_commit_written_after_transactional_offsets_wins_when_the_transaction_commits() {
+    let mut h = Harness::without_delay();
+    let member_id = h.stable_group_of_one("g");
+    let who = Harness::member("g", &member_id, 1);
+    // Partition 0: the transaction's offset, then a plain commit. Partition 1: a plain
+    // commit, then the transaction's offset.
+    assert_eq!(h.commit(who.clone(), &[("t", 1, 3)]), vec![None]);
+    let call = h.call(txn_commit_call(
+        who.clone(),
+        7,
+        0,
+        &[("t", 0, 10), ("t", 1, 30)],
+    ));
+    assert_eq!(h.take(call), Some(Reply::Commit(vec![None, None])));
+    assert_eq!(h.commit(who.clone(), &[("t", 0, 20)]), vec![None]);
+    // Still pending until the marker, as Kafka has it.
+    assert_eq!(
+        fetched_with_pending(&mut h, "g"),
+        vec![(0, 20, true), (1, 3, true)]
+    );
+    let done = h.call(Call::TxnCompleted {
+        producer_id: 7,
+        commit: true,
+    });
+    assert_eq!(h.take(done), Some(Reply::TxnCompleted(None)));
+    // The later record of each partition wins.
+    assert_eq!(
+        fetched_with_pending(&mut h, "g"),
+        vec![(0, 20, false), (1, 30, false)]
+    );
+}
+
+#[test]
+fn replaying_a_plain_commit_after_transactional_offsets_keeps_the_later_record() {
+    use super::txn_offsets::TxnBatch;
+    let offsets = |offset: i64| OffsetsRecord::Offset {
+        group_id: "solo".into(),
+        topic: "t".into(),
+        partition: 0,
+        value: Some(super::records::CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+            expire_timestamp_ms: None,
+        }),
+    };
+    let batch = TxnBatch {
+        producer_id: 9,
+        producer_epoch: 0,
+        base_sequence: 0,
+    };
+    let mut restarted = GroupCoordinator::new(CoordinatorConfig::default());
+    restarted.load_transactional(batch, 1, vec![offsets(4)]);
+    restarted.load(offsets(6));
+    restarted.load_marker(9, true);
+    restarted.finish_load(0);
+    let mut h = Harness::without_delay();
+    h.coordinator = restarted;
+    assert_eq!(fetched_with_pending(&mut h, "solo")[0], (0, 6, false));
+}

@@ -26,11 +26,22 @@ pub struct TxnBatch {
     pub base_sequence: i32,
 }
 
+/// An offset an open transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingOffset {
+    offset: CommittedOffset,
+    /// A plain commit of the same group and partition was written after it: when the
+    /// transaction commits, the later record wins, as Kafka compares the records' positions
+    /// in the partition (`CommitRecordMetadataAndOffset::olderThan`). Still pending until
+    /// then (OffsetFetch with `require_stable` waits for the marker either way).
+    overtaken: bool,
+}
+
 /// The pending transactional offsets of one coordinator, by producer.
 #[derive(Debug, Default)]
 pub struct TxnOffsets {
     /// Per producer, per group, the offsets its open transaction committed.
-    pending: BTreeMap<i64, BTreeMap<String, BTreeMap<TopicPartition, CommittedOffset>>>,
+    pending: BTreeMap<i64, BTreeMap<String, BTreeMap<TopicPartition, PendingOffset>>>,
     /// Per producer, the epoch of its last batch here and the sequence its next one takes.
     next_sequences: BTreeMap<i64, (i16, i32)>,
 }
@@ -86,16 +97,47 @@ impl TxnOffsets {
             .or_default()
             .entry(group_id.to_owned())
             .or_default()
-            .insert(key, offset);
+            .insert(
+                key,
+                PendingOffset {
+                    offset,
+                    overtaken: false,
+                },
+            );
+    }
+
+    /// A plain commit of `group_id`'s `key` was written (or replayed): it comes after every
+    /// transactional offset of that key pending now, which no longer apply when their
+    /// transactions commit.
+    pub fn overtaken(&mut self, group_id: &str, key: &TopicPartition) {
+        for groups in self.pending.values_mut() {
+            if let Some(pending) = groups
+                .get_mut(group_id)
+                .and_then(|offsets| offsets.get_mut(key))
+            {
+                pending.overtaken = true;
+            }
+        }
     }
 
     /// `producer_id`'s transaction ended: its offsets, by group, to make committed (on commit;
-    /// on abort the caller drops them).
+    /// on abort the caller drops them), leaving out those a later plain commit overtook.
     pub fn complete(
         &mut self,
         producer_id: i64,
     ) -> BTreeMap<String, BTreeMap<TopicPartition, CommittedOffset>> {
-        self.pending.remove(&producer_id).unwrap_or_default()
+        let groups = self.pending.remove(&producer_id).unwrap_or_default();
+        groups
+            .into_iter()
+            .map(|(group_id, offsets)| {
+                let applied = offsets
+                    .into_iter()
+                    .filter(|(_, pending)| !pending.overtaken)
+                    .map(|(key, pending)| (key, pending.offset))
+                    .collect();
+                (group_id, applied)
+            })
+            .collect()
     }
 
     /// Whether an open transaction committed an offset for `group_id`'s `key` (OffsetFetch
