@@ -240,7 +240,7 @@ pub(super) async fn walk_segment<F: StorageFile>(
             look_again_or_stop!(error.to_string());
         }
         // The partition leader epoch is outside the batch CRC: one other than the latest in
-        // the cache (a new epoch, or a bad read of one) is taken only when two reads of the
+        // the cache (a new epoch, or a bad read of one) is taken only when reads of the
         // header agree on it, so that a bad read neither opens an epoch nobody wrote nor
         // hides the batch that opens one.
         let other_epoch = epochs

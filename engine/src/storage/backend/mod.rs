@@ -153,36 +153,53 @@ pub async fn read_whole_file<S: Storage>(
 /// Most reads [`read_at_agreed`] makes.
 const AGREEING_READS_MAX: usize = 64;
 
-/// Reads `len` bytes at `position` until two reads in a row return the same bytes: a byte
-/// flipped on the way from the disk shows in one read, not in two. For bytes no checksum
-/// covers: the small text files (checkpoints, the leader epoch cache) and a batch's partition
-/// leader epoch, which Kafka's batch CRC leaves out.
+/// Reads in a row that must return the same bytes for [`read_at_agreed`] to take them.
+/// Two are not enough: at a high rate of bad reads two in a row now and then flip the same
+/// byte (the simulation's one bad read in four, which flips one byte of a 61-byte batch
+/// header, made two reads agree on a wrong epoch about once in a thousand header re-reads,
+/// seed 1380); three make it about once in four million there.
+pub const AGREEING_READS: usize = 3;
+
+/// Reads `len` bytes at `position` until [`AGREEING_READS`] reads in a row return the same
+/// bytes: a byte flipped on the way from the disk shows in one read, not in all of them. For
+/// bytes no checksum covers: the small text files (checkpoints, the leader epoch cache) and a
+/// batch's partition leader epoch, which Kafka's batch CRC leaves out.
 ///
 /// # Errors
-/// Any I/O error; `InvalidData` when no two reads in a row agree.
+/// Any I/O error; `InvalidData` when no [`AGREEING_READS`] reads in a row agree within
+/// [`AGREEING_READS_MAX`] reads.
 pub async fn read_at_agreed<F: StorageFile>(
     file: &F,
     position: u64,
     len: usize,
 ) -> io::Result<F::Buf> {
     let mut previous = file.read_at(position, len).await?;
+    let mut agreeing = 1;
     for _ in 1..AGREEING_READS_MAX {
         let next = file.read_at(position, len).await?;
         if *next == *previous {
-            return Ok(next);
+            agreeing += 1;
+            if agreeing == AGREEING_READS {
+                return Ok(next);
+            }
+        } else {
+            agreeing = 1;
         }
         previous = next;
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{AGREEING_READS_MAX} reads of {len} bytes at position {position} disagree"),
+        format!(
+            "no {AGREEING_READS} of {AGREEING_READS_MAX} reads of {len} bytes at position \
+             {position} in a row agree"
+        ),
     ))
 }
 
 /// Reads a whole file as [`read_at_agreed`] reads.
 ///
 /// # Errors
-/// As [`read_whole_file`]; `InvalidData` when no two reads in a row agree.
+/// As [`read_whole_file`]; `InvalidData` as [`read_at_agreed`].
 pub async fn read_whole_file_agreed<S: Storage>(
     storage: &S,
     path: &Path,
@@ -192,4 +209,71 @@ pub async fn read_whole_file_agreed<S: Storage>(
     let bytes = read_at_agreed(&file, 0, len).await;
     file.close().await?;
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    use bytes::Bytes;
+    use futures_lite::future::block_on;
+
+    use super::*;
+
+    /// A file whose reads return what the test scripted, in order.
+    #[derive(Debug, Clone)]
+    struct ScriptedReads(Rc<RefCell<VecDeque<&'static [u8]>>>);
+
+    impl StorageFile for ScriptedReads {
+        type Buf = Bytes;
+
+        async fn read_at(&self, _position: u64, _len: usize) -> io::Result<Bytes> {
+            let next = self.0.borrow_mut().pop_front().expect("a scripted read");
+            Ok(Bytes::from_static(next))
+        }
+
+        async fn write_at(&self, _position: u64, _data: &[u8]) -> io::Result<()> {
+            unreachable!()
+        }
+
+        async fn sync(&self) -> io::Result<()> {
+            unreachable!()
+        }
+
+        fn len(&self) -> u64 {
+            4
+        }
+
+        async fn truncate(&self, _len: u64) -> io::Result<()> {
+            unreachable!()
+        }
+
+        async fn close(self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn scripted(reads: &[&'static [u8]]) -> ScriptedReads {
+        ScriptedReads(Rc::new(RefCell::new(reads.iter().copied().collect())))
+    }
+
+    #[test]
+    fn agreed_reads_want_three_in_a_row() {
+        block_on(async {
+            // Two bad reads in a row that flipped the same byte are not taken.
+            let file = scripted(&[b"good", b"bXod", b"bXod", b"good", b"good", b"good"]);
+            assert_eq!(&read_at_agreed(&file, 0, 4).await.unwrap()[..], b"good");
+            assert!(file.0.borrow().is_empty());
+            // Reads that never settle are an error, not a guess.
+            let mut flapping: Vec<&'static [u8]> = Vec::new();
+            for _ in 0..AGREEING_READS_MAX / 2 {
+                flapping.extend([&b"good"[..], &b"good"[..], &b"bXod"[..]]);
+            }
+            let file = scripted(&flapping);
+            let error = read_at_agreed(&file, 0, 4).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        });
+    }
 }
