@@ -1835,9 +1835,11 @@ impl Shard {
                 .replica
                 .log
                 .with_log(async |log| {
+                    // A poisoned log reports its failure to every append already.
+                    let healthy = !log.is_poisoned();
                     (
-                        log.sync_due(now),
-                        log.unsynced_bytes() >= background_sync_bytes,
+                        healthy && log.sync_due(now),
+                        healthy && log.unsynced_bytes() >= background_sync_bytes,
                         log.log_end_offset(),
                     )
                 })

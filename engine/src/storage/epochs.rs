@@ -140,7 +140,7 @@ impl<S: Storage> PartitionLog<S> {
             let mut position = 0;
             let mut expected_offset = base_offset;
             while position < size_bytes {
-                // The partition leader epoch is outside the batch CRC: two reads must agree.
+                // The partition leader epoch is outside the batch CRC: reads must agree.
                 let window = read_at_agreed(&file, position, SCAN_WINDOW_BYTES)
                     .await
                     .map_err(io_error(|| format!("reading {}", path.display())))?;
