@@ -320,10 +320,13 @@ impl GroupCoordinator {
                         }
                         found
                     });
+                    if result.is_ok() {
+                        // Written after any transactional offset of the key pending now,
+                        // deleted since or not (a replay of the log sees the record too).
+                        self.txn_offsets.overtaken(&group_id, &key);
+                    }
                     match result {
                         Ok(()) if still_pending => {
-                            // Written after any transactional offset of the key pending now.
-                            self.txn_offsets.overtaken(&group_id, &key);
                             if let Some(group) = group.as_deref_mut() {
                                 group.offsets.insert(key, value);
                             }

@@ -382,6 +382,8 @@ pub struct Partition {
     background_sync: RefCell<Option<Task<()>>>,
     /// Whether that sync still runs.
     background_sync_running: Cell<bool>,
+    /// Set by [`Partition::quiesce`]: no more background syncs start.
+    quiescing: Cell<bool>,
 }
 
 impl Partition {
@@ -392,21 +394,25 @@ impl Partition {
             read_ahead: RefCell::new(None),
             background_sync: RefCell::new(None),
             background_sync_running: Cell::new(false),
+            quiescing: Cell::new(false),
         }
     }
 
-    /// Cancels a read-ahead and waits for a background sync, so that nothing but the owner
-    /// holds the partition.
+    /// Cancels a read-ahead, waits for a background sync and starts no more, so that nothing
+    /// but the owner holds the partition.
     async fn quiesce(&self) {
+        self.quiescing.set(true);
         let ahead = self.read_ahead.borrow_mut().take();
         if let Some(ahead) = ahead {
             ahead.task.cancel().await;
         }
-        let sync = self.background_sync.borrow_mut().take();
-        if let Some(sync) = sync {
+        loop {
+            let sync = self.background_sync.borrow_mut().take();
+            let Some(sync) = sync else {
+                break;
+            };
             sync.await;
         }
-        assert!(!self.background_sync_running.get());
     }
 }
 
@@ -1807,7 +1813,7 @@ impl Shard {
     /// it still runs: the shard's answer to `log_background_sync_bytes` unsynced. Appends go
     /// on meanwhile (the sync holds the log only to begin and to complete).
     pub fn sync_in_background(self: &Rc<Self>, partition: &Rc<Partition>) {
-        if partition.background_sync_running.replace(true) {
+        if partition.quiescing.get() || partition.background_sync_running.replace(true) {
             return;
         }
         self.metrics.borrow_mut().background_syncs += 1;
@@ -1849,8 +1855,8 @@ impl Shard {
                     error!(topic = %partition.replica.topic(), partition = partition.replica.index(), %error, "flush failed");
                 }
             } else if background_due {
-                // Appends by producers start these themselves; this catches the others (group
-                // and transaction state, transaction markers written by recovery).
+                // Leaders' appends start these themselves (`run_partition_op`); this catches
+                // the others: followers' appends of what they fetched.
                 self.sync_in_background(&partition);
             }
         }

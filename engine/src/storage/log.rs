@@ -813,9 +813,9 @@ impl<S: Storage> PartitionLog<S> {
         })
     }
 
-    /// The max timestamp a batch has once appended: the broker's time for `LogAppendTime`
-    /// topics, else the producer's, taken from the records of an uncompressed batch whose
-    /// header disagrees with them. A follower keeps the leader's.
+    /// Refuses a transactional batch that would open a transaction in the partition unless
+    /// it brings its producer's guard, not voided by a marker since (see
+    /// [`super::verification`]).
     fn check_verification(
         &self,
         batches: &[IncomingBatch],
@@ -843,6 +843,9 @@ impl<S: Storage> PartitionLog<S> {
         Ok(())
     }
 
+    /// The max timestamp a batch has once appended: the broker's time for `LogAppendTime`
+    /// topics, else the producer's, taken from the records of an uncompressed batch whose
+    /// header disagrees with them. A follower keeps the leader's.
     fn stored_max_timestamp(&self, batch: &IncomingBatch, mode: AppendMode, now_ms: i64) -> i64 {
         let header = &batch.validated.header;
         if mode == AppendMode::Replicated {

@@ -44,7 +44,7 @@ pub enum Verification {
 /// The guards of one partition: at most one per producer.
 #[derive(Debug, Clone, Default)]
 pub(super) struct VerificationGuards {
-    /// By producer id: the guard's id and when it was taken.
+    /// By producer id: the guard's id and when it was last taken.
     guards: BTreeMap<i64, (u64, i64)>,
     next_id: u64,
 }
@@ -59,11 +59,16 @@ impl VerificationGuards {
         now_ms: i64,
     ) -> VerificationGuard {
         let next_id = &mut self.next_id;
-        let (id, _) = *self.guards.entry(producer_id).or_insert_with(|| {
+        let (id, taken_ms) = self.guards.entry(producer_id).or_insert_with(|| {
             *next_id += 1;
             (*next_id, now_ms)
         });
-        VerificationGuard { generation, id }
+        // In use again: not expired while this verification runs.
+        *taken_ms = now_ms;
+        VerificationGuard {
+            generation,
+            id: *id,
+        }
     }
 
     /// Whether `guard` is the producer's guard held now.
@@ -85,7 +90,8 @@ impl VerificationGuards {
         self.guards.remove(&producer_id);
     }
 
-    /// Forgets the guards older than [`VERIFICATION_GUARD_MAX_AGE_MS`]. Returns how many.
+    /// Forgets the guards last taken more than [`VERIFICATION_GUARD_MAX_AGE_MS`] ago.
+    /// Returns how many.
     pub(super) fn expire(&mut self, now_ms: i64) -> usize {
         let before = self.guards.len();
         self.guards

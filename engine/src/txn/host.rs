@@ -312,13 +312,6 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             }));
         }
         queued_appends.extend(appends);
-        if appending.is_none() {
-            if let Some((id, record)) = queued_appends.pop_front() {
-                appending = Some(Box::pin(async move {
-                    (id, append(host_ref, partition, &record).await)
-                }));
-            }
-        }
         if host.is_stopped() || partition.shutting_down() {
             // An append is never dropped half done; what is queued behind it is the next
             // coordinator's to find (or not) in the log.
@@ -330,6 +323,13 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
                 host.stop("shutting down");
             }
             return;
+        }
+        if appending.is_none() {
+            if let Some((id, record)) = queued_appends.pop_front() {
+                appending = Some(Box::pin(async move {
+                    (id, append(host_ref, partition, &record).await)
+                }));
+            }
         }
         let sleep_ms = (next_tick_ms - partition.now_ms()).clamp(1, TICK_MS);
         let event = futures_lite::future::or(

@@ -271,3 +271,64 @@ fn a_late_end_txn_cannot_end_the_next_transaction() {
     );
     assert!(broker.stop().success(), "{}", broker.log());
 }
+
+#[test]
+fn a_transactional_batch_for_a_partition_not_in_the_transaction_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&work.path().join("data"), &[]);
+    let mut connection = broker.connect();
+    assert_eq!(
+        connection.metadata_auto_create(TOPIC).topics[0].error_code,
+        0
+    );
+    let ResponseKind::InitProducerId(init) = connection.call(
+        ApiKey::InitProducerId,
+        4,
+        RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(text(ID))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+    ) else {
+        panic!("not an InitProducerId answer")
+    };
+    assert_eq!(init.error_code, 0);
+    let (producer_id, epoch) = (init.producer_id.0, init.producer_epoch);
+    // No AddPartitionsToTxn. The partition twice in one request: a plain batch first, then
+    // the transactional one, which is verified for itself all the same.
+    let plain = spate_engine::storage::batch::build::batch(&[NewRecord::value("plain", 1_000)]);
+    let transactional = transactional_batch(
+        &[NewRecord::value("unverified", 1_000)],
+        producer_id,
+        epoch,
+        0,
+    );
+    let entry = |records: bytes::BytesMut| {
+        produce_request::PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(records.freeze()))
+    };
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(text(ID))))
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(text(TOPIC)))
+            .with_partition_data(vec![entry(plain), entry(transactional)])]);
+    let ResponseKind::Produce(response) =
+        connection.call(ApiKey::Produce, 9, RequestKind::Produce(request))
+    else {
+        panic!("not a Produce answer")
+    };
+    let codes: Vec<i16> = response.responses[0]
+        .partition_responses
+        .iter()
+        .map(|partition| partition.error_code)
+        .collect();
+    assert_eq!(codes, [0, ResponseError::InvalidTxnState.code()]);
+    // Nothing was left open: the partition is stable.
+    let Committed { values, .. } = read_committed(&mut connection);
+    assert_eq!(values, [(0, "plain".to_owned())]);
+}

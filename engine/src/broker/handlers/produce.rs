@@ -1,6 +1,5 @@
 //! Produce.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
@@ -45,7 +44,7 @@ pub(super) async fn produce(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
-    let mut transactional = transactional_partitions(&request);
+    let transactional_id = request.transactional_id.as_ref().map(|id| id.to_string());
     let catalog = shard.catalog();
     let mut pending: Vec<PendingPartition> = Vec::new();
     let mut responses = Vec::new();
@@ -56,7 +55,11 @@ pub(super) async fn produce(
         for partition_data in topic_data.partition_data {
             let index = partition_data.index;
             let mut traffic = (0, 0);
-            let verify = transactional.remove(&(topic_index, index)).transpose();
+            let verify = transactional_need(
+                transactional_id.as_deref(),
+                &name,
+                partition_data.records.as_deref(),
+            );
             let call = if !matches!(acks, -1..=1) {
                 Err(KafkaError::new(ResponseError::InvalidRequiredAcks))
             } else if let Err(refusal) = verify {
@@ -191,39 +194,30 @@ fn transactional_producer(mut records: &[u8]) -> Option<(i64, i16)> {
     None
 }
 
-/// What a partition's transactional batches need, by (topic position, partition index):
-/// without a transactional id, a refusal (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as Kafka
-/// answers); otherwise the verification with the producer's transaction coordinator (KIP-890)
-/// that the partition's owner runs before appending, so that no batch of an ended
-/// transaction, or for a partition the transaction never added, can open a transaction no
-/// marker will ever end.
-fn transactional_partitions(
-    request: &ProduceRequest,
-) -> BTreeMap<(usize, i32), Result<TxnVerification, KafkaError>> {
-    let mut needs = BTreeMap::new();
-    for (topic_index, topic_data) in request.topic_data.iter().enumerate() {
-        for partition_data in &topic_data.partition_data {
-            let Some((producer_id, producer_epoch)) = partition_data
-                .records
-                .as_deref()
-                .and_then(transactional_producer)
-            else {
-                continue;
-            };
-            let need = match &request.transactional_id {
-                None => Err(KafkaError::with_message(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "a transactional batch in a request without a transactional id",
-                )),
-                Some(transactional_id) => Ok(TxnVerification {
-                    transactional_id: transactional_id.to_string(),
-                    producer_id,
-                    producer_epoch,
-                    topic: topic_data.name.0.to_string(),
-                }),
-            };
-            needs.insert((topic_index, partition_data.index), need);
-        }
+/// What a partition's records need when they hold a transactional batch: without a
+/// transactional id, a refusal (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, as Kafka answers);
+/// otherwise the verification with the producer's transaction coordinator (KIP-890) that the
+/// partition's owner runs before appending, so that no batch of an ended transaction, or for
+/// a partition the transaction never added, can open a transaction no marker will ever end.
+/// Worked out for each partition entry of the request, duplicates included.
+fn transactional_need(
+    transactional_id: Option<&str>,
+    topic: &str,
+    records: Option<&[u8]>,
+) -> Result<Option<TxnVerification>, KafkaError> {
+    let Some((producer_id, producer_epoch)) = records.and_then(transactional_producer) else {
+        return Ok(None);
+    };
+    match transactional_id {
+        None => Err(KafkaError::with_message(
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "a transactional batch in a request without a transactional id",
+        )),
+        Some(transactional_id) => Ok(Some(TxnVerification {
+            transactional_id: transactional_id.to_owned(),
+            producer_id,
+            producer_epoch,
+            topic: topic.to_owned(),
+        })),
     }
-    needs
 }
