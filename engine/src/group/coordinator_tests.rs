@@ -1191,6 +1191,15 @@ fn fetched_with_pending(h: &mut Harness, group: &str) -> Vec<(i32, i64, bool)> {
     }
 }
 
+/// A marker of `producer_id` reached the partition.
+fn complete_txn(h: &mut Harness, producer_id: i64, commit: bool) {
+    let done = h.call(Call::TxnCompleted {
+        producer_id,
+        commit,
+    });
+    assert_eq!(h.take(done), Some(Reply::TxnCompleted(None)));
+}
+
 #[test]
 fn transactional_offsets_wait_for_their_marker_and_an_abort_drops_them() {
     let mut h = Harness::without_delay();
@@ -1214,11 +1223,7 @@ fn transactional_offsets_wait_for_their_marker_and_an_abort_drops_them() {
         fetched_with_pending(&mut h, "g"),
         vec![(0, 5, true), (1, -1, true)]
     );
-    let done = h.call(Call::TxnCompleted {
-        producer_id: 7,
-        commit: true,
-    });
-    assert_eq!(h.take(done), Some(Reply::TxnCompleted(None)));
+    complete_txn(&mut h, 7, true);
     assert_eq!(
         fetched_with_pending(&mut h, "g"),
         vec![(0, 10, false), (1, 3, false)]
@@ -1258,12 +1263,9 @@ fn transactional_offsets_wait_for_their_marker_and_an_abort_drops_them() {
     );
 }
 
-#[test]
-fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences() {
-    use super::txn_offsets::TxnBatch;
-    let mut h = Harness::without_delay();
-    let who = Harness::member("solo", "", -1);
-    let offsets = |offset: i64| OffsetsRecord::Offset {
+/// The record of an offset committed by group "solo" for partition 0 of "t".
+fn solo_offset(offset: i64) -> OffsetsRecord {
+    OffsetsRecord::Offset {
         group_id: "solo".into(),
         topic: "t".into(),
         partition: 0,
@@ -1274,7 +1276,15 @@ fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences
             commit_timestamp_ms: 0,
             expire_timestamp_ms: None,
         }),
-    };
+    }
+}
+
+#[test]
+fn replaying_transactional_offsets_and_markers_restores_them_and_their_sequences() {
+    use super::txn_offsets::TxnBatch;
+    let mut h = Harness::without_delay();
+    let who = Harness::member("solo", "", -1);
+    let offsets = solo_offset;
     let mut restarted = GroupCoordinator::new(CoordinatorConfig::default());
     let batch = |base_sequence| TxnBatch {
         producer_id: 9,
@@ -1328,11 +1338,7 @@ fn a_plain_commit_written_after_transactional_offsets_wins_when_the_transaction_
         fetched_with_pending(&mut h, "g"),
         vec![(0, 20, true), (1, 3, true)]
     );
-    let done = h.call(Call::TxnCompleted {
-        producer_id: 7,
-        commit: true,
-    });
-    assert_eq!(h.take(done), Some(Reply::TxnCompleted(None)));
+    complete_txn(&mut h, 7, true);
     // The later record of each partition wins.
     assert_eq!(
         fetched_with_pending(&mut h, "g"),
@@ -1343,18 +1349,7 @@ fn a_plain_commit_written_after_transactional_offsets_wins_when_the_transaction_
 #[test]
 fn replaying_a_plain_commit_after_transactional_offsets_keeps_the_later_record() {
     use super::txn_offsets::TxnBatch;
-    let offsets = |offset: i64| OffsetsRecord::Offset {
-        group_id: "solo".into(),
-        topic: "t".into(),
-        partition: 0,
-        value: Some(super::records::CommittedOffset {
-            offset,
-            leader_epoch: -1,
-            metadata: String::new(),
-            commit_timestamp_ms: 0,
-            expire_timestamp_ms: None,
-        }),
-    };
+    let offsets = solo_offset;
     let batch = TxnBatch {
         producer_id: 9,
         producer_epoch: 0,

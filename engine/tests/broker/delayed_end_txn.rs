@@ -138,6 +138,25 @@ fn end_txn(
     )
 }
 
+/// InitProducerId for the transactional id: (producer id, epoch).
+fn init_producer(connection: &mut Connection) -> (i64, i16) {
+    let ResponseKind::InitProducerId(init) = connection.call(
+        ApiKey::InitProducerId,
+        4,
+        RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(text(ID))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+    ) else {
+        panic!("not an InitProducerId answer")
+    };
+    assert_eq!(init.error_code, 0);
+    (init.producer_id.0, init.producer_epoch)
+}
+
 /// What a read_committed Fetch of the partition returns: (offset, value) of each record,
 /// control records left out, and the aborted transactions it names (producer id, first
 /// offset), whose records the consumer drops.
@@ -191,21 +210,7 @@ fn a_late_end_txn_cannot_end_the_next_transaction() {
         connection.metadata_auto_create(TOPIC).topics[0].error_code,
         0
     );
-    let ResponseKind::InitProducerId(init) = connection.call(
-        ApiKey::InitProducerId,
-        4,
-        RequestKind::InitProducerId(
-            InitProducerIdRequest::default()
-                .with_transactional_id(Some(TransactionalId(text(ID))))
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        ),
-    ) else {
-        panic!("not an InitProducerId answer")
-    };
-    assert_eq!(init.error_code, 0);
-    let (producer_id, first_epoch) = (init.producer_id.0, init.producer_epoch);
+    let (producer_id, first_epoch) = init_producer(&mut connection);
 
     // The first transaction, committed with EndTxn 5: answered with the next epoch.
     assert_eq!(add_partition(&mut connection, producer_id, first_epoch), 0);
@@ -281,21 +286,7 @@ fn a_transactional_batch_for_a_partition_not_in_the_transaction_is_refused() {
         connection.metadata_auto_create(TOPIC).topics[0].error_code,
         0
     );
-    let ResponseKind::InitProducerId(init) = connection.call(
-        ApiKey::InitProducerId,
-        4,
-        RequestKind::InitProducerId(
-            InitProducerIdRequest::default()
-                .with_transactional_id(Some(TransactionalId(text(ID))))
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        ),
-    ) else {
-        panic!("not an InitProducerId answer")
-    };
-    assert_eq!(init.error_code, 0);
-    let (producer_id, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (producer_id, epoch) = init_producer(&mut connection);
     // No AddPartitionsToTxn. The partition twice in one request: a plain batch first, then
     // the transactional one, which is verified for itself all the same.
     let plain = spate_engine::storage::batch::build::batch(&[NewRecord::value("plain", 1_000)]);
