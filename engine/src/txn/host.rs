@@ -9,7 +9,7 @@
 //! written) and report them, and tick the coordinator (timeouts, expiry) every second.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -227,9 +227,6 @@ impl TxnHost {
 
 type MarkerWrite<'a> = Pin<Box<dyn Future<Output = TxnMarkers> + 'a>>;
 
-/// A state change being appended, with its id.
-type StateAppend<'a> = Pin<Box<dyn Future<Output = (AppendId, Result<(), ()>)> + 'a>>;
-
 /// Loads the partition into a new coordinator, then runs it until the runtime shuts down or
 /// the host is stopped.
 pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
@@ -283,13 +280,7 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
         );
     }
     let partition = &partition;
-    let host_ref: &TxnHost = &host;
     let mut writes: Vec<MarkerWrite<'_>> = Vec::new();
-    // State changes are appended one at a time, in the coordinator's order, while marker
-    // writes go on (an append waits for the in-sync replicas, markers for other partitions'
-    // leaders: neither waits for the other).
-    let mut queued_appends: VecDeque<(AppendId, TxnRecord)> = VecDeque::new();
-    let mut appending: Option<StateAppend<'_>> = None;
     let mut next_tick_ms = partition.now_ms() + TICK_MS;
     loop {
         let woken = host.wake.listen();
@@ -311,31 +302,25 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
                 markers
             }));
         }
-        queued_appends.extend(appends);
-        if host.is_stopped() || partition.shutting_down() {
-            // An append is never dropped half done; what is queued behind it is the next
-            // coordinator's to find (or not) in the log.
-            if let Some(append) = appending.take() {
-                let (id, result) = append.await;
+        if !appends.is_empty() {
+            for (id, record) in appends {
+                let result = append(&host, partition, &record).await;
                 host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
             }
-            if !host.is_stopped() {
-                host.stop("shutting down");
-            }
+            continue;
+        }
+        if host.is_stopped() {
             return;
         }
-        if appending.is_none() {
-            if let Some((id, record)) = queued_appends.pop_front() {
-                appending = Some(Box::pin(async move {
-                    (id, append(host_ref, partition, &record).await)
-                }));
-            }
+        if partition.shutting_down() {
+            host.stop("shutting down");
+            return;
         }
         let sleep_ms = (next_tick_ms - partition.now_ms()).clamp(1, TICK_MS);
-        let event = futures_lite::future::or(
+        let written = futures_lite::future::or(
             async {
                 woken.await;
-                DriveEvent::Woken
+                None
             },
             futures_lite::future::or(
                 async {
@@ -344,17 +329,12 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
                         partition.shutdown(),
                     )
                     .await;
-                    DriveEvent::Woken
+                    None
                 },
                 std::future::poll_fn(|context| {
-                    if let Some(append) = appending.as_mut() {
-                        if let Poll::Ready((id, result)) = append.as_mut().poll(context) {
-                            return Poll::Ready(DriveEvent::Appended(id, result));
-                        }
-                    }
                     for (index, write) in writes.iter_mut().enumerate() {
                         if let Poll::Ready(markers) = write.as_mut().poll(context) {
-                            return Poll::Ready(DriveEvent::MarkersWritten(index, markers));
+                            return Poll::Ready(Some((index, markers)));
                         }
                     }
                     Poll::Pending
@@ -362,36 +342,19 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             ),
         )
         .await;
-        match event {
-            DriveEvent::Woken => {}
-            DriveEvent::Appended(id, result) => {
-                appending = None;
-                host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
-            }
-            DriveEvent::MarkersWritten(index, markers) => {
-                drop(writes.swap_remove(index));
-                let now = partition.now_ms();
-                host.with_coordinator(|coordinator| {
-                    coordinator.markers_written(
-                        &markers.transactional_id,
-                        markers.producer_id,
-                        markers.producer_epoch,
-                        now,
-                    );
-                });
-            }
+        if let Some((index, markers)) = written {
+            drop(writes.swap_remove(index));
+            let now = partition.now_ms();
+            host.with_coordinator(|coordinator| {
+                coordinator.markers_written(
+                    &markers.transactional_id,
+                    markers.producer_id,
+                    markers.producer_epoch,
+                    now,
+                );
+            });
         }
     }
-}
-
-/// What woke [`drive`]'s loop.
-enum DriveEvent {
-    /// A call, a tick or shutdown: look at the outputs and the time.
-    Woken,
-    /// The state append in flight completed.
-    Appended(AppendId, Result<(), ()>),
-    /// The markers of the write at that index in the list are written.
-    MarkersWritten(usize, TxnMarkers),
 }
 
 /// Appends one state change, as one record in one batch.
@@ -470,8 +433,6 @@ async fn load(
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-
-    use bytes::BytesMut;
 
     use super::*;
     use crate::group::host::tests::MemoryOffsets;
@@ -588,152 +549,6 @@ mod tests {
                 }
             );
             loaded.stop("test");
-        })
-        .unwrap();
-    }
-
-    /// A partition whose appends and marker writes wait until the test opens them.
-    struct Gated<'a> {
-        inner: &'a MemoryOffsets,
-        appends_open: Cell<bool>,
-        markers_open: Cell<bool>,
-        opened: Event,
-        markers_done: RefCell<Vec<String>>,
-    }
-
-    impl Gated<'_> {
-        async fn wait_until(&self, open: impl Fn(&Self) -> bool) {
-            loop {
-                let listener = self.opened.listen();
-                if open(self) {
-                    return;
-                }
-                listener.await;
-            }
-        }
-
-        fn open(&self, gate: &Cell<bool>, open: bool) {
-            gate.set(open);
-            self.opened.notify(usize::MAX);
-        }
-    }
-
-    impl HostClock for Gated<'_> {
-        fn now_ms(&self) -> i64 {
-            self.inner.now_ms()
-        }
-
-        async fn sleep(&self, duration: Duration) {
-            self.inner.sleep(duration).await;
-        }
-    }
-
-    impl OffsetsPartition for &Gated<'_> {
-        async fn log_start_offset(&self) -> Result<i64, String> {
-            self.inner.log_start_offset().await
-        }
-
-        async fn read(&self, offset: i64, max_bytes: usize) -> Result<(Bytes, i64), String> {
-            self.inner.read(offset, max_bytes).await
-        }
-
-        async fn append(&self, records: BytesMut) -> Result<(), (ResponseError, String)> {
-            self.wait_until(|gated| gated.appends_open.get()).await;
-            self.inner.append(records).await
-        }
-
-        async fn wait_committed(&self, offset: i64, timeout: Duration) -> bool {
-            self.inner.wait_committed(offset, timeout).await
-        }
-
-        fn shutting_down(&self) -> bool {
-            false
-        }
-
-        async fn shutdown(&self) {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    impl TxnPartition for &Gated<'_> {
-        async fn write_markers(&self, markers: &TxnMarkers) {
-            self.wait_until(|gated| gated.markers_open.get()).await;
-            self.markers_done
-                .borrow_mut()
-                .push(markers.transactional_id.clone());
-        }
-    }
-
-    #[test]
-    fn markers_are_written_while_a_state_append_waits() {
-        run_local(|| async {
-            let storage = SimulatedStorage::new();
-            let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
-            let partition = &*Box::leak(Box::new(Gated {
-                inner,
-                appends_open: Cell::new(true),
-                markers_open: Cell::new(false),
-                opened: Event::new(),
-                markers_done: RefCell::new(Vec::new()),
-            }));
-            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
-            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
-            for (id, fresh) in [("t1", 1000), ("t2", 2000)] {
-                let init = TxnCall::InitProducerId {
-                    transactional_id: id.into(),
-                    timeout_ms: 60_000,
-                    fresh_producer_id: fresh,
-                    expected: None,
-                };
-                assert!(matches!(
-                    host.call(partition, init).await,
-                    TxnReply::ProducerId { error: None, .. }
-                ));
-                let add = TxnCall::AddPartitions {
-                    transactional_id: id.into(),
-                    producer_id: fresh,
-                    producer_epoch: 0,
-                    partitions: vec![("out".into(), 0)],
-                };
-                assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
-            }
-            let end = |id: &str, producer_id| TxnCall::EndTxn {
-                transactional_id: id.into(),
-                producer_id,
-                producer_epoch: 0,
-                commit: true,
-                bump_epoch: false,
-                fresh_producer_id: None,
-            };
-            // t1 is prepared; its markers wait at the gate.
-            assert_eq!(
-                host.call(partition, end("t1", 1000)).await,
-                TxnReply::Done(None)
-            );
-            // t2's Prepare append waits at the other gate.
-            partition.open(&partition.appends_open, false);
-            let t2_ended = glommio::spawn_local({
-                let host = Rc::clone(&host);
-                async move { host.call(partition, end("t2", 2000)).await }
-            });
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-            // t1's markers are written while t2's append still waits.
-            partition.open(&partition.markers_open, true);
-            let written = async {
-                while partition.markers_done.borrow().is_empty() {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            futures_lite::future::or(written, async {
-                glommio::timer::sleep(Duration::from_secs(10)).await;
-                panic!("t1's markers waited for t2's append");
-            })
-            .await;
-            assert_eq!(*partition.markers_done.borrow(), ["t1"]);
-            // Then t2 completes as well.
-            partition.open(&partition.appends_open, true);
-            assert_eq!(t2_ended.await, TxnReply::Done(None));
-            host.stop("test");
         })
         .unwrap();
     }
