@@ -73,6 +73,25 @@ fn add_partition(connection: &mut Connection, producer_id: i64, epoch: i16) -> i
     response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
 }
 
+/// A Produce of the transactional id with acks=all: one entry for partition 0 per batch.
+fn transactional_produce(batches: Vec<bytes::BytesMut>) -> ProduceRequest {
+    let entries = batches
+        .into_iter()
+        .map(|records| {
+            produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records.freeze()))
+        })
+        .collect();
+    ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(text(ID))))
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(text(TOPIC)))
+            .with_partition_data(entries)])
+}
+
 fn produce(connection: &mut Connection, producer_id: i64, epoch: i16, value: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -84,17 +103,7 @@ fn produce(connection: &mut Connection, producer_id: i64, epoch: i16, value: &st
         epoch,
         0,
     );
-    let request = ProduceRequest::default()
-        .with_transactional_id(Some(TransactionalId(text(ID))))
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(text(TOPIC)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records.freeze())),
-            ])]);
+    let request = transactional_produce(vec![records]);
     let ResponseKind::Produce(response) =
         connection.call(ApiKey::Produce, 9, RequestKind::Produce(request))
     else {
@@ -296,18 +305,7 @@ fn a_transactional_batch_for_a_partition_not_in_the_transaction_is_refused() {
         epoch,
         0,
     );
-    let entry = |records: bytes::BytesMut| {
-        produce_request::PartitionProduceData::default()
-            .with_index(0)
-            .with_records(Some(records.freeze()))
-    };
-    let request = ProduceRequest::default()
-        .with_transactional_id(Some(TransactionalId(text(ID))))
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(text(TOPIC)))
-            .with_partition_data(vec![entry(plain), entry(transactional)])]);
+    let request = transactional_produce(vec![plain, transactional]);
     let ResponseKind::Produce(response) =
         connection.call(ApiKey::Produce, 9, RequestKind::Produce(request))
     else {
