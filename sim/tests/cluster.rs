@@ -121,10 +121,15 @@ fn a_cluster_seed_replays_exactly() {
 /// 1639: a truncation's cut point walk under bad reads took a bad read seen twice for damage
 /// and poisoned a sound log; it now reads a batch again until its CRC passes. (Both failed
 /// with the workload of this commit's parent; a changed workload moves what a seed does.)
+/// 1592590472: a transaction coordinator whose partition its node took again at a later
+/// epoch gave up writing an abort's markers, counted them written, and appended the
+/// transaction's completion into the new epoch's log, which its successor had loaded
+/// without it: the partition kept an open transaction forever. Marker writes that give up
+/// no longer complete a transaction, and a coordinator appends only at its own epoch.
 #[test]
 fn seeds_that_once_failed_pass() {
     let options = ClusterOptions::default();
-    for seed in [40150, 1628, 1639] {
+    for seed in [40150, 1628, 1639, 1592590472] {
         if let Err(failure) = run_cluster_simulation(seed, &options) {
             panic!("{failure}");
         }

@@ -151,7 +151,7 @@ def _offset_and_metadata(offset):
         return OffsetAndMetadata(offset, "")
 
 
-def poll_until(members, condition, timeout_s, what):
+def poll_until(members, condition, timeout_s, what, detail=None):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for member in members:
@@ -159,7 +159,8 @@ def poll_until(members, condition, timeout_s, what):
         if condition():
             return
     sizes = [len(member.assignment()) for member in members]
-    pytest.fail(f"timed out waiting for {what}; assignments {sizes}")
+    more = f"; {detail()}" if detail else ""
+    pytest.fail(f"timed out waiting for {what}; assignments {sizes}{more}")
 
 
 def all_seen(members):
@@ -307,6 +308,9 @@ def test_a_killed_member_is_evicted_after_its_session_timeout(groups_broker, tmp
             lambda: set(all_seen(members)) | processed_by_doomed == expected,
             60,
             "every record",
+            lambda: "missing "
+            + str(sorted(expected - set(all_seen(members)) - processed_by_doomed, key=int))
+            + f", the dead member's last lines {lines[-10:]}",
         )
         # A commit the dead member saw acknowledged is never delivered again; the record it was
         # committing when it died may be (its commit may or may not have landed).

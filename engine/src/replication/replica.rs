@@ -501,8 +501,29 @@ impl<S: Storage> Replica<S> {
         now_ms: i64,
         verification: Verification,
     ) -> Result<AppendInfo, KafkaError> {
-        self.append_leading(Appended::Records(records, verification), now_ms)
+        self.append_leading(Appended::Records(records, verification), now_ms, None)
             .await
+    }
+
+    /// As [`Replica::append_as_leader`], only while leading at `leader_epoch`: a coordinator
+    /// loaded at one epoch (and being stopped) never appends into the log of a later one,
+    /// which its successor loaded without that record.
+    ///
+    /// # Errors
+    /// As [`Replica::append_as_leader`]; NOT_LEADER_OR_FOLLOWER once the partition is led at
+    /// another epoch.
+    pub async fn append_as_leader_at_epoch(
+        &self,
+        records: BytesMut,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, KafkaError> {
+        self.append_leading(
+            Appended::Records(records, Verification::Unchecked),
+            now_ms,
+            Some(leader_epoch),
+        )
+        .await
     }
 
     /// Starts verifying a transactional batch of `producer_id` at `producer_epoch` (see
@@ -531,13 +552,15 @@ impl<S: Storage> Replica<S> {
         marker: Marker,
         now_ms: i64,
     ) -> Result<AppendInfo, KafkaError> {
-        self.append_leading(Appended::Marker(marker), now_ms).await
+        self.append_leading(Appended::Marker(marker), now_ms, None)
+            .await
     }
 
     async fn append_leading(
         &self,
         appended: Appended,
         now_ms: i64,
+        required_epoch: Option<i32>,
     ) -> Result<AppendInfo, KafkaError> {
         let appended = self
             .log
@@ -545,7 +568,11 @@ impl<S: Storage> Replica<S> {
                 appended,
                 now_ms,
                 Durability::Written,
-                || self.leading.get().then(|| self.leader_epoch.get()),
+                || {
+                    let epoch = self.leader_epoch.get();
+                    (self.leading.get() && required_epoch.is_none_or(|required| required == epoch))
+                        .then_some(epoch)
+                },
                 |info| {
                     // A producer's retry of a batch already in the log wrote nothing.
                     if info.duplicate {
@@ -1008,6 +1035,35 @@ mod tests {
                 .append_as_leader(batch(&[NewRecord::value("b", 0)]), 0)
                 .await
                 .is_err());
+        });
+    }
+
+    #[test]
+    fn an_append_for_one_leader_epoch_is_refused_once_the_partition_is_led_at_another() {
+        futures_lite::future::block_on(async {
+            let storage = SimulatedStorage::new();
+            let replica = replica_on(&storage).await;
+            replica.take_role(&state(1, 3), 0).await;
+            replica
+                .append_as_leader_at_epoch(batch(&[NewRecord::value("a", 0)]), 0, 3)
+                .await
+                .expect("appends at its own epoch");
+            // The same broker leads again, at a later epoch: a coordinator loaded at epoch 3
+            // (and being stopped) must not write into epoch 4's log.
+            replica.take_role(&state(1, 4), 0).await;
+            let refused = replica
+                .append_as_leader_at_epoch(batch(&[NewRecord::value("b", 0)]), 0, 3)
+                .await
+                .expect_err("refused at the old epoch");
+            assert_eq!(refused.code, ResponseError::NotLeaderOrFollower);
+            let appended = replica
+                .append_as_leader_at_epoch(batch(&[NewRecord::value("c", 0)]), 0, 4)
+                .await
+                .expect("appends at the new epoch");
+            assert_eq!(
+                appended.base_offset, 1,
+                "nothing of the refused append is in the log"
+            );
         });
     }
 

@@ -40,6 +40,11 @@ pub struct ShardOffsets {
     pub(super) shard: Rc<Shard>,
     pub(super) topic_id: Uuid,
     pub(super) partition: i32,
+    /// For a coordinator made afresh at each leader epoch (a transaction coordinator): the
+    /// epoch it was loaded at. Its appends are refused once the partition is led at another
+    /// epoch, so that a coordinator being stopped never writes into the log its successor
+    /// loaded. `None` for a group coordinator, which the same leader keeps across epochs.
+    pub(super) leader_epoch: Option<i32>,
 }
 
 impl ShardOffsets {
@@ -48,6 +53,17 @@ impl ShardOffsets {
             .execute(self.topic_id, self.partition, op)
             .await
             .map_err(|error| (error.code, format!("{:?}", error.message)))
+    }
+
+    /// Whether this shard still leads the partition at [`ShardOffsets::leader_epoch`] (always,
+    /// without one).
+    pub(super) fn leads_at_coordinator_epoch(&self) -> bool {
+        let Some(epoch) = self.leader_epoch else {
+            return true;
+        };
+        self.shard
+            .role_of(&self.shard.catalog(), self.topic_id, self.partition)
+            == Some((true, epoch))
     }
 }
 
@@ -112,6 +128,7 @@ impl OffsetsPartition for ShardOffsets {
             records: records.freeze(),
             acks_all,
             verify: None,
+            leader_epoch: self.leader_epoch,
         })
         .await
         .map(|_| ())
@@ -165,6 +182,7 @@ pub async fn drive(shard: Rc<Shard>, topic_id: Uuid, host: Rc<CoordinatorHost>) 
         shard,
         topic_id,
         partition: host.partition,
+        leader_epoch: None,
     };
     crate::group::host::drive(host, partition).await;
 }

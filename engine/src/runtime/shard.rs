@@ -68,6 +68,9 @@ pub enum PartitionOp {
         acks_all: Option<AcksAll>,
         /// For transactional batches: what to verify with the transaction coordinator.
         verify: Option<TxnVerification>,
+        /// A coordinator's state append: only while the partition is led at this epoch
+        /// (NOT_LEADER_OR_FOLLOWER otherwise).
+        leader_epoch: Option<i32>,
     },
     /// WriteTxnMarkers: append a transaction marker as the partition's leader.
     WriteMarker {
@@ -2021,6 +2024,7 @@ async fn run_partition_op(
             records,
             acks_all,
             verify,
+            leader_epoch,
         } => {
             let replica = &partition.replica;
             if let Some(acks_all) = acks_all {
@@ -2042,9 +2046,20 @@ async fn run_partition_op(
                     Verification::Guard(guard)
                 }
             };
-            let info = replica
-                .append_verified_as_leader(BytesMut::from(records), now_ms(), verification)
-                .await?;
+            let records = BytesMut::from(records);
+            let info = match leader_epoch {
+                Some(epoch) => {
+                    debug_assert!(matches!(verification, Verification::Unchecked));
+                    replica
+                        .append_as_leader_at_epoch(records, now_ms(), epoch)
+                        .await?
+                }
+                None => {
+                    replica
+                        .append_verified_as_leader(records, now_ms(), verification)
+                        .await?
+                }
+            };
             if info.unsynced_bytes >= shard.config.log_background_sync_bytes {
                 shard.sync_in_background(partition);
             }

@@ -49,7 +49,7 @@ const COMPLETION_ATTEMPTS: usize = 100;
 const MARKER_REPLICATION_TIMEOUT_MS: u64 = 30_000;
 
 impl TxnPartition for ShardOffsets {
-    async fn write_markers(&self, markers: &TxnMarkers) {
+    async fn write_markers(&self, markers: &TxnMarkers) -> bool {
         let mut left: Vec<TopicPartition> = markers.partitions.clone();
         let marker = Marker {
             producer_id: markers.producer_id,
@@ -99,8 +99,11 @@ impl TxnPartition for ShardOffsets {
                 };
                 left.extend(failed);
             }
-            if left.is_empty() || self.shard.shutting_down.get() {
-                return;
+            if left.is_empty() {
+                return true;
+            }
+            if self.shard.shutting_down.get() || !self.leads_at_coordinator_epoch() {
+                return false;
             }
             glommio::timer::sleep(MARKER_RETRY_BACKOFF).await;
         }
@@ -150,6 +153,8 @@ pub async fn drive(shard: Rc<Shard>, topic_id: Uuid, host: Rc<TxnHost>) {
         shard,
         topic_id,
         partition: host.partition,
+        // Its state goes only into the log of the leader epoch it was loaded from.
+        leader_epoch: Some(host.coordinator_epoch),
     };
     crate::txn::host::drive(host, partition).await;
 }

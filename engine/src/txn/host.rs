@@ -5,11 +5,13 @@
 //! The partition, the clock and the partitions' leaders come in through [`TxnPartition`]: the
 //! broker implements it with glommio over its shard (`runtime::txns`). The loop: hand replies
 //! to the waiting requests, append the state changes the coordinator asks for (one at a time,
-//! in order), write each ending transaction's markers (concurrently, each retried until
-//! written) and report them, and tick the coordinator (timeouts, expiry) every second.
+//! in order), write each ending transaction's markers (concurrently, beside the appends, each
+//! retried until written) and report them, and tick the coordinator (timeouts, expiry) every
+//! second. Marker writes that gave up (the partition is led at a later epoch, or the broker
+//! stops) are not reported: the transaction stays prepared for the next coordinator to end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -59,8 +61,10 @@ pub struct TxnMarkers {
 pub trait TxnPartition: OffsetsPartition {
     /// Writes `markers` to each of their partitions, retrying (with a pause) until every
     /// partition has its marker or no longer needs it (deleted, or the marker is refused as
-    /// stale), while the host runs.
-    fn write_markers(&self, markers: &TxnMarkers) -> impl Future<Output = ()>;
+    /// stale): `true` then. `false` when it gave up first, because the coordinator lost its
+    /// partition (a later leader epoch) or the runtime shuts down: the transaction is not
+    /// complete, and the next coordinator writes its markers again.
+    fn write_markers(&self, markers: &TxnMarkers) -> impl Future<Output = bool>;
 }
 
 enum HostState {
@@ -225,7 +229,11 @@ impl TxnHost {
     }
 }
 
-type MarkerWrite<'a> = Pin<Box<dyn Future<Output = TxnMarkers> + 'a>>;
+/// A transaction's marker writes: the markers, and whether they were all written.
+type MarkerWrite<'a> = Pin<Box<dyn Future<Output = (TxnMarkers, bool)> + 'a>>;
+
+/// A state change being appended, with its id.
+type StateAppend<'a> = Pin<Box<dyn Future<Output = (AppendId, Result<(), ()>)> + 'a>>;
 
 /// Loads the partition into a new coordinator, then runs it until the runtime shuts down or
 /// the host is stopped.
@@ -280,7 +288,13 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
         );
     }
     let partition = &partition;
+    let host_ref: &TxnHost = &host;
     let mut writes: Vec<MarkerWrite<'_>> = Vec::new();
+    // State changes are appended one at a time, in the coordinator's order, while marker
+    // writes go on (an append waits for the in-sync replicas, markers for other partitions'
+    // leaders: neither waits for the other).
+    let mut queued_appends: VecDeque<(AppendId, TxnRecord)> = VecDeque::new();
+    let mut appending: Option<StateAppend<'_>> = None;
     let mut next_tick_ms = partition.now_ms() + TICK_MS;
     loop {
         let woken = host.wake.listen();
@@ -298,29 +312,35 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
                 "writing transaction markers"
             );
             writes.push(Box::pin(async move {
-                partition.write_markers(&markers).await;
-                markers
+                let written = partition.write_markers(&markers).await;
+                (markers, written)
             }));
         }
-        if !appends.is_empty() {
-            for (id, record) in appends {
-                let result = append(&host, partition, &record).await;
+        queued_appends.extend(appends);
+        if appending.is_none() {
+            if let Some((id, record)) = queued_appends.pop_front() {
+                appending = Some(Box::pin(async move {
+                    (id, append(host_ref, partition, &record).await)
+                }));
+            }
+        }
+        if host.is_stopped() || partition.shutting_down() {
+            // An append is never dropped half done; what is queued behind it is the next
+            // coordinator's to find (or not) in the log.
+            if let Some(append) = appending.take() {
+                let (id, result) = append.await;
                 host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
             }
-            continue;
-        }
-        if host.is_stopped() {
-            return;
-        }
-        if partition.shutting_down() {
-            host.stop("shutting down");
+            if !host.is_stopped() {
+                host.stop("shutting down");
+            }
             return;
         }
         let sleep_ms = (next_tick_ms - partition.now_ms()).clamp(1, TICK_MS);
-        let written = futures_lite::future::or(
+        let event = futures_lite::future::or(
             async {
                 woken.await;
-                None
+                DriveEvent::Woken
             },
             futures_lite::future::or(
                 async {
@@ -329,12 +349,21 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
                         partition.shutdown(),
                     )
                     .await;
-                    None
+                    DriveEvent::Woken
                 },
                 std::future::poll_fn(|context| {
+                    if let Some(append) = appending.as_mut() {
+                        if let Poll::Ready((id, result)) = append.as_mut().poll(context) {
+                            return Poll::Ready(DriveEvent::Appended(id, result));
+                        }
+                    }
                     for (index, write) in writes.iter_mut().enumerate() {
-                        if let Poll::Ready(markers) = write.as_mut().poll(context) {
-                            return Poll::Ready(Some((index, markers)));
+                        if let Poll::Ready((markers, written)) = write.as_mut().poll(context) {
+                            return Poll::Ready(DriveEvent::MarkerWritesEnded {
+                                index,
+                                markers,
+                                written,
+                            });
                         }
                     }
                     Poll::Pending
@@ -342,19 +371,54 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             ),
         )
         .await;
-        if let Some((index, markers)) = written {
-            drop(writes.swap_remove(index));
-            let now = partition.now_ms();
-            host.with_coordinator(|coordinator| {
-                coordinator.markers_written(
-                    &markers.transactional_id,
-                    markers.producer_id,
-                    markers.producer_epoch,
-                    now,
-                );
-            });
+        match event {
+            DriveEvent::Woken => {}
+            DriveEvent::Appended(id, result) => {
+                appending = None;
+                host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
+            }
+            DriveEvent::MarkerWritesEnded {
+                index,
+                markers,
+                written,
+            } => {
+                drop(writes.swap_remove(index));
+                if !written {
+                    // Given up (the partition's leadership moved on, or the broker stops):
+                    // the transaction is not complete; this host is about to stop, and the
+                    // next coordinator writes the markers again.
+                    debug!(
+                        transactional_id = markers.transactional_id,
+                        "transaction markers not all written"
+                    );
+                    continue;
+                }
+                let now = partition.now_ms();
+                host.with_coordinator(|coordinator| {
+                    coordinator.markers_written(
+                        &markers.transactional_id,
+                        markers.producer_id,
+                        markers.producer_epoch,
+                        now,
+                    );
+                });
+            }
         }
     }
+}
+
+/// What woke [`drive`]'s loop.
+enum DriveEvent {
+    /// A call, a tick or shutdown: look at the outputs and the time.
+    Woken,
+    /// The state append in flight completed.
+    Appended(AppendId, Result<(), ()>),
+    /// The marker writes at `index` in the list ended: all `written`, or given up.
+    MarkerWritesEnded {
+        index: usize,
+        markers: TxnMarkers,
+        written: bool,
+    },
 }
 
 /// Appends one state change, as one record in one batch.
@@ -434,6 +498,8 @@ async fn load(
 mod tests {
     use std::cell::RefCell;
 
+    use bytes::BytesMut;
+
     use super::*;
     use crate::group::host::tests::MemoryOffsets;
     use crate::runtime::run_local;
@@ -446,8 +512,9 @@ mod tests {
     }
 
     impl TxnPartition for &MemoryOffsets {
-        async fn write_markers(&self, markers: &TxnMarkers) {
+        async fn write_markers(&self, markers: &TxnMarkers) -> bool {
             MARKERS.with(|written| written.borrow_mut().push(markers.clone()));
+            true
         }
     }
 
@@ -549,6 +616,207 @@ mod tests {
                 }
             );
             loaded.stop("test");
+        })
+        .unwrap();
+    }
+
+    /// A partition whose appends and marker writes wait until the test opens them.
+    struct Gated<'a> {
+        inner: &'a MemoryOffsets,
+        appends_open: Cell<bool>,
+        markers_open: Cell<bool>,
+        /// Marker writes give up (as when the coordinator's partition moves on).
+        markers_give_up: Cell<bool>,
+        opened: Event,
+        markers_done: RefCell<Vec<String>>,
+    }
+
+    impl<'a> Gated<'a> {
+        fn over(inner: &'a MemoryOffsets) -> Gated<'a> {
+            Gated {
+                inner,
+                appends_open: Cell::new(true),
+                markers_open: Cell::new(true),
+                markers_give_up: Cell::new(false),
+                opened: Event::new(),
+                markers_done: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Gated<'_> {
+        async fn wait_until(&self, open: impl Fn(&Self) -> bool) {
+            loop {
+                let listener = self.opened.listen();
+                if open(self) {
+                    return;
+                }
+                listener.await;
+            }
+        }
+
+        fn open(&self, gate: &Cell<bool>, open: bool) {
+            gate.set(open);
+            self.opened.notify(usize::MAX);
+        }
+    }
+
+    impl HostClock for Gated<'_> {
+        fn now_ms(&self) -> i64 {
+            self.inner.now_ms()
+        }
+
+        async fn sleep(&self, duration: Duration) {
+            self.inner.sleep(duration).await;
+        }
+    }
+
+    impl OffsetsPartition for &Gated<'_> {
+        async fn log_start_offset(&self) -> Result<i64, String> {
+            self.inner.log_start_offset().await
+        }
+
+        async fn read(&self, offset: i64, max_bytes: usize) -> Result<(Bytes, i64), String> {
+            self.inner.read(offset, max_bytes).await
+        }
+
+        async fn append(&self, records: BytesMut) -> Result<(), (ResponseError, String)> {
+            self.wait_until(|gated| gated.appends_open.get()).await;
+            self.inner.append(records).await
+        }
+
+        async fn wait_committed(&self, offset: i64, timeout: Duration) -> bool {
+            self.inner.wait_committed(offset, timeout).await
+        }
+
+        fn shutting_down(&self) -> bool {
+            false
+        }
+
+        async fn shutdown(&self) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    impl TxnPartition for &Gated<'_> {
+        async fn write_markers(&self, markers: &TxnMarkers) -> bool {
+            self.wait_until(|gated| gated.markers_open.get()).await;
+            if self.markers_give_up.get() {
+                return false;
+            }
+            self.markers_done
+                .borrow_mut()
+                .push(markers.transactional_id.clone());
+            true
+        }
+    }
+
+    #[test]
+    fn markers_are_written_while_a_state_append_waits() {
+        run_local(|| async {
+            let storage = SimulatedStorage::new();
+            let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
+            let partition = &*Box::leak(Box::new(Gated::over(inner)));
+            partition.markers_open.set(false);
+            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
+            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
+            for (id, fresh) in [("t1", 1000), ("t2", 2000)] {
+                let init = TxnCall::InitProducerId {
+                    transactional_id: id.into(),
+                    timeout_ms: 60_000,
+                    fresh_producer_id: fresh,
+                    expected: None,
+                };
+                assert!(matches!(
+                    host.call(partition, init).await,
+                    TxnReply::ProducerId { error: None, .. }
+                ));
+                let add = TxnCall::AddPartitions {
+                    transactional_id: id.into(),
+                    producer_id: fresh,
+                    producer_epoch: 0,
+                    partitions: vec![("out".into(), 0)],
+                };
+                assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
+            }
+            let end = |id: &str, producer_id| TxnCall::EndTxn {
+                transactional_id: id.into(),
+                producer_id,
+                producer_epoch: 0,
+                commit: true,
+                bump_epoch: false,
+                fresh_producer_id: None,
+            };
+            // t1 is prepared; its markers wait at the gate.
+            assert_eq!(
+                host.call(partition, end("t1", 1000)).await,
+                TxnReply::Done(None)
+            );
+            // t2's Prepare append waits at the other gate.
+            partition.open(&partition.appends_open, false);
+            let t2_ended = glommio::spawn_local({
+                let host = Rc::clone(&host);
+                async move { host.call(partition, end("t2", 2000)).await }
+            });
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            // t1's markers are written while t2's append still waits.
+            partition.open(&partition.markers_open, true);
+            let written = async {
+                while partition.markers_done.borrow().is_empty() {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            futures_lite::future::or(written, async {
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                panic!("t1's markers waited for t2's append");
+            })
+            .await;
+            assert_eq!(*partition.markers_done.borrow(), ["t1"]);
+            // Then t2 completes as well.
+            partition.open(&partition.appends_open, true);
+            assert_eq!(t2_ended.await, TxnReply::Done(None));
+            host.stop("test");
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_transaction_whose_marker_writes_gave_up_is_not_completed() {
+        run_local(|| async {
+            let storage = SimulatedStorage::new();
+            let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
+            let partition = &*Box::leak(Box::new(Gated::over(inner)));
+            partition.markers_give_up.set(true);
+            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
+            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
+            assert!(matches!(
+                host.call(partition, init("t1")).await,
+                TxnReply::ProducerId { error: None, .. }
+            ));
+            let add = TxnCall::AddPartitions {
+                transactional_id: "t1".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                partitions: vec![("out".into(), 0)],
+            };
+            assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
+            let end = TxnCall::EndTxn {
+                transactional_id: "t1".into(),
+                producer_id: 1000,
+                producer_epoch: 0,
+                commit: true,
+                bump_epoch: false,
+                fresh_producer_id: None,
+            };
+            assert_eq!(host.call(partition, end).await, TxnReply::Done(None));
+            // Past a tick or two: a completion without its markers would leave the partition
+            // with a transaction nobody ends (a hanging transaction).
+            glommio::timer::sleep(Duration::from_millis(2_500)).await;
+            let state =
+                host.with_coordinator(|coordinator| coordinator.transaction("t1").unwrap().state);
+            assert_eq!(state, Some(TxnState::PrepareCommit));
+            assert!(partition.markers_done.borrow().is_empty());
+            host.stop("test");
         })
         .unwrap();
     }

@@ -321,6 +321,7 @@ pub(crate) fn place_coordinator(
         let partition = SimStatePartition {
             replicas: Rc::clone(replicas),
             replica: Rc::clone(replica),
+            leader_epoch: replica.leader_epoch(),
         };
         tokio::task::spawn_local(host::drive(host, partition));
     }
@@ -352,6 +353,9 @@ impl HostClock for Replicas {
 pub(crate) struct SimStatePartition {
     pub(crate) replicas: Rc<Replicas>,
     pub(crate) replica: Rc<SimReplica>,
+    /// The leader epoch its coordinator was loaded at: each leader epoch gets a coordinator
+    /// of its own here, and a stopped one's appends never reach a later epoch's log.
+    pub(crate) leader_epoch: i32,
 }
 
 impl HostClock for SimStatePartition {
@@ -395,7 +399,7 @@ impl OffsetsPartition for SimStatePartition {
         let now_ms = self.replicas.now_ms();
         let info = self
             .replica
-            .append_as_leader(records, now_ms)
+            .append_as_leader_at_epoch(records, now_ms, self.leader_epoch)
             .await
             .map_err(|error| (error.code, format!("{:?}", error.message)))?;
         self.replicas.send_isr_changes(&self.replica);

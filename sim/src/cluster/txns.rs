@@ -377,8 +377,7 @@ fn marker_stale(code: i16) -> bool {
 }
 
 impl TxnPartition for SimStatePartition {
-    async fn write_markers(&self, markers: &TxnMarkers) {
-        let coordinator_leader_epoch = self.replica.leader_epoch();
+    async fn write_markers(&self, markers: &TxnMarkers) -> bool {
         let mut left = markers.partitions.clone();
         loop {
             let mut failed = Vec::new();
@@ -410,10 +409,11 @@ impl TxnPartition for SimStatePartition {
                 }
             }
             left = failed;
-            let still_leading = self.replica.is_leading()
-                && self.replica.leader_epoch() == coordinator_leader_epoch;
-            if left.is_empty() || !still_leading {
-                return;
+            if left.is_empty() {
+                return true;
+            }
+            if !self.replica.is_leading() || self.replica.leader_epoch() != self.leader_epoch {
+                return false;
             }
             tokio::time::sleep(MARKER_RETRY_BACKOFF).await;
         }
@@ -451,6 +451,7 @@ pub(crate) fn place_coordinator(
         let partition = SimStatePartition {
             replicas: Rc::clone(replicas),
             replica: Rc::clone(replica),
+            leader_epoch: replica.leader_epoch(),
         };
         tokio::task::spawn_local(host::drive(host, partition));
     }

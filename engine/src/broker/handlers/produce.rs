@@ -101,6 +101,7 @@ pub(super) async fn produce(
                                 records,
                                 acks_all,
                                 verify: verify.ok().flatten(),
+                                leader_epoch: None,
                             },
                         ))
                     }
