@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod alloc;
+mod broker_connections;
 mod cleaner;
 
 mod connection;

@@ -478,6 +478,8 @@ pub struct Shard {
     coordinators: RefCell<BTreeMap<i32, Rc<CoordinatorHost>>>,
     /// The transaction coordinators of the `__transaction_state` partitions this shard leads.
     pub(super) txn_coordinators: RefCell<BTreeMap<i32, Rc<super::txns::TxnHost>>>,
+    /// Idle connections to other brokers for verifications and transaction markers.
+    pub(super) broker_connections: super::broker_connections::BrokerConnections,
     /// In a cluster, on the controller shard: the quorum driver's inbox.
     quorum_events: RefCell<Option<Rc<LocalSender<super::quorum::Event>>>>,
     /// In a cluster: the newest applied metadata not yet handed to the shards.
@@ -536,6 +538,7 @@ impl Shard {
             admin_turn: async_lock::Mutex::new(()),
             coordinators: RefCell::new(BTreeMap::new()),
             txn_coordinators: RefCell::new(BTreeMap::new()),
+            broker_connections: super::broker_connections::BrokerConnections::default(),
             quorum_events: RefCell::new(None),
             metadata_to_publish: RefCell::new(None),
             metadata_queued: Event::new(),

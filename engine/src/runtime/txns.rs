@@ -7,7 +7,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
@@ -16,7 +15,7 @@ use kafka_protocol::messages::{
     add_partitions_to_txn_request, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
     ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -30,14 +29,14 @@ use crate::txn::{
 };
 
 use super::groups::{GlommioClock, ShardOffsets};
-use super::replica_fetcher::exchange;
 use super::shard::{AcksAll, PartitionOp, Shard, ShardMessage, TxnVerification};
 use crate::group::{Call, Reply, OFFSETS_TOPIC};
 use crate::storage::Marker;
 
 /// Pause between rounds of marker writes that did not all succeed.
 const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
-/// How long writing markers to another broker may take, connecting included.
+/// How long a verification or a marker write on another broker may take, connecting
+/// included.
 const MARKER_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The AddPartitionsToTxn version of a partition leader's verification.
 const VERIFY_VERSION: i16 = 4;
@@ -121,30 +120,6 @@ fn marker_retriable(code: ResponseError) -> bool {
             | ResponseError::ProducerFenced
             | ResponseError::TransactionCoordinatorFenced
     )
-}
-
-/// Sends one request to another broker on a connection of its own and reads the answer,
-/// within [`MARKER_EXCHANGE_TIMEOUT`] (connecting included).
-async fn exchange_once<Request: Encodable, Response: Decodable>(
-    target: &str,
-    api_key: ApiKey,
-    version: i16,
-    request: &Request,
-) -> Result<Response, String> {
-    futures_lite::future::or(
-        async {
-            let mut stream = TcpStream::connect(target)
-                .await
-                .map_err(|error| error.to_string())?;
-            let _ = stream.set_nodelay(true);
-            exchange(&mut stream, api_key, version, 0, request).await
-        },
-        async {
-            glommio::timer::sleep(MARKER_EXCHANGE_TIMEOUT).await;
-            Err("timed out".to_owned())
-        },
-    )
-    .await
 }
 
 /// Loads `host`'s partition and runs it until the shard shuts down or the host is stopped.
@@ -460,13 +435,16 @@ impl Shard {
                 .with_topics(topics),
         ]);
         let target = format!("{}:{}", address.host, address.port);
-        let answered: Result<AddPartitionsToTxnResponse, String> = exchange_once(
-            &target,
-            ApiKey::AddPartitionsToTxn,
-            VERIFY_VERSION,
-            &request,
-        )
-        .await;
+        let answered: Result<AddPartitionsToTxnResponse, String> = self
+            .broker_connections
+            .exchange(
+                &target,
+                ApiKey::AddPartitionsToTxn,
+                VERIFY_VERSION,
+                &request,
+                MARKER_EXCHANGE_TIMEOUT,
+            )
+            .await;
         let response = match answered {
             Ok(response) => response,
             Err(error) => {
@@ -537,13 +515,16 @@ impl Shard {
                 .with_coordinator_epoch(marker.coordinator_epoch)
                 .with_topics(topics)]);
         let target = format!("{}:{}", address.host, address.port);
-        let answered: Result<WriteTxnMarkersResponse, String> = exchange_once(
-            &target,
-            ApiKey::WriteTxnMarkers,
-            WRITE_TXN_MARKERS_VERSION,
-            &request,
-        )
-        .await;
+        let answered: Result<WriteTxnMarkersResponse, String> = self
+            .broker_connections
+            .exchange(
+                &target,
+                ApiKey::WriteTxnMarkers,
+                WRITE_TXN_MARKERS_VERSION,
+                &request,
+                MARKER_EXCHANGE_TIMEOUT,
+            )
+            .await;
         let response = match answered {
             Ok(response) => response,
             Err(error) => {
