@@ -224,10 +224,32 @@ pub struct TxnCoordinator {
     loaded: bool,
     /// Transactional ids whose markers are being written.
     writing_markers: BTreeSet<String>,
+    /// Per transactional id, AddPartitionsToTxn calls of its producer that came while its
+    /// last transaction was completing, in arrival order: handled once it has completed
+    /// (see [`COMPLETION_WAIT_MS`]).
+    deferred: BTreeMap<String, VecDeque<Deferred>>,
     /// Per transactional id, the producer id and epoch its last KIP-360 bump came from, so
     /// that a retry of that bump (its answer lost) gets the same answer rather than
     /// PRODUCER_FENCED. Not stored: after a failover such a retry is fenced, as in Kafka.
     bumped_from: BTreeMap<String, (i64, i16)>,
+}
+
+/// How long an AddPartitionsToTxn (AddOffsetsToTxn) of a producer whose last transaction is
+/// still completing (its markers being written) waits for it to complete before it is
+/// answered CONCURRENT_TRANSACTIONS. Kafka answers at once, and clients retry after a backoff
+/// (librdkafka and the Java client from 20 ms on), which is most of what a producer
+/// committing transactions back to back waits; held here, the call goes on as soon as the
+/// completion's record is appended. Checked at the coordinator's tick, so a call waits at
+/// most about a tick longer than this.
+pub const COMPLETION_WAIT_MS: i64 = 1_000;
+
+/// A call held until its transactional id's last transaction completes.
+#[derive(Debug)]
+struct Deferred {
+    call_id: CallId,
+    call: TxnCall,
+    /// When it is answered CONCURRENT_TRANSACTIONS if the transaction has not completed.
+    deadline_ms: i64,
 }
 
 /// An InitProducerId's fields.
@@ -259,6 +281,7 @@ impl TxnCoordinator {
             outputs: VecDeque::new(),
             loaded: false,
             writing_markers: BTreeSet::new(),
+            deferred: BTreeMap::new(),
             bumped_from: BTreeMap::new(),
         }
     }
@@ -308,6 +331,26 @@ impl TxnCoordinator {
     /// A request.
     pub fn handle_call(&mut self, call_id: CallId, call: TxnCall, now_ms: i64) {
         assert!(self.loaded, "calls come after the load");
+        if let TxnCall::AddPartitions {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            ..
+        } = &call
+        {
+            if self.completing_for(transactional_id, *producer_id, *producer_epoch) {
+                let transactional_id = transactional_id.clone();
+                self.deferred
+                    .entry(transactional_id)
+                    .or_default()
+                    .push_back(Deferred {
+                        call_id,
+                        call,
+                        deadline_ms: now_ms.saturating_add(COMPLETION_WAIT_MS),
+                    });
+                return;
+            }
+        }
         match call {
             TxnCall::InitProducerId {
                 transactional_id,
@@ -837,9 +880,73 @@ impl TxnCoordinator {
         }
     }
 
+    /// Whether `transactional_id`'s last transaction, of this producer (`producer_id` at
+    /// `producer_epoch`, or the fresh producer id transaction version 2 gave it), is
+    /// completing: prepared, its markers being written or its completion being appended.
+    fn completing_for(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> bool {
+        let Some(current) = self.txns.get(transactional_id) else {
+            return false;
+        };
+        let producer = (producer_id, producer_epoch);
+        matches!(
+            current.state,
+            TxnState::PrepareCommit | TxnState::PrepareAbort
+        ) && (producer == (current.producer_id, current.producer_epoch)
+            || (current.next_producer_id >= 0 && producer == (current.next_producer_id, 0)))
+    }
+
+    /// Handles the calls held for `transactional_id` once its transaction is no longer
+    /// completing, and answers those whose wait is over CONCURRENT_TRANSACTIONS (as Kafka
+    /// would have at once). The rest wait on, in order.
+    fn run_deferred(&mut self, transactional_id: &str, now_ms: i64) {
+        let Some(held) = self.deferred.remove(transactional_id) else {
+            return;
+        };
+        let mut waiting = VecDeque::new();
+        for deferred in held {
+            let TxnCall::AddPartitions {
+                producer_id,
+                producer_epoch,
+                ..
+            } = &deferred.call
+            else {
+                unreachable!("only AddPartitions calls are held");
+            };
+            if !self.completing_for(transactional_id, *producer_id, *producer_epoch) {
+                self.handle_call(deferred.call_id, deferred.call, now_ms);
+            } else if now_ms >= deferred.deadline_ms {
+                self.reply(
+                    deferred.call_id,
+                    TxnReply::Done(Some(ResponseError::ConcurrentTransactions)),
+                );
+            } else {
+                waiting.push_back(deferred);
+            }
+        }
+        if !waiting.is_empty() {
+            // A call handled above is not held again: handling it ended the completing.
+            debug_assert!(!self.deferred.contains_key(transactional_id));
+            self.deferred.insert(transactional_id.to_owned(), waiting);
+        }
+    }
+
     /// The outcome of the [`TxnOutput::Append`] `id`: the state change takes effect (and is
     /// answered), or is dropped (answered NOT_COORDINATOR, as Kafka answers a failed write).
-    pub fn append_completed(&mut self, id: AppendId, result: Result<(), ()>) {
+    /// Calls held for the transaction's completion go on once it has completed.
+    pub fn append_completed(&mut self, now_ms: i64, id: AppendId, result: Result<(), ()>) {
+        let Some(transactional_id) = self.appends.get(&id).cloned() else {
+            return;
+        };
+        self.apply_append(id, result);
+        self.run_deferred(&transactional_id, now_ms);
+    }
+
+    fn apply_append(&mut self, id: AppendId, result: Result<(), ()>) {
         let Some(transactional_id) = self.appends.remove(&id) else {
             return;
         };
@@ -969,6 +1076,10 @@ impl TxnCoordinator {
     /// fenced); completions whose record failed are tried again; ids idle past
     /// `transactional.id.expiration.ms` are forgotten.
     pub fn tick(&mut self, now_ms: i64) {
+        let held: Vec<String> = self.deferred.keys().cloned().collect();
+        for transactional_id in held {
+            self.run_deferred(&transactional_id, now_ms);
+        }
         let idle: Vec<TxnMetadata> = self
             .txns
             .values()

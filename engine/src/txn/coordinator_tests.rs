@@ -20,6 +20,8 @@ struct Driver {
     markers: Vec<TxnOutput>,
     next_call: CallId,
     next_producer_id: i64,
+    /// The time of the last call or event.
+    now_ms: i64,
 }
 
 impl Driver {
@@ -36,6 +38,7 @@ impl Driver {
             markers: Vec::new(),
             next_call: 0,
             next_producer_id: 1_000,
+            now_ms: 0,
         }
     }
 
@@ -48,7 +51,7 @@ impl Driver {
                     if self.hold_appends {
                         self.held.push(id);
                     } else {
-                        self.coordinator.append_completed(id, Ok(()));
+                        self.coordinator.append_completed(self.now_ms, id, Ok(()));
                     }
                 }
                 markers @ TxnOutput::WriteMarkers { .. } => self.markers.push(markers),
@@ -60,6 +63,7 @@ impl Driver {
     fn call(&mut self, call: TxnCall, now_ms: i64) -> Option<TxnReply> {
         let id = self.next_call;
         self.next_call += 1;
+        self.now_ms = now_ms;
         self.coordinator.handle_call(id, call, now_ms);
         self.drain();
         self.replies
@@ -139,6 +143,7 @@ impl Driver {
 
     /// The markers asked for since the last call, written.
     fn write_markers(&mut self, now_ms: i64) -> Vec<TxnOutput> {
+        self.now_ms = now_ms;
         let markers = std::mem::take(&mut self.markers);
         for marker in &markers {
             let TxnOutput::WriteMarkers {
@@ -377,7 +382,9 @@ fn checks_refuse_unknown_ids_wrong_producers_bad_timeouts_and_changes_in_flight(
     );
     // The write fails: NOT_COORDINATOR, and nothing changed.
     let held = driver.held.pop().unwrap();
-    driver.coordinator.append_completed(held, Err(()));
+    driver
+        .coordinator
+        .append_completed(driver.now_ms, held, Err(()));
     driver.drain();
     assert_eq!(
         driver.replies.last().map(|(_, reply)| *reply),
@@ -469,7 +476,9 @@ fn a_completion_whose_record_failed_is_proposed_again_at_the_next_tick() {
     driver.write_markers(3);
     let held = std::mem::take(&mut driver.held);
     assert_eq!(held.len(), 1);
-    driver.coordinator.append_completed(held[0], Err(()));
+    driver
+        .coordinator
+        .append_completed(driver.now_ms, held[0], Err(()));
     driver.drain();
     assert_eq!(driver.state().state, TxnState::PrepareCommit);
     // While markers are being written a tick leaves it alone; once written, it completes.
@@ -666,11 +675,8 @@ fn transaction_version_2_moves_an_exhausted_epoch_to_a_fresh_producer_id() {
         ),
         (old.0, i16::MAX, fresh.0)
     );
-    // The fresh id waits for the transaction to complete.
-    assert_eq!(
-        driver.add(fresh, &[("a", 0)], 3),
-        done(Some(ResponseError::ConcurrentTransactions))
-    );
+    // The fresh id waits for the transaction to complete (an AddPartitions is held until
+    // then: `an_add_partitions_while_the_last_transaction_completes_waits_for_it`).
     assert_eq!(
         driver.end_bumping(fresh, false, 3),
         producer_error(ResponseError::ConcurrentTransactions)
@@ -722,4 +728,81 @@ fn after_a_timeout_abort_the_producers_end_txn_is_fenced() {
         driver.end_bumping(me, false, i64::from(TIMEOUT_MS) + 12),
         producer_error(ResponseError::ProducerFenced)
     );
+}
+
+/// A call's reply, once it came.
+fn reply_of(driver: &Driver, call: CallId) -> Option<TxnReply> {
+    driver
+        .replies
+        .iter()
+        .find(|(id, _)| *id == call)
+        .map(|(_, reply)| *reply)
+}
+
+/// Makes an AddPartitions call without expecting its reply yet: its call id.
+fn add_held(driver: &mut Driver, producer: (i64, i16), now_ms: i64) -> CallId {
+    let id = driver.next_call;
+    let reply = driver.call(
+        TxnCall::AddPartitions {
+            transactional_id: ID.into(),
+            producer_id: producer.0,
+            producer_epoch: producer.1,
+            partitions: vec![("b".to_owned(), 0)],
+        },
+        now_ms,
+    );
+    assert_eq!(reply, None, "held while the last transaction completes");
+    id
+}
+
+#[test]
+fn an_add_partitions_while_the_last_transaction_completes_waits_for_it() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    assert_eq!(driver.add(me, &[("a", 0)], 1), done(None));
+    assert_eq!(driver.end(me, true, 2), done(None));
+    // The next transaction's first AddPartitions comes before the markers are written: it
+    // waits, instead of CONCURRENT_TRANSACTIONS and the client's backoff.
+    let next = add_held(&mut driver, me, 3);
+    driver.write_markers(4);
+    assert_eq!(reply_of(&driver, next), Some(done(None)));
+    let state = driver.state();
+    assert_eq!(state.state, TxnState::Ongoing);
+    assert_eq!(
+        state.partitions.len(),
+        1,
+        "the new transaction holds only its partition"
+    );
+    assert_eq!(state.start_ms, 4, "it started when the call went on");
+
+    // Past the wait, the answer is Kafka's.
+    assert_eq!(driver.end(me, false, 5), done(None));
+    let late = add_held(&mut driver, me, 6);
+    driver.coordinator.tick(6 + COMPLETION_WAIT_MS - 1);
+    driver.drain();
+    assert_eq!(reply_of(&driver, late), None, "still waiting");
+    driver.coordinator.tick(6 + COMPLETION_WAIT_MS);
+    driver.drain();
+    assert_eq!(
+        reply_of(&driver, late),
+        Some(done(Some(ResponseError::ConcurrentTransactions)))
+    );
+    // A call of another producer (a zombie's) is not held: it is fenced at once.
+    assert_eq!(
+        driver.add((me.0, me.1 - 1), &[("a", 0)], 7),
+        done(Some(ResponseError::ProducerFenced))
+    );
+}
+
+#[test]
+fn transaction_version_2s_fresh_producer_id_waits_for_the_completion_too() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    assert_eq!(driver.add(me, &[("a", 0)], 1), done(None));
+    let bumped = producer(driver.end_bumping(me, true, 2));
+    assert_eq!(bumped, (me.0, me.1 + 1));
+    let next = add_held(&mut driver, bumped, 3);
+    driver.write_markers(4);
+    assert_eq!(reply_of(&driver, next), Some(done(None)));
+    assert_eq!(driver.state().state, TxnState::Ongoing);
 }

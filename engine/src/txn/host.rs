@@ -69,7 +69,7 @@ pub trait TxnPartition: OffsetsPartition {
 
 enum HostState {
     Loading,
-    Ready(TxnCoordinator),
+    Ready(Box<TxnCoordinator>),
     Stopped,
 }
 
@@ -268,7 +268,7 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
         return;
     }
     let transactions = coordinator.transactions().count();
-    *host.state.borrow_mut() = HostState::Ready(coordinator);
+    *host.state.borrow_mut() = HostState::Ready(Box::new(coordinator));
     host.loaded.notify(usize::MAX);
     let elapsed_ms = partition.now_ms().saturating_sub(started_ms);
     if transactions > 0 {
@@ -329,7 +329,8 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             // coordinator's to find (or not) in the log.
             if let Some(append) = appending.take() {
                 let (id, result) = append.await;
-                host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
+                let now = partition.now_ms();
+                host.with_coordinator(|coordinator| coordinator.append_completed(now, id, result));
             }
             if !host.is_stopped() {
                 host.stop("shutting down");
@@ -375,7 +376,8 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             DriveEvent::Woken => {}
             DriveEvent::Appended(id, result) => {
                 appending = None;
-                host.with_coordinator(|coordinator| coordinator.append_completed(id, result));
+                let now = partition.now_ms();
+                host.with_coordinator(|coordinator| coordinator.append_completed(now, id, result));
             }
             DriveEvent::MarkerWritesEnded {
                 index,
