@@ -97,9 +97,15 @@ impl BrokerConnections {
         taken
     }
 
-    /// Keeps `stream`, whose last exchange completed, for the next request to `target`.
+    /// Keeps `stream`, whose last exchange completed, for the next request to `target`; closes
+    /// the connections idle too long, to any address (one no longer asked for included).
     fn put_idle(&self, target: &str, stream: TcpStream) {
         let mut idle = self.idle.borrow_mut();
+        let now = now_ms();
+        idle.retain(|_, connections| {
+            connections.retain(|(_, since_ms)| now.saturating_sub(*since_ms) <= IDLE_MS_MAX);
+            !connections.is_empty()
+        });
         let connections = idle.entry(target.to_owned()).or_default();
         if connections.len() < IDLE_PER_ADDRESS_MAX {
             connections.push((stream, now_ms()));

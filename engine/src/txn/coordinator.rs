@@ -338,7 +338,11 @@ impl TxnCoordinator {
             ..
         } = &call
         {
-            if self.completing_for(transactional_id, *producer_id, *producer_epoch) {
+            // Held while the last transaction completes, and behind calls held before it
+            // (in arrival order).
+            if self.completing_for(transactional_id, *producer_id, *producer_epoch)
+                || self.deferred.contains_key(transactional_id)
+            {
                 let transactional_id = transactional_id.clone();
                 self.deferred
                     .entry(transactional_id)
@@ -900,9 +904,10 @@ impl TxnCoordinator {
             || (current.next_producer_id >= 0 && producer == (current.next_producer_id, 0)))
     }
 
-    /// Handles the calls held for `transactional_id` once its transaction is no longer
-    /// completing, and answers those whose wait is over CONCURRENT_TRANSACTIONS (as Kafka
-    /// would have at once). The rest wait on, in order.
+    /// Handles the calls held for `transactional_id`, in order, while its transaction is
+    /// neither completing nor changing (one state change at a time: a call behind one that
+    /// proposed a change waits for it), and answers those whose wait is over
+    /// CONCURRENT_TRANSACTIONS (as Kafka would have at once). The rest wait on, in order.
     fn run_deferred(&mut self, transactional_id: &str, now_ms: i64) {
         let Some(held) = self.deferred.remove(transactional_id) else {
             return;
@@ -917,7 +922,10 @@ impl TxnCoordinator {
             else {
                 unreachable!("only AddPartitions calls are held");
             };
-            if !self.completing_for(transactional_id, *producer_id, *producer_epoch) {
+            let ready = waiting.is_empty()
+                && !self.pending.contains_key(transactional_id)
+                && !self.completing_for(transactional_id, *producer_id, *producer_epoch);
+            if ready {
                 self.handle_call(deferred.call_id, deferred.call, now_ms);
             } else if now_ms >= deferred.deadline_ms {
                 self.reply(

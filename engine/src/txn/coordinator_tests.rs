@@ -739,15 +739,25 @@ fn reply_of(driver: &Driver, call: CallId) -> Option<TxnReply> {
         .map(|(_, reply)| *reply)
 }
 
-/// Makes an AddPartitions call without expecting its reply yet: its call id.
+/// Makes an AddPartitions call (of partition b-0) without expecting its reply yet: its call
+/// id.
 fn add_held(driver: &mut Driver, producer: (i64, i16), now_ms: i64) -> CallId {
+    add_held_of(driver, producer, ("b", 0), now_ms)
+}
+
+fn add_held_of(
+    driver: &mut Driver,
+    producer: (i64, i16),
+    (topic, partition): (&str, i32),
+    now_ms: i64,
+) -> CallId {
     let id = driver.next_call;
     let reply = driver.call(
         TxnCall::AddPartitions {
             transactional_id: ID.into(),
             producer_id: producer.0,
             producer_epoch: producer.1,
-            partitions: vec![("b".to_owned(), 0)],
+            partitions: vec![(topic.to_owned(), partition)],
         },
         now_ms,
     );
@@ -805,4 +815,36 @@ fn transaction_version_2s_fresh_producer_id_waits_for_the_completion_too() {
     driver.write_markers(4);
     assert_eq!(reply_of(&driver, next), Some(done(None)));
     assert_eq!(driver.state().state, TxnState::Ongoing);
+}
+
+#[test]
+fn calls_held_together_go_on_one_after_the_other_in_order() {
+    let mut driver = Driver::new();
+    let me = producer(driver.init(0));
+    assert_eq!(driver.add(me, &[("a", 0)], 1), done(None));
+    assert_eq!(driver.end(me, true, 2), done(None));
+    // AddPartitionsToTxn and AddOffsetsToTxn of the next transaction, sent together.
+    let first = add_held_of(&mut driver, me, ("b", 0), 3);
+    let second = add_held_of(&mut driver, me, ("__consumer_offsets", 7), 3);
+    driver.hold_appends = true;
+    driver.write_markers(4);
+    // The completion's record is being appended: both wait.
+    assert_eq!(driver.held.len(), 1);
+    assert_eq!(reply_of(&driver, first), None);
+    driver.hold_appends = false;
+    let completion = driver.held.remove(0);
+    driver.coordinator.append_completed(4, completion, Ok(()));
+    driver.drain();
+    // The first went on at once, the second once the first's change was appended (not
+    // refused because a change was in flight).
+    assert_eq!(reply_of(&driver, first), Some(done(None)));
+    assert_eq!(reply_of(&driver, second), Some(done(None)));
+    let order: Vec<CallId> = driver
+        .replies
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| [first, second].contains(id))
+        .collect();
+    assert_eq!(order, [first, second]);
+    assert_eq!(driver.state().partitions.len(), 2);
 }

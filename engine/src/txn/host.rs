@@ -317,25 +317,27 @@ pub async fn drive(host: Rc<TxnHost>, partition: impl TxnPartition) {
             }));
         }
         queued_appends.extend(appends);
+        if host.is_stopped() || partition.shutting_down() {
+            // An append in flight is never dropped half done, and its requests get their
+            // answers; what is queued behind it is not started (the next coordinator finds
+            // the transactions as the log has them).
+            if let Some(append) = appending.take() {
+                let (id, result) = append.await;
+                let now = partition.now_ms();
+                host.with_coordinator(|coordinator| coordinator.append_completed(now, id, result));
+                drop(host.take_outputs());
+            }
+            if !host.is_stopped() {
+                host.stop("shutting down");
+            }
+            return;
+        }
         if appending.is_none() {
             if let Some((id, record)) = queued_appends.pop_front() {
                 appending = Some(Box::pin(async move {
                     (id, append(host_ref, partition, &record).await)
                 }));
             }
-        }
-        if host.is_stopped() || partition.shutting_down() {
-            // An append is never dropped half done; what is queued behind it is the next
-            // coordinator's to find (or not) in the log.
-            if let Some(append) = appending.take() {
-                let (id, result) = append.await;
-                let now = partition.now_ms();
-                host.with_coordinator(|coordinator| coordinator.append_completed(now, id, result));
-            }
-            if !host.is_stopped() {
-                host.stop("shutting down");
-            }
-            return;
         }
         let sleep_ms = (next_tick_ms - partition.now_ms()).clamp(1, TICK_MS);
         let event = futures_lite::future::or(
