@@ -169,7 +169,8 @@ impl SimulatedStorage {
     }
 
     /// The next read of `path` that covers `position` returns that byte with the bits of
-    /// `mask` flipped; later reads return it intact (the stored bytes stay intact).
+    /// `mask` flipped; later reads return it intact (the stored bytes stay intact). Queued
+    /// twice, it flips the next two reads that cover the byte.
     pub fn flip_next_read(&self, path: &Path, position: usize, mask: u8) {
         self.state
             .borrow_mut()
@@ -252,9 +253,15 @@ impl StorageFile for SimulatedFile {
                 flip.then(|| corruption.rng.below((end - start) as u64) as usize)
             });
         let mut flips: Vec<(usize, u8)> = flip.map(|at| (at, 0x5A)).into_iter().collect();
+        // One queued flip per byte per read: a flip queued twice for the same byte reaches
+        // two reads, as the same bad read twice in a row.
+        let mut flipped_here: Vec<usize> = Vec::new();
         state.flip_next_reads.retain(|(path, position, mask)| {
-            let covered = *path == self.path && (start..end).contains(position);
+            let covered = *path == self.path
+                && (start..end).contains(position)
+                && !flipped_here.contains(position);
             if covered {
+                flipped_here.push(*position);
                 flips.push((position - start, *mask));
             }
             !covered
