@@ -94,6 +94,39 @@ pub fn ensure_memlock_limit(executors: usize) -> Result<(), RuntimeError> {
     })
 }
 
+/// Raises the soft limit on open files to the hard limit, as servers with a file per
+/// partition segment and a socket per connection do (Go's runtime does it for every
+/// program): a shell's usual soft limit of 1,024 would refuse files past about a thousand
+/// partitions while the hard limit allows far more. Returns the soft limit before and after,
+/// when it was raised.
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    // The kernel refuses more than `fs.nr_open` (1,048,576 by default) even for an
+    // unlimited hard limit.
+    let wanted = if limit.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        limit.rlim_max
+    };
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= wanted {
+        return None;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported through the return value.
+    (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0)
+        .then_some((limit.rlim_cur, wanted))
+}
+
 /// Runs the future made by `make_future` to completion on a new glommio executor on a new
 /// thread, and returns its output. Each executor gets its own thread: glommio keeps per-thread
 /// reactor state, and a second executor on a thread that already ran one fails its I/O.

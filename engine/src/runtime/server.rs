@@ -380,6 +380,9 @@ fn start_with(
     process: Arc<ProcessShared>,
 ) -> Result<RunningBroker, ServeError> {
     ensure_memlock_limit(config.cores)?;
+    if let Some((before, after)) = super::raise_open_files_limit() {
+        info!(before, after, "raised the open files limit (RLIMIT_NOFILE)");
+    }
     let lock = lock_data_dir(&config.data_dir)?;
     config.data_dir =
         std::fs::canonicalize(&config.data_dir).map_err(|error| ServeError::DataDir {

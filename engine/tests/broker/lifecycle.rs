@@ -314,3 +314,64 @@ fn a_second_broker_on_the_same_port_is_refused_instead_of_sharing_it() {
     );
     assert!(super::util::answers_api_versions(first.address));
 }
+
+/// The soft and hard limits on open files of process `pid`, from `/proc/<pid>/limits`.
+fn open_files_limits(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+}
+
+#[test]
+fn serve_raises_a_low_soft_open_files_limit_to_the_hard_one() {
+    use std::os::unix::process::CommandExt;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--data-dir",
+        ])
+        .arg(data.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = 256;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spate starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let raised = loop {
+        let limits = open_files_limits(child.id()).expect("the child's limits");
+        if limits.0 != "256" || Instant::now() > deadline {
+            break limits;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let hard_limit = raised.1.clone();
+    let expected = if hard_limit == "unlimited" {
+        "1048576".to_owned()
+    } else {
+        hard_limit
+    };
+    assert_eq!(raised.0, expected, "limits {raised:?}");
+}
