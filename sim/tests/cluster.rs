@@ -126,10 +126,13 @@ fn a_cluster_seed_replays_exactly() {
 /// transaction's completion into the new epoch's log, which its successor had loaded
 /// without it: the partition kept an open transaction forever. Marker writes that give up
 /// no longer complete a transaction, and a coordinator appends only at its own epoch.
+/// 2035: a truncation took two identical bad reads of its first batch's base offset for the
+/// truth and cut the log at an offset far past its end, poisoning the replica; a base offset
+/// above the offset sought is now read again.
 #[test]
 fn seeds_that_once_failed_pass() {
     let options = ClusterOptions::default();
-    for seed in [40150, 1628, 1639, 1592590472] {
+    for seed in [40150, 1628, 1639, 1592590472, 2035] {
         if let Err(failure) = run_cluster_simulation(seed, &options) {
             panic!("{failure}");
         }
