@@ -1,7 +1,7 @@
 """Broker memory and file descriptors with many partitions: creates one topic of N partitions
-on a running broker (pid PID), then produces 100 records of 1 KiB to each of the first
-PRODUCE_PARTS partitions (default 1,000) with confluent-kafka, printing the broker's RSS and
-open files after each step.
+on a running broker (pid PID), then produces RECORDS_PER_PART records (default 100) of 1 KiB
+to each of the first PRODUCE_PARTS partitions (default 1,000) with confluent-kafka, printing
+the broker's RSS and open files after each step, and the produce throughput.
 
     python3 benches/many-partitions.py BOOTSTRAP PID N
 """
@@ -26,7 +26,7 @@ p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "queue.buffering.
 t0=time.time()
 count = 0
 for i in range(min(n, int(os.environ.get('PRODUCE_PARTS','1000')))):
-    for j in range(100):
+    for j in range(int(os.environ.get("RECORDS_PER_PART", "100"))):
         p.produce("many", value=b"x"*1024, partition=i)
         count += 1
     p.poll(0)
