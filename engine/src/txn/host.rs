@@ -715,15 +715,21 @@ mod tests {
         }
     }
 
+    /// A host started over a partition with every gate open.
+    async fn gated_host() -> (&'static Gated<'static>, Rc<TxnHost>) {
+        let storage = SimulatedStorage::new();
+        let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
+        let partition = &*Box::leak(Box::new(Gated::over(inner)));
+        let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
+        glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
+        (partition, host)
+    }
+
     #[test]
     fn markers_are_written_while_a_state_append_waits() {
         run_local(|| async {
-            let storage = SimulatedStorage::new();
-            let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
-            let partition = &*Box::leak(Box::new(Gated::over(inner)));
+            let (partition, host) = gated_host().await;
             partition.markers_open.set(false);
-            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
-            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
             for (id, fresh) in [("t1", 1000), ("t2", 2000)] {
                 let init = TxnCall::InitProducerId {
                     transactional_id: id.into(),
@@ -787,12 +793,8 @@ mod tests {
     #[test]
     fn a_transaction_whose_marker_writes_gave_up_is_not_completed() {
         run_local(|| async {
-            let storage = SimulatedStorage::new();
-            let inner = &*Box::leak(Box::new(MemoryOffsets::open(&storage).await));
-            let partition = &*Box::leak(Box::new(Gated::over(inner)));
+            let (partition, host) = gated_host().await;
             partition.markers_give_up.set(true);
-            let host = Rc::new(TxnHost::new(0, 3, TxnCoordinatorConfig::default()));
-            glommio::spawn_local(drive(Rc::clone(&host), partition)).detach();
             assert!(matches!(
                 host.call(partition, init("t1")).await,
                 TxnReply::ProducerId { error: None, .. }
