@@ -523,11 +523,41 @@ mod tests {
     }
 
     fn init(id: &str) -> TxnCall {
+        init_with(id, 1000)
+    }
+
+    /// InitProducerId of `id`, giving it `fresh_producer_id` if it has none.
+    fn init_with(id: &str, fresh_producer_id: i64) -> TxnCall {
         TxnCall::InitProducerId {
             transactional_id: id.into(),
             timeout_ms: 60_000,
-            fresh_producer_id: 1000,
+            fresh_producer_id,
             expected: None,
+        }
+    }
+
+    /// AddPartitionsToTxn of `out`'s `partitions` for `id`'s producer at epoch 0.
+    fn add_out(id: &str, producer_id: i64, partitions: &[i32]) -> TxnCall {
+        TxnCall::AddPartitions {
+            transactional_id: id.into(),
+            producer_id,
+            producer_epoch: 0,
+            partitions: partitions
+                .iter()
+                .map(|&partition| ("out".to_owned(), partition))
+                .collect(),
+        }
+    }
+
+    /// EndTxn (commit, version 4 and below) of `id`'s producer at epoch 0.
+    fn commit(id: &str, producer_id: i64) -> TxnCall {
+        TxnCall::EndTxn {
+            transactional_id: id.into(),
+            producer_id,
+            producer_epoch: 0,
+            commit: true,
+            bump_epoch: false,
+            fresh_producer_id: None,
         }
     }
 
@@ -546,13 +576,10 @@ mod tests {
                     producer_epoch: 0
                 }
             );
-            let add = TxnCall::AddPartitions {
-                transactional_id: "t1".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                partitions: vec![("out".into(), 0), ("out".into(), 1)],
-            };
-            assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
+            assert_eq!(
+                host.call(partition, add_out("t1", 1000, &[0, 1])).await,
+                TxnReply::Done(None)
+            );
             let verify = |index| TxnCall::Verify {
                 transactional_id: "t1".into(),
                 producer_id: 1000,
@@ -564,15 +591,10 @@ mod tests {
                 host.call(partition, verify(2)).await,
                 TxnReply::Done(Some(ResponseError::InvalidTxnState))
             );
-            let end = TxnCall::EndTxn {
-                transactional_id: "t1".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                commit: true,
-                bump_epoch: false,
-                fresh_producer_id: None,
-            };
-            assert_eq!(host.call(partition, end).await, TxnReply::Done(None));
+            assert_eq!(
+                host.call(partition, commit("t1", 1000)).await,
+                TxnReply::Done(None)
+            );
             // The markers are written, then the transaction completes.
             let completed = async {
                 loop {
@@ -731,42 +753,25 @@ mod tests {
             let (partition, host) = gated_host().await;
             partition.markers_open.set(false);
             for (id, fresh) in [("t1", 1000), ("t2", 2000)] {
-                let init = TxnCall::InitProducerId {
-                    transactional_id: id.into(),
-                    timeout_ms: 60_000,
-                    fresh_producer_id: fresh,
-                    expected: None,
-                };
                 assert!(matches!(
-                    host.call(partition, init).await,
+                    host.call(partition, init_with(id, fresh)).await,
                     TxnReply::ProducerId { error: None, .. }
                 ));
-                let add = TxnCall::AddPartitions {
-                    transactional_id: id.into(),
-                    producer_id: fresh,
-                    producer_epoch: 0,
-                    partitions: vec![("out".into(), 0)],
-                };
-                assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
+                assert_eq!(
+                    host.call(partition, add_out(id, fresh, &[0])).await,
+                    TxnReply::Done(None)
+                );
             }
-            let end = |id: &str, producer_id| TxnCall::EndTxn {
-                transactional_id: id.into(),
-                producer_id,
-                producer_epoch: 0,
-                commit: true,
-                bump_epoch: false,
-                fresh_producer_id: None,
-            };
             // t1 is prepared; its markers wait at the gate.
             assert_eq!(
-                host.call(partition, end("t1", 1000)).await,
+                host.call(partition, commit("t1", 1000)).await,
                 TxnReply::Done(None)
             );
             // t2's Prepare append waits at the other gate.
             partition.open(&partition.appends_open, false);
             let t2_ended = glommio::spawn_local({
                 let host = Rc::clone(&host);
-                async move { host.call(partition, end("t2", 2000)).await }
+                async move { host.call(partition, commit("t2", 2000)).await }
             });
             glommio::timer::sleep(Duration::from_millis(50)).await;
             // t1's markers are written while t2's append still waits.
@@ -799,22 +804,14 @@ mod tests {
                 host.call(partition, init("t1")).await,
                 TxnReply::ProducerId { error: None, .. }
             ));
-            let add = TxnCall::AddPartitions {
-                transactional_id: "t1".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                partitions: vec![("out".into(), 0)],
-            };
-            assert_eq!(host.call(partition, add).await, TxnReply::Done(None));
-            let end = TxnCall::EndTxn {
-                transactional_id: "t1".into(),
-                producer_id: 1000,
-                producer_epoch: 0,
-                commit: true,
-                bump_epoch: false,
-                fresh_producer_id: None,
-            };
-            assert_eq!(host.call(partition, end).await, TxnReply::Done(None));
+            assert_eq!(
+                host.call(partition, add_out("t1", 1000, &[0])).await,
+                TxnReply::Done(None)
+            );
+            assert_eq!(
+                host.call(partition, commit("t1", 1000)).await,
+                TxnReply::Done(None)
+            );
             // Past a tick or two: a completion without its markers would leave the partition
             // with a transaction nobody ends (a hanging transaction).
             glommio::timer::sleep(Duration::from_millis(2_500)).await;
